@@ -1,0 +1,1 @@
+//! knotd library.
