@@ -1,1 +1,377 @@
-fn main() {}
+//! `knotd`: run a knot, or steer a running one through its admin socket.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use knotd::{
+    admin::{self, Command, Payload, RepoSummary},
+    config::Config,
+    repo_id::RepoId,
+};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "knotd",
+    version,
+    about = "A peer-to-peer seeding node for git repositories"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Config file (TOML); defaults apply to everything it leaves out.
+    #[arg(long, env = "KNOTD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the config file).
+    #[arg(long, env = "KNOTD_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node until SIGTERM or SIGINT.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// UDP address to bind (repeatable; overrides the config file).
+        #[arg(long)]
+        bind: Vec<std::net::SocketAddr>,
+        /// Relay mode: disabled, default or a relay URL (overrides the config file).
+        #[arg(long)]
+        relay: Option<String>,
+        /// Turn off DNS/pkarr address discovery.
+        #[arg(long)]
+        no_discovery: bool,
+    },
+    /// Print a ticket other nodes can dial (asks the running node).
+    Ticket(AdminArgs),
+    /// Steer a running node.
+    Admin {
+        #[command(flatten)]
+        target: AdminArgs,
+        #[command(subcommand)]
+        command: AdminCmd,
+    },
+}
+
+#[derive(Args, Clone)]
+struct AdminArgs {
+    /// The node's admin socket (default: from the config / data dir).
+    #[arg(long, env = "KNOT_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+impl AdminArgs {
+    fn socket(&self) -> Result<PathBuf> {
+        if let Some(socket) = &self.socket {
+            return Ok(socket.clone());
+        }
+        Ok(self.config.load()?.admin_socket_path())
+    }
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Start tracking a repository.
+    AddRepo {
+        /// `<did>/<name>`, e.g. did:plc:abc123/website
+        repo_id: String,
+        /// The owner's PDS URL.
+        #[arg(long)]
+        pds: Option<String>,
+        /// The record, at://<did>/app.knot.repo/<rkey> (default rkey: the name).
+        #[arg(long)]
+        record: Option<String>,
+        /// A peer's endpoint ticket to bootstrap from (repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+    },
+    /// Stop tracking a repository.
+    RemoveRepo {
+        /// `<did>/<name>`
+        repo_id: String,
+    },
+    /// List tracked repositories.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show node status.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show known peers of a repository.
+    Peers {
+        /// `<did>/<name>`
+        repo_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a ticket other nodes can dial.
+    Ticket,
+}
+
+fn parse_repo_id(s: &str) -> Result<RepoId> {
+    Ok(RepoId::parse(s)?)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Print the chain, skipping causes already spelled out by their parent.
+            let mut text = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !text.contains(&cause) {
+                    text = format!("{text}: {cause}");
+                }
+            }
+            eprintln!("error: {text}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("knotd=info,warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Cmd::Run {
+                config,
+                bind,
+                relay,
+                no_discovery,
+            } => {
+                let mut config = config.load()?;
+                if !bind.is_empty() {
+                    config.bind = bind;
+                }
+                if let Some(relay) = relay {
+                    config.relay = relay;
+                }
+                if no_discovery {
+                    config.discovery = false;
+                }
+                run(config).await
+            }
+            Cmd::Ticket(target) => {
+                let payload = admin::request(&target.socket()?, &Command::Ticket).await?;
+                print_payload(payload, false);
+                Ok(())
+            }
+            Cmd::Admin { target, command } => admin_command(&target, command).await,
+        }
+    })
+}
+
+async fn run(config: Config) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        trigger.cancel();
+        // A second signal means: stop now.
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::warn!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+    knotd::node::run(config, shutdown).await?;
+    Ok(())
+}
+
+async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
+    let (command, json) = match command {
+        AdminCmd::AddRepo {
+            repo_id,
+            pds,
+            record,
+            peers,
+        } => (
+            Command::AddRepo {
+                repo_id: parse_repo_id(&repo_id)?,
+                pds,
+                record,
+                peers,
+            },
+            false,
+        ),
+        AdminCmd::RemoveRepo { repo_id } => (
+            Command::RemoveRepo {
+                repo_id: parse_repo_id(&repo_id)?,
+            },
+            false,
+        ),
+        AdminCmd::List { json } => (Command::List, json),
+        AdminCmd::Status { json } => (Command::Status, json),
+        AdminCmd::Peers { repo_id, json } => (
+            Command::Peers {
+                repo_id: parse_repo_id(&repo_id)?,
+            },
+            json,
+        ),
+        AdminCmd::Ticket => (Command::Ticket, false),
+    };
+    let payload = admin::request(&target.socket()?, &command).await?;
+    print_payload(payload, json);
+    Ok(())
+}
+
+fn print_payload(payload: Payload, json: bool) {
+    if json {
+        let value = match &payload {
+            Payload::Repos { repos } => serde_json::to_value(repos),
+            Payload::Peers { peers } => serde_json::to_value(peers),
+            Payload::Status(status) => serde_json::to_value(status),
+            other => serde_json::to_value(other),
+        }
+        .expect("payload serializes");
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("json prints")
+        );
+        return;
+    }
+    match payload {
+        Payload::Done { message } => println!("{message}"),
+        Payload::Ticket { ticket } => println!("{ticket}"),
+        Payload::Repos { repos } => print_repos(&repos),
+        Payload::Status(s) => {
+            println!("node id:   {}", s.node_id);
+            println!("version:   {}", s.version);
+            println!("uptime:    {}s", s.uptime_secs);
+            println!("addresses: {}", s.addrs.join(", "));
+            println!("repos:     {}", s.repo_count);
+            println!("ticket:    {}", s.ticket);
+            if !s.repos.is_empty() {
+                println!();
+                print_repos(&s.repos);
+            }
+        }
+        Payload::Published(p) => {
+            if p.unchanged {
+                println!(
+                    "{}: nothing new to publish (manifest {})",
+                    p.repo_id, p.manifest
+                );
+            } else {
+                println!(
+                    "published {}: head {} manifest {} ({} packs, {} bytes added{})",
+                    p.repo_id,
+                    p.head.as_deref().unwrap_or("-"),
+                    p.manifest,
+                    p.pack_count,
+                    p.bytes_added,
+                    if p.consolidated {
+                        ", packs consolidated"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Payload::Synced(s) => println!("{}: {}", s.repo_id, s.message),
+        Payload::Peers { peers } => {
+            if peers.is_empty() {
+                println!("no peers known");
+            }
+            for p in peers {
+                println!(
+                    "{}  {}  {}{}",
+                    p.hint.node_id,
+                    if p.connected { "connected" } else { "-" },
+                    if p.hint.addrs.is_empty() {
+                        "(no direct addresses)".to_string()
+                    } else {
+                        p.hint.addrs.join(",")
+                    },
+                    if p.hint.ticket.is_some() {
+                        "  (ticket)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+}
+
+fn short(s: &Option<String>, n: usize) -> String {
+    s.as_deref()
+        .map(|s| s.chars().take(n).collect())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_repos(repos: &[RepoSummary]) {
+    if repos.is_empty() {
+        println!("no repositories tracked; add one with `knotd admin add-repo <did>/<name>`");
+        return;
+    }
+    let width = repos
+        .iter()
+        .map(|r| r.repo_id.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    println!(
+        "{:width$}  {:12}  {:12}  {:>5}  {:>10}  {:>5}  {:10}  ERROR",
+        "REPO", "HEAD", "MANIFEST", "PACKS", "BYTES", "PEERS", "LAST SYNC"
+    );
+    for r in repos {
+        println!(
+            "{:width$}  {:12}  {:12}  {:>5}  {:>10}  {:>2}/{:<2}  {:10}  {}",
+            r.repo_id,
+            short(&r.head, 12),
+            short(&r.manifest, 12),
+            r.pack_count,
+            r.bytes_pinned,
+            r.peers_connected,
+            r.peers_known,
+            r.last_sync
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "never".into()),
+            r.last_error.as_deref().unwrap_or("")
+        );
+    }
+}

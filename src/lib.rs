@@ -1,1 +1,15 @@
-//! knotd library.
+//! knotd: an always-on peer-to-peer seeding node for git repositories.
+//!
+//! A repository's identity and authoritative state live in an ATProto record
+//! (`app.knot.repo`) on its owner's PDS; its bytes are a manifest blob plus git
+//! pack blobs, served and fetched over iroh. The binaries in `bin/` are thin
+//! wrappers around [`node::run`] and the admin client in [`admin`].
+
+pub mod admin;
+pub mod config;
+pub mod keys;
+pub mod knot;
+pub mod node;
+pub mod record;
+pub mod repo_id;
+pub mod store;

@@ -1,0 +1,318 @@
+//! Node configuration: a TOML file with documented defaults.
+//!
+//! Owns the config schema and its defaults. Every field may be omitted; the
+//! example at `deploy/knotd.example.toml` lists them all. Nothing here is
+//! persisted by the node: the file is read once at start.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors loading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value has the right type but is not usable.
+    #[error("config value {field} is invalid: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Which relay servers to use, resolved from [`Config::relay`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayChoice {
+    /// No relays: direct addresses only.
+    Disabled,
+    /// The public relays run by n0.
+    Default,
+    /// A custom relay server.
+    Custom(String),
+}
+
+/// ATProto settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AtprotoConfig {
+    /// Seconds between two polls of a repository's record (default 300).
+    pub poll_interval_secs: u64,
+    /// Random jitter added to each poll interval, as a fraction (default 0.1).
+    pub poll_jitter: f64,
+    /// Timeout of one XRPC request in seconds (default 10).
+    pub request_timeout_secs: u64,
+    /// Longest wait between retries after failures, in seconds (default 3600).
+    pub max_backoff_secs: u64,
+    /// PLC directory used to resolve `did:plc` documents (default https://plc.directory).
+    pub plc_directory: String,
+    /// Handle or DID used to write records back to the owner's PDS (optional).
+    pub identifier: Option<String>,
+    /// File holding the app password for write-back (mode 0600; optional).
+    /// The environment variable `KNOTD_APP_PASSWORD` is used when this is unset.
+    pub app_password_file: Option<PathBuf>,
+}
+
+impl Default for AtprotoConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_secs: 300,
+            poll_jitter: 0.1,
+            request_timeout_secs: 10,
+            max_backoff_secs: 3600,
+            plc_directory: "https://plc.directory".into(),
+            identifier: None,
+            app_password_file: None,
+        }
+    }
+}
+
+/// Read-only smart HTTP git service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve `git clone http://…/<repo_id>` (default false).
+    pub enabled: bool,
+    /// Address to listen on (default 127.0.0.1:8419).
+    pub bind: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: "127.0.0.1:8419".parse().expect("valid default address"),
+        }
+    }
+}
+
+/// The node configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where keys, databases, blobs and materialized repositories live
+    /// (default `$XDG_DATA_HOME/knotd`, else `~/.local/share/knotd`).
+    pub data_dir: PathBuf,
+    /// UDP addresses the iroh endpoint binds (default `0.0.0.0:4919` and `[::]:4919`).
+    pub bind: Vec<SocketAddr>,
+    /// Relay servers: `"disabled"`, `"default"` or a relay URL (default `"default"`).
+    pub relay: String,
+    /// Publish and resolve node addresses through n0's DNS/pkarr services (default true).
+    pub discovery: bool,
+    /// Admin socket path (default `<data_dir>/knotd.sock`).
+    pub admin_socket: Option<PathBuf>,
+    /// Consolidate a repository's packs into one when a manifest would exceed
+    /// this many packs (default 16).
+    pub max_packs: usize,
+    /// Timeout for one blob transfer from peers, in seconds (default 300).
+    pub fetch_timeout_secs: u64,
+    /// ATProto polling and write-back.
+    pub atproto: AtprotoConfig,
+    /// Read-only smart HTTP.
+    pub http: HttpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            bind: vec![
+                "0.0.0.0:4919".parse().expect("valid"),
+                "[::]:4919".parse().expect("valid"),
+            ],
+            relay: "default".into(),
+            discovery: true,
+            admin_socket: None,
+            max_packs: 16,
+            fetch_timeout_secs: 300,
+            atproto: AtprotoConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// The default data directory.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("knotd");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".local/share/knotd");
+    }
+    PathBuf::from("knotd-data")
+}
+
+impl Config {
+    /// Parse a config from TOML text.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Load a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// A config for tests and local experiments: loopback only, no relays, no
+    /// discovery, a random port.
+    pub fn local(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            bind: vec!["127.0.0.1:0".parse().expect("valid")],
+            relay: "disabled".into(),
+            discovery: false,
+            ..Self::default()
+        }
+    }
+
+    /// Check values that parse but cannot work.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.relay_choice()?;
+        if self.bind.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "bind",
+                reason: "at least one address is needed".into(),
+            });
+        }
+        if self.max_packs < 2 {
+            return Err(ConfigError::Invalid {
+                field: "max_packs",
+                reason: "must be at least 2".into(),
+            });
+        }
+        if self.atproto.poll_interval_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "atproto.poll_interval_secs",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.atproto.poll_jitter) {
+            return Err(ConfigError::Invalid {
+                field: "atproto.poll_jitter",
+                reason: "must be between 0 and 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Resolve the `relay` setting.
+    pub fn relay_choice(&self) -> Result<RelayChoice, ConfigError> {
+        match self.relay.as_str() {
+            "disabled" => Ok(RelayChoice::Disabled),
+            "default" => Ok(RelayChoice::Default),
+            url if url.starts_with("https://") || url.starts_with("http://") => {
+                Ok(RelayChoice::Custom(url.to_string()))
+            }
+            other => Err(ConfigError::Invalid {
+                field: "relay",
+                reason: format!(
+                    "{other:?}: use \"disabled\", \"default\" or a relay URL (https://...)"
+                ),
+            }),
+        }
+    }
+
+    /// The admin socket path.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("knotd.sock"))
+    }
+
+    /// The blob transfer timeout.
+    pub fn fetch_timeout(&self) -> Duration {
+        Duration::from_secs(self.fetch_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.relay_choice().unwrap(), RelayChoice::Default);
+        assert_eq!(c.admin_socket_path(), c.data_dir.join("knotd.sock"));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../deploy/knotd.example.toml");
+        let c = Config::from_toml(text, Path::new("knotd.example.toml")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/knotd"));
+        assert!(!c.http.enabled);
+    }
+
+    #[test]
+    fn fields_override_defaults() {
+        let c = Config::from_toml(
+            r#"
+            data_dir = "/tmp/k"
+            bind = ["127.0.0.1:0"]
+            relay = "https://relay.example.org"
+            discovery = false
+            max_packs = 4
+            [atproto]
+            poll_interval_secs = 5
+            "#,
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/k"));
+        assert_eq!(
+            c.relay_choice().unwrap(),
+            RelayChoice::Custom("https://relay.example.org".into())
+        );
+        assert_eq!(c.atproto.poll_interval_secs, 5);
+        assert_eq!(c.atproto.request_timeout_secs, 10);
+        assert_eq!(c.max_packs, 4);
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        for (text, needle) in [
+            ("relay = \"sometimes\"", "relay"),
+            ("bogus = 1", "bogus"),
+            ("max_packs = 1", "max_packs"),
+            ("bind = []", "bind"),
+            ("[atproto]\npoll_jitter = 3.0", "poll_jitter"),
+            ("data_dir = 5", "data_dir"),
+        ] {
+            let err = Config::from_toml(text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+}

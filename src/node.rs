@@ -1,0 +1,327 @@
+//! The running node: wiring of endpoint, router, stores and subsystems.
+//!
+//! Owns start-up and shutdown. [`Node::spawn`] creates the data dir, loads the
+//! persistent key, opens the database and the blob store, binds one iroh
+//! endpoint, and starts a [`Router`] serving iroh-blobs and iroh-gossip, the
+//! repository actor ([`crate::knot`]), the ATProto poller and the admin socket.
+//! All tasks hang off one cancellation token. On shutdown they stop, gossip
+//! topics are left, the router flushes the blob store, and the admin socket
+//! file is removed. What survives a restart lives in the data dir: the key,
+//! `knotd.redb` (repositories, records, peers), `blobs/` (pinned content) and
+//! `repos/` (materialized bare repositories).
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use iroh::{
+    Endpoint, EndpointAddr, EndpointId, RelayMode, Watcher,
+    address_lookup::{DnsAddressLookup, MemoryLookup, PkarrPublisher, PkarrResolver},
+    endpoint::presets,
+    protocol::Router,
+};
+use iroh_blobs::{
+    BlobsProtocol,
+    store::{
+        GcConfig,
+        fs::{FsStore, options::Options},
+    },
+};
+use iroh_gossip::net::Gossip;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    admin,
+    config::{Config, ConfigError, RelayChoice},
+    keys::{self, KeyError},
+    knot::{Knot, KnotHandle, KnotParts},
+    store::{Store, StoreError},
+};
+
+/// How often unreferenced blobs are collected.
+const GC_INTERVAL: Duration = Duration::from_secs(300);
+/// Longest wait for the endpoint to report a direct address.
+const ADDR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors starting or stopping a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The config cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data dir could not be prepared.
+    #[error("cannot prepare data dir {path}: {source}; check that it is writable by this user")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The key file is unusable.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The database is unusable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blob store could not be opened.
+    #[error("cannot open blob store in {path}: {message}")]
+    Blobs {
+        /// The blob directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The endpoint could not bind.
+    #[error("cannot bind the iroh endpoint on {addrs}: {message}; is the port in use?")]
+    Bind {
+        /// The configured addresses.
+        addrs: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The admin socket could not be created.
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    /// Shutdown did not complete cleanly.
+    #[error("shutdown failed: {0}")]
+    Shutdown(String),
+}
+
+/// A running node. Dropping it without [`Node::shutdown`] aborts its tasks.
+pub struct Node {
+    knot: KnotHandle,
+    endpoint: Endpoint,
+    router: Router,
+    lookup: MemoryLookup,
+    blobs: FsStore,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    admin_socket: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl Node {
+    /// Start a node with `config`; it stops when `cancel` fires and
+    /// [`Node::shutdown`] is awaited.
+    pub async fn spawn(config: Config, cancel: CancellationToken) -> Result<Self, NodeError> {
+        config.check()?;
+        let data_dir = config.data_dir.clone();
+        prepare_dir(&data_dir)?;
+        let secret_key = keys::load_or_create(&data_dir.join("secret.key"))?;
+        let store = Store::open(&data_dir.join("knotd.redb"))?;
+
+        let lookup = MemoryLookup::new();
+        let endpoint = bind_endpoint(&config, secret_key, &lookup).await?;
+        info!(node_id = %endpoint.id(), "endpoint bound");
+
+        let blob_dir = data_dir.join("blobs");
+        let mut options = Options::new(&blob_dir);
+        options.gc = Some(GcConfig {
+            interval: GC_INTERVAL,
+            add_protected: None,
+        });
+        let blobs = FsStore::load_with_opts(blob_dir.join("blobs.db"), options)
+            .await
+            .map_err(|e| NodeError::Blobs {
+                path: blob_dir.clone(),
+                message: e.to_string(),
+            })?;
+
+        let gossip = Gossip::builder().spawn(endpoint.clone());
+        let router = Router::builder(endpoint.clone())
+            .accept(iroh_blobs::ALPN, BlobsProtocol::new(&blobs, None))
+            .accept(iroh_gossip::ALPN, gossip.clone())
+            .spawn();
+
+        let admin_socket = config.admin_socket_path();
+        let listener = match admin::bind(&admin_socket).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = router.shutdown().await;
+                return Err(e.into());
+            }
+        };
+
+        let mut tasks = JoinSet::new();
+        let knot = Knot::spawn(
+            KnotParts {
+                config: config.clone(),
+                store,
+                blobs: blobs.clone(),
+                endpoint: endpoint.clone(),
+                gossip,
+                lookup: lookup.clone(),
+            },
+            cancel.child_token(),
+            &mut tasks,
+        );
+        tasks.spawn(admin::serve(
+            listener,
+            admin_socket.clone(),
+            knot.clone(),
+            cancel.child_token(),
+        ));
+        info!(
+            data_dir = %data_dir.display(),
+            admin_socket = %admin_socket.display(),
+            "knotd running"
+        );
+        Ok(Self {
+            knot,
+            endpoint,
+            router,
+            lookup,
+            blobs,
+            cancel,
+            tasks,
+            admin_socket,
+            data_dir,
+        })
+    }
+
+    /// Handle to the repository actor.
+    pub fn knot(&self) -> &KnotHandle {
+        &self.knot
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> EndpointId {
+        self.endpoint.id()
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The in-memory address book fed with peers learned from tickets, records and gossip.
+    pub fn lookup(&self) -> &MemoryLookup {
+        &self.lookup
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &FsStore {
+        &self.blobs
+    }
+
+    /// The admin socket path.
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin_socket
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The node's address once it has at least one direct address.
+    pub async fn addr(&self) -> EndpointAddr {
+        wait_for_addr(&self.endpoint).await
+    }
+
+    /// Stop all tasks, leave gossip topics, flush stores and remove the admin socket.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        self.cancel.cancel();
+        while let Some(res) = self.tasks.join_next().await {
+            if let Err(e) = res
+                && e.is_panic()
+            {
+                warn!(error = %e, "a node task panicked");
+            }
+        }
+        self.router
+            .shutdown()
+            .await
+            .map_err(|e| NodeError::Shutdown(e.to_string()))?;
+        info!("knotd stopped");
+        Ok(())
+    }
+}
+
+/// Run a node until `shutdown` fires, then stop it gracefully.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let node = Node::spawn(config, shutdown.child_token()).await?;
+    shutdown.cancelled().await;
+    info!("shutting down");
+    node.shutdown().await
+}
+
+/// Wait until the endpoint reports a direct address (bounded), and return its address.
+pub async fn wait_for_addr(endpoint: &Endpoint) -> EndpointAddr {
+    let mut watcher = endpoint.watch_addr();
+    let deadline = tokio::time::Instant::now() + ADDR_TIMEOUT;
+    loop {
+        let addr = watcher.get();
+        if addr.ip_addrs().next().is_some() || tokio::time::Instant::now() >= deadline {
+            return addr;
+        }
+        if tokio::time::timeout_at(deadline, watcher.updated())
+            .await
+            .is_err()
+        {
+            return watcher.get();
+        }
+    }
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), NodeError> {
+    let err = |source| NodeError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    std::fs::create_dir_all(dir.join("repos")).map_err(err)?;
+    Ok(())
+}
+
+async fn bind_endpoint(
+    config: &Config,
+    secret_key: iroh::SecretKey,
+    lookup: &MemoryLookup,
+) -> Result<Endpoint, NodeError> {
+    let addrs = config
+        .bind
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let bind_err = |message: String| NodeError::Bind {
+        addrs: addrs.clone(),
+        message,
+    };
+    let relay_mode = match config.relay_choice()? {
+        RelayChoice::Disabled => RelayMode::Disabled,
+        RelayChoice::Default => RelayMode::Default,
+        RelayChoice::Custom(url) => {
+            let url = url.parse().map_err(|e| {
+                NodeError::Config(ConfigError::Invalid {
+                    field: "relay",
+                    reason: format!("{url}: {e}"),
+                })
+            })?;
+            RelayMode::custom([url])
+        }
+    };
+    let mut builder = Endpoint::builder(presets::Minimal)
+        .secret_key(secret_key)
+        .relay_mode(relay_mode)
+        .clear_ip_transports()
+        .address_lookup(lookup.clone());
+    for addr in &config.bind {
+        builder = builder
+            .bind_addr(*addr)
+            .map_err(|e| bind_err(e.to_string()))?;
+    }
+    if config.discovery {
+        builder = builder
+            .address_lookup(PkarrPublisher::n0_dns())
+            .address_lookup(PkarrResolver::n0_dns())
+            .address_lookup(DnsAddressLookup::n0_dns());
+    }
+    builder.bind().await.map_err(|e| bind_err(e.to_string()))
+}
