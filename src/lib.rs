@@ -6,6 +6,7 @@
 //! wrappers around [`node::run`] and the admin client in [`admin`].
 
 pub mod admin;
+pub mod announce;
 pub mod config;
 pub mod keys;
 pub mod knot;
