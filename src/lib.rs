@@ -1,1 +1,3 @@
 //! knotd library.
+
+pub mod git;
