@@ -1,3 +1,4 @@
 //! knotd library.
 
 pub mod git;
+pub mod manifest;
