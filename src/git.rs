@@ -128,6 +128,14 @@ pub enum GitError {
         /// What was wrong.
         reason: String,
     },
+    /// A ref would point at an object the repository does not have.
+    #[error(
+        "object {id} is not in the repository; index the packs that contain it before setting refs"
+    )]
+    MissingObject {
+        /// The missing object.
+        id: ObjectId,
+    },
     /// Object ids of different hash algorithms were mixed.
     #[error(
         "object ids mix sha1 and sha256; a repository uses a single object format, re-publish it from one repository"
@@ -559,36 +567,78 @@ pub fn index_pack(git_dir: &Path, bytes: &[u8]) -> Result<String, GitError> {
 /// or deleted in a single `git update-ref --stdin` transaction (refs under
 /// `refs/` that are not in `set` are deleted), then `HEAD` is set.
 ///
-/// All referenced objects must already be present. When `set.head` is
-/// `None`, `HEAD` is left as it is.
+/// All referenced objects must already be present; this is checked before
+/// any ref is touched. When `set.head` is `None`, `HEAD` is left as it is.
+///
+/// One exception to atomicity: git cannot delete `refs/x` and create
+/// `refs/x/y` (or the reverse) in the same transaction, so refs that are
+/// deleted *and* conflict with a new name are deleted in a first
+/// transaction. If the main transaction then fails they are restored.
 pub fn apply_refs(git_dir: &Path, set: &RefSet) -> Result<(), GitError> {
     set.validate()?;
     let current = current_refs(git_dir)?;
-    let mut tx = String::from("start\n");
-    let mut changes = 0usize;
+
+    let wanted: Vec<ObjectId> = set.tips();
+    let present = present_objects(git_dir, &wanted)?;
+    if let Some(missing) = wanted.iter().find(|id| !present.contains(*id)) {
+        return Err(GitError::MissingObject {
+            id: missing.clone(),
+        });
+    }
+
+    let conflicts = |a: &str, b: &str| {
+        a.strip_prefix(b).is_some_and(|r| r.starts_with('/'))
+            || b.strip_prefix(a).is_some_and(|r| r.starts_with('/'))
+    };
+    let created: Vec<&String> = set
+        .refs
+        .keys()
+        .filter(|name| !current.contains_key(*name))
+        .collect();
+    let mut early_deletes = String::new();
+    let mut early = Vec::new();
+    let mut tx = String::new();
     for (name, old) in &current {
-        if !set.refs.contains_key(name) {
-            tx.push_str(&format!("delete {name} {old}\n"));
-            changes += 1;
+        if set.refs.contains_key(name) {
+            continue;
+        }
+        let line = format!("delete {name} {old}\n");
+        if created.iter().any(|new| conflicts(new, name)) {
+            early_deletes.push_str(&line);
+            early.push((name, old));
+        } else {
+            tx.push_str(&line);
         }
     }
     for (name, new) in &set.refs {
         match current.get(name) {
             Some(old) if old == new => {}
-            Some(old) => {
-                tx.push_str(&format!("update {name} {new} {old}\n"));
-                changes += 1;
-            }
-            None => {
-                tx.push_str(&format!("create {name} {new}\n"));
-                changes += 1;
-            }
+            Some(old) => tx.push_str(&format!("update {name} {new} {old}\n")),
+            None => tx.push_str(&format!("create {name} {new}\n")),
         }
     }
-    tx.push_str("commit\n");
-    if changes > 0 {
-        git_ok(git_dir, &["update-ref", "--stdin"], Some(tx.as_bytes()))?;
+
+    let transaction = |body: &str| {
+        let input = format!("start\n{body}commit\n");
+        git_ok(git_dir, &["update-ref", "--stdin"], Some(input.as_bytes())).map(|_| ())
+    };
+    if !early_deletes.is_empty() {
+        transaction(&early_deletes)?;
     }
+    if !tx.is_empty() {
+        if let Err(e) = transaction(&tx) {
+            if !early.is_empty() {
+                let restore: String = early
+                    .iter()
+                    .map(|(name, old)| format!("create {name} {old}\n"))
+                    .collect();
+                // Best effort: the original error is what matters.
+                let _ = transaction(&restore);
+            }
+            return Err(e);
+        }
+    }
+
     match &set.head {
         None => {}
         Some(Head::Symbolic(target)) => {
