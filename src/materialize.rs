@@ -101,9 +101,14 @@ pub enum Outcome {
     },
 }
 
-/// Make the bare repository at `dest` reflect `manifest` (whose hash is
-/// `manifest_hash`). `load_pack` returns the bytes of a pack blob; they are
-/// verified against the entry's hash and size before use.
+/// Make the bare repository at `dest` reflect `manifest`.
+///
+/// `manifest_hash` is the BLAKE3 hash of the manifest blob the caller
+/// fetched; it is recorded in the `knot-manifest` marker as given (normally
+/// equal to [`Manifest::hash`]). `load_pack` returns the bytes of a pack
+/// blob; they are verified against the entry's hash, size and object count
+/// before anything is written. Returns [`Outcome::Unchanged`] without
+/// running any process when the marker already names `manifest_hash`.
 pub fn materialize(
     dest: &Path,
     manifest_hash: [u8; 32],
