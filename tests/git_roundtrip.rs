@@ -826,3 +826,55 @@ fn apply_refs_is_exact_and_ancestry_works() {
     assert!(git::apply_refs(&bare_dir, &clash).is_err());
     assert_eq!(git::read_refs(&bare_dir).unwrap(), next);
 }
+
+#[test]
+fn sha256_repository_round_trip() {
+    let env = Env::new();
+    let src = env.path("src256");
+    fs::create_dir(&src).unwrap();
+    env.git(&src, &["init", "-q", "--object-format=sha256"]);
+    env.commit_file(&src, "a.txt", b"one\n", "one");
+    env.git(&src, &["tag", "-a", "v1", "-m", "v1"]);
+    let mut store = Store::default();
+    let (first, _) = publish(&src, None, &mut store);
+    assert_eq!(first.head_oid().unwrap().as_str().len(), 64);
+    let dest = env.path("mat/src256.git");
+    assert_eq!(store.materialize(&dest, &first).unwrap(), Outcome::Created);
+    env.assert_same_repo(&src, &dest);
+
+    env.commit_file(&src, "a.txt", b"one\ntwo\n", "two");
+    let (second, pack) = publish(&src, Some(&first), &mut store);
+    assert!(pack.is_some());
+    assert_eq!(
+        store.materialize(&dest, &second).unwrap(),
+        Outcome::Updated { packs_indexed: 1 }
+    );
+    env.assert_same_repo(&src, &dest);
+}
+
+#[test]
+fn fast_forward_check_with_real_history() {
+    let env = Env::new();
+    let src = env.sample_repo();
+    let git_dir = git::open_repo(&src).unwrap();
+    let old = git::read_refs(&git_dir).unwrap();
+
+    env.commit_file(&src, "README", b"ahead\n", "ahead");
+    env.git(&src, &["branch", "-f", "feature", "feature~1"]);
+    env.git(&src, &["branch", "-D", "dev"]);
+    env.git(&src, &["tag", "-f", "light", "HEAD"]);
+    env.git(&src, &["branch", "fresh"]);
+    let new = git::read_refs(&git_dir).unwrap();
+
+    let non_ff = knotd::manifest::refs_fast_forward_check(&old, &new, |a, b| {
+        git::is_ancestor(&git_dir, a, b).unwrap()
+    });
+    assert_eq!(
+        non_ff,
+        vec![
+            "refs/heads/dev".to_owned(),
+            "refs/heads/feature".to_owned(),
+            "refs/tags/light".to_owned(),
+        ]
+    );
+}
