@@ -8,8 +8,11 @@
 pub mod admin;
 pub mod announce;
 pub mod config;
+pub mod git;
 pub mod keys;
 pub mod knot;
+pub mod manifest;
+pub mod materialize;
 pub mod node;
 pub mod record;
 pub mod repo_id;
