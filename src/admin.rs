@@ -104,12 +104,35 @@ pub enum Command {
     },
     /// A ticket other nodes can dial.
     Ticket,
+    /// Publish a local git repository's current state as the repository's new
+    /// state. An untracked repository is added first.
+    Publish {
+        /// The repository.
+        repo_id: RepoId,
+        /// Path of the local git repository (bare or not).
+        path: PathBuf,
+        /// Accept updates that are not fast-forwards.
+        #[serde(default)]
+        force: bool,
+        /// Refuse unless the current manifest is this one (hex), so that
+        /// concurrent publishers cannot overwrite each other.
+        #[serde(default)]
+        expected_manifest: Option<String>,
+    },
+    /// Fetch the record and content now, and materialize the repository.
+    Sync {
+        /// The repository.
+        repo_id: RepoId,
+    },
 }
 
 impl Command {
     /// How long a client should wait for the reply.
     pub fn timeout(&self) -> Duration {
-        QUICK_TIMEOUT
+        match self {
+            Command::Publish { .. } | Command::Sync { .. } => LONG_TIMEOUT,
+            _ => QUICK_TIMEOUT,
+        }
     }
 }
 
@@ -232,6 +255,8 @@ pub struct PublishReport {
     pub consolidated: bool,
     /// Whether nothing changed since the last publish.
     pub unchanged: bool,
+    /// The materialized bare repository.
+    pub path: PathBuf,
 }
 
 /// Result of a sync.
@@ -241,6 +266,10 @@ pub struct SyncReport {
     pub repo_id: String,
     /// The manifest now held.
     pub manifest: Option<String>,
+    /// The object id HEAD points to.
+    pub head: Option<String>,
+    /// The materialized bare repository, once content is held.
+    pub path: Option<PathBuf>,
     /// Bytes fetched from peers.
     pub bytes_fetched: u64,
     /// What happened, in words.

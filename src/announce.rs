@@ -82,6 +82,9 @@ pub struct Announcement {
     pub sender: [u8; 32],
     /// The sender's direct addresses.
     pub sender_addrs: Vec<SocketAddr>,
+    /// When the sender sent this (milliseconds since the Unix epoch); makes
+    /// every send distinct so gossip does not drop a repeated announcement.
+    pub sent_at: u64,
     /// Ed25519 signature by `sender` over everything above.
     pub signature: Signature,
 }
@@ -97,9 +100,16 @@ fn statement_bytes(statement: &Statement) -> Vec<u8> {
     msg
 }
 
-fn envelope_bytes(statement: &SignedStatement, sender: &[u8; 32], addrs: &[SocketAddr]) -> Vec<u8> {
+fn envelope_bytes(
+    statement: &SignedStatement,
+    sender: &[u8; 32],
+    addrs: &[SocketAddr],
+    sent_at: u64,
+) -> Vec<u8> {
     let mut msg = ENVELOPE_DOMAIN.to_vec();
-    msg.extend(postcard::to_stdvec(&(statement, sender, addrs)).expect("envelope encodes"));
+    msg.extend(
+        postcard::to_stdvec(&(statement, sender, addrs, sent_at)).expect("envelope encodes"),
+    );
     msg
 }
 
@@ -144,11 +154,13 @@ impl Announcement {
         addrs.dedup();
         addrs.truncate(MAX_ADDRS);
         let sender = *key.public().as_bytes();
-        let signature = key.sign(&envelope_bytes(&statement, &sender, &addrs));
+        let sent_at = crate::store::unix_millis();
+        let signature = key.sign(&envelope_bytes(&statement, &sender, &addrs, sent_at));
         Self {
             statement,
             sender,
             sender_addrs: addrs,
+            sent_at,
             signature,
         }
     }
@@ -186,7 +198,7 @@ impl Announcement {
             .ok_or(AnnounceError::InvalidField("sender"))?;
         sender
             .verify(
-                &envelope_bytes(&ann.statement, &ann.sender, &ann.sender_addrs),
+                &envelope_bytes(&ann.statement, &ann.sender, &ann.sender_addrs, ann.sent_at),
                 &ann.signature,
             )
             .map_err(|_| AnnounceError::BadSignature("sender"))?;

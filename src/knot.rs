@@ -1,30 +1,52 @@
 //! The repository actor: the one owner of the set of tracked repositories.
 //!
-//! Owns adding and removing repositories, peer hints and status. It runs one
-//! `select!` loop over admin commands and the results of its child tasks.
+//! Owns adding and removing repositories, their gossip topics, publishing,
+//! fetching and materializing content, peer hints and status. It runs one
+//! `select!` loop over admin commands, gossip events from the per-topic tasks,
+//! and the results of content jobs (publish, fetch) that run as child tasks.
+//! At most one content job runs per repository; later ones queue behind it.
 //! Everything it decides is persisted in the database before it replies, so a
-//! restart resumes with the same repositories, records and peers.
+//! restart resumes the same repositories, topics, records and peers, and
+//! re-fetches any state that was not yet materialized.
 
-use std::time::Instant;
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use iroh::{Endpoint, EndpointAddr, address_lookup::MemoryLookup};
-use iroh_blobs::store::fs::FsStore;
-use iroh_gossip::net::Gossip;
+use iroh::{Endpoint, EndpointAddr, EndpointId, SecretKey, address_lookup::MemoryLookup};
+use iroh_blobs::{Hash, api::downloader::Downloader, store::fs::FsStore};
+use iroh_gossip::{
+    api::{Event, GossipReceiver, GossipSender},
+    net::Gossip,
+    proto::TopicId,
+};
 use iroh_tickets::endpoint::EndpointTicket;
+use n0_future::StreamExt;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
-    admin::{Command, Executor, NodeStatus, Payload, PeerView, Reply, RepoSummary},
+    admin::{
+        Command, Executor, NodeStatus, Payload, PeerView, PublishReport, Reply, RepoSummary,
+        SyncReport,
+    },
+    announce::{Adoption, AdoptionContext, Announcement, SignedStatement, Statement},
     config::Config,
+    content::{self, ContentError, Fetched, Published},
     record::{self, PeerHint, RecordError},
     repo_id::{RepoId, validate_did},
-    store::{Locator, RepoEntry, Store, StoreError},
+    store::{Locator, RepoEntry, Store, StoreError, unix_millis, unix_now},
 };
+
+/// How long `sync` waits for a first state of a repository nobody has
+/// announced yet.
+const FIRST_STATE_WAIT: Duration = Duration::from_secs(30);
 
 /// Errors of repository commands; the text is shown to the operator.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +60,9 @@ pub enum KnotError {
     /// A record or hint is invalid.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// Content could not be published, fetched or materialized.
+    #[error(transparent)]
+    Content(#[from] ContentError),
     /// A peer ticket does not parse.
     #[error(
         "peer ticket {ticket:?} is invalid: {reason}; get a ticket with `knotd ticket` on the peer"
@@ -51,6 +76,16 @@ pub enum KnotError {
     /// The record locator is invalid.
     #[error("record locator {0}")]
     BadLocator(String),
+    /// Another publisher moved the repository first.
+    #[error("{repo_id} has moved on (manifest {current}, expected {expected}); fetch and retry")]
+    Stale {
+        /// The repository.
+        repo_id: String,
+        /// The manifest held now.
+        current: String,
+        /// The manifest the caller expected.
+        expected: String,
+    },
     /// A command failed; the text says why.
     #[error("{0}")]
     Failed(String),
@@ -85,6 +120,21 @@ enum Message {
         command: Command,
         reply: oneshot::Sender<Reply>,
     },
+    Gossip {
+        repo_id: RepoId,
+        event: TopicEvent,
+    },
+    FirstStateTimeout {
+        repo_id: RepoId,
+    },
+}
+
+enum TopicEvent {
+    Announcement(Box<Announcement>),
+    Invalid { from: EndpointId, error: String },
+    NeighborUp(EndpointId),
+    NeighborDown(EndpointId),
+    Closed,
 }
 
 /// Handle to the repository actor.
@@ -116,12 +166,81 @@ impl Executor for KnotHandle {
     }
 }
 
+/// A content job waiting for its repository.
+enum Job {
+    Publish {
+        path: PathBuf,
+        force: bool,
+        expected_manifest: Option<String>,
+        reply: oneshot::Sender<Reply>,
+    },
+    Fetch {
+        target: FetchTarget,
+        providers: Vec<EndpointId>,
+    },
+}
+
+/// What a fetch aims at.
+#[derive(Clone, Debug)]
+enum FetchTarget {
+    /// A state a peer announced, with its publisher's signature.
+    Statement(SignedStatement),
+    /// The manifest the ATProto record names, or the one held before a restart.
+    Manifest(Hash),
+}
+
+impl FetchTarget {
+    fn manifest(&self) -> Hash {
+        match self {
+            FetchTarget::Statement(s) => s.statement.manifest_hash(),
+            FetchTarget::Manifest(h) => *h,
+        }
+    }
+}
+
+enum JobDone {
+    Published {
+        repo_id: RepoId,
+        result: Result<Published, ContentError>,
+        reply: oneshot::Sender<Reply>,
+    },
+    Fetched {
+        repo_id: RepoId,
+        target: FetchTarget,
+        result: Result<Fetched, ContentError>,
+    },
+}
+
+struct Topic {
+    sender: GossipSender,
+    neighbors: BTreeSet<EndpointId>,
+    cancel: CancellationToken,
+}
+
+/// Counters of gossip traffic, shown in logs.
+#[derive(Debug, Default)]
+struct GossipCounters {
+    received: u64,
+    dropped_invalid: u64,
+    rejected: u64,
+}
+
 /// The actor state.
 pub struct Knot {
     parts: KnotParts,
+    secret_key: SecretKey,
+    downloader: Downloader,
     rx: mpsc::Receiver<Message>,
+    tx: mpsc::WeakSender<Message>,
     cancel: CancellationToken,
     started: Instant,
+    topics: HashMap<RepoId, Topic>,
+    topic_tasks: JoinSet<()>,
+    jobs: JoinSet<JobDone>,
+    busy: BTreeSet<RepoId>,
+    queued: HashMap<RepoId, VecDeque<Job>>,
+    sync_waiters: HashMap<RepoId, Vec<oneshot::Sender<Reply>>>,
+    counters: GossipCounters,
 }
 
 impl Knot {
@@ -131,46 +250,88 @@ impl Knot {
         cancel: CancellationToken,
         tasks: &mut JoinSet<()>,
     ) -> KnotHandle {
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(1024);
+        let secret_key = parts.endpoint.secret_key().clone();
+        let downloader = parts.blobs.downloader(&parts.endpoint);
         let actor = Knot {
             parts,
+            secret_key,
+            downloader,
             rx,
+            tx: tx.downgrade(),
             cancel,
             started: Instant::now(),
+            topics: HashMap::new(),
+            topic_tasks: JoinSet::new(),
+            jobs: JoinSet::new(),
+            busy: BTreeSet::new(),
+            queued: HashMap::new(),
+            sync_waiters: HashMap::new(),
+            counters: GossipCounters::default(),
         };
         tasks.spawn(actor.run());
         KnotHandle { tx }
     }
 
     async fn run(mut self) {
-        self.restore_peers();
+        self.resume().await;
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 msg = self.rx.recv() => match msg {
-                    Some(Message::Admin { command, reply }) => {
-                        let result = self.handle_admin(command).await;
-                        let _ = reply.send(match result {
-                            Ok(payload) => Reply::Ok(payload),
-                            Err(e) => Reply::Error(e.to_string()),
-                        });
-                    }
+                    Some(msg) => self.handle_message(msg).await,
                     None => break,
                 },
+                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => match done {
+                    Ok(done) => self.handle_job_done(done).await,
+                    Err(e) => warn!(error = %e, "content job failed to complete"),
+                },
+                Some(_) = self.topic_tasks.join_next(), if !self.topic_tasks.is_empty() => {}
             }
         }
-        debug!("repository actor stopped");
+        for topic in self.topics.values() {
+            topic.cancel.cancel();
+        }
+        self.topics.clear();
+        self.jobs.shutdown().await;
+        self.topic_tasks.shutdown().await;
+        debug!(
+            received = self.counters.received,
+            dropped_invalid = self.counters.dropped_invalid,
+            rejected = self.counters.rejected,
+            "repository actor stopped"
+        );
     }
 
-    /// Feed every stored peer hint to the address book so dials by id work after a restart.
-    fn restore_peers(&self) {
-        match self.parts.store.repos() {
-            Ok(repos) => {
-                for entry in repos {
-                    self.learn_peers(&entry.record.peers);
-                }
+    /// Restore the address book, join every topic, and resume syncs that did
+    /// not finish before the last stop.
+    async fn resume(&mut self) {
+        let repos = match self.parts.store.repos() {
+            Ok(repos) => repos,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read repositories at start");
+                return;
             }
-            Err(e) => tracing::error!(error = %e, "cannot read repositories at start"),
+        };
+        for entry in &repos {
+            self.learn_peers(&entry.record.peers);
+        }
+        for entry in repos {
+            let repo_id = entry.record.repo_id.clone();
+            self.join_topic(&repo_id, &entry).await;
+            if let Some(hash) = entry.record.manifest_hash()
+                && entry.materialized.as_deref() != entry.record.manifest.as_deref()
+            {
+                info!(repo = %repo_id, "resuming an unfinished sync");
+                let providers = self.providers(&entry, None);
+                self.enqueue(
+                    repo_id,
+                    Job::Fetch {
+                        target: FetchTarget::Manifest(hash),
+                        providers,
+                    },
+                );
+            }
         }
     }
 
@@ -185,39 +346,65 @@ impl Knot {
         }
     }
 
-    async fn handle_admin(&mut self, command: Command) -> Result<Payload, KnotError> {
-        match command {
+    async fn handle_message(&mut self, msg: Message) {
+        match msg {
+            Message::Admin { command, reply } => self.handle_admin(command, reply).await,
+            Message::Gossip { repo_id, event } => self.handle_topic_event(repo_id, event).await,
+            Message::FirstStateTimeout { repo_id } => {
+                if let Some(waiters) = self.sync_waiters.remove(&repo_id) {
+                    let peers = self
+                        .parts
+                        .store
+                        .repo(&repo_id)
+                        .ok()
+                        .flatten()
+                        .map(|e| peer_list(&e.record.peers))
+                        .unwrap_or_default();
+                    let text = format!(
+                        "no state of {repo_id} arrived within {FIRST_STATE_WAIT:?}: no record names a manifest and no trusted peer announced one (peers known: {peers}); add a peer with `knotd admin add-repo {repo_id} --peer <ticket>` or a record with --pds"
+                    );
+                    for w in waiters {
+                        let _ = w.send(Reply::Error(text.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_admin(&mut self, command: Command, reply: oneshot::Sender<Reply>) {
+        let result = match command {
             Command::AddRepo {
                 repo_id,
                 pds,
                 record,
                 peers,
-            } => self.handle_add_repo(repo_id, pds, record, peers),
-            Command::RemoveRepo { repo_id } => self.handle_remove_repo(repo_id),
-            Command::List => Ok(Payload::Repos {
-                repos: self.summaries()?,
-            }),
+            } => self.handle_add_repo(repo_id, pds, record, peers).await,
+            Command::RemoveRepo { repo_id } => self.handle_remove_repo(repo_id).await,
+            Command::List => self.summaries().map(|repos| Payload::Repos { repos }),
             Command::Status => self.handle_status().await,
-            Command::Peers { repo_id } => {
-                let entry = self.parts.store.require_repo(&repo_id)?;
-                let peers = entry
-                    .record
-                    .peers
-                    .into_iter()
-                    .map(|hint| PeerView {
-                        hint,
-                        connected: false,
-                    })
-                    .collect();
-                Ok(Payload::Peers { peers })
-            }
+            Command::Peers { repo_id } => self.handle_peers(&repo_id),
             Command::Ticket => Ok(Payload::Ticket {
                 ticket: self.ticket().await,
             }),
-        }
+            Command::Publish {
+                repo_id,
+                path,
+                force,
+                expected_manifest,
+            } => {
+                return self
+                    .handle_publish(repo_id, path, force, expected_manifest, reply)
+                    .await;
+            }
+            Command::Sync { repo_id } => return self.handle_sync(repo_id, reply),
+        };
+        let _ = reply.send(match result {
+            Ok(payload) => Reply::Ok(payload),
+            Err(e) => Reply::Error(e.to_string()),
+        });
     }
 
-    fn handle_add_repo(
+    async fn handle_add_repo(
         &mut self,
         repo_id: RepoId,
         pds: Option<String>,
@@ -229,13 +416,20 @@ impl Knot {
             .map(|t| parse_ticket(t))
             .collect::<Result<Vec<_>, _>>()?;
         let locator = build_locator(&repo_id, pds, record)?;
-        let entry = RepoEntry::new(repo_id.clone(), locator.clone(), peers.clone());
+        let trusted: Vec<String> = peers.iter().map(|p| p.node_id.clone()).collect();
+        let mut entry = RepoEntry::new(repo_id.clone(), locator.clone(), peers.clone());
+        entry.trusted = trusted.clone();
         let message = if self.parts.store.insert_repo(&entry)? {
             info!(repo = %repo_id, "repository added");
             format!("added {repo_id}")
         } else {
-            self.parts.store.update_repo(&repo_id, |e| {
+            (entry, _) = self.parts.store.update_repo(&repo_id, |e| {
                 e.record.peers = record::merge_peers(e.record.peers.clone(), peers.clone());
+                for id in &trusted {
+                    if !e.trusted.contains(id) {
+                        e.trusted.push(id.clone());
+                    }
+                }
                 if locator.is_some() {
                     e.locator = locator.clone();
                 }
@@ -243,20 +437,24 @@ impl Knot {
             format!("{repo_id} was already tracked; peers and locator updated")
         };
         self.learn_peers(&peers);
+        self.join_topic(&repo_id, &entry).await;
         Ok(Payload::Done { message })
     }
 
-    fn handle_remove_repo(&mut self, repo_id: RepoId) -> Result<Payload, KnotError> {
+    async fn handle_remove_repo(&mut self, repo_id: RepoId) -> Result<Payload, KnotError> {
         let removed = self.parts.store.remove_repo(&repo_id)?;
         if removed.is_none() {
             return Err(StoreError::UnknownRepo(repo_id.to_string()).into());
         }
-        let path = self.materialized_path(&repo_id);
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(|source| KnotError::Io {
-                what: format!("removing {}", path.display()),
-                source,
-            })?;
+        self.leave_topic(&repo_id);
+        self.queued.remove(&repo_id);
+        if let Some(waiters) = self.sync_waiters.remove(&repo_id) {
+            for w in waiters {
+                let _ = w.send(Reply::Error(format!("{repo_id} was removed")));
+            }
+        }
+        if !self.busy.contains(&repo_id) {
+            self.discard_content(&repo_id).await?;
         }
         info!(repo = %repo_id, "repository removed");
         Ok(Payload::Done {
@@ -264,8 +462,654 @@ impl Knot {
         })
     }
 
+    /// Unpin a removed repository's blobs and delete its materialized copy.
+    async fn discard_content(&self, repo_id: &RepoId) -> Result<(), KnotError> {
+        content::unpin_all(&self.parts.blobs, repo_id).await?;
+        let path = self.materialized_path(repo_id);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|source| KnotError::Io {
+                what: format!("removing {}", path.display()),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn handle_peers(&self, repo_id: &RepoId) -> Result<Payload, KnotError> {
+        let entry = self.parts.store.require_repo(repo_id)?;
+        let neighbors = self.topics.get(repo_id).map(|t| &t.neighbors);
+        let peers = entry
+            .record
+            .peers
+            .into_iter()
+            .map(|hint| {
+                let connected = neighbors.is_some_and(|n| {
+                    hint.node_id
+                        .parse::<EndpointId>()
+                        .is_ok_and(|id| n.contains(&id))
+                });
+                PeerView { hint, connected }
+            })
+            .collect();
+        Ok(Payload::Peers { peers })
+    }
+
+    async fn handle_publish(
+        &mut self,
+        repo_id: RepoId,
+        path: PathBuf,
+        force: bool,
+        expected_manifest: Option<String>,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        match self.parts.store.repo(&repo_id) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let entry = RepoEntry::new(repo_id.clone(), None, Vec::new());
+                if let Err(e) = self.parts.store.insert_repo(&entry) {
+                    let _ = reply.send(Reply::Error(e.to_string()));
+                    return;
+                }
+                info!(repo = %repo_id, "repository added by publish");
+                self.join_topic(&repo_id, &entry).await;
+            }
+            Err(e) => {
+                let _ = reply.send(Reply::Error(e.to_string()));
+                return;
+            }
+        }
+        self.enqueue(
+            repo_id,
+            Job::Publish {
+                path,
+                force,
+                expected_manifest,
+                reply,
+            },
+        );
+    }
+
+    fn handle_sync(&mut self, repo_id: RepoId, reply: oneshot::Sender<Reply>) {
+        let entry = match self.parts.store.require_repo(&repo_id) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = reply.send(Reply::Error(e.to_string()));
+                return;
+            }
+        };
+        let up_to_date = entry.record.manifest.is_some()
+            && entry.materialized == entry.record.manifest
+            && !self.busy.contains(&repo_id);
+        if up_to_date {
+            let _ = reply.send(Reply::Ok(self.sync_report(&entry, 0, "up to date")));
+            return;
+        }
+        let first_waiter = !self.sync_waiters.contains_key(&repo_id);
+        self.sync_waiters
+            .entry(repo_id.clone())
+            .or_default()
+            .push(reply);
+        if let Some(hash) = entry.record.manifest_hash() {
+            if !self.busy.contains(&repo_id) {
+                let providers = self.providers(&entry, None);
+                self.enqueue(
+                    repo_id,
+                    Job::Fetch {
+                        target: FetchTarget::Manifest(hash),
+                        providers,
+                    },
+                );
+            }
+        } else if first_waiter && !self.busy.contains(&repo_id) {
+            // Nothing known yet: ask the neighbours, and give up after a while.
+            if let Some(tx) = self.tx.upgrade() {
+                tokio::spawn(async move {
+                    tokio::time::sleep(FIRST_STATE_WAIT).await;
+                    let _ = tx.send(Message::FirstStateTimeout { repo_id }).await;
+                });
+            }
+        }
+    }
+
+    fn sync_report(&self, entry: &RepoEntry, bytes_fetched: u64, message: &str) -> Payload {
+        let path = self.materialized_path(&entry.record.repo_id);
+        Payload::Synced(SyncReport {
+            repo_id: entry.record.repo_id.to_string(),
+            manifest: entry.record.manifest.clone(),
+            head: entry.record.head.clone(),
+            path: entry.materialized.is_some().then_some(path),
+            bytes_fetched,
+            message: message.to_string(),
+        })
+    }
+
+    /// Queue a content job; it starts at once when the repository is idle.
+    fn enqueue(&mut self, repo_id: RepoId, job: Job) {
+        let queue = self.queued.entry(repo_id.clone()).or_default();
+        // A newer fetch replaces queued fetches: only the latest target matters.
+        if matches!(job, Job::Fetch { .. }) {
+            queue.retain(|j| !matches!(j, Job::Fetch { .. }));
+        }
+        queue.push_back(job);
+        self.start_next(&repo_id);
+    }
+
+    fn start_next(&mut self, repo_id: &RepoId) {
+        if self.busy.contains(repo_id) {
+            return;
+        }
+        let Some(job) = self.queued.get_mut(repo_id).and_then(|q| q.pop_front()) else {
+            self.queued.remove(repo_id);
+            return;
+        };
+        let entry = match self.parts.store.require_repo(repo_id) {
+            Ok(entry) => entry,
+            Err(e) => {
+                if let Job::Publish { reply, .. } = job {
+                    let _ = reply.send(Reply::Error(e.to_string()));
+                }
+                return;
+            }
+        };
+        self.busy.insert(repo_id.clone());
+        let blobs = self.parts.blobs.clone();
+        let dest = self.materialized_path(repo_id);
+        let repo_id = repo_id.clone();
+        match job {
+            Job::Publish {
+                path,
+                force,
+                expected_manifest,
+                reply,
+            } => {
+                if let Some(expected) = expected_manifest
+                    && entry.record.manifest.as_deref() != Some(expected.as_str())
+                    && !(expected.is_empty() && entry.record.manifest.is_none())
+                {
+                    let err = KnotError::Stale {
+                        repo_id: repo_id.to_string(),
+                        current: entry
+                            .record
+                            .manifest
+                            .clone()
+                            .unwrap_or_else(|| "none".into()),
+                        expected,
+                    };
+                    let _ = reply.send(Reply::Error(err.to_string()));
+                    self.busy.remove(&repo_id);
+                    self.start_next(&repo_id);
+                    return;
+                }
+                let max_packs = self.parts.config.max_packs;
+                let previous = entry.record.manifest_hash();
+                self.jobs.spawn(async move {
+                    let result = async {
+                        let previous = match previous {
+                            Some(h) => Some(content::load_manifest(&blobs, h, &repo_id).await?),
+                            None => None,
+                        };
+                        let published = content::publish(
+                            &blobs,
+                            &repo_id,
+                            &path,
+                            previous.as_ref(),
+                            max_packs,
+                            force,
+                        )
+                        .await?;
+                        content::materialize(&blobs, &dest, published.hash, &published.manifest)
+                            .await?;
+                        Ok(published)
+                    }
+                    .await;
+                    JobDone::Published {
+                        repo_id,
+                        result,
+                        reply,
+                    }
+                });
+            }
+            Job::Fetch { target, providers } => {
+                let downloader = self.downloader.clone();
+                let timeout = self.parts.config.fetch_timeout();
+                let previous = entry.record.manifest_hash();
+                self.jobs.spawn(async move {
+                    let hash = target.manifest();
+                    let result = async {
+                        let fetched = content::fetch(
+                            &blobs,
+                            &downloader,
+                            &repo_id,
+                            hash,
+                            &providers,
+                            timeout,
+                        )
+                        .await?;
+                        content::materialize(&blobs, &dest, hash, &fetched.manifest).await?;
+                        content::pin(&blobs, &repo_id, hash, &fetched.manifest).await?;
+                        Ok(fetched)
+                    }
+                    .await;
+                    if result.is_err() {
+                        // Drop pins taken for the failed state; keep the previous one.
+                        restore_pins(&blobs, &repo_id, previous).await;
+                    }
+                    JobDone::Fetched {
+                        repo_id,
+                        target,
+                        result,
+                    }
+                });
+            }
+        }
+    }
+
+    async fn handle_job_done(&mut self, done: JobDone) {
+        let repo_id = match &done {
+            JobDone::Published { repo_id, .. } | JobDone::Fetched { repo_id, .. } => {
+                repo_id.clone()
+            }
+        };
+        self.busy.remove(&repo_id);
+        let tracked = matches!(self.parts.store.repo(&repo_id), Ok(Some(_)));
+        if !tracked {
+            // Removed while the job ran.
+            if let Err(e) = self.discard_content(&repo_id).await {
+                warn!(repo = %repo_id, error = %e, "cleanup after removal failed");
+            }
+            if let JobDone::Published { reply, .. } = done {
+                let _ = reply.send(Reply::Error(format!("{repo_id} was removed")));
+            }
+            return;
+        }
+        match done {
+            JobDone::Published {
+                repo_id,
+                result,
+                reply,
+            } => {
+                let outcome = match result {
+                    Ok(published) => self.adopt_published(&repo_id, published).await,
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(match outcome {
+                    Ok(payload) => Reply::Ok(payload),
+                    Err(e) => Reply::Error(e.to_string()),
+                });
+                self.reply_sync_waiters(&repo_id, 0, "published here");
+            }
+            JobDone::Fetched {
+                repo_id,
+                target,
+                result,
+            } => match result {
+                Ok(fetched) => {
+                    if let Err(e) = self.adopt_fetched(&repo_id, target, &fetched).await {
+                        warn!(repo = %repo_id, error = %e, "cannot record fetched state");
+                    }
+                    self.reply_sync_waiters(&repo_id, fetched.bytes_fetched, "fetched from peers");
+                }
+                Err(e) => {
+                    warn!(repo = %repo_id, manifest = %content::hex(&target.manifest()), error = %e, "fetch failed");
+                    let text = e.to_string();
+                    let _ = self
+                        .parts
+                        .store
+                        .update_repo(&repo_id, |entry| entry.last_error = Some(text.clone()));
+                    if let Some(waiters) = self.sync_waiters.remove(&repo_id) {
+                        for w in waiters {
+                            let _ = w.send(Reply::Error(text.clone()));
+                        }
+                    }
+                }
+            },
+        }
+        self.start_next(&repo_id);
+    }
+
+    fn reply_sync_waiters(&mut self, repo_id: &RepoId, bytes_fetched: u64, message: &str) {
+        if self.busy.contains(repo_id) {
+            return;
+        }
+        let Some(waiters) = self.sync_waiters.remove(repo_id) else {
+            return;
+        };
+        let reply = match self.parts.store.require_repo(repo_id) {
+            Ok(entry) => Reply::Ok(self.sync_report(&entry, bytes_fetched, message)),
+            Err(e) => Reply::Error(e.to_string()),
+        };
+        for w in waiters {
+            let _ = w.send(reply.clone());
+        }
+    }
+
+    async fn adopt_published(
+        &mut self,
+        repo_id: &RepoId,
+        published: Published,
+    ) -> Result<Payload, KnotError> {
+        let manifest_hex = content::hex(&published.hash);
+        let head = published.manifest.head_oid().map(|o| o.to_string());
+        let bytes_pinned = published.manifest.packs.iter().map(|p| p.size).sum();
+        let pack_count = published.manifest.packs.len();
+        let own_id = *self.parts.endpoint.id().as_bytes();
+        let key = self.secret_key.clone();
+        let (entry, statement) = self.parts.store.update_repo(repo_id, |e| {
+            let unchanged = published.unchanged && e.statement.is_some();
+            if !unchanged {
+                e.seq = unix_millis().max(e.seq + 1);
+                e.statement = Some(
+                    Statement {
+                        repo_id: repo_id.to_string(),
+                        head: head.clone(),
+                        manifest: *published.hash.as_bytes(),
+                        seq: e.seq,
+                        publisher: own_id,
+                    }
+                    .sign(&key),
+                );
+            }
+            e.record.manifest = Some(manifest_hex.clone());
+            e.record.head = head.clone();
+            e.materialized = Some(manifest_hex.clone());
+            e.pack_count = pack_count;
+            e.bytes_pinned = bytes_pinned;
+            e.last_sync = Some(unix_now());
+            e.last_error = None;
+            if e.locator.is_some() && !published.unchanged {
+                e.write_back_pending = true;
+            }
+            e.statement.clone()
+        })?;
+        if let Some(statement) = statement
+            && !published.unchanged
+        {
+            self.announce(repo_id, statement, false).await;
+        }
+        Ok(Payload::Published(PublishReport {
+            repo_id: repo_id.to_string(),
+            head: entry.record.head.clone(),
+            manifest: manifest_hex,
+            pack_count,
+            bytes_added: published.bytes_added,
+            consolidated: published.consolidated,
+            unchanged: published.unchanged,
+            path: self.materialized_path(repo_id),
+        }))
+    }
+
+    async fn adopt_fetched(
+        &mut self,
+        repo_id: &RepoId,
+        target: FetchTarget,
+        fetched: &Fetched,
+    ) -> Result<(), KnotError> {
+        let hash = target.manifest();
+        let manifest_hex = content::hex(&hash);
+        let head = fetched.manifest.head_oid().map(|o| o.to_string());
+        let own_id = *self.parts.endpoint.id().as_bytes();
+        let key = self.secret_key.clone();
+        let (_, statement) = self.parts.store.update_repo(repo_id, |e| {
+            match &target {
+                FetchTarget::Statement(signed) => {
+                    e.seq = e.seq.max(signed.statement.seq);
+                    e.statement = Some(signed.clone());
+                }
+                FetchTarget::Manifest(_) => {
+                    // Vouch for the record's state ourselves; peers that follow
+                    // the same record accept it because the record names it.
+                    let keep = e
+                        .statement
+                        .as_ref()
+                        .is_some_and(|s| s.statement.manifest_hash() == hash);
+                    if !keep {
+                        e.statement = Some(
+                            Statement {
+                                repo_id: repo_id.to_string(),
+                                head: head.clone(),
+                                manifest: *hash.as_bytes(),
+                                seq: e.seq,
+                                publisher: own_id,
+                            }
+                            .sign(&key),
+                        );
+                    }
+                }
+            }
+            e.record.manifest = Some(manifest_hex.clone());
+            e.record.head = head.clone();
+            e.materialized = Some(manifest_hex.clone());
+            e.pack_count = fetched.manifest.packs.len();
+            e.bytes_pinned = fetched.manifest.packs.iter().map(|p| p.size).sum();
+            e.last_sync = Some(unix_now());
+            e.last_error = None;
+            e.statement.clone()
+        })?;
+        info!(repo = %repo_id, manifest = %manifest_hex, bytes = fetched.bytes_fetched, "synced");
+        if let Some(statement) = statement {
+            // Tell the topic this node now provides the state.
+            self.announce(repo_id, statement, false).await;
+        }
+        Ok(())
+    }
+
+    /// Broadcast a statement under this node's envelope: to the whole topic,
+    /// or only to direct neighbours (when greeting a new neighbour).
+    async fn announce(&self, repo_id: &RepoId, statement: SignedStatement, neighbors_only: bool) {
+        let Some(topic) = self.topics.get(repo_id) else {
+            return;
+        };
+        let addrs = self
+            .parts
+            .endpoint
+            .addr()
+            .ip_addrs()
+            .copied()
+            .collect::<Vec<_>>();
+        let message = Announcement::new(statement, &self.secret_key, addrs).encode();
+        let result = if neighbors_only {
+            topic.sender.broadcast_neighbors(message.into()).await
+        } else {
+            topic.sender.broadcast(message.into()).await
+        };
+        if let Err(e) = result {
+            warn!(repo = %repo_id, error = %e, "gossip broadcast failed");
+        }
+    }
+
+    async fn handle_topic_event(&mut self, repo_id: RepoId, event: TopicEvent) {
+        match event {
+            TopicEvent::Announcement(ann) => self.handle_announcement(repo_id, *ann).await,
+            TopicEvent::Invalid { from, error } => {
+                self.counters.dropped_invalid += 1;
+                debug!(repo = %repo_id, from = %from.fmt_short(), %error, "dropped gossip message");
+            }
+            TopicEvent::NeighborUp(id) => {
+                if let Some(topic) = self.topics.get_mut(&repo_id) {
+                    topic.neighbors.insert(id);
+                }
+                debug!(repo = %repo_id, peer = %id.fmt_short(), "neighbour up");
+                // Greet the newcomer with the state held here.
+                if let Ok(Some(entry)) = self.parts.store.repo(&repo_id)
+                    && let Some(statement) = entry.statement
+                {
+                    self.announce(&repo_id, statement, true).await;
+                }
+            }
+            TopicEvent::NeighborDown(id) => {
+                if let Some(topic) = self.topics.get_mut(&repo_id) {
+                    topic.neighbors.remove(&id);
+                }
+            }
+            TopicEvent::Closed => {
+                if let Some(topic) = self.topics.remove(&repo_id) {
+                    topic.cancel.cancel();
+                }
+                // Rejoin if the repository is still tracked.
+                if let Ok(Some(entry)) = self.parts.store.repo(&repo_id)
+                    && !self.cancel.is_cancelled()
+                {
+                    self.join_topic(&repo_id, &entry).await;
+                }
+            }
+        }
+    }
+
+    async fn handle_announcement(&mut self, repo_id: RepoId, ann: Announcement) {
+        self.counters.received += 1;
+        let Some(sender) = ann.sender_id() else {
+            return;
+        };
+        if sender == self.parts.endpoint.id() {
+            return;
+        }
+        let hint = PeerHint::new(
+            sender.to_string(),
+            ann.sender_addrs.iter().map(|a| a.to_string()).collect(),
+            None,
+        );
+        self.learn_peers(std::slice::from_ref(&hint));
+        let entry = match self.parts.store.update_repo(&repo_id, |e| {
+            e.record.peers = record::merge_peers(e.record.peers.clone(), vec![hint.clone()]);
+        }) {
+            Ok((entry, ())) => entry,
+            Err(e) => {
+                debug!(repo = %repo_id, error = %e, "announcement for a repository no longer tracked");
+                return;
+            }
+        };
+        let statement = &ann.statement.statement;
+        let mut trusted = entry.trusted.clone();
+        trusted.push(self.parts.endpoint.id().to_string());
+        let record_manifest = entry.locator.as_ref().and(entry.record.manifest.as_deref());
+        let ctx = AdoptionContext {
+            record_manifest,
+            current_manifest: entry.record.manifest.as_deref(),
+            current_seq: entry.seq,
+            trusted_publishers: &trusted,
+        };
+        match announce_decision(statement, &ctx) {
+            Adoption::Adopt => {
+                info!(repo = %repo_id, manifest = %content::hex(&statement.manifest_hash()), from = %sender.fmt_short(), "adopting announced state");
+                let providers = self.providers(&entry, Some(&ann));
+                self.enqueue(
+                    repo_id,
+                    Job::Fetch {
+                        target: FetchTarget::Statement(ann.statement),
+                        providers,
+                    },
+                );
+            }
+            Adoption::AlreadyCurrent => {
+                // A materialized state that a peer also holds: nothing to do.
+                if entry.materialized != entry.record.manifest && !self.busy.contains(&repo_id) {
+                    let providers = self.providers(&entry, Some(&ann));
+                    self.enqueue(
+                        repo_id,
+                        Job::Fetch {
+                            target: FetchTarget::Statement(ann.statement),
+                            providers,
+                        },
+                    );
+                }
+            }
+            Adoption::Reject(reason) => {
+                self.counters.rejected += 1;
+                info!(repo = %repo_id, from = %sender.fmt_short(), publisher = %statement.publisher_id().map(|p| p.fmt_short().to_string()).unwrap_or_default(), reason, "ignoring announced state");
+            }
+        }
+    }
+
+    /// Peers to fetch from: the announcer, the publisher, every known peer and
+    /// every current neighbour, never this node.
+    fn providers(&self, entry: &RepoEntry, ann: Option<&Announcement>) -> Vec<EndpointId> {
+        let own = self.parts.endpoint.id();
+        let mut out: Vec<EndpointId> = Vec::new();
+        let mut push = |id: EndpointId| {
+            if id != own && !out.contains(&id) {
+                out.push(id);
+            }
+        };
+        if let Some(ann) = ann {
+            if let Some(id) = ann.sender_id() {
+                push(id);
+            }
+            if let Some(id) = ann.statement.statement.publisher_id() {
+                push(id);
+            }
+        }
+        if let Some(topic) = self.topics.get(&entry.record.repo_id) {
+            for id in &topic.neighbors {
+                push(*id);
+            }
+        }
+        for hint in &entry.record.peers {
+            if let Ok(id) = hint.node_id.parse() {
+                push(id);
+            }
+        }
+        out
+    }
+
+    async fn join_topic(&mut self, repo_id: &RepoId, entry: &RepoEntry) {
+        if self.topics.contains_key(repo_id) {
+            // Already joined: make sure new peers are dialed.
+            let peers: Vec<EndpointId> = self.bootstrap(entry);
+            if !peers.is_empty()
+                && let Some(topic) = self.topics.get(repo_id)
+                && let Err(e) = topic.sender.join_peers(peers).await
+            {
+                debug!(repo = %repo_id, error = %e, "joining peers failed");
+            }
+            return;
+        }
+        let topic_id = TopicId::from_bytes(repo_id.topic_bytes());
+        let bootstrap = self.bootstrap(entry);
+        let sub = match self.parts.gossip.subscribe(topic_id, bootstrap).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                warn!(repo = %repo_id, error = %e, "cannot join gossip topic");
+                return;
+            }
+        };
+        let (sender, receiver) = sub.split();
+        let cancel = self.cancel.child_token();
+        let Some(tx) = self.tx.upgrade() else {
+            return;
+        };
+        self.topic_tasks
+            .spawn(topic_task(repo_id.clone(), receiver, tx, cancel.clone()));
+        self.topics.insert(
+            repo_id.clone(),
+            Topic {
+                sender,
+                neighbors: BTreeSet::new(),
+                cancel,
+            },
+        );
+        debug!(repo = %repo_id, "joined gossip topic");
+    }
+
+    fn bootstrap(&self, entry: &RepoEntry) -> Vec<EndpointId> {
+        let own = self.parts.endpoint.id();
+        entry
+            .record
+            .peers
+            .iter()
+            .filter_map(|p| p.node_id.parse().ok())
+            .filter(|id| *id != own)
+            .collect()
+    }
+
+    fn leave_topic(&mut self, repo_id: &RepoId) {
+        if let Some(topic) = self.topics.remove(repo_id) {
+            topic.cancel.cancel();
+            debug!(repo = %repo_id, "left gossip topic");
+        }
+    }
+
     /// Where the materialized bare repository of `repo_id` lives.
-    fn materialized_path(&self, repo_id: &RepoId) -> std::path::PathBuf {
+    fn materialized_path(&self, repo_id: &RepoId) -> PathBuf {
         self.parts
             .config
             .data_dir
@@ -279,7 +1123,13 @@ impl Knot {
             .store
             .repos()?
             .into_iter()
-            .map(|e| summarize(&e, 0))
+            .map(|e| {
+                let connected = self
+                    .topics
+                    .get(&e.record.repo_id)
+                    .map_or(0, |t| t.neighbors.len());
+                summarize(&e, connected)
+            })
             .collect())
     }
 
@@ -300,6 +1150,85 @@ impl Knot {
         let addr = crate::node::wait_for_addr(&self.parts.endpoint).await;
         EndpointTicket::new(addr).to_string()
     }
+}
+
+/// The adoption rule applied to an announced statement.
+fn announce_decision(statement: &Statement, ctx: &AdoptionContext<'_>) -> Adoption {
+    crate::announce::decide_adoption(statement, ctx)
+}
+
+/// After a failed fetch, put the pins back to the previous manifest (or none).
+async fn restore_pins(blobs: &FsStore, repo_id: &RepoId, previous: Option<Hash>) {
+    let _ = blobs
+        .tags()
+        .delete(format!("knot/{repo_id}/incoming"))
+        .await;
+    let result = match previous {
+        Some(hash) => match content::load_manifest(blobs, hash, repo_id).await {
+            Ok(manifest) => content::pin(blobs, repo_id, hash, &manifest).await,
+            Err(e) => Err(e),
+        },
+        None => content::unpin_all(blobs, repo_id).await,
+    };
+    if let Err(e) = result {
+        warn!(repo = %repo_id, error = %e, "cannot restore pins after a failed fetch");
+    }
+}
+
+/// Read a topic and forward verified announcements and neighbour changes.
+async fn topic_task(
+    repo_id: RepoId,
+    mut receiver: GossipReceiver,
+    tx: mpsc::Sender<Message>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => return,
+            event = receiver.next() => event,
+        };
+        let event = match event {
+            Some(Ok(Event::Received(msg))) => {
+                match Announcement::decode_verified(&msg.content, &repo_id) {
+                    Ok(ann) => TopicEvent::Announcement(Box::new(ann)),
+                    Err(e) => TopicEvent::Invalid {
+                        from: msg.delivered_from,
+                        error: e.to_string(),
+                    },
+                }
+            }
+            Some(Ok(Event::NeighborUp(id))) => TopicEvent::NeighborUp(id),
+            Some(Ok(Event::NeighborDown(id))) => TopicEvent::NeighborDown(id),
+            Some(Ok(Event::Lagged)) => {
+                warn!(repo = %repo_id, "gossip receiver lagged; some announcements were missed");
+                continue;
+            }
+            Some(Err(e)) => {
+                warn!(repo = %repo_id, error = %e, "gossip topic failed");
+                TopicEvent::Closed
+            }
+            None => TopicEvent::Closed,
+        };
+        let closed = matches!(event, TopicEvent::Closed);
+        let msg = Message::Gossip {
+            repo_id: repo_id.clone(),
+            event,
+        };
+        if tx.send(msg).await.is_err() || closed {
+            return;
+        }
+    }
+}
+
+fn peer_list(peers: &[PeerHint]) -> String {
+    if peers.is_empty() {
+        return "none".into();
+    }
+    peers
+        .iter()
+        .map(|p| p.node_id.chars().take(10).collect::<String>())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn summarize(entry: &RepoEntry, peers_connected: usize) -> RepoSummary {

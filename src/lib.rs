@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod announce;
 pub mod config;
+pub mod content;
 pub mod git;
 pub mod keys;
 pub mod knot;

@@ -108,9 +108,16 @@ pub struct RepoEntry {
     /// Bytes of blobs pinned for the current manifest.
     #[serde(default)]
     pub bytes_pinned: u64,
-    /// Highest announcement counter seen per announcing node.
+    /// Sequence number of the statement behind the current state (0 if none).
     #[serde(default)]
-    pub announce_counter: u64,
+    pub seq: u64,
+    /// The signed statement behind the current state, re-announced to peers.
+    #[serde(default)]
+    pub statement: Option<crate::announce::SignedStatement>,
+    /// Node ids (hex) trusted to publish new states of this repository: peers
+    /// the operator named at add-repo and peers listed in the ATProto record.
+    #[serde(default)]
+    pub trusted: Vec<String>,
     /// Whether the current state still has to be written back to the PDS.
     #[serde(default)]
     pub write_back_pending: bool,
@@ -131,7 +138,9 @@ impl RepoEntry {
             materialized: None,
             pack_count: 0,
             bytes_pinned: 0,
-            announce_counter: 0,
+            seq: 0,
+            statement: None,
+            trusted: Vec::new(),
             write_back_pending: false,
         }
     }
@@ -142,6 +151,14 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 

@@ -83,3 +83,138 @@ impl TestNode {
 pub fn rid(s: &str) -> knotd::repo_id::RepoId {
     knotd::repo_id::RepoId::parse(s).expect("valid repo id")
 }
+
+/// Run git in `dir` with a clean, isolated configuration; panic on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Test Author")
+        .env("GIT_AUTHOR_EMAIL", "author@example.com")
+        .env("GIT_COMMITTER_NAME", "Test Author")
+        .env("GIT_COMMITTER_EMAIL", "author@example.com")
+        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A working repository with a few commits, a tag and a binary file large
+/// enough to span several BLAKE3 chunk groups.
+pub fn make_repo(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    git(dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("README.md"), "hello knot\n").unwrap();
+    let blob: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("data.bin"), blob).unwrap();
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-q", "-m", "first"]);
+    git(dir, &["tag", "-a", "v1", "-m", "version 1"]);
+    add_commit(dir, "second");
+}
+
+/// Add one commit that changes a file.
+pub fn add_commit(dir: &Path, name: &str) {
+    std::fs::write(dir.join(format!("{name}.txt")), format!("{name}\n")).unwrap();
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-q", "-m", name]);
+}
+
+/// `git ls-tree -r HEAD` plus `for-each-ref` of a repository: what must match
+/// between a source and its replicas.
+pub fn fingerprint(git_dir: &Path) -> String {
+    let refs = git(
+        git_dir,
+        &["for-each-ref", "--format=%(refname) %(objectname)"],
+    );
+    let tree = git(git_dir, &["ls-tree", "-r", "HEAD"]);
+    format!("{refs}\n{tree}")
+}
+
+/// Poll `check` every 50 ms until it returns true or `secs` pass.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+impl TestNode {
+    /// A ticket for this node.
+    pub async fn ticket(&self) -> String {
+        match self.admin(Command::Ticket).await.expect("ticket") {
+            Payload::Ticket { ticket } => ticket,
+            other => panic!("unexpected payload {other:?}"),
+        }
+    }
+
+    /// The summary row of one repository, if tracked.
+    pub async fn summary(&self, repo_id: &str) -> Option<knotd::admin::RepoSummary> {
+        match self.admin(Command::List).await.expect("list") {
+            Payload::Repos { repos } => repos.into_iter().find(|r| r.repo_id == repo_id),
+            other => panic!("unexpected payload {other:?}"),
+        }
+    }
+
+    /// The manifest this node has materialized for a repository.
+    pub async fn materialized(&self, repo_id: &str) -> Option<String> {
+        self.summary(repo_id).await.and_then(|s| s.materialized)
+    }
+
+    /// Track a repository with bootstrap peers.
+    pub async fn follow(&self, repo_id: &str, peers: Vec<String>) {
+        self.admin(Command::AddRepo {
+            repo_id: rid(repo_id),
+            pds: None,
+            record: None,
+            peers,
+        })
+        .await
+        .expect("add-repo");
+    }
+
+    /// Publish a local git repository.
+    pub async fn publish(&self, repo_id: &str, path: &Path) -> knotd::admin::PublishReport {
+        match self
+            .admin(Command::Publish {
+                repo_id: rid(repo_id),
+                path: path.to_path_buf(),
+                force: false,
+                expected_manifest: None,
+            })
+            .await
+            .expect("publish")
+        {
+            Payload::Published(report) => report,
+            other => panic!("unexpected payload {other:?}"),
+        }
+    }
+
+    /// Where this node materializes a repository.
+    pub fn repo_path(&self, repo_id: &str) -> PathBuf {
+        self.data_dir
+            .join("repos")
+            .join(rid(repo_id).relative_path())
+    }
+}

@@ -1,0 +1,519 @@
+//! Repositories as blobs: publishing a git repository into the blob store,
+//! pinning, fetching from peers, and materializing a bare repository.
+//!
+//! Owns the named tags that pin a repository's blobs:
+//! `knot/<repo_id>/manifest` for the current manifest and
+//! `knot/<repo_id>/pack/<hash>` for every pack it lists. Tags are per
+//! repository, so a pack shared by two repositories (a fork) is stored once and
+//! stays pinned while either references it; the blob store's GC removes a blob
+//! only when no tag names it. Tags survive restarts. Git work runs on blocking
+//! threads; no blob store call blocks the async runtime.
+
+use std::{path::Path, time::Duration};
+
+use bytes::Bytes;
+use iroh::EndpointId;
+use iroh_blobs::{
+    Hash, HashAndFormat,
+    api::{Store, downloader::Downloader},
+};
+use n0_future::StreamExt;
+use tracing::{debug, info};
+
+use crate::{
+    git::{self, GitError, ObjectId, RefSet},
+    manifest::{self, Manifest, ManifestError, PackEntry},
+    materialize::{self, MaterializeError, Outcome},
+    repo_id::RepoId,
+};
+
+/// Errors moving repository content.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    /// A git operation failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// A manifest is invalid.
+    #[error("manifest {hash}: {source}")]
+    Manifest {
+        /// The manifest hash.
+        hash: String,
+        /// What is wrong.
+        source: ManifestError,
+    },
+    /// Materialization failed.
+    #[error(transparent)]
+    Materialize(#[from] MaterializeError),
+    /// The blob store failed.
+    #[error("blob store error while {op}: {message}")]
+    Blobs {
+        /// What the node was doing.
+        op: &'static str,
+        /// The store's message.
+        message: String,
+    },
+    /// The update rewrites history and was not forced.
+    #[error(
+        "refusing a non-fast-forward update of {}; publish with --force to rewrite history",
+        .0.join(", ")
+    )]
+    NotFastForward(Vec<String>),
+    /// The manifest describes another repository.
+    #[error("manifest is for {found}, expected {expected}")]
+    WrongRepo {
+        /// The repository asked for.
+        expected: String,
+        /// The repository the manifest names.
+        found: String,
+    },
+    /// No peer could provide a blob.
+    #[error(
+        "could not fetch {what} {hash} from any of {tried} peer(s) ({peers}): {message}; check that a peer serving it is online"
+    )]
+    Fetch {
+        /// Manifest or pack.
+        what: &'static str,
+        /// The blob hash.
+        hash: String,
+        /// How many peers were tried.
+        tried: usize,
+        /// Short ids of the peers tried.
+        peers: String,
+        /// The last error.
+        message: String,
+    },
+    /// A blocking task failed.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+fn request_err<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> ContentError {
+    move |e| ContentError::Blobs {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// Tag naming the current manifest of `repo_id`.
+pub fn manifest_tag(repo_id: &RepoId) -> String {
+    format!("knot/{repo_id}/manifest")
+}
+
+fn pack_tag_prefix(repo_id: &RepoId) -> String {
+    format!("knot/{repo_id}/pack/")
+}
+
+/// Hex of a BLAKE3 hash.
+pub fn hex(hash: &Hash) -> String {
+    data_encoding::HEXLOWER.encode(hash.as_bytes())
+}
+
+/// What a publish produced.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The new manifest.
+    pub manifest: Manifest,
+    /// Its hash.
+    pub hash: Hash,
+    /// Bytes of new pack data added.
+    pub bytes_added: u64,
+    /// Whether all packs were consolidated into one.
+    pub consolidated: bool,
+    /// Whether the repository had not changed.
+    pub unchanged: bool,
+}
+
+struct Packed {
+    refs: RefSet,
+    new_pack: Option<(Vec<u8>, u32)>,
+    consolidated: bool,
+}
+
+/// Publish the git repository at `source` as the new state of `repo_id`.
+///
+/// With a previous manifest, one thin pack holds only the objects not
+/// reachable from the previous refs; when the pack count would exceed
+/// `max_packs`, all objects are repacked into a single pack instead. Unless
+/// `force` is set, every ref must fast-forward. The new blobs are pinned and
+/// packs no longer referenced are unpinned.
+pub async fn publish(
+    blobs: &Store,
+    repo_id: &RepoId,
+    source: &Path,
+    previous: Option<&Manifest>,
+    max_packs: usize,
+    force: bool,
+) -> Result<Published, ContentError> {
+    let source = source.to_path_buf();
+    let prev = previous.cloned();
+    let packed = tokio::task::spawn_blocking(move || -> Result<Packed, ContentError> {
+        let git_dir = git::open_repo(&source)?;
+        let refs = git::read_refs(&git_dir)?;
+        let Some(prev) = prev else {
+            let pack = git::pack_objects(&git_dir, &refs.tips(), &[], false)?;
+            let new_pack = (!pack.is_empty()).then_some((pack.bytes, pack.object_count));
+            return Ok(Packed {
+                refs,
+                new_pack,
+                consolidated: false,
+            });
+        };
+        if prev.refs == refs {
+            return Ok(Packed {
+                refs,
+                new_pack: None,
+                consolidated: false,
+            });
+        }
+        if !force {
+            let not_ff = manifest::refs_fast_forward_check(&prev.refs, &refs, |a, b| {
+                git::is_ancestor(&git_dir, a, b).unwrap_or(false)
+            });
+            if !not_ff.is_empty() {
+                return Err(ContentError::NotFastForward(not_ff));
+            }
+        }
+        let exclude: Vec<ObjectId> = prev
+            .refs
+            .tips()
+            .into_iter()
+            .filter(|id| git::has_object(&git_dir, id))
+            .collect();
+        if manifest::needs_consolidation(prev.packs.len() + 1, max_packs) {
+            let pack = git::pack_objects(&git_dir, &refs.tips(), &[], false)?;
+            return Ok(Packed {
+                refs,
+                new_pack: Some((pack.bytes, pack.object_count)),
+                consolidated: true,
+            });
+        }
+        let pack = git::pack_objects(&git_dir, &refs.tips(), &exclude, true)?;
+        let new_pack = (!pack.is_empty()).then_some((pack.bytes, pack.object_count));
+        Ok(Packed {
+            refs,
+            new_pack,
+            consolidated: false,
+        })
+    })
+    .await
+    .map_err(|e| ContentError::Task(e.to_string()))??;
+
+    if let Some(prev) = previous
+        && prev.refs == packed.refs
+    {
+        let hash = Hash::from_bytes(prev.hash());
+        return Ok(Published {
+            manifest: prev.clone(),
+            hash,
+            bytes_added: 0,
+            consolidated: false,
+            unchanged: true,
+        });
+    }
+
+    let mut packs = match (previous, packed.consolidated) {
+        (Some(prev), false) => prev.packs.clone(),
+        _ => Vec::new(),
+    };
+    let mut bytes_added = 0;
+    let mut temp_tags = Vec::new();
+    if let Some((bytes, objects)) = packed.new_pack {
+        let entry = PackEntry::for_bytes(&bytes, objects);
+        bytes_added = entry.size;
+        let tt = blobs
+            .add_bytes(bytes)
+            .temp_tag()
+            .await
+            .map_err(request_err("adding a pack"))?;
+        debug_assert_eq!(tt.hash().as_bytes(), &entry.hash);
+        temp_tags.push(tt);
+        packs.push(entry);
+    }
+    let manifest = Manifest {
+        repo_id: repo_id.to_string(),
+        refs: packed.refs,
+        packs,
+    };
+    manifest
+        .validate()
+        .map_err(|source| ContentError::Manifest {
+            hash: "(new)".into(),
+            source,
+        })?;
+    let tt = blobs
+        .add_bytes(manifest.to_bytes())
+        .temp_tag()
+        .await
+        .map_err(request_err("adding the manifest"))?;
+    let hash = tt.hash();
+    temp_tags.push(tt);
+    pin(blobs, repo_id, hash, &manifest).await?;
+    drop(temp_tags);
+    info!(repo = %repo_id, manifest = %hex(&hash), packs = manifest.packs.len(), bytes_added, consolidated = packed.consolidated, "published");
+    Ok(Published {
+        manifest,
+        hash,
+        bytes_added,
+        consolidated: packed.consolidated,
+        unchanged: false,
+    })
+}
+
+/// Pin `manifest` (stored under `hash`) and all its packs for `repo_id`, then
+/// unpin this repository's packs that the manifest no longer lists.
+pub async fn pin(
+    blobs: &Store,
+    repo_id: &RepoId,
+    hash: Hash,
+    manifest: &Manifest,
+) -> Result<(), ContentError> {
+    let prefix = pack_tag_prefix(repo_id);
+    let mut wanted = std::collections::BTreeSet::new();
+    for pack in &manifest.packs {
+        let name = format!("{prefix}{}", pack.hash_hex());
+        blobs
+            .tags()
+            .set(&name, HashAndFormat::raw(Hash::from_bytes(pack.hash)))
+            .await
+            .map_err(request_err("pinning a pack"))?;
+        wanted.insert(name);
+    }
+    blobs
+        .tags()
+        .set(manifest_tag(repo_id), HashAndFormat::raw(hash))
+        .await
+        .map_err(request_err("pinning the manifest"))?;
+    let mut stale = Vec::new();
+    let mut list = blobs
+        .tags()
+        .list_prefix(&prefix)
+        .await
+        .map_err(request_err("listing tags"))?;
+    while let Some(tag) = list.next().await {
+        let tag = tag.map_err(request_err("listing tags"))?;
+        let name = String::from_utf8_lossy(tag.name.as_ref()).into_owned();
+        if !wanted.contains(&name) {
+            stale.push(name);
+        }
+    }
+    for name in stale {
+        debug!(repo = %repo_id, tag = %name, "unpinning pack no longer referenced");
+        blobs
+            .tags()
+            .delete(&name)
+            .await
+            .map_err(request_err("unpinning a pack"))?;
+    }
+    Ok(())
+}
+
+/// Remove every tag of `repo_id`; blobs no other repository pins are then collected.
+pub async fn unpin_all(blobs: &Store, repo_id: &RepoId) -> Result<(), ContentError> {
+    blobs
+        .tags()
+        .delete_prefix(format!("knot/{repo_id}/"))
+        .await
+        .map_err(request_err("unpinning"))?;
+    Ok(())
+}
+
+/// Read and decode a manifest from the store.
+pub async fn load_manifest(
+    blobs: &Store,
+    hash: Hash,
+    repo_id: &RepoId,
+) -> Result<Manifest, ContentError> {
+    let bytes = blobs
+        .get_bytes(hash)
+        .await
+        .map_err(request_err("reading a manifest"))?;
+    decode_manifest(&bytes, hash, repo_id)
+}
+
+fn decode_manifest(bytes: &[u8], hash: Hash, repo_id: &RepoId) -> Result<Manifest, ContentError> {
+    if Hash::new(bytes) != hash {
+        return Err(ContentError::Manifest {
+            hash: hex(&hash),
+            source: ManifestError::Malformed("stored bytes do not match the hash".into()),
+        });
+    }
+    let manifest = Manifest::from_bytes(bytes).map_err(|source| ContentError::Manifest {
+        hash: hex(&hash),
+        source,
+    })?;
+    if manifest.repo_id != repo_id.as_str() {
+        return Err(ContentError::WrongRepo {
+            expected: repo_id.to_string(),
+            found: manifest.repo_id,
+        });
+    }
+    Ok(manifest)
+}
+
+/// What a fetch transferred.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The fetched manifest.
+    pub manifest: Manifest,
+    /// Bytes of blobs that were missing and were fetched.
+    pub bytes_fetched: u64,
+}
+
+/// Fetch `hash` (a manifest of `repo_id`) and every pack it lists that the store
+/// lacks, trying `providers` in order. The downloader verifies every byte
+/// against its BLAKE3 hash; a provider that sends wrong bytes is dropped and
+/// the next is tried. Fetched packs are pinned at once so GC cannot take them.
+pub async fn fetch(
+    blobs: &Store,
+    downloader: &Downloader,
+    repo_id: &RepoId,
+    hash: Hash,
+    providers: &[EndpointId],
+    timeout: Duration,
+) -> Result<Fetched, ContentError> {
+    let mut bytes_fetched = 0;
+    let manifest_present = blobs
+        .has(hash)
+        .await
+        .map_err(request_err("checking a blob"))?;
+    if !manifest_present {
+        download(downloader, "manifest", hash, providers, timeout).await?;
+        bytes_fetched += blobs
+            .get_bytes(hash)
+            .await
+            .map_err(request_err("reading a manifest"))?
+            .len() as u64;
+    }
+    // Keep the manifest from GC while the packs arrive.
+    blobs
+        .tags()
+        .set(format!("knot/{repo_id}/incoming"), HashAndFormat::raw(hash))
+        .await
+        .map_err(request_err("pinning the incoming manifest"))?;
+    let manifest = load_manifest(blobs, hash, repo_id).await?;
+    let prefix = pack_tag_prefix(repo_id);
+    for pack in &manifest.packs {
+        let pack_hash = Hash::from_bytes(pack.hash);
+        if !blobs
+            .has(pack_hash)
+            .await
+            .map_err(request_err("checking a blob"))?
+        {
+            download(downloader, "pack", pack_hash, providers, timeout).await?;
+            bytes_fetched += pack.size;
+        }
+        blobs
+            .tags()
+            .set(
+                format!("{prefix}{}", pack.hash_hex()),
+                HashAndFormat::raw(pack_hash),
+            )
+            .await
+            .map_err(request_err("pinning a pack"))?;
+    }
+    Ok(Fetched {
+        manifest,
+        bytes_fetched,
+    })
+}
+
+async fn download(
+    downloader: &Downloader,
+    what: &'static str,
+    hash: Hash,
+    providers: &[EndpointId],
+    timeout: Duration,
+) -> Result<(), ContentError> {
+    let fail = |message: String| ContentError::Fetch {
+        what,
+        hash: hex(&hash),
+        tried: providers.len(),
+        peers: providers
+            .iter()
+            .map(|p| p.fmt_short().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        message,
+    };
+    if providers.is_empty() {
+        return Err(fail("no peers known".into()));
+    }
+    let request = downloader.download(HashAndFormat::raw(hash), providers.to_vec());
+    match tokio::time::timeout(timeout, request).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(fail(e.to_string())),
+        Err(_) => Err(fail(format!("timed out after {timeout:?}"))),
+    }
+}
+
+/// Materialize `manifest` into the bare repository at `dest`, reading and
+/// verifying every pack from the store. An existing repository is updated in
+/// place; the same manifest twice is a no-op.
+pub async fn materialize(
+    blobs: &Store,
+    dest: &Path,
+    hash: Hash,
+    manifest: &Manifest,
+) -> Result<Outcome, ContentError> {
+    let blobs = blobs.clone();
+    let dest = dest.to_path_buf();
+    let manifest = manifest.clone();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| MaterializeError::Io {
+                context: "creating",
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut load = |entry: &PackEntry| -> Result<Vec<u8>, MaterializeError> {
+            let bytes: Bytes = handle
+                .block_on(blobs.get_bytes(Hash::from_bytes(entry.hash)))
+                .map_err(|e| MaterializeError::PackUnavailable {
+                    hash: entry.hash_hex(),
+                    reason: e.to_string(),
+                })?;
+            Ok(bytes.to_vec())
+        };
+        materialize::materialize(&dest, *hash.as_bytes(), &manifest, &mut load)
+    })
+    .await
+    .map_err(|e| ContentError::Task(e.to_string()))?
+    .map_err(ContentError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_names_do_not_collide_between_repos() {
+        let a = RepoId::parse("did:plc:a/b").unwrap();
+        let b = RepoId::parse("did:plc:a/b.x").unwrap();
+        assert!(!pack_tag_prefix(&b).starts_with(&pack_tag_prefix(&a)));
+        assert!(!manifest_tag(&b).starts_with(&format!("knot/{a}/")));
+    }
+
+    #[test]
+    fn manifest_for_another_repo_is_rejected() {
+        let m = Manifest {
+            repo_id: "did:plc:a/other".into(),
+            refs: RefSet {
+                head: None,
+                refs: Default::default(),
+            },
+            packs: vec![],
+        };
+        let bytes = m.to_bytes();
+        let hash = Hash::new(&bytes);
+        let err = decode_manifest(&bytes, hash, &RepoId::parse("did:plc:a/b").unwrap());
+        assert!(matches!(err, Err(ContentError::WrongRepo { .. })));
+        let err = decode_manifest(
+            &bytes,
+            Hash::new(b"x"),
+            &RepoId::parse("did:plc:a/other").unwrap(),
+        );
+        assert!(matches!(err, Err(ContentError::Manifest { .. })));
+    }
+}

@@ -1,0 +1,111 @@
+//! Replication between knots: real iroh endpoints on loopback, relays off.
+
+mod common;
+
+use common::{TestNode, add_commit, eventually, fingerprint, git, make_repo};
+
+const REPO: &str = "did:plc:author1/website";
+
+async fn converged(node: &TestNode, manifest: &str) -> bool {
+    node.materialized(REPO).await.as_deref() == Some(manifest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn author_seeder_follower_converge_and_survive_the_author_leaving() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+
+    let author = TestNode::spawn().await;
+    let seeder = TestNode::spawn().await;
+    let follower_dir = tempfile::tempdir().unwrap();
+    let follower = TestNode::spawn_in(follower_dir.path()).await;
+
+    let first = author.publish(REPO, &src).await;
+    assert_eq!(first.pack_count, 1);
+    let author_ticket = author.ticket().await;
+    let seeder_ticket = seeder.ticket().await;
+    seeder.follow(REPO, vec![author_ticket.clone()]).await;
+    follower
+        .follow(REPO, vec![author_ticket.clone(), seeder_ticket.clone()])
+        .await;
+
+    eventually(30, "seeder and follower converge", || async {
+        converged(&seeder, &first.manifest).await && converged(&follower, &first.manifest).await
+    })
+    .await;
+    let clone = work.path().join("clone1");
+    git(
+        work.path(),
+        &[
+            "clone",
+            "-q",
+            follower.repo_path(REPO).to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        git(&clone, &["ls-tree", "-r", "HEAD"]),
+        git(&src, &["ls-tree", "-r", "HEAD"])
+    );
+    assert_eq!(
+        fingerprint(&follower.repo_path(REPO)),
+        fingerprint(&author.repo_path(REPO))
+    );
+    git(
+        &follower.repo_path(REPO),
+        &["fsck", "--full", "--no-progress"],
+    );
+
+    // The follower goes away; the author publishes an update that reaches only
+    // the seeder, then leaves too.
+    follower.stop().await;
+    add_commit(&src, "third");
+    let second = author.publish(REPO, &src).await;
+    assert_eq!(second.pack_count, 2, "an update adds one pack");
+    assert!(
+        second.bytes_added < 4096,
+        "incremental pack is small, got {}",
+        second.bytes_added
+    );
+    eventually(30, "seeder gets the update", || async {
+        converged(&seeder, &second.manifest).await
+    })
+    .await;
+    author.stop().await;
+
+    // The follower comes back and gets the update from the seeder alone.
+    let follower = TestNode::spawn_in(follower_dir.path()).await;
+    eventually(30, "follower gets the update from the seeder", || async {
+        converged(&follower, &second.manifest).await
+    })
+    .await;
+    assert_eq!(
+        git(&follower.repo_path(REPO), &["rev-parse", "HEAD"]),
+        git(&src, &["rev-parse", "HEAD"])
+    );
+    git(
+        &follower.repo_path(REPO),
+        &["fsck", "--full", "--no-progress"],
+    );
+
+    // The follower restarts again and serves a fourth, fresh node on its own.
+    seeder.stop().await;
+    let follower = follower.restart().await;
+    let fresh = TestNode::spawn().await;
+    fresh
+        .follow(REPO, vec![author_ticket.clone(), follower.ticket().await])
+        .await;
+    eventually(
+        30,
+        "fresh node fetches from the restarted follower",
+        || async { converged(&fresh, &second.manifest).await },
+    )
+    .await;
+    assert_eq!(
+        fingerprint(&fresh.repo_path(REPO)),
+        fingerprint(&follower.repo_path(REPO))
+    );
+    fresh.stop().await;
+    follower.stop().await;
+}
