@@ -7,7 +7,7 @@
 // Env:
 //   PDS_PORT      port for the PDS (default 0 = pick a free one)
 //   PLC_PORT      port for the PLC directory (default 0 = pick a free one)
-//   PDS_KEEP_STDIN=1   do NOT exit when stdin reaches EOF
+//   PDS_KEEP_STDIN=1   do NOT exit when stdin (a pipe/socket/tty) reaches EOF
 //   LOG_ENABLED=true   PDS/PLC logs (to stderr unless LOG_DESTINATION is set)
 //
 // Prints exactly one JSON line to stdout when ready:
@@ -63,6 +63,7 @@ const bindLoopback = (app) => {
 const t0 = process.hrtime.bigint()
 let dataDir
 let pds
+let pdsStarted = false
 let plc
 let stopping = false
 
@@ -84,6 +85,7 @@ const shutdown = async (why, code = 0) => {
   }, 5000)
   hardExit.unref()
   try {
+    if (pds && !pdsStarted) pds.terminator = undefined // never listened
     await pds?.destroy()
   } catch (err) {
     log('pds destroy failed:', err)
@@ -110,8 +112,19 @@ process.on('unhandledRejection', (err) => {
 })
 process.on('exit', cleanupDir)
 
-// Exit when stdin closes (spawning test process died) unless told otherwise.
-if (!/^(1|true)$/i.test(process.env.PDS_KEEP_STDIN ?? '')) {
+// Exit when stdin reaches EOF (the spawning test process died or closed it),
+// unless told otherwise. Only when stdin is a pipe, socket or terminal: with
+// stdin = /dev/null or a file (e.g. CI without stdin, `cmd </dev/null &`)
+// EOF is immediate and means nothing, so it is ignored.
+const stdinIsLive = (() => {
+  try {
+    const st = fs.fstatSync(0)
+    return st.isFIFO() || st.isSocket() || process.stdin.isTTY === true
+  } catch {
+    return false
+  }
+})()
+if (stdinIsLive && !/^(1|true)$/i.test(process.env.PDS_KEEP_STDIN ?? '')) {
   process.stdin.on('data', () => {})
   process.stdin.on('end', () => shutdown('stdin closed'))
   process.stdin.on('error', () => shutdown('stdin error'))
@@ -176,6 +189,7 @@ try {
   pds = await PDS.create(cfg, secrets)
   bindLoopback(pds.app)
   await pds.start()
+  pdsStarted = true
 
   const readyMs = Number(process.hrtime.bigint() - t0) / 1e6
   process.stdout.write(
