@@ -224,8 +224,21 @@ pub struct NodeStatus {
     pub uptime_secs: u64,
     /// knotd version.
     pub version: String,
+    /// Gossip traffic since start.
+    pub gossip: GossipStats,
     /// Per-repository status.
     pub repos: Vec<RepoSummary>,
+}
+
+/// Gossip traffic counters since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipStats {
+    /// Valid announcements received.
+    pub received: u64,
+    /// Messages dropped as malformed, oversize, badly signed or off-topic.
+    pub dropped_invalid: u64,
+    /// Valid announcements whose state was not adopted (untrusted, older).
+    pub rejected: u64,
 }
 
 /// A peer of a repository.

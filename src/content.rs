@@ -468,12 +468,21 @@ pub async fn materialize(
             })?;
         }
         let mut load = |entry: &PackEntry| -> Result<Vec<u8>, MaterializeError> {
-            let bytes: Bytes = handle
-                .block_on(blobs.get_bytes(Hash::from_bytes(entry.hash)))
-                .map_err(|e| MaterializeError::PackUnavailable {
-                    hash: entry.hash_hex(),
-                    reason: e.to_string(),
-                })?;
+            let hash = Hash::from_bytes(entry.hash);
+            let bytes: Bytes = handle.block_on(blobs.get_bytes(hash)).map_err(|e| {
+                // A blob the store holds but cannot read back verified is corrupt.
+                if handle.block_on(blobs.has(hash)).unwrap_or(false) {
+                    MaterializeError::CorruptPack {
+                        hash: entry.hash_hex(),
+                        reason: format!("the blob store could not verify it: {e}"),
+                    }
+                } else {
+                    MaterializeError::PackUnavailable {
+                        hash: entry.hash_hex(),
+                        reason: e.to_string(),
+                    }
+                }
+            })?;
             Ok(bytes.to_vec())
         };
         materialize::materialize(&dest, *hash.as_bytes(), &manifest, &mut load)

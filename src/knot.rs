@@ -33,8 +33,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     admin::{
-        Command, Executor, NodeStatus, Payload, PeerView, PublishReport, Reply, RepoSummary,
-        SyncReport,
+        Command, Executor, GossipStats, NodeStatus, Payload, PeerView, PublishReport, Reply,
+        RepoSummary, SyncReport,
     },
     announce::{Adoption, AdoptionContext, Announcement, SignedStatement, Statement},
     config::Config,
@@ -172,6 +172,8 @@ enum Job {
         path: PathBuf,
         force: bool,
         expected_manifest: Option<String>,
+        /// The repository was added by this publish and goes if it fails.
+        added: bool,
         reply: oneshot::Sender<Reply>,
     },
     Fetch {
@@ -202,6 +204,7 @@ enum JobDone {
     Published {
         repo_id: RepoId,
         result: Result<Published, ContentError>,
+        added: bool,
         reply: oneshot::Sender<Reply>,
     },
     Fetched {
@@ -215,14 +218,6 @@ struct Topic {
     sender: GossipSender,
     neighbors: BTreeSet<EndpointId>,
     cancel: CancellationToken,
-}
-
-/// Counters of gossip traffic, shown in logs.
-#[derive(Debug, Default)]
-struct GossipCounters {
-    received: u64,
-    dropped_invalid: u64,
-    rejected: u64,
 }
 
 /// The actor state.
@@ -240,7 +235,7 @@ pub struct Knot {
     busy: BTreeSet<RepoId>,
     queued: HashMap<RepoId, VecDeque<Job>>,
     sync_waiters: HashMap<RepoId, Vec<oneshot::Sender<Reply>>>,
-    counters: GossipCounters,
+    counters: GossipStats,
 }
 
 impl Knot {
@@ -267,7 +262,7 @@ impl Knot {
             busy: BTreeSet::new(),
             queued: HashMap::new(),
             sync_waiters: HashMap::new(),
-            counters: GossipCounters::default(),
+            counters: GossipStats::default(),
         };
         tasks.spawn(actor.run());
         KnotHandle { tx }
@@ -502,8 +497,8 @@ impl Knot {
         expected_manifest: Option<String>,
         reply: oneshot::Sender<Reply>,
     ) {
-        match self.parts.store.repo(&repo_id) {
-            Ok(Some(_)) => {}
+        let added = match self.parts.store.repo(&repo_id) {
+            Ok(Some(_)) => false,
             Ok(None) => {
                 let entry = RepoEntry::new(repo_id.clone(), None, Vec::new());
                 if let Err(e) = self.parts.store.insert_repo(&entry) {
@@ -512,18 +507,20 @@ impl Knot {
                 }
                 info!(repo = %repo_id, "repository added by publish");
                 self.join_topic(&repo_id, &entry).await;
+                true
             }
             Err(e) => {
                 let _ = reply.send(Reply::Error(e.to_string()));
                 return;
             }
-        }
+        };
         self.enqueue(
             repo_id,
             Job::Publish {
                 path,
                 force,
                 expected_manifest,
+                added,
                 reply,
             },
         );
@@ -620,6 +617,7 @@ impl Knot {
                 path,
                 force,
                 expected_manifest,
+                added,
                 reply,
             } => {
                 if let Some(expected) = expected_manifest
@@ -665,6 +663,7 @@ impl Knot {
                     JobDone::Published {
                         repo_id,
                         result,
+                        added,
                         reply,
                     }
                 });
@@ -726,11 +725,22 @@ impl Knot {
             JobDone::Published {
                 repo_id,
                 result,
+                added,
                 reply,
             } => {
                 let outcome = match result {
                     Ok(published) => self.adopt_published(&repo_id, published).await,
-                    Err(e) => Err(e.into()),
+                    Err(e) => {
+                        if added {
+                            // Leave no trace of a repository whose first publish failed.
+                            let _ = self.parts.store.remove_repo(&repo_id);
+                            self.leave_topic(&repo_id);
+                            if let Err(e) = self.discard_content(&repo_id).await {
+                                warn!(repo = %repo_id, error = %e, "cleanup after a failed publish failed");
+                            }
+                        }
+                        Err(e.into())
+                    }
                 };
                 let _ = reply.send(match outcome {
                     Ok(payload) => Reply::Ok(payload),
@@ -1142,6 +1152,7 @@ impl Knot {
             repo_count: self.parts.store.repo_count()?,
             uptime_secs: self.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            gossip: self.counters.clone(),
             repos: self.summaries()?,
         }))
     }

@@ -109,3 +109,87 @@ async fn author_seeder_follower_converge_and_survive_the_author_leaving() {
     fresh.stop().await;
     follower.stop().await;
 }
+
+/// A provider whose stored pack is corrupted on disk serves wrong bytes; the
+/// BLAKE3 verification catches it and the fetch completes from another peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_provider_is_detected_and_another_serves() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let author = TestNode::spawn().await;
+    let seeder = TestNode::spawn().await;
+    let published = author.publish(REPO, &src).await;
+    seeder.follow(REPO, vec![author.ticket().await]).await;
+    eventually(30, "seeder converges", || async {
+        converged(&seeder, &published.manifest).await
+    })
+    .await;
+
+    // Flip a byte in the middle of the seeder's pack file.
+    let manifest_hash = knotd::record::parse_hash_hex(&published.manifest).unwrap();
+    let manifest =
+        knotd::content::load_manifest(author.node.blobs(), manifest_hash, &common::rid(REPO))
+            .await
+            .unwrap();
+    let pack = &manifest.packs[0];
+    assert!(pack.size > 32 * 1024, "pack must not be inlined in the db");
+    let pack_file = seeder
+        .data_dir
+        .join("blobs/data")
+        .join(format!("{}.data", pack.hash_hex()));
+    let mut bytes = std::fs::read(&pack_file).expect("seeder stores the pack as a file");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&pack_file, &bytes).unwrap();
+
+    // A fresh node asks the corrupted seeder first, then the author.
+    let fresh = TestNode::spawn().await;
+    for peer in [&seeder, &author] {
+        fresh
+            .node
+            .lookup()
+            .add_endpoint_info(peer.node.addr().await);
+    }
+    let downloader = fresh.node.blobs().downloader(fresh.node.endpoint());
+    let fetched = knotd::content::fetch(
+        fresh.node.blobs(),
+        &downloader,
+        &common::rid(REPO),
+        manifest_hash,
+        &[seeder.node.id(), author.node.id()],
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .expect("fetch succeeds from the honest provider");
+    assert!(fetched.bytes_fetched >= pack.size);
+    let got = fresh
+        .node
+        .blobs()
+        .get_bytes(iroh_blobs::Hash::from_bytes(pack.hash))
+        .await
+        .unwrap();
+    assert_eq!(*blake3::hash(&got).as_bytes(), pack.hash);
+
+    // Only the corrupted seeder: the fetch fails, nothing bad is kept.
+    let lonely = TestNode::spawn().await;
+    lonely
+        .node
+        .lookup()
+        .add_endpoint_info(seeder.node.addr().await);
+    let downloader = lonely.node.blobs().downloader(lonely.node.endpoint());
+    let err = knotd::content::fetch(
+        lonely.node.blobs(),
+        &downloader,
+        &common::rid(REPO),
+        manifest_hash,
+        &[seeder.node.id()],
+        std::time::Duration::from_secs(20),
+    )
+    .await
+    .expect_err("corrupted data must not be accepted");
+    assert!(err.to_string().contains("could not fetch pack"), "{err}");
+    for n in [author, seeder, fresh, lonely] {
+        n.stop().await;
+    }
+}

@@ -113,9 +113,11 @@ pub fn make_repo(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     git(dir, &["init", "-q", "-b", "main"]);
     std::fs::write(dir.join("README.md"), "hello knot\n").unwrap();
-    let blob: Vec<u8> = (0..64 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let mut blob = vec![0u8; 64 * 1024];
+    blake3::Hasher::new()
+        .update(b"knotd test data")
+        .finalize_xof()
+        .fill(&mut blob);
     std::fs::write(dir.join("data.bin"), blob).unwrap();
     git(dir, &["add", "."]);
     git(dir, &["commit", "-q", "-m", "first"]);

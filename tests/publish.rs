@@ -1,0 +1,248 @@
+//! Publishing through a node: incremental packs, consolidation, forks,
+//! corruption and bad input, with real git repositories.
+
+mod common;
+
+use common::{TestNode, add_commit, fingerprint, git, make_repo, rid};
+use knotd::{
+    admin::{Command, Payload},
+    config::Config,
+    content::{self, ContentError},
+    materialize::MaterializeError,
+    record::parse_hash_hex,
+};
+
+const REPO: &str = "did:plc:author1/website";
+
+#[tokio::test]
+async fn incremental_publishes_add_one_pack_each_and_consolidate() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::local(data.path());
+    config.max_packs = 3;
+    let node = TestNode::spawn_with(config).await;
+
+    let first = node.publish(REPO, &src).await;
+    assert_eq!(first.pack_count, 1);
+    assert!(!first.unchanged);
+    let again = node.publish(REPO, &src).await;
+    assert!(again.unchanged, "publishing the same state changes nothing");
+    assert_eq!(again.manifest, first.manifest);
+
+    let mut sizes = Vec::new();
+    for (i, name) in ["c3", "c4"].iter().enumerate() {
+        add_commit(&src, name);
+        let report = node.publish(REPO, &src).await;
+        assert_eq!(
+            report.pack_count,
+            i + 2,
+            "each update adds exactly one pack"
+        );
+        assert!(!report.consolidated);
+        sizes.push(report.bytes_added);
+        assert_eq!(
+            fingerprint(&node.repo_path(REPO)),
+            fingerprint(&src.join(".git"))
+        );
+    }
+    // Each incremental pack carries a commit, a tree and a blob: a few hundred bytes,
+    // not a copy of the 64 KiB binary.
+    for s in &sizes {
+        assert!(*s < 2048, "incremental pack of {s} bytes is too large");
+    }
+    println!(
+        "incremental pack sizes: {sizes:?} (first pack {} bytes)",
+        first.bytes_added
+    );
+
+    // A fourth pack would exceed max_packs = 3: everything becomes one pack.
+    add_commit(&src, "c5");
+    let consolidated = node.publish(REPO, &src).await;
+    assert!(consolidated.consolidated);
+    assert_eq!(consolidated.pack_count, 1);
+    let summary = node.summary(REPO).await.unwrap();
+    assert_eq!(summary.pack_count, 1);
+    assert_eq!(
+        fingerprint(&node.repo_path(REPO)),
+        fingerprint(&src.join(".git"))
+    );
+    git(&node.repo_path(REPO), &["fsck", "--full", "--no-progress"]);
+
+    // A fresh node materializes the consolidated state from scratch.
+    let clone = work.path().join("clone");
+    git(
+        work.path(),
+        &[
+            "clone",
+            "-q",
+            node.repo_path(REPO).to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        git(&clone, &["ls-tree", "-r", "HEAD"]),
+        git(&src, &["ls-tree", "-r", "HEAD"])
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn forks_share_blobs_and_unpin_independently() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let node = TestNode::spawn().await;
+    let original = node.publish(REPO, &src).await;
+    let fork = node.publish("did:plc:forker/website", &src).await;
+    assert_ne!(
+        original.manifest, fork.manifest,
+        "manifests name their repo"
+    );
+    let blobs = node.node.blobs();
+    let m1 = content::load_manifest(
+        blobs,
+        parse_hash_hex(&original.manifest).unwrap(),
+        &rid(REPO),
+    )
+    .await
+    .unwrap();
+    let m2 = content::load_manifest(
+        blobs,
+        parse_hash_hex(&fork.manifest).unwrap(),
+        &rid("did:plc:forker/website"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(m1.packs, m2.packs, "identical content is stored once");
+
+    node.admin(Command::RemoveRepo { repo_id: rid(REPO) })
+        .await
+        .unwrap();
+    assert!(!node.repo_path(REPO).exists());
+    let pack = iroh_blobs::Hash::from_bytes(m2.packs[0].hash);
+    let tags: Vec<String> = {
+        use n0_future::StreamExt;
+        let mut list = blobs.tags().list().await.unwrap();
+        let mut names = Vec::new();
+        while let Some(tag) = list.next().await {
+            let tag = tag.unwrap();
+            if tag.hash == pack {
+                names.push(String::from_utf8_lossy(tag.name.as_ref()).into_owned());
+            }
+        }
+        names
+    };
+    assert_eq!(
+        tags,
+        vec![format!(
+            "knot/did:plc:forker/website/pack/{}",
+            m2.packs[0].hash_hex()
+        )],
+        "the fork still pins the shared pack"
+    );
+    assert!(blobs.has(pack).await.unwrap());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn bad_sources_are_refused_and_change_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let node = TestNode::spawn().await;
+    let not_git = work.path().join("plain");
+    std::fs::create_dir_all(&not_git).unwrap();
+    let err = node
+        .admin(Command::Publish {
+            repo_id: rid(REPO),
+            path: not_git.clone(),
+            force: false,
+            expected_manifest: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a git repository"), "{err}");
+    assert!(
+        node.repo_ids().await.is_empty(),
+        "a failed first publish leaves no repository"
+    );
+
+    // A history rewrite is refused unless forced.
+    let src = work.path().join("src");
+    make_repo(&src);
+    let first = node.publish(REPO, &src).await;
+    git(&src, &["reset", "-q", "--hard", "HEAD~1"]);
+    add_commit(&src, "diverged");
+    let err = node
+        .admin(Command::Publish {
+            repo_id: rid(REPO),
+            path: src.clone(),
+            force: false,
+            expected_manifest: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("non-fast-forward"), "{err}");
+    assert_eq!(
+        node.summary(REPO).await.unwrap().manifest.as_deref(),
+        Some(first.manifest.as_str())
+    );
+    // A stale expected manifest is refused too.
+    let err = node
+        .admin(Command::Publish {
+            repo_id: rid(REPO),
+            path: src.clone(),
+            force: true,
+            expected_manifest: Some("0".repeat(64)),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("moved on"), "{err}");
+    let Payload::Published(forced) = node
+        .admin(Command::Publish {
+            repo_id: rid(REPO),
+            path: src.clone(),
+            force: true,
+            expected_manifest: Some(first.manifest.clone()),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        git(&node.repo_path(REPO), &["rev-parse", "HEAD"]),
+        git(&src, &["rev-parse", "HEAD"])
+    );
+
+    // A corrupted stored pack: materializing elsewhere fails cleanly and the
+    // existing materialized repository is untouched.
+    let hash = parse_hash_hex(&forced.manifest).unwrap();
+    let manifest = content::load_manifest(node.node.blobs(), hash, &rid(REPO))
+        .await
+        .unwrap();
+    let big = manifest.packs.iter().max_by_key(|p| p.size).unwrap();
+    let file = node
+        .data_dir
+        .join("blobs/data")
+        .join(format!("{}.data", big.hash_hex()));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    let before = fingerprint(&node.repo_path(REPO));
+    let elsewhere = work.path().join("elsewhere.git");
+    let err = content::materialize(node.node.blobs(), &elsewhere, hash, &manifest)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ContentError::Materialize(MaterializeError::CorruptPack { .. })
+        ),
+        "{err}"
+    );
+    assert!(!elsewhere.exists());
+    assert_eq!(fingerprint(&node.repo_path(REPO)), before);
+    git(&node.repo_path(REPO), &["fsck", "--full", "--no-progress"]);
+    node.stop().await;
+}
