@@ -1,0 +1,532 @@
+//! Read-only smart HTTP: `git clone http://<host>/<did>/<name>` straight from
+//! the node's materialized repositories.
+//!
+//! Owns the HTTP routes and nothing else: every request maps a validated
+//! [`RepoId`] to `<repos_root>/<did>/<name>.git` and runs
+//! `git upload-pack --stateless-rpc` on it, the same program
+//! `git http-backend` would run. Running upload-pack directly keeps the
+//! service read-only by construction (there is no receive-pack path to
+//! configure away), avoids CGI header parsing, and lets the response stream
+//! straight from the process to the client.
+//!
+//! Routes:
+//!
+//! * `GET /<did>/<name>/info/refs?service=git-upload-pack`: ref advertisement;
+//! * `POST /<did>/<name>/git-upload-pack`: negotiation and pack;
+//! * a trailing `.git` on the name is accepted;
+//! * receive-pack gets 403, dumb HTTP gets 403, anything else 404.
+//!
+//! Request bodies are bounded ([`MAX_REQUEST_BODY`], also after gzip
+//! decoding), each git process is killed after [`GIT_TIMEOUT`], and at most
+//! [`MAX_CONCURRENT`] git processes run at once (503 beyond that).
+
+use std::{
+    io::Read,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{DefaultBodyLimit, Path as UrlPath, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::Semaphore,
+    task::JoinHandle,
+};
+use tokio_util::{io::ReaderStream, sync::CancellationToken};
+use tracing::{debug, info, warn};
+
+use crate::repo_id::RepoId;
+
+/// Largest request body accepted, before and after gzip decoding.
+pub const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
+/// Longest a single git process may run.
+pub const GIT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Most git processes running at once.
+pub const MAX_CONCURRENT: usize = 32;
+/// How long in-flight requests may finish after shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Bytes of a failing git process's stderr kept for the log.
+const MAX_STDERR_LOGGED: usize = 4096;
+
+/// Environment variables that could point git at a repository other than
+/// the one named on its command line.
+const REPO_LOCATING_ENV: &[&str] = &[
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_CEILING_DIRECTORIES",
+    "GIT_DISCOVERY_ACROSS_FILESYSTEM",
+    "GIT_QUARANTINE_PATH",
+    "GIT_REPLACE_REF_BASE",
+    "GIT_NO_REPLACE_OBJECTS",
+    "GIT_SHALLOW_FILE",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_PROTOCOL",
+];
+
+#[derive(Clone)]
+struct AppState {
+    root: Arc<PathBuf>,
+    slots: Arc<Semaphore>,
+}
+
+/// The routes, serving repositories under `repos_root`.
+pub fn router(repos_root: PathBuf) -> Router {
+    let state = AppState {
+        root: Arc::new(repos_root),
+        slots: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+    };
+    Router::new()
+        .route("/{did}/{name}/info/refs", get(info_refs))
+        .route("/{did}/{name}/git-upload-pack", post(upload_pack))
+        .route("/{did}/{name}/git-receive-pack", post(receive_pack))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .with_state(state)
+}
+
+/// Serve smart HTTP on `listener` until `cancel` fires. Requests still
+/// running then get [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(listener: TcpListener, repos_root: PathBuf, cancel: CancellationToken) {
+    match listener.local_addr() {
+        Ok(addr) => info!(%addr, root = %repos_root.display(), "smart HTTP listening (read-only)"),
+        Err(e) => warn!(error = %e, "smart HTTP listener has no local address"),
+    }
+    let app = router(repos_root);
+    let stop = cancel.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .into_future();
+    tokio::select! {
+        result = server => {
+            if let Err(e) = result {
+                warn!(error = %e, "smart HTTP server stopped with an error");
+            }
+        }
+        _ = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            debug!("smart HTTP: abandoning requests still running after shutdown");
+        }
+    }
+    info!("smart HTTP stopped");
+}
+
+/// Bind `bind` and serve in a background task; returns the bound address.
+pub async fn start(
+    bind: SocketAddr,
+    repos_root: PathBuf,
+    cancel: CancellationToken,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(serve(listener, repos_root, cancel));
+    Ok((addr, task))
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut message = message.into();
+    message.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    )
+        .into_response()
+}
+
+/// A request refused with a status and a one-line reason.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        text(self.status, self.message)
+    }
+}
+
+async fn not_found() -> Response {
+    text(
+        StatusCode::NOT_FOUND,
+        "not found; clone with http://<host>/<did>/<name>",
+    )
+}
+
+async fn receive_pack() -> Response {
+    text(
+        StatusCode::FORBIDDEN,
+        "this knot serves repositories read-only over HTTP; push with a knot:// remote (git-remote-knot)",
+    )
+}
+
+/// Map the URL's repository to its directory, or the response refusing it.
+fn locate(root: &Path, did: &str, name: &str) -> Result<(RepoId, PathBuf), Refusal> {
+    let name = name.strip_suffix(".git").unwrap_or(name);
+    let id = RepoId::parse(&format!("{did}/{name}"))
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let dir = root.join(id.relative_path());
+    if !dir.join("objects").is_dir() {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("repository {id} is not held by this knot"),
+        ));
+    }
+    Ok((id, dir))
+}
+
+/// The `Git-Protocol` header, when it is plausible (`version=2` and the like).
+fn git_protocol(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("git-protocol")?.to_str().ok()?;
+    let ok = !value.is_empty()
+        && value.len() <= 256
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b':' | b'.' | b'_' | b'-'));
+    ok.then(|| value.to_string())
+}
+
+fn no_cache(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::EXPIRES,
+        HeaderValue::from_static("Fri, 01 Jan 1980 00:00:00 GMT"),
+    );
+}
+
+fn upload_pack_command(
+    dir: &Path,
+    protocol: Option<&str>,
+    advertise: bool,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("git");
+    for var in REPO_LOCATING_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0");
+    if let Some(protocol) = protocol {
+        cmd.env("GIT_PROTOCOL", protocol);
+    }
+    cmd.args(["upload-pack", "--stateless-rpc"]);
+    if advertise {
+        cmd.arg("--advertise-refs");
+    }
+    cmd.arg(dir)
+        .stdin(if advertise {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn busy() -> Response {
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many git requests at once; retry shortly",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+#[derive(Deserialize)]
+struct InfoRefsQuery {
+    service: Option<String>,
+}
+
+async fn info_refs(
+    State(state): State<AppState>,
+    UrlPath((did, name)): UrlPath<(String, String)>,
+    Query(query): Query<InfoRefsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (id, dir) = match locate(&state.root, &did, &name) {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match query.service.as_deref() {
+        Some("git-upload-pack") => {}
+        Some("git-receive-pack") => return receive_pack().await,
+        Some(other) => {
+            return text(
+                StatusCode::FORBIDDEN,
+                format!("service {other:?} is not served; only git-upload-pack is"),
+            );
+        }
+        None => {
+            return text(
+                StatusCode::FORBIDDEN,
+                "only the smart HTTP protocol is served; use git 1.6.6 or newer",
+            );
+        }
+    }
+    let Ok(_permit) = state.slots.clone().try_acquire_owned() else {
+        return busy();
+    };
+    let protocol = git_protocol(&headers);
+    let v2 = protocol.as_deref().is_some_and(|p| p.contains("version=2"));
+    let mut cmd = upload_pack_command(&dir, protocol.as_deref(), true);
+    let output = match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => {
+            warn!(repo = %id, error = %e, "cannot run git upload-pack");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot run git");
+        }
+        Err(_) => {
+            warn!(repo = %id, "git upload-pack --advertise-refs timed out");
+            return text(StatusCode::GATEWAY_TIMEOUT, "git timed out");
+        }
+    };
+    if !output.status.success() {
+        warn!(
+            repo = %id,
+            status = %output.status,
+            stderr = %String::from_utf8_lossy(&output.stderr[..output.stderr.len().min(MAX_STDERR_LOGGED)]),
+            "git upload-pack --advertise-refs failed"
+        );
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "git upload-pack failed; see the knot's log",
+        );
+    }
+    let mut body = Vec::with_capacity(output.stdout.len() + 40);
+    if !v2 {
+        // Protocol v0/v1 advertisements start with the service announcement.
+        body.extend_from_slice(b"001e# service=git-upload-pack\n0000");
+    }
+    body.extend_from_slice(&output.stdout);
+    debug!(repo = %id, v2, bytes = body.len(), "ref advertisement");
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-git-upload-pack-advertisement"),
+    );
+    no_cache(response.headers_mut());
+    response
+}
+
+/// Decode a gzip body, refusing output larger than [`MAX_REQUEST_BODY`].
+fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
+    let mut out = Vec::new();
+    let decoder = flate2::read::GzDecoder::new(bytes);
+    decoder
+        .take(MAX_REQUEST_BODY as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad gzip body: {e}")))?;
+    if out.len() > MAX_REQUEST_BODY {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {MAX_REQUEST_BODY} bytes once decompressed"),
+        ));
+    }
+    Ok(out)
+}
+
+async fn upload_pack(
+    State(state): State<AppState>,
+    UrlPath((did, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (id, dir) = match locate(&state.root, &did, &name) {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE)
+        && content_type.as_bytes() != b"application/x-git-upload-pack-request"
+    {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/x-git-upload-pack-request",
+        );
+    }
+    let raw = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
+        Ok(raw) => raw,
+        Err(e) => {
+            debug!(repo = %id, error = %e, "request body refused");
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body unreadable or larger than {MAX_REQUEST_BODY} bytes"),
+            );
+        }
+    };
+    let input: Bytes = match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") | Some("identity") => raw,
+        Some("gzip") | Some("x-gzip") => {
+            match tokio::task::spawn_blocking(move || gunzip(&raw)).await {
+                Ok(Ok(decoded)) => Bytes::from(decoded),
+                Ok(Err(refusal)) => return refusal.into_response(),
+                Err(e) => {
+                    warn!(repo = %id, error = %e, "gzip decoding task failed");
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, "gzip decoding failed");
+                }
+            }
+        }
+        Some(other) => {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported Content-Encoding {other:?}; use gzip or none"),
+            );
+        }
+    };
+
+    let Ok(permit) = state.slots.clone().try_acquire_owned() else {
+        return busy();
+    };
+    let protocol = git_protocol(&headers);
+    let mut child = match upload_pack_command(&dir, protocol.as_deref(), false).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            warn!(repo = %id, error = %e, "cannot run git upload-pack");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot run git");
+        }
+    };
+    let (Some(mut stdin), Some(stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        warn!(repo = %id, "git upload-pack has no pipes");
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot run git");
+    };
+    let request_bytes = input.len();
+    tokio::spawn(async move {
+        // upload-pack may stop reading early; that is its call.
+        let _ = stdin.write_all(&input).await;
+        let _ = stdin.shutdown().await;
+    });
+    let repo = id.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let collect = async {
+            let mut kept = Vec::new();
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if kept.len() < MAX_STDERR_LOGGED {
+                    kept.extend_from_slice(&buf[..n]);
+                }
+            }
+            kept
+        };
+        let waited = tokio::time::timeout(GIT_TIMEOUT, async {
+            let (kept, status) = tokio::join!(collect, child.wait());
+            (kept, status)
+        })
+        .await;
+        match waited {
+            Ok((_, Ok(status))) if status.success() => {
+                debug!(repo = %repo, request_bytes, "upload-pack done");
+            }
+            Ok((kept, Ok(status))) => warn!(
+                repo = %repo,
+                %status,
+                stderr = %String::from_utf8_lossy(&kept),
+                "git upload-pack failed"
+            ),
+            Ok((_, Err(e))) => {
+                warn!(repo = %repo, error = %e, "waiting for git upload-pack failed")
+            }
+            Err(_) => {
+                warn!(repo = %repo, timeout = ?GIT_TIMEOUT, "git upload-pack timed out; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    });
+    let mut response = Response::new(Body::from_stream(ReaderStream::new(stdout)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-git-upload-pack-result"),
+    );
+    no_cache(response.headers_mut());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_header_is_filtered() {
+        let mut h = HeaderMap::new();
+        assert_eq!(git_protocol(&h), None);
+        h.insert("git-protocol", HeaderValue::from_static("version=2"));
+        assert_eq!(git_protocol(&h).as_deref(), Some("version=2"));
+        h.insert("git-protocol", HeaderValue::from_static("version=2 x;y"));
+        assert_eq!(git_protocol(&h), None);
+    }
+
+    #[test]
+    fn locate_refuses_bad_ids_and_missing_repos() {
+        let root = tempfile::tempdir().unwrap();
+        let bad = locate(root.path(), "did:plc:abc", "..").unwrap_err();
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        let bad = locate(root.path(), "..", "etc").unwrap_err();
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        let missing = locate(root.path(), "did:plc:abc", "x.git").unwrap_err();
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        std::fs::create_dir_all(root.path().join("did:plc:abc/x.git/objects")).unwrap();
+        let (id, dir) = locate(root.path(), "did:plc:abc", "x.git").unwrap();
+        assert_eq!(id.as_str(), "did:plc:abc/x");
+        assert_eq!(dir, root.path().join("did:plc:abc/x.git"));
+    }
+
+    #[test]
+    fn gzip_bodies_are_bounded() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(b"0009done\n").unwrap();
+        let gz = enc.finish().unwrap();
+        assert_eq!(gunzip(&gz).unwrap(), b"0009done\n");
+        assert_eq!(
+            gunzip(b"not gzip").unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}
