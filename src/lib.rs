@@ -7,14 +7,17 @@
 
 pub mod admin;
 pub mod announce;
+pub mod atproto;
 pub mod config;
 pub mod content;
 pub mod git;
+pub mod http;
 pub mod keys;
 pub mod knot;
 pub mod manifest;
 pub mod materialize;
 pub mod node;
+pub mod poller;
 pub mod record;
 pub mod repo_id;
 pub mod store;

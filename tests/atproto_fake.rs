@@ -1,0 +1,775 @@
+//! The XRPC client, record writer and poller against an in-process fake PDS
+//! and PLC directory that misbehaves on purpose.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use knotd::{
+    atproto::{
+        AtprotoError, Credentials, MAX_BODY, RecordWriter, XrpcClient, fetch_repo_record,
+        fetch_repo_record_at,
+    },
+    poller::{PollError, PollOutcome, PollSettings, Poller, PollerGone, PollerHandle},
+    record::{COLLECTION, RecordError, RepoRecord},
+    repo_id::RepoId,
+    store::Locator,
+};
+use serde_json::{Value, json};
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+const ALICE: &str = "did:plc:alice";
+const BOB: &str = "did:plc:bob";
+const PASSWORD: &str = "right-pass-0123";
+const BOB_PASSWORD: &str = "bob-pass-4567";
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+#[derive(Default)]
+struct FakeState {
+    base: String,
+    requests: HashMap<String, usize>,
+    heads: HashMap<String, String>,
+    failing: HashSet<String>,
+    next_token: usize,
+    valid_access: HashSet<String>,
+    valid_refresh: HashMap<String, String>,
+    refresh_broken: bool,
+    written: Vec<Value>,
+    auth_seen: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<FakeState>>);
+
+impl Fake {
+    fn count(&self, key: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .requests
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn set_head(&self, rkey: &str, head: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .heads
+            .insert(rkey.into(), head.into());
+    }
+
+    fn set_failing(&self, rkey: &str, failing: bool) {
+        let mut s = self.0.lock().unwrap();
+        if failing {
+            s.failing.insert(rkey.into());
+        } else {
+            s.failing.remove(rkey);
+        }
+    }
+
+    fn expire_access_tokens(&self) {
+        self.0.lock().unwrap().valid_access.clear();
+    }
+
+    fn issue(&self, did: &str) -> Value {
+        let mut s = self.0.lock().unwrap();
+        s.next_token += 1;
+        let access = format!("access-{}", s.next_token);
+        let refresh = format!("refresh-{}", s.next_token);
+        s.valid_access.insert(access.clone());
+        s.valid_refresh.insert(refresh.clone(), did.to_string());
+        json!({"did": did, "handle": "alice.test", "accessJwt": access, "refreshJwt": refresh})
+    }
+}
+
+fn xrpc_error(status: StatusCode, error: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": error, "message": message})),
+    )
+        .into_response()
+}
+
+fn record_json(repo: &str, rkey: &str, head: Option<&str>) -> Value {
+    let mut value = json!({"$type": COLLECTION, "repoId": format!("{repo}/{rkey}")});
+    if let Some(head) = head {
+        value["head"] = json!(head);
+    }
+    value
+}
+
+async fn plc(State(fake): State<Fake>, Path(did): Path<String>) -> Response {
+    let base = {
+        let mut s = fake.0.lock().unwrap();
+        *s.requests.entry(format!("plc:{did}")).or_default() += 1;
+        s.base.clone()
+    };
+    if did != ALICE {
+        return (StatusCode::NOT_FOUND, "DID not registered").into_response();
+    }
+    axum::Json(json!({
+        "@context": ["https://www.w3.org/ns/did/v1"],
+        "id": did,
+        "alsoKnownAs": ["at://alice.test"],
+        "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": base}]
+    }))
+    .into_response()
+}
+
+async fn get_record(
+    State(fake): State<Fake>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let repo = q.get("repo").cloned().unwrap_or_default();
+    let rkey = q.get("rkey").cloned().unwrap_or_default();
+    let (head, failing) = {
+        let mut s = fake.0.lock().unwrap();
+        *s.requests.entry(format!("get:{rkey}")).or_default() += 1;
+        (s.heads.get(&rkey).cloned(), s.failing.contains(&rkey))
+    };
+    if failing {
+        return xrpc_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "database unavailable",
+        );
+    }
+    let ok = |value: Value| {
+        axum::Json(json!({
+            "uri": format!("at://{repo}/{COLLECTION}/{rkey}"),
+            "cid": "bafyreifake",
+            "value": value,
+        }))
+        .into_response()
+    };
+    match rkey.as_str() {
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            ok(record_json(&repo, &rkey, None))
+        }
+        "fail500" => xrpc_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "database unavailable",
+        ),
+        "fail400" => xrpc_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "Error: collection must be a valid NSID",
+        ),
+        "html502" => (StatusCode::BAD_GATEWAY, "<html>bad gateway</html>").into_response(),
+        "missing" => xrpc_error(
+            StatusCode::BAD_REQUEST,
+            "RecordNotFound",
+            "Could not locate record",
+        ),
+        "malformed" => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"uri\": \"at://",
+        )
+            .into_response(),
+        "novalue" => axum::Json(json!({"uri": "at://x", "cid": "c"})).into_response(),
+        "wrongrepo" => ok(record_json(&repo, "other", None)),
+        "invalid" => ok(record_json(&repo, &rkey, Some("not-hex"))),
+        "otheruri" => axum::Json(json!({
+            "uri": format!("at://{BOB}/{COLLECTION}/{rkey}"),
+            "cid": "bafyreifake",
+            "value": record_json(&repo, &rkey, None),
+        }))
+        .into_response(),
+        "oversize" => {
+            let chunks =
+                (0..40).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 64 * 1024])));
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from_stream(n0_future::stream::iter(chunks)))
+                .unwrap()
+        }
+        "oversizelen" => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            vec![b' '; MAX_BODY + 1],
+        )
+            .into_response(),
+        _ => ok(record_json(&repo, &rkey, head.as_deref())),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::to_string)
+}
+
+async fn xrpc_post(
+    State(fake): State<Fake>,
+    Path(nsid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    {
+        let mut s = fake.0.lock().unwrap();
+        *s.requests.entry(nsid.clone()).or_default() += 1;
+        if let Some(token) = bearer(&headers) {
+            s.auth_seen.push(token);
+        }
+    }
+    match nsid.as_str() {
+        "com.atproto.server.createSession" => {
+            let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+            match body["password"].as_str() {
+                Some(PASSWORD) => axum::Json(fake.issue(ALICE)).into_response(),
+                Some(BOB_PASSWORD) => axum::Json(fake.issue(BOB)).into_response(),
+                other => xrpc_error(
+                    StatusCode::UNAUTHORIZED,
+                    "AuthenticationRequired",
+                    &format!("Invalid identifier or password {}", other.unwrap_or("")),
+                ),
+            }
+        }
+        "com.atproto.server.refreshSession" => {
+            let did = {
+                let s = fake.0.lock().unwrap();
+                if s.refresh_broken {
+                    None
+                } else {
+                    bearer(&headers).and_then(|t| s.valid_refresh.get(&t).cloned())
+                }
+            };
+            match did {
+                Some(did) => axum::Json(fake.issue(&did)).into_response(),
+                None => xrpc_error(StatusCode::BAD_REQUEST, "ExpiredToken", "Token has expired"),
+            }
+        }
+        "com.atproto.repo.putRecord" => {
+            let token = bearer(&headers).unwrap_or_default();
+            let mut s = fake.0.lock().unwrap();
+            if !s.valid_access.contains(&token) {
+                return xrpc_error(StatusCode::BAD_REQUEST, "ExpiredToken", "Token has expired");
+            }
+            let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let uri = format!(
+                "at://{}/{}/{}",
+                body["repo"].as_str().unwrap_or(""),
+                body["collection"].as_str().unwrap_or(""),
+                body["rkey"].as_str().unwrap_or("")
+            );
+            s.written.push(body);
+            axum::Json(json!({"uri": uri, "cid": format!("bafyrei{}", s.written.len())}))
+                .into_response()
+        }
+        _ => xrpc_error(StatusCode::NOT_IMPLEMENTED, "MethodNotImplemented", &nsid),
+    }
+}
+
+async fn start_fake() -> (Fake, String) {
+    let fake = Fake::default();
+    let app = Router::new()
+        .route("/xrpc/com.atproto.repo.getRecord", get(get_record))
+        .route("/xrpc/{nsid}", axum::routing::post(xrpc_post))
+        .route("/{did}", get(plc))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    fake.0.lock().unwrap().base = base.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (fake, base)
+}
+
+fn client() -> XrpcClient {
+    XrpcClient::new(TIMEOUT)
+}
+
+fn rid(name: &str) -> RepoId {
+    RepoId::parse(&format!("{ALICE}/{name}")).unwrap()
+}
+
+fn locator(pds: Option<&str>, did: &str, rkey: &str) -> Locator {
+    Locator {
+        pds: pds.map(str::to_string),
+        did: did.to_string(),
+        collection: COLLECTION.to_string(),
+        rkey: rkey.to_string(),
+    }
+}
+
+async fn fetch(base: &str, name: &str) -> Result<RepoRecord, AtprotoError> {
+    fetch_repo_record(
+        &client(),
+        base,
+        &locator(Some(base), ALICE, name),
+        &rid(name),
+    )
+    .await
+}
+
+async fn bounded<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .expect("test step did not finish within 30 s")
+}
+
+#[tokio::test]
+async fn valid_record_is_parsed() {
+    let (fake, base) = start_fake().await;
+    let head = "a".repeat(40);
+    fake.set_head("website", &head);
+    let record = bounded(fetch(&base, "website")).await.unwrap();
+    assert_eq!(record.repo_id, rid("website"));
+    assert_eq!(record.head.as_deref(), Some(head.as_str()));
+    let raw = bounded(client().get_record(&base, ALICE, COLLECTION, "website"))
+        .await
+        .unwrap();
+    assert_eq!(raw.cid.as_deref(), Some("bafyreifake"));
+    assert_eq!(
+        raw.uri.as_deref(),
+        Some("at://did:plc:alice/app.knot.repo/website")
+    );
+}
+
+#[tokio::test]
+async fn pds_down_is_unreachable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let err = bounded(fetch(&base, "website")).await.unwrap_err();
+    assert!(matches!(err, AtprotoError::Unreachable { .. }), "{err:?}");
+    assert!(err.to_string().contains(&base), "{err}");
+}
+
+#[tokio::test]
+async fn slow_pds_times_out() {
+    let (_fake, base) = start_fake().await;
+    let started = Instant::now();
+    let err = bounded(fetch(&base, "slow")).await.unwrap_err();
+    assert!(matches!(err, AtprotoError::Timeout { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(err.to_string().contains("request_timeout_secs"), "{err}");
+}
+
+#[tokio::test]
+async fn http_errors_carry_the_xrpc_error() {
+    let (_fake, base) = start_fake().await;
+    match bounded(fetch(&base, "fail500")).await.unwrap_err() {
+        AtprotoError::Status {
+            status,
+            error,
+            message,
+            ..
+        } => {
+            assert_eq!(status, 500);
+            assert_eq!(error.as_deref(), Some("InternalServerError"));
+            assert_eq!(message.as_deref(), Some("database unavailable"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = bounded(fetch(&base, "fail400")).await.unwrap_err();
+    assert_eq!(err.xrpc_error(), Some("InvalidRequest"));
+    assert!(err.to_string().contains("HTTP 400 InvalidRequest"), "{err}");
+    match bounded(fetch(&base, "html502")).await.unwrap_err() {
+        AtprotoError::Status {
+            status: 502,
+            error: None,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    let err = bounded(fetch(&base, "missing")).await.unwrap_err();
+    assert!(matches!(err, AtprotoError::NotFound { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("at://did:plc:alice/app.knot.repo/missing"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_oversize_responses_are_refused() {
+    let (_fake, base) = start_fake().await;
+    for name in ["malformed", "novalue"] {
+        let err = bounded(fetch(&base, name)).await.unwrap_err();
+        assert!(matches!(err, AtprotoError::Malformed { .. }), "{err:?}");
+    }
+    for name in ["oversize", "oversizelen"] {
+        let err = bounded(fetch(&base, name)).await.unwrap_err();
+        assert!(
+            matches!(err, AtprotoError::Oversize { limit, .. } if limit == MAX_BODY),
+            "{name}: {err:?}"
+        );
+    }
+    let err = bounded(fetch(&base, "invalid")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AtprotoError::Record(RecordError::InvalidField { field: "head", .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn records_of_other_repositories_are_rejected() {
+    let (fake, base) = start_fake().await;
+    let err = bounded(fetch(&base, "wrongrepo")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AtprotoError::Record(RecordError::RepoIdMismatch { .. })
+        ),
+        "{err:?}"
+    );
+    let err = bounded(fetch(&base, "otheruri")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AtprotoError::Record(RecordError::RepoIdMismatch { .. })
+        ),
+        "{err:?}"
+    );
+    // A locator in another account's repository is refused before any request.
+    let err = bounded(fetch_repo_record(
+        &client(),
+        &base,
+        &locator(Some(&base), BOB, "website"),
+        &rid("website"),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AtprotoError::Record(RecordError::RepoIdMismatch { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(BOB), "{err}");
+    let err = bounded(fetch_repo_record_at(
+        &client(),
+        &base,
+        &locator(None, BOB, "website"),
+        &rid("website"),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, AtprotoError::Record(_)), "{err:?}");
+    assert_eq!(fake.count("get:website"), 0);
+}
+
+#[tokio::test]
+async fn pds_is_resolved_through_the_plc_directory() {
+    let (fake, base) = start_fake().await;
+    let c = client();
+    assert_eq!(bounded(c.resolve_pds(&base, ALICE)).await.unwrap(), base);
+    let err = bounded(c.resolve_pds(&base, "did:plc:nobody"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AtprotoError::NoPds { .. }), "{err:?}");
+    let err = bounded(c.resolve_pds(&base, "did:key:z6Mkabc"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AtprotoError::NoPds { .. }), "{err:?}");
+    fake.set_head("website", &"b".repeat(40));
+    let record = bounded(fetch_repo_record(
+        &c,
+        &base,
+        &locator(None, ALICE, "website"),
+        &rid("website"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(record.head, Some("b".repeat(40)));
+    assert_eq!(fake.count(&format!("plc:{ALICE}")), 2);
+}
+
+fn sample_record(name: &str, head: char) -> RepoRecord {
+    let mut record = RepoRecord::empty(rid(name));
+    record.head = Some(head.to_string().repeat(40));
+    record
+}
+
+#[tokio::test]
+async fn writer_refreshes_an_expired_session_and_retries() {
+    let (fake, base) = start_fake().await;
+    let mut writer = RecordWriter::new(client(), Credentials::new("alice.test", PASSWORD));
+    let put = bounded(writer.write(
+        &base,
+        ALICE,
+        COLLECTION,
+        "website",
+        &sample_record("website", '1'),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(put.uri, "at://did:plc:alice/app.knot.repo/website");
+    assert_eq!(fake.count("com.atproto.server.createSession"), 1);
+
+    // The cached session is reused.
+    bounded(writer.write(
+        &base,
+        ALICE,
+        COLLECTION,
+        "website",
+        &sample_record("website", '2'),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(fake.count("com.atproto.server.createSession"), 1);
+
+    // An expired access token is refreshed and the write retried once.
+    fake.expire_access_tokens();
+    bounded(writer.write(
+        &base,
+        ALICE,
+        COLLECTION,
+        "website",
+        &sample_record("website", '3'),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(fake.count("com.atproto.server.refreshSession"), 1);
+    assert_eq!(fake.count("com.atproto.server.createSession"), 1);
+    assert_eq!(fake.count("com.atproto.repo.putRecord"), 4);
+
+    // When the refresh fails too, the writer logs in again.
+    fake.expire_access_tokens();
+    fake.0.lock().unwrap().refresh_broken = true;
+    bounded(writer.write(
+        &base,
+        ALICE,
+        COLLECTION,
+        "website",
+        &sample_record("website", '4'),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(fake.count("com.atproto.server.refreshSession"), 2);
+    assert_eq!(fake.count("com.atproto.server.createSession"), 2);
+
+    let s = fake.0.lock().unwrap();
+    let last = s.written.last().unwrap();
+    assert_eq!(last["record"]["$type"], COLLECTION);
+    assert_eq!(last["record"]["repoId"], "did:plc:alice/website");
+    assert_eq!(last["record"]["head"], "4".repeat(40));
+    assert_eq!(last["validate"], false);
+    assert_eq!(s.written.len(), 4);
+}
+
+#[tokio::test]
+async fn writer_errors_never_show_the_password() {
+    let (fake, base) = start_fake().await;
+    let secret = "wrong-secret-98765";
+    let mut writer = RecordWriter::new(client(), Credentials::new("alice.test", secret));
+    let err = bounded(writer.write(
+        &base,
+        ALICE,
+        COLLECTION,
+        "website",
+        &sample_record("website", '1'),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, AtprotoError::Auth { .. }), "{err:?}");
+    let text = format!("{err} {err:?} {writer:?}");
+    assert!(!text.contains(secret), "{text}");
+    assert!(text.contains("alice.test"), "{text}");
+    assert_eq!(fake.count("com.atproto.repo.putRecord"), 0);
+
+    // Logging in as another account than the record's owner is refused.
+    let mut writer = RecordWriter::new(client(), Credentials::new("bob.test", BOB_PASSWORD));
+    let err = bounded(writer.write(
+        &base,
+        ALICE,
+        COLLECTION,
+        "website",
+        &sample_record("website", '1'),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, AtprotoError::Credentials { .. }), "{err:?}");
+    assert!(!err.to_string().contains(BOB_PASSWORD));
+
+    // A record of another repository is not written into this account.
+    let mut writer = RecordWriter::new(client(), Credentials::new("alice.test", PASSWORD));
+    let mut foreign = sample_record("website", '1');
+    foreign.repo_id = RepoId::parse("did:plc:bob/website").unwrap();
+    let err = bounded(writer.write(&base, ALICE, COLLECTION, "website", &foreign))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AtprotoError::Record(_)), "{err:?}");
+    assert_eq!(fake.count("com.atproto.repo.putRecord"), 0);
+    for token in &fake.0.lock().unwrap().auth_seen {
+        assert!(!text.contains(token.as_str()));
+    }
+}
+
+struct TestPoller {
+    handle: PollerHandle,
+    results: mpsc::Receiver<PollOutcome>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+fn start_poller(base: &str, interval: Duration, max_backoff: Duration) -> TestPoller {
+    let (tx, results) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let settings = PollSettings {
+        interval,
+        jitter: 0.0,
+        max_backoff,
+        plc_directory: base.to_string(),
+        max_in_flight: 8,
+    };
+    let handle = Poller::spawn_with(settings, client(), tx, cancel.clone(), &mut tasks);
+    TestPoller {
+        handle,
+        results,
+        cancel,
+        tasks,
+    }
+}
+
+#[tokio::test]
+async fn failing_repositories_back_off() {
+    let (fake, base) = start_fake().await;
+    let mut p = start_poller(&base, Duration::from_millis(200), Duration::from_secs(10));
+    p.handle
+        .track(rid("healthy"), locator(Some(&base), ALICE, "healthy"))
+        .await
+        .unwrap();
+    p.handle
+        .track(rid("fail500"), locator(Some(&base), ALICE, "fail500"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let healthy = fake.count("get:healthy");
+    let failing = fake.count("get:fail500");
+    // Healthy: every 200 ms. Failing: at 0, 0.4, 1.2, then 2.8 s.
+    assert!(healthy >= 8, "healthy repository polled {healthy} times");
+    assert!(
+        (2..=4).contains(&failing),
+        "failing repository polled {failing} times"
+    );
+    let mut saw_ok = false;
+    let mut saw_err = false;
+    while let Ok(outcome) = p.results.try_recv() {
+        match (outcome.repo_id.name(), &outcome.result) {
+            ("healthy", Ok(record)) => saw_ok |= record.repo_id == rid("healthy"),
+            ("fail500", Err(AtprotoError::Status { status: 500, .. })) => saw_err = true,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert!(saw_ok && saw_err);
+    p.cancel.cancel();
+    bounded(p.tasks.join_all()).await;
+}
+
+#[tokio::test]
+async fn recovery_resets_the_backoff() {
+    let (fake, base) = start_fake().await;
+    fake.set_failing("flaky", true);
+    let p = start_poller(&base, Duration::from_millis(200), Duration::from_secs(10));
+    p.handle
+        .track(rid("flaky"), locator(None, ALICE, "flaky"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let before = fake.count("get:flaky");
+    assert!((2..=3).contains(&before), "{before}");
+    fake.set_failing("flaky", false);
+    let record = bounded(p.handle.poll_now(rid("flaky"))).await.unwrap();
+    assert_eq!(record.repo_id, rid("flaky"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = fake.count("get:flaky") - before;
+    assert!(after >= 4, "polled {after} times after recovering");
+    // The PDS address resolved from the DID document is reused.
+    let resolutions = fake.count(&format!("plc:{ALICE}"));
+    assert!(resolutions <= before + 1, "{resolutions} resolutions");
+    drop(p.results);
+    bounded(p.tasks.join_all()).await;
+}
+
+#[tokio::test]
+async fn poll_now_fetches_and_reports() {
+    let (fake, base) = start_fake().await;
+    let mut p = start_poller(&base, Duration::from_secs(60), Duration::from_secs(600));
+    p.handle
+        .track(rid("website"), locator(Some(&base), ALICE, "website"))
+        .await
+        .unwrap();
+    let first = bounded(p.results.recv()).await.unwrap();
+    assert_eq!(first.repo_id, rid("website"));
+    assert_eq!(first.result.unwrap().head, None);
+
+    fake.set_head("website", &"c".repeat(40));
+    let record = bounded(p.handle.poll_now(rid("website"))).await.unwrap();
+    assert_eq!(record.head, Some("c".repeat(40)));
+    let reported = bounded(p.results.recv()).await.unwrap();
+    assert_eq!(reported.result.unwrap(), record);
+    assert_eq!(fake.count("get:website"), 2);
+
+    match bounded(p.handle.poll_now(rid("unknown"))).await {
+        Err(PollError::NotTracked(id)) => assert_eq!(id, rid("unknown")),
+        other => panic!("{other:?}"),
+    }
+    match bounded(p.handle.poll_now(rid("missing"))).await {
+        Err(PollError::NotTracked(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    p.handle
+        .track(rid("missing"), locator(Some(&base), ALICE, "missing"))
+        .await
+        .unwrap();
+    match bounded(p.handle.poll_now(rid("missing"))).await {
+        Err(PollError::Atproto(AtprotoError::NotFound { .. })) => {}
+        other => panic!("{other:?}"),
+    }
+
+    p.cancel.cancel();
+    bounded(p.tasks.join_all()).await;
+    let err = p.handle.poll_now(rid("website")).await.unwrap_err();
+    assert!(matches!(err, PollError::Gone(PollerGone)), "{err:?}");
+    assert_eq!(
+        p.handle.untrack(&rid("website")).await.unwrap_err(),
+        PollerGone
+    );
+}
+
+#[tokio::test]
+async fn untrack_stops_polling() {
+    let (fake, base) = start_fake().await;
+    let p = start_poller(&base, Duration::from_millis(200), Duration::from_secs(10));
+    p.handle
+        .track(rid("website"), locator(Some(&base), ALICE, "website"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(fake.count("get:website") >= 3);
+    p.handle.untrack(&rid("website")).await.unwrap();
+    // Let the poller take the command before counting.
+    let _ = bounded(p.handle.poll_now(rid("website"))).await;
+    let stopped_at = fake.count("get:website");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(fake.count("get:website"), stopped_at);
+    p.cancel.cancel();
+    bounded(p.tasks.join_all()).await;
+}

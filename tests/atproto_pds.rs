@@ -1,0 +1,175 @@
+//! The XRPC client, record writer and poller against the real reference PDS
+//! (`tests/pds`), with DIDs resolved through its local PLC directory.
+
+#[path = "common/pds.rs"]
+mod pds;
+
+use std::time::Duration;
+
+use knotd::{
+    atproto::{AtprotoError, Credentials, RecordWriter, XrpcClient, fetch_repo_record},
+    poller::{PollSettings, Poller},
+    record::{COLLECTION, PeerHint, RepoRecord},
+    repo_id::RepoId,
+    store::Locator,
+};
+use pds::TestPds;
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_round_trip_through_a_real_pds() {
+    let Some(pds) = tokio::task::spawn_blocking(TestPds::start)
+        .await
+        .expect("start the test PDS")
+    else {
+        return;
+    };
+    let (did, password) = bounded("createAccount", pds.create_account("alice")).await;
+    let app_password = bounded(
+        "createAppPassword",
+        pds.create_app_password(&did, &password),
+    )
+    .await;
+    let repo_id = RepoId::parse(&format!("{did}/website")).unwrap();
+    let client = XrpcClient::new(Duration::from_secs(10));
+
+    let mut record = RepoRecord::empty(repo_id.clone());
+    record.head = Some("a".repeat(40));
+    record.manifest = Some("b".repeat(64));
+    record.peers = vec![PeerHint::new(
+        iroh::SecretKey::from_bytes(&[7; 32]).public().to_string(),
+        vec!["127.0.0.1:4919".into()],
+        None,
+    )];
+
+    let mut writer = RecordWriter::new(
+        client.clone(),
+        Credentials::new("alice.test", app_password.clone()),
+    );
+    let put = bounded(
+        "first write",
+        writer.write(&pds.pds, &did, COLLECTION, "website", &record),
+    )
+    .await
+    .unwrap();
+    assert_eq!(put.uri, format!("at://{did}/{COLLECTION}/website"));
+    assert!(put.cid.starts_with("bafy"), "{}", put.cid);
+
+    let raw = bounded("getRecord", pds.get_record(&did, COLLECTION, "website"))
+        .await
+        .expect("record exists");
+    assert_eq!(raw["$type"], COLLECTION);
+    assert_eq!(raw["repoId"], repo_id.as_str());
+
+    // Read it back with the PDS given.
+    let mut locator = Locator {
+        pds: Some(pds.pds.clone()),
+        did: did.clone(),
+        collection: COLLECTION.into(),
+        rkey: "website".into(),
+    };
+    let fetched = bounded(
+        "fetch",
+        fetch_repo_record(&client, &pds.plc, &locator, &repo_id),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetched, record);
+
+    // And with the PDS resolved through the PLC directory.
+    let resolved = bounded("resolve", client.resolve_pds(&pds.plc, &did))
+        .await
+        .unwrap();
+    assert_eq!(resolved, pds.pds);
+    locator.pds = None;
+    let fetched = bounded(
+        "fetch via PLC",
+        fetch_repo_record(&client, &pds.plc, &locator, &repo_id),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetched, record);
+
+    // A second write changes what readers see.
+    record.head = Some("c".repeat(40));
+    let second = bounded(
+        "second write",
+        writer.write(&pds.pds, &did, COLLECTION, "website", &record),
+    )
+    .await
+    .unwrap();
+    assert_ne!(second.cid, put.cid);
+    let fetched = bounded(
+        "fetch after change",
+        fetch_repo_record(&client, &pds.plc, &locator, &repo_id),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetched.head, Some("c".repeat(40)));
+
+    // The poller sees the same record.
+    let (tx, mut results) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let settings = PollSettings {
+        interval: Duration::from_secs(60),
+        jitter: 0.0,
+        max_backoff: Duration::from_secs(600),
+        plc_directory: pds.plc.clone(),
+        max_in_flight: 8,
+    };
+    let poller = Poller::spawn_with(settings, client.clone(), tx, cancel.clone(), &mut tasks);
+    poller
+        .track(repo_id.clone(), locator.clone())
+        .await
+        .unwrap();
+    let first = bounded("first poll", results.recv()).await.unwrap();
+    assert_eq!(first.result.unwrap(), fetched);
+    record.head = Some("d".repeat(40));
+    bounded(
+        "third write",
+        writer.write(&pds.pds, &did, COLLECTION, "website", &record),
+    )
+    .await
+    .unwrap();
+    let polled = bounded("poll_now", poller.poll_now(repo_id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(polled.head, Some("d".repeat(40)));
+    cancel.cancel();
+    bounded("poller stop", tasks.join_all()).await;
+
+    // Missing records and bad passwords are reported clearly.
+    let mut missing = locator.clone();
+    missing.rkey = "nothing".into();
+    let other = RepoId::parse(&format!("{did}/nothing")).unwrap();
+    let err = bounded(
+        "missing fetch",
+        fetch_repo_record(&client, &pds.plc, &missing, &other),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, AtprotoError::NotFound { .. }), "{err:?}");
+
+    let mut bad = RecordWriter::new(client.clone(), Credentials::new(&did, "not-the-password"));
+    let err = bounded(
+        "bad login",
+        bad.write(&pds.pds, &did, COLLECTION, "website", &record),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, AtprotoError::Auth { .. }), "{err:?}");
+    assert!(!err.to_string().contains("not-the-password"), "{err}");
+    assert!(!err.to_string().contains(&app_password), "{err}");
+
+    tokio::task::spawn_blocking(move || drop(pds))
+        .await
+        .unwrap();
+}
