@@ -135,6 +135,22 @@ enum AdminCmd {
     },
     /// Print a ticket other nodes can dial.
     Ticket,
+    /// Publish a local git repository's current state (adds the repository
+    /// if it is not tracked yet).
+    Publish {
+        /// `<did>/<name>`
+        repo_id: String,
+        /// Path of the git repository to publish.
+        path: PathBuf,
+        /// Accept updates that rewrite history.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Fetch the record and content now and materialize the repository.
+    Sync {
+        /// `<did>/<name>`
+        repo_id: String,
+    },
 }
 
 fn parse_repo_id(s: &str) -> Result<RepoId> {
@@ -252,6 +268,29 @@ async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
             json,
         ),
         AdminCmd::Ticket => (Command::Ticket, false),
+        AdminCmd::Publish {
+            repo_id,
+            path,
+            force,
+        } => {
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            (
+                Command::Publish {
+                    repo_id: parse_repo_id(&repo_id)?,
+                    path,
+                    force,
+                    expected_manifest: None,
+                },
+                false,
+            )
+        }
+        AdminCmd::Sync { repo_id } => (
+            Command::Sync {
+                repo_id: parse_repo_id(&repo_id)?,
+            },
+            false,
+        ),
     };
     let payload = admin::request(&target.socket()?, &command).await?;
     print_payload(payload, json);

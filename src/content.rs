@@ -99,6 +99,11 @@ pub fn manifest_tag(repo_id: &RepoId) -> String {
     format!("knot/{repo_id}/manifest")
 }
 
+/// Tag holding a manifest while its packs are being fetched.
+fn incoming_tag(repo_id: &RepoId) -> String {
+    format!("knot/{repo_id}/incoming")
+}
+
 fn pack_tag_prefix(repo_id: &RepoId) -> String {
     format!("knot/{repo_id}/pack/")
 }
@@ -260,7 +265,8 @@ pub async fn publish(
 }
 
 /// Pin `manifest` (stored under `hash`) and all its packs for `repo_id`, then
-/// unpin this repository's packs that the manifest no longer lists.
+/// unpin this repository's packs that the manifest no longer lists, and flush
+/// the blob store to disk.
 pub async fn pin(
     blobs: &Store,
     repo_id: &RepoId,
@@ -296,6 +302,7 @@ pub async fn pin(
             stale.push(name);
         }
     }
+    stale.push(incoming_tag(repo_id));
     for name in stale {
         debug!(repo = %repo_id, tag = %name, "unpinning pack no longer referenced");
         blobs
@@ -304,6 +311,12 @@ pub async fn pin(
             .await
             .map_err(request_err("unpinning a pack"))?;
     }
+    // The caller records this state in its database next: make the blob store
+    // durable first, so a crash never leaves a database naming lost blobs.
+    blobs
+        .sync_db()
+        .await
+        .map_err(request_err("syncing the blob store"))?;
     Ok(())
 }
 
@@ -387,7 +400,7 @@ pub async fn fetch(
     // Keep the manifest from GC while the packs arrive.
     blobs
         .tags()
-        .set(format!("knot/{repo_id}/incoming"), HashAndFormat::raw(hash))
+        .set(incoming_tag(repo_id), HashAndFormat::raw(hash))
         .await
         .map_err(request_err("pinning the incoming manifest"))?;
     let manifest = load_manifest(blobs, hash, repo_id).await?;

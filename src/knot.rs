@@ -47,6 +47,8 @@ use crate::{
 /// How long `sync` waits for a first state of a repository nobody has
 /// announced yet.
 const FIRST_STATE_WAIT: Duration = Duration::from_secs(30);
+/// How often topics without neighbours re-dial the peers they know.
+const REJOIN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Errors of repository commands; the text is shown to the operator.
 #[derive(Debug, thiserror::Error)]
@@ -270,9 +272,12 @@ impl Knot {
 
     async fn run(mut self) {
         self.resume().await;
+        let mut rejoin = tokio::time::interval(REJOIN_INTERVAL);
+        rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
+                _ = rejoin.tick() => self.handle_rejoin_tick().await,
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.handle_message(msg).await,
                     None => break,
@@ -298,8 +303,8 @@ impl Knot {
         );
     }
 
-    /// Restore the address book, join every topic, and resume syncs that did
-    /// not finish before the last stop.
+    /// Restore the address book, join every topic, and verify or repair the
+    /// state of every repository (resuming syncs that did not finish).
     async fn resume(&mut self) {
         let repos = match self.parts.store.repos() {
             Ok(repos) => repos,
@@ -314,18 +319,51 @@ impl Knot {
         for entry in repos {
             let repo_id = entry.record.repo_id.clone();
             self.join_topic(&repo_id, &entry).await;
-            if let Some(hash) = entry.record.manifest_hash()
-                && entry.materialized.as_deref() != entry.record.manifest.as_deref()
-            {
+            let Some(hash) = entry.record.manifest_hash() else {
+                // No state yet: drop pins a crashed first fetch may have left.
+                if let Err(e) = content::unpin_all(&self.parts.blobs, &repo_id).await {
+                    warn!(repo = %repo_id, error = %e, "cannot clear stale pins");
+                }
+                continue;
+            };
+            // Verify the held state: blobs present, pins matching the database,
+            // materialized copy current. With everything in place this fetches
+            // nothing and materializing is a no-op; after a crash it repairs.
+            if entry.materialized.as_deref() != entry.record.manifest.as_deref() {
                 info!(repo = %repo_id, "resuming an unfinished sync");
-                let providers = self.providers(&entry, None);
-                self.enqueue(
-                    repo_id,
-                    Job::Fetch {
-                        target: FetchTarget::Manifest(hash),
-                        providers,
-                    },
-                );
+            }
+            let providers = self.providers(&entry, None);
+            self.enqueue(
+                repo_id,
+                Job::Fetch {
+                    target: FetchTarget::Manifest(hash),
+                    providers,
+                },
+            );
+        }
+    }
+
+    /// Re-dial known peers of every topic that has no neighbour, so that two
+    /// nodes that lost each other (a restart, a network change) meet again.
+    async fn handle_rejoin_tick(&mut self) {
+        let lonely: Vec<RepoId> = self
+            .topics
+            .iter()
+            .filter(|(_, t)| t.neighbors.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for repo_id in lonely {
+            let Ok(Some(entry)) = self.parts.store.repo(&repo_id) else {
+                continue;
+            };
+            let peers = self.bootstrap(&entry);
+            if peers.is_empty() {
+                continue;
+            }
+            if let Some(topic) = self.topics.get(&repo_id)
+                && let Err(e) = topic.sender.join_peers(peers).await
+            {
+                debug!(repo = %repo_id, error = %e, "re-dialing peers failed");
             }
         }
     }
@@ -939,6 +977,7 @@ impl Knot {
                     topic.neighbors.insert(id);
                 }
                 debug!(repo = %repo_id, peer = %id.fmt_short(), "neighbour up");
+                self.remember_neighbor(&repo_id, id).await;
                 // Greet the newcomer with the state held here.
                 if let Ok(Some(entry)) = self.parts.store.repo(&repo_id)
                     && let Some(statement) = entry.statement
@@ -962,6 +1001,30 @@ impl Knot {
                     self.join_topic(&repo_id, &entry).await;
                 }
             }
+        }
+    }
+
+    /// Keep a neighbour's current addresses as a peer hint, so that after a
+    /// restart this node can dial it again without discovery.
+    async fn remember_neighbor(&self, repo_id: &RepoId, id: EndpointId) {
+        let Some(info) = self.parts.endpoint.remote_info(id).await else {
+            return;
+        };
+        let addrs: Vec<String> = info
+            .addrs()
+            .filter_map(|a| match a.addr() {
+                iroh::TransportAddr::Ip(sock) => Some(sock.to_string()),
+                _ => None,
+            })
+            .collect();
+        if addrs.is_empty() {
+            return;
+        }
+        let hint = PeerHint::new(id.to_string(), addrs, None);
+        if let Err(e) = self.parts.store.update_repo(repo_id, |e| {
+            e.record.peers = record::merge_peers(e.record.peers.clone(), vec![hint.clone()]);
+        }) {
+            debug!(repo = %repo_id, error = %e, "cannot record neighbour");
         }
     }
 
@@ -1170,10 +1233,6 @@ fn announce_decision(statement: &Statement, ctx: &AdoptionContext<'_>) -> Adopti
 
 /// After a failed fetch, put the pins back to the previous manifest (or none).
 async fn restore_pins(blobs: &FsStore, repo_id: &RepoId, previous: Option<Hash>) {
-    let _ = blobs
-        .tags()
-        .delete(format!("knot/{repo_id}/incoming"))
-        .await;
     let result = match previous {
         Some(hash) => match content::load_manifest(blobs, hash, repo_id).await {
             Ok(manifest) => content::pin(blobs, repo_id, hash, &manifest).await,

@@ -2,6 +2,8 @@
 //! and discovery off, driven through their real admin sockets.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 
 use knotd::{

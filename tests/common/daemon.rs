@@ -1,0 +1,148 @@
+//! The built `knotd` binary as a child process, for tests that signal or kill it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Path of the built `knotd` binary.
+pub fn knotd() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_knotd"))
+}
+
+/// A `knotd run` child process on loopback with relays and discovery off.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl Daemon {
+    /// Start a daemon on `data_dir` and wait until its admin socket answers.
+    pub fn start(data_dir: &Path) -> Daemon {
+        Self::start_on(data_dir, 0)
+    }
+
+    /// Start a daemon bound to `127.0.0.1:port` (0: any port). A fixed port
+    /// keeps the node's address across restarts, as an operator's would.
+    pub fn start_on(data_dir: &Path, port: u16) -> Daemon {
+        let bind = format!("127.0.0.1:{port}");
+        let child = Command::new(knotd())
+            .args([
+                "run",
+                "--bind",
+                &bind,
+                "--relay",
+                "disabled",
+                "--no-discovery",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("KNOTD_TEST_LOG").unwrap_or_else(|_| "knotd=info,warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("knotd starts");
+        let mut daemon = Daemon {
+            child,
+            socket: data_dir.join("knotd.sock"),
+            data_dir: data_dir.to_path_buf(),
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("knotd exited early: {status}");
+            }
+            if self.socket.exists() && self.admin(&["status"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("knotd did not become ready");
+    }
+
+    /// Run `knotd admin <args>` against this daemon.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(knotd())
+            .arg("admin")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("knotd admin runs")
+    }
+
+    /// Run an admin command that must succeed; returns its stdout.
+    pub fn admin_ok(&self, args: &[&str]) -> String {
+        let out = self.admin(args);
+        assert!(
+            out.status.success(),
+            "knotd admin {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Send a signal and wait (bounded) for the process to exit.
+    pub fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "knotd did not stop within 10 s of {sig}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The repository rows as JSON.
+    pub fn list(&self) -> serde_json::Value {
+        serde_json::from_str(&self.admin_ok(&["list", "--json"])).expect("list prints JSON")
+    }
+
+    /// The manifest this daemon has materialized for `repo_id`.
+    pub fn materialized(&self, repo_id: &str) -> Option<String> {
+        self.list()
+            .as_array()?
+            .iter()
+            .find(|r| r["repo_id"] == repo_id)?
+            .get("materialized")?
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+/// A UDP port on loopback that is free right now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
