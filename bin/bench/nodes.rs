@@ -1,0 +1,306 @@
+//! Nodes under test: in-process nodes on loopback, and `knotd run` child
+//! processes driven through their admin socket.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use knotd::{
+    admin::{self, Command, Payload, PublishReport},
+    config::Config,
+    node::Node,
+    repo_id::RepoId,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Parse a repository id.
+pub fn rid(s: &str) -> Result<RepoId> {
+    RepoId::parse(s).map_err(|e| anyhow!("{e}"))
+}
+
+/// A node running in this process with its own data dir.
+pub struct InNode {
+    pub node: Node,
+    _dir: tempfile::TempDir,
+}
+
+impl InNode {
+    /// Start a node in a fresh data dir below `parent`.
+    pub async fn spawn(parent: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("n").tempdir_in(parent)?;
+        let node = Node::spawn(Config::local(dir.path()), CancellationToken::new())
+            .await
+            .map_err(|e| anyhow!("node start: {e}"))?;
+        Ok(InNode { node, _dir: dir })
+    }
+
+    /// Run one command on the node's repository actor.
+    pub async fn cmd(&self, command: Command) -> Result<Payload> {
+        self.node
+            .knot()
+            .command(command)
+            .await
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// A ticket other nodes can dial.
+    pub async fn ticket(&self) -> Result<String> {
+        match self.cmd(Command::Ticket).await? {
+            Payload::Ticket { ticket } => Ok(ticket),
+            other => bail!("unexpected payload {other:?}"),
+        }
+    }
+
+    /// Publish a local repository.
+    pub async fn publish(&self, repo_id: &str, path: &Path) -> Result<PublishReport> {
+        match self
+            .cmd(Command::Publish {
+                repo_id: rid(repo_id)?,
+                path: path.to_path_buf(),
+                force: false,
+                expected_manifest: None,
+            })
+            .await?
+        {
+            Payload::Published(report) => Ok(report),
+            other => bail!("unexpected payload {other:?}"),
+        }
+    }
+
+    /// Track a repository with bootstrap peers.
+    pub async fn follow(&self, repo_id: &str, peers: Vec<String>) -> Result<()> {
+        self.cmd(Command::AddRepo {
+            repo_id: rid(repo_id)?,
+            pds: None,
+            record: None,
+            peers,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The manifest this node has materialized for a repository.
+    pub async fn materialized(&self, repo_id: &str) -> Result<Option<String>> {
+        match self.cmd(Command::List).await? {
+            Payload::Repos { repos } => Ok(repos
+                .into_iter()
+                .find(|r| r.repo_id == repo_id)
+                .and_then(|r| r.materialized)),
+            other => bail!("unexpected payload {other:?}"),
+        }
+    }
+
+    /// Poll every `every` until the node has materialized `manifest`; returns
+    /// the time since `start`, or `None` after `timeout`.
+    pub async fn wait_materialized(
+        &self,
+        repo_id: &str,
+        manifest: &str,
+        start: Instant,
+        every: Duration,
+        timeout: Duration,
+    ) -> Result<Option<Duration>> {
+        loop {
+            if self.materialized(repo_id).await?.as_deref() == Some(manifest) {
+                return Ok(Some(start.elapsed()));
+            }
+            if start.elapsed() > timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Size in bytes of the manifest blob `manifest` (hex) of a repository.
+    pub async fn manifest_bytes(&self, repo_id: &str, manifest: &str) -> Result<u64> {
+        let hash = knotd::record::parse_hash_hex(manifest).context("manifest hash")?;
+        let parsed = knotd::content::load_manifest(self.node.blobs(), hash, &rid(repo_id)?)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(parsed.to_bytes().len() as u64)
+    }
+
+    /// Stop the node.
+    pub async fn shutdown(self) -> Result<()> {
+        self.node
+            .shutdown()
+            .await
+            .map_err(|e| anyhow!("node shutdown: {e}"))
+    }
+}
+
+/// The `knotd` binary to run as a child process.
+pub fn find_knotd(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable directory")?;
+    for candidate in [dir.join("knotd"), dir.join("../knotd")] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no knotd binary next to {}; build it (cargo build --bin knotd) or pass --knotd PATH",
+        exe.display()
+    )
+}
+
+/// `knotd run` as a child process on loopback.
+pub struct ChildNode {
+    child: Child,
+    knotd: PathBuf,
+    data_dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl ChildNode {
+    /// Start `knotd run` on `data_dir` and wait until the admin socket answers
+    /// `status`; returns the node and the time that took.
+    pub async fn spawn(knotd: &Path, data_dir: &Path) -> Result<(Self, Duration)> {
+        std::fs::create_dir_all(data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("bench-node.log"))?;
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let start = Instant::now();
+        let child = std::process::Command::new(knotd)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--bind",
+                "127.0.0.1:0",
+                "--relay",
+                "disabled",
+                "--no-discovery",
+            ])
+            .env("RUST_LOG", filter)
+            .env_remove("KNOTD_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", knotd.display()))?;
+        let mut node = ChildNode {
+            child,
+            knotd: knotd.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            socket: data_dir.join("knotd.sock"),
+        };
+        let elapsed = node.wait_ready(start).await?;
+        Ok((node, elapsed))
+    }
+
+    async fn wait_ready(&mut self, start: Instant) -> Result<Duration> {
+        loop {
+            if self.socket.exists() && admin::request(&self.socket, &Command::Status).await.is_ok()
+            {
+                return Ok(start.elapsed());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "knotd exited during start ({status}); see {}",
+                    self.data_dir.join("bench-node.log").display()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("knotd did not answer on its admin socket within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send one admin request.
+    pub async fn request(&self, command: &Command) -> Result<Payload> {
+        admin::request(&self.socket, command)
+            .await
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Resident memory in bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("VmRSS missing")?;
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("VmRSS value")?
+            .parse()?;
+        Ok(kib * 1024)
+    }
+
+    /// User plus system CPU time consumed so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After the command name: state is field 3, utime 14 and stime 15.
+        let utime: u64 = fields.get(11).context("utime")?.parse()?;
+        let stime: u64 = fields.get(12).context("stime")?.parse()?;
+        Ok(utime + stime)
+    }
+
+    /// Stop gracefully with SIGTERM (killing after 30 s); returns the time it took.
+    pub async fn stop(mut self) -> Result<Duration> {
+        let start = Instant::now();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("cannot signal knotd {}", self.pid());
+        }
+        loop {
+            if self.child.try_wait()?.is_some() {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("knotd did not stop within 30 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stop and start again on the same data dir; returns the new node and
+    /// its start-up time.
+    pub async fn restart(self) -> Result<(Self, Duration)> {
+        let knotd = self.knotd.clone();
+        let dir = self.data_dir.clone();
+        self.stop().await?;
+        Self::spawn(&knotd, &dir).await
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat`.
+pub fn clock_ticks() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
