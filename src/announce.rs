@@ -175,6 +175,16 @@ impl Announcement {
         postcard::to_stdvec(&Wire::V1(self.clone())).expect("announcement encodes")
     }
 
+    /// The repository an encoded announcement claims to be about, without
+    /// verifying anything; use [`Announcement::decode_verified`] next.
+    pub fn peek_repo_id(bytes: &[u8]) -> Option<RepoId> {
+        if bytes.len() > MAX_MESSAGE_SIZE {
+            return None;
+        }
+        let (Wire::V1(ann), _) = postcard::take_from_bytes::<Wire>(bytes).ok()?;
+        RepoId::parse(&ann.statement.statement.repo_id).ok()
+    }
+
     /// Decode and fully verify a message received on `repo_id`'s topic: size,
     /// encoding, both signatures and the repository.
     pub fn decode_verified(bytes: &[u8], repo_id: &RepoId) -> Result<Self, AnnounceError> {

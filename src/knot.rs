@@ -16,7 +16,7 @@ use std::{
 };
 
 use iroh::{Endpoint, EndpointAddr, EndpointId, SecretKey, address_lookup::MemoryLookup};
-use iroh_blobs::{Hash, api::downloader::Downloader, store::fs::FsStore};
+use iroh_blobs::{Hash, store::fs::FsStore};
 use iroh_gossip::{
     api::{Event, GossipReceiver, GossipSender},
     net::Gossip,
@@ -39,6 +39,7 @@ use crate::{
     announce::{Adoption, AdoptionContext, Announcement, SignedStatement, Statement},
     config::Config,
     content::{self, ContentError, Fetched, Published},
+    heads::{self, HeadsEvent},
     record::{self, PeerHint, RecordError},
     repo_id::{RepoId, validate_did},
     store::{Locator, RepoEntry, Store, StoreError, unix_millis, unix_now},
@@ -49,6 +50,12 @@ use crate::{
 const FIRST_STATE_WAIT: Duration = Duration::from_secs(30);
 /// How often topics without neighbours re-dial the peers they know.
 const REJOIN_INTERVAL: Duration = Duration::from_secs(5);
+/// First wait before a failed fetch is tried again; doubles up to [`RETRY_MAX`].
+const RETRY_BASE: Duration = Duration::from_secs(5);
+/// Longest wait between fetch retries.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Most peers contacted directly for one push or pull.
+const MAX_DIRECT_PEERS: usize = 16;
 
 /// Errors of repository commands; the text is shown to the operator.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +122,8 @@ pub struct KnotParts {
     pub gossip: Gossip,
     /// The address book fed with learned peers.
     pub lookup: MemoryLookup,
+    /// Requests arriving over the direct head exchange protocol.
+    pub heads: mpsc::Receiver<HeadsEvent>,
 }
 
 enum Message {
@@ -128,6 +137,10 @@ enum Message {
     },
     FirstStateTimeout {
         repo_id: RepoId,
+    },
+    Pulled {
+        from: EndpointId,
+        announcements: Vec<Vec<u8>>,
     },
 }
 
@@ -226,18 +239,26 @@ struct Topic {
 pub struct Knot {
     parts: KnotParts,
     secret_key: SecretKey,
-    downloader: Downloader,
     rx: mpsc::Receiver<Message>,
     tx: mpsc::WeakSender<Message>,
     cancel: CancellationToken,
     started: Instant,
     topics: HashMap<RepoId, Topic>,
     topic_tasks: JoinSet<()>,
+    net_tasks: JoinSet<()>,
     jobs: JoinSet<JobDone>,
     busy: BTreeSet<RepoId>,
     queued: HashMap<RepoId, VecDeque<Job>>,
     sync_waiters: HashMap<RepoId, Vec<oneshot::Sender<Reply>>>,
+    retries: HashMap<RepoId, Retry>,
     counters: GossipStats,
+}
+
+/// A fetch that failed and is tried again later.
+struct Retry {
+    target: FetchTarget,
+    attempts: u32,
+    due: Instant,
 }
 
 impl Knot {
@@ -249,21 +270,21 @@ impl Knot {
     ) -> KnotHandle {
         let (tx, rx) = mpsc::channel(1024);
         let secret_key = parts.endpoint.secret_key().clone();
-        let downloader = parts.blobs.downloader(&parts.endpoint);
         let actor = Knot {
             parts,
             secret_key,
-            downloader,
             rx,
             tx: tx.downgrade(),
             cancel,
             started: Instant::now(),
             topics: HashMap::new(),
             topic_tasks: JoinSet::new(),
+            net_tasks: JoinSet::new(),
             jobs: JoinSet::new(),
             busy: BTreeSet::new(),
             queued: HashMap::new(),
             sync_waiters: HashMap::new(),
+            retries: HashMap::new(),
             counters: GossipStats::default(),
         };
         tasks.spawn(actor.run());
@@ -287,6 +308,8 @@ impl Knot {
                     Err(e) => warn!(error = %e, "content job failed to complete"),
                 },
                 Some(_) = self.topic_tasks.join_next(), if !self.topic_tasks.is_empty() => {}
+                Some(_) = self.net_tasks.join_next(), if !self.net_tasks.is_empty() => {}
+                Some(event) = self.parts.heads.recv() => self.handle_heads_event(event).await,
             }
         }
         for topic in self.topics.values() {
@@ -295,6 +318,7 @@ impl Knot {
         self.topics.clear();
         self.jobs.shutdown().await;
         self.topic_tasks.shutdown().await;
+        self.net_tasks.shutdown().await;
         debug!(
             received = self.counters.received,
             dropped_invalid = self.counters.dropped_invalid,
@@ -346,6 +370,30 @@ impl Knot {
     /// Re-dial known peers of every topic that has no neighbour, so that two
     /// nodes that lost each other (a restart, a network change) meet again.
     async fn handle_rejoin_tick(&mut self) {
+        let now = Instant::now();
+        let due: Vec<RepoId> = self
+            .retries
+            .iter()
+            .filter(|(id, r)| r.due <= now && !self.busy.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for repo_id in due {
+            let Some(retry) = self.retries.get(&repo_id) else {
+                continue;
+            };
+            let target = retry.target.clone();
+            let Ok(Some(entry)) = self.parts.store.repo(&repo_id) else {
+                self.retries.remove(&repo_id);
+                continue;
+            };
+            if !self.still_wanted(&entry, &target) {
+                self.retries.remove(&repo_id);
+                continue;
+            }
+            info!(repo = %repo_id, attempts = retry.attempts, "retrying a failed fetch");
+            let providers = self.providers(&entry, None);
+            self.enqueue(repo_id, Job::Fetch { target, providers });
+        }
         let lonely: Vec<RepoId> = self
             .topics
             .iter()
@@ -361,11 +409,127 @@ impl Knot {
                 continue;
             }
             if let Some(topic) = self.topics.get(&repo_id)
-                && let Err(e) = topic.sender.join_peers(peers).await
+                && let Err(e) = topic.sender.join_peers(peers.clone()).await
             {
                 debug!(repo = %repo_id, error = %e, "re-dialing peers failed");
             }
+            // Gossip may take a while to notice a restarted peer: ask directly.
+            self.pull_from(&peers, vec![repo_id.to_string()]);
         }
+    }
+
+    /// Whether a fetch target still describes the state to reach: a statement
+    /// that the adoption rule still accepts, or the manifest the record names.
+    fn still_wanted(&self, entry: &RepoEntry, target: &FetchTarget) -> bool {
+        match target {
+            FetchTarget::Manifest(hash) => entry.record.manifest_hash() == Some(*hash),
+            FetchTarget::Statement(signed) => {
+                let trusted = self.trusted_publishers(entry);
+                let ctx = AdoptionContext {
+                    record_manifest: entry.locator.as_ref().and(entry.record.manifest.as_deref()),
+                    current_manifest: entry.materialized.as_deref(),
+                    current_seq: entry.seq,
+                    trusted_publishers: &trusted,
+                };
+                matches!(
+                    crate::announce::decide_adoption(&signed.statement, &ctx),
+                    Adoption::Adopt
+                )
+            }
+        }
+    }
+
+    /// Node ids allowed to publish `entry`'s repository, this node included.
+    fn trusted_publishers(&self, entry: &RepoEntry) -> Vec<String> {
+        let mut trusted = entry.trusted.clone();
+        trusted.push(self.parts.endpoint.id().to_string());
+        trusted
+    }
+
+    /// Ask each of `peers` for its announcements of `repo_ids`; answers come
+    /// back as [`Message::Pulled`].
+    fn pull_from(&mut self, peers: &[EndpointId], repo_ids: Vec<String>) {
+        let Some(tx) = self.tx.upgrade() else {
+            return;
+        };
+        for peer in peers.iter().take(MAX_DIRECT_PEERS) {
+            let endpoint = self.parts.endpoint.clone();
+            let tx = tx.clone();
+            let peer = *peer;
+            let repo_ids = repo_ids.clone();
+            self.net_tasks.spawn(async move {
+                match heads::pull(&endpoint, peer, repo_ids).await {
+                    Ok(announcements) if !announcements.is_empty() => {
+                        let _ = tx
+                            .send(Message::Pulled {
+                                from: peer,
+                                announcements,
+                            })
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => debug!(peer = %peer.fmt_short(), error = %e, "pull failed"),
+                }
+            });
+        }
+    }
+
+    async fn handle_heads_event(&mut self, event: HeadsEvent) {
+        match event {
+            HeadsEvent::Pushed { from, announcement } => {
+                self.handle_direct_announcement(from, &announcement).await;
+            }
+            HeadsEvent::Pull {
+                from,
+                repo_ids,
+                reply,
+            } => {
+                let mut out = Vec::new();
+                for id in repo_ids {
+                    let Ok(repo_id) = RepoId::parse(&id) else {
+                        continue;
+                    };
+                    if let Ok(Some(entry)) = self.parts.store.repo(&repo_id)
+                        && let Some(statement) = entry.statement
+                    {
+                        out.push(self.envelope(statement));
+                    }
+                }
+                debug!(peer = %from.fmt_short(), count = out.len(), "served a pull");
+                let _ = reply.send(out);
+            }
+        }
+    }
+
+    /// An announcement that came over the direct protocol: verified exactly
+    /// like one from gossip.
+    async fn handle_direct_announcement(&mut self, from: EndpointId, bytes: &[u8]) {
+        let tracked = Announcement::peek_repo_id(bytes)
+            .filter(|id| matches!(self.parts.store.repo(id), Ok(Some(_))));
+        let Some(repo_id) = tracked else {
+            self.counters.dropped_invalid += 1;
+            debug!(peer = %from.fmt_short(), "dropped a direct announcement for an untracked or unreadable repository");
+            return;
+        };
+        match Announcement::decode_verified(bytes, &repo_id) {
+            Ok(ann) => self.handle_announcement(repo_id, ann).await,
+            Err(error) => {
+                self.counters.dropped_invalid += 1;
+                debug!(repo = %repo_id, peer = %from.fmt_short(), %error, "dropped a direct announcement");
+            }
+        }
+    }
+
+    /// Wrap a statement in this node's signed envelope.
+    fn envelope(&self, statement: SignedStatement) -> Vec<u8> {
+        let addrs = self
+            .parts
+            .endpoint
+            .addr()
+            .ip_addrs()
+            .copied()
+            .collect::<Vec<_>>();
+        Announcement::new(statement, &self.secret_key, addrs).encode()
     }
 
     fn learn_peers(&self, peers: &[PeerHint]) {
@@ -383,6 +547,14 @@ impl Knot {
         match msg {
             Message::Admin { command, reply } => self.handle_admin(command, reply).await,
             Message::Gossip { repo_id, event } => self.handle_topic_event(repo_id, event).await,
+            Message::Pulled {
+                from,
+                announcements,
+            } => {
+                for bytes in announcements {
+                    self.handle_direct_announcement(from, &bytes).await;
+                }
+            }
             Message::FirstStateTimeout { repo_id } => {
                 if let Some(waiters) = self.sync_waiters.remove(&repo_id) {
                     let peers = self
@@ -481,6 +653,7 @@ impl Knot {
         }
         self.leave_topic(&repo_id);
         self.queued.remove(&repo_id);
+        self.retries.remove(&repo_id);
         if let Some(waiters) = self.sync_waiters.remove(&repo_id) {
             for w in waiters {
                 let _ = w.send(Reply::Error(format!("{repo_id} was removed")));
@@ -707,7 +880,9 @@ impl Knot {
                 });
             }
             Job::Fetch { target, providers } => {
-                let downloader = self.downloader.clone();
+                // A fresh downloader per job: its connections are new, so a
+                // peer that restarted since the last fetch is dialed afresh.
+                let downloader = blobs.downloader(&self.parts.endpoint);
                 let timeout = self.parts.config.fetch_timeout();
                 let previous = entry.record.manifest_hash();
                 self.jobs.spawn(async move {
@@ -792,6 +967,7 @@ impl Knot {
                 result,
             } => match result {
                 Ok(fetched) => {
+                    self.retries.remove(&repo_id);
                     if let Err(e) = self.adopt_fetched(&repo_id, target, &fetched).await {
                         warn!(repo = %repo_id, error = %e, "cannot record fetched state");
                     }
@@ -799,6 +975,22 @@ impl Knot {
                 }
                 Err(e) => {
                     warn!(repo = %repo_id, manifest = %content::hex(&target.manifest()), error = %e, "fetch failed");
+                    let attempts = self
+                        .retries
+                        .get(&repo_id)
+                        .filter(|r| r.target.manifest() == target.manifest())
+                        .map_or(1, |r| r.attempts + 1);
+                    let wait = RETRY_BASE
+                        .saturating_mul(1u32 << attempts.min(16).saturating_sub(1))
+                        .min(RETRY_MAX);
+                    self.retries.insert(
+                        repo_id.clone(),
+                        Retry {
+                            target: target.clone(),
+                            attempts,
+                            due: Instant::now() + wait,
+                        },
+                    );
                     let text = e.to_string();
                     let _ = self
                         .parts
@@ -943,25 +1135,49 @@ impl Knot {
 
     /// Broadcast a statement under this node's envelope: to the whole topic,
     /// or only to direct neighbours (when greeting a new neighbour).
-    async fn announce(&self, repo_id: &RepoId, statement: SignedStatement, neighbors_only: bool) {
+    async fn announce(
+        &mut self,
+        repo_id: &RepoId,
+        statement: SignedStatement,
+        neighbors_only: bool,
+    ) {
+        let message = self.envelope(statement);
         let Some(topic) = self.topics.get(repo_id) else {
             return;
         };
-        let addrs = self
-            .parts
-            .endpoint
-            .addr()
-            .ip_addrs()
-            .copied()
-            .collect::<Vec<_>>();
-        let message = Announcement::new(statement, &self.secret_key, addrs).encode();
         let result = if neighbors_only {
-            topic.sender.broadcast_neighbors(message.into()).await
+            topic
+                .sender
+                .broadcast_neighbors(message.clone().into())
+                .await
         } else {
-            topic.sender.broadcast(message.into()).await
+            topic.sender.broadcast(message.clone().into()).await
         };
         if let Err(e) = result {
             warn!(repo = %repo_id, error = %e, "gossip broadcast failed");
+        }
+        if neighbors_only {
+            return;
+        }
+        // Known peers that are not neighbours right now hear it directly.
+        let neighbors = topic.neighbors.clone();
+        let Ok(Some(entry)) = self.parts.store.repo(repo_id) else {
+            return;
+        };
+        let targets: Vec<EndpointId> = self
+            .bootstrap(&entry)
+            .into_iter()
+            .filter(|id| !neighbors.contains(id))
+            .take(MAX_DIRECT_PEERS)
+            .collect();
+        for peer in targets {
+            let endpoint = self.parts.endpoint.clone();
+            let message = message.clone();
+            self.net_tasks.spawn(async move {
+                if let Err(e) = heads::push(&endpoint, peer, message).await {
+                    debug!(peer = %peer.fmt_short(), error = %e, "direct push failed");
+                }
+            });
         }
     }
 
@@ -1052,8 +1268,7 @@ impl Knot {
             }
         };
         let statement = &ann.statement.statement;
-        let mut trusted = entry.trusted.clone();
-        trusted.push(self.parts.endpoint.id().to_string());
+        let trusted = self.trusted_publishers(&entry);
         let record_manifest = entry.locator.as_ref().and(entry.record.manifest.as_deref());
         let ctx = AdoptionContext {
             record_manifest,
@@ -1061,7 +1276,7 @@ impl Knot {
             current_seq: entry.seq,
             trusted_publishers: &trusted,
         };
-        match announce_decision(statement, &ctx) {
+        match crate::announce::decide_adoption(statement, &ctx) {
             Adoption::Adopt => {
                 info!(repo = %repo_id, manifest = %content::hex(&statement.manifest_hash()), from = %sender.fmt_short(), "adopting announced state");
                 let providers = self.providers(&entry, Some(&ann));
@@ -1224,11 +1439,6 @@ impl Knot {
         let addr = crate::node::wait_for_addr(&self.parts.endpoint).await;
         EndpointTicket::new(addr).to_string()
     }
-}
-
-/// The adoption rule applied to an announced statement.
-fn announce_decision(statement: &Statement, ctx: &AdoptionContext<'_>) -> Adoption {
-    crate::announce::decide_adoption(statement, ctx)
 }
 
 /// After a failed fetch, put the pins back to the previous manifest (or none).

@@ -11,6 +11,7 @@ pub mod atproto;
 pub mod config;
 pub mod content;
 pub mod git;
+pub mod heads;
 pub mod http;
 pub mod keys;
 pub mod knot;

@@ -37,6 +37,7 @@ use tracing::{info, warn};
 use crate::{
     admin,
     config::{Config, ConfigError, RelayChoice},
+    heads::{self, HeadsProtocol},
     keys::{self, KeyError},
     knot::{Knot, KnotHandle, KnotParts},
     store::{Store, StoreError},
@@ -132,9 +133,11 @@ impl Node {
             })?;
 
         let gossip = Gossip::builder().spawn(endpoint.clone());
+        let (heads_tx, heads_rx) = tokio::sync::mpsc::channel(256);
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, BlobsProtocol::new(&blobs, None))
             .accept(iroh_gossip::ALPN, gossip.clone())
+            .accept(heads::ALPN, HeadsProtocol::new(heads_tx))
             .spawn();
 
         let admin_socket = config.admin_socket_path();
@@ -155,6 +158,7 @@ impl Node {
                 endpoint: endpoint.clone(),
                 gossip,
                 lookup: lookup.clone(),
+                heads: heads_rx,
             },
             cancel.child_token(),
             &mut tasks,

@@ -1,0 +1,234 @@
+//! Direct head exchange between knots over `/knot/heads/1`.
+//!
+//! Gossip spreads announcements to a topic's current neighbours. This protocol
+//! complements it for nodes that are not (or no longer) neighbours, for example
+//! after one of them restarted: a node *pushes* a new announcement straight to
+//! known peers, and a node that finds itself alone *pulls* the latest
+//! announcements of its repositories from known peers. Every announcement that
+//! arrives this way goes through exactly the same verification and adoption
+//! rule as one from gossip. One request per bidirectional stream, postcard
+//! encoded, size-bounded, every wait with a timeout. Nothing here persists.
+
+use std::time::Duration;
+
+use iroh::{Endpoint, EndpointId, endpoint::Connection, protocol::AcceptError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+/// The protocol's ALPN.
+pub const ALPN: &[u8] = b"/knot/heads/1";
+/// Largest request accepted.
+pub const MAX_REQUEST: usize = 16 * 1024;
+/// Largest response accepted.
+pub const MAX_RESPONSE: usize = 512 * 1024;
+/// Most repositories asked for in one pull.
+pub const MAX_PULL_REPOS: usize = 64;
+/// Timeout of one exchange, connection included.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of a head exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadsError {
+    /// The peer could not be reached or the stream failed.
+    #[error("head exchange with {peer} failed: {message}")]
+    Transport {
+        /// The peer (short id).
+        peer: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The peer did not answer in time.
+    #[error("head exchange with {0} timed out")]
+    Timeout(String),
+    /// The peer sent something that is not a valid response.
+    #[error("peer {peer} sent a malformed response: {message}")]
+    Malformed {
+        /// The peer (short id).
+        peer: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    /// Here is an encoded announcement.
+    Push { announcement: Vec<u8> },
+    /// Send the announcements you hold for these repositories.
+    Pull { repo_ids: Vec<String> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Response {
+    Ack,
+    Heads { announcements: Vec<Vec<u8>> },
+}
+
+/// What the protocol hands to the node.
+#[derive(Debug)]
+pub enum HeadsEvent {
+    /// A peer pushed an encoded announcement (not yet verified).
+    Pushed {
+        /// The peer that pushed it.
+        from: EndpointId,
+        /// The encoded announcement.
+        announcement: Vec<u8>,
+    },
+    /// A peer asks for the announcements of these repositories.
+    Pull {
+        /// The asking peer.
+        from: EndpointId,
+        /// Repository ids as sent (validated by the receiver).
+        repo_ids: Vec<String>,
+        /// Where to send the encoded announcements.
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
+    },
+}
+
+/// The accepting side, registered on the router.
+#[derive(Debug, Clone)]
+pub struct HeadsProtocol {
+    events: mpsc::Sender<HeadsEvent>,
+}
+
+impl HeadsProtocol {
+    /// Deliver requests to `events`.
+    pub fn new(events: mpsc::Sender<HeadsEvent>) -> Self {
+        Self { events }
+    }
+
+    async fn serve_stream(
+        &self,
+        from: EndpointId,
+        mut send: iroh::endpoint::SendStream,
+        mut recv: iroh::endpoint::RecvStream,
+    ) -> Result<(), String> {
+        let bytes = recv
+            .read_to_end(MAX_REQUEST)
+            .await
+            .map_err(|e| e.to_string())?;
+        let request: Request = postcard::from_bytes(&bytes).map_err(|e| e.to_string())?;
+        let response = match request {
+            Request::Push { announcement } => {
+                self.events
+                    .send(HeadsEvent::Pushed { from, announcement })
+                    .await
+                    .map_err(|_| "node is shutting down".to_string())?;
+                Response::Ack
+            }
+            Request::Pull { mut repo_ids } => {
+                repo_ids.truncate(MAX_PULL_REPOS);
+                let (reply, rx) = oneshot::channel();
+                self.events
+                    .send(HeadsEvent::Pull {
+                        from,
+                        repo_ids,
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| "node is shutting down".to_string())?;
+                let announcements = rx.await.map_err(|_| "no answer".to_string())?;
+                Response::Heads { announcements }
+            }
+        };
+        let bytes = postcard::to_stdvec(&response).map_err(|e| e.to_string())?;
+        send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        // Let the peer read the response before the stream goes away.
+        let _ = tokio::time::timeout(TIMEOUT, send.stopped()).await;
+        Ok(())
+    }
+}
+
+impl iroh::protocol::ProtocolHandler for HeadsProtocol {
+    async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        let from = connection.remote_id();
+        loop {
+            let accepted = tokio::time::timeout(TIMEOUT, connection.accept_bi()).await;
+            let Ok(Ok((send, recv))) = accepted else {
+                return Ok(());
+            };
+            let served = tokio::time::timeout(TIMEOUT, self.serve_stream(from, send, recv)).await;
+            match served {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    debug!(peer = %from.fmt_short(), %message, "head request failed");
+                    connection.close(1u32.into(), b"bad request");
+                    return Ok(());
+                }
+                Err(_) => {
+                    debug!(peer = %from.fmt_short(), "head request timed out");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn exchange(
+    endpoint: &Endpoint,
+    peer: EndpointId,
+    request: Request,
+) -> Result<Response, HeadsError> {
+    let short = peer.fmt_short().to_string();
+    let transport = |message: String| HeadsError::Transport {
+        peer: short.clone(),
+        message,
+    };
+    let work = async {
+        let conn = endpoint
+            .connect(peer, ALPN)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(e.to_string()))?;
+        let bytes = postcard::to_stdvec(&request).expect("request encodes");
+        send.write_all(&bytes)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        send.finish().map_err(|e| transport(e.to_string()))?;
+        let bytes = recv
+            .read_to_end(MAX_RESPONSE)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        conn.close(0u32.into(), b"done");
+        postcard::from_bytes::<Response>(&bytes).map_err(|e| HeadsError::Malformed {
+            peer: short.clone(),
+            message: e.to_string(),
+        })
+    };
+    tokio::time::timeout(TIMEOUT, work)
+        .await
+        .map_err(|_| HeadsError::Timeout(peer.fmt_short().to_string()))?
+}
+
+/// Push an encoded announcement to `peer`.
+pub async fn push(
+    endpoint: &Endpoint,
+    peer: EndpointId,
+    announcement: Vec<u8>,
+) -> Result<(), HeadsError> {
+    match exchange(endpoint, peer, Request::Push { announcement }).await? {
+        Response::Ack => Ok(()),
+        Response::Heads { .. } => Err(HeadsError::Malformed {
+            peer: peer.fmt_short().to_string(),
+            message: "expected an acknowledgement".into(),
+        }),
+    }
+}
+
+/// Ask `peer` for its announcements of `repo_ids`.
+pub async fn pull(
+    endpoint: &Endpoint,
+    peer: EndpointId,
+    mut repo_ids: Vec<String>,
+) -> Result<Vec<Vec<u8>>, HeadsError> {
+    repo_ids.truncate(MAX_PULL_REPOS);
+    match exchange(endpoint, peer, Request::Pull { repo_ids }).await? {
+        Response::Heads { announcements } => Ok(announcements),
+        Response::Ack => Err(HeadsError::Malformed {
+            peer: peer.fmt_short().to_string(),
+            message: "expected announcements".into(),
+        }),
+    }
+}
