@@ -12,6 +12,7 @@
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -37,10 +38,12 @@ use crate::{
         RepoSummary, SyncReport,
     },
     announce::{Adoption, AdoptionContext, Announcement, SignedStatement, Statement},
+    atproto::{RecordWriter, XrpcClient},
     config::Config,
     content::{self, ContentError, Fetched, Published},
     heads::{self, HeadsEvent},
-    record::{self, PeerHint, RecordError},
+    poller::{PollError, PollOutcome, PollerHandle},
+    record::{self, PeerHint, RecordError, RepoRecord},
     repo_id::{RepoId, validate_did},
     store::{Locator, RepoEntry, Store, StoreError, unix_millis, unix_now},
 };
@@ -124,6 +127,14 @@ pub struct KnotParts {
     pub lookup: MemoryLookup,
     /// Requests arriving over the direct head exchange protocol.
     pub heads: mpsc::Receiver<HeadsEvent>,
+    /// The ATProto record poller.
+    pub poller: PollerHandle,
+    /// Results of record polls.
+    pub polls: mpsc::Receiver<PollOutcome>,
+    /// Writes records back to the owner's PDS, when credentials are configured.
+    pub writer: Option<RecordWriter>,
+    /// XRPC client, used to resolve the PDS for write-back.
+    pub xrpc: XrpcClient,
 }
 
 enum Message {
@@ -141,6 +152,14 @@ enum Message {
     Pulled {
         from: EndpointId,
         announcements: Vec<Vec<u8>>,
+    },
+    SyncPolled {
+        repo_id: RepoId,
+        result: Result<RepoRecord, String>,
+    },
+    WrittenBack {
+        repo_id: RepoId,
+        result: Result<RepoRecord, String>,
     },
 }
 
@@ -251,7 +270,16 @@ pub struct Knot {
     queued: HashMap<RepoId, VecDeque<Job>>,
     sync_waiters: HashMap<RepoId, Vec<oneshot::Sender<Reply>>>,
     retries: HashMap<RepoId, Retry>,
+    writer: Option<Arc<tokio::sync::Mutex<RecordWriter>>>,
+    write_backs: HashMap<RepoId, WriteBackRetry>,
     counters: GossipStats,
+}
+
+/// When a pending write-back is tried next.
+struct WriteBackRetry {
+    attempts: u32,
+    due: Instant,
+    in_flight: bool,
 }
 
 /// A fetch that failed and is tried again later.
@@ -264,11 +292,15 @@ struct Retry {
 impl Knot {
     /// Start the actor in `tasks`; it stops when `cancel` fires.
     pub fn spawn(
-        parts: KnotParts,
+        mut parts: KnotParts,
         cancel: CancellationToken,
         tasks: &mut JoinSet<()>,
     ) -> KnotHandle {
         let (tx, rx) = mpsc::channel(1024);
+        let writer = parts
+            .writer
+            .take()
+            .map(|w| Arc::new(tokio::sync::Mutex::new(w)));
         let secret_key = parts.endpoint.secret_key().clone();
         let actor = Knot {
             parts,
@@ -285,6 +317,8 @@ impl Knot {
             queued: HashMap::new(),
             sync_waiters: HashMap::new(),
             retries: HashMap::new(),
+            writer,
+            write_backs: HashMap::new(),
             counters: GossipStats::default(),
         };
         tasks.spawn(actor.run());
@@ -310,6 +344,9 @@ impl Knot {
                 Some(_) = self.topic_tasks.join_next(), if !self.topic_tasks.is_empty() => {}
                 Some(_) = self.net_tasks.join_next(), if !self.net_tasks.is_empty() => {}
                 Some(event) = self.parts.heads.recv() => self.handle_heads_event(event).await,
+                Some(outcome) = self.parts.polls.recv() => {
+                    self.handle_poll_result(outcome.repo_id, outcome.result.map_err(|e| e.to_string())).await;
+                }
             }
         }
         for topic in self.topics.values() {
@@ -343,6 +380,19 @@ impl Knot {
         for entry in repos {
             let repo_id = entry.record.repo_id.clone();
             self.join_topic(&repo_id, &entry).await;
+            if let Some(locator) = &entry.locator
+                && self
+                    .parts
+                    .poller
+                    .track(repo_id.clone(), locator.clone())
+                    .await
+                    .is_err()
+            {
+                warn!(repo = %repo_id, "record poller is not running");
+            }
+            if entry.write_back_pending {
+                self.schedule_write_back(&repo_id, Duration::ZERO);
+            }
             let Some(hash) = entry.record.manifest_hash() else {
                 // No state yet: drop pins a crashed first fetch may have left.
                 if let Err(e) = content::unpin_all(&self.parts.blobs, &repo_id).await {
@@ -371,6 +421,15 @@ impl Knot {
     /// nodes that lost each other (a restart, a network change) meet again.
     async fn handle_rejoin_tick(&mut self) {
         let now = Instant::now();
+        let writes: Vec<RepoId> = self
+            .write_backs
+            .iter()
+            .filter(|(_, w)| w.due <= now && !w.in_flight)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for repo_id in writes {
+            self.start_write_back(&repo_id).await;
+        }
         let due: Vec<RepoId> = self
             .retries
             .iter()
@@ -426,7 +485,7 @@ impl Knot {
             FetchTarget::Statement(signed) => {
                 let trusted = self.trusted_publishers(entry);
                 let ctx = AdoptionContext {
-                    record_manifest: entry.locator.as_ref().and(entry.record.manifest.as_deref()),
+                    record_manifest: remote_manifest(entry),
                     current_manifest: entry.materialized.as_deref(),
                     current_seq: entry.seq,
                     trusted_publishers: &trusted,
@@ -532,6 +591,260 @@ impl Knot {
         Announcement::new(statement, &self.secret_key, addrs).encode()
     }
 
+    /// Merge a polled record: peers are always unioned (and the record's peers
+    /// trusted as publishers); the head and manifest win whenever the record
+    /// changed them since it was last read, which starts a fetch.
+    async fn handle_poll_result(&mut self, repo_id: RepoId, result: Result<RepoRecord, String>) {
+        let remote = match result {
+            Ok(remote) => remote,
+            Err(error) => {
+                warn!(repo = %repo_id, %error, "record poll failed");
+                let _ = self.parts.store.update_repo(&repo_id, |e| {
+                    e.last_error = Some(format!("record poll failed: {error}"));
+                });
+                return;
+            }
+        };
+        let updated = self.parts.store.update_repo(&repo_id, |e| {
+            // The record wins when it names another state, unless it names an
+            // older one than the node holds (a record lagging behind gossip).
+            let differs = remote.manifest.is_some() && remote.manifest != e.record.manifest;
+            let not_older = remote.seq.is_none_or(|seq| seq >= e.seq);
+            let changed = differs && not_older;
+            let merged = if changed {
+                record::merge_record(&e.record, &remote)
+            } else {
+                record::merge_record(
+                    &e.record,
+                    &RepoRecord {
+                        head: None,
+                        manifest: None,
+                        seq: None,
+                        ..remote.clone()
+                    },
+                )
+            };
+            match merged {
+                Ok(merged) => {
+                    if changed && let Some(seq) = remote.seq {
+                        e.seq = e.seq.max(seq);
+                    }
+                    e.record = merged;
+                    for peer in &remote.peers {
+                        if !e.trusted.contains(&peer.node_id) {
+                            e.trusted.push(peer.node_id.clone());
+                        }
+                    }
+                    e.remote = Some(remote.clone());
+                    e.last_poll = Some(unix_now());
+                    if e.last_error
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("record poll"))
+                    {
+                        e.last_error = None;
+                    }
+                    Ok(changed)
+                }
+                Err(err) => {
+                    e.last_error = Some(format!("record poll failed: {err}"));
+                    Err(err)
+                }
+            }
+        });
+        let (entry, changed) = match updated {
+            Ok((entry, Ok(changed))) => (entry, changed),
+            Ok((_, Err(e))) => {
+                warn!(repo = %repo_id, error = %e, "rejected a polled record");
+                return;
+            }
+            Err(e) => {
+                debug!(repo = %repo_id, error = %e, "poll result for an untracked repository");
+                return;
+            }
+        };
+        self.learn_peers(&remote.peers);
+        if changed {
+            info!(repo = %repo_id, manifest = ?entry.record.manifest, "the record names a new state");
+            // Dial the record's peers on the topic as well.
+            self.join_topic(&repo_id, &entry).await;
+        }
+        if let Some(hash) = entry.record.manifest_hash()
+            && entry.materialized != entry.record.manifest
+            && !self.busy.contains(&repo_id)
+        {
+            let providers = self.providers(&entry, None);
+            self.enqueue(
+                repo_id,
+                Job::Fetch {
+                    target: FetchTarget::Manifest(hash),
+                    providers,
+                },
+            );
+        }
+    }
+
+    /// Answer `sync` callers once the record was polled and nothing remains to fetch.
+    fn finish_polled_sync(&mut self, repo_id: &RepoId, poll_error: Option<String>) {
+        if self.busy.contains(repo_id) || self.queued.contains_key(repo_id) {
+            return; // the running job answers them
+        }
+        let Some(waiters) = self.sync_waiters.remove(repo_id) else {
+            return;
+        };
+        let reply = match (self.parts.store.require_repo(repo_id), poll_error) {
+            (Err(e), _) => Reply::Error(e.to_string()),
+            (Ok(entry), Some(error)) if entry.materialized.is_none() => Reply::Error(format!(
+                "cannot read the record of {repo_id}: {error}; no copy is held yet"
+            )),
+            (Ok(entry), Some(error)) => Reply::Ok(self.sync_report(
+                &entry,
+                0,
+                &format!("record poll failed ({error}); serving the state held"),
+            )),
+            (Ok(entry), None) if entry.materialized.is_none() => Reply::Error(format!(
+                "the record of {repo_id} names no manifest yet; publish first"
+            )),
+            (Ok(entry), None) => Reply::Ok(self.sync_report(&entry, 0, "up to date")),
+        };
+        for w in waiters {
+            let _ = w.send(reply.clone());
+        }
+    }
+
+    fn schedule_write_back(&mut self, repo_id: &RepoId, after: Duration) {
+        if self.writer.is_none() {
+            return;
+        }
+        let retry = self
+            .write_backs
+            .entry(repo_id.clone())
+            .or_insert(WriteBackRetry {
+                attempts: 0,
+                due: Instant::now(),
+                in_flight: false,
+            });
+        retry.due = Instant::now() + after;
+    }
+
+    /// Write the current state to the owner's PDS in a child task.
+    async fn start_write_back(&mut self, repo_id: &RepoId) {
+        let (Some(writer), Ok(Some(entry))) = (self.writer.clone(), self.parts.store.repo(repo_id))
+        else {
+            self.write_backs.remove(repo_id);
+            return;
+        };
+        let Some(locator) = entry.locator.clone() else {
+            self.write_backs.remove(repo_id);
+            return;
+        };
+        if let Some(w) = self.write_backs.get_mut(repo_id) {
+            w.in_flight = true;
+        }
+        let addr = crate::node::wait_for_addr(&self.parts.endpoint).await;
+        let own = PeerHint::new(
+            self.parts.endpoint.id().to_string(),
+            addr.ip_addrs().map(|a| a.to_string()).collect(),
+            Some(EndpointTicket::new(addr.clone()).to_string()),
+        );
+        let remote_peers = entry
+            .remote
+            .as_ref()
+            .map(|r| r.peers.clone())
+            .unwrap_or_default();
+        let record = RepoRecord {
+            record_type: record::COLLECTION.to_string(),
+            repo_id: repo_id.clone(),
+            head: entry.record.head.clone(),
+            manifest: entry.record.manifest.clone(),
+            peers: record::merge_peers(remote_peers, vec![own]),
+            seq: Some(entry.seq),
+        };
+        let xrpc = self.parts.xrpc.clone();
+        let plc = self.parts.config.atproto.plc_directory.clone();
+        let Some(tx) = self.tx.upgrade() else {
+            return;
+        };
+        let repo_id = repo_id.clone();
+        self.net_tasks.spawn(async move {
+            let result = async {
+                let pds = match &locator.pds {
+                    Some(pds) => pds.clone(),
+                    None => xrpc
+                        .resolve_pds(&plc, &locator.did)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                };
+                writer
+                    .lock()
+                    .await
+                    .write(
+                        &pds,
+                        &locator.did,
+                        &locator.collection,
+                        &locator.rkey,
+                        &record,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(record)
+            }
+            .await;
+            let _ = tx.send(Message::WrittenBack { repo_id, result }).await;
+        });
+    }
+
+    fn handle_written_back(&mut self, repo_id: RepoId, result: Result<RepoRecord, String>) {
+        match result {
+            Ok(written) => {
+                let current = self.parts.store.update_repo(&repo_id, |e| {
+                    let current = e.record.manifest == written.manifest;
+                    e.remote = Some(written.clone());
+                    if current {
+                        e.write_back_pending = false;
+                    }
+                    if e.last_error
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with("write-back"))
+                    {
+                        e.last_error = None;
+                    }
+                    current
+                });
+                info!(repo = %repo_id, manifest = ?written.manifest, "record written back");
+                match current {
+                    Ok((_, true)) => {
+                        self.write_backs.remove(&repo_id);
+                    }
+                    Ok((_, false)) => {
+                        // A newer state arrived meanwhile: write again.
+                        if let Some(w) = self.write_backs.get_mut(&repo_id) {
+                            w.in_flight = false;
+                            w.attempts = 0;
+                            w.due = Instant::now();
+                        }
+                    }
+                    Err(_) => {
+                        self.write_backs.remove(&repo_id);
+                    }
+                }
+            }
+            Err(error) => {
+                warn!(repo = %repo_id, %error, "record write-back failed; will retry");
+                let _ = self.parts.store.update_repo(&repo_id, |e| {
+                    e.last_error = Some(format!("write-back failed: {error}"));
+                });
+                if let Some(w) = self.write_backs.get_mut(&repo_id) {
+                    w.in_flight = false;
+                    w.attempts += 1;
+                    let wait = RETRY_BASE
+                        .saturating_mul(1u32 << w.attempts.min(16).saturating_sub(1))
+                        .min(RETRY_MAX);
+                    w.due = Instant::now() + wait;
+                }
+            }
+        }
+    }
+
     fn learn_peers(&self, peers: &[PeerHint]) {
         for hint in peers {
             if let Some(addr) = hint_to_addr(hint) {
@@ -554,6 +867,14 @@ impl Knot {
                 for bytes in announcements {
                     self.handle_direct_announcement(from, &bytes).await;
                 }
+            }
+            Message::SyncPolled { repo_id, result } => {
+                let failed = result.as_ref().err().cloned();
+                self.handle_poll_result(repo_id.clone(), result).await;
+                self.finish_polled_sync(&repo_id, failed);
+            }
+            Message::WrittenBack { repo_id, result } => {
+                self.handle_written_back(repo_id, result);
             }
             Message::FirstStateTimeout { repo_id } => {
                 if let Some(waiters) = self.sync_waiters.remove(&repo_id) {
@@ -643,6 +964,13 @@ impl Knot {
         };
         self.learn_peers(&peers);
         self.join_topic(&repo_id, &entry).await;
+        if let Some(locator) = &entry.locator {
+            self.parts
+                .poller
+                .track(repo_id.clone(), locator.clone())
+                .await
+                .map_err(|_| KnotError::Failed("the record poller has stopped".into()))?;
+        }
         Ok(Payload::Done { message })
     }
 
@@ -654,6 +982,8 @@ impl Knot {
         self.leave_topic(&repo_id);
         self.queued.remove(&repo_id);
         self.retries.remove(&repo_id);
+        self.write_backs.remove(&repo_id);
+        let _ = self.parts.poller.untrack(&repo_id).await;
         if let Some(waiters) = self.sync_waiters.remove(&repo_id) {
             for w in waiters {
                 let _ = w.send(Reply::Error(format!("{repo_id} was removed")));
@@ -745,6 +1075,25 @@ impl Knot {
                 return;
             }
         };
+        if entry.locator.is_some() {
+            // Ask the record first; the answer decides what to fetch.
+            self.sync_waiters
+                .entry(repo_id.clone())
+                .or_default()
+                .push(reply);
+            let poller = self.parts.poller.clone();
+            if let Some(tx) = self.tx.upgrade() {
+                tokio::spawn(async move {
+                    let result = match poller.poll_now(repo_id.clone()).await {
+                        Ok(record) => Ok(record),
+                        Err(PollError::Atproto(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = tx.send(Message::SyncPolled { repo_id, result }).await;
+                });
+            }
+            return;
+        }
         let up_to_date = entry.record.manifest.is_some()
             && entry.materialized == entry.record.manifest
             && !self.busy.contains(&repo_id);
@@ -1034,6 +1383,7 @@ impl Knot {
         let pack_count = published.manifest.packs.len();
         let own_id = *self.parts.endpoint.id().as_bytes();
         let key = self.secret_key.clone();
+        let has_writer = self.writer.is_some();
         let (entry, statement) = self.parts.store.update_repo(repo_id, |e| {
             let unchanged = published.unchanged && e.statement.is_some();
             if !unchanged {
@@ -1056,7 +1406,7 @@ impl Knot {
             e.bytes_pinned = bytes_pinned;
             e.last_sync = Some(unix_now());
             e.last_error = None;
-            if e.locator.is_some() && !published.unchanged {
+            if e.locator.is_some() && !published.unchanged && has_writer {
                 e.write_back_pending = true;
             }
             e.statement.clone()
@@ -1065,6 +1415,9 @@ impl Knot {
             && !published.unchanged
         {
             self.announce(repo_id, statement, false).await;
+        }
+        if entry.write_back_pending {
+            self.schedule_write_back(repo_id, Duration::ZERO);
         }
         Ok(Payload::Published(PublishReport {
             repo_id: repo_id.to_string(),
@@ -1269,9 +1622,8 @@ impl Knot {
         };
         let statement = &ann.statement.statement;
         let trusted = self.trusted_publishers(&entry);
-        let record_manifest = entry.locator.as_ref().and(entry.record.manifest.as_deref());
         let ctx = AdoptionContext {
-            record_manifest,
+            record_manifest: remote_manifest(&entry),
             current_manifest: entry.record.manifest.as_deref(),
             current_seq: entry.seq,
             trusted_publishers: &trusted,
@@ -1439,6 +1791,15 @@ impl Knot {
         let addr = crate::node::wait_for_addr(&self.parts.endpoint).await;
         EndpointTicket::new(addr).to_string()
     }
+}
+
+/// The manifest the owner's ATProto record named when last read.
+fn remote_manifest(entry: &RepoEntry) -> Option<&str> {
+    entry
+        .locator
+        .as_ref()
+        .and(entry.remote.as_ref())
+        .and_then(|r| r.manifest.as_deref())
 }
 
 /// After a failed fetch, put the pins back to the previous manifest (or none).

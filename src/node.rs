@@ -2,8 +2,10 @@
 //!
 //! Owns start-up and shutdown. [`Node::spawn`] creates the data dir, loads the
 //! persistent key, opens the database and the blob store, binds one iroh
-//! endpoint, and starts a [`Router`] serving iroh-blobs and iroh-gossip, the
-//! repository actor ([`crate::knot`]), the ATProto poller and the admin socket.
+//! endpoint, and starts a [`Router`] serving iroh-blobs, iroh-gossip and the
+//! direct head exchange ([`crate::heads`]), the repository actor
+//! ([`crate::knot`]), the ATProto poller ([`crate::poller`]), the admin
+//! socket, and, when enabled, read-only smart HTTP ([`crate::http`]).
 //! All tasks hang off one cancellation token. On shutdown they stop, gossip
 //! topics are left, the router flushes the blob store, and the admin socket
 //! file is removed. What survives a restart lives in the data dir: the key,
@@ -36,10 +38,12 @@ use tracing::{info, warn};
 
 use crate::{
     admin,
+    atproto::{AtprotoError, Credentials, RecordWriter, XrpcClient},
     config::{Config, ConfigError, RelayChoice},
     heads::{self, HeadsProtocol},
     keys::{self, KeyError},
     knot::{Knot, KnotHandle, KnotParts},
+    poller::Poller,
     store::{Store, StoreError},
 };
 
@@ -87,6 +91,17 @@ pub enum NodeError {
     /// The admin socket could not be created.
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    /// The smart HTTP listener could not bind.
+    #[error("cannot listen for smart HTTP on {addr}: {source}; change [http] bind or disable it")]
+    Http {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// ATProto credentials are configured but unusable.
+    #[error(transparent)]
+    Atproto(#[from] AtprotoError),
     /// Shutdown did not complete cleanly.
     #[error("shutdown failed: {0}")]
     Shutdown(String),
@@ -103,6 +118,7 @@ pub struct Node {
     tasks: JoinSet<()>,
     admin_socket: PathBuf,
     data_dir: PathBuf,
+    http_addr: Option<std::net::SocketAddr>,
 }
 
 impl Node {
@@ -140,6 +156,21 @@ impl Node {
             .accept(heads::ALPN, HeadsProtocol::new(heads_tx))
             .spawn();
 
+        let http_listener = if config.http.enabled {
+            match tokio::net::TcpListener::bind(config.http.bind).await {
+                Ok(listener) => Some(listener),
+                Err(source) => {
+                    let _ = router.shutdown().await;
+                    return Err(NodeError::Http {
+                        addr: config.http.bind,
+                        source,
+                    });
+                }
+            }
+        } else {
+            None
+        };
+
         let admin_socket = config.admin_socket_path();
         let listener = match admin::bind(&admin_socket).await {
             Ok(listener) => listener,
@@ -150,6 +181,26 @@ impl Node {
         };
 
         let mut tasks = JoinSet::new();
+        let xrpc = XrpcClient::from_config(&config.atproto);
+        let (poll_tx, poll_rx) = tokio::sync::mpsc::channel(256);
+        let poller = Poller::spawn(
+            &config.atproto,
+            xrpc.clone(),
+            poll_tx,
+            cancel.child_token(),
+            &mut tasks,
+        );
+        let writer = match Credentials::load(&config.atproto) {
+            Ok(Some(credentials)) => {
+                info!(identifier = %credentials.identifier, "records will be written back to the owner's PDS");
+                Some(RecordWriter::new(xrpc.clone(), credentials))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                let _ = router.shutdown().await;
+                return Err(NodeError::Atproto(e));
+            }
+        };
         let knot = Knot::spawn(
             KnotParts {
                 config: config.clone(),
@@ -159,10 +210,22 @@ impl Node {
                 gossip,
                 lookup: lookup.clone(),
                 heads: heads_rx,
+                poller,
+                polls: poll_rx,
+                writer,
+                xrpc,
             },
             cancel.child_token(),
             &mut tasks,
         );
+        let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = http_listener {
+            tasks.spawn(crate::http::serve(
+                listener,
+                data_dir.join("repos"),
+                cancel.child_token(),
+            ));
+        }
         tasks.spawn(admin::serve(
             listener,
             admin_socket.clone(),
@@ -184,6 +247,7 @@ impl Node {
             tasks,
             admin_socket,
             data_dir,
+            http_addr,
         })
     }
 
@@ -215,6 +279,11 @@ impl Node {
     /// The admin socket path.
     pub fn admin_socket(&self) -> &Path {
         &self.admin_socket
+    }
+
+    /// Where smart HTTP listens, when enabled.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http_addr
     }
 
     /// The data directory.

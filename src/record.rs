@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::repo_id::RepoId;
 
+/// The lexicon of the record, as published.
+pub const LEXICON: &str = include_str!("lexicons/app.knot.repo.json");
 /// The record's collection NSID.
 pub const COLLECTION: &str = "app.knot.repo";
 /// Most peer hints kept per repository; more are dropped (oldest order kept).
@@ -128,6 +130,10 @@ pub struct RepoRecord {
     /// Peers known to serve the repository.
     #[serde(default)]
     pub peers: Vec<PeerHint>,
+    /// Sequence number of the published state (the publisher's statement
+    /// sequence, milliseconds since the Unix epoch), when the writer knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 fn collection_name() -> String {
@@ -143,6 +149,7 @@ impl RepoRecord {
             head: None,
             manifest: None,
             peers: Vec::new(),
+            seq: None,
         }
     }
 
@@ -225,6 +232,7 @@ pub fn merge_record(local: &RepoRecord, remote: &RepoRecord) -> Result<RepoRecor
         head: remote.head.clone().or_else(|| local.head.clone()),
         manifest: remote.manifest.clone().or_else(|| local.manifest.clone()),
         peers: merge_peers(local.peers.clone(), remote.peers.clone()),
+        seq: remote.seq.or(local.seq),
     })
 }
 
@@ -367,6 +375,32 @@ mod tests {
             merge_record(&local, &remote).unwrap().manifest,
             local.manifest
         );
+    }
+
+    #[test]
+    fn lexicon_names_every_serialized_field() {
+        let lexicon: serde_json::Value = serde_json::from_str(LEXICON).unwrap();
+        assert_eq!(lexicon["id"], COLLECTION);
+        let props = &lexicon["defs"]["main"]["record"]["properties"];
+        let peer_props = &lexicon["defs"]["peer"]["properties"];
+        let mut record = RepoRecord::empty(rid());
+        record.head = Some("a".repeat(40));
+        record.manifest = Some("b".repeat(64));
+        record.seq = Some(7);
+        record.peers = vec![hint(NODE_A, &["127.0.0.1:1"], Some("t"))];
+        let value = serde_json::to_value(&record).unwrap();
+        for key in value.as_object().unwrap().keys() {
+            assert!(
+                key == "$type" || props.get(key).is_some(),
+                "{key} missing from the lexicon"
+            );
+        }
+        for key in value["peers"][0].as_object().unwrap().keys() {
+            assert!(
+                peer_props.get(key).is_some(),
+                "peer {key} missing from the lexicon"
+            );
+        }
     }
 
     #[test]

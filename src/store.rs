@@ -121,6 +121,9 @@ pub struct RepoEntry {
     /// Whether the current state still has to be written back to the PDS.
     #[serde(default)]
     pub write_back_pending: bool,
+    /// The record as last read from (or written to) the owner's PDS.
+    #[serde(default)]
+    pub remote: Option<RepoRecord>,
 }
 
 impl RepoEntry {
@@ -142,6 +145,7 @@ impl RepoEntry {
             statement: None,
             trusted: Vec::new(),
             write_back_pending: false,
+            remote: None,
         }
     }
 }

@@ -246,3 +246,28 @@ async fn bad_sources_are_refused_and_change_nothing() {
     git(&node.repo_path(REPO), &["fsck", "--full", "--no-progress"]);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_http_enabled_serves_git_clone() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let mut config = Config::local(work.path().join("node"));
+    config.http.enabled = true;
+    config.http.bind = "127.0.0.1:0".parse().unwrap();
+    let node = TestNode::spawn_with(config).await;
+    node.publish(REPO, &src).await;
+    let addr = node.node.http_addr().expect("http is enabled");
+    let clone = work.path().join("clone");
+    let url = format!("http://{addr}/{REPO}");
+    let clone_str = clone.to_str().unwrap().to_string();
+    let dir = work.path().to_path_buf();
+    tokio::task::spawn_blocking(move || git(&dir, &["clone", "-q", &url, &clone_str]))
+        .await
+        .unwrap();
+    assert_eq!(
+        git(&clone, &["ls-tree", "-r", "HEAD"]),
+        git(&src, &["ls-tree", "-r", "HEAD"])
+    );
+    node.stop().await;
+}
