@@ -239,6 +239,9 @@ pub struct GossipStats {
     pub dropped_invalid: u64,
     /// Valid announcements whose state was not adopted (untrusted, older).
     pub rejected: u64,
+    /// Messages dropped unread because their sender exceeded its rate.
+    #[serde(default)]
+    pub rate_limited: u64,
 }
 
 /// A peer of a repository.

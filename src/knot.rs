@@ -57,6 +57,12 @@ const REJOIN_INTERVAL: Duration = Duration::from_secs(5);
 const RETRY_BASE: Duration = Duration::from_secs(5);
 /// Longest wait between fetch retries.
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// Gossip messages a neighbour may deliver per topic in a burst...
+const PEER_BURST: f64 = 64.0;
+/// ...and per second after it.
+const PEER_RATE: f64 = 16.0;
+/// Most neighbours whose rate is tracked per topic.
+const MAX_RATE_ENTRIES: usize = 1024;
 /// Most peers contacted directly for one push or pull.
 const MAX_DIRECT_PEERS: usize = 16;
 
@@ -273,6 +279,7 @@ pub struct Knot {
     writer: Option<Arc<tokio::sync::Mutex<RecordWriter>>>,
     write_backs: HashMap<RepoId, WriteBackRetry>,
     counters: GossipStats,
+    rate_limited: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// When a pending write-back is tried next.
@@ -320,6 +327,7 @@ impl Knot {
             writer,
             write_backs: HashMap::new(),
             counters: GossipStats::default(),
+            rate_limited: Arc::default(),
         };
         tasks.spawn(actor.run());
         KnotHandle { tx }
@@ -1717,8 +1725,13 @@ impl Knot {
         let Some(tx) = self.tx.upgrade() else {
             return;
         };
-        self.topic_tasks
-            .spawn(topic_task(repo_id.clone(), receiver, tx, cancel.clone()));
+        self.topic_tasks.spawn(topic_task(
+            repo_id.clone(),
+            receiver,
+            tx,
+            cancel.clone(),
+            self.rate_limited.clone(),
+        ));
         self.topics.insert(
             repo_id.clone(),
             Topic {
@@ -1782,7 +1795,10 @@ impl Knot {
             repo_count: self.parts.store.repo_count()?,
             uptime_secs: self.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            gossip: self.counters.clone(),
+            gossip: GossipStats {
+                rate_limited: self.rate_limited.load(std::sync::atomic::Ordering::Relaxed),
+                ..self.counters.clone()
+            },
             repos: self.summaries()?,
         }))
     }
@@ -1816,13 +1832,46 @@ async fn restore_pins(blobs: &FsStore, repo_id: &RepoId, previous: Option<Hash>)
     }
 }
 
+/// A token bucket per delivering neighbour.
+#[derive(Debug, Default)]
+struct RateLimiter {
+    buckets: HashMap<EndpointId, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// Whether a message from `peer` at `now` is within its rate.
+    fn allow(&mut self, peer: EndpointId, now: Instant) -> bool {
+        if self.buckets.len() >= MAX_RATE_ENTRIES && !self.buckets.contains_key(&peer) {
+            // Forget idle neighbours rather than grow without bound.
+            self.buckets.retain(|_, (tokens, last)| {
+                *tokens < PEER_BURST && now.duration_since(*last) < Duration::from_secs(60)
+            });
+            if self.buckets.len() >= MAX_RATE_ENTRIES {
+                return false;
+            }
+        }
+        let (tokens, last) = self.buckets.entry(peer).or_insert((PEER_BURST, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * PEER_RATE).min(PEER_BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Read a topic and forward verified announcements and neighbour changes.
+/// Messages beyond a neighbour's rate are dropped before any decoding.
 async fn topic_task(
     repo_id: RepoId,
     mut receiver: GossipReceiver,
     tx: mpsc::Sender<Message>,
     cancel: CancellationToken,
+    rate_limited: Arc<std::sync::atomic::AtomicU64>,
 ) {
+    let mut limiter = RateLimiter::default();
     loop {
         let event = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -1830,6 +1879,10 @@ async fn topic_task(
         };
         let event = match event {
             Some(Ok(Event::Received(msg))) => {
+                if !limiter.allow(msg.delivered_from, Instant::now()) {
+                    rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
                 match Announcement::decode_verified(&msg.content, &repo_id) {
                     Ok(ann) => TopicEvent::Announcement(Box::new(ann)),
                     Err(e) => TopicEvent::Invalid {
@@ -2005,6 +2058,20 @@ mod tests {
 
     fn rid() -> RepoId {
         RepoId::parse("did:plc:abc123/website").unwrap()
+    }
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_the_rate() {
+        let mut limiter = RateLimiter::default();
+        let peer = iroh::SecretKey::from_bytes(&[1; 32]).public();
+        let other = iroh::SecretKey::from_bytes(&[2; 32]).public();
+        let t0 = Instant::now();
+        let allowed = (0..100).filter(|_| limiter.allow(peer, t0)).count();
+        assert_eq!(allowed, PEER_BURST as usize);
+        assert!(limiter.allow(other, t0), "peers have separate budgets");
+        let later = t0 + Duration::from_secs(1);
+        let allowed = (0..100).filter(|_| limiter.allow(peer, later)).count();
+        assert_eq!(allowed, PEER_RATE as usize);
     }
 
     #[test]

@@ -168,3 +168,81 @@ async fn forged_replayed_and_stray_announcements_change_nothing() {
         n.stop().await;
     }
 }
+
+/// A flood of distinct, valid-looking announcements from one neighbour is
+/// rate limited; the node keeps its state and keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gossip_flood_is_rate_limited() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let follower = TestNode::spawn().await;
+    let published = follower.publish(REPO, &src).await;
+
+    let lookup = MemoryLookup::new();
+    let key = iroh::SecretKey::generate();
+    let endpoint = Endpoint::builder(presets::Minimal)
+        .secret_key(key.clone())
+        .relay_mode(RelayMode::Disabled)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .unwrap()
+        .address_lookup(lookup.clone())
+        .bind()
+        .await
+        .unwrap();
+    lookup.add_endpoint_info(follower.node.addr().await);
+    let gossip = Gossip::builder().spawn(endpoint.clone());
+    let router = Router::builder(endpoint.clone())
+        .accept(iroh_gossip::ALPN, gossip.clone())
+        .spawn();
+    let topic = TopicId::from_bytes(rid(REPO).topic_bytes());
+    let mut sub = gossip
+        .subscribe(topic, vec![follower.node.id()])
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), sub.joined())
+        .await
+        .expect("joins the topic")
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    for i in 0..2000u64 {
+        let statement = Statement {
+            repo_id: REPO.into(),
+            head: None,
+            manifest: *blake3::hash(&i.to_le_bytes()).as_bytes(),
+            seq: i + 1,
+            publisher: *key.public().as_bytes(),
+        }
+        .sign(&key);
+        sub.broadcast(Bytes::from(
+            Announcement::new(statement, &key, vec![]).encode(),
+        ))
+        .await
+        .unwrap();
+    }
+    println!("sent 2000 announcements in {:?}", started.elapsed());
+
+    eventually(30, "the flood is rate limited", || async {
+        let knotd::admin::Payload::Status(status) =
+            follower.admin(knotd::admin::Command::Status).await.unwrap()
+        else {
+            panic!()
+        };
+        status.gossip.rate_limited > 1000
+    })
+    .await;
+    let summary = follower.summary(REPO).await.unwrap();
+    assert_eq!(
+        summary.manifest.as_deref(),
+        Some(published.manifest.as_str())
+    );
+    assert_eq!(
+        summary.materialized.as_deref(),
+        Some(published.manifest.as_str())
+    );
+    drop(sub);
+    router.shutdown().await.unwrap();
+    follower.stop().await;
+}
