@@ -23,8 +23,11 @@ use tracing::{debug, info, warn};
 
 use crate::{record::PeerHint, repo_id::RepoId};
 
-/// Longest request or reply line accepted, in bytes.
+/// Longest request line the node accepts, in bytes.
 pub const MAX_LINE: usize = 1024 * 1024;
+/// Longest reply line the client accepts, in bytes (a `list` of many
+/// thousands of repositories is several megabytes).
+pub const MAX_REPLY_LINE: usize = 256 * 1024 * 1024;
 /// How long the client waits for quick commands.
 pub const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the client waits for commands that move repository content.
@@ -387,7 +390,7 @@ async fn handle_connection<E: Executor>(
     loop {
         let line = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            line = read_line(&mut reader) => line,
+            line = read_line(&mut reader, MAX_LINE) => line,
         };
         let reply = match line {
             Ok(Some(line)) => match parse_command(&line) {
@@ -413,16 +416,17 @@ async fn handle_connection<E: Executor>(
 
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
+    max: usize,
 ) -> Result<Option<Vec<u8>>, AdminError> {
     let mut line = Vec::new();
-    let mut limited = tokio::io::AsyncReadExt::take(reader, MAX_LINE as u64 + 1);
+    let mut limited = tokio::io::AsyncReadExt::take(reader, max as u64 + 1);
     let n = limited.read_until(b'\n', &mut line).await?;
     if n == 0 {
         return Ok(None);
     }
-    if line.len() > MAX_LINE {
+    if line.len() > max {
         return Err(AdminError::Protocol(format!(
-            "line longer than {MAX_LINE} bytes"
+            "line longer than {max} bytes"
         )));
     }
     while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -455,7 +459,7 @@ pub async fn request(socket: &Path, command: &Command) -> Result<Payload, AdminE
     let (read, mut write) = stream.into_split();
     write_line(&mut write, command).await?;
     let mut reader = BufReader::new(read);
-    let line = tokio::time::timeout(wait, read_line(&mut reader))
+    let line = tokio::time::timeout(wait, read_line(&mut reader, MAX_REPLY_LINE))
         .await
         .map_err(|_| AdminError::Timeout(wait))??
         .ok_or_else(|| {
@@ -559,7 +563,7 @@ mod tests {
         let mut s = UnixStream::connect(&path).await.unwrap();
         s.write_all(b"{oops\n").await.unwrap();
         let mut r = BufReader::new(s);
-        let line = read_line(&mut r).await.unwrap().unwrap();
+        let line = read_line(&mut r, MAX_REPLY_LINE).await.unwrap().unwrap();
         let reply: Reply = serde_json::from_slice(&line).unwrap();
         assert!(matches!(reply, Reply::Error(_)));
         assert!(request(&path, &Command::List).await.is_ok());

@@ -387,7 +387,9 @@ impl Knot {
         }
         for entry in repos {
             let repo_id = entry.record.repo_id.clone();
-            self.join_topic(&repo_id, &entry).await;
+            if wants_topic(&entry) {
+                self.join_topic(&repo_id, &entry).await;
+            }
             if let Some(locator) = &entry.locator
                 && self
                     .parts
@@ -673,6 +675,8 @@ impl Knot {
         self.learn_peers(&remote.peers);
         if changed {
             info!(repo = %repo_id, manifest = ?entry.record.manifest, "the record names a new state");
+        }
+        if changed || !self.topics.contains_key(&repo_id) {
             // Dial the record's peers on the topic as well.
             self.join_topic(&repo_id, &entry).await;
         }
@@ -971,7 +975,9 @@ impl Knot {
             format!("{repo_id} was already tracked; peers and locator updated")
         };
         self.learn_peers(&peers);
-        self.join_topic(&repo_id, &entry).await;
+        if wants_topic(&entry) {
+            self.join_topic(&repo_id, &entry).await;
+        }
         if let Some(locator) = &entry.locator {
             self.parts
                 .poller
@@ -1422,6 +1428,7 @@ impl Knot {
         if let Some(statement) = statement
             && !published.unchanged
         {
+            self.join_topic(repo_id, &entry).await;
             self.announce(repo_id, statement, false).await;
         }
         if entry.write_back_pending {
@@ -1450,7 +1457,7 @@ impl Knot {
         let head = fetched.manifest.head_oid().map(|o| o.to_string());
         let own_id = *self.parts.endpoint.id().as_bytes();
         let key = self.secret_key.clone();
-        let (_, statement) = self.parts.store.update_repo(repo_id, |e| {
+        let (entry, statement) = self.parts.store.update_repo(repo_id, |e| {
             match &target {
                 FetchTarget::Statement(signed) => {
                     e.seq = e.seq.max(signed.statement.seq);
@@ -1489,6 +1496,7 @@ impl Knot {
         info!(repo = %repo_id, manifest = %manifest_hex, bytes = fetched.bytes_fetched, "synced");
         if let Some(statement) = statement {
             // Tell the topic this node now provides the state.
+            self.join_topic(repo_id, &entry).await;
             self.announce(repo_id, statement, false).await;
         }
         Ok(())
@@ -1807,6 +1815,13 @@ impl Knot {
         let addr = crate::node::wait_for_addr(&self.parts.endpoint).await;
         EndpointTicket::new(addr).to_string()
     }
+}
+
+/// Whether a repository needs its gossip topic: it has content to serve,
+/// peers to talk to, or a record that will name some. An empty repository
+/// nobody is known for joins when that changes.
+fn wants_topic(entry: &RepoEntry) -> bool {
+    entry.record.manifest.is_some() || !entry.record.peers.is_empty() || entry.locator.is_some()
 }
 
 /// The manifest the owner's ATProto record named when last read.

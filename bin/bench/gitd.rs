@@ -31,10 +31,16 @@ impl GitDaemon {
     /// Start the daemon and wait until it accepts connections.
     pub fn spawn(base: &Path) -> Result<Self> {
         let port = free_port()?;
-        let child = Command::new("git")
+        // Run git-daemon itself rather than the `git daemon` wrapper, so that
+        // killing the child stops the server.
+        let exec_path = Command::new("git").arg("--exec-path").output()?;
+        let exec_path = String::from_utf8_lossy(&exec_path.stdout)
+            .trim()
+            .to_string();
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .arg("daemon")
+            .env("PATH", path_with(&exec_path))
             .arg("--reuseaddr")
             .arg(format!("--base-path={}", base.display()))
             .arg("--export-all")
@@ -71,6 +77,14 @@ impl GitDaemon {
     /// The URL of a repository below the base path.
     pub fn url(&self, name: &str) -> String {
         format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+/// `PATH` with git's exec path in front, as the `git` wrapper would set it.
+fn path_with(exec_path: &str) -> String {
+    match std::env::var("PATH") {
+        Ok(path) if !path.is_empty() => format!("{exec_path}:{path}"),
+        _ => exec_path.to_string(),
     }
 }
 
