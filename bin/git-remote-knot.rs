@@ -32,27 +32,6 @@ use knotd::{
     repo_id::RepoId,
 };
 
-/// Variables that point git at a repository other than the one named on its
-/// command line; removed before running git on the node's repositories.
-const REPO_LOCATING_ENV: &[&str] = &[
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-    "GIT_CEILING_DIRECTORIES",
-    "GIT_DISCOVERY_ACROSS_FILESYSTEM",
-    "GIT_QUARANTINE_PATH",
-    "GIT_REPLACE_REF_BASE",
-    "GIT_NO_REPLACE_OBJECTS",
-    "GIT_SHALLOW_FILE",
-    "GIT_CONFIG",
-    "GIT_CONFIG_PARAMETERS",
-    "GIT_CONFIG_COUNT",
-];
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
@@ -157,7 +136,7 @@ fn one_line(s: &str) -> String {
 /// user's repository from the environment.
 fn git_for(dir: &Path) -> Command {
     let mut cmd = Command::new("git");
-    for var in REPO_LOCATING_ENV {
+    for var in git::REPO_LOCATING_ENV {
         cmd.env_remove(var);
     }
     // The node's repositories may belong to another user (a system service).

@@ -36,8 +36,8 @@ pub const MAX_REF_NAME_LEN: usize = 1024;
 const MAX_STDERR_IN_ERROR: usize = 2000;
 
 /// Environment variables that could point git at a different repository
-/// than the one we name explicitly.
-const REPO_LOCATING_ENV: &[&str] = &[
+/// than the one named explicitly; removed from every git process knotd runs.
+pub const REPO_LOCATING_ENV: &[&str] = &[
     "GIT_DIR",
     "GIT_WORK_TREE",
     "GIT_INDEX_FILE",

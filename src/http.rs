@@ -61,28 +61,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Bytes of a failing git process's stderr kept for the log.
 const MAX_STDERR_LOGGED: usize = 4096;
 
-/// Environment variables that could point git at a repository other than
-/// the one named on its command line.
-const REPO_LOCATING_ENV: &[&str] = &[
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-    "GIT_CEILING_DIRECTORIES",
-    "GIT_DISCOVERY_ACROSS_FILESYSTEM",
-    "GIT_QUARANTINE_PATH",
-    "GIT_REPLACE_REF_BASE",
-    "GIT_NO_REPLACE_OBJECTS",
-    "GIT_SHALLOW_FILE",
-    "GIT_CONFIG",
-    "GIT_CONFIG_PARAMETERS",
-    "GIT_CONFIG_COUNT",
-    "GIT_PROTOCOL",
-];
-
 #[derive(Clone)]
 struct AppState {
     root: Arc<PathBuf>,
@@ -235,9 +213,10 @@ fn upload_pack_command(
     advertise: bool,
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("git");
-    for var in REPO_LOCATING_ENV {
+    for var in crate::git::REPO_LOCATING_ENV {
         cmd.env_remove(var);
     }
+    cmd.env_remove("GIT_PROTOCOL");
     cmd.env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_TERMINAL_PROMPT", "0");

@@ -848,10 +848,7 @@ impl Knot {
                 if let Some(w) = self.write_backs.get_mut(&repo_id) {
                     w.in_flight = false;
                     w.attempts += 1;
-                    let wait = RETRY_BASE
-                        .saturating_mul(1u32 << w.attempts.min(16).saturating_sub(1))
-                        .min(RETRY_MAX);
-                    w.due = Instant::now() + wait;
+                    w.due = Instant::now() + retry_delay(w.attempts);
                 }
             }
         }
@@ -1343,9 +1340,7 @@ impl Knot {
                         .get(&repo_id)
                         .filter(|r| r.target.manifest() == target.manifest())
                         .map_or(1, |r| r.attempts + 1);
-                    let wait = RETRY_BASE
-                        .saturating_mul(1u32 << attempts.min(16).saturating_sub(1))
-                        .min(RETRY_MAX);
+                    let wait = retry_delay(attempts);
                     self.retries.insert(
                         repo_id.clone(),
                         Retry {
@@ -1817,6 +1812,13 @@ impl Knot {
     }
 }
 
+/// Wait before the `attempts`-th retry: [`RETRY_BASE`] doubling up to [`RETRY_MAX`].
+fn retry_delay(attempts: u32) -> Duration {
+    RETRY_BASE
+        .saturating_mul(1u32 << attempts.clamp(1, 16).saturating_sub(1))
+        .min(RETRY_MAX)
+}
+
 /// Whether a repository needs its gossip topic: it has content to serve,
 /// peers to talk to, or a record that will name some. An empty repository
 /// nobody is known for joins when that changes.
@@ -2073,6 +2075,14 @@ mod tests {
 
     fn rid() -> RepoId {
         RepoId::parse("did:plc:abc123/website").unwrap()
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_a_cap() {
+        assert_eq!(retry_delay(1), RETRY_BASE);
+        assert_eq!(retry_delay(2), RETRY_BASE * 2);
+        assert_eq!(retry_delay(3), RETRY_BASE * 4);
+        assert_eq!(retry_delay(40), RETRY_MAX);
     }
 
     #[test]

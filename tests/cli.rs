@@ -1,87 +1,13 @@
 //! The built `knotd` binary, as an operator runs it.
 
+mod common;
+
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    path::Path,
+    process::{Command, Output},
 };
 
-fn knotd() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_knotd"))
-}
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(data_dir: &Path) -> Daemon {
-        let child = Command::new(knotd())
-            .args([
-                "run",
-                "--bind",
-                "127.0.0.1:0",
-                "--relay",
-                "disabled",
-                "--no-discovery",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "knotd=debug,warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("knotd starts");
-        let socket = data_dir.join("knotd.sock");
-        let mut daemon = Daemon { child, socket };
-        daemon.wait_ready();
-        daemon
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("knotd exited early: {status}");
-            }
-            if self.socket.exists() && admin(&self.socket, &["status"]).status.success() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("knotd did not become ready");
-    }
-
-    fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "knotd did not stop within 10 s of {sig}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::daemon::{Daemon, knotd};
 
 fn admin(socket: &Path, args: &[&str]) -> Output {
     Command::new(knotd())

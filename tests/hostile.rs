@@ -14,6 +14,33 @@ use knotd::announce::{Announcement, Statement};
 
 const REPO: &str = "did:plc:author1/website";
 
+/// A bare gossip peer with `key` joined to the repository's topic through `via`.
+async fn join_as(key: &iroh::SecretKey, via: &TestNode) -> (Router, iroh_gossip::api::GossipTopic) {
+    let lookup = MemoryLookup::new();
+    let endpoint = Endpoint::builder(presets::Minimal)
+        .secret_key(key.clone())
+        .relay_mode(RelayMode::Disabled)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .unwrap()
+        .address_lookup(lookup.clone())
+        .bind()
+        .await
+        .unwrap();
+    lookup.add_endpoint_info(via.node.addr().await);
+    let gossip = Gossip::builder().spawn(endpoint.clone());
+    let router = Router::builder(endpoint.clone())
+        .accept(iroh_gossip::ALPN, gossip.clone())
+        .spawn();
+    let topic = TopicId::from_bytes(rid(REPO).topic_bytes());
+    let mut sub = gossip.subscribe(topic, vec![via.node.id()]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), sub.joined())
+        .await
+        .expect("joins the topic")
+        .unwrap();
+    (router, sub)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_replayed_and_stray_announcements_change_nothing() {
     let work = tempfile::tempdir().unwrap();
@@ -36,32 +63,8 @@ async fn forged_replayed_and_stray_announcements_change_nothing() {
     .await;
 
     // Mallory: a bare gossip peer on the repository's topic.
-    let lookup = MemoryLookup::new();
     let mallory_key = iroh::SecretKey::generate();
-    let endpoint = Endpoint::builder(presets::Minimal)
-        .secret_key(mallory_key.clone())
-        .relay_mode(RelayMode::Disabled)
-        .clear_ip_transports()
-        .bind_addr("127.0.0.1:0")
-        .unwrap()
-        .address_lookup(lookup.clone())
-        .bind()
-        .await
-        .unwrap();
-    lookup.add_endpoint_info(follower.node.addr().await);
-    let gossip = Gossip::builder().spawn(endpoint.clone());
-    let router = Router::builder(endpoint.clone())
-        .accept(iroh_gossip::ALPN, gossip.clone())
-        .spawn();
-    let topic = TopicId::from_bytes(rid(REPO).topic_bytes());
-    let mut sub = gossip
-        .subscribe(topic, vec![follower.node.id()])
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), sub.joined())
-        .await
-        .expect("mallory joins the topic")
-        .unwrap();
+    let (router, mut sub) = join_as(&mallory_key, &follower).await;
 
     let author_id = *author.node.id().as_bytes();
     let author_key =
@@ -179,32 +182,8 @@ async fn a_gossip_flood_is_rate_limited() {
     let follower = TestNode::spawn().await;
     let published = follower.publish(REPO, &src).await;
 
-    let lookup = MemoryLookup::new();
     let key = iroh::SecretKey::generate();
-    let endpoint = Endpoint::builder(presets::Minimal)
-        .secret_key(key.clone())
-        .relay_mode(RelayMode::Disabled)
-        .clear_ip_transports()
-        .bind_addr("127.0.0.1:0")
-        .unwrap()
-        .address_lookup(lookup.clone())
-        .bind()
-        .await
-        .unwrap();
-    lookup.add_endpoint_info(follower.node.addr().await);
-    let gossip = Gossip::builder().spawn(endpoint.clone());
-    let router = Router::builder(endpoint.clone())
-        .accept(iroh_gossip::ALPN, gossip.clone())
-        .spawn();
-    let topic = TopicId::from_bytes(rid(REPO).topic_bytes());
-    let mut sub = gossip
-        .subscribe(topic, vec![follower.node.id()])
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), sub.joined())
-        .await
-        .expect("joins the topic")
-        .unwrap();
+    let (router, mut sub) = join_as(&key, &follower).await;
 
     let started = std::time::Instant::now();
     for i in 0..2000u64 {
