@@ -275,6 +275,7 @@ pub struct Knot {
     busy: BTreeSet<RepoId>,
     queued: HashMap<RepoId, VecDeque<Job>>,
     sync_waiters: HashMap<RepoId, Vec<oneshot::Sender<Reply>>>,
+    auto_added: BTreeSet<RepoId>,
     retries: HashMap<RepoId, Retry>,
     writer: Option<Arc<tokio::sync::Mutex<RecordWriter>>>,
     write_backs: HashMap<RepoId, WriteBackRetry>,
@@ -323,6 +324,7 @@ impl Knot {
             busy: BTreeSet::new(),
             queued: HashMap::new(),
             sync_waiters: HashMap::new(),
+            auto_added: BTreeSet::new(),
             retries: HashMap::new(),
             writer,
             write_backs: HashMap::new(),
@@ -696,13 +698,12 @@ impl Knot {
     }
 
     /// Answer `sync` callers once the record was polled and nothing remains to fetch.
-    fn finish_polled_sync(&mut self, repo_id: &RepoId, poll_error: Option<String>) {
+    /// Returns whether the callers got a state (`None` when nobody was answered).
+    fn finish_polled_sync(&mut self, repo_id: &RepoId, poll_error: Option<String>) -> Option<bool> {
         if self.busy.contains(repo_id) || self.queued.contains_key(repo_id) {
-            return; // the running job answers them
+            return None; // the running job answers them
         }
-        let Some(waiters) = self.sync_waiters.remove(repo_id) else {
-            return;
-        };
+        let waiters = self.sync_waiters.remove(repo_id)?;
         let reply = match (self.parts.store.require_repo(repo_id), poll_error) {
             (Err(e), _) => Reply::Error(e.to_string()),
             (Ok(entry), Some(error)) if entry.materialized.is_none() => Reply::Error(format!(
@@ -718,9 +719,14 @@ impl Knot {
             )),
             (Ok(entry), None) => Reply::Ok(self.sync_report(&entry, 0, "up to date")),
         };
+        let ok = matches!(reply, Reply::Ok(_));
         for w in waiters {
             let _ = w.send(reply.clone());
         }
+        if ok {
+            self.auto_added.remove(repo_id);
+        }
+        Some(ok)
     }
 
     fn schedule_write_back(&mut self, repo_id: &RepoId, after: Duration) {
@@ -880,7 +886,9 @@ impl Knot {
             Message::SyncPolled { repo_id, result } => {
                 let failed = result.as_ref().err().cloned();
                 self.handle_poll_result(repo_id.clone(), result).await;
-                self.finish_polled_sync(&repo_id, failed);
+                if self.finish_polled_sync(&repo_id, failed) == Some(false) {
+                    self.forget_if_auto_added(&repo_id).await;
+                }
             }
             Message::WrittenBack { repo_id, result } => {
                 self.handle_written_back(repo_id, result);
@@ -931,7 +939,7 @@ impl Knot {
                     .handle_publish(repo_id, path, force, expected_manifest, reply)
                     .await;
             }
-            Command::Sync { repo_id } => return self.handle_sync(repo_id, reply),
+            Command::Sync { repo_id } => return self.handle_sync(repo_id, reply).await,
         };
         let _ = reply.send(match result {
             Ok(payload) => Reply::Ok(payload),
@@ -993,6 +1001,7 @@ impl Knot {
         self.leave_topic(&repo_id);
         self.queued.remove(&repo_id);
         self.retries.remove(&repo_id);
+        self.auto_added.remove(&repo_id);
         self.write_backs.remove(&repo_id);
         let _ = self.parts.poller.untrack(&repo_id).await;
         if let Some(waiters) = self.sync_waiters.remove(&repo_id) {
@@ -1078,9 +1087,20 @@ impl Knot {
         );
     }
 
-    fn handle_sync(&mut self, repo_id: RepoId, reply: oneshot::Sender<Reply>) {
+    async fn handle_sync(&mut self, repo_id: RepoId, reply: oneshot::Sender<Reply>) {
         let entry = match self.parts.store.require_repo(&repo_id) {
             Ok(entry) => entry,
+            Err(StoreError::UnknownRepo(_)) => {
+                // Never seen: follow the record in the owner's repository,
+                // `at://<did>/app.knot.repo/<name>`, found through the DID document.
+                match self.add_from_record(&repo_id).await {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        let _ = reply.send(Reply::Error(e.to_string()));
+                        return;
+                    }
+                }
+            }
             Err(e) => {
                 let _ = reply.send(Reply::Error(e.to_string()));
                 return;
@@ -1136,6 +1156,46 @@ impl Knot {
                     let _ = tx.send(Message::FirstStateTimeout { repo_id }).await;
                 });
             }
+        }
+    }
+
+    /// Track a repository nobody named yet by its default record location.
+    /// It stays tracked once a sync succeeds and is forgotten if it fails.
+    async fn add_from_record(&mut self, repo_id: &RepoId) -> Result<RepoEntry, KnotError> {
+        let locator = Locator {
+            pds: None,
+            did: repo_id.did().to_string(),
+            collection: record::COLLECTION.to_string(),
+            rkey: repo_id.name().to_string(),
+        };
+        let entry = RepoEntry::new(repo_id.clone(), Some(locator.clone()), Vec::new());
+        self.parts.store.insert_repo(&entry)?;
+        self.auto_added.insert(repo_id.clone());
+        self.parts
+            .poller
+            .track(repo_id.clone(), locator)
+            .await
+            .map_err(|_| KnotError::Failed("the record poller has stopped".into()))?;
+        info!(repo = %repo_id, "following a repository first asked for by sync");
+        Ok(entry)
+    }
+
+    /// Forget a repository added by a sync that did not get any state.
+    async fn forget_if_auto_added(&mut self, repo_id: &RepoId) {
+        if !self.auto_added.remove(repo_id) {
+            return;
+        }
+        let held =
+            matches!(self.parts.store.repo(repo_id), Ok(Some(e)) if e.materialized.is_some());
+        if held {
+            return;
+        }
+        let _ = self.parts.store.remove_repo(repo_id);
+        self.leave_topic(repo_id);
+        self.retries.remove(repo_id);
+        let _ = self.parts.poller.untrack(repo_id).await;
+        if let Err(e) = self.discard_content(repo_id).await {
+            debug!(repo = %repo_id, error = %e, "cleanup after a failed first sync");
         }
     }
 
@@ -1358,6 +1418,10 @@ impl Knot {
                         for w in waiters {
                             let _ = w.send(Reply::Error(text.clone()));
                         }
+                        self.forget_if_auto_added(&repo_id).await;
+                        if !matches!(self.parts.store.repo(&repo_id), Ok(Some(_))) {
+                            return;
+                        }
                     }
                 }
             },
@@ -1376,6 +1440,7 @@ impl Knot {
             Ok(entry) => Reply::Ok(self.sync_report(&entry, bytes_fetched, message)),
             Err(e) => Reply::Error(e.to_string()),
         };
+        self.auto_added.remove(repo_id);
         for w in waiters {
             let _ = w.send(reply.clone());
         }

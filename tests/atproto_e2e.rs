@@ -134,7 +134,34 @@ async fn write_back_poll_and_follow_the_record() {
         common::git(&follower.repo_path(&repo), &["rev-parse", "HEAD"]).trim(),
         first.head.clone().unwrap()
     );
+
+    // A third knot asked to sync a repository it never heard of follows the
+    // record in the owner's repository; an id with no record leaves no trace.
+    let mut config = Config::local(work.path().join("third"));
+    config.atproto.plc_directory = pds.plc.clone();
+    let third = TestNode::spawn_with(config).await;
+    let Payload::Synced(report) = third
+        .admin(Command::Sync {
+            repo_id: rid(&repo),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(report.manifest.as_deref(), Some(first.manifest.as_str()));
+    assert!(report.path.is_some_and(|p| p.exists()));
+    let missing = format!("{did}/nothing-here");
+    let err = third
+        .admin(Command::Sync {
+            repo_id: rid(&missing),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("record"), "{err}");
+    assert_eq!(third.repo_ids().await, vec![repo.clone()]);
     tokio::time::sleep(Duration::from_millis(10)).await;
+    third.stop().await;
     follower.stop().await;
     author.stop().await;
 }
