@@ -82,6 +82,18 @@ pub enum ContentError {
         /// The last error.
         message: String,
     },
+    /// The data disk lacks room for the blobs to fetch.
+    #[error(
+        "the disk holding {path} has {available} bytes free but {needed} are needed; free space and the fetch resumes"
+    )]
+    NoSpace {
+        /// The directory checked.
+        path: String,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
     /// A blocking task failed.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -376,6 +388,8 @@ pub struct Fetched {
 /// lacks, trying `providers` in order. The downloader verifies every byte
 /// against its BLAKE3 hash; a provider that sends wrong bytes is dropped and
 /// the next is tried. Fetched packs are pinned at once so GC cannot take them.
+/// Before any pack is downloaded, the disk holding `data_dir` must have room
+/// for all missing packs (twice over: blob store and materialized copy).
 pub async fn fetch(
     blobs: &Store,
     downloader: &Downloader,
@@ -383,6 +397,7 @@ pub async fn fetch(
     hash: Hash,
     providers: &[EndpointId],
     timeout: Duration,
+    data_dir: &Path,
 ) -> Result<Fetched, ContentError> {
     let mut bytes_fetched = 0;
     let manifest_present = blobs
@@ -404,6 +419,17 @@ pub async fn fetch(
         .await
         .map_err(request_err("pinning the incoming manifest"))?;
     let manifest = load_manifest(blobs, hash, repo_id).await?;
+    let mut missing = 0u64;
+    for pack in &manifest.packs {
+        if !blobs
+            .has(Hash::from_bytes(pack.hash))
+            .await
+            .map_err(request_err("checking a blob"))?
+        {
+            missing += pack.size;
+        }
+    }
+    check_space(data_dir, missing.saturating_mul(2))?;
     let prefix = pack_tag_prefix(repo_id);
     for pack in &manifest.packs {
         let pack_hash = Hash::from_bytes(pack.hash);
@@ -428,6 +454,26 @@ pub async fn fetch(
         manifest,
         bytes_fetched,
     })
+}
+
+/// Fail with [`ContentError::NoSpace`] when `dir`'s filesystem has fewer than
+/// `needed` bytes available to this user.
+pub fn check_space(dir: &Path, needed: u64) -> Result<(), ContentError> {
+    if needed == 0 {
+        return Ok(());
+    }
+    let Ok(stat) = rustix::fs::statvfs(dir) else {
+        return Ok(()); // cannot tell: let the write itself decide
+    };
+    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if available < needed {
+        return Err(ContentError::NoSpace {
+            path: dir.display().to_string(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
 }
 
 async fn download(

@@ -1305,6 +1305,7 @@ impl Knot {
                 let downloader = blobs.downloader(&self.parts.endpoint);
                 let timeout = self.parts.config.fetch_timeout();
                 let previous = entry.record.manifest_hash();
+                let data_dir = self.parts.config.data_dir.clone();
                 self.jobs.spawn(async move {
                     let hash = target.manifest();
                     let result = async {
@@ -1315,6 +1316,7 @@ impl Knot {
                             hash,
                             &providers,
                             timeout,
+                            &data_dir,
                         )
                         .await?;
                         content::materialize(&blobs, &dest, hash, &fetched.manifest).await?;

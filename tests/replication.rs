@@ -159,6 +159,7 @@ async fn corrupted_provider_is_detected_and_another_serves() {
         manifest_hash,
         &[seeder.node.id(), author.node.id()],
         std::time::Duration::from_secs(30),
+        &fresh.data_dir,
     )
     .await
     .expect("fetch succeeds from the honest provider");
@@ -185,6 +186,7 @@ async fn corrupted_provider_is_detected_and_another_serves() {
         manifest_hash,
         &[seeder.node.id()],
         std::time::Duration::from_secs(20),
+        &lonely.data_dir,
     )
     .await
     .expect_err("corrupted data must not be accepted");

@@ -1,0 +1,98 @@
+//! A follower whose disk fills up during a fetch reports a clear error, treats
+//! nothing half-written as complete, and finishes the sync once space is freed.
+//! Needs permission to mount a tmpfs (root); says so and passes otherwise.
+
+mod common;
+
+use std::{path::PathBuf, process::Command};
+
+use common::{TestNode, eventually, git};
+use knotd::config::Config;
+
+const REPO: &str = "did:plc:author1/big";
+
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_during_fetch_loses_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(work.path().join("small-disk"), "6m") else {
+        eprintln!("skipping: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+
+    // An 8 MiB incompressible file: its pack cannot fit on the 6 MiB disk.
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    git(&src, &["init", "-q", "-b", "main"]);
+    let mut big = vec![0u8; 8 * 1024 * 1024];
+    blake3::Hasher::new()
+        .update(b"disk full")
+        .finalize_xof()
+        .fill(&mut big);
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-q", "-m", "big"]);
+
+    let author = TestNode::spawn().await;
+    let published = author.publish(REPO, &src).await;
+    assert!(published.bytes_added > 8_000_000);
+
+    let follower = TestNode::spawn_with(Config::local(disk.0.join("data"))).await;
+    follower.follow(REPO, vec![author.ticket().await]).await;
+    eventually(60, "the fetch fails with a clear error", || async {
+        follower
+            .summary(REPO)
+            .await
+            .and_then(|s| s.last_error)
+            .is_some_and(|e| e.contains("free space"))
+    })
+    .await;
+    let summary = follower.summary(REPO).await.unwrap();
+    println!("error reported: {:?}", summary.last_error);
+    assert_eq!(summary.materialized, None, "nothing half-written is used");
+    assert!(!follower.repo_path(REPO).exists());
+    // The node still answers.
+    assert!(follower.admin(knotd::admin::Command::Status).await.is_ok());
+
+    // Space comes back: the retry completes the sync.
+    disk.resize("64m");
+    eventually(90, "the sync completes after space is freed", || async {
+        follower.materialized(REPO).await.as_deref() == Some(published.manifest.as_str())
+    })
+    .await;
+    git(
+        &follower.repo_path(REPO),
+        &["fsck", "--full", "--no-progress"],
+    );
+    follower.stop().await;
+    author.stop().await;
+}
