@@ -206,6 +206,18 @@ impl Executor for KnotHandle {
     }
 }
 
+/// How far an announcement goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Direct gossip neighbours only (greeting a new neighbour).
+    Neighbors,
+    /// The whole topic (a node that now provides a state).
+    Topic,
+    /// The topic, and known peers that are not neighbours directly (a new
+    /// state published here, which must not wait for gossip to heal).
+    TopicAndKnownPeers,
+}
+
 /// A content job waiting for its repository.
 enum Job {
     Publish {
@@ -1491,7 +1503,8 @@ impl Knot {
             && !published.unchanged
         {
             self.join_topic(repo_id, &entry).await;
-            self.announce(repo_id, statement, false).await;
+            self.announce(repo_id, statement, Reach::TopicAndKnownPeers)
+                .await;
         }
         if entry.write_back_pending {
             self.schedule_write_back(repo_id, Duration::ZERO);
@@ -1559,24 +1572,18 @@ impl Knot {
         if let Some(statement) = statement {
             // Tell the topic this node now provides the state.
             self.join_topic(repo_id, &entry).await;
-            self.announce(repo_id, statement, false).await;
+            self.announce(repo_id, statement, Reach::Topic).await;
         }
         Ok(())
     }
 
-    /// Broadcast a statement under this node's envelope: to the whole topic,
-    /// or only to direct neighbours (when greeting a new neighbour).
-    async fn announce(
-        &mut self,
-        repo_id: &RepoId,
-        statement: SignedStatement,
-        neighbors_only: bool,
-    ) {
+    /// Send a statement under this node's envelope as far as `reach` says.
+    async fn announce(&mut self, repo_id: &RepoId, statement: SignedStatement, reach: Reach) {
         let message = self.envelope(statement);
         let Some(topic) = self.topics.get(repo_id) else {
             return;
         };
-        let result = if neighbors_only {
+        let result = if reach == Reach::Neighbors {
             topic
                 .sender
                 .broadcast_neighbors(message.clone().into())
@@ -1587,7 +1594,7 @@ impl Knot {
         if let Err(e) = result {
             warn!(repo = %repo_id, error = %e, "gossip broadcast failed");
         }
-        if neighbors_only {
+        if reach != Reach::TopicAndKnownPeers {
             return;
         }
         // Known peers that are not neighbours right now hear it directly.
@@ -1629,7 +1636,7 @@ impl Knot {
                 if let Ok(Some(entry)) = self.parts.store.repo(&repo_id)
                     && let Some(statement) = entry.statement
                 {
-                    self.announce(&repo_id, statement, true).await;
+                    self.announce(&repo_id, statement, Reach::Neighbors).await;
                 }
             }
             TopicEvent::NeighborDown(id) => {
