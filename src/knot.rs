@@ -771,10 +771,14 @@ impl Knot {
             w.in_flight = true;
         }
         let addr = crate::node::wait_for_addr(&self.parts.endpoint).await;
+        // Keep the hint within what every reader accepts.
+        let ticket = EndpointTicket::new(addr.clone()).to_string();
+        let mut addrs: Vec<String> = addr.ip_addrs().map(|a| a.to_string()).collect();
+        addrs.truncate(record::MAX_ADDRS_PER_PEER);
         let own = PeerHint::new(
             self.parts.endpoint.id().to_string(),
-            addr.ip_addrs().map(|a| a.to_string()).collect(),
-            Some(EndpointTicket::new(addr.clone()).to_string()),
+            addrs,
+            (ticket.len() <= record::MAX_TICKET_LEN).then_some(ticket),
         );
         let remote_peers = entry
             .remote
@@ -1675,11 +1679,24 @@ impl Knot {
             return;
         }
         let hint = PeerHint::new(id.to_string(), addrs, None);
-        if let Err(e) = self.parts.store.update_repo(repo_id, |e| {
-            e.record.peers = record::merge_peers(e.record.peers.clone(), vec![hint.clone()]);
-        }) {
+        if let Err(e) = self.remember_hint(repo_id, hint) {
             debug!(repo = %repo_id, error = %e, "cannot record neighbour");
         }
+    }
+
+    /// Merge one peer hint into a repository's peers, writing only when it
+    /// adds something (announcements repeat the same hints all the time).
+    fn remember_hint(&self, repo_id: &RepoId, hint: PeerHint) -> Result<RepoEntry, StoreError> {
+        let entry = self.parts.store.require_repo(repo_id)?;
+        let merged = record::merge_peers(entry.record.peers.clone(), vec![hint]);
+        if merged == entry.record.peers {
+            return Ok(entry);
+        }
+        let (entry, ()) = self
+            .parts
+            .store
+            .update_repo(repo_id, |e| e.record.peers = merged)?;
+        Ok(entry)
     }
 
     async fn handle_announcement(&mut self, repo_id: RepoId, ann: Announcement) {
@@ -1696,10 +1713,8 @@ impl Knot {
             None,
         );
         self.learn_peers(std::slice::from_ref(&hint));
-        let entry = match self.parts.store.update_repo(&repo_id, |e| {
-            e.record.peers = record::merge_peers(e.record.peers.clone(), vec![hint.clone()]);
-        }) {
-            Ok((entry, ())) => entry,
+        let entry = match self.remember_hint(&repo_id, hint) {
+            Ok(entry) => entry,
             Err(e) => {
                 debug!(repo = %repo_id, error = %e, "announcement for a repository no longer tracked");
                 return;

@@ -157,7 +157,7 @@ impl Manifest {
         let version = read_varint(body)?;
         if version != 0 {
             // Variant index 0 is V1.
-            return Err(ManifestError::UnknownVersion(version + 1));
+            return Err(ManifestError::UnknownVersion(version.saturating_add(1)));
         }
         let (wire, rest): (WireManifest, &[u8]) =
             postcard::take_from_bytes(body).map_err(|e| ManifestError::Malformed(e.to_string()))?;
@@ -166,6 +166,13 @@ impl Manifest {
         }
         let WireManifest::V1(manifest) = wire;
         manifest.validate()?;
+        // One state, one encoding, one hash: refuse overlong varints and any
+        // other encoding that would not re-encode to the same bytes.
+        if manifest.to_bytes() != bytes {
+            return Err(ManifestError::Malformed(
+                "not in canonical encoding".to_string(),
+            ));
+        }
         Ok(manifest)
     }
 
@@ -249,6 +256,41 @@ pub fn refs_fast_forward_check(
         }
     }
     bad
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    #[test]
+    fn huge_version_varint_is_an_error_not_an_overflow() {
+        let mut bytes = MANIFEST_MAGIC.to_vec();
+        bytes.extend([0xff; 9]);
+        bytes.push(0x6b);
+        assert!(Manifest::from_bytes(&bytes).is_err());
+    }
+
+    #[test]
+    fn non_canonical_encoding_is_refused() {
+        let m = Manifest {
+            repo_id: "did:plc:a/b".into(),
+            refs: crate::git::RefSet {
+                head: None,
+                refs: Default::default(),
+            },
+            packs: vec![PackEntry {
+                hash: [1; 32],
+                size: 5,
+                objects: 1,
+            }],
+        };
+        let mut bytes = m.to_bytes();
+        assert_eq!(Manifest::from_bytes(&bytes).unwrap(), m);
+        // The last field (objects = 1) as an overlong varint: 0x81 0x00.
+        assert_eq!(bytes.pop(), Some(1));
+        bytes.extend([0x81, 0x00]);
+        assert!(Manifest::from_bytes(&bytes).is_err());
+    }
 }
 
 #[cfg(test)]
