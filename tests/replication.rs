@@ -195,3 +195,86 @@ async fn corrupted_provider_is_detected_and_another_serves() {
         n.stop().await;
     }
 }
+
+/// A provider that goes away in the middle of a transfer: the fetch resumes
+/// from another provider and the blob arrives complete and verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_leaving_mid_transfer_is_replaced() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    git(&src, &["init", "-q", "-b", "main"]);
+    let mut big = vec![0u8; 48 * 1024 * 1024];
+    blake3::Hasher::new()
+        .update(b"mid transfer")
+        .finalize_xof()
+        .fill(&mut big);
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    drop(big);
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-q", "-m", "big"]);
+
+    let author = TestNode::spawn().await;
+    let seeder = TestNode::spawn().await;
+    let published = author.publish(REPO, &src).await;
+    seeder.follow(REPO, vec![author.ticket().await]).await;
+    eventually(60, "seeder converges", || async {
+        converged(&seeder, &published.manifest).await
+    })
+    .await;
+    let manifest_hash = knotd::record::parse_hash_hex(&published.manifest).unwrap();
+    let manifest =
+        knotd::content::load_manifest(author.node.blobs(), manifest_hash, &common::rid(REPO))
+            .await
+            .unwrap();
+    let pack = iroh_blobs::Hash::from_bytes(manifest.packs[0].hash);
+
+    let fresh = TestNode::spawn().await;
+    for peer in [&seeder, &author] {
+        fresh
+            .node
+            .lookup()
+            .add_endpoint_info(peer.node.addr().await);
+    }
+    let blobs = fresh.node.blobs().clone();
+    let downloader = blobs.downloader(fresh.node.endpoint());
+    let providers = [seeder.node.id(), author.node.id()];
+    let data_dir = fresh.data_dir.clone();
+    let fetch = tokio::spawn(async move {
+        knotd::content::fetch(
+            &blobs,
+            &downloader,
+            &common::rid(REPO),
+            manifest_hash,
+            &providers,
+            std::time::Duration::from_secs(60),
+            &data_dir,
+        )
+        .await
+    });
+    // Stop the first provider as soon as part of the pack has arrived.
+    let started = std::time::Instant::now();
+    let mut saw_partial = false;
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        match fresh.node.blobs().status(pack).await.unwrap() {
+            iroh_blobs::api::proto::BlobStatus::Partial { .. } => {
+                saw_partial = true;
+                break;
+            }
+            iroh_blobs::api::proto::BlobStatus::Complete { .. } => break,
+            iroh_blobs::api::proto::BlobStatus::NotFound => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    seeder.stop().await;
+    let fetched = fetch
+        .await
+        .unwrap()
+        .expect("the fetch completes from the author");
+    assert!(saw_partial, "the first provider must stop mid-transfer");
+    let got = fresh.node.blobs().get_bytes(pack).await.unwrap();
+    assert_eq!(*blake3::hash(&got).as_bytes(), manifest.packs[0].hash);
+    assert_eq!(fetched.manifest, manifest);
+    fresh.stop().await;
+    author.stop().await;
+}
