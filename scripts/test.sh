@@ -1,5 +1,17 @@
 #!/usr/bin/env bash
-# Run the whole test suite: unit, multi-node and CLI tests.
+# The whole test suite: unit, multi-node, CLI, crash and real-PDS tests, then a
+# short fuzz run of every decoder. Needs git, and node >= 20 with npm for the
+# reference PDS (installed into tests/pds/node_modules on first use).
+# KNOTD_FUZZ_SECONDS sets the fuzz time per target (default 5; 0 skips fuzzing);
+# the short run builds without a sanitizer (knotd has no unsafe code), the long
+# run in fuzz/README.md uses AddressSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+tests/pds/install.sh
 cargo test --all-targets --locked
+
+fuzz_seconds="${KNOTD_FUZZ_SECONDS:-5}"
+if [ "$fuzz_seconds" != "0" ]; then
+  FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}" scripts/fuzz.sh "$fuzz_seconds"
+fi
