@@ -1471,33 +1471,15 @@ impl Knot {
     ) -> Result<Payload, KnotError> {
         let manifest_hex = content::hex(&published.hash);
         let head = published.manifest.head_oid().map(|o| o.to_string());
-        let bytes_pinned = published.manifest.packs.iter().map(|p| p.size).sum();
         let pack_count = published.manifest.packs.len();
-        let own_id = *self.parts.endpoint.id().as_bytes();
-        let key = self.secret_key.clone();
         let has_writer = self.writer.is_some();
         let (entry, statement) = self.parts.store.update_repo(repo_id, |e| {
             let unchanged = published.unchanged && e.statement.is_some();
             if !unchanged {
                 e.seq = unix_millis().max(e.seq + 1);
-                e.statement = Some(
-                    Statement {
-                        repo_id: repo_id.to_string(),
-                        head: head.clone(),
-                        manifest: *published.hash.as_bytes(),
-                        seq: e.seq,
-                        publisher: own_id,
-                    }
-                    .sign(&key),
-                );
+                e.statement = Some(self.own_statement(repo_id, &head, published.hash, e.seq));
             }
-            e.record.manifest = Some(manifest_hex.clone());
-            e.record.head = head.clone();
-            e.materialized = Some(manifest_hex.clone());
-            e.pack_count = pack_count;
-            e.bytes_pinned = bytes_pinned;
-            e.last_sync = Some(unix_now());
-            e.last_error = None;
+            record_held_state(e, published.hash, &published.manifest);
             if e.locator.is_some() && !published.unchanged && has_writer {
                 e.write_back_pending = true;
             }
@@ -1534,8 +1516,6 @@ impl Knot {
         let hash = target.manifest();
         let manifest_hex = content::hex(&hash);
         let head = fetched.manifest.head_oid().map(|o| o.to_string());
-        let own_id = *self.parts.endpoint.id().as_bytes();
-        let key = self.secret_key.clone();
         let (entry, statement) = self.parts.store.update_repo(repo_id, |e| {
             match &target {
                 FetchTarget::Statement(signed) => {
@@ -1550,26 +1530,11 @@ impl Knot {
                         .as_ref()
                         .is_some_and(|s| s.statement.manifest_hash() == hash);
                     if !keep {
-                        e.statement = Some(
-                            Statement {
-                                repo_id: repo_id.to_string(),
-                                head: head.clone(),
-                                manifest: *hash.as_bytes(),
-                                seq: e.seq,
-                                publisher: own_id,
-                            }
-                            .sign(&key),
-                        );
+                        e.statement = Some(self.own_statement(repo_id, &head, hash, e.seq));
                     }
                 }
             }
-            e.record.manifest = Some(manifest_hex.clone());
-            e.record.head = head.clone();
-            e.materialized = Some(manifest_hex.clone());
-            e.pack_count = fetched.manifest.packs.len();
-            e.bytes_pinned = fetched.manifest.packs.iter().map(|p| p.size).sum();
-            e.last_sync = Some(unix_now());
-            e.last_error = None;
+            record_held_state(e, hash, &fetched.manifest);
             e.statement.clone()
         })?;
         info!(repo = %repo_id, manifest = %manifest_hex, bytes = fetched.bytes_fetched, "synced");
@@ -1579,6 +1544,24 @@ impl Knot {
             self.announce(repo_id, statement, Reach::Topic).await;
         }
         Ok(())
+    }
+
+    /// A statement of a state, signed by this node as its publisher.
+    fn own_statement(
+        &self,
+        repo_id: &RepoId,
+        head: &Option<String>,
+        manifest: Hash,
+        seq: u64,
+    ) -> SignedStatement {
+        Statement {
+            repo_id: repo_id.to_string(),
+            head: head.clone(),
+            manifest: *manifest.as_bytes(),
+            seq,
+            publisher: *self.parts.endpoint.id().as_bytes(),
+        }
+        .sign(&self.secret_key)
     }
 
     /// Send a statement under this node's envelope as far as `reach` says.
@@ -1913,6 +1896,19 @@ fn retry_delay(attempts: u32) -> Duration {
 /// nobody is known for joins when that changes.
 fn wants_topic(entry: &RepoEntry) -> bool {
     entry.record.manifest.is_some() || !entry.record.peers.is_empty() || entry.locator.is_some()
+}
+
+/// Record in `entry` that the node now holds, pins and has materialized
+/// `manifest` (stored under `hash`).
+fn record_held_state(entry: &mut RepoEntry, hash: Hash, manifest: &crate::manifest::Manifest) {
+    let hex = content::hex(&hash);
+    entry.record.manifest = Some(hex.clone());
+    entry.record.head = manifest.head_oid().map(|o| o.to_string());
+    entry.materialized = Some(hex);
+    entry.pack_count = manifest.packs.len();
+    entry.bytes_pinned = manifest.packs.iter().map(|p| p.size).sum();
+    entry.last_sync = Some(unix_now());
+    entry.last_error = None;
 }
 
 /// The manifest the owner's ATProto record named when last read.
