@@ -82,7 +82,7 @@ fn kill_nine_loop_loses_nothing() {
             follower = Daemon::start_on(&follower_dir, follower_port);
         }
         let manifest = author.materialized(REPO).expect("author holds a state");
-        wait_for(&format!("round {round}: follower converges"), 60, || {
+        wait_for(&format!("round {round}: follower converges"), 150, || {
             follower.materialized(REPO).as_deref() == Some(manifest.as_str())
         });
         fsck(&repo_path(&follower_dir));
@@ -100,7 +100,7 @@ fn kill_nine_loop_loses_nothing() {
     let author = Daemon::start_on(&author_dir, author_port);
     let follower = Daemon::start_on(&follower_dir, follower_port);
     let manifest = author.materialized(REPO).unwrap();
-    wait_for("final state after restart", 60, || {
+    wait_for("final state after restart", 150, || {
         follower.materialized(REPO).as_deref() == Some(manifest.as_str())
     });
     fsck(&repo_path(&follower_dir));

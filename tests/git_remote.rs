@@ -6,6 +6,10 @@
 //! * The full path runs two real `knotd` processes on loopback.
 //! * Smart HTTP runs `knotd::http::serve` in process over a plain bare repo.
 
+#[allow(dead_code)]
+#[path = "common/daemon.rs"]
+mod common_daemon;
+
 use std::{
     ffi::OsString,
     io::{Read, Write},
@@ -504,9 +508,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(data_dir: &Path) -> Daemon {
+        use common_daemon::offline_config;
+        let config = offline_config(data_dir);
         let child = Command::new(knotd())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
             .args([
-                "run",
                 "--bind",
                 "127.0.0.1:0",
                 "--relay",

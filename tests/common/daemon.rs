@@ -28,15 +28,12 @@ impl Daemon {
     /// keeps the node's address across restarts, as an operator's would.
     pub fn start_on(data_dir: &Path, port: u16) -> Daemon {
         let bind = format!("127.0.0.1:{port}");
+        let config = offline_config(data_dir);
         let child = Command::new(knotd())
-            .args([
-                "run",
-                "--bind",
-                &bind,
-                "--relay",
-                "disabled",
-                "--no-discovery",
-            ])
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(["--bind", &bind, "--relay", "disabled", "--no-discovery"])
             .arg("--data-dir")
             .arg(data_dir)
             .env(
@@ -130,6 +127,19 @@ impl Daemon {
             .as_str()
             .map(str::to_string)
     }
+}
+
+/// Write a config beside `data_dir` that keeps the node off the internet: DID
+/// documents resolve against a closed local port instead of plc.directory.
+pub fn offline_config(data_dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let path = data_dir.join("knotd-test.toml");
+    std::fs::write(
+        &path,
+        "[atproto]\nplc_directory = \"http://127.0.0.1:1\"\nrequest_timeout_secs = 2\n",
+    )
+    .expect("config written");
+    path
 }
 
 /// A UDP port on loopback that is free right now.
