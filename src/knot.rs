@@ -430,14 +430,7 @@ impl Knot {
             if entry.materialized.as_deref() != entry.record.manifest.as_deref() {
                 info!(repo = %repo_id, "resuming an unfinished sync");
             }
-            let providers = self.providers(&entry, None);
-            self.enqueue(
-                repo_id,
-                Job::Fetch {
-                    target: FetchTarget::Manifest(hash),
-                    providers,
-                },
-            );
+            self.fetch_manifest(repo_id, &entry, hash);
         }
     }
 
@@ -698,14 +691,7 @@ impl Knot {
             && entry.materialized != entry.record.manifest
             && !self.busy.contains(&repo_id)
         {
-            let providers = self.providers(&entry, None);
-            self.enqueue(
-                repo_id,
-                Job::Fetch {
-                    target: FetchTarget::Manifest(hash),
-                    providers,
-                },
-            );
+            self.fetch_manifest(repo_id, &entry, hash);
         }
     }
 
@@ -1155,14 +1141,7 @@ impl Knot {
             .push(reply);
         if let Some(hash) = entry.record.manifest_hash() {
             if !self.busy.contains(&repo_id) {
-                let providers = self.providers(&entry, None);
-                self.enqueue(
-                    repo_id,
-                    Job::Fetch {
-                        target: FetchTarget::Manifest(hash),
-                        providers,
-                    },
-                );
+                self.fetch_manifest(repo_id, &entry, hash);
             }
         } else if first_waiter && !self.busy.contains(&repo_id) {
             // Nothing known yet: ask the neighbours, and give up after a while.
@@ -1225,6 +1204,19 @@ impl Knot {
             bytes_fetched,
             message: message.to_string(),
         })
+    }
+
+    /// Queue a fetch of `hash` (a manifest the record names, or the one held)
+    /// from every provider the node knows for `entry`.
+    fn fetch_manifest(&mut self, repo_id: RepoId, entry: &RepoEntry, hash: Hash) {
+        let providers = self.providers(entry, None);
+        self.enqueue(
+            repo_id,
+            Job::Fetch {
+                target: FetchTarget::Manifest(hash),
+                providers,
+            },
+        );
     }
 
     /// Queue a content job; it starts at once when the repository is idle.
