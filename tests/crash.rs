@@ -45,7 +45,7 @@ fn kill_nine_loop_loses_nothing() {
     let mut follower = Daemon::start_on(&follower_dir, follower_port);
     let src_str = src.to_str().unwrap().to_string();
     author.admin_ok(&["publish", REPO, &src_str]);
-    let ticket = author.admin_ok(&["ticket"]).trim().to_string();
+    let ticket = author.ticket();
     follower.admin_ok(&["add-repo", REPO, "--peer", &ticket]);
 
     let repo_path = |dir: &std::path::Path| dir.join("repos/did:plc:author1/crashy.git");

@@ -10,12 +10,14 @@
 #[path = "common/daemon.rs"]
 mod common_daemon;
 
+use common_daemon::Daemon;
+
 use std::{
     ffi::OsString,
     io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -495,85 +497,6 @@ fn helper_without_a_node_says_how_to_start_one() {
 // ---------------------------------------------------------------------------
 // Two real knotd processes
 // ---------------------------------------------------------------------------
-
-fn knotd() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_knotd"))
-}
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    data_dir: PathBuf,
-}
-
-impl Daemon {
-    fn start(data_dir: &Path) -> Daemon {
-        use common_daemon::offline_config;
-        let config = offline_config(data_dir);
-        let child = Command::new(knotd())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .args([
-                "--bind",
-                "127.0.0.1:0",
-                "--relay",
-                "disabled",
-                "--no-discovery",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "knotd=info,warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("knotd starts");
-        let mut daemon = Daemon {
-            child,
-            socket: data_dir.join("knotd.sock"),
-            data_dir: data_dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                panic!("knotd exited early: {status}");
-            }
-            if daemon.socket.exists() && daemon.admin(&["status"]).status.success() {
-                return daemon;
-            }
-            assert!(Instant::now() < deadline, "knotd did not become ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn admin(&self, args: &[&str]) -> Output {
-        Command::new(knotd())
-            .arg("admin")
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("knotd admin runs")
-    }
-
-    fn ticket(&self) -> String {
-        let out = Command::new(knotd())
-            .args(["ticket", "--data-dir"])
-            .arg(&self.data_dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Run `f` until it returns `Some`, for at most `secs` seconds.
 fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {

@@ -112,6 +112,11 @@ impl Daemon {
         }
     }
 
+    /// A ticket for this daemon, as `knotd ticket` prints it.
+    pub fn ticket(&self) -> String {
+        self.admin_ok(&["ticket"]).trim().to_string()
+    }
+
     /// The repository rows as JSON.
     pub fn list(&self) -> serde_json::Value {
         serde_json::from_str(&self.admin_ok(&["list", "--json"])).expect("list prints JSON")
