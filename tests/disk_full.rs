@@ -51,16 +51,7 @@ async fn disk_full_during_fetch_loses_nothing() {
 
     // An 8 MiB incompressible file: its pack cannot fit on the 6 MiB disk.
     let src = work.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    git(&src, &["init", "-q", "-b", "main"]);
-    let mut big = vec![0u8; 8 * 1024 * 1024];
-    blake3::Hasher::new()
-        .update(b"disk full")
-        .finalize_xof()
-        .fill(&mut big);
-    std::fs::write(src.join("big.bin"), &big).unwrap();
-    git(&src, &["add", "."]);
-    git(&src, &["commit", "-q", "-m", "big"]);
+    common::make_big_repo(&src, 8, b"disk full");
 
     let author = TestNode::spawn().await;
     let published = author.publish(REPO, &src).await;

@@ -202,17 +202,7 @@ async fn corrupted_provider_is_detected_and_another_serves() {
 async fn a_provider_leaving_mid_transfer_is_replaced() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    git(&src, &["init", "-q", "-b", "main"]);
-    let mut big = vec![0u8; 48 * 1024 * 1024];
-    blake3::Hasher::new()
-        .update(b"mid transfer")
-        .finalize_xof()
-        .fill(&mut big);
-    std::fs::write(src.join("big.bin"), &big).unwrap();
-    drop(big);
-    git(&src, &["add", "."]);
-    git(&src, &["commit", "-q", "-m", "big"]);
+    common::make_big_repo(&src, 48, b"mid transfer");
 
     let author = TestNode::spawn().await;
     let seeder = TestNode::spawn().await;

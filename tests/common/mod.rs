@@ -127,6 +127,22 @@ pub fn make_repo(dir: &Path) {
     add_commit(dir, "second");
 }
 
+/// A repository with one commit holding `mib` MiB of incompressible bytes
+/// derived from `seed`, so its pack is about that size.
+pub fn make_big_repo(dir: &Path, mib: usize, seed: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    git(dir, &["init", "-q", "-b", "main"]);
+    let mut big = vec![0u8; mib * 1024 * 1024];
+    blake3::Hasher::new()
+        .update(seed)
+        .finalize_xof()
+        .fill(&mut big);
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    drop(big);
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-q", "-m", "big"]);
+}
+
 /// Add one commit that changes a file.
 pub fn add_commit(dir: &Path, name: &str) {
     std::fs::write(dir.join(format!("{name}.txt")), format!("{name}\n")).unwrap();
