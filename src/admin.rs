@@ -192,6 +192,12 @@ pub struct RepoSummary {
     pub manifest: Option<String>,
     /// Manifest hash the materialized repository reflects.
     pub materialized: Option<String>,
+    /// Sequence number of the state held.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// Manifest hash of a newer state being fetched (or waiting to be).
+    #[serde(default)]
+    pub fetching: Option<String>,
     /// Packs in the current manifest.
     pub pack_count: usize,
     /// Bytes pinned for the current manifest.
@@ -202,8 +208,11 @@ pub struct RepoSummary {
     pub last_poll: Option<u64>,
     /// Last error, if any.
     pub last_error: Option<String>,
-    /// Peers known.
+    /// Peers known: trusted ones and hints learned from gossip.
     pub peers_known: usize,
+    /// Peers trusted to publish: the record's and the operator's.
+    #[serde(default)]
+    pub trusted_peers: usize,
     /// Gossip neighbours currently connected.
     pub peers_connected: usize,
     /// Where the record lives.
@@ -229,6 +238,12 @@ pub struct NodeStatus {
     pub version: String,
     /// Gossip traffic since start.
     pub gossip: GossipStats,
+    /// Content jobs running now.
+    #[serde(default)]
+    pub jobs_running: usize,
+    /// Repositories waiting for a content job slot.
+    #[serde(default)]
+    pub jobs_waiting: usize,
     /// Per-repository status.
     pub repos: Vec<RepoSummary>,
 }
@@ -245,6 +260,21 @@ pub struct GossipStats {
     /// Messages dropped unread because their sender exceeded its rate.
     #[serde(default)]
     pub rate_limited: u64,
+    /// Rejected announcements by reason.
+    #[serde(default)]
+    pub rejected_by_reason: std::collections::BTreeMap<String, u64>,
+}
+
+/// Where a peer of a repository is known from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerSource {
+    /// Named by the operator with `--peer`.
+    Operator,
+    /// Listed in the owner's record.
+    Record,
+    /// Learned from gossip (an announcer or a neighbour).
+    Learned,
 }
 
 /// A peer of a repository.
@@ -255,6 +285,16 @@ pub struct PeerView {
     pub hint: PeerHint,
     /// Whether the peer is a gossip neighbour right now.
     pub connected: bool,
+    /// Whether the peer is trusted to publish.
+    #[serde(default)]
+    pub trusted: bool,
+    /// Where the peer is known from.
+    #[serde(default = "learned")]
+    pub source: PeerSource,
+}
+
+fn learned() -> PeerSource {
+    PeerSource::Learned
 }
 
 /// Result of a publish.

@@ -154,7 +154,7 @@ impl Announcement {
         addrs.dedup();
         addrs.truncate(MAX_ADDRS);
         let sender = *key.public().as_bytes();
-        let sent_at = crate::store::unix_millis();
+        let sent_at = crate::clock::unix_millis();
         let signature = key.sign(&envelope_bytes(&statement, &sender, &addrs, sent_at));
         Self {
             statement,

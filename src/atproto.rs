@@ -19,7 +19,7 @@ use crate::{
     config::AtprotoConfig,
     record::{RecordError, RepoRecord},
     repo_id::RepoId,
-    store::Locator,
+    state::Locator,
 };
 
 /// Largest response body accepted, in bytes.

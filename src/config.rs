@@ -126,6 +126,10 @@ pub struct Config {
     pub max_packs: usize,
     /// Timeout for one blob transfer from peers, in seconds (default 300).
     pub fetch_timeout_secs: u64,
+    /// Most content jobs (publish, fetch, removal) running at once across
+    /// all repositories; the rest wait their turn, an operator's or a git
+    /// client's first (default 4).
+    pub max_concurrent_jobs: usize,
     /// ATProto polling and write-back.
     pub atproto: AtprotoConfig,
     /// Read-only smart HTTP.
@@ -145,6 +149,7 @@ impl Default for Config {
             admin_socket: None,
             max_packs: 16,
             fetch_timeout_secs: 300,
+            max_concurrent_jobs: 4,
             atproto: AtprotoConfig::default(),
             http: HttpConfig::default(),
         }
@@ -207,6 +212,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "max_packs",
                 reason: "must be at least 2".into(),
+            });
+        }
+        if self.max_concurrent_jobs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_concurrent_jobs",
+                reason: "must be at least 1".into(),
             });
         }
         if self.atproto.poll_interval_secs == 0 {

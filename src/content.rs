@@ -18,7 +18,7 @@ use iroh_blobs::{
     api::{Store, downloader::Downloader},
 };
 use n0_future::StreamExt;
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::{
     git::{self, GitError, ObjectId, RefSet},
@@ -125,8 +125,9 @@ pub fn hex(hash: &Hash) -> String {
     data_encoding::HEXLOWER.encode(hash.as_bytes())
 }
 
-/// What a publish produced.
-#[derive(Debug, Clone)]
+/// What a publish produced. Its new blobs are protected from GC by
+/// temporary tags until it is dropped: pin it ([`pin`]) before.
+#[derive(Debug)]
 pub struct Published {
     /// The new manifest.
     pub manifest: Manifest,
@@ -138,6 +139,8 @@ pub struct Published {
     pub consolidated: bool,
     /// Whether the repository had not changed.
     pub unchanged: bool,
+    /// Temporary tags on the new blobs.
+    pub protect: Vec<iroh_blobs::api::TempTag>,
 }
 
 struct Packed {
@@ -151,8 +154,8 @@ struct Packed {
 /// With a previous manifest, one thin pack holds only the objects not
 /// reachable from the previous refs; when the pack count would exceed
 /// `max_packs`, all objects are repacked into a single pack instead. Unless
-/// `force` is set, every ref must fast-forward. The new blobs are pinned and
-/// packs no longer referenced are unpinned.
+/// `force` is set, every ref must fast-forward. The new blobs are held by
+/// temporary tags in the result; nothing is pinned or unpinned here.
 pub async fn publish(
     blobs: &Store,
     repo_id: &RepoId,
@@ -225,6 +228,7 @@ pub async fn publish(
             bytes_added: 0,
             consolidated: false,
             unchanged: true,
+            protect: Vec::new(),
         });
     }
 
@@ -264,21 +268,21 @@ pub async fn publish(
         .map_err(request_err("adding the manifest"))?;
     let hash = tt.hash();
     temp_tags.push(tt);
-    pin(blobs, repo_id, hash, &manifest).await?;
-    drop(temp_tags);
-    info!(repo = %repo_id, manifest = %hex(&hash), packs = manifest.packs.len(), bytes_added, consolidated = packed.consolidated, "published");
+    debug!(repo = %repo_id, manifest = %hex(&hash), packs = manifest.packs.len(), bytes_added, consolidated = packed.consolidated, "packed");
     Ok(Published {
         manifest,
         hash,
         bytes_added,
         consolidated: packed.consolidated,
         unchanged: false,
+        protect: temp_tags,
     })
 }
 
 /// Pin `manifest` (stored under `hash`) and all its packs for `repo_id`, then
-/// unpin this repository's packs that the manifest no longer lists, and flush
-/// the blob store to disk.
+/// unpin this repository's packs that the manifest no longer lists and the
+/// tags of an incoming fetch, and flush the blob store to disk. When the
+/// tags are exactly that already, nothing is written.
 pub async fn pin(
     blobs: &Store,
     repo_id: &RepoId,
@@ -286,35 +290,41 @@ pub async fn pin(
     manifest: &Manifest,
 ) -> Result<(), ContentError> {
     let prefix = pack_tag_prefix(repo_id);
-    let mut wanted = std::collections::BTreeSet::new();
+    let mut wanted = std::collections::BTreeMap::new();
     for pack in &manifest.packs {
-        let name = format!("{prefix}{}", pack.hash_hex());
-        blobs
-            .tags()
-            .set(&name, HashAndFormat::raw(Hash::from_bytes(pack.hash)))
-            .await
-            .map_err(request_err("pinning a pack"))?;
-        wanted.insert(name);
+        wanted.insert(
+            format!("{prefix}{}", pack.hash_hex()),
+            HashAndFormat::raw(Hash::from_bytes(pack.hash)),
+        );
     }
-    blobs
-        .tags()
-        .set(manifest_tag(repo_id), HashAndFormat::raw(hash))
-        .await
-        .map_err(request_err("pinning the manifest"))?;
-    let mut stale = Vec::new();
+    wanted.insert(manifest_tag(repo_id), HashAndFormat::raw(hash));
+    let mut existing = std::collections::BTreeMap::new();
     let mut list = blobs
         .tags()
-        .list_prefix(&prefix)
+        .list_prefix(format!("knot/{repo_id}/"))
         .await
         .map_err(request_err("listing tags"))?;
     while let Some(tag) = list.next().await {
         let tag = tag.map_err(request_err("listing tags"))?;
         let name = String::from_utf8_lossy(tag.name.as_ref()).into_owned();
-        if !wanted.contains(&name) {
-            stale.push(name);
+        existing.insert(name, tag.hash_and_format());
+    }
+    if existing == wanted {
+        return Ok(());
+    }
+    for (name, value) in &wanted {
+        if existing.get(name) != Some(value) {
+            blobs
+                .tags()
+                .set(name, *value)
+                .await
+                .map_err(request_err("pinning"))?;
         }
     }
-    stale.push(incoming_tag(repo_id));
+    let stale: Vec<String> = existing
+        .into_keys()
+        .filter(|name| !wanted.contains_key(name))
+        .collect();
     for name in stale {
         debug!(repo = %repo_id, tag = %name, "unpinning pack no longer referenced");
         blobs
@@ -387,7 +397,8 @@ pub struct Fetched {
 /// Fetch `hash` (a manifest of `repo_id`) and every pack it lists that the store
 /// lacks, trying `providers` in order. The downloader verifies every byte
 /// against its BLAKE3 hash; a provider that sends wrong bytes is dropped and
-/// the next is tried. Fetched packs are pinned at once so GC cannot take them.
+/// the next is tried. Every blob is tagged before its download starts, so GC
+/// cannot take it; [`pin`] or [`restore`] settles the tags afterwards.
 /// Before any pack is downloaded, the disk holding `data_dir` must have room
 /// for all missing packs (twice over: blob store and materialized copy).
 pub async fn fetch(
@@ -400,6 +411,12 @@ pub async fn fetch(
     data_dir: &Path,
 ) -> Result<Fetched, ContentError> {
     let mut bytes_fetched = 0;
+    // Tag before downloading, so GC never takes what arrives (or a part of it).
+    blobs
+        .tags()
+        .set(incoming_tag(repo_id), HashAndFormat::raw(hash))
+        .await
+        .map_err(request_err("pinning the incoming manifest"))?;
     let manifest_present = blobs
         .has(hash)
         .await
@@ -412,12 +429,6 @@ pub async fn fetch(
             .map_err(request_err("reading a manifest"))?
             .len() as u64;
     }
-    // Keep the manifest from GC while the packs arrive.
-    blobs
-        .tags()
-        .set(incoming_tag(repo_id), HashAndFormat::raw(hash))
-        .await
-        .map_err(request_err("pinning the incoming manifest"))?;
     let manifest = load_manifest(blobs, hash, repo_id).await?;
     let mut missing = 0u64;
     for pack in &manifest.packs {
@@ -433,14 +444,6 @@ pub async fn fetch(
     let prefix = pack_tag_prefix(repo_id);
     for pack in &manifest.packs {
         let pack_hash = Hash::from_bytes(pack.hash);
-        if !blobs
-            .has(pack_hash)
-            .await
-            .map_err(request_err("checking a blob"))?
-        {
-            download(downloader, "pack", pack_hash, providers, timeout).await?;
-            bytes_fetched += pack.size;
-        }
         blobs
             .tags()
             .set(
@@ -449,6 +452,14 @@ pub async fn fetch(
             )
             .await
             .map_err(request_err("pinning a pack"))?;
+        if !blobs
+            .has(pack_hash)
+            .await
+            .map_err(request_err("checking a blob"))?
+        {
+            download(downloader, "pack", pack_hash, providers, timeout).await?;
+            bytes_fetched += pack.size;
+        }
     }
     Ok(Fetched {
         manifest,
@@ -549,6 +560,43 @@ pub async fn materialize(
     .await
     .map_err(|e| ContentError::Task(e.to_string()))?
     .map_err(ContentError::from)
+}
+
+/// Put `repo_id` back to the state `previous` (or to nothing): its pins
+/// and its materialized copy at `dest`. Used when finishing a new state
+/// failed, so the previous one stays served and pinned.
+pub async fn restore(
+    blobs: &Store,
+    repo_id: &RepoId,
+    dest: &Path,
+    previous: Option<Hash>,
+) -> Result<(), ContentError> {
+    match previous {
+        Some(hash) => {
+            let manifest = load_manifest(blobs, hash, repo_id).await?;
+            pin(blobs, repo_id, hash, &manifest).await?;
+            materialize(blobs, dest, hash, &manifest).await?;
+            Ok(())
+        }
+        None => discard(blobs, repo_id, dest).await,
+    }
+}
+
+/// Unpin everything of `repo_id` and delete its materialized copy at `dest`.
+pub async fn discard(blobs: &Store, repo_id: &RepoId, dest: &Path) -> Result<(), ContentError> {
+    unpin_all(blobs, repo_id).await?;
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ContentError::Materialize(MaterializeError::Io {
+            context: "removing",
+            path: dest,
+            source,
+        })),
+    })
+    .await
+    .map_err(|e| ContentError::Task(e.to_string()))?
 }
 
 #[cfg(test)]

@@ -7,14 +7,29 @@
 //! announcements of its repositories from known peers. Every announcement that
 //! arrives this way goes through exactly the same verification and adoption
 //! rule as one from gossip. One request per bidirectional stream, postcard
-//! encoded, size-bounded, every wait with a timeout. Nothing here persists.
+//! encoded, size-bounded, every wait with a timeout.
+//!
+//! The accepting side bounds what a peer can make the node do: at most
+//! [`MAX_CONNECTIONS`] connections are served at once, each peer is rate
+//! limited before its request is decoded, and pushed announcements are
+//! verified here, on the connection's task, so only valid ones reach the
+//! repository actor. Nothing here persists.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use iroh::{Endpoint, EndpointId, endpoint::Connection, protocol::AcceptError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
+
+use crate::{
+    announce::Announcement,
+    limits::{DropCounters, RateLimiter},
+    repo_id::RepoId,
+};
 
 /// The protocol's ALPN.
 pub const ALPN: &[u8] = b"/knot/heads/1";
@@ -26,6 +41,12 @@ pub const MAX_RESPONSE: usize = 512 * 1024;
 pub const MAX_PULL_REPOS: usize = 64;
 /// Timeout of one exchange, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Requests a peer may send in a burst...
+const PEER_BURST: f64 = 32.0;
+/// ...and per second after it.
+const PEER_RATE: f64 = 4.0;
 
 /// Errors of a head exchange.
 #[derive(Debug, thiserror::Error)]
@@ -68,19 +89,21 @@ enum Response {
 /// What the protocol hands to the node.
 #[derive(Debug)]
 pub enum HeadsEvent {
-    /// A peer pushed an encoded announcement (not yet verified).
+    /// A peer pushed an announcement, verified for the repository it names.
     Pushed {
         /// The peer that pushed it.
         from: EndpointId,
-        /// The encoded announcement.
-        announcement: Vec<u8>,
+        /// The repository.
+        repo: RepoId,
+        /// The verified announcement.
+        announcement: Box<Announcement>,
     },
     /// A peer asks for the announcements of these repositories.
     Pull {
         /// The asking peer.
         from: EndpointId,
-        /// Repository ids as sent (validated by the receiver).
-        repo_ids: Vec<String>,
+        /// Valid repository ids among those asked for.
+        repo_ids: Vec<RepoId>,
         /// Where to send the encoded announcements.
         reply: oneshot::Sender<Vec<Vec<u8>>>,
     },
@@ -90,12 +113,39 @@ pub enum HeadsEvent {
 #[derive(Debug, Clone)]
 pub struct HeadsProtocol {
     events: mpsc::Sender<HeadsEvent>,
+    limiter: Arc<Mutex<RateLimiter>>,
+    connections: Arc<Semaphore>,
+    drops: Arc<DropCounters>,
+}
+
+/// Decode and verify an announcement for the repository it names.
+pub fn verify(bytes: &[u8]) -> Option<(RepoId, Announcement)> {
+    let repo = Announcement::peek_repo_id(bytes)?;
+    let announcement = Announcement::decode_verified(bytes, &repo).ok()?;
+    Some((repo, announcement))
 }
 
 impl HeadsProtocol {
-    /// Deliver requests to `events`.
-    pub fn new(events: mpsc::Sender<HeadsEvent>) -> Self {
-        Self { events }
+    /// Deliver requests to `events`; count what is dropped in `drops`.
+    pub fn new(events: mpsc::Sender<HeadsEvent>, drops: Arc<DropCounters>) -> Self {
+        Self {
+            events,
+            limiter: Arc::new(Mutex::new(RateLimiter::new(PEER_BURST, PEER_RATE))),
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            drops,
+        }
+    }
+
+    fn allow(&self, from: EndpointId) -> bool {
+        let allowed = self
+            .limiter
+            .lock()
+            .map(|mut l| l.allow(from, Instant::now()))
+            .unwrap_or(false);
+        if !allowed {
+            self.drops.rate_limited();
+        }
+        allowed
     }
 
     async fn serve_stream(
@@ -104,21 +154,39 @@ impl HeadsProtocol {
         mut send: iroh::endpoint::SendStream,
         mut recv: iroh::endpoint::RecvStream,
     ) -> Result<(), String> {
+        if !self.allow(from) {
+            return Err("rate limited".into());
+        }
         let bytes = recv
             .read_to_end(MAX_REQUEST)
             .await
             .map_err(|e| e.to_string())?;
-        let request: Request = postcard::from_bytes(&bytes).map_err(|e| e.to_string())?;
+        let request: Request = postcard::from_bytes(&bytes).map_err(|e| {
+            self.drops.invalid();
+            e.to_string()
+        })?;
         let response = match request {
             Request::Push { announcement } => {
+                let Some((repo, announcement)) = verify(&announcement) else {
+                    self.drops.invalid();
+                    return Err("invalid announcement".into());
+                };
                 self.events
-                    .send(HeadsEvent::Pushed { from, announcement })
+                    .send(HeadsEvent::Pushed {
+                        from,
+                        repo,
+                        announcement: Box::new(announcement),
+                    })
                     .await
                     .map_err(|_| "node is shutting down".to_string())?;
                 Response::Ack
             }
-            Request::Pull { mut repo_ids } => {
-                repo_ids.truncate(MAX_PULL_REPOS);
+            Request::Pull { repo_ids } => {
+                let repo_ids = repo_ids
+                    .iter()
+                    .take(MAX_PULL_REPOS)
+                    .filter_map(|id| RepoId::parse(id).ok())
+                    .collect();
                 let (reply, rx) = oneshot::channel();
                 self.events
                     .send(HeadsEvent::Pull {
@@ -144,6 +212,11 @@ impl HeadsProtocol {
 impl iroh::protocol::ProtocolHandler for HeadsProtocol {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
         let from = connection.remote_id();
+        let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
+            self.drops.rate_limited();
+            connection.close(2u32.into(), b"busy");
+            return Ok(());
+        };
         loop {
             let accepted = tokio::time::timeout(TIMEOUT, connection.accept_bi()).await;
             let Ok(Ok((send, recv))) = accepted else {
@@ -217,15 +290,25 @@ pub async fn push(
     }
 }
 
-/// Ask `peer` for its announcements of `repo_ids`.
+/// Ask `peer` for its announcements of `repo_ids` (at most
+/// [`MAX_PULL_REPOS`]); returns those that verify and name a repository
+/// asked for. Verification happens here, off the caller's task.
 pub async fn pull(
     endpoint: &Endpoint,
     peer: EndpointId,
-    mut repo_ids: Vec<String>,
-) -> Result<Vec<Vec<u8>>, HeadsError> {
-    repo_ids.truncate(MAX_PULL_REPOS);
-    match exchange(endpoint, peer, Request::Pull { repo_ids }).await? {
-        Response::Heads { announcements } => Ok(announcements),
+    repo_ids: &[RepoId],
+) -> Result<Vec<(RepoId, Announcement)>, HeadsError> {
+    let asked: Vec<String> = repo_ids
+        .iter()
+        .take(MAX_PULL_REPOS)
+        .map(|r| r.to_string())
+        .collect();
+    match exchange(endpoint, peer, Request::Pull { repo_ids: asked }).await? {
+        Response::Heads { announcements } => Ok(announcements
+            .iter()
+            .filter_map(|bytes| verify(bytes))
+            .filter(|(repo, _)| repo_ids.contains(repo))
+            .collect()),
         Response::Ack => Err(HeadsError::Malformed {
             peer: peer.fmt_short().to_string(),
             message: "expected announcements".into(),

@@ -11,8 +11,9 @@
 //! (`.{name}.tmp-XXXX`) and renamed into place only once it is complete and
 //! connected, so a crash never leaves a half-built repository at `dest`.
 //! Later updates index only the packs not yet indexed, check connectivity of
-//! the new tips, then apply all refs in one transaction and finally rewrite
-//! the markers atomically. Pack bytes are verified against the manifest
+//! the new tips, mark the manifest marker `pending`, apply all refs in one
+//! transaction and finally rewrite the markers atomically, so a crash while
+//! refs move is repaired by the next run rather than mistaken for done. Pack bytes are verified against the manifest
 //! before anything is written.
 //!
 //! Materializing the same `dest` concurrently is not supported; callers
@@ -30,6 +31,8 @@ use crate::manifest::{Manifest, PackEntry};
 pub const MANIFEST_MARKER: &str = "knot-manifest";
 /// Marker file listing the hex hashes of indexed packs.
 pub const PACKS_MARKER: &str = "knot-packs";
+/// What the manifest marker says while refs are being moved.
+const PENDING: &str = "pending\n";
 
 /// Errors from [`materialize`].
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +226,10 @@ fn update(
     let current = git::read_refs(&git_dir)?;
     git::check_connected(&git_dir, &manifest.refs.tips(), &current.tips())
         .map_err(MaterializeError::Incomplete)?;
+    // From here until the markers name the new manifest, the refs may be
+    // anywhere between the old and the new state: say so, so that a crash in
+    // between is repaired by the next run instead of taken for done.
+    write_atomic(dest, MANIFEST_MARKER, PENDING.as_bytes())?;
     git::apply_refs(&git_dir, &manifest.refs)?;
     write_markers(dest, hash_hex, &manifest.packs)?;
     Ok(Outcome::Updated {

@@ -19,7 +19,7 @@ use std::{
 };
 
 use iroh::{
-    Endpoint, EndpointAddr, EndpointId, RelayMode, Watcher,
+    Endpoint, EndpointAddr, EndpointId, RelayMode,
     address_lookup::{DnsAddressLookup, MemoryLookup, PkarrPublisher, PkarrResolver},
     endpoint::presets,
     protocol::Router,
@@ -42,15 +42,14 @@ use crate::{
     config::{Config, ConfigError, RelayChoice},
     heads::{self, HeadsProtocol},
     keys::{self, KeyError},
-    knot::{Knot, KnotHandle, KnotParts},
+    knot::{Knot, KnotError, KnotHandle, KnotParts, wait_for_addr},
+    limits::DropCounters,
     poller::Poller,
     store::{Store, StoreError},
 };
 
 /// How often unreferenced blobs are collected.
 const GC_INTERVAL: Duration = Duration::from_secs(300);
-/// Longest wait for the endpoint to report a direct address.
-const ADDR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors starting or stopping a node.
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +101,15 @@ pub enum NodeError {
     /// ATProto credentials are configured but unusable.
     #[error(transparent)]
     Atproto(#[from] AtprotoError),
+    /// The repository actor could not start.
+    #[error(transparent)]
+    Knot(#[from] KnotError),
     /// Shutdown did not complete cleanly.
     #[error("shutdown failed: {0}")]
     Shutdown(String),
+    /// A core task stopped on its own: the node cannot go on.
+    #[error("{0}; knotd stopped so that its supervisor (systemd) restarts it")]
+    TaskDied(String),
 }
 
 /// A running node. Dropping it without [`Node::shutdown`] aborts its tasks.
@@ -115,7 +120,8 @@ pub struct Node {
     lookup: MemoryLookup,
     blobs: FsStore,
     cancel: CancellationToken,
-    tasks: JoinSet<()>,
+    tasks: JoinSet<&'static str>,
+    task_names: std::collections::HashMap<tokio::task::Id, &'static str>,
     admin_socket: PathBuf,
     data_dir: PathBuf,
     http_addr: Option<std::net::SocketAddr>,
@@ -150,10 +156,11 @@ impl Node {
 
         let gossip = Gossip::builder().spawn(endpoint.clone());
         let (heads_tx, heads_rx) = tokio::sync::mpsc::channel(256);
+        let drops = std::sync::Arc::new(DropCounters::default());
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, BlobsProtocol::new(&blobs, None))
             .accept(iroh_gossip::ALPN, gossip.clone())
-            .accept(heads::ALPN, HeadsProtocol::new(heads_tx))
+            .accept(heads::ALPN, HeadsProtocol::new(heads_tx, drops.clone()))
             .spawn();
 
         let http_listener = if config.http.enabled {
@@ -180,16 +187,25 @@ impl Node {
             }
         };
 
-        let mut tasks = JoinSet::new();
+        let mut tasks: JoinSet<&'static str> = JoinSet::new();
         let xrpc = XrpcClient::from_config(&config.atproto);
         let (poll_tx, poll_rx) = tokio::sync::mpsc::channel(256);
+        let mut poller_task = JoinSet::new();
         let poller = Poller::spawn(
             &config.atproto,
             xrpc.clone(),
             poll_tx,
             cancel.child_token(),
-            &mut tasks,
+            &mut poller_task,
         );
+        tasks.spawn(async move {
+            if let Some(Err(e)) = poller_task.join_next().await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            "record poller"
+        });
         let writer = match Credentials::load(&config.atproto) {
             Ok(Some(credentials)) => {
                 info!(identifier = %credentials.identifier, "records will be written back to the owner's PDS");
@@ -214,24 +230,38 @@ impl Node {
                 polls: poll_rx,
                 writer,
                 xrpc,
+                drops,
             },
             cancel.child_token(),
             &mut tasks,
         );
+        let knot = match knot {
+            Ok(knot) => knot,
+            Err(e) => {
+                cancel.cancel();
+                let _ = router.shutdown().await;
+                return Err(e.into());
+            }
+        };
         let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = http_listener {
-            tasks.spawn(crate::http::serve(
-                listener,
-                data_dir.join("repos"),
-                cancel.child_token(),
-            ));
+            let http = crate::http::serve(listener, data_dir.join("repos"), cancel.child_token());
+            tasks.spawn(async move {
+                http.await;
+                "smart HTTP server"
+            });
         }
-        tasks.spawn(admin::serve(
+        let admin = admin::serve(
             listener,
             admin_socket.clone(),
             knot.clone(),
             cancel.child_token(),
-        ));
+        );
+        tasks.spawn(async move {
+            admin.await;
+            "admin socket server"
+        });
+        let task_names = std::collections::HashMap::new();
         info!(
             data_dir = %data_dir.display(),
             admin_socket = %admin_socket.display(),
@@ -245,10 +275,38 @@ impl Node {
             blobs,
             cancel,
             tasks,
+            task_names,
             admin_socket,
             data_dir,
             http_addr,
         })
+    }
+
+    /// Wait until `shutdown` fires (`None`) or a task of the node ends on
+    /// its own, by panic or otherwise (`Some` with what happened): then the
+    /// node cannot go on and should be shut down and the process exit with
+    /// an error, so that its supervisor restarts it.
+    pub async fn supervise(&mut self, shutdown: &CancellationToken) -> Option<String> {
+        let ended = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            ended = self.tasks.join_next_with_id() => ended,
+        }?;
+        let message = match ended {
+            Ok((_, name)) => format!("the {name} stopped unexpectedly"),
+            Err(e) => {
+                let name = self
+                    .task_names
+                    .get(&e.id())
+                    .copied()
+                    .unwrap_or("a core task");
+                match e.try_into_panic() {
+                    Ok(panic) => format!("{name} panicked: {}", panic_text(&panic)),
+                    Err(e) => format!("{name} failed: {e}"),
+                }
+            }
+        };
+        tracing::error!(reason = %message, "a core task stopped; shutting down");
+        Some(message)
     }
 
     /// Handle to the repository actor.
@@ -299,6 +357,7 @@ impl Node {
     /// Stop all tasks, leave gossip topics, flush stores and remove the admin socket.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         self.cancel.cancel();
+        let _ = &self.task_names;
         while let Some(res) = self.tasks.join_next().await {
             if let Err(e) = res
                 && e.is_panic()
@@ -315,30 +374,25 @@ impl Node {
     }
 }
 
-/// Run a node until `shutdown` fires, then stop it gracefully.
+/// Run a node until `shutdown` fires, then stop it gracefully. When a core
+/// task stops on its own first, the node is shut down and the error says why.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
-    let node = Node::spawn(config, shutdown.child_token()).await?;
-    shutdown.cancelled().await;
+    let mut node = Node::spawn(config, shutdown.child_token()).await?;
+    let died = node.supervise(&shutdown).await;
     info!("shutting down");
-    node.shutdown().await
+    let stopped = node.shutdown().await;
+    match died {
+        Some(reason) => Err(NodeError::TaskDied(reason)),
+        None => stopped,
+    }
 }
 
-/// Wait until the endpoint reports a direct address (bounded), and return its address.
-pub async fn wait_for_addr(endpoint: &Endpoint) -> EndpointAddr {
-    let mut watcher = endpoint.watch_addr();
-    let deadline = tokio::time::Instant::now() + ADDR_TIMEOUT;
-    loop {
-        let addr = watcher.get();
-        if addr.ip_addrs().next().is_some() || tokio::time::Instant::now() >= deadline {
-            return addr;
-        }
-        if tokio::time::timeout_at(deadline, watcher.updated())
-            .await
-            .is_err()
-        {
-            return watcher.get();
-        }
-    }
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 fn prepare_dir(dir: &Path) -> Result<(), NodeError> {

@@ -28,7 +28,7 @@ use crate::{
     config::AtprotoConfig,
     record::RepoRecord,
     repo_id::RepoId,
-    store::Locator,
+    state::Locator,
 };
 
 /// Most scheduled polls running at once.

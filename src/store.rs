@@ -1,24 +1,41 @@
-//! The node's database: tracked repositories, their merged records, locators,
-//! peer hints and sync status.
+//! The node's database: the tracked repositories and what it knows of each.
 //!
-//! This is the only module that touches redb. Tables carry a version in their
-//! name; values are JSON so that fields can be added without a migration. Every
-//! call runs one short transaction and returns before any `.await` of the
-//! caller. Everything here survives a restart; redb's commits are atomic, so a
-//! crash leaves either the old or the new state.
+//! This is the only module that touches redb. Each part of a repository's
+//! row ([`crate::state`]) has its own table, named with a version, holding
+//! JSON so fields can be added without a migration. The caller hands over a
+//! batch of [`Write`]s, committed with fsync in one transaction: held
+//! states, configuration and records before the caller acts on them
+//! (announces a state, replies to the operator); bookkeeping (hints, last
+//! poll, errors), which [`Write::needs_durability`] says may be lost, is
+//! batched by the caller so it costs no commit of its own. Every call is one
+//! short transaction that returns before any `.await` of the caller; redb's
+//! commits are atomic, so a crash leaves either the old or the new batch.
+//!
+//! Opening a database written by an older knotd (table `repos_v1`) converts
+//! it in one transaction.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tracing::{info, warn};
 
 use crate::{
+    announce::SignedStatement,
     record::{PeerHint, RepoRecord},
     repo_id::RepoId,
+    state::{Bookkeeping, Held, LearnedHint, Locator, Origin, RecordCopy, RepoConfig, RepoRow},
 };
 
-const REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos_v1");
+const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_config_v2");
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_record_v2");
+const HELD: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_held_v2");
+const BOOKKEEPING: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_bookkeeping_v2");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
+/// The single table of knotd 0.1's first format, converted on open.
+const LEGACY_REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos_v1");
 
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +59,17 @@ pub enum StoreError {
         path: String,
     },
     /// A stored value could not be decoded.
-    #[error("stored entry for {key} is corrupt: {message}")]
+    #[error(
+        "stored {table} entry for {key} is corrupt: {message}; remove the repository and add it again"
+    )]
     Corrupt {
+        /// The table.
+        table: &'static str,
         /// The key.
         key: String,
         /// The decoder's message.
         message: String,
     },
-    /// The repository is not tracked.
-    #[error("repository {0} is not tracked; add it with `knotd admin add-repo {0}`")]
-    UnknownRepo(String),
 }
 
 fn db_err(op: &'static str) -> impl Fn(redb::Error) -> StoreError {
@@ -67,103 +85,38 @@ macro_rules! redb_try {
     };
 }
 
-/// Where a repository's ATProto record lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Locator {
-    /// The PDS base URL; resolved from the DID document when absent.
-    pub pds: Option<String>,
-    /// The DID whose repository holds the record.
-    pub did: String,
-    /// The record's collection.
-    pub collection: String,
-    /// The record key.
-    pub rkey: String,
+/// One change to a repository's row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Insert or replace the configuration (adds the repository).
+    Config(RepoConfig),
+    /// Replace or clear the record copy.
+    Record(RepoId, Option<RecordCopy>),
+    /// Replace or clear the held state.
+    Held(RepoId, Option<Box<Held>>),
+    /// Replace the bookkeeping.
+    Bookkeeping(RepoId, Bookkeeping),
+    /// Remove the repository and everything known about it.
+    Remove(RepoId),
 }
 
-/// Everything the node keeps about one tracked repository.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RepoEntry {
-    /// The merged record: current head, manifest and peer hints.
-    pub record: RepoRecord,
-    /// Where the authoritative record is fetched from, if anywhere.
-    #[serde(default)]
-    pub locator: Option<Locator>,
-    /// Unix time the repository was added.
-    pub added_at: u64,
-    /// Unix time of the last successful sync of content.
-    #[serde(default)]
-    pub last_sync: Option<u64>,
-    /// Unix time the record was last fetched from the PDS successfully.
-    #[serde(default)]
-    pub last_poll: Option<u64>,
-    /// The last error seen for this repository (poll, fetch or write-back).
-    #[serde(default)]
-    pub last_error: Option<String>,
-    /// Manifest hash (hex) the materialized repository reflects.
-    #[serde(default)]
-    pub materialized: Option<String>,
-    /// Number of packs in the current manifest.
-    #[serde(default)]
-    pub pack_count: usize,
-    /// Bytes of blobs pinned for the current manifest.
-    #[serde(default)]
-    pub bytes_pinned: u64,
-    /// Sequence number of the statement behind the current state (0 if none).
-    #[serde(default)]
-    pub seq: u64,
-    /// The signed statement behind the current state, re-announced to peers.
-    #[serde(default)]
-    pub statement: Option<crate::announce::SignedStatement>,
-    /// Node ids (hex) trusted to publish new states of this repository: peers
-    /// the operator named at add-repo and peers listed in the ATProto record.
-    #[serde(default)]
-    pub trusted: Vec<String>,
-    /// Whether the current state still has to be written back to the PDS.
-    #[serde(default)]
-    pub write_back_pending: bool,
-    /// The record as last read from (or written to) the owner's PDS.
-    #[serde(default)]
-    pub remote: Option<RepoRecord>,
-}
+impl Write {
+    /// Whether the write must reach the disk before the caller acts on it.
+    /// Bookkeeping may be lost in a crash; everything else may not.
+    pub fn needs_durability(&self) -> bool {
+        !matches!(self, Write::Bookkeeping(..))
+    }
 
-impl RepoEntry {
-    /// A new entry with an empty record.
-    pub fn new(repo_id: RepoId, locator: Option<Locator>, peers: Vec<PeerHint>) -> Self {
-        let mut record = RepoRecord::empty(repo_id);
-        record.peers = peers;
-        Self {
-            record,
-            locator,
-            added_at: unix_now(),
-            last_sync: None,
-            last_poll: None,
-            last_error: None,
-            materialized: None,
-            pack_count: 0,
-            bytes_pinned: 0,
-            seq: 0,
-            statement: None,
-            trusted: Vec::new(),
-            write_back_pending: false,
-            remote: None,
+    /// The repository written.
+    pub fn repo_id(&self) -> &RepoId {
+        match self {
+            Write::Config(c) => &c.repo_id,
+            Write::Record(id, _)
+            | Write::Held(id, _)
+            | Write::Bookkeeping(id, _)
+            | Write::Remove(id) => id,
         }
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Handle to the node database. Cheap to clone.
@@ -173,7 +126,7 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (or create) the database file.
+    /// Open (or create) the database file, converting an older format.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = match Database::create(path) {
             Ok(db) => db,
@@ -186,8 +139,15 @@ impl Store {
         };
         let tx = redb_try!("creating tables", db.begin_write());
         {
-            redb_try!("creating tables", tx.open_table(REPOS));
-            redb_try!("creating tables", tx.open_table(META));
+            for table in [CONFIG, RECORDS, HELD, BOOKKEEPING, META] {
+                redb_try!("creating tables", tx.open_table(table));
+            }
+            let legacy = redb_try!("listing tables", tx.list_tables())
+                .any(|t| t.name() == LEGACY_REPOS.name());
+            if legacy {
+                migrate_legacy(&tx)?;
+                redb_try!("removing the old table", tx.delete_table(LEGACY_REPOS));
+            }
         }
         redb_try!("creating tables", tx.commit());
         Ok(Self {
@@ -195,99 +155,67 @@ impl Store {
         })
     }
 
-    /// Insert a repository unless it is already tracked. Returns whether it was new.
-    pub fn insert_repo(&self, entry: &RepoEntry) -> Result<bool, StoreError> {
-        let key = entry.record.repo_id.to_string();
-        let tx = redb_try!("adding a repository", self.db.begin_write());
-        let inserted = {
-            let mut table = redb_try!("adding a repository", tx.open_table(REPOS));
-            if redb_try!("adding a repository", table.get(key.as_str())).is_some() {
-                false
-            } else {
-                let bytes = serde_json::to_vec(entry).expect("entry serializes");
-                redb_try!(
-                    "adding a repository",
-                    table.insert(key.as_str(), bytes.as_slice())
-                );
-                true
-            }
-        };
-        redb_try!("adding a repository", tx.commit());
-        Ok(inserted)
+    /// Every tracked repository, ordered by id.
+    pub fn load_all(&self) -> Result<Vec<RepoRow>, StoreError> {
+        let tx = redb_try!("reading repositories", self.db.begin_read());
+        let configs: BTreeMap<String, RepoConfig> = read_table(&tx, CONFIG, "repo_config_v2")?;
+        let mut records: BTreeMap<String, RecordCopy> = read_table(&tx, RECORDS, "repo_record_v2")?;
+        let mut held: BTreeMap<String, Held> = read_table(&tx, HELD, "repo_held_v2")?;
+        let mut books: BTreeMap<String, Bookkeeping> =
+            read_table(&tx, BOOKKEEPING, "repo_bookkeeping_v2")?;
+        Ok(configs
+            .into_iter()
+            .map(|(key, config)| RepoRow {
+                config,
+                record: records.remove(&key),
+                held: held.remove(&key),
+                bookkeeping: books.remove(&key).unwrap_or_default(),
+            })
+            .collect())
     }
 
-    /// Read one repository.
-    pub fn repo(&self, repo_id: &RepoId) -> Result<Option<RepoEntry>, StoreError> {
-        let tx = redb_try!("reading a repository", self.db.begin_read());
-        let table = redb_try!("reading a repository", tx.open_table(REPOS));
-        let value = redb_try!("reading a repository", table.get(repo_id.as_str()));
-        value
-            .map(|v| decode(repo_id.as_str(), v.value()))
-            .transpose()
-    }
-
-    /// Read one repository, failing when it is not tracked.
-    pub fn require_repo(&self, repo_id: &RepoId) -> Result<RepoEntry, StoreError> {
-        self.repo(repo_id)?
-            .ok_or_else(|| StoreError::UnknownRepo(repo_id.to_string()))
-    }
-
-    /// All tracked repositories, ordered by id.
-    pub fn repos(&self) -> Result<Vec<RepoEntry>, StoreError> {
-        let tx = redb_try!("listing repositories", self.db.begin_read());
-        let table = redb_try!("listing repositories", tx.open_table(REPOS));
-        let mut out = Vec::new();
-        for item in redb_try!("listing repositories", table.iter()) {
-            let (k, v) = redb_try!("listing repositories", item);
-            out.push(decode(k.value(), v.value())?);
+    /// Apply `writes` in one transaction, in order; on disk when this returns.
+    pub fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
         }
-        Ok(out)
-    }
-
-    /// Number of tracked repositories.
-    pub fn repo_count(&self) -> Result<u64, StoreError> {
-        let tx = redb_try!("counting repositories", self.db.begin_read());
-        let table = redb_try!("counting repositories", tx.open_table(REPOS));
-        Ok(redb_try!("counting repositories", table.len()))
-    }
-
-    /// Apply `change` to a tracked repository in one transaction and return the
-    /// new entry. Fails with [`StoreError::UnknownRepo`] if it is not tracked.
-    pub fn update_repo<T>(
-        &self,
-        repo_id: &RepoId,
-        change: impl FnOnce(&mut RepoEntry) -> T,
-    ) -> Result<(RepoEntry, T), StoreError> {
-        let tx = redb_try!("updating a repository", self.db.begin_write());
-        let result = {
-            let mut table = redb_try!("updating a repository", tx.open_table(REPOS));
-            let mut entry = match redb_try!("updating a repository", table.get(repo_id.as_str())) {
-                Some(v) => decode(repo_id.as_str(), v.value())?,
-                None => return Err(StoreError::UnknownRepo(repo_id.to_string())),
-            };
-            let out = change(&mut entry);
-            let bytes = serde_json::to_vec(&entry).expect("entry serializes");
-            redb_try!(
-                "updating a repository",
-                table.insert(repo_id.as_str(), bytes.as_slice())
-            );
-            (entry, out)
-        };
-        redb_try!("updating a repository", tx.commit());
-        Ok(result)
-    }
-
-    /// Stop tracking a repository. Returns the removed entry, if it was tracked.
-    pub fn remove_repo(&self, repo_id: &RepoId) -> Result<Option<RepoEntry>, StoreError> {
-        let tx = redb_try!("removing a repository", self.db.begin_write());
-        let removed = {
-            let mut table = redb_try!("removing a repository", tx.open_table(REPOS));
-            let old = redb_try!("removing a repository", table.remove(repo_id.as_str()));
-            old.map(|v| decode(repo_id.as_str(), v.value()))
-                .transpose()?
-        };
-        redb_try!("removing a repository", tx.commit());
-        Ok(removed)
+        let tx = redb_try!("writing repositories", self.db.begin_write());
+        {
+            let mut config = redb_try!("writing repositories", tx.open_table(CONFIG));
+            let mut records = redb_try!("writing repositories", tx.open_table(RECORDS));
+            let mut held = redb_try!("writing repositories", tx.open_table(HELD));
+            let mut books = redb_try!("writing repositories", tx.open_table(BOOKKEEPING));
+            for write in writes {
+                let key = write.repo_id().as_str();
+                match write {
+                    Write::Config(c) => {
+                        redb_try!(
+                            "writing repositories",
+                            config.insert(key, json(c).as_slice())
+                        );
+                    }
+                    Write::Record(_, r) => put(&mut records, key, r.as_ref())?,
+                    Write::Held(_, h) => put(&mut held, key, h.as_deref())?,
+                    Write::Bookkeeping(_, b) => {
+                        // Bookkeeping of a repository removed meanwhile is dropped.
+                        if redb_try!("writing repositories", config.get(key)).is_some() {
+                            redb_try!(
+                                "writing repositories",
+                                books.insert(key, json(b).as_slice())
+                            );
+                        }
+                    }
+                    Write::Remove(_) => {
+                        redb_try!("removing a repository", config.remove(key));
+                        redb_try!("removing a repository", records.remove(key));
+                        redb_try!("removing a repository", held.remove(key));
+                        redb_try!("removing a repository", books.remove(key));
+                    }
+                }
+            }
+        }
+        redb_try!("writing repositories", tx.commit());
+        Ok(())
     }
 
     /// Read a metadata value.
@@ -298,7 +226,7 @@ impl Store {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
-    /// Write a metadata value.
+    /// Write a metadata value durably.
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let tx = redb_try!("writing metadata", self.db.begin_write());
         {
@@ -308,57 +236,257 @@ impl Store {
         redb_try!("writing metadata", tx.commit());
         Ok(())
     }
+
+    /// Number of tracked repositories.
+    pub fn repo_count(&self) -> Result<u64, StoreError> {
+        let tx = redb_try!("counting repositories", self.db.begin_read());
+        let table = redb_try!("counting repositories", tx.open_table(CONFIG));
+        Ok(redb_try!("counting repositories", table.len()))
+    }
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<RepoEntry, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: key.to_string(),
-        message: e.to_string(),
-    })
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("plain data serializes")
+}
+
+fn put<T: Serialize>(
+    table: &mut redb::Table<&str, &[u8]>,
+    key: &str,
+    value: Option<&T>,
+) -> Result<(), StoreError> {
+    match value {
+        Some(v) => {
+            redb_try!(
+                "writing repositories",
+                table.insert(key, json(v).as_slice())
+            );
+        }
+        None => {
+            redb_try!("writing repositories", table.remove(key));
+        }
+    }
+    Ok(())
+}
+
+fn read_table<T: DeserializeOwned>(
+    tx: &redb::ReadTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    name: &'static str,
+) -> Result<BTreeMap<String, T>, StoreError> {
+    let table = redb_try!("reading repositories", tx.open_table(def));
+    let mut out = BTreeMap::new();
+    for item in redb_try!("reading repositories", table.iter()) {
+        let (k, v) = redb_try!("reading repositories", item);
+        let value = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+            table: name,
+            key: k.value().to_string(),
+            message: e.to_string(),
+        })?;
+        out.insert(k.value().to_string(), value);
+    }
+    Ok(out)
+}
+
+/// A repository row as the first format stored it: one JSON value holding
+/// the merged record, with every peer ever trusted in one list.
+#[derive(Deserialize)]
+struct LegacyEntry {
+    record: RepoRecord,
+    #[serde(default)]
+    locator: Option<Locator>,
+    added_at: u64,
+    #[serde(default)]
+    last_sync: Option<u64>,
+    #[serde(default)]
+    last_poll: Option<u64>,
+    #[serde(default)]
+    last_error: Option<String>,
+    #[serde(default)]
+    materialized: Option<String>,
+    #[serde(default)]
+    pack_count: usize,
+    #[serde(default)]
+    bytes_pinned: u64,
+    #[serde(default)]
+    statement: Option<SignedStatement>,
+    #[serde(default)]
+    trusted: Vec<String>,
+    #[serde(default)]
+    write_back_pending: bool,
+    #[serde(default)]
+    remote: Option<RepoRecord>,
+}
+
+/// Convert `repos_v1` rows into the current tables. Peers the old format
+/// trusted but the last-read record does not list become operator peers
+/// (the old format did not tell them apart); other hints become learned
+/// hints. A held state is kept when its statement names it.
+fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let rows: BTreeMap<String, serde_json::Value> = {
+        let table = redb_try!("reading the old table", tx.open_table(LEGACY_REPOS));
+        let mut rows = BTreeMap::new();
+        for item in redb_try!("reading the old table", table.iter()) {
+            let (k, v) = redb_try!("reading the old table", item);
+            match serde_json::from_slice(v.value()) {
+                Ok(value) => {
+                    rows.insert(k.value().to_string(), value);
+                }
+                Err(e) => warn!(repo = k.value(), error = %e, "dropping an unreadable old entry"),
+            }
+        }
+        rows
+    };
+    let now_ms = crate::clock::unix_millis();
+    let mut writes = Vec::new();
+    for (key, value) in rows {
+        let entry: LegacyEntry = match serde_json::from_value(value) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(repo = %key, error = %e, "dropping an unreadable old entry");
+                continue;
+            }
+        };
+        writes.extend(convert_legacy(entry, now_ms));
+    }
+    let count = writes
+        .iter()
+        .filter(|w| matches!(w, Write::Config(_)))
+        .count();
+    let mut config = redb_try!("converting the old table", tx.open_table(CONFIG));
+    let mut records = redb_try!("converting the old table", tx.open_table(RECORDS));
+    let mut held = redb_try!("converting the old table", tx.open_table(HELD));
+    let mut books = redb_try!("converting the old table", tx.open_table(BOOKKEEPING));
+    for write in &writes {
+        let key = write.repo_id().as_str();
+        match write {
+            Write::Config(c) => {
+                redb_try!("converting", config.insert(key, json(c).as_slice()));
+            }
+            Write::Record(_, r) => put(&mut records, key, r.as_ref())?,
+            Write::Held(_, h) => put(&mut held, key, h.as_deref())?,
+            Write::Bookkeeping(_, b) => {
+                redb_try!("converting", books.insert(key, json(b).as_slice()));
+            }
+            Write::Remove(_) => {}
+        }
+    }
+    info!(
+        repositories = count,
+        "converted the database to the current format"
+    );
+    Ok(())
+}
+
+fn convert_legacy(entry: LegacyEntry, now_ms: u64) -> Vec<Write> {
+    let repo_id = entry.record.repo_id.clone();
+    let record_peers: Vec<&str> = entry
+        .remote
+        .iter()
+        .flat_map(|r| r.peers.iter().map(|p| p.node_id.as_str()))
+        .collect();
+    let in_record = |p: &PeerHint| record_peers.contains(&p.node_id.as_str());
+    let (operator_peers, learned): (Vec<PeerHint>, Vec<PeerHint>) = entry
+        .record
+        .peers
+        .iter()
+        .filter(|p| !in_record(p))
+        .cloned()
+        .partition(|p| entry.trusted.contains(&p.node_id));
+    let config = RepoConfig {
+        repo_id: repo_id.clone(),
+        added_at: entry.added_at,
+        origin: Origin::Operator,
+        locator: entry.locator,
+        operator_peers,
+    };
+    let record = entry.remote.map(|record| RecordCopy {
+        record,
+        read_at: entry.last_poll.unwrap_or(0),
+        pending: false,
+    });
+    let held = match (&entry.materialized, entry.statement) {
+        (Some(manifest), Some(statement))
+            if data_encoding::HEXLOWER.encode(&statement.statement.manifest) == *manifest
+                && entry.record.manifest.as_ref() == Some(manifest) =>
+        {
+            Some(Box::new(Held {
+                manifest: manifest.clone(),
+                head: entry.record.head.clone(),
+                statement,
+                pack_count: entry.pack_count,
+                bytes: entry.bytes_pinned,
+                since: entry.last_sync.unwrap_or(entry.added_at),
+                write_back_pending: entry.write_back_pending,
+            }))
+        }
+        _ => None,
+    };
+    let bookkeeping = Bookkeeping {
+        hints: learned
+            .into_iter()
+            .map(|hint| LearnedHint {
+                hint,
+                seen_ms: now_ms,
+            })
+            .collect(),
+        last_poll: entry.last_poll,
+        last_error: entry.last_error,
+    };
+    vec![
+        Write::Config(config),
+        Write::Record(repo_id.clone(), record),
+        Write::Held(repo_id.clone(), held),
+        Write::Bookkeeping(repo_id, bookkeeping),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::announce::Statement;
 
     fn rid(s: &str) -> RepoId {
         RepoId::parse(s).unwrap()
     }
 
+    fn config(id: &str) -> RepoConfig {
+        RepoConfig::new(rid(id), Origin::Operator, 7)
+    }
+
     #[test]
-    fn repos_survive_reopen() {
+    fn rows_survive_reopen_and_removal_clears_every_part() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("knotd.redb");
+        let one = rid("did:plc:a/one");
         {
             let store = Store::open(&path).unwrap();
-            assert!(
-                store
-                    .insert_repo(&RepoEntry::new(rid("did:plc:a/one"), None, vec![]))
-                    .unwrap()
-            );
-            assert!(
-                !store
-                    .insert_repo(&RepoEntry::new(rid("did:plc:a/one"), None, vec![]))
-                    .unwrap()
-            );
             store
-                .insert_repo(&RepoEntry::new(rid("did:plc:a/two"), None, vec![]))
+                .commit(&[
+                    Write::Config(config("did:plc:a/one")),
+                    Write::Config(config("did:plc:a/two")),
+                ])
                 .unwrap();
+            let book = Bookkeeping {
+                last_poll: Some(9),
+                ..Default::default()
+            };
             store
-                .update_repo(&rid("did:plc:a/two"), |e| e.pack_count = 3)
+                .commit(&[Write::Bookkeeping(one.clone(), book)])
                 .unwrap();
         }
         let store = Store::open(&path).unwrap();
-        let repos = store.repos().unwrap();
-        assert_eq!(repos.len(), 2);
-        assert_eq!(repos[1].pack_count, 3);
+        let rows = store.load_all().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].bookkeeping.last_poll, Some(9));
         assert_eq!(store.repo_count().unwrap(), 2);
-        assert!(store.remove_repo(&rid("did:plc:a/one")).unwrap().is_some());
-        assert!(store.remove_repo(&rid("did:plc:a/one")).unwrap().is_none());
-        assert!(matches!(
-            store.update_repo(&rid("did:plc:a/one"), |_| ()),
-            Err(StoreError::UnknownRepo(_))
-        ));
+        store.commit(&[Write::Remove(one.clone())]).unwrap();
+        // Bookkeeping arriving after a removal does not resurrect the row.
+        store
+            .commit(&[Write::Bookkeeping(one, Bookkeeping::default())])
+            .unwrap();
+        let rows = store.load_all().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].config.repo_id.as_str(), "did:plc:a/two");
     }
 
     #[test]
@@ -368,5 +496,80 @@ mod tests {
         let _first = Store::open(&path).unwrap();
         let err = Store::open(&path).unwrap_err();
         assert!(err.to_string().contains("another knotd"), "{err}");
+    }
+
+    #[test]
+    fn the_first_format_is_converted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("knotd.redb");
+        let key = iroh::SecretKey::from_bytes(&[1; 32]);
+        let operator = iroh::SecretKey::from_bytes(&[2; 32]).public().to_string();
+        let from_record = iroh::SecretKey::from_bytes(&[3; 32]).public().to_string();
+        let stranger = iroh::SecretKey::from_bytes(&[4; 32]).public().to_string();
+        let manifest = [9u8; 32];
+        let hex = data_encoding::HEXLOWER.encode(&manifest);
+        let statement = Statement {
+            repo_id: "did:plc:a/one".into(),
+            head: None,
+            manifest,
+            seq: 5,
+            publisher: *key.public().as_bytes(),
+        }
+        .sign(&key);
+        let hint = |id: &str| PeerHint::new(id.to_string(), vec![], None);
+        let mut record = RepoRecord::empty(rid("did:plc:a/one"));
+        record.manifest = Some(hex.clone());
+        record.peers = vec![hint(&operator), hint(&from_record), hint(&stranger)];
+        let mut remote = RepoRecord::empty(rid("did:plc:a/one"));
+        remote.peers = vec![hint(&from_record)];
+        let old = serde_json::json!({
+            "record": record,
+            "locator": null,
+            "added_at": 3,
+            "materialized": hex,
+            "pack_count": 1,
+            "bytes_pinned": 100,
+            "seq": 5,
+            "statement": statement,
+            "trusted": [operator, from_record],
+            "remote": remote,
+        });
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(LEGACY_REPOS).unwrap();
+                t.insert(
+                    "did:plc:a/one",
+                    serde_json::to_vec(&old).unwrap().as_slice(),
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let rows = store.load_all().unwrap();
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        let ops: Vec<&str> = row
+            .config
+            .operator_peers
+            .iter()
+            .map(|p| p.node_id.as_str())
+            .collect();
+        assert_eq!(ops, vec![operator.as_str()]);
+        assert_eq!(row.record.as_ref().unwrap().record.peers.len(), 1);
+        let held = row.held.as_ref().unwrap();
+        assert_eq!((held.manifest.as_str(), held.seq()), (hex.as_str(), 5));
+        let learned: Vec<&str> = row
+            .bookkeeping
+            .hints
+            .iter()
+            .map(|h| h.hint.node_id.as_str())
+            .collect();
+        assert_eq!(learned, vec![stranger.as_str()]);
+        drop(store);
+        // Converted once: reopening finds the new tables only.
+        assert_eq!(Store::open(&path).unwrap().load_all().unwrap(), rows);
     }
 }

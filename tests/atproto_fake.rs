@@ -23,7 +23,7 @@ use knotd::{
     poller::{PollError, PollOutcome, PollSettings, Poller, PollerGone, PollerHandle},
     record::{COLLECTION, RecordError, RepoRecord},
     repo_id::RepoId,
-    store::Locator,
+    state::Locator,
 };
 use serde_json::{Value, json};
 use tokio::{sync::mpsc, task::JoinSet};

@@ -11,7 +11,7 @@ use knotd::{
     poller::{PollSettings, Poller},
     record::{COLLECTION, PeerHint, RepoRecord},
     repo_id::RepoId,
-    store::Locator,
+    state::Locator,
 };
 use pds::TestPds;
 use tokio::{sync::mpsc, task::JoinSet};

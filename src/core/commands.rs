@@ -1,0 +1,368 @@
+//! Admin commands that change what the node tracks: add, remove, publish,
+//! sync. Each either answers at once or leaves its caller waiting on the
+//! repository (a queued publish, a `sync` waiting to settle).
+
+use tracing::info;
+
+use super::{
+    Core, CoreCommand, Effect, Now, ReplyId, TimerKey,
+    queue::Lane,
+    repo::{PendingPublish, Repo},
+};
+use crate::{
+    admin::{Payload, Reply},
+    record::{self, PeerHint},
+    repo_id::RepoId,
+    state::{Bookkeeping, Locator, Origin, RepoConfig, RepoRow},
+    store::Write,
+};
+
+impl Core {
+    pub(super) fn handle_command(&mut self, reply: ReplyId, command: CoreCommand, now: Now) {
+        let repo_id = match &command {
+            CoreCommand::AddRepo { repo_id, .. }
+            | CoreCommand::RemoveRepo { repo_id }
+            | CoreCommand::Publish { repo_id, .. }
+            | CoreCommand::Sync { repo_id } => repo_id.clone(),
+        };
+        if self.repos.get(&repo_id).is_some_and(|r| r.removing) {
+            return self.reply_err(
+                reply,
+                format!("{repo_id} is being removed; try again in a moment"),
+            );
+        }
+        match command {
+            CoreCommand::AddRepo {
+                repo_id,
+                locator,
+                peers,
+            } => self.add_repo(reply, repo_id, locator, peers, now),
+            CoreCommand::RemoveRepo { repo_id } => self.remove_repo(reply, &repo_id, now),
+            CoreCommand::Publish {
+                repo_id,
+                source,
+                force,
+                expected_manifest,
+            } => {
+                let created = self.track_new(&repo_id, Origin::Publish, None, now);
+                if created {
+                    info!(repo = %repo_id, "repository added by publish");
+                }
+                let repo = self.repos.get_mut(&repo_id).expect("tracked above");
+                repo.publishes.push_back(PendingPublish {
+                    reply,
+                    source,
+                    force,
+                    expected_manifest,
+                    created,
+                });
+                self.queue.push(&repo_id, Lane::Interactive);
+                self.pump(now);
+            }
+            CoreCommand::Sync { repo_id } => self.sync(reply, &repo_id, now),
+        }
+    }
+
+    /// Start tracking `repo_id` unless it is tracked; returns whether it was new.
+    fn track_new(
+        &mut self,
+        repo_id: &RepoId,
+        origin: Origin,
+        locator: Option<Locator>,
+        now: Now,
+    ) -> bool {
+        if self.repos.contains_key(repo_id) {
+            return false;
+        }
+        let mut config = RepoConfig::new(repo_id.clone(), origin, now.unix_secs());
+        config.locator = locator.clone();
+        self.out
+            .push(Effect::Persist(Write::Config(config.clone())));
+        self.repos.insert(
+            repo_id.clone(),
+            Repo::from_row(RepoRow {
+                config,
+                record: None,
+                held: None,
+                bookkeeping: Bookkeeping::default(),
+            }),
+        );
+        if let Some(locator) = locator {
+            self.out.push(Effect::TrackRecord {
+                repo: repo_id.clone(),
+                locator,
+            });
+        }
+        true
+    }
+
+    fn add_repo(
+        &mut self,
+        reply: ReplyId,
+        repo_id: RepoId,
+        locator: Option<Locator>,
+        peers: Vec<PeerHint>,
+        now: Now,
+    ) {
+        let created = self.track_new(&repo_id, Origin::Operator, locator.clone(), now);
+        let repo = self.repos.get_mut(&repo_id).expect("tracked above");
+        let mut config = repo.config.clone();
+        config.origin = Origin::Operator;
+        config.operator_peers = record::merge_peers(config.operator_peers, peers.clone());
+        let new_locator = locator.filter(|l| repo.config.locator.as_ref() != Some(l));
+        if let Some(l) = &new_locator {
+            config.locator = Some(l.clone());
+        }
+        let changed = config != repo.config;
+        repo.config = config.clone();
+        if changed {
+            self.out.push(Effect::Persist(Write::Config(config)));
+        }
+        if let Some(locator) = new_locator.filter(|_| !created) {
+            // Another record: what the old one said no longer counts.
+            repo.record = None;
+            self.out
+                .push(Effect::Persist(Write::Record(repo_id.clone(), None)));
+            self.out.push(Effect::TrackRecord {
+                repo: repo_id.clone(),
+                locator,
+            });
+        }
+        if !peers.is_empty() {
+            self.out.push(Effect::LearnAddrs(peers));
+        }
+        self.ensure_topic(&repo_id, now);
+        let message = if created {
+            info!(repo = %repo_id, "repository added");
+            format!("added {repo_id}")
+        } else {
+            format!("{repo_id} was already tracked; peers and locator updated")
+        };
+        self.reply(reply, Reply::Ok(Payload::Done { message }));
+    }
+
+    fn remove_repo(&mut self, reply: ReplyId, repo_id: &RepoId, now: Now) {
+        if !self.repos.contains_key(repo_id) {
+            return self.reply_err(
+                reply,
+                format!("repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`"),
+            );
+        }
+        info!(repo = %repo_id, "repository removed");
+        let busy = self.repos.get(repo_id).is_some_and(|r| r.job.is_some());
+        if busy {
+            // A job cannot be stopped half-way safely: answer now, and
+            // discard the content when it ends.
+            self.reply(
+                reply,
+                Reply::Ok(Payload::Done {
+                    message: format!(
+                        "removed {repo_id}; its content is deleted when the transfer in progress ends"
+                    ),
+                }),
+            );
+        } else if let Some(repo) = self.repos.get_mut(repo_id) {
+            repo.removal_reply = Some(reply);
+        }
+        self.forget(repo_id, now);
+    }
+
+    /// Stop tracking a repository: persist the removal, leave its topic,
+    /// stop its record, fail its callers, and discard its content once no
+    /// job runs on it.
+    pub(super) fn forget(&mut self, repo_id: &RepoId, now: Now) {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return;
+        };
+        repo.removing = true;
+        repo.want = None;
+        let publishes: Vec<ReplyId> = repo.publishes.drain(..).map(|p| p.reply).collect();
+        let waiters = std::mem::take(&mut repo.sync.waiters);
+        repo.sync = Default::default();
+        let had_topic = repo.topic.take().is_some();
+        let had_record = repo.config.locator.is_some();
+        self.out
+            .push(Effect::Persist(Write::Remove(repo_id.clone())));
+        if had_topic {
+            self.out.push(Effect::LeaveTopic {
+                repo: repo_id.clone(),
+            });
+        }
+        if had_record {
+            self.out.push(Effect::UntrackRecord {
+                repo: repo_id.clone(),
+            });
+        }
+        for to in publishes.into_iter().chain(waiters) {
+            self.reply_err(to, format!("{repo_id} was removed"));
+        }
+        self.queue.push(repo_id, Lane::Interactive);
+        self.pump(now);
+    }
+
+    /// `sync`: with a record, poll it and settle on what it names; without
+    /// one, settle on the state held, a state being fetched, or a first
+    /// state a peer announces within the wait.
+    fn sync(&mut self, reply: ReplyId, repo_id: &RepoId, now: Now) {
+        if !self.repos.contains_key(repo_id) {
+            // Never seen: follow `at://<did>/app.knot.repo/<name>`, found
+            // through the owner's DID document. Kept if a state arrives.
+            let locator = Locator::default_for(repo_id, None);
+            self.track_new(repo_id, Origin::Sync, Some(locator), now);
+            info!(repo = %repo_id, "following a repository first asked for by sync");
+            self.ensure_topic(repo_id, now);
+        }
+        let repo = self.repos.get_mut(repo_id).expect("tracked above");
+        repo.sync.waiters.push(reply);
+        if repo.sync.waiters.len() == 1 {
+            repo.sync.bytes_fetched = 0;
+            repo.sync.message = None;
+            repo.sync.poll_error = None;
+        }
+        if repo.config.locator.is_some() {
+            if !repo.sync.awaiting_poll {
+                repo.sync.awaiting_poll = true;
+                self.out.push(Effect::PollNow {
+                    repo: repo_id.clone(),
+                });
+            }
+            return;
+        }
+        if repo.want.is_some() {
+            // Someone waits now: the fetch goes ahead of background work,
+            // and a failed one is tried again at once.
+            if let Some(want) = &mut repo.want {
+                want.not_before = None;
+            }
+            self.queue.push(repo_id, Lane::Interactive);
+            self.pump(now);
+        } else if repo.held.is_none() && repo.job.is_none() && repo.sync.first_state_round.is_none()
+        {
+            let round = self.next_round;
+            self.next_round += 1;
+            repo.sync.first_state_round = Some(round);
+            let peers = repo.dial_targets(self.me);
+            for peer in peers {
+                self.out.push(Effect::Pull {
+                    peer,
+                    repos: vec![repo_id.clone()],
+                });
+            }
+            let at = now.at + self.settings.first_state_wait;
+            self.set_timer(TimerKey::FirstState(repo_id.clone(), round), at);
+        }
+        self.settle_sync(repo_id, now);
+    }
+
+    fn first_state_expired_message(&self, repo_id: &RepoId) -> String {
+        let peers = self
+            .repos
+            .get(repo_id)
+            .map(|r| {
+                r.dial_targets(self.me)
+                    .iter()
+                    .map(|p| p.fmt_short().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".into());
+        format!(
+            "no state of {repo_id} arrived within {:?}: no record names a manifest and no trusted peer announced one (peers known: {peers}); add a peer with `knotd admin add-repo {repo_id} --peer <ticket>` or a record with --pds",
+            self.settings.first_state_wait
+        )
+    }
+
+    pub(super) fn first_state_expired(&mut self, repo_id: &RepoId, round: u64, now: Now) {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return;
+        };
+        if repo.sync.first_state_round != Some(round) {
+            return; // a timer of an earlier round
+        }
+        repo.sync.first_state_round = None;
+        if repo.held.is_none() && repo.job.is_none() && repo.want.is_none() {
+            let message = self.first_state_expired_message(repo_id);
+            self.answer_sync(repo_id, Err(message), now);
+        } else {
+            self.settle_sync(repo_id, now);
+        }
+    }
+
+    /// Answer `sync` callers once nothing they wait for is left: no poll
+    /// pending, no job running or queued for them, no first state awaited.
+    /// A fetch that failed answers with its error (it is retried anyway).
+    pub(super) fn settle_sync(&mut self, repo_id: &RepoId, now: Now) {
+        let Some(repo) = self.repos.get(repo_id) else {
+            return;
+        };
+        let sync = &repo.sync;
+        if sync.waiters.is_empty() || sync.awaiting_poll || repo.job.is_some() {
+            return;
+        }
+        if !repo.publishes.is_empty() {
+            return;
+        }
+        let outcome = match &repo.want {
+            Some(want) if want.attempts == 0 => return, // queued, not tried yet
+            Some(_) => Err(repo
+                .book
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "the fetch failed; it is retried".into())),
+            None if repo.held.is_some() => Ok(()),
+            None if sync.first_state_round.is_some() => return,
+            None => Err(self.no_state_message(repo)),
+        };
+        self.answer_sync(repo_id, outcome, now);
+    }
+
+    fn no_state_message(&self, repo: &Repo) -> String {
+        let repo_id = &repo.config.repo_id;
+        match (&repo.record, repo.sync.poll_error.as_deref()) {
+            (_, Some(poll_error)) => {
+                format!("cannot read the record of {repo_id}: {poll_error}; no copy is held yet")
+            }
+            (Some(_), None) => {
+                format!("the record of {repo_id} names no manifest yet; publish first")
+            }
+            (None, None) if repo.config.locator.is_some() => {
+                format!("the record of {repo_id} names no manifest yet; publish first")
+            }
+            (None, None) => self.first_state_expired_message(repo_id),
+        }
+    }
+
+    /// Answer every `sync` caller of `repo_id`. A repository first asked
+    /// for by `sync` is kept once it holds a state and forgotten otherwise.
+    fn answer_sync(&mut self, repo_id: &RepoId, outcome: Result<(), String>, now: Now) {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return;
+        };
+        let waiters = std::mem::take(&mut repo.sync.waiters);
+        let sync = std::mem::take(&mut repo.sync);
+        let reply = match outcome {
+            Ok(()) => {
+                let message = sync.message.clone().unwrap_or_else(|| {
+                    if let Some(error) = &sync.poll_error {
+                        format!("record poll failed ({error}); serving the state held")
+                    } else if sync.bytes_fetched > 0 {
+                        "fetched from peers".into()
+                    } else {
+                        "up to date".into()
+                    }
+                });
+                Reply::Ok(self.sync_report(repo_id, sync.bytes_fetched, message))
+            }
+            Err(message) => Reply::Error(message),
+        };
+        let repo = self.repos.get_mut(repo_id).expect("present above");
+        let unheld_guess = repo.config.origin == Origin::Sync && repo.held.is_none();
+        if matches!(reply, Reply::Error(_)) && unheld_guess && repo.job.is_none() {
+            self.forget(repo_id, now);
+        }
+        for to in waiters {
+            self.reply(to, reply.clone());
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Announcements, gossip topics and direct pulls.
+//!
+//! A verified announcement is judged by [`super::trust`]; one taken becomes
+//! the wanted state. Its sender is remembered as a learned hint only when it
+//! is trusted or provides a state of interest, so strangers announcing
+//! anything else leave no trace. Topics are joined while a repository has
+//! something to serve or someone to ask; a topic left without neighbours
+//! re-dials its peers and pulls their announcements, with a backoff per
+//! repository and per peer, in one pull per peer for up to
+//! [`crate::heads::MAX_PULL_REPOS`] repositories.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use iroh::EndpointId;
+use tracing::{debug, info};
+
+use super::{
+    Audience, Core, Effect, MAX_PULL_PEERS, Now, TimerKey, Via, hints, queue,
+    repo::{MAX_PEERS_CONTACTED, Topic, Want, WantSource},
+    trust::{self, Verdict},
+};
+use crate::{
+    announce::Announcement, content::hex, heads::MAX_PULL_REPOS, record::PeerHint, repo_id::RepoId,
+};
+
+impl Core {
+    pub(super) fn handle_announcement(
+        &mut self,
+        repo_id: &RepoId,
+        announcement: Announcement,
+        via: Via,
+        now: Now,
+    ) {
+        self.counters.received += 1;
+        let me = self.me;
+        let Some(repo) = self.repos.get_mut(repo_id).filter(|r| !r.removing) else {
+            return;
+        };
+        let Some(sender) = announcement.sender_id() else {
+            return;
+        };
+        if sender == me {
+            return;
+        }
+        let statement = &announcement.statement.statement;
+        let trusted = repo.trusted(me);
+        let verdict = trust::judge_statement(
+            statement,
+            sender,
+            &trusted,
+            repo.held_position(),
+            repo.wanted_position(),
+            now.unix_ms,
+        );
+        if trusted.contains(&sender) || !matches!(verdict, Verdict::Reject(_)) {
+            let hint = PeerHint::new(
+                sender.to_string(),
+                announcement
+                    .sender_addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
+                None,
+            );
+            let expired = hints::expire(&mut repo.book.hints, now.unix_ms);
+            let learned = hints::remember(&mut repo.book.hints, hint.clone(), now.unix_ms);
+            if learned {
+                self.out.push(Effect::LearnAddrs(vec![hint]));
+            }
+            if learned || expired {
+                self.persist_book(repo_id);
+            }
+        }
+        let repo = self.repos.get_mut(repo_id).expect("present above");
+        match verdict {
+            Verdict::Adopt => {
+                info!(repo = %repo_id, manifest = %hex(&statement.manifest_hash()), seq = statement.seq, from = %sender.fmt_short(), ?via, "taking an announced state");
+                let mut providers = vec![sender];
+                if let Some(p) = statement
+                    .publisher_id()
+                    .filter(|p| *p != sender && *p != me)
+                {
+                    providers.push(p);
+                }
+                repo.want = Some(Want {
+                    manifest: statement.manifest_hash(),
+                    seq: statement.seq,
+                    source: WantSource::Statement {
+                        statement: Box::new(announcement.statement.clone()),
+                        sender,
+                    },
+                    providers,
+                    attempts: 0,
+                    not_before: None,
+                });
+                self.schedule(repo_id);
+                self.pump(now);
+            }
+            Verdict::Wanted => {
+                if let Some(want) = repo.want.as_mut()
+                    && want.manifest == statement.manifest_hash()
+                    && !want.providers.contains(&sender)
+                    && want.providers.len() < MAX_PEERS_CONTACTED
+                {
+                    want.providers.push(sender);
+                }
+            }
+            Verdict::Held => {}
+            Verdict::Reject(rejection) => {
+                *self
+                    .counters
+                    .rejected
+                    .entry(rejection.reason())
+                    .or_default() += 1;
+                debug!(repo = %repo_id, from = %sender.fmt_short(), publisher = ?statement.publisher_id().map(|p| p.fmt_short().to_string()), seq = statement.seq, reason = rejection.reason(), ?via, "ignoring an announced state");
+            }
+        }
+    }
+
+    pub(super) fn handle_neighbor_up(
+        &mut self,
+        repo_id: &RepoId,
+        peer: EndpointId,
+        addrs: Vec<SocketAddr>,
+        now: Now,
+    ) {
+        let Some(repo) = self.repos.get_mut(repo_id).filter(|r| !r.removing) else {
+            return;
+        };
+        let Some(topic) = repo.topic.as_mut() else {
+            return;
+        };
+        topic.neighbors.insert(peer);
+        topic.rejoin_attempts = 0;
+        topic.rejoin_due = None;
+        debug!(repo = %repo_id, peer = %peer.fmt_short(), "neighbour up");
+        if !addrs.is_empty() {
+            let hint = PeerHint::new(
+                peer.to_string(),
+                addrs.iter().map(|a| a.to_string()).collect(),
+                None,
+            );
+            if hints::remember(&mut repo.book.hints, hint, now.unix_ms) {
+                self.persist_book(repo_id);
+            }
+        }
+        // Greet the newcomer with the state held here.
+        let repo = self.repos.get(repo_id).expect("present above");
+        if let Some(held) = &repo.held {
+            self.out.push(Effect::Announce {
+                repo: repo_id.clone(),
+                statement: held.statement.clone(),
+                audience: Audience::Neighbors,
+            });
+        }
+    }
+
+    pub(super) fn handle_neighbor_down(&mut self, repo_id: &RepoId, peer: EndpointId, now: Now) {
+        let base = self.settings.rejoin_base;
+        let Some(topic) = self.repos.get_mut(repo_id).and_then(|r| r.topic.as_mut()) else {
+            return;
+        };
+        topic.neighbors.remove(&peer);
+        if topic.neighbors.is_empty() {
+            let due = now.at + base;
+            topic.rejoin_due = Some(due);
+            self.arm_rejoin(due);
+        }
+    }
+
+    pub(super) fn handle_topic_closed(&mut self, repo_id: &RepoId, now: Now) {
+        if let Some(repo) = self.repos.get_mut(repo_id) {
+            repo.topic = None;
+        }
+        self.ensure_topic(repo_id, now);
+    }
+
+    /// Join the topic when the repository wants one; when joined already,
+    /// dial the peers known now.
+    pub(super) fn ensure_topic(&mut self, repo_id: &RepoId, now: Now) {
+        let me = self.me;
+        let base = self.settings.rejoin_base;
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return;
+        };
+        if !repo.wants_topic() {
+            return;
+        }
+        let peers = repo.dial_targets(me);
+        match &mut repo.topic {
+            Some(topic) => {
+                if !peers.is_empty() && topic.neighbors.is_empty() {
+                    self.out.push(Effect::DialPeers {
+                        repo: repo_id.clone(),
+                        peers,
+                    });
+                }
+            }
+            None => {
+                let due = now.at + base;
+                repo.topic = Some(Topic {
+                    rejoin_due: Some(due),
+                    ..Topic::default()
+                });
+                self.out.push(Effect::JoinTopic {
+                    repo: repo_id.clone(),
+                    peers,
+                });
+                self.arm_rejoin(due);
+            }
+        }
+    }
+
+    /// Make sure the rejoin sweep runs no later than `due`.
+    fn arm_rejoin(&mut self, due: std::time::Instant) {
+        if self.rejoin_timer.is_none_or(|t| t > due) {
+            self.rejoin_timer = Some(due);
+            self.set_timer(TimerKey::Rejoin, due);
+        }
+    }
+
+    /// Re-dial the peers of every topic without neighbours whose turn has
+    /// come, and pull their announcements, one pull per peer.
+    pub(super) fn rejoin_sweep(&mut self, now: Now) {
+        self.rejoin_timer = None;
+        let me = self.me;
+        let (base, max) = (self.settings.rejoin_base, self.settings.rejoin_max);
+        let mut batches: BTreeMap<EndpointId, Vec<RepoId>> = BTreeMap::new();
+        let mut next: Option<std::time::Instant> = None;
+        for (repo_id, repo) in &mut self.repos {
+            let targets = repo.dial_targets(me);
+            let Some(topic) = repo.topic.as_mut().filter(|t| t.neighbors.is_empty()) else {
+                continue;
+            };
+            let Some(due) = topic.rejoin_due else {
+                continue;
+            };
+            if due > now.at {
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            topic.rejoin_attempts = topic.rejoin_attempts.saturating_add(1);
+            let due = now.at + queue::backoff(base, max, topic.rejoin_attempts + 1);
+            topic.rejoin_due = Some(due);
+            next = Some(next.map_or(due, |n| n.min(due)));
+            if targets.is_empty() {
+                continue;
+            }
+            self.out.push(Effect::DialPeers {
+                repo: repo_id.clone(),
+                peers: targets.clone(),
+            });
+            // Gossip may take a while to notice a restarted peer: ask directly.
+            for peer in targets {
+                batches.entry(peer).or_default().push(repo_id.clone());
+            }
+        }
+        for (peer, repos) in batches {
+            let backoff = self.pulls.get(&peer).copied().unwrap_or_default();
+            if !super::is_due(backoff.not_before, now) {
+                continue;
+            }
+            for chunk in repos.chunks(MAX_PULL_REPOS) {
+                self.out.push(Effect::Pull {
+                    peer,
+                    repos: chunk.to_vec(),
+                });
+            }
+        }
+        if let Some(at) = next {
+            self.arm_rejoin(at);
+        }
+    }
+
+    pub(super) fn handle_pulled(&mut self, peer: EndpointId, ok: bool, now: Now) {
+        if ok {
+            self.pulls.remove(&peer);
+            return;
+        }
+        if self.pulls.len() >= MAX_PULL_PEERS && !self.pulls.contains_key(&peer) {
+            // Forget peers whose backoff ran out rather than grow without bound.
+            self.pulls
+                .retain(|_, b| b.not_before.is_some_and(|t| t > now.at));
+            if self.pulls.len() >= MAX_PULL_PEERS {
+                return;
+            }
+        }
+        let entry = self.pulls.entry(peer).or_default();
+        entry.failures = entry.failures.saturating_add(1);
+        let wait = queue::backoff(
+            self.settings.rejoin_base,
+            self.settings.rejoin_max,
+            entry.failures,
+        );
+        entry.not_before = Some(now.at + wait);
+    }
+}

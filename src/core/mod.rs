@@ -1,0 +1,619 @@
+//! The repository core: every decision about what the node holds, as a
+//! state machine without I/O.
+//!
+//! Events go in ([`Event`]: admin commands, verified announcements, gossip
+//! neighbour changes, record polls, finished jobs and write-backs, timers),
+//! each with the time ([`Now`]); effects come out ([`Effect`]: persist,
+//! start a job, join or leave a topic, announce, pull, poll, write back,
+//! reply, set a timer). The actor in [`crate::knot`] executes the effects in
+//! order and feeds results back as events; nothing here touches a socket, a
+//! file, the database or the clock, so every rule is tested with an
+//! injected clock (see `tests.rs`). The trust rules themselves are the pure
+//! functions of [`trust`].
+//!
+//! The core owns the set of tracked repositories ([`repo::Repo`]): what
+//! was persisted (configuration, the owner's record, the held state,
+//! bookkeeping) plus what is in flight. At most one content job runs per
+//! repository and at most `max_jobs` in all ([`queue`]). A held state is
+//! written durably (the actor commits before executing the effects after
+//! it) before it is announced. What survives a restart is what was
+//! persisted; [`Core::load`] resumes from it.
+
+mod commands;
+mod gossip;
+pub mod hints;
+mod jobs;
+pub mod queue;
+mod records;
+pub mod repo;
+pub mod trust;
+mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use iroh::{EndpointId, SecretKey};
+use iroh_blobs::Hash;
+
+use crate::{
+    admin::Reply,
+    announce::{Announcement, SignedStatement, Statement},
+    record::{PeerHint, RepoRecord},
+    repo_id::RepoId,
+    state::{Locator, RepoRow},
+    store::Write,
+};
+use queue::JobQueue;
+use repo::Repo;
+
+/// Identifies a waiting caller; the actor keeps the reply channel.
+pub type ReplyId = u64;
+/// Identifies a content job.
+pub type JobId = u64;
+
+/// The time an event happens at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time, for timers.
+    pub at: Instant,
+    /// Wall-clock time in milliseconds since the Unix epoch, for `seq`.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// Wall-clock seconds since the Unix epoch.
+    pub fn unix_secs(&self) -> u64 {
+        self.unix_ms / 1000
+    }
+}
+
+/// Tunables of the core, with the defaults the node runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Where materialized repositories live (for reports).
+    pub repos_root: PathBuf,
+    /// Most content jobs running at once.
+    pub max_jobs: usize,
+    /// First wait before a failed fetch or write-back is retried.
+    pub retry_base: Duration,
+    /// Longest wait between retries.
+    pub retry_max: Duration,
+    /// How long `sync` waits for a first state when nothing names one.
+    pub first_state_wait: Duration,
+    /// First wait before a topic without neighbours re-dials its peers.
+    pub rejoin_base: Duration,
+    /// Longest wait between re-dials.
+    pub rejoin_max: Duration,
+    /// Whether the owner's record is written back after a publish.
+    pub write_back: bool,
+}
+
+impl Settings {
+    /// Defaults for a node whose materialized repositories live in `repos_root`.
+    pub fn new(repos_root: PathBuf) -> Self {
+        Self {
+            repos_root,
+            max_jobs: 4,
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(300),
+            first_state_wait: Duration::from_secs(30),
+            rejoin_base: Duration::from_secs(5),
+            rejoin_max: Duration::from_secs(300),
+            write_back: false,
+        }
+    }
+}
+
+/// An admin command that changes what the node tracks or holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CoreCommand {
+    /// Track a repository, or add peers and a record locator to it.
+    AddRepo {
+        /// The repository.
+        repo_id: RepoId,
+        /// Where its record lives.
+        locator: Option<Locator>,
+        /// Peers the operator trusts to publish it.
+        peers: Vec<PeerHint>,
+    },
+    /// Stop tracking a repository and drop its content.
+    RemoveRepo {
+        /// The repository.
+        repo_id: RepoId,
+    },
+    /// Publish a local git repository as the repository's new state.
+    Publish {
+        /// The repository.
+        repo_id: RepoId,
+        /// The local git repository.
+        source: PathBuf,
+        /// Accept non-fast-forward updates.
+        force: bool,
+        /// Refuse unless the held manifest is this one.
+        expected_manifest: Option<String>,
+    },
+    /// Poll the record and fetch what it names, or wait for a first state.
+    Sync {
+        /// The repository.
+        repo_id: RepoId,
+    },
+}
+
+/// How an announcement arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// On the repository's gossip topic.
+    Gossip,
+    /// Pushed or pulled over `/knot/heads/1`.
+    Direct,
+}
+
+/// What a content job produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateInfo {
+    /// The manifest's hash.
+    pub manifest: Hash,
+    /// Object id HEAD resolves to.
+    pub head: Option<String>,
+    /// Packs the manifest lists.
+    pub pack_count: usize,
+    /// Bytes of those packs.
+    pub bytes: u64,
+    /// Bytes fetched from peers, or added by a publish.
+    pub bytes_moved: u64,
+    /// A publish found nothing changed.
+    pub unchanged: bool,
+    /// A publish consolidated all packs into one.
+    pub consolidated: bool,
+}
+
+/// The result of a content job; errors are operator-facing text.
+pub type JobResult = Result<StateInfo, String>;
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// An admin command; the answer goes to `reply`.
+    Command {
+        /// Who waits.
+        reply: ReplyId,
+        /// The command.
+        command: CoreCommand,
+    },
+    /// A verified announcement for a repository.
+    Announcement {
+        /// The repository (the topic's, or the one the statement names).
+        repo: RepoId,
+        /// The verified announcement.
+        announcement: Box<Announcement>,
+        /// How it came.
+        via: Via,
+    },
+    /// A gossip neighbour joined a repository's topic.
+    NeighborUp {
+        /// The repository.
+        repo: RepoId,
+        /// The neighbour.
+        peer: EndpointId,
+        /// Where it was reached.
+        addrs: Vec<SocketAddr>,
+    },
+    /// A gossip neighbour left.
+    NeighborDown {
+        /// The repository.
+        repo: RepoId,
+        /// The neighbour.
+        peer: EndpointId,
+    },
+    /// A topic's subscription ended.
+    TopicClosed {
+        /// The repository.
+        repo: RepoId,
+    },
+    /// A pull from a peer finished (its announcements arrive as events of their own).
+    Pulled {
+        /// The peer.
+        peer: EndpointId,
+        /// Whether it answered.
+        ok: bool,
+    },
+    /// A record poll finished.
+    Polled {
+        /// The repository.
+        repo: RepoId,
+        /// The validated record, or why there is none.
+        result: Result<RepoRecord, String>,
+    },
+    /// A content job finished.
+    JobDone {
+        /// The repository.
+        repo: RepoId,
+        /// The job.
+        job: JobId,
+        /// What it produced.
+        result: JobResult,
+    },
+    /// A write-back finished.
+    WrittenBack {
+        /// The repository.
+        repo: RepoId,
+        /// The record as written, or why not.
+        result: Result<RepoRecord, String>,
+    },
+    /// A timer set with [`Effect::SetTimer`] expired.
+    Timer(TimerKey),
+}
+
+/// A timer; setting one with the same key replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimerKey {
+    /// A failed fetch may be tried again.
+    Retry(RepoId),
+    /// A write-back is due.
+    WriteBack(RepoId),
+    /// A `sync` waiting for a first state gives up (for that round).
+    FirstState(RepoId, u64),
+    /// Topics without neighbours re-dial their peers.
+    Rejoin,
+}
+
+/// What a content job does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobSpec {
+    /// Pack the git repository at `source` as the new state.
+    Publish {
+        /// The local git repository.
+        source: PathBuf,
+        /// Accept non-fast-forward updates.
+        force: bool,
+        /// The state held now, to build on and to restore on failure.
+        previous: Option<Hash>,
+    },
+    /// Fetch what `manifest` needs, materialize, pin.
+    Fetch {
+        /// The manifest.
+        manifest: Hash,
+        /// The state held now, to restore on failure.
+        previous: Option<Hash>,
+        /// Peers to fetch from, best first.
+        providers: Vec<EndpointId>,
+    },
+    /// Unpin everything of the repository and delete its materialized copy.
+    Discard,
+}
+
+/// Who hears an announcement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// Direct gossip neighbours only.
+    Neighbors,
+    /// The whole topic, and these peers directly (not neighbours now).
+    Everyone {
+        /// Peers to push to over `/knot/heads/1`.
+        direct: Vec<EndpointId>,
+    },
+}
+
+/// Something the actor must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Answer a waiting caller.
+    Reply {
+        /// Who.
+        to: ReplyId,
+        /// The answer.
+        reply: Reply,
+    },
+    /// Write to the database; durable writes are committed before the next
+    /// effect runs.
+    Persist(Write),
+    /// Start a content job.
+    StartJob {
+        /// The repository.
+        repo: RepoId,
+        /// The job's id, echoed in [`Event::JobDone`].
+        job: JobId,
+        /// What to do.
+        spec: JobSpec,
+    },
+    /// Join a repository's gossip topic.
+    JoinTopic {
+        /// The repository.
+        repo: RepoId,
+        /// Peers to bootstrap from.
+        peers: Vec<EndpointId>,
+    },
+    /// Dial more peers on a joined topic.
+    DialPeers {
+        /// The repository.
+        repo: RepoId,
+        /// The peers.
+        peers: Vec<EndpointId>,
+    },
+    /// Leave a repository's topic.
+    LeaveTopic {
+        /// The repository.
+        repo: RepoId,
+    },
+    /// Send a statement under this node's envelope.
+    Announce {
+        /// The repository.
+        repo: RepoId,
+        /// The statement.
+        statement: SignedStatement,
+        /// Who hears it.
+        audience: Audience,
+    },
+    /// Ask a peer for its announcements of these repositories.
+    Pull {
+        /// The peer.
+        peer: EndpointId,
+        /// At most [`crate::heads::MAX_PULL_REPOS`] repositories.
+        repos: Vec<RepoId>,
+    },
+    /// Add peers' addresses to the endpoint's address book.
+    LearnAddrs(Vec<PeerHint>),
+    /// Poll a repository's record on the schedule from now on.
+    TrackRecord {
+        /// The repository.
+        repo: RepoId,
+        /// Where the record lives.
+        locator: Locator,
+    },
+    /// Stop polling a repository's record.
+    UntrackRecord {
+        /// The repository.
+        repo: RepoId,
+    },
+    /// Poll a tracked record now; the result comes as [`Event::Polled`].
+    PollNow {
+        /// The repository.
+        repo: RepoId,
+    },
+    /// Write the record back to the owner's PDS, adding this node's peer hint.
+    WriteBack {
+        /// The repository.
+        repo: RepoId,
+        /// Where the record lives.
+        locator: Locator,
+        /// The record to write.
+        record: RepoRecord,
+    },
+    /// Set (or replace) a timer.
+    SetTimer {
+        /// Which.
+        key: TimerKey,
+        /// When it fires.
+        at: Instant,
+    },
+}
+
+/// Per-peer state of direct pulls.
+#[derive(Debug, Clone, Copy, Default)]
+struct PullBackoff {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+/// Most peers whose pull backoff is remembered.
+const MAX_PULL_PEERS: usize = 4096;
+
+/// Announcements received and rejected since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Verified announcements handled.
+    pub received: u64,
+    /// Announcements not taken, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+/// The repository core. See the module documentation.
+pub struct Core {
+    me: EndpointId,
+    key: SecretKey,
+    settings: Settings,
+    repos: BTreeMap<RepoId, Repo>,
+    queue: JobQueue,
+    next_job: JobId,
+    next_round: u64,
+    pulls: HashMap<EndpointId, PullBackoff>,
+    rejoin_timer: Option<Instant>,
+    counters: Counters,
+    out: Vec<Effect>,
+}
+
+impl Core {
+    /// A core for the node with `key`, tracking nothing yet.
+    pub fn new(key: SecretKey, settings: Settings) -> Self {
+        Self {
+            me: key.public(),
+            key,
+            queue: JobQueue::new(settings.max_jobs),
+            settings,
+            repos: BTreeMap::new(),
+            next_job: 1,
+            next_round: 1,
+            pulls: HashMap::new(),
+            rejoin_timer: None,
+            counters: Counters::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> EndpointId {
+        self.me
+    }
+
+    /// Resume from the database: learn every peer's address, join topics,
+    /// follow records, check every held state (repairing what a crash left)
+    /// and resume fetches a restart interrupted.
+    pub fn load(&mut self, rows: Vec<RepoRow>, now: Now) -> Vec<Effect> {
+        for row in rows {
+            let repo_id = row.config.repo_id.clone();
+            let mut repo = Repo::from_row(row);
+            let addrs: Vec<PeerHint> = repo.all_hints().cloned().collect();
+            if !addrs.is_empty() {
+                self.out.push(Effect::LearnAddrs(addrs));
+            }
+            if let Some(locator) = &repo.config.locator {
+                self.out.push(Effect::TrackRecord {
+                    repo: repo_id.clone(),
+                    locator: locator.clone(),
+                });
+            }
+            repo.want = self.resumed_want(&repo);
+            hints::expire(&mut repo.book.hints, now.unix_ms);
+            if self.settings.write_back && repo.held.as_ref().is_some_and(|h| h.write_back_pending)
+            {
+                self.set_timer(TimerKey::WriteBack(repo_id.clone()), now.at);
+            }
+            repo.clear_leftovers = repo.held.is_none();
+            let needs_job = repo.want.is_some() || repo.clear_leftovers;
+            self.repos.insert(repo_id.clone(), repo);
+            self.ensure_topic(&repo_id, now);
+            if needs_job {
+                self.queue.push(&repo_id, queue::Lane::Background);
+            }
+        }
+        self.pump(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// Handle one event; returns the effects to execute, in order.
+    pub fn handle(&mut self, event: Event, now: Now) -> Vec<Effect> {
+        match event {
+            Event::Command { reply, command } => self.handle_command(reply, command, now),
+            Event::Announcement {
+                repo,
+                announcement,
+                via,
+            } => self.handle_announcement(&repo, *announcement, via, now),
+            Event::NeighborUp { repo, peer, addrs } => {
+                self.handle_neighbor_up(&repo, peer, addrs, now)
+            }
+            Event::NeighborDown { repo, peer } => self.handle_neighbor_down(&repo, peer, now),
+            Event::TopicClosed { repo } => self.handle_topic_closed(&repo, now),
+            Event::Pulled { peer, ok } => self.handle_pulled(peer, ok, now),
+            Event::Polled { repo, result } => self.handle_polled(&repo, result, now),
+            Event::JobDone { repo, job, result } => self.handle_job_done(&repo, job, result, now),
+            Event::WrittenBack { repo, result } => self.handle_written_back(&repo, result, now),
+            Event::Timer(key) => self.handle_timer(key, now),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn handle_timer(&mut self, key: TimerKey, now: Now) {
+        match key {
+            TimerKey::Retry(repo) => {
+                let runnable = self.repos.get(&repo).is_some_and(|r| {
+                    r.job.is_none() && r.want.as_ref().is_some_and(|w| is_due(w.not_before, now))
+                });
+                if runnable {
+                    self.schedule(&repo);
+                    self.pump(now);
+                }
+            }
+            TimerKey::WriteBack(repo) => self.start_write_back(&repo, now),
+            TimerKey::FirstState(repo, round) => self.first_state_expired(&repo, round, now),
+            TimerKey::Rejoin => self.rejoin_sweep(now),
+        }
+    }
+
+    /// The held statements of `repo_ids` (unknown or empty ones skipped),
+    /// for a peer that pulls them.
+    pub fn held_statements(&self, repo_ids: &[RepoId]) -> Vec<SignedStatement> {
+        repo_ids
+            .iter()
+            .filter_map(|id| self.repos.get(id))
+            .filter(|r| !r.removing)
+            .filter_map(|r| r.held.as_ref().map(|h| h.statement.clone()))
+            .collect()
+    }
+
+    /// Announcements received and rejected since start.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Content jobs running and repositories waiting for a slot.
+    pub fn job_load(&self) -> (usize, usize) {
+        (self.queue.running(), self.queue.waiting())
+    }
+
+    /// A statement of a state, signed by this node as its publisher.
+    fn own_statement(
+        &self,
+        repo: &RepoId,
+        head: Option<String>,
+        manifest: Hash,
+        seq: u64,
+    ) -> SignedStatement {
+        Statement {
+            repo_id: repo.to_string(),
+            head,
+            manifest: *manifest.as_bytes(),
+            seq,
+            publisher: *self.me.as_bytes(),
+        }
+        .sign(&self.key)
+    }
+
+    fn reply(&mut self, to: ReplyId, reply: Reply) {
+        self.out.push(Effect::Reply { to, reply });
+    }
+
+    fn reply_err(&mut self, to: ReplyId, message: impl Into<String>) {
+        self.reply(to, Reply::Error(message.into()));
+    }
+
+    fn set_timer(&mut self, key: TimerKey, at: Instant) {
+        self.out.push(Effect::SetTimer { key, at });
+    }
+
+    /// Queue the bookkeeping of `repo` for a lazy write.
+    fn persist_book(&mut self, repo: &RepoId) {
+        if let Some(r) = self.repos.get(repo) {
+            self.out.push(Effect::Persist(Write::Bookkeeping(
+                repo.clone(),
+                r.book.clone(),
+            )));
+        }
+    }
+
+    /// Set (or clear) the last error shown for `repo`.
+    fn set_error(&mut self, repo: &RepoId, error: Option<String>) {
+        let Some(r) = self.repos.get_mut(repo) else {
+            return;
+        };
+        if r.book.last_error != error {
+            r.book.last_error = error;
+            self.persist_book(repo);
+        }
+    }
+
+    /// Clear the last error if it came from `kind` (a prefix of its text).
+    fn clear_error_of(&mut self, repo: &RepoId, kind: &str) {
+        let stale = self.repos.get(repo).is_some_and(|r| {
+            r.book
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(kind))
+        });
+        if stale {
+            self.set_error(repo, None);
+        }
+    }
+}
+
+/// Whether a `not_before` time has come.
+fn is_due(not_before: Option<Instant>, now: Now) -> bool {
+    not_before.is_none_or(|t| t <= now.at)
+}

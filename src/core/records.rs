@@ -1,0 +1,197 @@
+//! The owner's record: what a poll changes, and writing it back.
+//!
+//! A polled record replaces the record copy when it differs (durably: its
+//! peers are trusted publishers, so removing one revokes it, across restarts
+//! too). Whether its state is taken is [`super::trust::judge_record`]'s
+//! decision. After a publish, a node with credentials writes the record
+//! back, retrying with backoff until the PDS has the state held.
+
+use tracing::{info, warn};
+
+use super::{
+    Core, Effect, Now, TimerKey, queue,
+    repo::{Want, WantSource},
+    trust::{self, RecordVerdict},
+};
+use crate::{record::RepoRecord, repo_id::RepoId, state::RecordCopy, store::Write};
+
+/// Text every record poll error starts with, so a later success clears it.
+const POLL_ERROR: &str = "record poll failed";
+/// Text every write-back error starts with.
+const WRITE_BACK_ERROR: &str = "write-back failed";
+
+impl Core {
+    pub(super) fn handle_polled(
+        &mut self,
+        repo_id: &RepoId,
+        result: Result<RepoRecord, String>,
+        now: Now,
+    ) {
+        let Some(repo) = self.repos.get_mut(repo_id).filter(|r| !r.removing) else {
+            return;
+        };
+        let record = match result.and_then(|r| {
+            if &r.repo_id == repo_id {
+                Ok(r)
+            } else {
+                Err(format!(
+                    "the record is for {}, not {repo_id}; check the --record locator given to add-repo",
+                    r.repo_id
+                ))
+            }
+        }) {
+            Ok(record) => record,
+            Err(error) => {
+                warn!(repo = %repo_id, %error, "record poll failed");
+                if repo.sync.awaiting_poll {
+                    repo.sync.awaiting_poll = false;
+                    repo.sync.poll_error = Some(error.clone());
+                }
+                self.set_error(repo_id, Some(format!("{POLL_ERROR}: {error}")));
+                return self.settle_sync(repo_id, now);
+            }
+        };
+        repo.sync.awaiting_poll = false;
+        repo.book.last_poll = Some(now.unix_secs());
+        let previous = repo.record.as_ref().map(|c| &c.record);
+        let verdict = trust::judge_record(
+            &record,
+            previous,
+            repo.held.as_ref().map(|h| h.manifest.as_str()),
+            repo.current_position(),
+            now.unix_ms,
+        );
+        let changed = previous != Some(&record);
+        let adopt = match verdict {
+            RecordVerdict::Adopt { seq } => Some(seq),
+            RecordVerdict::Held | RecordVerdict::Keep(_) => None,
+        };
+        if changed || adopt.is_some() {
+            let copy = RecordCopy {
+                record: record.clone(),
+                read_at: now.unix_secs(),
+                pending: adopt.is_some(),
+            };
+            repo.record = Some(copy.clone());
+            self.out
+                .push(Effect::Persist(Write::Record(repo_id.clone(), Some(copy))));
+            if !record.peers.is_empty() {
+                self.out.push(Effect::LearnAddrs(record.peers.clone()));
+            }
+        }
+        self.persist_book(repo_id);
+        self.clear_error_of(repo_id, POLL_ERROR);
+        if let RecordVerdict::Keep(reason) = verdict
+            && changed
+        {
+            info!(repo = %repo_id, reason, "the record changed; its state is not taken");
+        }
+        if let (Some(seq), Some(manifest)) = (adopt, record.manifest_hash()) {
+            info!(repo = %repo_id, manifest = ?record.manifest, seq, "the record names a new state");
+            let repo = self.repos.get_mut(repo_id).expect("present above");
+            repo.want = Some(Want {
+                manifest,
+                seq,
+                source: WantSource::Record,
+                providers: Vec::new(),
+                attempts: 0,
+                not_before: None,
+            });
+            self.schedule(repo_id);
+        }
+        if changed {
+            self.ensure_topic(repo_id, now);
+        }
+        self.pump(now);
+        self.settle_sync(repo_id, now);
+    }
+
+    /// Write the record back at `at` (replacing a later schedule).
+    pub(super) fn schedule_write_back(&mut self, repo_id: &RepoId, at: std::time::Instant) {
+        self.set_timer(TimerKey::WriteBack(repo_id.clone()), at);
+    }
+
+    pub(super) fn start_write_back(&mut self, repo_id: &RepoId, _now: Now) {
+        let Some(repo) = self.repos.get_mut(repo_id).filter(|r| !r.removing) else {
+            return;
+        };
+        let (Some(held), Some(locator)) = (&repo.held, &repo.config.locator) else {
+            return;
+        };
+        if !held.write_back_pending || repo.write_back.in_flight {
+            return;
+        }
+        repo.write_back.in_flight = true;
+        let record = RepoRecord {
+            record_type: crate::record::COLLECTION.to_string(),
+            repo_id: repo_id.clone(),
+            head: held.head.clone(),
+            manifest: Some(held.manifest.clone()),
+            peers: repo
+                .record
+                .as_ref()
+                .map(|c| c.record.peers.clone())
+                .unwrap_or_default(),
+            seq: Some(held.seq()),
+        };
+        self.out.push(Effect::WriteBack {
+            repo: repo_id.clone(),
+            locator: locator.clone(),
+            record,
+        });
+    }
+
+    pub(super) fn handle_written_back(
+        &mut self,
+        repo_id: &RepoId,
+        result: Result<RepoRecord, String>,
+        now: Now,
+    ) {
+        let Some(repo) = self.repos.get_mut(repo_id).filter(|r| !r.removing) else {
+            return;
+        };
+        repo.write_back.in_flight = false;
+        match result {
+            Ok(written) => {
+                repo.write_back.attempts = 0;
+                info!(repo = %repo_id, manifest = ?written.manifest, "record written back");
+                let copy = RecordCopy {
+                    record: written.clone(),
+                    read_at: now.unix_secs(),
+                    pending: false,
+                };
+                repo.record = Some(copy.clone());
+                self.out
+                    .push(Effect::Persist(Write::Record(repo_id.clone(), Some(copy))));
+                let current = repo
+                    .held
+                    .as_mut()
+                    .filter(|h| Some(&h.manifest) == written.manifest.as_ref());
+                match current {
+                    Some(held) => {
+                        held.write_back_pending = false;
+                        let held = held.clone();
+                        self.out.push(Effect::Persist(Write::Held(
+                            repo_id.clone(),
+                            Some(Box::new(held)),
+                        )));
+                    }
+                    // A newer state was published meanwhile: write again.
+                    None => self.schedule_write_back(repo_id, now.at),
+                }
+                self.clear_error_of(repo_id, WRITE_BACK_ERROR);
+            }
+            Err(error) => {
+                warn!(repo = %repo_id, %error, "record write-back failed; will retry");
+                repo.write_back.attempts = repo.write_back.attempts.saturating_add(1);
+                let wait = queue::backoff(
+                    self.settings.retry_base,
+                    self.settings.retry_max,
+                    repo.write_back.attempts,
+                );
+                self.set_error(repo_id, Some(format!("{WRITE_BACK_ERROR}: {error}")));
+                self.schedule_write_back(repo_id, now.at + wait);
+            }
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! One repository as the core sees it: the persisted row plus what is in
+//! flight (topic, wanted state, queued publishes, the running job, `sync`
+//! callers, write-back), and the questions derived from them: who is
+//! trusted, whom to dial, whom to fetch from. Plain data and pure methods.
+
+use std::{
+    collections::{BTreeSet, VecDeque},
+    path::PathBuf,
+    time::Instant,
+};
+
+use iroh::EndpointId;
+
+use super::{JobId, ReplyId, trust::Position};
+use crate::{
+    announce::SignedStatement,
+    record::PeerHint,
+    state::{Bookkeeping, Held, RecordCopy, RepoConfig, RepoRow},
+};
+
+/// Most peers contacted directly for one push or pull, or asked for content.
+pub const MAX_PEERS_CONTACTED: usize = 16;
+
+/// A state the node means to fetch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Want {
+    /// The manifest.
+    pub manifest: iroh_blobs::Hash,
+    /// The sequence number the state will be held under.
+    pub seq: u64,
+    /// Why it is wanted.
+    pub source: WantSource,
+    /// Peers known to provide it, best first.
+    pub providers: Vec<EndpointId>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not to be tried before this time (after a failure).
+    pub not_before: Option<Instant>,
+}
+
+/// Why a state is wanted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WantSource {
+    /// A statement taken because its publisher or its sender is trusted.
+    Statement {
+        /// The publisher's signed statement.
+        statement: Box<SignedStatement>,
+        /// The node that forwarded it.
+        sender: EndpointId,
+    },
+    /// The owner's record names it.
+    Record,
+    /// The state held, to be checked and repaired (at start-up).
+    Check,
+}
+
+/// A publish waiting for its turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingPublish {
+    /// Who waits for the result.
+    pub reply: ReplyId,
+    /// The local git repository to publish.
+    pub source: PathBuf,
+    /// Accept non-fast-forward updates.
+    pub force: bool,
+    /// Refuse unless the held manifest is this one (hex; empty: none held).
+    pub expected_manifest: Option<String>,
+    /// The publish created the repository, which goes if it fails.
+    pub created: bool,
+}
+
+/// The job running for a repository.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Running {
+    /// A publish.
+    Publish {
+        /// Its id.
+        id: JobId,
+        /// The request.
+        publish: PendingPublish,
+    },
+    /// A fetch of a wanted state.
+    Fetch {
+        /// Its id.
+        id: JobId,
+        /// What it fetches.
+        want: Want,
+    },
+    /// Dropping content: of a removed repository, or leftovers of a first
+    /// fetch that never finished.
+    Discard {
+        /// Its id.
+        id: JobId,
+    },
+}
+
+impl Running {
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        match self {
+            Running::Publish { id, .. } | Running::Fetch { id, .. } | Running::Discard { id } => {
+                *id
+            }
+        }
+    }
+}
+
+/// `sync` callers waiting for a repository to settle.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncWait {
+    /// Who waits.
+    pub waiters: Vec<ReplyId>,
+    /// A record poll was asked for and has not answered.
+    pub awaiting_poll: bool,
+    /// Waiting for a first state from peers (no record, nothing held), in this round.
+    pub first_state_round: Option<u64>,
+    /// Bytes fetched for the callers so far.
+    pub bytes_fetched: u64,
+    /// What to tell them, in words, when they get a state.
+    pub message: Option<String>,
+    /// The record poll they asked for failed with this.
+    pub poll_error: Option<String>,
+}
+
+/// Write-back to the owner's PDS in progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBack {
+    /// Failed attempts since the last success.
+    pub attempts: u32,
+    /// A write is running.
+    pub in_flight: bool,
+}
+
+/// The gossip topic, while joined.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topic {
+    /// Current neighbours.
+    pub neighbors: BTreeSet<EndpointId>,
+    /// Re-dials since the topic was last lonely.
+    pub rejoin_attempts: u32,
+    /// When to re-dial next while it has no neighbour.
+    pub rejoin_due: Option<Instant>,
+}
+
+/// A repository in the core.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repo {
+    /// Operator configuration.
+    pub config: RepoConfig,
+    /// The owner's record as last read.
+    pub record: Option<RecordCopy>,
+    /// The state held.
+    pub held: Option<Held>,
+    /// Hints, last poll, last error.
+    pub book: Bookkeeping,
+    /// Removed: content is being discarded, then the entry goes.
+    pub removing: bool,
+    /// Who waits for the removal to finish.
+    pub removal_reply: Option<ReplyId>,
+    /// Nothing is held: pins and a copy a crashed first fetch left are to be dropped.
+    pub clear_leftovers: bool,
+    /// The gossip topic, while joined.
+    pub topic: Option<Topic>,
+    /// The state to fetch next.
+    pub want: Option<Want>,
+    /// Publishes waiting.
+    pub publishes: VecDeque<PendingPublish>,
+    /// The running job.
+    pub job: Option<Running>,
+    /// `sync` callers.
+    pub sync: SyncWait,
+    /// Write-back bookkeeping.
+    pub write_back: WriteBack,
+}
+
+impl Repo {
+    /// A repository loaded from (or about to be written to) the database.
+    pub fn from_row(row: RepoRow) -> Self {
+        Self {
+            config: row.config,
+            record: row.record,
+            held: row.held,
+            book: row.bookkeeping,
+            removing: false,
+            removal_reply: None,
+            clear_leftovers: false,
+            topic: None,
+            want: None,
+            publishes: VecDeque::new(),
+            job: None,
+            sync: SyncWait::default(),
+            write_back: WriteBack::default(),
+        }
+    }
+
+    /// Node ids allowed to publish: the record's peers, the operator's
+    /// peers and `me`. Derived afresh every time, so a peer removed from the
+    /// record or by the operator is no longer trusted.
+    pub fn trusted(&self, me: EndpointId) -> BTreeSet<EndpointId> {
+        self.trusted_hints()
+            .filter_map(|h| h.node_id.parse().ok())
+            .chain(std::iter::once(me))
+            .collect()
+    }
+
+    /// Hints of trusted peers: operator peers, then record peers.
+    pub fn trusted_hints(&self) -> impl Iterator<Item = &PeerHint> {
+        self.config
+            .operator_peers
+            .iter()
+            .chain(self.record.iter().flat_map(|r| r.record.peers.iter()))
+    }
+
+    /// Every hint known: trusted peers first, then learned ones.
+    pub fn all_hints(&self) -> impl Iterator<Item = &PeerHint> {
+        self.trusted_hints()
+            .chain(self.book.hints.iter().map(|h| &h.hint))
+    }
+
+    /// The held state's position.
+    pub fn held_position(&self) -> Option<Position> {
+        self.held.as_ref().map(|h| Position {
+            manifest: *h.manifest_hash().as_bytes(),
+            seq: h.seq(),
+        })
+    }
+
+    /// The wanted state's position (a check of the held state does not count).
+    pub fn wanted_position(&self) -> Option<Position> {
+        let from = |w: &Want| Position {
+            manifest: *w.manifest.as_bytes(),
+            seq: w.seq,
+        };
+        let running = match &self.job {
+            Some(Running::Fetch { want, .. }) => Some(want),
+            _ => None,
+        };
+        running
+            .into_iter()
+            .chain(self.want.iter())
+            .filter(|w| w.source != WantSource::Check)
+            .map(from)
+            .max_by_key(|p| p.seq)
+    }
+
+    /// The newest of the held and wanted states.
+    pub fn current_position(&self) -> Option<Position> {
+        match (self.held_position(), self.wanted_position()) {
+            (Some(h), Some(w)) if w.seq > h.seq => Some(w),
+            (Some(h), _) => Some(h),
+            (None, w) => w,
+        }
+    }
+
+    /// Whether the repository needs its gossip topic: it has content to
+    /// serve, peers to talk to, or a record that will name some.
+    pub fn wants_topic(&self) -> bool {
+        !self.removing
+            && (self.held.is_some()
+                || self.config.locator.is_some()
+                || self.all_hints().next().is_some())
+    }
+
+    /// Peers to dial for the topic or ask directly, never `me`: trusted
+    /// peers first, then learned hints, at most [`MAX_PEERS_CONTACTED`].
+    pub fn dial_targets(&self, me: EndpointId) -> Vec<EndpointId> {
+        let mut out: Vec<EndpointId> = Vec::new();
+        for hint in self.all_hints() {
+            if out.len() >= MAX_PEERS_CONTACTED {
+                break;
+            }
+            if let Ok(id) = hint.node_id.parse::<EndpointId>()
+                && id != me
+                && !out.contains(&id)
+            {
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    /// Peers to fetch `want` from: those that announced it, then current
+    /// neighbours, then dial targets; never `me`.
+    pub fn providers(&self, want: &Want, me: EndpointId) -> Vec<EndpointId> {
+        let neighbors = self.topic.iter().flat_map(|t| t.neighbors.iter().copied());
+        let mut out: Vec<EndpointId> = Vec::new();
+        for id in want
+            .providers
+            .iter()
+            .copied()
+            .chain(neighbors)
+            .chain(self.dial_targets(me))
+        {
+            if id != me && !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        out.truncate(2 * MAX_PEERS_CONTACTED);
+        out
+    }
+
+    /// Whether someone waits on this repository right now.
+    pub fn has_waiters(&self) -> bool {
+        !self.sync.waiters.is_empty() || !self.publishes.is_empty()
+    }
+}

@@ -1,0 +1,106 @@
+//! Read-only views of the core for `list`, `status` and `peers`.
+
+use std::collections::BTreeSet;
+
+use super::{Core, repo::Repo};
+use crate::{
+    admin::{PeerSource, PeerView, RepoSummary},
+    record::PeerHint,
+    repo_id::RepoId,
+};
+
+impl Core {
+    /// One summary per tracked repository, ordered by id.
+    pub fn summaries(&self) -> Vec<RepoSummary> {
+        self.repos
+            .values()
+            .filter(|r| !r.removing)
+            .map(|r| self.summary(r))
+            .collect()
+    }
+
+    /// Number of tracked repositories.
+    pub fn repo_count(&self) -> usize {
+        self.repos.values().filter(|r| !r.removing).count()
+    }
+
+    fn summary(&self, repo: &Repo) -> RepoSummary {
+        let held = repo.held.as_ref();
+        let trusted: BTreeSet<&str> = repo.trusted_hints().map(|h| h.node_id.as_str()).collect();
+        let learned = repo
+            .book
+            .hints
+            .iter()
+            .filter(|h| !trusted.contains(h.hint.node_id.as_str()))
+            .count();
+        let fetching = match &repo.job {
+            Some(super::repo::Running::Fetch { want, .. }) => Some(want),
+            _ => repo.want.as_ref(),
+        }
+        .filter(|w| w.source != super::repo::WantSource::Check)
+        .map(|w| crate::content::hex(&w.manifest));
+        RepoSummary {
+            repo_id: repo.config.repo_id.to_string(),
+            head: held.and_then(|h| h.head.clone()),
+            manifest: held.map(|h| h.manifest.clone()),
+            materialized: held.map(|h| h.manifest.clone()),
+            seq: held.map(|h| h.seq()),
+            fetching,
+            pack_count: held.map_or(0, |h| h.pack_count),
+            bytes_pinned: held.map_or(0, |h| h.bytes),
+            last_sync: held.map(|h| h.since),
+            last_poll: repo.book.last_poll,
+            last_error: repo.book.last_error.clone(),
+            peers_known: trusted.len() + learned,
+            trusted_peers: trusted.len(),
+            peers_connected: repo.topic.as_ref().map_or(0, |t| t.neighbors.len()),
+            record: repo.config.locator.as_ref().map(|l| l.at_uri()),
+            write_back_pending: held.is_some_and(|h| h.write_back_pending),
+        }
+    }
+
+    /// The peers known for `repo_id`: operator and record peers (trusted),
+    /// then learned hints, each once.
+    pub fn peers(&self, repo_id: &RepoId) -> Result<Vec<PeerView>, String> {
+        let repo = self
+            .repos
+            .get(repo_id)
+            .filter(|r| !r.removing)
+            .ok_or_else(|| {
+                format!("repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`")
+            })?;
+        let neighbors = repo.topic.as_ref().map(|t| &t.neighbors);
+        let record_peers = repo.record.iter().flat_map(|c| c.record.peers.iter());
+        let sources = repo
+            .config
+            .operator_peers
+            .iter()
+            .map(|h| (h, PeerSource::Operator))
+            .chain(record_peers.map(|h| (h, PeerSource::Record)))
+            .chain(
+                repo.book
+                    .hints
+                    .iter()
+                    .map(|h| (&h.hint, PeerSource::Learned)),
+            );
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (hint, source) in sources {
+            if !seen.insert(hint.node_id.clone()) {
+                continue;
+            }
+            let connected = neighbors.is_some_and(|n| {
+                hint.node_id
+                    .parse::<iroh::EndpointId>()
+                    .is_ok_and(|id| n.contains(&id))
+            });
+            out.push(PeerView {
+                hint: PeerHint::clone(hint),
+                connected,
+                trusted: source != PeerSource::Learned,
+                source,
+            });
+        }
+        Ok(out)
+    }
+}

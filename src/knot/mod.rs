@@ -1,0 +1,720 @@
+//! The repository actor: executes what [`crate::core`] decides.
+//!
+//! Owns the I/O around the core: the admin command channel and reply
+//! channels, the database writes, one task per joined gossip topic
+//! ([`topics`]), content jobs ([`jobs`]), direct pushes, pulls and record
+//! write-backs ([`net`]), the record poller's handle, and one timer queue.
+//! One `select!` loop turns everything that happens into core events and
+//! executes the effects that come back, in order: a durable write is
+//! committed before the effects after it run, so a held state is on disk
+//! before it is announced. Bookkeeping writes are batched and committed at
+//! most every [`BOOKKEEPING_FLUSH`]. Everything that survives a restart is
+//! in the database and the blob store; at start the core resumes from them.
+
+mod input;
+mod jobs;
+mod net;
+mod topics;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use iroh::{Endpoint, SecretKey, address_lookup::MemoryLookup};
+use iroh_blobs::store::fs::FsStore;
+use iroh_gossip::{net::Gossip, proto::TopicId};
+use iroh_tickets::endpoint::EndpointTicket;
+use n0_future::StreamExt;
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
+use tokio_util::{
+    sync::CancellationToken,
+    time::{DelayQueue, delay_queue},
+};
+use tracing::{debug, error, info, warn};
+
+pub use input::{build_locator, parse_ticket, valid_rkey};
+pub use net::{hint_to_addr, wait_for_addr};
+
+use crate::{
+    admin::{Command, Executor, GossipStats, NodeStatus, Payload, Reply},
+    announce::{Announcement, SignedStatement},
+    atproto::{RecordWriter, XrpcClient},
+    clock,
+    config::Config,
+    core::{
+        Audience, Core, CoreCommand, Effect, Event, JobId, Now, ReplyId, Settings, TimerKey, Via,
+    },
+    heads::HeadsEvent,
+    limits::DropCounters,
+    poller::{PollError, PollOutcome, PollerHandle},
+    repo_id::RepoId,
+    store::{Store, StoreError, Write},
+};
+use topics::{JoinedTopic, TopicEvent};
+
+/// Longest time bookkeeping (hints, last poll, errors) waits to be written.
+pub const BOOKKEEPING_FLUSH: Duration = Duration::from_secs(30);
+
+/// Errors of repository commands; the text is shown to the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum KnotError {
+    /// The actor has stopped (the node is shutting down).
+    #[error("knotd is shutting down")]
+    Gone,
+    /// The database could not be read at start.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A peer ticket does not parse.
+    #[error(
+        "peer ticket {ticket:?} is invalid: {reason}; get a ticket with `knotd ticket` on the peer"
+    )]
+    BadTicket {
+        /// The ticket as given (shortened).
+        ticket: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The record locator is invalid.
+    #[error("record locator {0}")]
+    BadLocator(String),
+    /// A command failed; the text says why.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Everything the actor needs from the node.
+pub struct KnotParts {
+    /// Node configuration.
+    pub config: Config,
+    /// The database.
+    pub store: Store,
+    /// The blob store.
+    pub blobs: FsStore,
+    /// The iroh endpoint.
+    pub endpoint: Endpoint,
+    /// The gossip protocol.
+    pub gossip: Gossip,
+    /// The address book fed with learned peers.
+    pub lookup: MemoryLookup,
+    /// Requests arriving over the direct head exchange protocol.
+    pub heads: mpsc::Receiver<HeadsEvent>,
+    /// The ATProto record poller.
+    pub poller: PollerHandle,
+    /// Results of record polls.
+    pub polls: mpsc::Receiver<PollOutcome>,
+    /// Writes records back to the owner's PDS, when credentials are configured.
+    pub writer: Option<RecordWriter>,
+    /// XRPC client, used to resolve the PDS for write-back.
+    pub xrpc: XrpcClient,
+    /// Counters of messages dropped before reaching the actor.
+    pub drops: Arc<DropCounters>,
+}
+
+struct AdminMessage {
+    command: Command,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Handle to the repository actor.
+#[derive(Clone, Debug)]
+pub struct KnotHandle {
+    tx: mpsc::Sender<AdminMessage>,
+}
+
+impl KnotHandle {
+    /// Run an admin command.
+    pub async fn command(&self, command: Command) -> Result<Payload, KnotError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(AdminMessage { command, reply })
+            .await
+            .map_err(|_| KnotError::Gone)?;
+        match rx.await.map_err(|_| KnotError::Gone)? {
+            Reply::Ok(payload) => Ok(payload),
+            Reply::Error(message) => Err(KnotError::Failed(message)),
+        }
+    }
+}
+
+impl Executor for KnotHandle {
+    async fn execute(&self, command: Command) -> Reply {
+        self.command(command)
+            .await
+            .map_or_else(|e| Reply::Error(e.to_string()), Reply::Ok)
+    }
+}
+
+/// The actor. See the module documentation.
+pub struct Knot {
+    core: Core,
+    parts: KnotParts,
+    secret_key: SecretKey,
+    rx: mpsc::Receiver<AdminMessage>,
+    cancel: CancellationToken,
+    started: Instant,
+    replies: HashMap<ReplyId, oneshot::Sender<Reply>>,
+    next_reply: ReplyId,
+    timers: DelayQueue<TimerKey>,
+    timer_keys: HashMap<TimerKey, delay_queue::Key>,
+    topics: HashMap<RepoId, JoinedTopic>,
+    topic_tasks: JoinSet<()>,
+    topic_tx: mpsc::Sender<(RepoId, TopicEvent)>,
+    topic_rx: mpsc::Receiver<(RepoId, TopicEvent)>,
+    net: net::NetTasks,
+    jobs: JoinSet<crate::core::JobResult>,
+    job_ids: HashMap<tokio::task::Id, (RepoId, JobId)>,
+    job_ctx: jobs::JobContext,
+    side: JoinSet<Option<Event>>,
+    write_back: Option<net::WriteBackContext>,
+    book_pending: BTreeMap<RepoId, Write>,
+    flush_at: Option<tokio::time::Instant>,
+}
+
+fn now() -> Now {
+    Now {
+        at: Instant::now(),
+        unix_ms: clock::unix_millis(),
+    }
+}
+
+impl Knot {
+    /// Load the database and start the actor in `tasks`; it stops when
+    /// `cancel` fires. Fails when the database cannot be read.
+    pub fn spawn(
+        mut parts: KnotParts,
+        cancel: CancellationToken,
+        tasks: &mut JoinSet<&'static str>,
+    ) -> Result<KnotHandle, KnotError> {
+        let rows = parts.store.load_all()?;
+        let (tx, rx) = mpsc::channel(1024);
+        let (topic_tx, topic_rx) = mpsc::channel(1024);
+        let writer = parts
+            .writer
+            .take()
+            .map(|w| Arc::new(tokio::sync::Mutex::new(w)));
+        let secret_key = parts.endpoint.secret_key().clone();
+        let config = &parts.config;
+        let repos_root = config.data_dir.join("repos");
+        let mut settings = Settings::new(repos_root.clone());
+        settings.write_back = writer.is_some();
+        settings.max_jobs = config.max_concurrent_jobs;
+        let job_ctx = jobs::JobContext {
+            blobs: parts.blobs.clone(),
+            endpoint: parts.endpoint.clone(),
+            repos_root,
+            data_dir: config.data_dir.clone(),
+            fetch_timeout: config.fetch_timeout(),
+            max_packs: config.max_packs,
+        };
+        let actor = Knot {
+            core: Core::new(secret_key.clone(), settings),
+            secret_key,
+            rx,
+            cancel,
+            started: Instant::now(),
+            replies: HashMap::new(),
+            next_reply: 1,
+            timers: DelayQueue::new(),
+            timer_keys: HashMap::new(),
+            topics: HashMap::new(),
+            topic_tasks: JoinSet::new(),
+            topic_tx,
+            topic_rx,
+            net: net::NetTasks::new(),
+            jobs: JoinSet::new(),
+            job_ids: HashMap::new(),
+            job_ctx,
+            side: JoinSet::new(),
+            write_back: writer.map(|writer| net::WriteBackContext {
+                endpoint: parts.endpoint.clone(),
+                writer,
+                xrpc: parts.xrpc.clone(),
+                plc_directory: parts.config.atproto.plc_directory.clone(),
+            }),
+            book_pending: BTreeMap::new(),
+            flush_at: None,
+            parts,
+        };
+        tasks.spawn(async move {
+            actor.run(rows).await;
+            "repository actor"
+        });
+        Ok(KnotHandle { tx })
+    }
+
+    async fn run(mut self, rows: Vec<crate::state::RepoRow>) {
+        let count = rows.len();
+        let effects = self.core.load(rows, now());
+        self.execute(effects).await;
+        info!(repos = count, "repositories resumed");
+        loop {
+            let flush_at = self.flush_at;
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.handle_admin(msg.command, msg.reply).await,
+                    None => break,
+                },
+                Some((repo, event)) = self.topic_rx.recv() => self.handle_topic_event(repo, event).await,
+                Some(event) = self.parts.heads.recv() => self.handle_heads(event).await,
+                Some(outcome) = self.parts.polls.recv() => {
+                    let result = outcome.result.map_err(|e| e.to_string());
+                    self.feed(Event::Polled { repo: outcome.repo_id, result }).await;
+                }
+                Some(done) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => self.handle_job(done).await,
+                Some(done) = self.net.set().join_next(), if !self.net.set().is_empty() => {
+                    if let Ok(done) = done {
+                        self.handle_net(done).await;
+                    }
+                }
+                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
+                    let key = expired.into_inner();
+                    self.timer_keys.remove(&key);
+                    self.feed(Event::Timer(key)).await;
+                }
+                Some(done) = self.side.join_next(), if !self.side.is_empty() => {
+                    if let Ok(Some(event)) = done {
+                        self.feed(event).await;
+                    }
+                }
+                Some(_) = self.topic_tasks.join_next(), if !self.topic_tasks.is_empty() => {}
+                _ = sleep_until(flush_at), if flush_at.is_some() => self.flush_bookkeeping(),
+            }
+        }
+        self.flush_bookkeeping();
+        for topic in self.topics.values() {
+            topic.cancel.cancel();
+        }
+        self.topics.clear();
+        self.jobs.shutdown().await;
+        self.topic_tasks.shutdown().await;
+        self.net.shutdown().await;
+        self.side.shutdown().await;
+        debug!("repository actor stopped");
+    }
+
+    /// Hand an event to the core and execute what it decides.
+    async fn feed(&mut self, event: Event) {
+        let effects = self.core.handle(event, now());
+        self.execute(effects).await;
+    }
+
+    async fn handle_admin(&mut self, command: Command, reply: oneshot::Sender<Reply>) {
+        let core_command = match command {
+            Command::AddRepo {
+                repo_id,
+                pds,
+                record,
+                peers,
+            } => {
+                let parsed = peers
+                    .iter()
+                    .map(|t| parse_ticket(t))
+                    .collect::<Result<Vec<_>, _>>()
+                    .and_then(|peers| Ok((peers, build_locator(&repo_id, pds, record)?)));
+                match parsed {
+                    Ok((peers, locator)) => CoreCommand::AddRepo {
+                        repo_id,
+                        locator,
+                        peers,
+                    },
+                    Err(e) => {
+                        let _ = reply.send(Reply::Error(e.to_string()));
+                        return;
+                    }
+                }
+            }
+            Command::RemoveRepo { repo_id } => CoreCommand::RemoveRepo { repo_id },
+            Command::Publish {
+                repo_id,
+                path,
+                force,
+                expected_manifest,
+            } => CoreCommand::Publish {
+                repo_id,
+                source: path,
+                force,
+                expected_manifest,
+            },
+            Command::Sync { repo_id } => CoreCommand::Sync { repo_id },
+            Command::List => {
+                let repos = self.core.summaries();
+                let _ = reply.send(Reply::Ok(Payload::Repos { repos }));
+                return;
+            }
+            Command::Peers { repo_id } => {
+                let _ = reply.send(match self.core.peers(&repo_id) {
+                    Ok(peers) => Reply::Ok(Payload::Peers { peers }),
+                    Err(e) => Reply::Error(e),
+                });
+                return;
+            }
+            Command::Status => return self.reply_status(reply),
+            Command::Ticket => {
+                let endpoint = self.parts.endpoint.clone();
+                self.side.spawn(async move {
+                    let addr = wait_for_addr(&endpoint).await;
+                    let ticket = EndpointTicket::new(addr).to_string();
+                    let _ = reply.send(Reply::Ok(Payload::Ticket { ticket }));
+                    None
+                });
+                return;
+            }
+        };
+        let id = self.next_reply;
+        self.next_reply += 1;
+        self.replies.insert(id, reply);
+        self.feed(Event::Command {
+            reply: id,
+            command: core_command,
+        })
+        .await;
+    }
+
+    /// Answer `status` from a snapshot, off the loop (the address may take a moment).
+    fn reply_status(&mut self, reply: oneshot::Sender<Reply>) {
+        let counters = self.core.counters().clone();
+        let (dropped_invalid, rate_limited) = self.parts.drops.read();
+        let (jobs_running, jobs_waiting) = self.core.job_load();
+        let repos = self.core.summaries();
+        let repo_count = self.core.repo_count() as u64;
+        let uptime_secs = self.started.elapsed().as_secs();
+        let endpoint = self.parts.endpoint.clone();
+        self.side.spawn(async move {
+            let addr = wait_for_addr(&endpoint).await;
+            let status = NodeStatus {
+                node_id: endpoint.id().to_string(),
+                ticket: EndpointTicket::new(addr.clone()).to_string(),
+                addrs: addr.ip_addrs().map(|a| a.to_string()).collect(),
+                repo_count,
+                uptime_secs,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                gossip: GossipStats {
+                    received: counters.received,
+                    dropped_invalid,
+                    rejected: counters.rejected.values().sum(),
+                    rate_limited,
+                    rejected_by_reason: counters
+                        .rejected
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
+                },
+                jobs_running,
+                jobs_waiting,
+                repos,
+            };
+            let _ = reply.send(Reply::Ok(Payload::Status(status)));
+            None
+        });
+    }
+
+    async fn handle_topic_event(&mut self, repo: RepoId, event: TopicEvent) {
+        let event = match event {
+            TopicEvent::Announcement(announcement) => Event::Announcement {
+                repo,
+                announcement,
+                via: Via::Gossip,
+            },
+            TopicEvent::NeighborUp(peer, addrs) => Event::NeighborUp { repo, peer, addrs },
+            TopicEvent::NeighborDown(peer) => Event::NeighborDown { repo, peer },
+            TopicEvent::Closed => {
+                if let Some(topic) = self.topics.remove(&repo) {
+                    topic.cancel.cancel();
+                }
+                if self.cancel.is_cancelled() {
+                    return;
+                }
+                Event::TopicClosed { repo }
+            }
+        };
+        self.feed(event).await;
+    }
+
+    async fn handle_heads(&mut self, event: HeadsEvent) {
+        match event {
+            HeadsEvent::Pushed {
+                repo, announcement, ..
+            } => {
+                self.feed(Event::Announcement {
+                    repo,
+                    announcement,
+                    via: Via::Direct,
+                })
+                .await;
+            }
+            HeadsEvent::Pull {
+                from,
+                repo_ids,
+                reply,
+            } => {
+                let out: Vec<Vec<u8>> = self
+                    .core
+                    .held_statements(&repo_ids)
+                    .into_iter()
+                    .map(|s| self.envelope(s))
+                    .collect();
+                debug!(peer = %from.fmt_short(), count = out.len(), "served a pull");
+                let _ = reply.send(out);
+            }
+        }
+    }
+
+    async fn handle_job(
+        &mut self,
+        done: Result<(tokio::task::Id, crate::core::JobResult), tokio::task::JoinError>,
+    ) {
+        let (task, result) = match done {
+            Ok((task, result)) => (task, result),
+            Err(e) => {
+                error!(error = %e, "a content job panicked");
+                (e.id(), Err(format!("internal error: the job stopped: {e}")))
+            }
+        };
+        let Some((repo, job)) = self.job_ids.remove(&task) else {
+            return;
+        };
+        self.feed(Event::JobDone { repo, job, result }).await;
+    }
+
+    async fn handle_net(&mut self, done: net::NetDone) {
+        match done {
+            net::NetDone::Pushed => {}
+            net::NetDone::Pulled {
+                peer,
+                ok,
+                announcements,
+            } => {
+                self.feed(Event::Pulled { peer, ok }).await;
+                for (repo, announcement) in announcements {
+                    self.feed(Event::Announcement {
+                        repo,
+                        announcement: Box::new(announcement),
+                        via: Via::Direct,
+                    })
+                    .await;
+                }
+            }
+            net::NetDone::WrittenBack { repo, result } => {
+                self.feed(Event::WrittenBack { repo, result }).await;
+            }
+        }
+    }
+
+    /// Execute effects in order. Writes are grouped; a group with a durable
+    /// write is committed before the next effect runs, and if that commit
+    /// fails no announcement of the same batch goes out.
+    async fn execute(&mut self, effects: Vec<Effect>) {
+        let mut writes = Vec::new();
+        let mut commit_failed = false;
+        for effect in effects {
+            if let Effect::Persist(write) = effect {
+                writes.push(write);
+                continue;
+            }
+            if !writes.is_empty() {
+                commit_failed |= !self.commit(std::mem::take(&mut writes));
+            }
+            if commit_failed && matches!(effect, Effect::Announce { .. }) {
+                warn!("not announcing a state the database could not record");
+                continue;
+            }
+            self.execute_one(effect).await;
+        }
+        if !writes.is_empty() {
+            self.commit(writes);
+        }
+    }
+
+    /// Commit durable writes now (with any bookkeeping waiting); batch the
+    /// rest. Returns whether durable writes reached the disk.
+    fn commit(&mut self, writes: Vec<Write>) -> bool {
+        let (durable, lazy): (Vec<Write>, Vec<Write>) =
+            writes.into_iter().partition(Write::needs_durability);
+        for write in lazy {
+            self.book_pending.insert(write.repo_id().clone(), write);
+        }
+        if durable.is_empty() {
+            if !self.book_pending.is_empty() && self.flush_at.is_none() {
+                self.flush_at = Some(tokio::time::Instant::now() + BOOKKEEPING_FLUSH);
+            }
+            return true;
+        }
+        let mut all = durable;
+        all.extend(std::mem::take(&mut self.book_pending).into_values());
+        self.flush_at = None;
+        match self.parts.store.commit(&all) {
+            Ok(()) => true,
+            Err(e) => {
+                error!(error = %e, "cannot write to the database");
+                false
+            }
+        }
+    }
+
+    fn flush_bookkeeping(&mut self) {
+        self.flush_at = None;
+        let writes: Vec<Write> = std::mem::take(&mut self.book_pending)
+            .into_values()
+            .collect();
+        if let Err(e) = self.parts.store.commit(&writes) {
+            warn!(error = %e, "cannot write bookkeeping to the database");
+        }
+    }
+
+    async fn execute_one(&mut self, effect: Effect) {
+        match effect {
+            Effect::Persist(_) => unreachable!("grouped by execute"),
+            Effect::Reply { to, reply } => {
+                if let Some(tx) = self.replies.remove(&to) {
+                    let _ = tx.send(reply);
+                }
+            }
+            Effect::StartJob { repo, job, spec } => {
+                let handle = self
+                    .jobs
+                    .spawn(jobs::run(self.job_ctx.clone(), repo.clone(), spec));
+                self.job_ids.insert(handle.id(), (repo, job));
+            }
+            Effect::JoinTopic { repo, peers } => self.join_topic(repo, peers).await,
+            Effect::DialPeers { repo, peers } => {
+                if let Some(topic) = self.topics.get(&repo)
+                    && let Err(e) = topic.sender.join_peers(peers).await
+                {
+                    debug!(repo = %repo, error = %e, "dialing peers failed");
+                }
+            }
+            Effect::LeaveTopic { repo } => {
+                if let Some(topic) = self.topics.remove(&repo) {
+                    topic.cancel.cancel();
+                    debug!(repo = %repo, "left gossip topic");
+                }
+            }
+            Effect::Announce {
+                repo,
+                statement,
+                audience,
+            } => self.announce(&repo, statement, audience).await,
+            Effect::Pull { peer, repos } => self.net.pull(&self.parts.endpoint, peer, repos),
+            Effect::LearnAddrs(hints) => {
+                let me = self.parts.endpoint.id();
+                for addr in hints.iter().filter_map(hint_to_addr) {
+                    if addr.id != me {
+                        self.parts.lookup.add_endpoint_info(addr);
+                    }
+                }
+            }
+            Effect::TrackRecord { repo, locator } => {
+                if self.parts.poller.track(repo, locator).await.is_err() {
+                    warn!("the record poller has stopped");
+                }
+            }
+            Effect::UntrackRecord { repo } => {
+                let _ = self.parts.poller.untrack(&repo).await;
+            }
+            Effect::PollNow { repo } => {
+                let poller = self.parts.poller.clone();
+                self.side.spawn(async move {
+                    // The outcome arrives like a scheduled poll's; only a
+                    // poll that never started is reported from here.
+                    match poller.poll_now(repo.clone()).await {
+                        Err(e @ (PollError::Gone(_) | PollError::NotTracked(_))) => {
+                            Some(Event::Polled {
+                                repo,
+                                result: Err(e.to_string()),
+                            })
+                        }
+                        _ => None,
+                    }
+                });
+            }
+            Effect::WriteBack {
+                repo,
+                locator,
+                record,
+            } => match &self.write_back {
+                Some(ctx) => ctx.spawn(self.net.set(), repo, locator, record),
+                None => warn!(repo = %repo, "write-back asked for without credentials"),
+            },
+            Effect::SetTimer { key, at } => {
+                let at = tokio::time::Instant::from_std(at);
+                match self.timer_keys.get(&key) {
+                    Some(k) => self.timers.reset_at(k, at),
+                    None => {
+                        let k = self.timers.insert_at(key.clone(), at);
+                        self.timer_keys.insert(key, k);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn join_topic(&mut self, repo: RepoId, peers: Vec<iroh::EndpointId>) {
+        if let Some(topic) = self.topics.get(&repo) {
+            let _ = topic.sender.join_peers(peers).await;
+            return;
+        }
+        let topic_id = TopicId::from_bytes(repo.topic_bytes());
+        let sub = match self.parts.gossip.subscribe(topic_id, peers).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                warn!(repo = %repo, error = %e, "cannot join gossip topic");
+                return;
+            }
+        };
+        let (sender, receiver) = sub.split();
+        let cancel = self.cancel.child_token();
+        self.topic_tasks.spawn(topics::run(
+            repo.clone(),
+            receiver,
+            self.parts.endpoint.clone(),
+            self.topic_tx.clone(),
+            cancel.clone(),
+            self.parts.drops.clone(),
+        ));
+        self.topics
+            .insert(repo.clone(), JoinedTopic { sender, cancel });
+        debug!(repo = %repo, "joined gossip topic");
+    }
+
+    /// Wrap a statement in this node's signed envelope.
+    fn envelope(&self, statement: SignedStatement) -> Vec<u8> {
+        let addrs = self.parts.endpoint.addr().ip_addrs().copied().collect();
+        Announcement::new(statement, &self.secret_key, addrs).encode()
+    }
+
+    async fn announce(&mut self, repo: &RepoId, statement: SignedStatement, audience: Audience) {
+        let message = self.envelope(statement);
+        if let Some(topic) = self.topics.get(repo) {
+            let result = match &audience {
+                Audience::Neighbors => {
+                    topic
+                        .sender
+                        .broadcast_neighbors(message.clone().into())
+                        .await
+                }
+                Audience::Everyone { .. } => topic.sender.broadcast(message.clone().into()).await,
+            };
+            if let Err(e) = result {
+                warn!(repo = %repo, error = %e, "gossip broadcast failed");
+            }
+        }
+        if let Audience::Everyone { direct } = audience {
+            for peer in direct {
+                self.net.push(&self.parts.endpoint, peer, message.clone());
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,225 @@
+//! The actor's network side-tasks and address helpers: direct pushes and
+//! pulls of announcements (bounded in number; pulled announcements are
+//! verified on the task, not the actor), record write-back, this node's
+//! own address and peer hint. Nothing here is persisted.
+
+use std::{sync::Arc, time::Duration};
+
+use iroh::{Endpoint, EndpointAddr, EndpointId, Watcher};
+use iroh_tickets::endpoint::EndpointTicket;
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::{
+    announce::Announcement,
+    atproto::{RecordWriter, XrpcClient},
+    heads,
+    record::{self, PeerHint, RepoRecord},
+    repo_id::RepoId,
+    state::Locator,
+};
+
+/// Most direct pushes and pulls in flight; more are dropped (pulls are
+/// retried by the core's rejoin schedule, gossip carries pushes too).
+pub(super) const MAX_NET_TASKS: usize = 64;
+/// Longest wait for the endpoint to report a direct address.
+const ADDR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a network side-task reports to the actor.
+pub(super) enum NetDone {
+    /// A direct push ended (its outcome only matters to the log).
+    Pushed,
+    /// A pull ended: the verified announcements, or none when it failed.
+    Pulled {
+        /// The peer asked.
+        peer: EndpointId,
+        /// Whether it answered.
+        ok: bool,
+        /// What it sent, verified.
+        announcements: Vec<(RepoId, Announcement)>,
+    },
+    /// A write-back ended.
+    WrittenBack {
+        /// The repository.
+        repo: RepoId,
+        /// The record written, or why not.
+        result: Result<RepoRecord, String>,
+    },
+}
+
+/// Bounded direct exchanges with peers.
+pub(super) struct NetTasks {
+    tasks: JoinSet<NetDone>,
+    dropped: u64,
+}
+
+impl NetTasks {
+    pub fn new() -> Self {
+        Self {
+            tasks: JoinSet::new(),
+            dropped: 0,
+        }
+    }
+
+    /// The task set, to await the next finished task.
+    pub fn set(&mut self) -> &mut JoinSet<NetDone> {
+        &mut self.tasks
+    }
+
+    fn full(&mut self) -> bool {
+        if self.tasks.len() >= MAX_NET_TASKS {
+            self.dropped += 1;
+            debug!(
+                dropped = self.dropped,
+                "too many direct exchanges in flight; dropping one"
+            );
+            return true;
+        }
+        false
+    }
+
+    /// Push an encoded announcement to `peer`.
+    pub fn push(&mut self, endpoint: &Endpoint, peer: EndpointId, message: Vec<u8>) {
+        if self.full() {
+            return;
+        }
+        let endpoint = endpoint.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = heads::push(&endpoint, peer, message).await {
+                debug!(peer = %peer.fmt_short(), error = %e, "direct push failed");
+            }
+            NetDone::Pushed
+        });
+    }
+
+    /// Pull `repos` from `peer`.
+    pub fn pull(&mut self, endpoint: &Endpoint, peer: EndpointId, repos: Vec<RepoId>) {
+        if self.full() {
+            return;
+        }
+        let endpoint = endpoint.clone();
+        self.tasks.spawn(async move {
+            match heads::pull(&endpoint, peer, &repos).await {
+                Ok(announcements) => NetDone::Pulled {
+                    peer,
+                    ok: true,
+                    announcements,
+                },
+                Err(e) => {
+                    debug!(peer = %peer.fmt_short(), error = %e, "pull failed");
+                    NetDone::Pulled {
+                        peer,
+                        ok: false,
+                        announcements: Vec::new(),
+                    }
+                }
+            }
+        });
+    }
+
+    /// Abort everything in flight.
+    pub async fn shutdown(&mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+/// What a record write-back needs: present when credentials are configured.
+#[derive(Clone)]
+pub(super) struct WriteBackContext {
+    pub endpoint: Endpoint,
+    pub writer: Arc<tokio::sync::Mutex<RecordWriter>>,
+    pub xrpc: XrpcClient,
+    pub plc_directory: String,
+}
+
+impl WriteBackContext {
+    /// Write `record` (plus this node's hint) to the owner's PDS. Write-backs
+    /// are few (one per repository at a time) and never dropped.
+    pub fn spawn(
+        &self,
+        tasks: &mut JoinSet<NetDone>,
+        repo: RepoId,
+        locator: Locator,
+        mut record: RepoRecord,
+    ) {
+        let ctx = self.clone();
+        tasks.spawn(async move {
+            let result = async {
+                let own = own_hint(&ctx.endpoint).await;
+                record.peers = record::merge_peers(record.peers, vec![own]);
+                let pds = match &locator.pds {
+                    Some(pds) => pds.clone(),
+                    None => ctx
+                        .xrpc
+                        .resolve_pds(&ctx.plc_directory, &locator.did)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                };
+                ctx.writer
+                    .lock()
+                    .await
+                    .write(
+                        &pds,
+                        &locator.did,
+                        &locator.collection,
+                        &locator.rkey,
+                        &record,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(record)
+            }
+            .await;
+            NetDone::WrittenBack { repo, result }
+        });
+    }
+}
+
+/// This node's peer hint, within what every reader accepts.
+pub(super) async fn own_hint(endpoint: &Endpoint) -> PeerHint {
+    let addr = wait_for_addr(endpoint).await;
+    let ticket = EndpointTicket::new(addr.clone()).to_string();
+    let mut addrs: Vec<String> = addr.ip_addrs().map(|a| a.to_string()).collect();
+    addrs.truncate(record::MAX_ADDRS_PER_PEER);
+    PeerHint::new(
+        endpoint.id().to_string(),
+        addrs,
+        (ticket.len() <= record::MAX_TICKET_LEN).then_some(ticket),
+    )
+}
+
+/// Wait until the endpoint reports a direct address (bounded), and return its address.
+pub async fn wait_for_addr(endpoint: &Endpoint) -> EndpointAddr {
+    let mut watcher = endpoint.watch_addr();
+    let deadline = tokio::time::Instant::now() + ADDR_TIMEOUT;
+    loop {
+        let addr = watcher.get();
+        if addr.ip_addrs().next().is_some() || tokio::time::Instant::now() >= deadline {
+            return addr;
+        }
+        if tokio::time::timeout_at(deadline, watcher.updated())
+            .await
+            .is_err()
+        {
+            return watcher.get();
+        }
+    }
+}
+
+/// The endpoint address a hint describes (ticket first, then node id and addresses).
+pub fn hint_to_addr(hint: &PeerHint) -> Option<EndpointAddr> {
+    let id: iroh::EndpointId = hint.node_id.parse().ok()?;
+    let mut addr = hint
+        .ticket
+        .as_deref()
+        .and_then(|t| t.parse::<EndpointTicket>().ok())
+        .map(EndpointAddr::from)
+        .filter(|a| a.id == id)
+        .unwrap_or_else(|| EndpointAddr::new(id));
+    for a in &hint.addrs {
+        if let Ok(sock) = a.parse() {
+            addr = addr.with_ip_addr(sock);
+        }
+    }
+    Some(addr)
+}

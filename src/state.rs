@@ -1,0 +1,184 @@
+//! What the node knows about one tracked repository, as plain data.
+//!
+//! Four parts with different owners and lifetimes, so that each is written
+//! only when it changes and with the durability it needs:
+//!
+//! * [`RepoConfig`]: what the operator asked for (where the record lives, the
+//!   peers named with `--peer`, how the repository came to be tracked);
+//! * [`RecordCopy`]: the owner's `app.knot.repo` record as last read from (or
+//!   written to) the PDS: the authority, and the source of record peers;
+//! * [`Held`]: the state this node holds, pins, serves and announces;
+//! * [`Bookkeeping`]: peer hints learned from gossip, the last poll and the
+//!   last error: cheap to lose, written lazily.
+//!
+//! No I/O here. [`crate::store`] persists these; [`crate::core`] decides
+//! how they change.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    announce::SignedStatement,
+    record::{PeerHint, RepoRecord},
+    repo_id::RepoId,
+};
+
+/// Where a repository's ATProto record lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Locator {
+    /// The PDS base URL; resolved from the DID document when absent.
+    pub pds: Option<String>,
+    /// The DID whose repository holds the record.
+    pub did: String,
+    /// The record's collection.
+    pub collection: String,
+    /// The record key.
+    pub rkey: String,
+}
+
+impl Locator {
+    /// The record's AT URI.
+    pub fn at_uri(&self) -> String {
+        format!("at://{}/{}/{}", self.did, self.collection, self.rkey)
+    }
+
+    /// The default record of a repository: `at://<did>/app.knot.repo/<name>`.
+    pub fn default_for(repo_id: &RepoId, pds: Option<String>) -> Self {
+        Self {
+            pds,
+            did: repo_id.did().to_string(),
+            collection: crate::record::COLLECTION.to_string(),
+            rkey: repo_id.name().to_string(),
+        }
+    }
+}
+
+/// How a repository came to be tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// `add-repo` by the operator.
+    #[default]
+    Operator,
+    /// A local publish.
+    Publish,
+    /// A `sync` of a repository nobody added (e.g. `git clone knot://`): kept
+    /// once a state arrives, forgotten if the first sync fails.
+    Sync,
+}
+
+/// What the operator configured for a repository. Changes only by admin
+/// command; written durably.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// The repository.
+    pub repo_id: RepoId,
+    /// Unix time it was added.
+    pub added_at: u64,
+    /// How it came to be tracked.
+    #[serde(default)]
+    pub origin: Origin,
+    /// Where the owner's record lives, if it has one.
+    #[serde(default)]
+    pub locator: Option<Locator>,
+    /// Peers the operator named with `--peer`: trusted publishers of this
+    /// repository until removed.
+    #[serde(default)]
+    pub operator_peers: Vec<PeerHint>,
+}
+
+impl RepoConfig {
+    /// A new configuration.
+    pub fn new(repo_id: RepoId, origin: Origin, added_at: u64) -> Self {
+        Self {
+            repo_id,
+            added_at,
+            origin,
+            locator: None,
+            operator_peers: Vec::new(),
+        }
+    }
+}
+
+/// The owner's record as last read from (or written to) its PDS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordCopy {
+    /// The validated record.
+    pub record: RepoRecord,
+    /// Unix time it was read or written.
+    pub read_at: u64,
+    /// The node decided to take the state the record names and does not
+    /// hold it yet (a fetch interrupted by a restart resumes).
+    #[serde(default)]
+    pub pending: bool,
+}
+
+/// The state a node holds: pinned, materialized, served and announced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// BLAKE3 hash (hex) of the manifest.
+    pub manifest: String,
+    /// Object id HEAD resolves to.
+    pub head: Option<String>,
+    /// The statement behind the state: its publisher's, when adopted from a
+    /// trusted peer, or this node's own. `statement.seq` is the state's
+    /// sequence number.
+    pub statement: SignedStatement,
+    /// Packs the manifest lists.
+    pub pack_count: usize,
+    /// Bytes of those packs.
+    pub bytes: u64,
+    /// Unix time the state was taken.
+    pub since: u64,
+    /// Whether the owner's record still has to be told about this state.
+    #[serde(default)]
+    pub write_back_pending: bool,
+}
+
+impl Held {
+    /// The state's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.statement.statement.seq
+    }
+
+    /// The manifest as a blob hash.
+    pub fn manifest_hash(&self) -> iroh_blobs::Hash {
+        self.statement.statement.manifest_hash()
+    }
+}
+
+/// A peer hint learned from gossip (an announcer or a neighbour), with when
+/// it was last seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedHint {
+    /// Where the peer was reached.
+    pub hint: PeerHint,
+    /// Unix time in milliseconds it was last seen.
+    pub seen_ms: u64,
+}
+
+/// Cheap per-repository facts, written lazily (batched).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bookkeeping {
+    /// Peer hints learned from gossip, most recent first.
+    #[serde(default)]
+    pub hints: Vec<LearnedHint>,
+    /// Unix time of the last successful record poll.
+    #[serde(default)]
+    pub last_poll: Option<u64>,
+    /// The last error seen (poll, fetch, publish or write-back).
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// Everything persisted about one repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoRow {
+    /// Operator configuration.
+    pub config: RepoConfig,
+    /// The owner's record as last read.
+    pub record: Option<RecordCopy>,
+    /// The state held.
+    pub held: Option<Held>,
+    /// Hints, last poll, last error.
+    pub bookkeeping: Bookkeeping,
+}
