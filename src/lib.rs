@@ -26,3 +26,4 @@ pub mod record;
 pub mod repo_id;
 pub mod state;
 pub mod store;
+pub mod supervise;

@@ -46,6 +46,7 @@ use crate::{
     limits::DropCounters,
     poller::Poller,
     store::{Store, StoreError},
+    supervise::Supervised,
 };
 
 /// How often unreferenced blobs are collected.
@@ -120,8 +121,7 @@ pub struct Node {
     lookup: MemoryLookup,
     blobs: FsStore,
     cancel: CancellationToken,
-    tasks: JoinSet<&'static str>,
-    task_names: std::collections::HashMap<tokio::task::Id, &'static str>,
+    tasks: Supervised,
     admin_socket: PathBuf,
     data_dir: PathBuf,
     http_addr: Option<std::net::SocketAddr>,
@@ -187,7 +187,7 @@ impl Node {
             }
         };
 
-        let mut tasks: JoinSet<&'static str> = JoinSet::new();
+        let mut tasks = Supervised::default();
         let xrpc = XrpcClient::from_config(&config.atproto);
         let (poll_tx, poll_rx) = tokio::sync::mpsc::channel(256);
         let mut poller_task = JoinSet::new();
@@ -198,13 +198,12 @@ impl Node {
             cancel.child_token(),
             &mut poller_task,
         );
-        tasks.spawn(async move {
+        tasks.spawn("record poller", async move {
             if let Some(Err(e)) = poller_task.join_next().await
                 && e.is_panic()
             {
                 std::panic::resume_unwind(e.into_panic());
             }
-            "record poller"
         });
         let writer = match Credentials::load(&config.atproto) {
             Ok(Some(credentials)) => {
@@ -246,10 +245,7 @@ impl Node {
         let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = http_listener {
             let http = crate::http::serve(listener, data_dir.join("repos"), cancel.child_token());
-            tasks.spawn(async move {
-                http.await;
-                "smart HTTP server"
-            });
+            tasks.spawn("smart HTTP server", http);
         }
         let admin = admin::serve(
             listener,
@@ -257,11 +253,7 @@ impl Node {
             knot.clone(),
             cancel.child_token(),
         );
-        tasks.spawn(async move {
-            admin.await;
-            "admin socket server"
-        });
-        let task_names = std::collections::HashMap::new();
+        tasks.spawn("admin socket server", admin);
         info!(
             data_dir = %data_dir.display(),
             admin_socket = %admin_socket.display(),
@@ -275,7 +267,6 @@ impl Node {
             blobs,
             cancel,
             tasks,
-            task_names,
             admin_socket,
             data_dir,
             http_addr,
@@ -287,26 +278,17 @@ impl Node {
     /// node cannot go on and should be shut down and the process exit with
     /// an error, so that its supervisor restarts it.
     pub async fn supervise(&mut self, shutdown: &CancellationToken) -> Option<String> {
-        let ended = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            ended = self.tasks.join_next_with_id() => ended,
-        }?;
-        let message = match ended {
-            Ok((_, name)) => format!("the {name} stopped unexpectedly"),
-            Err(e) => {
-                let name = self
-                    .task_names
-                    .get(&e.id())
-                    .copied()
-                    .unwrap_or("a core task");
-                match e.try_into_panic() {
-                    Ok(panic) => format!("{name} panicked: {}", panic_text(&panic)),
-                    Err(e) => format!("{name} failed: {e}"),
-                }
-            }
-        };
-        tracing::error!(reason = %message, "a core task stopped; shutting down");
-        Some(message)
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        let died = self.tasks.watch(&self.cancel).await;
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        if let Some(reason) = &died {
+            tracing::error!(%reason, "a core task stopped; shutting down");
+        }
+        died
     }
 
     /// Handle to the repository actor.
@@ -357,13 +339,8 @@ impl Node {
     /// Stop all tasks, leave gossip topics, flush stores and remove the admin socket.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         self.cancel.cancel();
-        let _ = &self.task_names;
-        while let Some(res) = self.tasks.join_next().await {
-            if let Err(e) = res
-                && e.is_panic()
-            {
-                warn!(error = %e, "a node task panicked");
-            }
+        for panic in self.tasks.join_all().await {
+            warn!(%panic, "a node task panicked");
         }
         self.router
             .shutdown()
@@ -385,14 +362,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         Some(reason) => Err(NodeError::TaskDied(reason)),
         None => stopped,
     }
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
 }
 
 fn prepare_dir(dir: &Path) -> Result<(), NodeError> {

@@ -566,6 +566,48 @@ fn two_nodes_push_clone_fetch_reject_force() {
     assert!(remote.starts_with(&diverged), "{remote}");
 }
 
+/// Home-server replication: an author publishes, a seeder follows it, the
+/// author goes away, and a home server given only the seeder's ticket
+/// replicates (the seeder vouches for the author's state) and serves
+/// `git clone knot://`. Three separate `knotd` processes.
+#[test]
+fn a_home_server_replicates_through_a_seeder_with_the_author_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut author = Daemon::start(&tmp.path().join("author"));
+    let seeder = Daemon::start(&tmp.path().join("seeder"));
+    let home = Daemon::start(&tmp.path().join("home"));
+    let id = "did:plc:knottest123/homeserver";
+    let url = format!("knot://{id}");
+    let git_author = GitEnv::new().with_socket(&author.socket);
+    let git_home = GitEnv::new().with_socket(&home.socket);
+
+    let work = tmp.path().join("work");
+    git_author.work_repo(&work);
+    let out = git_author.run(&work, &["push", &url, "main"]);
+    assert!(out.status.success(), "push to the author: {}", stderr(&out));
+    let head = git_author.ok(&work, &["rev-parse", "HEAD"]);
+    let published = author.materialized(id).expect("the author holds it");
+
+    let out = seeder.admin(&["add-repo", id, "--peer", &author.ticket()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(60, "the seeder to replicate", || {
+        (seeder.materialized(id).as_deref() == Some(published.as_str())).then_some(())
+    });
+    assert!(author.signal("TERM").success());
+
+    let out = home.admin(&["add-repo", id, "--peer", &seeder.ticket()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let clone = tmp.path().join("clone");
+    let out = git_home.run(tmp.path(), &["clone", &url, clone.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "clone from the home server: {}",
+        stderr(&out)
+    );
+    assert_eq!(git_home.ok(&clone, &["rev-parse", "HEAD"]), head);
+    assert_eq!(home.materialized(id).as_deref(), Some(published.as_str()));
+}
+
 // ---------------------------------------------------------------------------
 // Smart HTTP
 // ---------------------------------------------------------------------------

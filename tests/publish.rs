@@ -271,3 +271,88 @@ async fn a_node_with_http_enabled_serves_git_clone() {
     );
     node.stop().await;
 }
+
+/// Tags naming blobs of `repo` on `node`: (tag name, hash).
+async fn repo_tags(node: &TestNode, repo: &str) -> Vec<(String, iroh_blobs::Hash)> {
+    use n0_future::StreamExt;
+    let mut list = node
+        .node
+        .blobs()
+        .tags()
+        .list_prefix(format!("knot/{repo}/"))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(tag) = list.next().await {
+        let tag = tag.unwrap();
+        out.push((
+            String::from_utf8_lossy(tag.name.as_ref()).into_owned(),
+            tag.hash,
+        ));
+    }
+    out
+}
+
+/// A publish whose materialization fails (here: a stale ref lock a crashed
+/// git left in the served repository) keeps the previous state served and
+/// pinned, and the next publish after the lock is gone succeeds.
+#[tokio::test]
+async fn a_publish_whose_materialize_fails_keeps_the_previous_state() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let node = TestNode::spawn().await;
+    let first = node.publish(REPO, &src).await;
+    let served = node.repo_path(REPO);
+    let before = fingerprint(&served);
+    let tags_before = repo_tags(&node, REPO).await;
+
+    let lock = served.join("refs/heads/main.lock");
+    std::fs::write(&lock, b"").unwrap();
+    add_commit(&src, "blocked");
+    let err = node
+        .admin(Command::Publish {
+            repo_id: rid(REPO),
+            path: src.clone(),
+            force: false,
+            expected_manifest: None,
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lock"), "{err}");
+    let summary = node.summary(REPO).await.unwrap();
+    assert_eq!(summary.manifest.as_deref(), Some(first.manifest.as_str()));
+    assert_eq!(fingerprint(&served), before, "the previous state is served");
+    assert_eq!(
+        std::fs::read_to_string(served.join("knot-manifest"))
+            .unwrap()
+            .trim(),
+        first.manifest,
+        "and recorded as materialized"
+    );
+    assert_eq!(repo_tags(&node, REPO).await, tags_before, "and pinned");
+    let clone = work.path().join("clone");
+    git(
+        work.path(),
+        &[
+            "clone",
+            "-q",
+            served.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        git(&clone, &["rev-parse", "HEAD"]),
+        git(&src, &["rev-parse", "HEAD~1"])
+    );
+
+    std::fs::remove_file(&lock).unwrap();
+    let second = node.publish(REPO, &src).await;
+    assert_ne!(second.manifest, first.manifest);
+    assert_eq!(
+        git(&served, &["rev-parse", "HEAD"]),
+        git(&src, &["rev-parse", "HEAD"])
+    );
+    node.stop().await;
+}

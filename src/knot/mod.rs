@@ -188,7 +188,7 @@ impl Knot {
     pub fn spawn(
         mut parts: KnotParts,
         cancel: CancellationToken,
-        tasks: &mut JoinSet<&'static str>,
+        tasks: &mut crate::supervise::Supervised,
     ) -> Result<KnotHandle, KnotError> {
         let rows = parts.store.load_all()?;
         let (tx, rx) = mpsc::channel(1024);
@@ -240,10 +240,7 @@ impl Knot {
             flush_at: None,
             parts,
         };
-        tasks.spawn(async move {
-            actor.run(rows).await;
-            "repository actor"
-        });
+        tasks.spawn("repository actor", actor.run(rows));
         Ok(KnotHandle { tx })
     }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod stranger;
 
 use std::path::{Path, PathBuf};
 
@@ -62,6 +63,16 @@ impl TestNode {
         } = self;
         node.shutdown().await.expect("clean shutdown");
         let mut fresh = Self::spawn_in(&data_dir).await;
+        fresh._tmp = _tmp;
+        fresh
+    }
+
+    /// Stop the node gracefully and start it again with `config` (whose
+    /// data dir must be this node's).
+    pub async fn restart_with(self, config: Config) -> TestNode {
+        let TestNode { node, _tmp, .. } = self;
+        node.shutdown().await.expect("clean shutdown");
+        let mut fresh = Self::spawn_with(config).await;
         fresh._tmp = _tmp;
         fresh
     }

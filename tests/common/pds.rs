@@ -45,12 +45,18 @@ fn node_available() -> bool {
 }
 
 impl TestPds {
-    /// Start a fresh PDS. Returns `None` (after saying why on stderr) when
-    /// `node` is not installed; panics when the PDS cannot be installed or
-    /// does not start.
+    /// Start a fresh PDS. Without `node`, fails when `KNOTD_REQUIRE_PDS=1`
+    /// (as in CI, so a test cannot pass by skipping) and otherwise returns
+    /// `None` after saying why on stderr; panics when the PDS cannot be
+    /// installed or does not start.
     pub fn start() -> Option<TestPds> {
         if !node_available() {
-            eprintln!("skipping: `node` (>= 20) is not installed, so the reference PDS cannot run");
+            let why = "`node` (>= 20) is not installed, so the reference PDS cannot run";
+            assert!(
+                std::env::var("KNOTD_REQUIRE_PDS").as_deref() != Ok("1"),
+                "{why}, and KNOTD_REQUIRE_PDS=1 says this test must run: install Node.js 20+"
+            );
+            eprintln!("skipping: {why} (set KNOTD_REQUIRE_PDS=1 to make this a failure)");
             return None;
         }
         let dir = pds_dir();

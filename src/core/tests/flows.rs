@@ -1,0 +1,357 @@
+//! Queue, sync, removal, restart, rejoin and write-back.
+
+use std::time::Duration;
+
+use super::*;
+
+/// The rollback-and-freeze attack: the follower's copy of the record lags
+/// behind gossip; a stranger announces the previous state under its own key
+/// with the highest seq.
+#[test]
+fn no_more_jobs_run_than_allowed_and_the_rest_wait_their_turn() {
+    let mut sim = Sim::new(2);
+    let author = key(1);
+    let mut started = Vec::new();
+    for n in 0..5 {
+        let id = rid(&format!("did:plc:owner/r{n}"));
+        sim.command(CoreCommand::AddRepo {
+            repo_id: id.clone(),
+            locator: None,
+            peers: vec![hint(&author)],
+        });
+        let statement = Statement {
+            repo_id: id.to_string(),
+            head: None,
+            manifest: [n + 1; 32],
+            seq: T0_MS,
+            publisher: *author.public().as_bytes(),
+        }
+        .sign(&author);
+        let fx = sim.event(Event::Announcement {
+            repo: id.clone(),
+            announcement: Box::new(Announcement::new(statement, &author, vec![])),
+            via: Via::Gossip,
+        });
+        started.extend(fx.iter().filter_map(|e| match e {
+            Effect::StartJob { repo, job, .. } => Some((repo.clone(), *job)),
+            _ => None,
+        }));
+    }
+    assert_eq!(started.len(), 2);
+    assert_eq!(sim.core.job_load(), (2, 3));
+    let (first, job) = started[0].clone();
+    let fx = sim.event(Event::JobDone {
+        repo: first,
+        job,
+        result: Err("boom".into()),
+    });
+    assert_eq!(jobs(&fx).len(), 1, "a finished job frees a slot");
+}
+
+#[test]
+fn a_newer_target_arriving_during_a_job_runs_right_after_it() {
+    let mut sim = Sim::new(4);
+    let author = key(1);
+    sim.add(vec![hint(&author)], locator());
+    let fx = sim.announce(&author, &author, 2, T0_MS);
+    let (job, _) = fetch_job(&fx).unwrap();
+    // While it runs, the record names a newer state.
+    let fx = sim.poll(record(Some(3), Some(T0_MS + 50), &[&author]));
+    assert!(jobs(&fx).is_empty(), "one job per repository");
+    let fx = sim.finish(job, 2);
+    let (_, m) = fetch_job(&fx).expect("the newer target starts at once");
+    assert_eq!(m, manifest(3));
+}
+
+#[test]
+fn a_sync_poll_is_handled_once_and_answers_once() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], locator());
+    sim.poll(record(Some(2), Some(T0_MS), &[]));
+    let job = sim.core.repos[&repo()].job.as_ref().unwrap().id();
+    sim.finish(job, 2);
+    let (reply, fx) = sim.command(CoreCommand::Sync { repo_id: repo() });
+    assert_eq!(
+        fx.iter()
+            .filter(|e| matches!(e, Effect::PollNow { .. }))
+            .count(),
+        1
+    );
+    assert!(reply_to(&fx, reply).is_none(), "waits for the poll");
+    let fx = sim.poll(record(Some(2), Some(T0_MS), &[]));
+    let Some(Reply::Ok(Payload::Synced(report))) = reply_to(&fx, reply) else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(report.message, "up to date");
+    // The next scheduled poll finds no caller to answer.
+    let fx = sim.poll(record(Some(2), Some(T0_MS), &[]));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Reply { .. })));
+}
+
+#[test]
+fn a_sync_waiting_for_a_first_state_gives_up_only_for_its_round() {
+    let mut sim = Sim::new(4);
+    let seeder = key(2);
+    sim.add(vec![hint(&seeder)], None);
+    let (first, fx) = sim.command(CoreCommand::Sync { repo_id: repo() });
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Pull { peer, .. } if *peer == seeder.public()))
+    );
+    let round = sim.core.repos[&repo()].sync.first_state_round.unwrap();
+    sim.advance(Duration::from_secs(31));
+    let fx = sim.event(Event::Timer(TimerKey::FirstState(repo(), round)));
+    assert!(matches!(reply_to(&fx, first), Some(Reply::Error(e)) if e.contains("no state")));
+    // A second round; the first round's timer firing again changes nothing.
+    let (second, _) = sim.command(CoreCommand::Sync { repo_id: repo() });
+    let fx = sim.event(Event::Timer(TimerKey::FirstState(repo(), round)));
+    assert!(reply_to(&fx, second).is_none());
+    // A state arrives: the caller gets it.
+    let fx = sim.announce(&key(1), &seeder, 2, T0_MS);
+    let (job, _) = fetch_job(&fx).unwrap();
+    let fx = sim.finish(job, 2);
+    assert!(matches!(
+        reply_to(&fx, second),
+        Some(Reply::Ok(Payload::Synced(_)))
+    ));
+}
+
+#[test]
+fn a_failed_fetch_is_retried_with_backoff_while_still_wanted() {
+    let mut sim = Sim::new(4);
+    let author = key(1);
+    sim.add(vec![hint(&author)], None);
+    let fx = sim.announce(&author, &author, 2, T0_MS);
+    let (job, _) = fetch_job(&fx).unwrap();
+    let fx = sim.event(Event::JobDone {
+        repo: repo(),
+        job,
+        result: Err("no provider".into()),
+    });
+    let at = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::SetTimer {
+                key: TimerKey::Retry(_),
+                at,
+            } => Some(*at),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(at, sim.now().at + Duration::from_secs(5));
+    assert!(sim.core.summaries()[0].last_error.as_deref() == Some("no provider"));
+    sim.advance(Duration::from_secs(5));
+    let fx = sim.event(Event::Timer(TimerKey::Retry(repo())));
+    assert!(fetch_job(&fx).is_some());
+}
+
+#[test]
+fn a_failed_first_publish_leaves_no_trace() {
+    let mut sim = Sim::new(4);
+    let (reply, fx) = sim.command(CoreCommand::Publish {
+        repo_id: repo(),
+        source: "/src".into(),
+        force: false,
+        expected_manifest: None,
+    });
+    let job = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::StartJob { job, .. } => Some(*job),
+            _ => None,
+        })
+        .unwrap();
+    let fx = sim.event(Event::JobDone {
+        repo: repo(),
+        job,
+        result: Err("not a git repository".into()),
+    });
+    assert!(matches!(reply_to(&fx, reply), Some(Reply::Error(_))));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Remove(_))))
+    );
+    assert!(matches!(jobs(&fx)[..], [(_, JobSpec::Discard)]));
+    assert!(sim.core.summaries().is_empty());
+}
+
+#[test]
+fn removal_waits_for_the_running_job_and_refuses_commands_meanwhile() {
+    let mut sim = Sim::new(4);
+    let author = key(1);
+    sim.add(vec![hint(&author)], None);
+    let fx = sim.announce(&author, &author, 2, T0_MS);
+    let (job, _) = fetch_job(&fx).unwrap();
+    let (reply, fx) = sim.command(CoreCommand::RemoveRepo { repo_id: repo() });
+    assert!(matches!(reply_to(&fx, reply), Some(Reply::Ok(_))));
+    assert!(jobs(&fx).is_empty(), "the fetch still runs");
+    let (again, fx) = sim.command(CoreCommand::Sync { repo_id: repo() });
+    assert!(matches!(reply_to(&fx, again), Some(Reply::Error(e)) if e.contains("being removed")));
+    let fx = sim.finish(job, 2);
+    let discard = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::StartJob {
+                job,
+                spec: JobSpec::Discard,
+                ..
+            } => Some(*job),
+            _ => None,
+        })
+        .expect("then its content is discarded");
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Held(..))))
+    );
+    sim.event(Event::JobDone {
+        repo: repo(),
+        job: discard,
+        result: Ok(info(0)),
+    });
+    assert!(sim.core.repos.is_empty());
+}
+
+#[test]
+fn a_restart_checks_held_states_and_resumes_an_interrupted_record_fetch() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], locator());
+    sim.poll(record(Some(2), Some(T0_MS), &[]));
+    let job = sim.core.repos[&repo()].job.as_ref().unwrap().id();
+    sim.finish(job, 2);
+    // The record names a new state; the node restarts before it arrives.
+    sim.poll(record(Some(3), Some(T0_MS + 9), &[]));
+    let (_, fx) = sim.restart();
+    let specs = jobs(&fx);
+    assert!(
+        matches!(&specs[..], [(_, JobSpec::Fetch { manifest: m, previous: Some(p), .. })] if *m == manifest(3) && *p == manifest(2)),
+        "{specs:?}"
+    );
+    assert!(fx.iter().any(|e| matches!(e, Effect::TrackRecord { .. })));
+    assert!(fx.iter().any(|e| matches!(e, Effect::JoinTopic { .. })));
+}
+
+#[test]
+fn a_restart_with_many_repositories_starts_few_jobs() {
+    let mut sim = Sim::new(4);
+    let author = key(1);
+    let mut rows = Vec::new();
+    for n in 0..1000u32 {
+        let id = rid(&format!("did:plc:owner/r{n}"));
+        let statement = Statement {
+            repo_id: id.to_string(),
+            head: None,
+            manifest: [1; 32],
+            seq: 5,
+            publisher: *author.public().as_bytes(),
+        }
+        .sign(&author);
+        rows.push(RepoRow {
+            config: RepoConfig::new(id, Origin::Operator, 0),
+            record: None,
+            held: Some(Held {
+                manifest: data_encoding::HEXLOWER.encode(&[1; 32]),
+                head: None,
+                statement,
+                pack_count: 1,
+                bytes: 1,
+                since: 0,
+                write_back_pending: false,
+            }),
+            bookkeeping: Bookkeeping::default(),
+        });
+    }
+    let now = sim.now();
+    let fx = sim.core.load(rows, now);
+    assert_eq!(jobs(&fx).len(), 4);
+    assert_eq!(sim.core.job_load(), (4, 996));
+}
+
+#[test]
+fn a_lonely_topic_redials_with_backoff_and_pulls_once_per_peer() {
+    let mut sim = Sim::new(4);
+    let seeder = key(2);
+    for n in 0..3 {
+        sim.command(CoreCommand::AddRepo {
+            repo_id: rid(&format!("did:plc:owner/r{n}")),
+            locator: None,
+            peers: vec![hint(&seeder)],
+        });
+    }
+    sim.advance(Duration::from_secs(5));
+    let fx = sim.event(Event::Timer(TimerKey::Rejoin));
+    let pulls: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Pull { peer, repos } => Some((*peer, repos.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pulls, vec![(seeder.public(), 3)], "one pull for all three");
+    // The seeder does not answer: it is asked again only after a backoff.
+    sim.event(Event::Pulled {
+        peer: seeder.public(),
+        ok: false,
+    });
+    sim.advance(Duration::from_secs(5));
+    let fx = sim.event(Event::Timer(TimerKey::Rejoin));
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Pull { .. })),
+        "{fx:?}"
+    );
+    sim.advance(Duration::from_secs(10));
+    let fx = sim.event(Event::Timer(TimerKey::Rejoin));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Pull { .. })));
+}
+
+#[test]
+fn write_back_follows_a_publish_and_retries() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], locator());
+    let (_, fx) = sim.command(CoreCommand::Publish {
+        repo_id: repo(),
+        source: "/src".into(),
+        force: false,
+        expected_manifest: None,
+    });
+    let job = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::StartJob { job, .. } => Some(*job),
+            _ => None,
+        })
+        .unwrap();
+    let fx = sim.finish(job, 2);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::SetTimer {
+            key: TimerKey::WriteBack(_),
+            ..
+        }
+    )));
+    let fx = sim.event(Event::Timer(TimerKey::WriteBack(repo())));
+    let Some(Effect::WriteBack { record, .. }) =
+        fx.iter().find(|e| matches!(e, Effect::WriteBack { .. }))
+    else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(record.seq, Some(sim.held().unwrap().seq()));
+    let fx = sim.event(Event::WrittenBack {
+        repo: repo(),
+        result: Err("503".into()),
+    });
+    assert!(fx.iter().any(
+        |e| matches!(e, Effect::SetTimer { key: TimerKey::WriteBack(_), at } if *at > sim.now().at)
+    ));
+    let written = record.clone();
+    sim.event(Event::Timer(TimerKey::WriteBack(repo())));
+    sim.event(Event::WrittenBack {
+        repo: repo(),
+        result: Ok(written),
+    });
+    assert!(!sim.held().unwrap().write_back_pending);
+    let _ = RecordCopy {
+        record: RepoRecord::empty(repo()),
+        read_at: 0,
+        pending: false,
+    };
+}
