@@ -113,6 +113,13 @@ enum AdminCmd {
         /// `<did>/<name>`
         repo_id: String,
     },
+    /// Stop trusting a peer named with `add-repo --peer` (revokes it now).
+    RemovePeer {
+        /// `<did>/<name>`
+        repo_id: String,
+        /// The peer's node id (as `knotd admin peers` shows it).
+        node_id: String,
+    },
     /// List tracked repositories.
     List {
         /// Print JSON instead of a table.
@@ -259,6 +266,13 @@ async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
             },
             false,
         ),
+        AdminCmd::RemovePeer { repo_id, node_id } => (
+            Command::RemovePeer {
+                repo_id: parse_repo_id(&repo_id)?,
+                node_id,
+            },
+            false,
+        ),
         AdminCmd::List { json } => (Command::List, json),
         AdminCmd::Status { json } => (Command::Status, json),
         AdminCmd::Peers { repo_id, json } => (
@@ -356,9 +370,15 @@ fn print_payload(payload: Payload, json: bool) {
                 println!("no peers known");
             }
             for p in peers {
+                let source = match p.source {
+                    knotd::admin::PeerSource::Operator => "operator (trusted)",
+                    knotd::admin::PeerSource::Record => "record (trusted)",
+                    knotd::admin::PeerSource::Learned => "learned",
+                };
                 println!(
-                    "{}  {}  {}{}",
+                    "{}  {:<18}  {}  {}{}",
                     p.hint.node_id,
+                    source,
                     if p.connected { "connected" } else { "-" },
                     if p.hint.addrs.is_empty() {
                         "(no direct addresses)".to_string()

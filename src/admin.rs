@@ -96,6 +96,13 @@ pub enum Command {
         /// The repository.
         repo_id: RepoId,
     },
+    /// Stop trusting a peer the operator named for a repository.
+    RemovePeer {
+        /// The repository.
+        repo_id: RepoId,
+        /// The peer's node id.
+        node_id: String,
+    },
     /// List tracked repositories.
     List,
     /// Node status.

@@ -21,6 +21,7 @@ impl Core {
     pub(super) fn handle_command(&mut self, reply: ReplyId, command: CoreCommand, now: Now) {
         let repo_id = match &command {
             CoreCommand::AddRepo { repo_id, .. }
+            | CoreCommand::RemovePeer { repo_id, .. }
             | CoreCommand::RemoveRepo { repo_id }
             | CoreCommand::Publish { repo_id, .. }
             | CoreCommand::Sync { repo_id } => repo_id.clone(),
@@ -37,6 +38,9 @@ impl Core {
                 locator,
                 peers,
             } => self.add_repo(reply, repo_id, locator, peers, now),
+            CoreCommand::RemovePeer { repo_id, node_id } => {
+                self.remove_peer(reply, &repo_id, node_id)
+            }
             CoreCommand::RemoveRepo { repo_id } => self.remove_repo(reply, &repo_id, now),
             CoreCommand::Publish {
                 repo_id,
@@ -139,6 +143,47 @@ impl Core {
             format!("{repo_id} was already tracked; peers and locator updated")
         };
         self.reply(reply, Reply::Ok(Payload::Done { message }));
+    }
+
+    /// Revoke an operator peer: it is no longer trusted from the next
+    /// decision on (it may stay known as a learned hint, untrusted).
+    fn remove_peer(&mut self, reply: ReplyId, repo_id: &RepoId, node_id: iroh::EndpointId) {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return self.reply_err(
+                reply,
+                format!("repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`"),
+            );
+        };
+        let id = node_id.to_string();
+        let before = repo.config.operator_peers.len();
+        repo.config.operator_peers.retain(|p| p.node_id != id);
+        if repo.config.operator_peers.len() == before {
+            let in_record = repo
+                .record
+                .as_ref()
+                .is_some_and(|c| c.record.peers.iter().any(|p| p.node_id == id));
+            let why = if in_record {
+                "; it is listed in the owner's record, which only the owner can change"
+            } else {
+                ""
+            };
+            return self.reply_err(
+                reply,
+                format!(
+                    "{} is not a peer named for {repo_id} with --peer{why}",
+                    node_id.fmt_short()
+                ),
+            );
+        }
+        self.out
+            .push(Effect::Persist(Write::Config(repo.config.clone())));
+        info!(repo = %repo_id, peer = %node_id.fmt_short(), "operator peer revoked");
+        self.reply(
+            reply,
+            Reply::Ok(Payload::Done {
+                message: format!("{repo_id} no longer trusts {node_id}"),
+            }),
+        );
     }
 
     fn remove_repo(&mut self, reply: ReplyId, repo_id: &RepoId, now: Now) {

@@ -123,6 +123,13 @@ pub enum CoreCommand {
         /// Peers the operator trusts to publish it.
         peers: Vec<PeerHint>,
     },
+    /// Stop trusting a peer the operator named.
+    RemovePeer {
+        /// The repository.
+        repo_id: RepoId,
+        /// The peer.
+        node_id: EndpointId,
+    },
     /// Stop tracking a repository and drop its content.
     RemoveRepo {
         /// The repository.

@@ -327,6 +327,15 @@ impl Knot {
                 }
             }
             Command::RemoveRepo { repo_id } => CoreCommand::RemoveRepo { repo_id },
+            Command::RemovePeer { repo_id, node_id } => match node_id.trim().parse() {
+                Ok(node_id) => CoreCommand::RemovePeer { repo_id, node_id },
+                Err(e) => {
+                    let _ = reply.send(Reply::Error(format!(
+                        "{node_id:?} is not a node id ({e}); copy it from `knotd admin peers {repo_id}`"
+                    )));
+                    return;
+                }
+            },
             Command::Publish {
                 repo_id,
                 path,

@@ -240,3 +240,27 @@ fn a_record_for_another_repository_is_rejected_clearly() {
     let error = sim.core.summaries()[0].last_error.clone().unwrap();
     assert!(error.contains("did:plc:owner/other"), "{error}");
 }
+
+#[test]
+fn an_operator_peer_removed_by_the_operator_is_revoked() {
+    let mut sim = Sim::new(4);
+    let seeder = key(2);
+    sim.add(vec![hint(&seeder)], None);
+    sim.take(&seeder, 2, T0_MS);
+    let (reply, fx) = sim.command(CoreCommand::RemovePeer {
+        repo_id: repo(),
+        node_id: seeder.public(),
+    });
+    assert!(matches!(reply_to(&fx, reply), Some(Reply::Ok(_))));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Config(c)) if c.operator_peers.is_empty()))
+    );
+    let fx = sim.announce(&seeder, &seeder, 3, T0_MS + 1);
+    assert!(jobs(&fx).is_empty(), "revoked");
+    let (reply, fx) = sim.command(CoreCommand::RemovePeer {
+        repo_id: repo(),
+        node_id: seeder.public(),
+    });
+    assert!(matches!(reply_to(&fx, reply), Some(Reply::Error(e)) if e.contains("--peer")));
+}
