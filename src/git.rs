@@ -625,18 +625,18 @@ pub fn apply_refs(git_dir: &Path, set: &RefSet) -> Result<(), GitError> {
     if !early_deletes.is_empty() {
         transaction(&early_deletes)?;
     }
-    if !tx.is_empty() {
-        if let Err(e) = transaction(&tx) {
-            if !early.is_empty() {
-                let restore: String = early
-                    .iter()
-                    .map(|(name, old)| format!("create {name} {old}\n"))
-                    .collect();
-                // Best effort: the original error is what matters.
-                let _ = transaction(&restore);
-            }
-            return Err(e);
+    if !tx.is_empty()
+        && let Err(e) = transaction(&tx)
+    {
+        if !early.is_empty() {
+            let restore: String = early
+                .iter()
+                .map(|(name, old)| format!("create {name} {old}\n"))
+                .collect();
+            // Best effort: the original error is what matters.
+            let _ = transaction(&restore);
         }
+        return Err(e);
     }
 
     match &set.head {
