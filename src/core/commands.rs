@@ -19,19 +19,6 @@ use crate::{
 
 impl Core {
     pub(super) fn handle_command(&mut self, reply: ReplyId, command: CoreCommand, now: Now) {
-        let repo_id = match &command {
-            CoreCommand::AddRepo { repo_id, .. }
-            | CoreCommand::RemovePeer { repo_id, .. }
-            | CoreCommand::RemoveRepo { repo_id }
-            | CoreCommand::Publish { repo_id, .. }
-            | CoreCommand::Sync { repo_id } => repo_id.clone(),
-        };
-        if self.repos.get(&repo_id).is_some_and(|r| r.removing) {
-            return self.reply_err(
-                reply,
-                format!("{repo_id} is being removed; try again in a moment"),
-            );
-        }
         match command {
             CoreCommand::AddRepo {
                 repo_id,
@@ -195,52 +182,60 @@ impl Core {
         }
         info!(repo = %repo_id, "repository removed");
         let busy = self.repos.get(repo_id).is_some_and(|r| r.job.is_some());
-        if busy {
+        self.forget(repo_id, now);
+        match self.discarding.get_mut(repo_id) {
+            Some(d) if !busy => d.reply = Some(reply),
             // A job cannot be stopped half-way safely: answer now, and
-            // discard the content when it ends.
-            self.reply(
+            // delete the content when it ends.
+            _ => self.reply(
                 reply,
                 Reply::Ok(Payload::Done {
                     message: format!(
                         "removed {repo_id}; its content is deleted when the transfer in progress ends"
                     ),
                 }),
-            );
-        } else if let Some(repo) = self.repos.get_mut(repo_id) {
-            repo.removal_reply = Some(reply);
+            ),
         }
-        self.forget(repo_id, now);
     }
 
     /// Stop tracking a repository: persist the removal, leave its topic,
-    /// stop its record, fail its callers, and discard its content once no
-    /// job runs on it.
+    /// stop its record, fail its callers, and delete its content once no
+    /// job runs on it. The id may be tracked again at once.
     pub(super) fn forget(&mut self, repo_id: &RepoId, now: Now) {
-        let Some(repo) = self.repos.get_mut(repo_id) else {
+        let Some(repo) = self.repos.remove(repo_id) else {
             return;
         };
-        repo.removing = true;
-        repo.want = None;
-        let publishes: Vec<ReplyId> = repo.publishes.drain(..).map(|p| p.reply).collect();
-        let waiters = std::mem::take(&mut repo.sync.waiters);
-        repo.sync = Default::default();
-        let had_topic = repo.topic.take().is_some();
-        let had_record = repo.config.locator.is_some();
+        let finishing = repo.job.as_ref().map(|j| j.id());
+        if let Some(super::repo::Running::Publish { publish, .. }) = &repo.job {
+            self.reply_err(publish.reply, format!("{repo_id} was removed"));
+        }
         self.out
             .push(Effect::Persist(Write::Remove(repo_id.clone())));
-        if had_topic {
+        if repo.topic.is_some() {
             self.out.push(Effect::LeaveTopic {
                 repo: repo_id.clone(),
             });
         }
-        if had_record {
+        if repo.config.locator.is_some() {
             self.out.push(Effect::UntrackRecord {
                 repo: repo_id.clone(),
             });
         }
-        for to in publishes.into_iter().chain(waiters) {
+        let waiters = repo
+            .publishes
+            .iter()
+            .map(|p| p.reply)
+            .chain(repo.sync.waiters);
+        for to in waiters.collect::<Vec<_>>() {
             self.reply_err(to, format!("{repo_id} was removed"));
         }
+        self.discarding.insert(
+            repo_id.clone(),
+            super::repo::Discarding {
+                finishing,
+                ..Default::default()
+            },
+        );
         self.queue.push(repo_id, Lane::Interactive);
         self.pump(now);
     }

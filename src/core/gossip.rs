@@ -33,7 +33,7 @@ impl Core {
     ) {
         self.counters.received += 1;
         let me = self.me;
-        let Some(repo) = self.repos.get_mut(repo_id).filter(|r| !r.removing) else {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
         let Some(sender) = announcement.sender_id() else {
@@ -124,7 +124,7 @@ impl Core {
         addrs: Vec<SocketAddr>,
         now: Now,
     ) {
-        let Some(repo) = self.repos.get_mut(repo_id).filter(|r| !r.removing) else {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
         let Some(topic) = repo.topic.as_mut() else {

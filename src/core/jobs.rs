@@ -62,22 +62,21 @@ impl Core {
 
     /// Queue `repo_id` for a job slot if it has work it can start.
     pub(super) fn schedule(&mut self, repo_id: &RepoId) {
+        if self.discarding.contains_key(repo_id) {
+            return self.queue.push(repo_id, Lane::Interactive);
+        }
         let Some(repo) = self.repos.get(repo_id) else {
             return;
         };
         if repo.job.is_some() {
             return;
         }
-        let lane = if repo.removing || repo.has_waiters() {
+        let lane = if repo.has_waiters() {
             Lane::Interactive
         } else {
             Lane::Background
         };
-        if repo.removing
-            || repo.clear_leftovers
-            || !repo.publishes.is_empty()
-            || repo.want.is_some()
-        {
+        if repo.clear_leftovers || !repo.publishes.is_empty() || repo.want.is_some() {
             self.queue.push(repo_id, lane);
         }
     }
@@ -100,11 +99,21 @@ impl Core {
     fn next_job(&mut self, repo_id: &RepoId, now: Now) -> Option<(JobId, JobSpec)> {
         let id = self.next_job;
         let me = self.me;
+        if let Some(d) = self.discarding.get_mut(repo_id) {
+            // The content of a removed repository goes first; a new entry
+            // for the same id waits.
+            if d.finishing.is_some() || d.discard.is_some() {
+                return None;
+            }
+            self.next_job += 1;
+            d.discard = Some(id);
+            return Some((id, JobSpec::Discard));
+        }
         let repo = self.repos.get_mut(repo_id)?;
         if repo.job.is_some() {
             return None;
         }
-        if repo.removing || repo.clear_leftovers {
+        if repo.clear_leftovers {
             repo.clear_leftovers = false;
             self.next_job += 1;
             repo.job = Some(Running::Discard { id });
@@ -192,6 +201,9 @@ impl Core {
         result: JobResult,
         now: Now,
     ) {
+        if self.discarded(repo_id, job, &result, now) {
+            return;
+        }
         let running = match self.repos.get_mut(repo_id) {
             Some(repo) if repo.job.as_ref().is_some_and(|j| j.id() == job) => repo.job.take(),
             _ => {
@@ -203,21 +215,7 @@ impl Core {
         match running.expect("matched above") {
             Running::Discard { .. } => {
                 if let Err(error) = &result {
-                    warn!(repo = %repo_id, %error, "discarding content failed");
-                }
-                if self.repos.get(repo_id).is_some_and(|r| r.removing)
-                    && let Some(repo) = self.repos.remove(repo_id)
-                    && let Some(to) = repo.removal_reply
-                {
-                    let reply = match result {
-                        Ok(_) => Reply::Ok(Payload::Done {
-                            message: format!("removed {repo_id}"),
-                        }),
-                        Err(error) => Reply::Error(format!(
-                            "removed {repo_id}, but its content could not all be deleted: {error}"
-                        )),
-                    };
-                    self.reply(to, reply);
+                    warn!(repo = %repo_id, %error, "dropping leftovers failed");
                 }
             }
             Running::Publish { publish, .. } => match result {
@@ -225,7 +223,7 @@ impl Core {
                 Err(error) => {
                     self.reply_err(publish.reply, error);
                     let repo = self.repos.get(repo_id).expect("job was running");
-                    if publish.created && repo.held.is_none() && !repo.removing {
+                    if publish.created && repo.held.is_none() {
                         // Leave no trace of a repository whose first publish failed.
                         self.forget(repo_id, now);
                     }
@@ -241,11 +239,42 @@ impl Core {
         self.pump(now);
     }
 
+    /// Handle the end of a job of a removed repository: the job it was
+    /// running (then its content is deleted), or the deletion itself. Returns
+    /// whether `job` was one of those.
+    fn discarded(&mut self, repo_id: &RepoId, job: JobId, result: &JobResult, now: Now) -> bool {
+        let Some(d) = self.discarding.get_mut(repo_id) else {
+            return false;
+        };
+        if d.finishing == Some(job) {
+            d.finishing = None;
+        } else if d.discard == Some(job) {
+            let reply = self.discarding.remove(repo_id).and_then(|d| d.reply);
+            if let Err(error) = result {
+                warn!(repo = %repo_id, %error, "deleting a removed repository's content failed");
+            }
+            if let Some(to) = reply {
+                let reply = match result {
+                    Ok(_) => Reply::Ok(Payload::Done {
+                        message: format!("removed {repo_id}"),
+                    }),
+                    Err(error) => Reply::Error(format!(
+                        "removed {repo_id}, but its content could not all be deleted: {error}"
+                    )),
+                };
+                self.reply(to, reply);
+            }
+        } else {
+            return false;
+        }
+        self.queue.finished();
+        self.schedule(repo_id);
+        self.pump(now);
+        true
+    }
+
     fn published(&mut self, repo_id: &RepoId, reply: u64, info: StateInfo, now: Now) {
         let repo = self.repos.get(repo_id).expect("job was running");
-        if repo.removing {
-            return self.reply_err(reply, format!("{repo_id} was removed"));
-        }
         let unchanged = info.unchanged && repo.held.is_some();
         if !unchanged {
             let seq = trust::publish_seq(repo.current_position(), now.unix_ms);
@@ -300,9 +329,6 @@ impl Core {
         let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
-        if repo.removing {
-            return;
-        }
         repo.sync.bytes_fetched = repo.sync.bytes_fetched.saturating_add(info.bytes_moved);
         let statement = match want.source {
             WantSource::Check => {
@@ -378,9 +404,6 @@ impl Core {
         let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
-        if repo.removing {
-            return;
-        }
         // A newer want that arrived meanwhile replaces this one; otherwise
         // try again later.
         if repo.want.is_some() {

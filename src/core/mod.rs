@@ -427,6 +427,7 @@ pub struct Core {
     key: SecretKey,
     settings: Settings,
     repos: BTreeMap<RepoId, Repo>,
+    discarding: BTreeMap<RepoId, repo::Discarding>,
     queue: JobQueue,
     next_job: JobId,
     next_round: u64,
@@ -445,6 +446,7 @@ impl Core {
             queue: JobQueue::new(settings.max_jobs),
             settings,
             repos: BTreeMap::new(),
+            discarding: BTreeMap::new(),
             next_job: 1,
             next_round: 1,
             pulls: HashMap::new(),
@@ -540,7 +542,6 @@ impl Core {
         repo_ids
             .iter()
             .filter_map(|id| self.repos.get(id))
-            .filter(|r| !r.removing)
             .filter_map(|r| r.held.as_ref().map(|h| h.statement.clone()))
             .collect()
     }

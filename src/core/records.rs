@@ -27,7 +27,7 @@ impl Core {
         result: Result<RepoRecord, String>,
         now: Now,
     ) {
-        let Some(repo) = self.repos.get_mut(repo_id).filter(|r| !r.removing) else {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
         let record = match result.and_then(|r| {
@@ -112,7 +112,7 @@ impl Core {
     }
 
     pub(super) fn start_write_back(&mut self, repo_id: &RepoId, _now: Now) {
-        let Some(repo) = self.repos.get_mut(repo_id).filter(|r| !r.removing) else {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
         let (Some(held), Some(locator)) = (&repo.held, &repo.config.locator) else {
@@ -147,7 +147,7 @@ impl Core {
         result: Result<RepoRecord, String>,
         now: Now,
     ) {
-        let Some(repo) = self.repos.get_mut(repo_id).filter(|r| !r.removing) else {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
         repo.write_back.in_flight = false;

@@ -142,6 +142,18 @@ pub struct Topic {
     pub rejoin_due: Option<Instant>,
 }
 
+/// A removed repository whose content is still to be deleted. Its id can
+/// be tracked again meanwhile; the new entry's jobs wait until this is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discarding {
+    /// A job of the removed repository that was running when it was removed.
+    pub finishing: Option<JobId>,
+    /// The discard job, once started.
+    pub discard: Option<JobId>,
+    /// Who waits for the removal to finish.
+    pub reply: Option<ReplyId>,
+}
+
 /// A repository in the core.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Repo {
@@ -153,10 +165,6 @@ pub struct Repo {
     pub held: Option<Held>,
     /// Hints, last poll, last error.
     pub book: Bookkeeping,
-    /// Removed: content is being discarded, then the entry goes.
-    pub removing: bool,
-    /// Who waits for the removal to finish.
-    pub removal_reply: Option<ReplyId>,
     /// Nothing is held: pins and a copy a crashed first fetch left are to be dropped.
     pub clear_leftovers: bool,
     /// The gossip topic, while joined.
@@ -181,8 +189,6 @@ impl Repo {
             record: row.record,
             held: row.held,
             book: row.bookkeeping,
-            removing: false,
-            removal_reply: None,
             clear_leftovers: false,
             topic: None,
             want: None,
@@ -255,10 +261,7 @@ impl Repo {
     /// Whether the repository needs its gossip topic: it has content to
     /// serve, peers to talk to, or a record that will name some.
     pub fn wants_topic(&self) -> bool {
-        !self.removing
-            && (self.held.is_some()
-                || self.config.locator.is_some()
-                || self.all_hints().next().is_some())
+        self.held.is_some() || self.config.locator.is_some() || self.all_hints().next().is_some()
     }
 
     /// Peers to dial for the topic or ask directly, never `me`: trusted

@@ -12,16 +12,12 @@ use crate::{
 impl Core {
     /// One summary per tracked repository, ordered by id.
     pub fn summaries(&self) -> Vec<RepoSummary> {
-        self.repos
-            .values()
-            .filter(|r| !r.removing)
-            .map(|r| self.summary(r))
-            .collect()
+        self.repos.values().map(|r| self.summary(r)).collect()
     }
 
     /// Number of tracked repositories.
     pub fn repo_count(&self) -> usize {
-        self.repos.values().filter(|r| !r.removing).count()
+        self.repos.len()
     }
 
     fn summary(&self, repo: &Repo) -> RepoSummary {
@@ -62,13 +58,11 @@ impl Core {
     /// The peers known for `repo_id`: operator and record peers (trusted),
     /// then learned hints, each once.
     pub fn peers(&self, repo_id: &RepoId) -> Result<Vec<PeerView>, String> {
-        let repo = self
-            .repos
-            .get(repo_id)
-            .filter(|r| !r.removing)
-            .ok_or_else(|| {
-                format!("repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`")
-            })?;
+        let repo = self.repos.get(repo_id).ok_or_else(|| {
+            format!(
+                "repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`"
+            )
+        })?;
         let neighbors = repo.topic.as_ref().map(|t| &t.neighbors);
         let record_peers = repo.record.iter().flat_map(|c| c.record.peers.iter());
         let sources = repo

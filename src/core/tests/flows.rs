@@ -176,7 +176,7 @@ fn a_failed_first_publish_leaves_no_trace() {
 }
 
 #[test]
-fn removal_waits_for_the_running_job_and_refuses_commands_meanwhile() {
+fn removal_waits_for_the_running_job_and_a_new_entry_waits_for_the_removal() {
     let mut sim = Sim::new(4);
     let author = key(1);
     sim.add(vec![hint(&author)], None);
@@ -185,9 +185,20 @@ fn removal_waits_for_the_running_job_and_refuses_commands_meanwhile() {
     let (reply, fx) = sim.command(CoreCommand::RemoveRepo { repo_id: repo() });
     assert!(matches!(reply_to(&fx, reply), Some(Reply::Ok(_))));
     assert!(jobs(&fx).is_empty(), "the fetch still runs");
-    let (again, fx) = sim.command(CoreCommand::Sync { repo_id: repo() });
-    assert!(matches!(reply_to(&fx, again), Some(Reply::Error(e)) if e.contains("being removed")));
+    assert!(sim.core.summaries().is_empty());
+    // Publishing under the same id again is accepted, and waits.
+    let (publish, fx) = sim.command(CoreCommand::Publish {
+        repo_id: repo(),
+        source: "/src".into(),
+        force: false,
+        expected_manifest: None,
+    });
+    assert!(jobs(&fx).is_empty() && reply_to(&fx, publish).is_none());
     let fx = sim.finish(job, 2);
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Held(..))))
+    );
     let discard = fx
         .iter()
         .find_map(|e| match e {
@@ -198,17 +209,44 @@ fn removal_waits_for_the_running_job_and_refuses_commands_meanwhile() {
             } => Some(*job),
             _ => None,
         })
-        .expect("then its content is discarded");
-    assert!(
-        !fx.iter()
-            .any(|e| matches!(e, Effect::Persist(Write::Held(..))))
-    );
-    sim.event(Event::JobDone {
+        .expect("then the removed repository's content is deleted");
+    let fx = sim.event(Event::JobDone {
         repo: repo(),
         job: discard,
         result: Ok(info(0)),
     });
-    assert!(sim.core.repos.is_empty());
+    assert!(
+        matches!(
+            jobs(&fx)[..],
+            [(_, JobSpec::Publish { previous: None, .. })]
+        ),
+        "then the new publish runs: {fx:?}"
+    );
+}
+
+#[test]
+fn a_removal_without_a_running_job_answers_once_the_content_is_gone() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], None);
+    let (reply, fx) = sim.command(CoreCommand::RemoveRepo { repo_id: repo() });
+    assert!(reply_to(&fx, reply).is_none());
+    let job = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::StartJob {
+                job,
+                spec: JobSpec::Discard,
+                ..
+            } => Some(*job),
+            _ => None,
+        })
+        .unwrap();
+    let fx = sim.event(Event::JobDone {
+        repo: repo(),
+        job,
+        result: Ok(info(0)),
+    });
+    assert!(matches!(reply_to(&fx, reply), Some(Reply::Ok(_))));
 }
 
 #[test]
