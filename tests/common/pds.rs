@@ -45,18 +45,22 @@ fn node_available() -> bool {
 }
 
 impl TestPds {
-    /// Start a fresh PDS. Without `node`, fails when `KNOTD_REQUIRE_PDS=1`
-    /// (as in CI, so a test cannot pass by skipping) and otherwise returns
-    /// `None` after saying why on stderr; panics when the PDS cannot be
-    /// installed or does not start.
+    /// Start a fresh PDS. Without `node` this fails, unless
+    /// `KNOTD_SKIP_PDS=1` says to skip (then it returns `None` after saying
+    /// why); `KNOTD_REQUIRE_PDS=1` (set by CI) overrides a skip. Panics when
+    /// the PDS cannot be installed or does not start.
     pub fn start() -> Option<TestPds> {
         if !node_available() {
-            let why = "`node` (>= 20) is not installed, so the reference PDS cannot run";
+            let why = "`node` (>= 20) is not installed, so the reference PDS cannot run; install Node.js 20+";
             assert!(
                 std::env::var("KNOTD_REQUIRE_PDS").as_deref() != Ok("1"),
-                "{why}, and KNOTD_REQUIRE_PDS=1 says this test must run: install Node.js 20+"
+                "{why} (KNOTD_REQUIRE_PDS=1 says this test must run)"
             );
-            eprintln!("skipping: {why} (set KNOTD_REQUIRE_PDS=1 to make this a failure)");
+            assert!(
+                std::env::var("KNOTD_SKIP_PDS").as_deref() == Ok("1"),
+                "{why}; set KNOTD_SKIP_PDS=1 to skip the real-PDS tests on purpose"
+            );
+            eprintln!("skipping (KNOTD_SKIP_PDS=1): {why}");
             return None;
         }
         let dir = pds_dir();
