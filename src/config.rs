@@ -71,6 +71,12 @@ pub struct AtprotoConfig {
     /// File holding the app password for write-back (mode 0600; optional).
     /// The environment variable `KNOTD_APP_PASSWORD` is used when this is unset.
     pub app_password_file: Option<PathBuf>,
+    /// Service resolving handles that have no `/.well-known/atproto-did`
+    /// (default https://public.api.bsky.app).
+    pub handle_resolver: String,
+    /// Send credentials to a PDS over plain http (default false: https only).
+    /// Only for a PDS on loopback, as in tests.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for AtprotoConfig {
@@ -83,6 +89,8 @@ impl Default for AtprotoConfig {
             plc_directory: "https://plc.directory".into(),
             identifier: None,
             app_password_file: None,
+            handle_resolver: "https://public.api.bsky.app".into(),
+            allow_insecure_http: false,
         }
     }
 }

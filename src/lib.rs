@@ -5,6 +5,7 @@
 //! pack blobs, served and fetched over iroh. The binaries in `bin/` are thin
 //! wrappers around [`node::run`] and the admin client in [`admin`].
 
+pub mod account;
 pub mod admin;
 pub mod announce;
 pub mod atproto;

@@ -37,8 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
+    account::{Account, Credentials},
     admin,
-    atproto::{AtprotoError, Credentials, RecordWriter, XrpcClient},
+    atproto::{AtprotoError, XrpcClient},
     config::{Config, ConfigError, RelayChoice},
     heads::{self, HeadsProtocol},
     keys::{self, KeyError},
@@ -205,10 +206,10 @@ impl Node {
                 std::panic::resume_unwind(e.into_panic());
             }
         });
-        let writer = match Credentials::load(&config.atproto) {
+        let account = match Credentials::load(&config.atproto) {
             Ok(Some(credentials)) => {
-                info!(identifier = %credentials.identifier, "records will be written back to the owner's PDS");
-                Some(RecordWriter::new(xrpc.clone(), credentials))
+                info!(identifier = %credentials.identifier, "records of this account will be written back to its PDS");
+                Some(Account::new(xrpc.clone(), credentials, &config.atproto))
             }
             Ok(None) => None,
             Err(e) => {
@@ -227,7 +228,7 @@ impl Node {
                 heads: heads_rx,
                 poller,
                 polls: poll_rx,
-                writer,
+                account,
                 xrpc,
                 drops,
             },

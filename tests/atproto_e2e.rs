@@ -34,6 +34,7 @@ async fn write_back_poll_and_follow_the_record() {
     config.atproto.plc_directory = pds.plc.clone();
     config.atproto.identifier = Some(did.clone());
     config.atproto.app_password_file = Some(secret);
+    config.atproto.allow_insecure_http = true;
     config.atproto.poll_interval_secs = 1;
     let author = TestNode::spawn_with(config).await;
     author

@@ -16,10 +16,8 @@ use axum::{
     routing::get,
 };
 use knotd::{
-    atproto::{
-        AtprotoError, Credentials, MAX_BODY, RecordWriter, XrpcClient, fetch_repo_record,
-        fetch_repo_record_at,
-    },
+    account::{Account, Credentials, WriteBackRequest, WriteOutcome},
+    atproto::{AtprotoError, MAX_BODY, XrpcClient, fetch_repo_record, fetch_repo_record_at},
     poller::{PollError, PollOutcome, PollSettings, Poller, PollerGone, PollerHandle},
     record::{COLLECTION, RecordError, RepoRecord},
     repo_id::RepoId,
@@ -47,6 +45,13 @@ struct FakeState {
     refresh_broken: bool,
     written: Vec<Value>,
     auth_seen: Vec<String>,
+    /// Records written, by rkey: (value, cid).
+    stored: HashMap<String, (Value, String)>,
+    /// Applied to the stored record just before the next putRecord (the
+    /// owner editing it meanwhile).
+    race: Option<Value>,
+    /// Answer the next request with 429 and `Retry-After: 7`.
+    rate_limit_next: bool,
 }
 
 #[derive(Clone, Default)]
@@ -135,11 +140,31 @@ async fn get_record(
 ) -> Response {
     let repo = q.get("repo").cloned().unwrap_or_default();
     let rkey = q.get("rkey").cloned().unwrap_or_default();
-    let (head, failing) = {
+    let (head, failing, stored) = {
         let mut s = fake.0.lock().unwrap();
         *s.requests.entry(format!("get:{rkey}")).or_default() += 1;
-        (s.heads.get(&rkey).cloned(), s.failing.contains(&rkey))
+        if std::mem::take(&mut s.rate_limit_next) {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "7")],
+                axum::Json(json!({"error": "RateLimitExceeded", "message": "slow down"})),
+            )
+                .into_response();
+        }
+        (
+            s.heads.get(&rkey).cloned(),
+            s.failing.contains(&rkey),
+            s.stored.get(&rkey).cloned(),
+        )
     };
+    if let Some((value, cid)) = stored {
+        return axum::Json(json!({
+            "uri": format!("at://{repo}/{COLLECTION}/{rkey}"),
+            "cid": cid,
+            "value": value,
+        }))
+        .into_response();
+    }
     if failing {
         return xrpc_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -265,15 +290,41 @@ async fn xrpc_post(
                 return xrpc_error(StatusCode::BAD_REQUEST, "ExpiredToken", "Token has expired");
             }
             let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let rkey = body["rkey"].as_str().unwrap_or("").to_string();
+            if let Some(edit) = s.race.take() {
+                let n = s.stored.len() + 100;
+                s.stored
+                    .insert(rkey.clone(), (edit, format!("bafyreiowner{n}")));
+            }
+            // Compare-and-swap: the default record of an unwritten key has
+            // the CID getRecord reports for it.
+            let current = s
+                .stored
+                .get(&rkey)
+                .map(|(_, cid)| cid.clone())
+                .unwrap_or_else(|| "bafyreifake".into());
+            let swap_ok = match &body["swapRecord"] {
+                Value::String(cid) => *cid == current,
+                Value::Null => !s.stored.contains_key(&rkey),
+                _ => true,
+            };
+            if !swap_ok {
+                return xrpc_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidSwap",
+                    "Record was at another cid",
+                );
+            }
             let uri = format!(
                 "at://{}/{}/{}",
                 body["repo"].as_str().unwrap_or(""),
                 body["collection"].as_str().unwrap_or(""),
-                body["rkey"].as_str().unwrap_or("")
+                rkey
             );
+            let cid = format!("bafyrei{}", s.written.len() + 1);
+            s.stored.insert(rkey, (body["record"].clone(), cid.clone()));
             s.written.push(body);
-            axum::Json(json!({"uri": uri, "cid": format!("bafyrei{}", s.written.len())}))
-                .into_response()
+            axum::Json(json!({"uri": uri, "cid": cid})).into_response()
         }
         _ => xrpc_error(StatusCode::NOT_IMPLEMENTED, "MethodNotImplemented", &nsid),
     }
@@ -500,67 +551,64 @@ async fn pds_is_resolved_through_the_plc_directory() {
     assert_eq!(fake.count(&format!("plc:{ALICE}")), 2);
 }
 
-fn sample_record(name: &str, head: char) -> RepoRecord {
-    let mut record = RepoRecord::empty(rid(name));
-    record.head = Some(head.to_string().repeat(40));
-    record
+fn write_request(name: &str, head: char, seq: u64) -> WriteBackRequest {
+    WriteBackRequest {
+        repo_id: rid(name),
+        collection: COLLECTION.into(),
+        rkey: name.into(),
+        head: Some(head.to_string().repeat(40)),
+        manifest: "e".repeat(64),
+        seq,
+        own: knotd::record::PeerHint::new(
+            iroh::SecretKey::from_bytes(&[5; 32]).public().to_string(),
+            vec!["127.0.0.1:4919".into()],
+            None,
+        ),
+    }
+}
+
+/// The account `identifier` with `password`, whose DID resolves through the
+/// fake PLC directory to the fake (plain http, loopback) PDS.
+fn account(base: &str, identifier: &str, password: &str) -> Account {
+    let config = knotd::config::AtprotoConfig {
+        plc_directory: base.to_string(),
+        allow_insecure_http: true,
+        ..Default::default()
+    };
+    Account::new(client(), Credentials::new(identifier, password), &config)
 }
 
 #[tokio::test]
-async fn writer_refreshes_an_expired_session_and_retries() {
+async fn the_account_reuses_and_refreshes_its_session() {
     let (fake, base) = start_fake().await;
-    let mut writer = RecordWriter::new(client(), Credentials::new("alice.test", PASSWORD));
-    let put = bounded(writer.write(
-        &base,
-        ALICE,
-        COLLECTION,
-        "website",
-        &sample_record("website", '1'),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(put.uri, "at://did:plc:alice/app.knot.repo/website");
+    let mut account = account(&base, ALICE, PASSWORD);
+    let written = bounded(account.write_back(&write_request("website", '1', 1)))
+        .await
+        .unwrap();
+    assert!(matches!(written, WriteOutcome::Written(r) if r.head == Some("1".repeat(40))));
     assert_eq!(fake.count("com.atproto.server.createSession"), 1);
 
     // The cached session is reused.
-    bounded(writer.write(
-        &base,
-        ALICE,
-        COLLECTION,
-        "website",
-        &sample_record("website", '2'),
-    ))
-    .await
-    .unwrap();
+    bounded(account.write_back(&write_request("website", '2', 2)))
+        .await
+        .unwrap();
     assert_eq!(fake.count("com.atproto.server.createSession"), 1);
 
     // An expired access token is refreshed and the write retried once.
     fake.expire_access_tokens();
-    bounded(writer.write(
-        &base,
-        ALICE,
-        COLLECTION,
-        "website",
-        &sample_record("website", '3'),
-    ))
-    .await
-    .unwrap();
+    bounded(account.write_back(&write_request("website", '3', 3)))
+        .await
+        .unwrap();
     assert_eq!(fake.count("com.atproto.server.refreshSession"), 1);
     assert_eq!(fake.count("com.atproto.server.createSession"), 1);
     assert_eq!(fake.count("com.atproto.repo.putRecord"), 4);
 
-    // When the refresh fails too, the writer logs in again.
+    // When the refresh is refused too, the account logs in again.
     fake.expire_access_tokens();
     fake.0.lock().unwrap().refresh_broken = true;
-    bounded(writer.write(
-        &base,
-        ALICE,
-        COLLECTION,
-        "website",
-        &sample_record("website", '4'),
-    ))
-    .await
-    .unwrap();
+    bounded(account.write_back(&write_request("website", '4', 4)))
+        .await
+        .unwrap();
     assert_eq!(fake.count("com.atproto.server.refreshSession"), 2);
     assert_eq!(fake.count("com.atproto.server.createSession"), 2);
 
@@ -569,56 +617,110 @@ async fn writer_refreshes_an_expired_session_and_retries() {
     assert_eq!(last["record"]["$type"], COLLECTION);
     assert_eq!(last["record"]["repoId"], "did:plc:alice/website");
     assert_eq!(last["record"]["head"], "4".repeat(40));
+    assert_eq!(last["record"]["seq"], 4);
     assert_eq!(last["validate"], false);
+    assert_eq!(
+        last["swapRecord"], "bafyrei3",
+        "compare-and-swap on the CID read"
+    );
     assert_eq!(s.written.len(), 4);
 }
 
 #[tokio::test]
-async fn writer_errors_never_show_the_password() {
+async fn account_errors_never_show_the_password() {
     let (fake, base) = start_fake().await;
     let secret = "wrong-secret-98765";
-    let mut writer = RecordWriter::new(client(), Credentials::new("alice.test", secret));
-    let err = bounded(writer.write(
-        &base,
-        ALICE,
-        COLLECTION,
-        "website",
-        &sample_record("website", '1'),
-    ))
-    .await
-    .unwrap_err();
+    let mut wrong = account(&base, ALICE, secret);
+    let err = bounded(wrong.write_back(&write_request("website", '1', 1)))
+        .await
+        .unwrap_err();
     assert!(matches!(err, AtprotoError::Auth { .. }), "{err:?}");
-    let text = format!("{err} {err:?} {writer:?}");
+    let text = format!("{err} {err:?} {wrong:?}");
     assert!(!text.contains(secret), "{text}");
-    assert!(text.contains("alice.test"), "{text}");
+    assert!(text.contains(ALICE), "{text}");
     assert_eq!(fake.count("com.atproto.repo.putRecord"), 0);
 
-    // Logging in as another account than the record's owner is refused.
-    let mut writer = RecordWriter::new(client(), Credentials::new("bob.test", BOB_PASSWORD));
-    let err = bounded(writer.write(
-        &base,
-        ALICE,
-        COLLECTION,
-        "website",
-        &sample_record("website", '1'),
-    ))
-    .await
-    .unwrap_err();
+    // A login that turns out to be another account is refused.
+    let mut other = account(&base, ALICE, BOB_PASSWORD);
+    let err = bounded(other.write_back(&write_request("website", '1', 1)))
+        .await
+        .unwrap_err();
     assert!(matches!(err, AtprotoError::Credentials { .. }), "{err:?}");
     assert!(!err.to_string().contains(BOB_PASSWORD));
 
-    // A record of another repository is not written into this account.
-    let mut writer = RecordWriter::new(client(), Credentials::new("alice.test", PASSWORD));
-    let mut foreign = sample_record("website", '1');
+    // A repository of another DID is never written, and nothing is sent.
+    let sessions = fake.count("com.atproto.server.createSession");
+    let mut alice = account(&base, ALICE, PASSWORD);
+    let mut foreign = write_request("website", '1', 1);
     foreign.repo_id = RepoId::parse("did:plc:bob/website").unwrap();
-    let err = bounded(writer.write(&base, ALICE, COLLECTION, "website", &foreign))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, AtprotoError::Record(_)), "{err:?}");
+    let err = bounded(alice.write_back(&foreign)).await.unwrap_err();
+    assert!(matches!(err, AtprotoError::Credentials { .. }), "{err:?}");
+    assert_eq!(fake.count("com.atproto.server.createSession"), sessions);
     assert_eq!(fake.count("com.atproto.repo.putRecord"), 0);
     for token in &fake.0.lock().unwrap().auth_seen {
         assert!(!text.contains(token.as_str()));
     }
+}
+
+#[tokio::test]
+async fn credentials_go_only_over_https() {
+    let (fake, base) = start_fake().await;
+    let config = knotd::config::AtprotoConfig {
+        plc_directory: base.clone(),
+        ..Default::default()
+    };
+    let mut account = Account::new(client(), Credentials::new(ALICE, PASSWORD), &config);
+    let err = bounded(account.write_back(&write_request("website", '1', 1)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("https"), "{err}");
+    assert_eq!(fake.count("com.atproto.server.createSession"), 0);
+    assert_eq!(fake.count("com.atproto.repo.putRecord"), 0);
+}
+
+#[tokio::test]
+async fn an_owner_edit_during_a_write_back_is_kept() {
+    let (fake, base) = start_fake().await;
+    let mut account = account(&base, ALICE, PASSWORD);
+    bounded(account.write_back(&write_request("website", '1', 1)))
+        .await
+        .unwrap();
+    // Between this write-back's read and its write, the owner replaces the
+    // peers with another one and adds a field of its own.
+    let owner_peer = iroh::SecretKey::from_bytes(&[9; 32]).public().to_string();
+    fake.0.lock().unwrap().race = Some(json!({
+        "$type": COLLECTION,
+        "repoId": "did:plc:alice/website",
+        "manifest": "e".repeat(64),
+        "seq": 1,
+        "description": "kept",
+        "peers": [{"nodeId": owner_peer}],
+    }));
+    let outcome = bounded(account.write_back(&write_request("website", '2', 2)))
+        .await
+        .unwrap();
+    let WriteOutcome::Written(record) = outcome else {
+        panic!("{outcome:?}")
+    };
+    let ids: Vec<&str> = record.peers.iter().map(|p| p.node_id.as_str()).collect();
+    assert!(ids.contains(&owner_peer.as_str()), "{ids:?}");
+    assert_eq!(
+        ids.len(),
+        2,
+        "only the owner's peers and this node: {ids:?}"
+    );
+    let s = fake.0.lock().unwrap();
+    assert_eq!(s.written.last().unwrap()["record"]["description"], "kept");
+    assert_eq!(s.written.last().unwrap()["record"]["head"], "2".repeat(40));
+}
+
+#[tokio::test]
+async fn rate_limits_carry_retry_after() {
+    let (fake, base) = start_fake().await;
+    fake.0.lock().unwrap().rate_limit_next = true;
+    let err = fetch(&base, "website").await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(7)), "{err}");
+    assert!(err.to_string().contains("429"), "{err}");
 }
 
 struct TestPoller {

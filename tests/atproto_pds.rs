@@ -7,7 +7,9 @@ mod pds;
 use std::time::Duration;
 
 use knotd::{
-    atproto::{AtprotoError, Credentials, RecordWriter, XrpcClient, fetch_repo_record},
+    account::{Account, Credentials, WriteBackRequest, WriteOutcome},
+    atproto::{AtprotoError, XrpcClient, fetch_repo_record},
+    config::AtprotoConfig,
     poller::{PollSettings, Poller},
     record::{COLLECTION, PeerHint, RepoRecord},
     repo_id::RepoId,
@@ -49,18 +51,30 @@ async fn records_round_trip_through_a_real_pds() {
         None,
     )];
 
-    let mut writer = RecordWriter::new(
+    let config = AtprotoConfig {
+        plc_directory: pds.plc.clone(),
+        allow_insecure_http: true,
+        ..Default::default()
+    };
+    let mut writer = Account::new(
         client.clone(),
-        Credentials::new("alice.test", app_password.clone()),
+        Credentials::new(&did, app_password.clone()),
+        &config,
     );
-    let put = bounded(
-        "first write",
-        writer.write(&pds.pds, &did, COLLECTION, "website", &record),
-    )
-    .await
-    .unwrap();
-    assert_eq!(put.uri, format!("at://{did}/{COLLECTION}/website"));
-    assert!(put.cid.starts_with("bafy"), "{}", put.cid);
+    let request = |record: &RepoRecord| WriteBackRequest {
+        repo_id: record.repo_id.clone(),
+        collection: COLLECTION.into(),
+        rkey: "website".into(),
+        head: record.head.clone(),
+        manifest: record.manifest.clone().unwrap(),
+        seq: record.seq.unwrap_or(1),
+        own: record.peers[0].clone(),
+    };
+    record.seq = Some(1);
+    let put = bounded("first write", writer.write_back(&request(&record)))
+        .await
+        .unwrap();
+    assert_eq!(put, WriteOutcome::Written(record.clone()));
 
     let raw = bounded("getRecord", pds.get_record(&did, COLLECTION, "website"))
         .await
@@ -99,13 +113,10 @@ async fn records_round_trip_through_a_real_pds() {
 
     // A second write changes what readers see.
     record.head = Some("c".repeat(40));
-    let second = bounded(
-        "second write",
-        writer.write(&pds.pds, &did, COLLECTION, "website", &record),
-    )
-    .await
-    .unwrap();
-    assert_ne!(second.cid, put.cid);
+    record.seq = Some(2);
+    bounded("second write", writer.write_back(&request(&record)))
+        .await
+        .unwrap();
     let fetched = bounded(
         "fetch after change",
         fetch_repo_record(&client, &pds.plc, &locator, &repo_id),
@@ -133,12 +144,18 @@ async fn records_round_trip_through_a_real_pds() {
     let first = bounded("first poll", results.recv()).await.unwrap();
     assert_eq!(first.result.unwrap(), fetched);
     record.head = Some("d".repeat(40));
-    bounded(
-        "third write",
-        writer.write(&pds.pds, &did, COLLECTION, "website", &record),
-    )
-    .await
-    .unwrap();
+    record.seq = Some(3);
+    bounded("third write", writer.write_back(&request(&record)))
+        .await
+        .unwrap();
+    // An older state does not overwrite a newer record.
+    let mut older = record.clone();
+    older.head = Some("0".repeat(40));
+    older.seq = Some(2);
+    let kept = bounded("stale write", writer.write_back(&request(&older)))
+        .await
+        .unwrap();
+    assert!(matches!(kept, WriteOutcome::Superseded(r) if r.head == record.head));
     let polled = bounded("poll_now", poller.poll_now(repo_id.clone()))
         .await
         .unwrap();
@@ -158,13 +175,15 @@ async fn records_round_trip_through_a_real_pds() {
     .unwrap_err();
     assert!(matches!(err, AtprotoError::NotFound { .. }), "{err:?}");
 
-    let mut bad = RecordWriter::new(client.clone(), Credentials::new(&did, "not-the-password"));
-    let err = bounded(
-        "bad login",
-        bad.write(&pds.pds, &did, COLLECTION, "website", &record),
-    )
-    .await
-    .unwrap_err();
+    let mut bad = Account::new(
+        client.clone(),
+        Credentials::new(&did, "not-the-password"),
+        &config,
+    );
+    record.seq = Some(4);
+    let err = bounded("bad login", bad.write_back(&request(&record)))
+        .await
+        .unwrap_err();
     assert!(matches!(err, AtprotoError::Auth { .. }), "{err:?}");
     assert!(!err.to_string().contains("not-the-password"), "{err}");
     assert!(!err.to_string().contains(&app_password), "{err}");

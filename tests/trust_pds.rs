@@ -40,6 +40,7 @@ async fn author_config(pds: &TestPds, dir: &Path, did: &str, password: &str) -> 
     let mut config = config(pds, &dir.join("data"));
     config.atproto.identifier = Some(did.to_string());
     config.atproto.app_password_file = Some(secret);
+    config.atproto.allow_insecure_http = true;
     config
 }
 

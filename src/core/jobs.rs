@@ -279,7 +279,12 @@ impl Core {
         if !unchanged {
             let seq = trust::publish_seq(repo.current_position(), now.unix_ms);
             let statement = self.own_statement(repo_id, info.head.clone(), info.manifest, seq);
-            let write_back = self.settings.write_back && repo.config.locator.is_some();
+            let write_back = self.settings.write_back
+                && self
+                    .settings
+                    .account_did
+                    .as_ref()
+                    .is_none_or(|did| did == repo_id.did());
             let repo = self.repos.get_mut(repo_id).expect("job was running");
             // A state wanted before this publish is older than it now.
             if repo.want.as_ref().is_some_and(|w| w.seq < seq) {

@@ -91,8 +91,11 @@ pub struct Settings {
     pub rejoin_base: Duration,
     /// Longest wait between re-dials.
     pub rejoin_max: Duration,
-    /// Whether the owner's record is written back after a publish.
+    /// Whether the node has credentials to write records back with.
     pub write_back: bool,
+    /// The DID of the node's account, once resolved: only its own
+    /// repositories' records are written back.
+    pub account_did: Option<String>,
 }
 
 impl Settings {
@@ -107,6 +110,7 @@ impl Settings {
             rejoin_base: Duration::from_secs(5),
             rejoin_max: Duration::from_secs(300),
             write_back: false,
+            account_did: None,
         }
     }
 }
@@ -251,8 +255,13 @@ pub enum Event {
     WrittenBack {
         /// The repository.
         repo: RepoId,
-        /// The record as written, or why not.
-        result: Result<RepoRecord, String>,
+        /// The record on the PDS now, or why not.
+        result: Result<WrittenBack, WriteFailure>,
+    },
+    /// The node's account was resolved to this DID.
+    AccountResolved {
+        /// The account's DID.
+        did: String,
     },
     /// A timer set with [`Effect::SetTimer`] expired.
     Timer(TimerKey),
@@ -384,14 +393,21 @@ pub enum Effect {
         /// The repository.
         repo: RepoId,
     },
-    /// Write the record back to the owner's PDS, adding this node's peer hint.
+    /// Write the held state into the account's record (read, merge, write
+    /// with compare-and-swap), adding this node's peer hint.
     WriteBack {
-        /// The repository.
+        /// The repository (the account's own).
         repo: RepoId,
-        /// Where the record lives.
-        locator: Locator,
-        /// The record to write.
-        record: RepoRecord,
+        /// The record's collection.
+        collection: String,
+        /// The record key.
+        rkey: String,
+        /// Object id HEAD resolves to.
+        head: Option<String>,
+        /// The manifest hash (hex).
+        manifest: String,
+        /// The state's sequence number.
+        seq: u64,
     },
     /// Set (or replace) a timer.
     SetTimer {
@@ -400,6 +416,24 @@ pub enum Effect {
         /// When it fires.
         at: Instant,
     },
+}
+
+/// A write-back that reached the PDS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrittenBack {
+    /// The record on the PDS now.
+    pub record: RepoRecord,
+    /// The record named a newer state and was left alone.
+    pub superseded: bool,
+}
+
+/// A write-back that failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteFailure {
+    /// Why, for the operator.
+    pub message: String,
+    /// How long the PDS asked to wait, if it did.
+    pub retry_after: Option<Duration>,
 }
 
 /// Per-peer state of direct pulls.
@@ -514,6 +548,7 @@ impl Core {
             Event::Polled { repo, result } => self.handle_polled(&repo, result, now),
             Event::JobDone { repo, job, result } => self.handle_job_done(&repo, job, result, now),
             Event::WrittenBack { repo, result } => self.handle_written_back(&repo, result, now),
+            Event::AccountResolved { did } => self.handle_account_resolved(did, now),
             Event::Timer(key) => self.handle_timer(key, now),
         }
         std::mem::take(&mut self.out)

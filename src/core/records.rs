@@ -9,7 +9,7 @@
 use tracing::{info, warn};
 
 use super::{
-    Core, Effect, Now, TimerKey, queue,
+    Core, Effect, Now, TimerKey, WriteFailure, WrittenBack, queue,
     repo::{Want, WantSource},
     trust::{self, RecordVerdict},
 };
@@ -112,39 +112,65 @@ impl Core {
     }
 
     pub(super) fn start_write_back(&mut self, repo_id: &RepoId, _now: Now) {
+        let Some(account) = self.settings.account_did.clone() else {
+            return; // resolving the account: [`Event::AccountResolved`] resumes
+        };
         let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
-        let (Some(held), Some(locator)) = (&repo.held, &repo.config.locator) else {
+        let Some(held) = repo.held.as_mut().filter(|h| h.write_back_pending) else {
             return;
         };
-        if !held.write_back_pending || repo.write_back.in_flight {
+        if repo_id.did() != account {
+            // Credentials only ever go with the account's own records.
+            info!(repo = %repo_id, account = %account, "not writing the record back: it belongs to another account");
+            held.write_back_pending = false;
+            let held = held.clone();
+            self.out.push(Effect::Persist(Write::Held(
+                repo_id.clone(),
+                Some(Box::new(held)),
+            )));
+            return;
+        }
+        if repo.write_back.in_flight {
             return;
         }
         repo.write_back.in_flight = true;
-        let record = RepoRecord {
-            record_type: crate::record::COLLECTION.to_string(),
-            repo_id: repo_id.clone(),
-            head: held.head.clone(),
-            manifest: Some(held.manifest.clone()),
-            peers: repo
-                .record
-                .as_ref()
-                .map(|c| c.record.peers.clone())
-                .unwrap_or_default(),
-            seq: Some(held.seq()),
+        let (collection, rkey) = match &repo.config.locator {
+            Some(l) if l.did == account => (l.collection.clone(), l.rkey.clone()),
+            _ => (
+                crate::record::COLLECTION.to_string(),
+                repo_id.name().to_string(),
+            ),
         };
         self.out.push(Effect::WriteBack {
             repo: repo_id.clone(),
-            locator: locator.clone(),
-            record,
+            collection,
+            rkey,
+            head: held.head.clone(),
+            manifest: held.manifest.clone(),
+            seq: held.seq(),
         });
+    }
+
+    /// The node's account is known: write back what waited for it.
+    pub(super) fn handle_account_resolved(&mut self, did: String, now: Now) {
+        self.settings.account_did = Some(did);
+        let waiting: Vec<RepoId> = self
+            .repos
+            .iter()
+            .filter(|(_, r)| r.held.as_ref().is_some_and(|h| h.write_back_pending))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for repo_id in waiting {
+            self.start_write_back(&repo_id, now);
+        }
     }
 
     pub(super) fn handle_written_back(
         &mut self,
         repo_id: &RepoId,
-        result: Result<RepoRecord, String>,
+        result: Result<WrittenBack, WriteFailure>,
         now: Now,
     ) {
         let Some(repo) = self.repos.get_mut(repo_id) else {
@@ -152,44 +178,46 @@ impl Core {
         };
         repo.write_back.in_flight = false;
         match result {
-            Ok(written) => {
+            Ok(WrittenBack { record, superseded }) => {
                 repo.write_back.attempts = 0;
-                info!(repo = %repo_id, manifest = ?written.manifest, "record written back");
-                let copy = RecordCopy {
-                    record: written.clone(),
-                    read_at: now.unix_secs(),
-                    pending: false,
-                };
-                repo.record = Some(copy.clone());
-                self.out
-                    .push(Effect::Persist(Write::Record(repo_id.clone(), Some(copy))));
-                let current = repo
-                    .held
-                    .as_mut()
-                    .filter(|h| Some(&h.manifest) == written.manifest.as_ref());
-                match current {
-                    Some(held) => {
-                        held.write_back_pending = false;
-                        let held = held.clone();
-                        self.out.push(Effect::Persist(Write::Held(
-                            repo_id.clone(),
-                            Some(Box::new(held)),
-                        )));
-                    }
+                let done = superseded
+                    || repo
+                        .held
+                        .as_ref()
+                        .is_some_and(|h| Some(&h.manifest) == record.manifest.as_ref());
+                if let Some(held) = repo.held.as_mut().filter(|_| done) {
+                    held.write_back_pending = false;
+                    let held = held.clone();
+                    self.out.push(Effect::Persist(Write::Held(
+                        repo_id.clone(),
+                        Some(Box::new(held)),
+                    )));
+                } else {
                     // A newer state was published meanwhile: write again.
-                    None => self.schedule_write_back(repo_id, now.at),
+                    self.schedule_write_back(repo_id, now.at);
                 }
                 self.clear_error_of(repo_id, WRITE_BACK_ERROR);
+                if superseded {
+                    info!(repo = %repo_id, manifest = ?record.manifest, "the record names a newer state; not overwritten");
+                } else {
+                    info!(repo = %repo_id, manifest = ?record.manifest, "record written back");
+                }
+                // What the PDS holds now is the record as last read.
+                self.handle_polled(repo_id, Ok(record), now);
             }
-            Err(error) => {
-                warn!(repo = %repo_id, %error, "record write-back failed; will retry");
+            Err(WriteFailure {
+                message,
+                retry_after,
+            }) => {
+                warn!(repo = %repo_id, error = %message, "record write-back failed; will retry");
                 repo.write_back.attempts = repo.write_back.attempts.saturating_add(1);
                 let wait = queue::backoff(
                     self.settings.retry_base,
                     self.settings.retry_max,
                     repo.write_back.attempts,
-                );
-                self.set_error(repo_id, Some(format!("{WRITE_BACK_ERROR}: {error}")));
+                )
+                .max(retry_after.unwrap_or_default());
+                self.set_error(repo_id, Some(format!("{WRITE_BACK_ERROR}: {message}")));
                 self.schedule_write_back(repo_id, now.at + wait);
             }
         }

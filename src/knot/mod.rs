@@ -41,9 +41,10 @@ pub use input::{build_locator, parse_ticket, valid_rkey};
 pub use net::{hint_to_addr, wait_for_addr};
 
 use crate::{
+    account::{Account, WriteBackRequest},
     admin::{Command, Executor, GossipStats, NodeStatus, Payload, Reply},
     announce::{Announcement, SignedStatement},
-    atproto::{RecordWriter, XrpcClient},
+    atproto::XrpcClient,
     clock,
     config::Config,
     core::{
@@ -107,9 +108,9 @@ pub struct KnotParts {
     pub poller: PollerHandle,
     /// Results of record polls.
     pub polls: mpsc::Receiver<PollOutcome>,
-    /// Writes records back to the owner's PDS, when credentials are configured.
-    pub writer: Option<RecordWriter>,
-    /// XRPC client, used to resolve the PDS for write-back.
+    /// The node's ATProto account, when credentials are configured.
+    pub account: Option<Account>,
+    /// XRPC client, used to resolve handles to follow.
     pub xrpc: XrpcClient,
     /// Counters of messages dropped before reaching the actor.
     pub drops: Arc<DropCounters>,
@@ -193,15 +194,15 @@ impl Knot {
         let rows = parts.store.load_all()?;
         let (tx, rx) = mpsc::channel(1024);
         let (topic_tx, topic_rx) = mpsc::channel(1024);
-        let writer = parts
-            .writer
+        let account = parts
+            .account
             .take()
-            .map(|w| Arc::new(tokio::sync::Mutex::new(w)));
+            .map(|a| Arc::new(tokio::sync::Mutex::new(a)));
         let secret_key = parts.endpoint.secret_key().clone();
         let config = &parts.config;
         let repos_root = config.data_dir.join("repos");
         let mut settings = Settings::new(repos_root.clone());
-        settings.write_back = writer.is_some();
+        settings.write_back = account.is_some();
         settings.max_jobs = config.max_concurrent_jobs;
         let job_ctx = jobs::JobContext {
             blobs: parts.blobs.clone(),
@@ -230,11 +231,9 @@ impl Knot {
             job_ids: HashMap::new(),
             job_ctx,
             side: JoinSet::new(),
-            write_back: writer.map(|writer| net::WriteBackContext {
+            write_back: account.map(|account| net::WriteBackContext {
                 endpoint: parts.endpoint.clone(),
-                writer,
-                xrpc: parts.xrpc.clone(),
-                plc_directory: parts.config.atproto.plc_directory.clone(),
+                account,
             }),
             book_pending: BTreeMap::new(),
             flush_at: None,
@@ -248,6 +247,13 @@ impl Knot {
         let count = rows.len();
         let effects = self.core.load(rows, now());
         self.execute(effects).await;
+        if let Some(ctx) = self.write_back.clone() {
+            self.side.spawn(async move {
+                Some(Event::AccountResolved {
+                    did: ctx.resolve().await,
+                })
+            });
+        }
         info!(repos = count, "repositories resumed");
         loop {
             let flush_at = self.flush_at;
@@ -641,10 +647,24 @@ impl Knot {
             }
             Effect::WriteBack {
                 repo,
-                locator,
-                record,
+                collection,
+                rkey,
+                head,
+                manifest,
+                seq,
             } => match &self.write_back {
-                Some(ctx) => ctx.spawn(self.net.set(), repo, locator, record),
+                Some(ctx) => {
+                    let req = WriteBackRequest {
+                        repo_id: repo.clone(),
+                        collection,
+                        rkey,
+                        head,
+                        manifest,
+                        seq,
+                        own: crate::record::PeerHint::new(String::new(), vec![], None),
+                    };
+                    ctx.spawn(self.net.set(), repo, req);
+                }
                 None => warn!(repo = %repo, "write-back asked for without credentials"),
             },
             Effect::SetTimer { key, at } => {

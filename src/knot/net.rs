@@ -8,15 +8,15 @@ use std::{sync::Arc, time::Duration};
 use iroh::{Endpoint, EndpointAddr, EndpointId, Watcher};
 use iroh_tickets::endpoint::EndpointTicket;
 use tokio::task::JoinSet;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
+    account::{Account, WriteBackRequest, WriteOutcome},
     announce::Announcement,
-    atproto::{RecordWriter, XrpcClient},
+    core::{WriteFailure, WrittenBack},
     heads,
-    record::{self, PeerHint, RepoRecord},
+    record::{self, PeerHint},
     repo_id::RepoId,
-    state::Locator,
 };
 
 /// Most direct pushes and pulls in flight; more are dropped (pulls are
@@ -42,8 +42,8 @@ pub(super) enum NetDone {
     WrittenBack {
         /// The repository.
         repo: RepoId,
-        /// The record written, or why not.
-        result: Result<RepoRecord, String>,
+        /// The record on the PDS now, or why not.
+        result: Result<WrittenBack, WriteFailure>,
     },
 }
 
@@ -123,55 +123,63 @@ impl NetTasks {
     }
 }
 
-/// What a record write-back needs: present when credentials are configured.
+/// The node's account, present when credentials are configured.
 #[derive(Clone)]
 pub(super) struct WriteBackContext {
     pub endpoint: Endpoint,
-    pub writer: Arc<tokio::sync::Mutex<RecordWriter>>,
-    pub xrpc: XrpcClient,
-    pub plc_directory: String,
+    pub account: Arc<tokio::sync::Mutex<Account>>,
 }
 
 impl WriteBackContext {
-    /// Write `record` (plus this node's hint) to the owner's PDS. Write-backs
-    /// are few (one per repository at a time) and never dropped.
-    pub fn spawn(
-        &self,
-        tasks: &mut JoinSet<NetDone>,
-        repo: RepoId,
-        locator: Locator,
-        mut record: RepoRecord,
-    ) {
+    /// Write a held state into the account's record. Write-backs are few
+    /// (one per repository at a time) and never dropped.
+    pub fn spawn(&self, tasks: &mut JoinSet<NetDone>, repo: RepoId, mut req: WriteBackRequest) {
         let ctx = self.clone();
         tasks.spawn(async move {
-            let result = async {
-                let own = own_hint(&ctx.endpoint).await;
-                record.peers = record::merge_peers(record.peers, vec![own]);
-                let pds = match &locator.pds {
-                    Some(pds) => pds.clone(),
-                    None => ctx
-                        .xrpc
-                        .resolve_pds(&ctx.plc_directory, &locator.did)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                };
-                ctx.writer
-                    .lock()
-                    .await
-                    .write(
-                        &pds,
-                        &locator.did,
-                        &locator.collection,
-                        &locator.rkey,
-                        &record,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(record)
-            }
-            .await;
+            req.own = own_hint(&ctx.endpoint).await;
+            let result = ctx
+                .account
+                .lock()
+                .await
+                .write_back(&req)
+                .await
+                .map(|outcome| match outcome {
+                    WriteOutcome::Written(record) => WrittenBack {
+                        record,
+                        superseded: false,
+                    },
+                    WriteOutcome::Superseded(record) => WrittenBack {
+                        record,
+                        superseded: true,
+                    },
+                })
+                .map_err(|e| WriteFailure {
+                    message: e.to_string(),
+                    retry_after: e.retry_after(),
+                });
             NetDone::WrittenBack { repo, result }
         });
+    }
+
+    /// Resolve the account's DID, retrying with backoff until it works.
+    pub async fn resolve(&self) -> String {
+        let mut attempts = 0u32;
+        loop {
+            let resolved = self.account.lock().await.identity().await;
+            match resolved {
+                Ok(identity) => return identity.did,
+                Err(e) => {
+                    attempts = attempts.saturating_add(1);
+                    let wait = crate::core::queue::backoff(
+                        Duration::from_secs(5),
+                        Duration::from_secs(300),
+                        attempts,
+                    );
+                    warn!(error = %e, retry_in = ?wait, "cannot resolve the node's ATProto account; records are written back once it resolves");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
     }
 }
 

@@ -341,10 +341,8 @@ fn a_lonely_topic_redials_with_backoff_and_pulls_once_per_peer() {
     assert!(fx.iter().any(|e| matches!(e, Effect::Pull { .. })));
 }
 
-#[test]
-fn write_back_follows_a_publish_and_retries() {
-    let mut sim = Sim::new(4);
-    sim.add(vec![], locator());
+/// Publish `m` through the core and return the effects of the finished job.
+fn publish_state(sim: &mut Sim, m: u8) -> Vec<Effect> {
     let (_, fx) = sim.command(CoreCommand::Publish {
         repo_id: repo(),
         source: "/src".into(),
@@ -358,7 +356,24 @@ fn write_back_follows_a_publish_and_retries() {
             _ => None,
         })
         .unwrap();
-    let fx = sim.finish(job, 2);
+    sim.finish(job, m)
+}
+
+fn write_back_of(fx: &[Effect]) -> Option<(String, u64)> {
+    fx.iter().find_map(|e| match e {
+        Effect::WriteBack { manifest, seq, .. } => Some((manifest.clone(), *seq)),
+        _ => None,
+    })
+}
+
+#[test]
+fn write_back_follows_a_publish_and_retries_honouring_retry_after() {
+    let mut sim = Sim::new(4);
+    sim.event(Event::AccountResolved {
+        did: repo().did().to_string(),
+    });
+    sim.add(vec![], locator());
+    let fx = publish_state(&mut sim, 2);
     assert!(fx.iter().any(|e| matches!(
         e,
         Effect::SetTimer {
@@ -367,29 +382,84 @@ fn write_back_follows_a_publish_and_retries() {
         }
     )));
     let fx = sim.event(Event::Timer(TimerKey::WriteBack(repo())));
-    let Some(Effect::WriteBack { record, .. }) =
-        fx.iter().find(|e| matches!(e, Effect::WriteBack { .. }))
-    else {
-        panic!("{fx:?}")
-    };
-    assert_eq!(record.seq, Some(sim.held().unwrap().seq()));
+    let (manifest, seq) = write_back_of(&fx).expect("a write-back");
+    assert_eq!(seq, sim.held().unwrap().seq());
     let fx = sim.event(Event::WrittenBack {
         repo: repo(),
-        result: Err("503".into()),
+        result: Err(WriteFailure {
+            message: "429".into(),
+            retry_after: Some(Duration::from_secs(600)),
+        }),
     });
-    assert!(fx.iter().any(
-        |e| matches!(e, Effect::SetTimer { key: TimerKey::WriteBack(_), at } if *at > sim.now().at)
-    ));
-    let written = record.clone();
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::SetTimer { key: TimerKey::WriteBack(_), at } if *at >= sim.now().at + Duration::from_secs(600)
+    )));
     sim.event(Event::Timer(TimerKey::WriteBack(repo())));
+    let mut written = record(Some(2), Some(seq), &[]);
+    written.manifest = Some(manifest);
     sim.event(Event::WrittenBack {
         repo: repo(),
-        result: Ok(written),
+        result: Ok(WrittenBack {
+            record: written,
+            superseded: false,
+        }),
     });
     assert!(!sim.held().unwrap().write_back_pending);
-    let _ = RecordCopy {
-        record: RepoRecord::empty(repo()),
-        read_at: 0,
-        pending: false,
-    };
+}
+
+#[test]
+fn only_the_accounts_own_records_are_written_back() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], locator());
+    // Until the account is known nothing is written.
+    let fx = publish_state(&mut sim, 2);
+    assert!(write_back_of(&fx).is_none());
+    let fx = sim.event(Event::Timer(TimerKey::WriteBack(repo())));
+    assert!(write_back_of(&fx).is_none());
+    assert!(sim.held().unwrap().write_back_pending);
+    // Another account: never written, and no longer pending.
+    let fx = sim.event(Event::AccountResolved {
+        did: "did:plc:someoneelse".into(),
+    });
+    assert!(write_back_of(&fx).is_none());
+    assert!(!sim.held().unwrap().write_back_pending);
+    // The owner's account: written.
+    let fx = sim.event(Event::AccountResolved {
+        did: repo().did().to_string(),
+    });
+    assert!(write_back_of(&fx).is_none(), "nothing pending any more");
+    let fx = publish_state(&mut sim, 3);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::SetTimer {
+            key: TimerKey::WriteBack(_),
+            ..
+        }
+    )));
+    let fx = sim.event(Event::Timer(TimerKey::WriteBack(repo())));
+    assert!(write_back_of(&fx).is_some());
+}
+
+#[test]
+fn a_record_naming_a_newer_state_is_not_overwritten_and_is_taken() {
+    let mut sim = Sim::new(4);
+    sim.event(Event::AccountResolved {
+        did: repo().did().to_string(),
+    });
+    sim.add(vec![], locator());
+    publish_state(&mut sim, 2);
+    let fx = sim.event(Event::Timer(TimerKey::WriteBack(repo())));
+    let (_, seq) = write_back_of(&fx).unwrap();
+    // Another knot of the owner wrote a newer state meanwhile.
+    let fx = sim.event(Event::WrittenBack {
+        repo: repo(),
+        result: Ok(WrittenBack {
+            record: record(Some(7), Some(seq + 10), &[]),
+            superseded: true,
+        }),
+    });
+    assert!(!sim.held().unwrap().write_back_pending);
+    let (_, m) = fetch_job(&fx).expect("the newer state is fetched");
+    assert_eq!(m, manifest(7));
 }

@@ -15,7 +15,7 @@ use crate::{
     admin::{Payload, Reply},
     announce::{Announcement, Statement},
     record::{PeerHint, RepoRecord},
-    state::{Bookkeeping, Held, Origin, RecordCopy, RepoConfig, RepoRow},
+    state::{Bookkeeping, Held, Origin, RepoConfig, RepoRow},
     store::Write,
 };
 

@@ -1,0 +1,143 @@
+//! Identity: where a DID's PDS is (its DID document, through the PLC
+//! directory or `did:web`). Pure parsing plus the URL rules; the fetch is
+//! [`super::XrpcClient::resolve_pds`].
+
+use reqwest::Url;
+use serde_json::Value;
+
+use super::validate_http_url;
+
+pub fn did_document_url(plc_directory: &str, did: &str) -> Result<Url, String> {
+    crate::repo_id::validate_did(did).map_err(|e| format!("{did:?} is not a DID: {e}"))?;
+    if did.starts_with("did:plc:") {
+        let base =
+            validate_http_url(plc_directory).map_err(|e| format!("atproto.plc_directory: {e}"))?;
+        return Url::parse(&format!("{base}/{did}")).map_err(|e| e.to_string());
+    }
+    if let Some(rest) = did.strip_prefix("did:web:") {
+        let mut parts = rest.split(':');
+        let host = parts
+            .next()
+            .unwrap_or_default()
+            .replace("%3A", ":")
+            .replace("%3a", ":");
+        if host.is_empty() || host.contains('%') || host.contains('/') {
+            return Err(format!("{did:?} does not name a valid host"));
+        }
+        let path: Vec<&str> = parts.collect();
+        let url = if path.is_empty() {
+            format!("https://{host}/.well-known/did.json")
+        } else {
+            if path.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+                return Err(format!("{did:?} has an invalid path"));
+            }
+            format!("https://{host}/{}/did.json", path.join("/"))
+        };
+        return Url::parse(&url).map_err(|e| format!("{did:?}: {e}"));
+    }
+    Err(format!(
+        "the DID method of {did:?} is not supported (only did:plc and did:web)"
+    ))
+}
+
+/// Extract the PDS endpoint from a DID document: the service with id
+/// `#atproto_pds` (or `<did>#atproto_pds`) and type `AtprotoPersonalDataServer`.
+pub fn pds_from_did_doc(doc: &Value, did: &str) -> Result<String, String> {
+    if let Some(id) = doc.get("id") {
+        if id.as_str() != Some(did) {
+            return Err(format!("the DID document is for {id}, not {did}"));
+        }
+    } else {
+        return Err("the DID document has no \"id\"".into());
+    }
+    let services = doc
+        .get("service")
+        .and_then(Value::as_array)
+        .ok_or("the DID document lists no services")?;
+    let full_id = format!("{did}#atproto_pds");
+    let service = services
+        .iter()
+        .find(|s| {
+            let id = s.get("id").and_then(Value::as_str);
+            let ty = s.get("type").and_then(Value::as_str);
+            matches!(id, Some(id) if id == "#atproto_pds" || id == full_id)
+                && ty == Some("AtprotoPersonalDataServer")
+        })
+        .ok_or("the DID document has no #atproto_pds service of type AtprotoPersonalDataServer")?;
+    let endpoint = service
+        .get("serviceEndpoint")
+        .and_then(Value::as_str)
+        .ok_or("the #atproto_pds service has no string serviceEndpoint")?;
+    validate_http_url(endpoint).map_err(|e| format!("the #atproto_pds endpoint: {e}"))
+}
+
+/// Fetch and check the record of a tracked repository.
+///
+/// Resolves the PDS from the DID document when the locator names none. The
+/// record is rejected when the locator's DID is not the repository owner's,
+/// when the PDS answers with a record of another repository (URI), or when the
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn did_documents() {
+        let did = "did:plc:abc123";
+        let doc = json!({
+            "id": did,
+            "service": [
+                {"id": "#other", "type": "Other", "serviceEndpoint": "https://x.example"},
+                {"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": "http://127.0.0.1:2583/"}
+            ]
+        });
+        assert_eq!(
+            pds_from_did_doc(&doc, did).unwrap(),
+            "http://127.0.0.1:2583"
+        );
+        let full = json!({
+            "id": did,
+            "service": [{"id": format!("{did}#atproto_pds"), "type": "AtprotoPersonalDataServer", "serviceEndpoint": "https://pds.example.com"}]
+        });
+        assert_eq!(
+            pds_from_did_doc(&full, did).unwrap(),
+            "https://pds.example.com"
+        );
+        for bad in [
+            json!({"id": "did:plc:other", "service": doc["service"].clone()}),
+            json!({"service": doc["service"].clone()}),
+            json!({"id": did}),
+            json!({"id": did, "service": [{"id": "#atproto_pds", "type": "Wrong", "serviceEndpoint": "https://a.b"}]}),
+            json!({"id": did, "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": "ftp://a.b"}]}),
+            json!({"id": did, "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": {"x": 1}}]}),
+            json!({"id": did, "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": "https://a.b/?q=1"}]}),
+        ] {
+            assert!(pds_from_did_doc(&bad, did).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn did_document_urls() {
+        let plc = "https://plc.directory/";
+        assert_eq!(
+            did_document_url(plc, "did:plc:abc123").unwrap().as_str(),
+            "https://plc.directory/did:plc:abc123"
+        );
+        assert_eq!(
+            did_document_url(plc, "did:web:example.com")
+                .unwrap()
+                .as_str(),
+            "https://example.com/.well-known/did.json"
+        );
+        assert_eq!(
+            did_document_url(plc, "did:web:localhost%3A8080:u:alice")
+                .unwrap()
+                .as_str(),
+            "https://localhost:8080/u/alice/did.json"
+        );
+        assert!(did_document_url(plc, "did:key:z6Mk").is_err());
+        assert!(did_document_url(plc, "did:web:a.b:..").is_err());
+        assert!(did_document_url("ftp://x", "did:plc:abc").is_err());
+    }
+}
