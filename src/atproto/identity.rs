@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::validate_http_url;
 
+/// Where the DID document of `did` is published.
 pub fn did_document_url(plc_directory: &str, did: &str) -> Result<Url, String> {
     crate::repo_id::validate_did(did).map_err(|e| format!("{did:?} is not a DID: {e}"))?;
     if did.starts_with("did:plc:") {
@@ -70,12 +71,6 @@ pub fn pds_from_did_doc(doc: &Value, did: &str) -> Result<String, String> {
         .ok_or("the #atproto_pds service has no string serviceEndpoint")?;
     validate_http_url(endpoint).map_err(|e| format!("the #atproto_pds endpoint: {e}"))
 }
-
-/// Fetch and check the record of a tracked repository.
-///
-/// Resolves the PDS from the DID document when the locator names none. The
-/// record is rejected when the locator's DID is not the repository owner's,
-/// when the PDS answers with a record of another repository (URI), or when the
 
 #[cfg(test)]
 mod tests {

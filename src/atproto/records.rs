@@ -8,6 +8,11 @@ use crate::{
     state::Locator,
 };
 
+/// Fetch and check the record of a tracked repository.
+///
+/// Resolves the PDS from the DID document when the locator names none. The
+/// record is rejected when the locator's DID is not the repository owner's,
+/// when the PDS answers with a record of another repository (URI), or when the
 /// record's `repoId` differs from `expected`.
 pub async fn fetch_repo_record(
     client: &XrpcClient,

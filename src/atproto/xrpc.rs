@@ -615,8 +615,6 @@ pub fn validate_http_url(raw: &str) -> Result<String, String> {
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
-/// Where the DID document of `did` is published.
-
 #[cfg(test)]
 mod tests {
     use super::*;
