@@ -113,6 +113,17 @@ enum AdminCmd {
         /// `<did>/<name>`
         repo_id: String,
     },
+    /// Track every repository an identity (DID or handle) publishes records
+    /// for, now and as it adds or deletes them.
+    Follow {
+        /// A DID (did:plc:…) or a handle (alice.example.com).
+        identity: String,
+    },
+    /// Stop following an identity and remove the repositories it brought.
+    Unfollow {
+        /// A DID or a handle.
+        identity: String,
+    },
     /// Stop trusting a peer named with `add-repo --peer` (revokes it now).
     RemovePeer {
         /// `<did>/<name>`
@@ -273,6 +284,8 @@ async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
             },
             false,
         ),
+        AdminCmd::Follow { identity } => (Command::Follow { identity }, false),
+        AdminCmd::Unfollow { identity } => (Command::Unfollow { identity }, false),
         AdminCmd::List { json } => (Command::List, json),
         AdminCmd::Status { json } => (Command::Status, json),
         AdminCmd::Peers { repo_id, json } => (
@@ -337,6 +350,24 @@ fn print_payload(payload: Payload, json: bool) {
             println!("addresses: {}", s.addrs.join(", "));
             println!("repos:     {}", s.repo_count);
             println!("ticket:    {}", s.ticket);
+            println!(
+                "jobs:      {} running, {} waiting",
+                s.jobs_running, s.jobs_waiting
+            );
+            for f in &s.follows {
+                println!(
+                    "following: {} ({} repositories; last listed {}{})",
+                    f.did,
+                    f.repos,
+                    f.last_list
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "never".into()),
+                    f.last_error
+                        .as_deref()
+                        .map(|e| format!("; error: {e}"))
+                        .unwrap_or_default()
+                );
+            }
             if !s.repos.is_empty() {
                 println!();
                 print_repos(&s.repos);
@@ -414,7 +445,7 @@ fn print_repos(repos: &[RepoSummary]) {
         .unwrap_or(7)
         .max(7);
     println!(
-        "{:width$}  {:12}  {:12}  {:>5}  {:>10}  {:>5}  {:10}  ERROR",
+        "{:width$}  {:12}  {:12}  {:>5}  {:>10}  {:>5}  {:10}  NOTES",
         "REPO", "HEAD", "MANIFEST", "PACKS", "BYTES", "PEERS", "LAST SYNC"
     );
     for r in repos {
@@ -430,7 +461,26 @@ fn print_repos(repos: &[RepoSummary]) {
             r.last_sync
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "never".into()),
-            r.last_error.as_deref().unwrap_or("")
+            repo_note(r)
         );
     }
+}
+
+/// The last column of `list`: an error, or how the repository is followed.
+fn repo_note(r: &RepoSummary) -> String {
+    let mut notes = Vec::new();
+    if let Some(e) = &r.last_error {
+        notes.push(e.clone());
+    }
+    if let Some(did) = &r.followed_via {
+        notes.push(if r.record_deleted {
+            format!("record deleted by {did}; content kept until `knotd admin remove-repo`")
+        } else {
+            format!("followed via {did}")
+        });
+    }
+    if let Some(m) = &r.fetching {
+        notes.push(format!("fetching {}", &m[..m.len().min(12)]));
+    }
+    notes.join("; ")
 }

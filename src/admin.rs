@@ -134,13 +134,24 @@ pub enum Command {
         /// The repository.
         repo_id: RepoId,
     },
+    /// Track every repository an identity (DID or handle) lists in its
+    /// `app.knot.repo` records, now and as they change.
+    Follow {
+        /// A DID or a handle.
+        identity: String,
+    },
+    /// Stop following an identity and remove the repositories it brought.
+    Unfollow {
+        /// A DID or a handle.
+        identity: String,
+    },
 }
 
 impl Command {
     /// How long a client should wait for the reply.
     pub fn timeout(&self) -> Duration {
         match self {
-            Command::Publish { .. } | Command::Sync { .. } => LONG_TIMEOUT,
+            Command::Publish { .. } | Command::Sync { .. } | Command::Follow { .. } => LONG_TIMEOUT,
             _ => QUICK_TIMEOUT,
         }
     }
@@ -171,7 +182,7 @@ pub enum Payload {
         repos: Vec<RepoSummary>,
     },
     /// Node status.
-    Status(NodeStatus),
+    Status(Box<NodeStatus>),
     /// Peers of one repository.
     Peers {
         /// The peers.
@@ -226,6 +237,26 @@ pub struct RepoSummary {
     pub record: Option<String>,
     /// A record write-back is waiting to be retried.
     pub write_back_pending: bool,
+    /// The followed identity that brought the repository.
+    #[serde(default)]
+    pub followed_via: Option<String>,
+    /// The followed identity no longer lists its record; the content stays
+    /// until `remove-repo`.
+    #[serde(default)]
+    pub record_deleted: bool,
+}
+
+/// A followed identity as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowSummary {
+    /// The identity's DID.
+    pub did: String,
+    /// Repositories it brought.
+    pub repos: usize,
+    /// Unix time of the last successful listing.
+    pub last_list: Option<u64>,
+    /// The last listing error.
+    pub last_error: Option<String>,
 }
 
 /// Node-wide status.
@@ -251,6 +282,9 @@ pub struct NodeStatus {
     /// Repositories waiting for a content job slot.
     #[serde(default)]
     pub jobs_waiting: usize,
+    /// Followed identities.
+    #[serde(default)]
+    pub follows: Vec<FollowSummary>,
     /// Per-repository status.
     pub repos: Vec<RepoSummary>,
 }

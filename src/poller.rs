@@ -455,7 +455,7 @@ impl Poller {
                 }
                 tracked.in_flight = None;
                 tracked.failures = tracked.failures.saturating_add(1);
-                self.reschedule(&repo_id);
+                self.reschedule(&repo_id, None);
             }
         }
     }
@@ -499,18 +499,21 @@ impl Poller {
             let _ = w.send(result.clone().map_err(PollError::Atproto));
         }
         let queued = std::mem::take(&mut tracked.queued);
+        let retry_after = result.as_ref().err().and_then(AtprotoError::retry_after);
         self.report(PollOutcome {
             repo_id: repo_id.clone(),
             result,
         });
         if queued.is_empty() {
-            self.reschedule(&repo_id);
+            self.reschedule(&repo_id, retry_after);
         } else {
             self.start(&repo_id, queued);
         }
     }
 
-    fn reschedule(&mut self, repo_id: &RepoId) {
+    /// Schedule the next poll: one interval, backing off after failures,
+    /// and never before a rate-limiting PDS said (`retry_after`).
+    fn reschedule(&mut self, repo_id: &RepoId, retry_after: Option<Duration>) {
         let Some(tracked) = self.repos.get(repo_id) else {
             return;
         };
@@ -520,7 +523,8 @@ impl Poller {
             tracked.failures,
             self.settings.max_backoff,
             rand::random::<f64>(),
-        );
+        )
+        .max(retry_after.unwrap_or_default());
         self.schedule_at(repo_id, Instant::now() + delay);
     }
 

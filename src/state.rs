@@ -64,6 +64,8 @@ pub enum Origin {
     /// A `sync` of a repository nobody added (e.g. `git clone knot://`): kept
     /// once a state arrives, forgotten if the first sync fails.
     Sync,
+    /// A record listed by a followed identity.
+    Follow,
 }
 
 /// What the operator configured for a repository. Changes only by admin
@@ -84,6 +86,13 @@ pub struct RepoConfig {
     /// repository until removed.
     #[serde(default)]
     pub operator_peers: Vec<PeerHint>,
+    /// The followed identity whose listing brought this repository.
+    #[serde(default)]
+    pub followed_via: Option<String>,
+    /// That identity's listing no longer has the record: it is not polled
+    /// any more; the content stays until the repository is removed.
+    #[serde(default)]
+    pub record_deleted: bool,
 }
 
 impl RepoConfig {
@@ -95,6 +104,8 @@ impl RepoConfig {
             origin,
             locator: None,
             operator_peers: Vec::new(),
+            followed_via: None,
+            record_deleted: false,
         }
     }
 }
@@ -168,6 +179,15 @@ pub struct Bookkeeping {
     /// The last error seen (poll, fetch, publish or write-back).
     #[serde(default)]
     pub last_error: Option<String>,
+}
+
+/// An identity (DID) whose repositories the node tracks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowConfig {
+    /// The DID.
+    pub did: String,
+    /// Unix time it was followed.
+    pub added_at: u64,
 }
 
 /// Everything persisted about one repository.

@@ -26,13 +26,17 @@ use crate::{
     announce::SignedStatement,
     record::{PeerHint, RepoRecord},
     repo_id::RepoId,
-    state::{Bookkeeping, Held, LearnedHint, Locator, Origin, RecordCopy, RepoConfig, RepoRow},
+    state::{
+        Bookkeeping, FollowConfig, Held, LearnedHint, Locator, Origin, RecordCopy, RepoConfig,
+        RepoRow,
+    },
 };
 
 const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_config_v2");
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_record_v2");
 const HELD: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_held_v2");
 const BOOKKEEPING: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_bookkeeping_v2");
+const FOLLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("follows_v2");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
 /// The single table of knotd 0.1's first format, converted on open.
 const LEGACY_REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos_v1");
@@ -98,6 +102,10 @@ pub enum Write {
     Bookkeeping(RepoId, Bookkeeping),
     /// Remove the repository and everything known about it.
     Remove(RepoId),
+    /// Follow an identity.
+    Follow(FollowConfig),
+    /// Stop following an identity.
+    Unfollow(String),
 }
 
 impl Write {
@@ -107,14 +115,16 @@ impl Write {
         !matches!(self, Write::Bookkeeping(..))
     }
 
-    /// The repository written.
-    pub fn repo_id(&self) -> &RepoId {
+    /// The key written: a repository id, or a followed DID.
+    pub fn key(&self) -> &str {
         match self {
-            Write::Config(c) => &c.repo_id,
+            Write::Config(c) => c.repo_id.as_str(),
             Write::Record(id, _)
             | Write::Held(id, _)
             | Write::Bookkeeping(id, _)
-            | Write::Remove(id) => id,
+            | Write::Remove(id) => id.as_str(),
+            Write::Follow(f) => &f.did,
+            Write::Unfollow(did) => did,
         }
     }
 }
@@ -139,7 +149,7 @@ impl Store {
         };
         let tx = redb_try!("creating tables", db.begin_write());
         {
-            for table in [CONFIG, RECORDS, HELD, BOOKKEEPING, META] {
+            for table in [CONFIG, RECORDS, HELD, BOOKKEEPING, FOLLOWS, META] {
                 redb_try!("creating tables", tx.open_table(table));
             }
             let legacy = redb_try!("listing tables", tx.list_tables())
@@ -185,8 +195,9 @@ impl Store {
             let mut records = redb_try!("writing repositories", tx.open_table(RECORDS));
             let mut held = redb_try!("writing repositories", tx.open_table(HELD));
             let mut books = redb_try!("writing repositories", tx.open_table(BOOKKEEPING));
+            let mut follows = redb_try!("writing follows", tx.open_table(FOLLOWS));
             for write in writes {
-                let key = write.repo_id().as_str();
+                let key = write.key();
                 match write {
                     Write::Config(c) => {
                         redb_try!(
@@ -211,11 +222,24 @@ impl Store {
                         redb_try!("removing a repository", held.remove(key));
                         redb_try!("removing a repository", books.remove(key));
                     }
+                    Write::Follow(f) => {
+                        redb_try!("writing follows", follows.insert(key, json(f).as_slice()));
+                    }
+                    Write::Unfollow(_) => {
+                        redb_try!("writing follows", follows.remove(key));
+                    }
                 }
             }
         }
         redb_try!("writing repositories", tx.commit());
         Ok(())
+    }
+
+    /// Every followed identity, ordered by DID.
+    pub fn load_follows(&self) -> Result<Vec<FollowConfig>, StoreError> {
+        let tx = redb_try!("reading follows", self.db.begin_read());
+        let follows: BTreeMap<String, FollowConfig> = read_table(&tx, FOLLOWS, "follows_v2")?;
+        Ok(follows.into_values().collect())
     }
 
     /// Read a metadata value.
@@ -357,7 +381,7 @@ fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     let mut held = redb_try!("converting the old table", tx.open_table(HELD));
     let mut books = redb_try!("converting the old table", tx.open_table(BOOKKEEPING));
     for write in &writes {
-        let key = write.repo_id().as_str();
+        let key = write.key();
         match write {
             Write::Config(c) => {
                 redb_try!("converting", config.insert(key, json(c).as_slice()));
@@ -367,7 +391,7 @@ fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
             Write::Bookkeeping(_, b) => {
                 redb_try!("converting", books.insert(key, json(b).as_slice()));
             }
-            Write::Remove(_) => {}
+            Write::Remove(_) | Write::Follow(_) | Write::Unfollow(_) => {}
         }
     }
     info!(
@@ -398,6 +422,8 @@ fn convert_legacy(entry: LegacyEntry, now_ms: u64) -> Vec<Write> {
         origin: Origin::Operator,
         locator: entry.locator,
         operator_peers,
+        followed_via: None,
+        record_deleted: false,
     };
     let record = entry.remote.map(|record| RecordCopy {
         record,

@@ -17,7 +17,7 @@ const REPO: &str = "did:plc:trustowner/site";
 
 async fn status(node: &TestNode) -> knotd::admin::NodeStatus {
     match node.admin(Command::Status).await.unwrap() {
-        Payload::Status(s) => s,
+        Payload::Status(s) => *s,
         other => panic!("{other:?}"),
     }
 }

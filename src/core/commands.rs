@@ -51,11 +51,13 @@ impl Core {
                 self.pump(now);
             }
             CoreCommand::Sync { repo_id } => self.sync(reply, &repo_id, now),
+            CoreCommand::Follow { did } => self.follow(reply, did, now),
+            CoreCommand::Unfollow { did } => self.unfollow(reply, did, now),
         }
     }
 
     /// Start tracking `repo_id` unless it is tracked; returns whether it was new.
-    fn track_new(
+    pub(super) fn track_new(
         &mut self,
         repo_id: &RepoId,
         origin: Origin,

@@ -20,6 +20,7 @@
 //! persisted; [`Core::load`] resumes from it.
 
 mod commands;
+mod follows;
 mod gossip;
 pub mod hints;
 mod jobs;
@@ -155,6 +156,16 @@ pub enum CoreCommand {
         /// The repository.
         repo_id: RepoId,
     },
+    /// Track every repository an identity's records list.
+    Follow {
+        /// The identity's DID.
+        did: String,
+    },
+    /// Stop following an identity.
+    Unfollow {
+        /// The identity's DID.
+        did: String,
+    },
 }
 
 /// How an announcement arrived.
@@ -257,6 +268,13 @@ pub enum Event {
         repo: RepoId,
         /// The record on the PDS now, or why not.
         result: Result<WrittenBack, WriteFailure>,
+    },
+    /// A followed identity was listed.
+    Listed {
+        /// The identity's DID.
+        did: String,
+        /// Its records and whether that is all of them, or why not.
+        result: Result<(Vec<crate::atproto::ListedRecord>, bool), String>,
     },
     /// The node's account was resolved to this DID.
     AccountResolved {
@@ -388,6 +406,16 @@ pub enum Effect {
         /// The repository.
         repo: RepoId,
     },
+    /// List an identity's records now and on the schedule.
+    TrackIdentity {
+        /// The identity's DID.
+        did: String,
+    },
+    /// Stop listing an identity.
+    UntrackIdentity {
+        /// The identity's DID.
+        did: String,
+    },
     /// Poll a tracked record now; the result comes as [`Event::Polled`].
     PollNow {
         /// The repository.
@@ -461,6 +489,7 @@ pub struct Core {
     key: SecretKey,
     settings: Settings,
     repos: BTreeMap<RepoId, Repo>,
+    follows: BTreeMap<String, follows::Follow>,
     discarding: BTreeMap<RepoId, repo::Discarding>,
     queue: JobQueue,
     next_job: JobId,
@@ -480,6 +509,7 @@ impl Core {
             queue: JobQueue::new(settings.max_jobs),
             settings,
             repos: BTreeMap::new(),
+            follows: BTreeMap::new(),
             discarding: BTreeMap::new(),
             next_job: 1,
             next_round: 1,
@@ -498,7 +528,13 @@ impl Core {
     /// Resume from the database: learn every peer's address, join topics,
     /// follow records, check every held state (repairing what a crash left)
     /// and resume fetches a restart interrupted.
-    pub fn load(&mut self, rows: Vec<RepoRow>, now: Now) -> Vec<Effect> {
+    pub fn load(
+        &mut self,
+        rows: Vec<RepoRow>,
+        follows: Vec<crate::state::FollowConfig>,
+        now: Now,
+    ) -> Vec<Effect> {
+        self.load_follows(follows);
         for row in rows {
             let repo_id = row.config.repo_id.clone();
             let mut repo = Repo::from_row(row);
@@ -549,6 +585,7 @@ impl Core {
             Event::JobDone { repo, job, result } => self.handle_job_done(&repo, job, result, now),
             Event::WrittenBack { repo, result } => self.handle_written_back(&repo, result, now),
             Event::AccountResolved { did } => self.handle_account_resolved(did, now),
+            Event::Listed { did, result } => self.handle_listed(&did, result, now),
             Event::Timer(key) => self.handle_timer(key, now),
         }
         std::mem::take(&mut self.out)

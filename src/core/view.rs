@@ -52,6 +52,8 @@ impl Core {
             peers_connected: repo.topic.as_ref().map_or(0, |t| t.neighbors.len()),
             record: repo.config.locator.as_ref().map(|l| l.at_uri()),
             write_back_pending: held.is_some_and(|h| h.write_back_pending),
+            followed_via: repo.config.followed_via.clone(),
+            record_deleted: repo.config.record_deleted,
         }
     }
 

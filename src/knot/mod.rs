@@ -170,10 +170,22 @@ pub struct Knot {
     jobs: JoinSet<crate::core::JobResult>,
     job_ids: HashMap<tokio::task::Id, (RepoId, JobId)>,
     job_ctx: jobs::JobContext,
-    side: JoinSet<Option<Event>>,
+    side: JoinSet<Side>,
+    follows: crate::follow::Follows,
+    listings: mpsc::Receiver<crate::follow::Listing>,
     write_back: Option<net::WriteBackContext>,
-    book_pending: BTreeMap<RepoId, Write>,
+    book_pending: BTreeMap<String, Write>,
     flush_at: Option<tokio::time::Instant>,
+}
+
+/// What a side task of the actor hands back.
+enum Side {
+    /// Nothing more to do.
+    Done,
+    /// An event for the core.
+    Event(Event),
+    /// A command for the core, prepared off the loop (a handle resolved).
+    Command(oneshot::Sender<Reply>, CoreCommand),
 }
 
 fn now() -> Now {
@@ -192,6 +204,9 @@ impl Knot {
         tasks: &mut crate::supervise::Supervised,
     ) -> Result<KnotHandle, KnotError> {
         let rows = parts.store.load_all()?;
+        let follows = parts.store.load_follows()?;
+        let (listing_tx, listings) = mpsc::channel(64);
+        let follows_cancel = cancel.child_token();
         let (tx, rx) = mpsc::channel(1024);
         let (topic_tx, topic_rx) = mpsc::channel(1024);
         let account = parts
@@ -231,6 +246,13 @@ impl Knot {
             job_ids: HashMap::new(),
             job_ctx,
             side: JoinSet::new(),
+            follows: crate::follow::Follows::new(
+                parts.xrpc.clone(),
+                crate::poller::PollSettings::from_config(&parts.config.atproto),
+                listing_tx,
+                follows_cancel,
+            ),
+            listings,
             write_back: account.map(|account| net::WriteBackContext {
                 endpoint: parts.endpoint.clone(),
                 account,
@@ -239,17 +261,21 @@ impl Knot {
             flush_at: None,
             parts,
         };
-        tasks.spawn("repository actor", actor.run(rows));
+        tasks.spawn("repository actor", actor.run(rows, follows));
         Ok(KnotHandle { tx })
     }
 
-    async fn run(mut self, rows: Vec<crate::state::RepoRow>) {
+    async fn run(
+        mut self,
+        rows: Vec<crate::state::RepoRow>,
+        follows: Vec<crate::state::FollowConfig>,
+    ) {
         let count = rows.len();
-        let effects = self.core.load(rows, now());
+        let effects = self.core.load(rows, follows, now());
         self.execute(effects).await;
         if let Some(ctx) = self.write_back.clone() {
             self.side.spawn(async move {
-                Some(Event::AccountResolved {
+                Side::Event(Event::AccountResolved {
                     did: ctx.resolve().await,
                 })
             });
@@ -280,10 +306,14 @@ impl Knot {
                     self.timer_keys.remove(&key);
                     self.feed(Event::Timer(key)).await;
                 }
-                Some(done) = self.side.join_next(), if !self.side.is_empty() => {
-                    if let Ok(Some(event)) = done {
-                        self.feed(event).await;
-                    }
+                Some(done) = self.side.join_next(), if !self.side.is_empty() => match done {
+                    Ok(Side::Event(event)) => self.feed(event).await,
+                    Ok(Side::Command(reply, command)) => self.command(reply, command).await,
+                    Ok(Side::Done) | Err(_) => {}
+                },
+                Some(listing) = self.listings.recv() => {
+                    self.follows.reap();
+                    self.feed(Event::Listed { did: listing.did, result: listing.result }).await;
                 }
                 Some(_) = self.topic_tasks.join_next(), if !self.topic_tasks.is_empty() => {}
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush_bookkeeping(),
@@ -354,6 +384,12 @@ impl Knot {
                 expected_manifest,
             },
             Command::Sync { repo_id } => CoreCommand::Sync { repo_id },
+            Command::Follow { identity } => {
+                return self.identity_command(identity, true, reply).await;
+            }
+            Command::Unfollow { identity } => {
+                return self.identity_command(identity, false, reply).await;
+            }
             Command::List => {
                 let repos = self.core.summaries();
                 let _ = reply.send(Reply::Ok(Payload::Repos { repos }));
@@ -373,19 +409,59 @@ impl Knot {
                     let addr = wait_for_addr(&endpoint).await;
                     let ticket = EndpointTicket::new(addr).to_string();
                     let _ = reply.send(Reply::Ok(Payload::Ticket { ticket }));
-                    None
+                    Side::Done
                 });
                 return;
             }
         };
+        self.command(reply, core_command).await;
+    }
+
+    /// Hand a command to the core; the answer goes to `reply`.
+    async fn command(&mut self, reply: oneshot::Sender<Reply>, command: CoreCommand) {
         let id = self.next_reply;
         self.next_reply += 1;
         self.replies.insert(id, reply);
-        self.feed(Event::Command {
-            reply: id,
-            command: core_command,
-        })
-        .await;
+        self.feed(Event::Command { reply: id, command }).await;
+    }
+
+    /// `follow`/`unfollow`: a DID goes to the core as it is; a handle is
+    /// resolved to its DID first, off the loop.
+    async fn identity_command(
+        &mut self,
+        identity: String,
+        follow: bool,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        let make = move |did: String| {
+            if follow {
+                CoreCommand::Follow { did }
+            } else {
+                CoreCommand::Unfollow { did }
+            }
+        };
+        let identity = identity.trim().to_string();
+        if identity.starts_with("did:") {
+            return match crate::repo_id::validate_did(&identity) {
+                Ok(()) => self.command(reply, make(identity)).await,
+                Err(e) => {
+                    let _ = reply.send(Reply::Error(format!("{identity:?} is not a DID: {e}")));
+                }
+            };
+        }
+        let xrpc = self.parts.xrpc.clone();
+        let resolver = self.parts.config.atproto.handle_resolver.clone();
+        self.side.spawn(async move {
+            match xrpc.resolve_handle(&identity, &resolver).await {
+                Ok(did) => Side::Command(reply, make(did)),
+                Err(e) => {
+                    let _ = reply.send(Reply::Error(format!(
+                        "cannot resolve the handle {identity:?}: {e}; give the DID instead"
+                    )));
+                    Side::Done
+                }
+            }
+        });
     }
 
     /// Answer `status` from a snapshot, off the loop (the address may take a moment).
@@ -395,6 +471,7 @@ impl Knot {
         let (jobs_running, jobs_waiting) = self.core.job_load();
         let repos = self.core.summaries();
         let repo_count = self.core.repo_count() as u64;
+        let follows = self.core.follow_summaries();
         let uptime_secs = self.started.elapsed().as_secs();
         let endpoint = self.parts.endpoint.clone();
         self.side.spawn(async move {
@@ -419,10 +496,11 @@ impl Knot {
                 },
                 jobs_running,
                 jobs_waiting,
+                follows,
                 repos,
             };
-            let _ = reply.send(Reply::Ok(Payload::Status(status)));
-            None
+            let _ = reply.send(Reply::Ok(Payload::Status(Box::new(status))));
+            Side::Done
         });
     }
 
@@ -549,7 +627,7 @@ impl Knot {
         let (durable, lazy): (Vec<Write>, Vec<Write>) =
             writes.into_iter().partition(Write::needs_durability);
         for write in lazy {
-            self.book_pending.insert(write.repo_id().clone(), write);
+            self.book_pending.insert(write.key().to_string(), write);
         }
         if durable.is_empty() {
             if !self.book_pending.is_empty() && self.flush_at.is_none() {
@@ -629,6 +707,8 @@ impl Knot {
             Effect::UntrackRecord { repo } => {
                 let _ = self.parts.poller.untrack(&repo).await;
             }
+            Effect::TrackIdentity { did } => self.follows.track(did),
+            Effect::UntrackIdentity { did } => self.follows.untrack(&did),
             Effect::PollNow { repo } => {
                 let poller = self.parts.poller.clone();
                 self.side.spawn(async move {
@@ -636,12 +716,12 @@ impl Knot {
                     // poll that never started is reported from here.
                     match poller.poll_now(repo.clone()).await {
                         Err(e @ (PollError::Gone(_) | PollError::NotTracked(_))) => {
-                            Some(Event::Polled {
+                            Side::Event(Event::Polled {
                                 repo,
                                 result: Err(e.to_string()),
                             })
                         }
-                        _ => None,
+                        _ => Side::Done,
                     }
                 });
             }

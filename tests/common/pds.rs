@@ -225,6 +225,17 @@ impl TestPds {
         .await
     }
 
+    /// Delete a record directly.
+    pub async fn delete_record(&self, did: &str, password: &str, collection: &str, rkey: &str) {
+        let token = self.login(did, password).await;
+        self.post(
+            "com.atproto.repo.deleteRecord",
+            Some(&token),
+            json!({"repo": did, "collection": collection, "rkey": rkey}),
+        )
+        .await;
+    }
+
     /// Read a record directly; `None` when it does not exist.
     pub async fn get_record(&self, did: &str, collection: &str, rkey: &str) -> Option<Value> {
         let resp = self

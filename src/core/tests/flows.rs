@@ -299,7 +299,7 @@ fn a_restart_with_many_repositories_starts_few_jobs() {
         });
     }
     let now = sim.now();
-    let fx = sim.core.load(rows, now);
+    let fx = sim.core.load(rows, vec![], now);
     assert_eq!(jobs(&fx).len(), 4);
     assert_eq!(sim.core.job_load(), (4, 996));
 }

@@ -3,6 +3,7 @@
 //! queue, sync, removal, restart, rejoin and write-back behaviour.
 
 mod flows;
+mod follows;
 mod trust;
 
 use std::time::{Duration, Instant};
@@ -185,9 +186,27 @@ impl Sim {
                 Write::Remove(id) => {
                     rows.remove(id);
                 }
+                Write::Follow(_) | Write::Unfollow(_) => {}
             }
         }
         rows.into_values().collect()
+    }
+
+    /// Follows as the database would hold them after every write so far.
+    pub(super) fn follows(&self) -> Vec<crate::state::FollowConfig> {
+        let mut follows = BTreeMap::new();
+        for w in &self.writes {
+            match w {
+                Write::Follow(f) => {
+                    follows.insert(f.did.clone(), f.clone());
+                }
+                Write::Unfollow(did) => {
+                    follows.remove(did);
+                }
+                _ => {}
+            }
+        }
+        follows.into_values().collect()
     }
 
     /// A fresh core loaded from [`Sim::rows`], as after a restart.
@@ -198,7 +217,7 @@ impl Sim {
         sim.elapsed = self.elapsed;
         let rows = self.rows();
         let now = sim.now();
-        let fx = sim.core.load(rows, now);
+        let fx = sim.core.load(rows, self.follows(), now);
         (sim, fx)
     }
 }
