@@ -206,6 +206,48 @@ impl Helper {
         }
     }
 
+    /// While a sync runs, show the node's fetch progress on stderr (bytes,
+    /// total, rate), when stderr is a terminal and git asked for progress.
+    fn show_fetch_progress(&self) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.progress || !io::stderr().is_terminal() {
+            return None;
+        }
+        let socket = self.socket.clone();
+        let watch = AdminCommand::Watch {
+            repo_id: Some(self.repo_id.clone()),
+        };
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let task = self.runtime.spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let started = Instant::now();
+            let _ = admin::request_streaming(&socket, &watch, |event| match event.event {
+                knotd::admin::NodeEvent::Watching => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                knotd::admin::NodeEvent::FetchProgress { bytes, total, .. } => {
+                    let rate = bytes as f64 / started.elapsed().as_secs_f64().max(0.001);
+                    let total = total
+                        .map(|t| format!("/{}", human_bytes(t)))
+                        .unwrap_or_default();
+                    eprint!(
+                        "\rknot: fetching {}{total} ({}/s)\x1b[K",
+                        human_bytes(bytes),
+                        human_bytes(rate as u64)
+                    );
+                }
+                _ => {}
+            })
+            .await;
+        });
+        // Wait (briefly) until the watch is set up, so nothing is missed.
+        let _ = self.runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(2), ready).await
+        });
+        Some(task)
+    }
+
     /// Send one command to the node, with errors that say what to do.
     fn request(&self, command: AdminCommand) -> Result<Payload> {
         self.runtime
@@ -324,9 +366,15 @@ impl Helper {
     fn sync(&self) -> Result<SyncReport> {
         self.note(format!("syncing {} ...", self.repo_id));
         let started = Instant::now();
+        let watcher = self.show_fetch_progress();
         let payload = self.request(AdminCommand::Sync {
             repo_id: self.repo_id.clone(),
-        })?;
+        });
+        if let Some(watcher) = watcher {
+            watcher.abort();
+            eprint!("\r\x1b[K");
+        }
+        let payload = payload?;
         let Payload::Synced(report) = payload else {
             bail!("knotd answered sync with an unexpected reply: {payload:?}");
         };
@@ -644,7 +692,17 @@ impl Helper {
         match published {
             Ok(Payload::Published(report)) => {
                 self.note(published_line(&report, started));
-                replies.extend(accepted.iter().map(|s| format!("ok {}", s.dst)));
+                match self.await_replicas() {
+                    Ok(()) => replies.extend(accepted.iter().map(|s| format!("ok {}", s.dst))),
+                    Err(why) => {
+                        eprintln!("knot: {why}");
+                        replies.extend(
+                            accepted
+                                .iter()
+                                .map(|s| format!("error {} {}", s.dst, one_line(&why))),
+                        );
+                    }
+                }
             }
             Ok(other) => {
                 let why = format!("knotd answered publish with an unexpected reply: {other:?}");
@@ -668,6 +726,51 @@ impl Helper {
             }
         }
         Ok(replies)
+    }
+}
+
+/// `git config knot.replicas` (and `knot.replicasTimeout`, seconds): how
+/// many other peers must hold a pushed state before the push counts.
+fn replicas_config() -> Option<(u32, u64)> {
+    let get = |key: &str| {
+        Command::new("git")
+            .args(["config", "--get", key])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let count = get("knot.replicas")?.parse().ok().filter(|n| *n > 0)?;
+    let timeout = get("knot.replicasTimeout")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(60);
+    Some((count, timeout))
+}
+
+impl Helper {
+    /// Wait for the replicas `git config knot.replicas` asks for, if any.
+    fn await_replicas(&self) -> std::result::Result<(), String> {
+        let Some((count, timeout_secs)) = replicas_config() else {
+            return Ok(());
+        };
+        self.note(format!(
+            "waiting until {count} peers hold {} ...",
+            self.repo_id
+        ));
+        match self.request(AdminCommand::Replicas {
+            repo_id: self.repo_id.clone(),
+            count,
+            timeout_secs,
+        }) {
+            Ok(Payload::Replicas(report)) => {
+                self.note(format!("{} peers hold it", report.holding.len()));
+                Ok(())
+            }
+            Ok(other) => Err(format!("unexpected reply to replicas: {other:?}")),
+            Err(e) => Err(format!("published, but {}", error_text(&e))),
+        }
     }
 }
 

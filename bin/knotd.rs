@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+mod knotd_cli {
+    pub mod events;
+}
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use knotd::{
@@ -163,11 +167,46 @@ enum AdminCmd {
         /// Accept updates that rewrite history.
         #[arg(long)]
         force: bool,
+        /// Then wait until this many other peers hold the new state.
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// How long to wait for them, in seconds.
+        #[arg(long, default_value_t = knotd_cli::events::DEFAULT_REPLICAS_TIMEOUT)]
+        timeout: u64,
     },
     /// Fetch the record and content now and materialize the repository.
     Sync {
         /// `<did>/<name>`
         repo_id: String,
+        /// Then wait until this many other peers hold the state.
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// How long to wait for them, in seconds.
+        #[arg(long, default_value_t = knotd_cli::events::DEFAULT_REPLICAS_TIMEOUT)]
+        timeout: u64,
+    },
+    /// Limit the bytes a repository's state may have (`none`: the node's
+    /// quotas apply). A state above the limit is refused before it is fetched.
+    SetQuota {
+        /// `<did>/<name>`
+        repo_id: String,
+        /// A size such as `500 MiB` or `2GB`, or `none`.
+        size: String,
+    },
+    /// Show or change the seeding policy: `show`, or `allow|block|clear <did-or-repo>`.
+    Policy {
+        /// `show`, `allow`, `block` or `clear`.
+        action: String,
+        /// A DID or `<did>/<name>` (not for `show`).
+        target: Option<String>,
+    },
+    /// Print events as they happen (of one repository, or all).
+    Watch {
+        /// Only this repository, `<did>/<name>`.
+        repo_id: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -256,6 +295,26 @@ async fn run(config: Config) -> Result<()> {
 }
 
 async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
+    let socket = target.socket()?;
+    // Commands that move content show progress and may wait for replicas.
+    let (repo, replicas, timeout) = match &command {
+        AdminCmd::Publish {
+            repo_id,
+            replicas,
+            timeout,
+            ..
+        }
+        | AdminCmd::Sync {
+            repo_id,
+            replicas,
+            timeout,
+        } => (Some(parse_repo_id(repo_id)?), *replicas, *timeout),
+        AdminCmd::Watch { repo_id, json } => {
+            let repo = repo_id.as_deref().map(parse_repo_id).transpose()?;
+            return knotd_cli::events::watch(&socket, repo, *json).await;
+        }
+        _ => (None, None, 0),
+    };
     let (command, json) = match command {
         AdminCmd::AddRepo {
             repo_id,
@@ -299,6 +358,7 @@ async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
             repo_id,
             path,
             force,
+            ..
         } => {
             let path = std::fs::canonicalize(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
@@ -312,15 +372,60 @@ async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
                 false,
             )
         }
-        AdminCmd::Sync { repo_id } => (
+        AdminCmd::Sync { repo_id, .. } => (
             Command::Sync {
                 repo_id: parse_repo_id(&repo_id)?,
             },
             false,
         ),
+        AdminCmd::Watch { .. } => unreachable!("handled above"),
+        AdminCmd::SetQuota { repo_id, size } => {
+            let max_bytes = match size.trim() {
+                "none" | "default" => None,
+                size => Some(
+                    size.parse::<bytesize::ByteSize>()
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "{size:?} is not a size such as `500 MiB` or `none`: {e}"
+                            )
+                        })?
+                        .as_u64(),
+                ),
+            };
+            (
+                Command::SetQuota {
+                    repo_id: parse_repo_id(&repo_id)?,
+                    max_bytes,
+                },
+                false,
+            )
+        }
+        AdminCmd::Policy { action, target } => {
+            let rule = match action.as_str() {
+                "show" => None,
+                "allow" => Some(admin::PolicyRule::Allow),
+                "block" => Some(admin::PolicyRule::Block),
+                "clear" => Some(admin::PolicyRule::Clear),
+                other => anyhow::bail!(
+                    "unknown policy action {other:?}: use show, allow, block or clear"
+                ),
+            };
+            match (rule, target) {
+                (None, _) => (Command::PolicyShow, false),
+                (Some(rule), Some(target)) => (Command::Policy { rule, target }, false),
+                (Some(_), None) => anyhow::bail!("`policy {action}` needs a DID or <did>/<name>"),
+            }
+        }
     };
-    let payload = admin::request(&target.socket()?, &command).await?;
+    let payload = match &repo {
+        Some(repo) => knotd_cli::events::with_progress(&socket, repo, &command, false).await?,
+        None => admin::request(&socket, &command).await?,
+    };
     print_payload(payload, json);
+    if let (Some(repo), Some(count)) = (repo, replicas) {
+        let payload = knotd_cli::events::replicas(&socket, &repo, count, timeout).await?;
+        print_payload(payload, json);
+    }
     Ok(())
 }
 
@@ -330,6 +435,7 @@ fn print_payload(payload: Payload, json: bool) {
             Payload::Repos { repos } => serde_json::to_value(repos),
             Payload::Peers { peers } => serde_json::to_value(peers),
             Payload::Status(status) => serde_json::to_value(status),
+            Payload::Policy(policy) => serde_json::to_value(policy),
             other => serde_json::to_value(other),
         }
         .expect("payload serializes");
@@ -396,10 +502,44 @@ fn print_payload(payload: Payload, json: bool) {
             }
         }
         Payload::Synced(s) => println!("{}: {}", s.repo_id, s.message),
+        Payload::Policy(p) => {
+            println!("default: {:?}", p.default);
+            println!(
+                "allow:   {}",
+                if p.allow.is_empty() {
+                    "-".into()
+                } else {
+                    p.allow.join(", ")
+                }
+            );
+            println!(
+                "block:   {}",
+                if p.block.is_empty() {
+                    "-".into()
+                } else {
+                    p.block.join(", ")
+                }
+            );
+        }
+        Payload::Replicas(r) => println!(
+            "{}: {} peers hold {}: {}",
+            r.repo_id,
+            r.holding.len(),
+            r.manifest.chars().take(12).collect::<String>(),
+            r.holding
+                .iter()
+                .map(|p| p.chars().take(10).collect::<String>())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         Payload::Peers { peers } => {
             if peers.is_empty() {
                 println!("no peers known");
             }
+            println!(
+                "{:64}  {:18}  {:9}  {:8}  {:12}  ADDRESSES",
+                "NODE", "SOURCE", "LINK", "STATE", "HOLDS"
+            );
             for p in peers {
                 let source = match p.source {
                     knotd::admin::PeerSource::Operator => "operator (trusted)",
@@ -407,10 +547,15 @@ fn print_payload(payload: Payload, json: bool) {
                     knotd::admin::PeerSource::Learned => "learned",
                 };
                 println!(
-                    "{}  {:<18}  {}  {}{}",
+                    "{:64}  {:18}  {:9}  {:8}  {:12}  {}{}",
                     p.hint.node_id,
                     source,
                     if p.connected { "connected" } else { "-" },
+                    p.status.as_str(),
+                    p.replica
+                        .as_ref()
+                        .map(|r| r.manifest.chars().take(12).collect::<String>())
+                        .unwrap_or_else(|| "-".into()),
                     if p.hint.addrs.is_empty() {
                         "(no direct addresses)".to_string()
                     } else {
@@ -445,18 +590,18 @@ fn print_repos(repos: &[RepoSummary]) {
         .unwrap_or(7)
         .max(7);
     println!(
-        "{:width$}  {:12}  {:12}  {:>5}  {:>10}  {:>5}  {:10}  NOTES",
-        "REPO", "HEAD", "MANIFEST", "PACKS", "BYTES", "PEERS", "LAST SYNC"
+        "{:width$}  {:12}  {:12}  {:>5}  {:>10}  {:>7}  {:10}  NOTES",
+        "REPO", "HEAD", "MANIFEST", "PACKS", "BYTES", "IN SYNC", "LAST SYNC"
     );
     for r in repos {
         println!(
-            "{:width$}  {:12}  {:12}  {:>5}  {:>10}  {:>2}/{:<2}  {:10}  {}",
+            "{:width$}  {:12}  {:12}  {:>5}  {:>10}  {:>3}/{:<3}  {:10}  {}",
             r.repo_id,
             short(&r.head, 12),
             short(&r.manifest, 12),
             r.pack_count,
             r.bytes_pinned,
-            r.peers_connected,
+            r.peers_in_sync,
             r.peers_known,
             r.last_sync
                 .map(|t| t.to_string())

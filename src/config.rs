@@ -95,6 +95,26 @@ impl Default for AtprotoConfig {
     }
 }
 
+/// The seeding policy's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyDefault {
+    /// Seed any repository asked for (e.g. by `git clone knot://`) unless blocked.
+    #[default]
+    Allow,
+    /// Seed only what the operator added, followed or allowed.
+    Deny,
+}
+
+/// Seeding policy settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// For repositories nobody added explicitly: `"allow"` (default) or
+    /// `"deny"`. Allow and block lists are changed with `knotd admin policy`.
+    pub default: PolicyDefault,
+}
+
 /// Read-only smart HTTP git service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -138,10 +158,29 @@ pub struct Config {
     /// all repositories; the rest wait their turn, an operator's or a git
     /// client's first (default 4).
     pub max_concurrent_jobs: usize,
+    /// Most bytes (of packs) one repository's state may have; a larger state
+    /// is refused before it is fetched (default: no limit).
+    pub max_repo_bytes: Option<u64>,
+    /// Most bytes all repositories' states may have together (default: no
+    /// limit).
+    pub max_total_bytes: Option<u64>,
+    /// Which repositories nobody asked for explicitly this node seeds.
+    pub policy: PolicyConfig,
     /// ATProto polling and write-back.
     pub atproto: AtprotoConfig,
     /// Read-only smart HTTP.
     pub http: HttpConfig,
+    /// Prometheus metrics and health over HTTP.
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` and `/health` here (default: off), for example
+    /// `127.0.0.1:9419`.
+    pub bind: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -158,8 +197,12 @@ impl Default for Config {
             max_packs: 16,
             fetch_timeout_secs: 300,
             max_concurrent_jobs: 4,
+            max_repo_bytes: None,
+            max_total_bytes: None,
+            policy: PolicyConfig::default(),
             atproto: AtprotoConfig::default(),
             http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -15,7 +15,10 @@ use bytes::Bytes;
 use iroh::EndpointId;
 use iroh_blobs::{
     Hash, HashAndFormat,
-    api::{Store, downloader::Downloader},
+    api::{
+        Store,
+        downloader::{DownloadProgressItem, Downloader},
+    },
 };
 use n0_future::StreamExt;
 use tracing::debug;
@@ -93,6 +96,16 @@ pub enum ContentError {
         needed: u64,
         /// Bytes available.
         available: u64,
+    },
+    /// The state would exceed a storage quota.
+    #[error(
+        "the state needs {needed} bytes but this repository may hold {limit} (max_repo_bytes, max_total_bytes or its own quota); raise the quota with `knotd admin set-quota` to take it"
+    )]
+    Quota {
+        /// Bytes of packs the state has.
+        needed: u64,
+        /// Bytes allowed.
+        limit: u64,
     },
     /// A blocking task failed.
     #[error("internal task failed: {0}")]
@@ -394,12 +407,37 @@ pub struct Fetched {
     pub bytes_fetched: u64,
 }
 
+/// How a fetch goes about it.
+pub struct FetchOptions<'a> {
+    /// Longest wait for one blob.
+    pub timeout: Duration,
+    /// The data directory, whose disk must have room.
+    pub data_dir: &'a Path,
+    /// Most bytes of packs the state may have (a quota), if limited.
+    pub limit: Option<u64>,
+    /// Told `(bytes received, bytes to receive)` as packs arrive.
+    pub progress: Option<&'a (dyn Fn(u64, u64) + Send + Sync)>,
+}
+
+impl<'a> FetchOptions<'a> {
+    /// No quota and no progress reports.
+    pub fn new(timeout: Duration, data_dir: &'a Path) -> Self {
+        Self {
+            timeout,
+            data_dir,
+            limit: None,
+            progress: None,
+        }
+    }
+}
+
 /// Fetch `hash` (a manifest of `repo_id`) and every pack it lists that the store
 /// lacks, trying `providers` in order. The downloader verifies every byte
 /// against its BLAKE3 hash; a provider that sends wrong bytes is dropped and
 /// the next is tried. Every blob is tagged before its download starts, so GC
 /// cannot take it; [`pin`] or [`restore`] settles the tags afterwards.
-/// Before any pack is downloaded, the disk holding `data_dir` must have room
+/// Before any pack is downloaded, the state must fit in `opts.limit` (bytes
+/// of packs, a quota) and the disk holding `opts.data_dir` must have room
 /// for all missing packs (twice over: blob store and materialized copy).
 pub async fn fetch(
     blobs: &Store,
@@ -407,9 +445,14 @@ pub async fn fetch(
     repo_id: &RepoId,
     hash: Hash,
     providers: &[EndpointId],
-    timeout: Duration,
-    data_dir: &Path,
+    opts: &FetchOptions<'_>,
 ) -> Result<Fetched, ContentError> {
+    let FetchOptions {
+        timeout,
+        data_dir,
+        limit,
+        progress,
+    } = *opts;
     let mut bytes_fetched = 0;
     // Tag before downloading, so GC never takes what arrives (or a part of it).
     blobs
@@ -422,7 +465,7 @@ pub async fn fetch(
         .await
         .map_err(request_err("checking a blob"))?;
     if !manifest_present {
-        download(downloader, "manifest", hash, providers, timeout).await?;
+        download(downloader, "manifest", hash, providers, timeout, &|_| {}).await?;
         bytes_fetched += blobs
             .get_bytes(hash)
             .await
@@ -430,6 +473,12 @@ pub async fn fetch(
             .len() as u64;
     }
     let manifest = load_manifest(blobs, hash, repo_id).await?;
+    let needed: u64 = manifest.packs.iter().map(|p| p.size).sum();
+    if let Some(limit) = limit
+        && needed > limit
+    {
+        return Err(ContentError::Quota { needed, limit });
+    }
     let mut missing = 0u64;
     for pack in &manifest.packs {
         if !blobs
@@ -441,6 +490,8 @@ pub async fn fetch(
         }
     }
     check_space(data_dir, missing.saturating_mul(2))?;
+    let total_missing = missing;
+    let mut received = 0u64;
     let prefix = pack_tag_prefix(repo_id);
     for pack in &manifest.packs {
         let pack_hash = Hash::from_bytes(pack.hash);
@@ -457,7 +508,13 @@ pub async fn fetch(
             .await
             .map_err(request_err("checking a blob"))?
         {
-            download(downloader, "pack", pack_hash, providers, timeout).await?;
+            let report = |bytes: u64| {
+                if let Some(progress) = progress {
+                    progress(received + bytes, total_missing);
+                }
+            };
+            download(downloader, "pack", pack_hash, providers, timeout, &report).await?;
+            received += pack.size;
             bytes_fetched += pack.size;
         }
     }
@@ -493,6 +550,7 @@ async fn download(
     hash: Hash,
     providers: &[EndpointId],
     timeout: Duration,
+    progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(), ContentError> {
     let fail = |message: String| ContentError::Fetch {
         what,
@@ -509,9 +567,28 @@ async fn download(
         return Err(fail("no peers known".into()));
     }
     let request = downloader.download(HashAndFormat::raw(hash), providers.to_vec());
-    match tokio::time::timeout(timeout, request).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(fail(e.to_string())),
+    let work = async {
+        let mut items = request.stream().await.map_err(|e| fail(e.to_string()))?;
+        let mut last_error = None;
+        while let Some(item) = items.next().await {
+            match item {
+                DownloadProgressItem::Progress(bytes) => progress(bytes),
+                DownloadProgressItem::Error(e) => return Err(fail(e.to_string())),
+                DownloadProgressItem::DownloadError => {
+                    return Err(fail(
+                        last_error.unwrap_or_else(|| "every provider failed".into()),
+                    ));
+                }
+                DownloadProgressItem::ProviderFailed { id, .. } => {
+                    last_error = Some(format!("{} failed", id.fmt_short()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
         Err(_) => Err(fail(format!("timed out after {timeout:?}"))),
     }
 }

@@ -22,6 +22,7 @@ pub mod knot;
 pub mod limits;
 pub mod manifest;
 pub mod materialize;
+pub mod metrics;
 pub mod node;
 pub mod poller;
 pub mod record;

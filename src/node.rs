@@ -100,6 +100,14 @@ pub enum NodeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The metrics listener could not bind.
+    #[error("cannot listen for metrics on {addr}: {source}; change [metrics] bind or remove it")]
+    Metrics {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// ATProto credentials are configured but unusable.
     #[error(transparent)]
     Atproto(#[from] AtprotoError),
@@ -126,6 +134,7 @@ pub struct Node {
     admin_socket: PathBuf,
     data_dir: PathBuf,
     http_addr: Option<std::net::SocketAddr>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Node {
@@ -158,8 +167,16 @@ impl Node {
         let gossip = Gossip::builder().spawn(endpoint.clone());
         let (heads_tx, heads_rx) = tokio::sync::mpsc::channel(256);
         let drops = std::sync::Arc::new(DropCounters::default());
+        let metrics = config
+            .metrics
+            .bind
+            .map(|_| std::sync::Arc::new(crate::metrics::Metrics::new()));
+        let provider_events = metrics.clone().map(crate::metrics::provider_events);
         let router = Router::builder(endpoint.clone())
-            .accept(iroh_blobs::ALPN, BlobsProtocol::new(&blobs, None))
+            .accept(
+                iroh_blobs::ALPN,
+                BlobsProtocol::new(&blobs, provider_events),
+            )
             .accept(iroh_gossip::ALPN, gossip.clone())
             .accept(heads::ALPN, HeadsProtocol::new(heads_tx, drops.clone()))
             .spawn();
@@ -177,6 +194,17 @@ impl Node {
             }
         } else {
             None
+        };
+
+        let metrics_listener = match config.metrics.bind {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(source) => {
+                    let _ = router.shutdown().await;
+                    return Err(NodeError::Metrics { addr, source });
+                }
+            },
+            None => None,
         };
 
         let admin_socket = config.admin_socket_path();
@@ -248,6 +276,12 @@ impl Node {
             let http = crate::http::serve(listener, data_dir.join("repos"), cancel.child_token());
             tasks.spawn("smart HTTP server", http);
         }
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let (Some(listener), Some(metrics)) = (metrics_listener, metrics) {
+            let served =
+                crate::metrics::serve(listener, knot.clone(), metrics, cancel.child_token());
+            tasks.spawn("metrics server", served);
+        }
         let admin = admin::serve(
             listener,
             admin_socket.clone(),
@@ -271,6 +305,7 @@ impl Node {
             admin_socket,
             data_dir,
             http_addr,
+            metrics_addr,
         })
     }
 
@@ -325,6 +360,11 @@ impl Node {
     /// Where smart HTTP listens, when enabled.
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
         self.http_addr
+    }
+
+    /// Where metrics are served, when enabled.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// The data directory.

@@ -93,6 +93,10 @@ pub struct RepoConfig {
     /// any more; the content stays until the repository is removed.
     #[serde(default)]
     pub record_deleted: bool,
+    /// A storage limit for this repository's state, overriding
+    /// `max_repo_bytes` (bytes).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
 }
 
 impl RepoConfig {
@@ -106,6 +110,7 @@ impl RepoConfig {
             operator_peers: Vec::new(),
             followed_via: None,
             record_deleted: false,
+            max_bytes: None,
         }
     }
 }
@@ -179,6 +184,22 @@ pub struct Bookkeeping {
     /// The last error seen (poll, fetch, publish or write-back).
     #[serde(default)]
     pub last_error: Option<String>,
+    /// What known peers last announced they hold, most recent first.
+    #[serde(default)]
+    pub peers_seen: Vec<PeerSeen>,
+}
+
+/// What a peer last announced it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSeen {
+    /// The peer's node id.
+    pub node_id: String,
+    /// The manifest (hex) it holds.
+    pub manifest: String,
+    /// That state's sequence number.
+    pub seq: u64,
+    /// Unix time in milliseconds it said so.
+    pub seen_ms: u64,
 }
 
 /// An identity (DID) whose repositories the node tracks.

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tracing::{info, warn};
 
 use crate::{
+    admin::PolicyRule,
     announce::SignedStatement,
     record::{PeerHint, RepoRecord},
     repo_id::RepoId,
@@ -37,6 +38,7 @@ const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_record_
 const HELD: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_held_v2");
 const BOOKKEEPING: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_bookkeeping_v2");
 const FOLLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("follows_v2");
+const POLICY: TableDefinition<&str, &[u8]> = TableDefinition::new("policy_v2");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
 /// The single table of knotd 0.1's first format, converted on open.
 const LEGACY_REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos_v1");
@@ -106,6 +108,8 @@ pub enum Write {
     Follow(FollowConfig),
     /// Stop following an identity.
     Unfollow(String),
+    /// Set (or clear) the policy rule for a DID or repository id.
+    Policy(String, Option<PolicyRule>),
 }
 
 impl Write {
@@ -125,6 +129,7 @@ impl Write {
             | Write::Remove(id) => id.as_str(),
             Write::Follow(f) => &f.did,
             Write::Unfollow(did) => did,
+            Write::Policy(target, _) => target,
         }
     }
 }
@@ -149,7 +154,7 @@ impl Store {
         };
         let tx = redb_try!("creating tables", db.begin_write());
         {
-            for table in [CONFIG, RECORDS, HELD, BOOKKEEPING, FOLLOWS, META] {
+            for table in [CONFIG, RECORDS, HELD, BOOKKEEPING, FOLLOWS, POLICY, META] {
                 redb_try!("creating tables", tx.open_table(table));
             }
             let legacy = redb_try!("listing tables", tx.list_tables())
@@ -196,6 +201,7 @@ impl Store {
             let mut held = redb_try!("writing repositories", tx.open_table(HELD));
             let mut books = redb_try!("writing repositories", tx.open_table(BOOKKEEPING));
             let mut follows = redb_try!("writing follows", tx.open_table(FOLLOWS));
+            let mut policy = redb_try!("writing the policy", tx.open_table(POLICY));
             for write in writes {
                 let key = write.key();
                 match write {
@@ -228,6 +234,7 @@ impl Store {
                     Write::Unfollow(_) => {
                         redb_try!("writing follows", follows.remove(key));
                     }
+                    Write::Policy(_, rule) => put(&mut policy, key, rule.as_ref())?,
                 }
             }
         }
@@ -240,6 +247,13 @@ impl Store {
         let tx = redb_try!("reading follows", self.db.begin_read());
         let follows: BTreeMap<String, FollowConfig> = read_table(&tx, FOLLOWS, "follows_v2")?;
         Ok(follows.into_values().collect())
+    }
+
+    /// The persisted policy rules: (target, rule).
+    pub fn load_policy(&self) -> Result<Vec<(String, PolicyRule)>, StoreError> {
+        let tx = redb_try!("reading the policy", self.db.begin_read());
+        let rules: BTreeMap<String, PolicyRule> = read_table(&tx, POLICY, "policy_v2")?;
+        Ok(rules.into_iter().collect())
     }
 
     /// Read a metadata value.
@@ -391,7 +405,7 @@ fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
             Write::Bookkeeping(_, b) => {
                 redb_try!("converting", books.insert(key, json(b).as_slice()));
             }
-            Write::Remove(_) | Write::Follow(_) | Write::Unfollow(_) => {}
+            Write::Remove(_) | Write::Follow(_) | Write::Unfollow(_) | Write::Policy(..) => {}
         }
     }
     info!(
@@ -424,6 +438,7 @@ fn convert_legacy(entry: LegacyEntry, now_ms: u64) -> Vec<Write> {
         operator_peers,
         followed_via: None,
         record_deleted: false,
+        max_bytes: None,
     };
     let record = entry.remote.map(|record| RecordCopy {
         record,
@@ -457,6 +472,7 @@ fn convert_legacy(entry: LegacyEntry, now_ms: u64) -> Vec<Write> {
             .collect(),
         last_poll: entry.last_poll,
         last_error: entry.last_error,
+        peers_seen: Vec::new(),
     };
     vec![
         Write::Config(config),

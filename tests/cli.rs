@@ -138,3 +138,120 @@ fn bad_config_is_explained() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("relay"), "{}", stderr(&out));
 }
+
+/// `knotd admin watch --json` as a child process; its lines so far.
+struct Watcher {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Watcher {
+    fn start(socket: &Path) -> Watcher {
+        use std::io::BufRead;
+        let mut child = Command::new(knotd())
+            .args(["admin", "--socket"])
+            .arg(socket)
+            .args(["watch", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("knotd admin watch runs");
+        let out = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Watcher { child, lines }
+    }
+
+    /// The kinds of the events seen so far; every line must be JSON.
+    fn kinds(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}"));
+                assert!(v["at_ms"].is_u64(), "{l}");
+                v["kind"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    fn wait_for(&self, kind: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.kinds().iter().any(|k| k == kind) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {kind} event; saw {:?}",
+                self.kinds()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn watch_streams_json_events_of_a_publish_and_a_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let author = Daemon::start(&dir.path().join("author"));
+    let follower = Daemon::start(&dir.path().join("follower"));
+    let on_author = Watcher::start(&author.socket);
+    let on_follower = Watcher::start(&follower.socket);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let src = dir.path().join("src");
+    common::make_repo(&src);
+    let repo = "did:plc:watched/site";
+    let out = admin(&author.socket, &["publish", repo, src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = admin(
+        &follower.socket,
+        &["add-repo", repo, "--peer", &author.ticket()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    on_author.wait_for("published");
+    on_follower.wait_for("fetch-started");
+    on_follower.wait_for("fetch-finished");
+    let kinds = on_follower.kinds();
+    assert!(kinds.iter().any(|k| k == "adopted"), "{kinds:?}");
+}
+
+#[test]
+fn sync_waits_for_replicas_and_names_who_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let author = Daemon::start(&dir.path().join("author"));
+    let seeder = Daemon::start(&dir.path().join("seeder"));
+    let src = dir.path().join("src");
+    common::make_repo(&src);
+    let repo = "did:plc:replicated/site";
+    let out = admin(&author.socket, &["publish", repo, src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = admin(
+        &seeder.socket,
+        &["add-repo", repo, "--peer", &author.ticket()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = admin(
+        &author.socket,
+        &["sync", repo, "--replicas", "1", "--timeout", "30"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 peers hold"), "{}", stdout(&out));
+    let out = admin(
+        &author.socket,
+        &["sync", repo, "--replicas", "2", "--timeout", "2"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("only 1 of 2"), "{}", stderr(&out));
+}

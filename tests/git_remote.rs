@@ -608,6 +608,73 @@ fn a_home_server_replicates_through_a_seeder_with_the_author_gone() {
     assert_eq!(home.materialized(id).as_deref(), Some(published.as_str()));
 }
 
+/// `git config knot.replicas N` makes a push wait until N other peers hold
+/// the state, and fail (saying who is missing) when they do not in time.
+#[test]
+fn a_push_waits_for_the_replicas_git_config_asks_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let author = Daemon::start(&tmp.path().join("author"));
+    let seeder = Daemon::start(&tmp.path().join("seeder"));
+    let id = "did:plc:knottest123/replicated";
+    let url = format!("knot://{id}");
+    let git = GitEnv::new().with_socket(&author.socket);
+    let work = tmp.path().join("work");
+    git.work_repo(&work);
+    let out = git.run(&work, &["push", &url, "main"]);
+    assert!(out.status.success(), "first push: {}", stderr(&out));
+    let out = seeder.admin(&["add-repo", id, "--peer", &author.ticket()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = author.materialized(id).unwrap();
+    eventually(60, "the seeder to replicate", || {
+        (seeder.materialized(id).as_deref() == Some(first.as_str())).then_some(())
+    });
+
+    git.ok(&work, &["config", "knot.replicas", "1"]);
+    git.commit_file(&work, "a.txt", "a\n", "second");
+    let out = git.run(&work, &["push", &url, "main"]);
+    assert!(
+        out.status.success(),
+        "push waiting for 1 replica: {}",
+        stderr(&out)
+    );
+    assert_eq!(seeder.materialized(id), author.materialized(id));
+
+    git.ok(&work, &["config", "knot.replicas", "2"]);
+    git.ok(&work, &["config", "knot.replicasTimeout", "2"]);
+    git.commit_file(&work, "b.txt", "b\n", "third");
+    let out = git.run(&work, &["push", &url, "main"]);
+    assert!(!out.status.success(), "two replicas cannot be had");
+    let err = stderr(&out);
+    assert!(err.contains("only 1 of 2"), "{err}");
+}
+
+/// A home server that seeds only what its owner asked for refuses a clone
+/// of anything else, and git shows why.
+#[test]
+fn a_clone_the_policy_refuses_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = Daemon::start_with(
+        &tmp.path().join("home"),
+        0,
+        "[policy]\ndefault = \"deny\"\n",
+    );
+    let git = GitEnv::new().with_socket(&home.socket);
+    let clone = tmp.path().join("clone");
+    let out = git.run(
+        tmp.path(),
+        &[
+            "clone",
+            "knot://did:plc:nobodyasked/thing",
+            clone.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("does not seed"), "{err}");
+    assert!(err.contains("policy allow"), "{err}");
+    assert!(!clone.join(".git").exists());
+}
+
 // ---------------------------------------------------------------------------
 // Smart HTTP
 // ---------------------------------------------------------------------------

@@ -158,8 +158,7 @@ async fn corrupted_provider_is_detected_and_another_serves() {
         &common::rid(REPO),
         manifest_hash,
         &[seeder.node.id(), author.node.id()],
-        std::time::Duration::from_secs(30),
-        &fresh.data_dir,
+        &knotd::content::FetchOptions::new(std::time::Duration::from_secs(30), &fresh.data_dir),
     )
     .await
     .expect("fetch succeeds from the honest provider");
@@ -185,8 +184,7 @@ async fn corrupted_provider_is_detected_and_another_serves() {
         &common::rid(REPO),
         manifest_hash,
         &[seeder.node.id()],
-        std::time::Duration::from_secs(20),
-        &lonely.data_dir,
+        &knotd::content::FetchOptions::new(std::time::Duration::from_secs(20), &lonely.data_dir),
     )
     .await
     .expect_err("corrupted data must not be accepted");
@@ -237,8 +235,7 @@ async fn a_provider_leaving_mid_transfer_is_replaced() {
             &common::rid(REPO),
             manifest_hash,
             &providers,
-            std::time::Duration::from_secs(60),
-            &data_dir,
+            &knotd::content::FetchOptions::new(std::time::Duration::from_secs(60), &data_dir),
         )
         .await
     });

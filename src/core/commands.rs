@@ -20,6 +20,12 @@ use crate::{
 impl Core {
     pub(super) fn handle_command(&mut self, reply: ReplyId, command: CoreCommand, now: Now) {
         match command {
+            CoreCommand::AddRepo { ref repo_id, .. } | CoreCommand::Publish { ref repo_id, .. }
+                if !self.repos.contains_key(repo_id)
+                    && let Err(e) = self.policy.check(repo_id, true) =>
+            {
+                self.reply_err(reply, e)
+            }
             CoreCommand::AddRepo {
                 repo_id,
                 locator,
@@ -53,6 +59,15 @@ impl Core {
             CoreCommand::Sync { repo_id } => self.sync(reply, &repo_id, now),
             CoreCommand::Follow { did } => self.follow(reply, did, now),
             CoreCommand::Unfollow { did } => self.unfollow(reply, did, now),
+            CoreCommand::Policy { rule, target } => self.apply_policy(reply, rule, target, now),
+            CoreCommand::SetQuota { repo_id, max_bytes } => {
+                self.set_quota(reply, &repo_id, max_bytes, now)
+            }
+            CoreCommand::Replicas {
+                repo_id,
+                count,
+                timeout,
+            } => self.await_replicas(reply, &repo_id, count, timeout, now),
         }
     }
 
@@ -175,6 +190,41 @@ impl Core {
         );
     }
 
+    /// Set a repository's storage limit; a state refused before is tried again.
+    fn set_quota(&mut self, reply: ReplyId, repo_id: &RepoId, max_bytes: Option<u64>, now: Now) {
+        let me = self.me;
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return self.reply_err(
+                reply,
+                format!("repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`"),
+            );
+        };
+        repo.config.max_bytes = max_bytes;
+        repo.quota_refused = None;
+        let config = repo.config.clone();
+        let peers = repo.dial_targets(me);
+        let polled = config.locator.is_some() && !config.record_deleted;
+        self.out.push(Effect::Persist(Write::Config(config)));
+        // Ask again for the state that may fit now.
+        if polled {
+            self.out.push(Effect::PollNow {
+                repo: repo_id.clone(),
+            });
+        }
+        for peer in peers {
+            self.out.push(Effect::Pull {
+                peer,
+                repos: vec![repo_id.clone()],
+            });
+        }
+        self.pump(now);
+        let message = match max_bytes {
+            Some(bytes) => format!("{repo_id} may hold up to {bytes} bytes"),
+            None => format!("{repo_id} follows the node's quotas"),
+        };
+        self.reply(reply, Reply::Ok(Payload::Done { message }));
+    }
+
     fn remove_repo(&mut self, reply: ReplyId, repo_id: &RepoId, now: Now) {
         if !self.repos.contains_key(repo_id) {
             return self.reply_err(
@@ -247,6 +297,9 @@ impl Core {
     /// state a peer announces within the wait.
     fn sync(&mut self, reply: ReplyId, repo_id: &RepoId, now: Now) {
         if !self.repos.contains_key(repo_id) {
+            if let Err(e) = self.policy.check(repo_id, false) {
+                return self.reply_err(reply, e);
+            }
             // Never seen: follow `at://<did>/app.knot.repo/<name>`, found
             // through the owner's DID document. Kept if a state arrives.
             let locator = Locator::default_for(repo_id, None);
@@ -377,7 +430,7 @@ impl Core {
 
     /// Answer every `sync` caller of `repo_id`. A repository first asked
     /// for by `sync` is kept once it holds a state and forgotten otherwise.
-    fn answer_sync(&mut self, repo_id: &RepoId, outcome: Result<(), String>, now: Now) {
+    pub(super) fn answer_sync(&mut self, repo_id: &RepoId, outcome: Result<(), String>, now: Now) {
         let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };

@@ -52,6 +52,12 @@ impl Core {
 
     /// `follow <did>`: answered after the first listing.
     pub(super) fn follow(&mut self, reply: ReplyId, did: String, now: Now) {
+        if self.policy.block.contains(&did) {
+            return self.reply_err(
+                reply,
+                format!("{did} is blocked by this node's policy; `knotd admin policy clear {did}` lifts it"),
+            );
+        }
         let follow = self.follows.entry(did.clone()).or_insert_with(|| Follow {
             config: FollowConfig {
                 did: did.clone(),
@@ -163,6 +169,10 @@ impl Core {
     /// Track (or refresh) a repository a followed identity lists.
     fn take_listed(&mut self, did: &str, rkey: &str, record: RepoRecord, now: Now) {
         let repo_id = record.repo_id.clone();
+        if let Err(e) = self.policy.check(&repo_id, true) {
+            tracing::debug!(repo = %repo_id, reason = %e, "not tracking a blocked repository");
+            return;
+        }
         let locator = Locator {
             pds: None,
             did: did.to_string(),

@@ -20,7 +20,8 @@ use super::{
     trust::{self, Verdict},
 };
 use crate::{
-    announce::Announcement, content::hex, heads::MAX_PULL_REPOS, record::PeerHint, repo_id::RepoId,
+    admin::NodeEvent, announce::Announcement, content::hex, heads::MAX_PULL_REPOS,
+    record::PeerHint, repo_id::RepoId,
 };
 
 impl Core {
@@ -44,6 +45,7 @@ impl Core {
         }
         let statement = &announcement.statement.statement;
         let trusted = repo.trusted(me);
+        let refused = repo.quota_refused == Some(statement.manifest_hash());
         let verdict = trust::judge_statement(
             statement,
             sender,
@@ -52,7 +54,8 @@ impl Core {
             repo.wanted_position(),
             now.unix_ms,
         );
-        if trusted.contains(&sender) || !matches!(verdict, Verdict::Reject(_)) {
+        let known = trusted.contains(&sender) || !matches!(verdict, Verdict::Reject(_));
+        if known {
             let hint = PeerHint::new(
                 sender.to_string(),
                 announcement
@@ -73,6 +76,9 @@ impl Core {
         }
         let repo = self.repos.get_mut(repo_id).expect("present above");
         match verdict {
+            Verdict::Adopt if refused => {
+                debug!(repo = %repo_id, "a state refused by quota is announced again; not taken");
+            }
             Verdict::Adopt => {
                 info!(repo = %repo_id, manifest = %hex(&statement.manifest_hash()), seq = statement.seq, from = %sender.fmt_short(), ?via, "taking an announced state");
                 let mut providers = vec![sender];
@@ -113,7 +119,28 @@ impl Core {
                     .entry(rejection.reason())
                     .or_default() += 1;
                 debug!(repo = %repo_id, from = %sender.fmt_short(), publisher = ?statement.publisher_id().map(|p| p.fmt_short().to_string()), seq = statement.seq, reason = rejection.reason(), ?via, "ignoring an announced state");
+                self.notify(
+                    repo_id,
+                    NodeEvent::Rejected {
+                        sender: sender.to_string(),
+                        reason: rejection.reason().to_string(),
+                    },
+                );
             }
+        }
+        if verdict == Verdict::Adopt && !refused {
+            self.notify(
+                repo_id,
+                NodeEvent::Adopted {
+                    manifest: hex(&statement.manifest_hash()),
+                    seq: statement.seq,
+                    source: sender.to_string(),
+                },
+            );
+        }
+        if known {
+            // What the sender holds: its envelope says so.
+            self.peer_seen(repo_id, sender, statement.manifest, statement.seq, now);
         }
     }
 
@@ -134,6 +161,12 @@ impl Core {
         topic.rejoin_attempts = 0;
         topic.rejoin_due = None;
         debug!(repo = %repo_id, peer = %peer.fmt_short(), "neighbour up");
+        self.out.push(Effect::Notify {
+            repo: Some(repo_id.clone()),
+            event: NodeEvent::PeerUp {
+                peer: peer.to_string(),
+            },
+        });
         if !addrs.is_empty() {
             let hint = PeerHint::new(
                 peer.to_string(),
@@ -160,8 +193,20 @@ impl Core {
         let Some(topic) = self.repos.get_mut(repo_id).and_then(|r| r.topic.as_mut()) else {
             return;
         };
-        topic.neighbors.remove(&peer);
-        if topic.neighbors.is_empty() {
+        let was = topic.neighbors.remove(&peer);
+        let lonely = topic.neighbors.is_empty();
+        if was {
+            self.notify(
+                repo_id,
+                NodeEvent::PeerDown {
+                    peer: peer.to_string(),
+                },
+            );
+        }
+        let Some(topic) = self.repos.get_mut(repo_id).and_then(|r| r.topic.as_mut()) else {
+            return;
+        };
+        if lonely {
             let due = now.at + base;
             topic.rejoin_due = Some(due);
             self.arm_rejoin(due);

@@ -20,8 +20,9 @@ use super::{
     trust,
 };
 use crate::{
-    admin::{Payload, PublishReport, Reply, SyncReport},
+    admin::{NodeEvent, Payload, PublishReport, Reply, SyncReport},
     content::hex,
+    core::JobError,
     repo_id::RepoId,
     state::{Held, RecordCopy},
     store::Write,
@@ -86,6 +87,28 @@ impl Core {
         while let Some(repo_id) = self.queue.pop() {
             if let Some((job, spec)) = self.next_job(&repo_id, now) {
                 self.queue.started();
+                if let Some(repo) = self.repos.get_mut(&repo_id) {
+                    repo.job_started = Some(now.at);
+                }
+                let check = matches!(
+                    self.repos.get(&repo_id).and_then(|r| r.job.as_ref()),
+                    Some(Running::Fetch { want, .. }) if want.source == WantSource::Check
+                );
+                if let JobSpec::Fetch {
+                    manifest,
+                    providers,
+                    ..
+                } = &spec
+                    && !check
+                {
+                    self.notify(
+                        &repo_id,
+                        NodeEvent::FetchStarted {
+                            manifest: hex(manifest),
+                            providers: providers.len(),
+                        },
+                    );
+                }
                 self.out.push(Effect::StartJob {
                     repo: repo_id,
                     job,
@@ -155,10 +178,14 @@ impl Core {
         }
         let repo = self.repos.get_mut(repo_id)?;
         self.next_job += 1;
+        let providers = repo.providers(&want, me);
+        let limit = self.quota_for(repo_id);
+        let repo = self.repos.get_mut(repo_id)?;
         let spec = JobSpec::Fetch {
             manifest: want.manifest,
             previous,
-            providers: repo.providers(&want, me),
+            providers,
+            limit,
         };
         repo.job = Some(Running::Fetch { id, want });
         Some((id, spec))
@@ -221,7 +248,7 @@ impl Core {
             Running::Publish { publish, .. } => match result {
                 Ok(info) => self.published(repo_id, publish.reply, info, now),
                 Err(error) => {
-                    self.reply_err(publish.reply, error);
+                    self.reply_err(publish.reply, error.message);
                     let repo = self.repos.get(repo_id).expect("job was running");
                     if publish.created && repo.held.is_none() {
                         // Leave no trace of a repository whose first publish failed.
@@ -312,6 +339,17 @@ impl Core {
                 self.schedule_write_back(repo_id, now.at);
             }
             info!(repo = %repo_id, manifest = %hex(&info.manifest), seq, "published");
+            let ms = self.job_ms(repo_id, now);
+            self.notify(
+                repo_id,
+                NodeEvent::Published {
+                    manifest: hex(&info.manifest),
+                    seq,
+                    bytes: info.bytes_moved,
+                    ms,
+                },
+            );
+            self.check_replicas_now(repo_id, now);
         }
         let repo = self.repos.get_mut(repo_id).expect("job was running");
         if !repo.sync.waiters.is_empty() {
@@ -350,6 +388,16 @@ impl Core {
         };
         self.hold(repo_id, &info, statement.clone(), false, now);
         info!(repo = %repo_id, manifest = %hex(&info.manifest), bytes = info.bytes_moved, "synced");
+        let ms = self.job_ms(repo_id, now);
+        self.notify(
+            repo_id,
+            NodeEvent::FetchFinished {
+                manifest: hex(&info.manifest),
+                bytes: info.bytes_moved,
+                ms,
+            },
+        );
+        self.check_replicas_now(repo_id, now);
         self.ensure_topic(repo_id, now);
         // Tell the neighbours this node provides the state now; the topic
         // heard about it from its publisher already.
@@ -403,7 +451,73 @@ impl Core {
         self.set_error(repo_id, None);
     }
 
-    fn fetch_failed(&mut self, repo_id: &RepoId, mut want: Want, error: String, now: Now) {
+    /// Milliseconds since the repository's job started.
+    fn job_ms(&self, repo_id: &RepoId, now: Now) -> u64 {
+        self.repos
+            .get(repo_id)
+            .and_then(|r| r.job_started)
+            .map_or(0, |t| {
+                u64::try_from(now.at.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+            })
+    }
+
+    /// Most bytes `repo_id`'s next state may have: its own limit (or
+    /// `max_repo_bytes`) and what `max_total_bytes` leaves after the others.
+    fn quota_for(&self, repo_id: &RepoId) -> Option<u64> {
+        let own = self
+            .repos
+            .get(repo_id)
+            .and_then(|r| r.config.max_bytes)
+            .or(self.settings.max_repo_bytes);
+        let total = self.settings.max_total_bytes.map(|max| {
+            let others: u64 = self
+                .repos
+                .iter()
+                .filter(|(id, _)| *id != repo_id)
+                .filter_map(|(_, r)| r.held.as_ref().map(|h| h.bytes))
+                .sum();
+            max.saturating_sub(others)
+        });
+        match (own, total) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn fetch_failed(&mut self, repo_id: &RepoId, mut want: Want, error: JobError, now: Now) {
+        if error.quota {
+            // Not retried: the state does not fit. What is held stays.
+            warn!(repo = %repo_id, manifest = %hex(&want.manifest), error = %error, "state refused by quota");
+            self.set_error(repo_id, Some(error.message.clone()));
+            self.notify(
+                repo_id,
+                NodeEvent::QuotaRefused {
+                    manifest: hex(&want.manifest),
+                    error: error.message.clone(),
+                },
+            );
+            if let Some(repo) = self.repos.get_mut(repo_id) {
+                repo.quota_refused = Some(want.manifest);
+            }
+            if self
+                .repos
+                .get(repo_id)
+                .is_some_and(|r| !r.sync.waiters.is_empty())
+            {
+                self.answer_sync(repo_id, Err(error.message), now);
+            }
+            return;
+        }
+        let error = error.message;
+        if want.source != WantSource::Check {
+            self.notify(
+                repo_id,
+                NodeEvent::FetchFailed {
+                    manifest: hex(&want.manifest),
+                    error: error.clone(),
+                },
+            );
+        }
         warn!(repo = %repo_id, manifest = %hex(&want.manifest), %error, "fetch failed");
         self.set_error(repo_id, Some(error));
         let Some(repo) = self.repos.get_mut(repo_id) else {

@@ -24,8 +24,11 @@ mod follows;
 mod gossip;
 pub mod hints;
 mod jobs;
+pub use policy::Policy;
+mod policy;
 pub mod queue;
 mod records;
+mod replicas;
 pub mod repo;
 pub mod trust;
 mod view;
@@ -94,6 +97,10 @@ pub struct Settings {
     pub rejoin_max: Duration,
     /// Whether the node has credentials to write records back with.
     pub write_back: bool,
+    /// Most bytes one repository's state may have (`max_repo_bytes`).
+    pub max_repo_bytes: Option<u64>,
+    /// Most bytes all repositories' states may have together (`max_total_bytes`).
+    pub max_total_bytes: Option<u64>,
     /// The DID of the node's account, once resolved: only its own
     /// repositories' records are written back.
     pub account_did: Option<String>,
@@ -111,6 +118,8 @@ impl Settings {
             rejoin_base: Duration::from_secs(5),
             rejoin_max: Duration::from_secs(300),
             write_back: false,
+            max_repo_bytes: None,
+            max_total_bytes: None,
             account_did: None,
         }
     }
@@ -166,6 +175,29 @@ pub enum CoreCommand {
         /// The identity's DID.
         did: String,
     },
+    /// Change the seeding policy for a DID or repository id.
+    Policy {
+        /// Allow, block or clear.
+        rule: crate::admin::PolicyRule,
+        /// A DID or a repository id.
+        target: String,
+    },
+    /// Set (or clear, with `None`) a repository's storage limit.
+    SetQuota {
+        /// The repository.
+        repo_id: RepoId,
+        /// Most bytes its state may have.
+        max_bytes: Option<u64>,
+    },
+    /// Wait until `count` other peers hold the state held now.
+    Replicas {
+        /// The repository.
+        repo_id: RepoId,
+        /// How many peers.
+        count: usize,
+        /// How long to wait.
+        timeout: Duration,
+    },
 }
 
 /// How an announcement arrived.
@@ -196,8 +228,38 @@ pub struct StateInfo {
     pub consolidated: bool,
 }
 
-/// The result of a content job; errors are operator-facing text.
-pub type JobResult = Result<StateInfo, String>;
+/// Why a content job failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    /// Why, for the operator.
+    pub message: String,
+    /// The state would exceed a storage quota: not retried.
+    pub quota: bool,
+}
+
+impl From<String> for JobError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            quota: false,
+        }
+    }
+}
+
+impl From<&str> for JobError {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The result of a content job.
+pub type JobResult = Result<StateInfo, JobError>;
 
 /// Something that happened.
 #[derive(Debug, Clone, PartialEq)]
@@ -296,6 +358,10 @@ pub enum TimerKey {
     FirstState(RepoId, u64),
     /// Topics without neighbours re-dial their peers.
     Rejoin,
+    /// A replicas waiter (by id) gives up.
+    ReplicasDeadline(RepoId, u64),
+    /// Ask peers again what they hold, for replicas waiters.
+    ReplicasAsk(RepoId),
 }
 
 /// What a content job does.
@@ -318,6 +384,8 @@ pub enum JobSpec {
         previous: Option<Hash>,
         /// Peers to fetch from, best first.
         providers: Vec<EndpointId>,
+        /// Most bytes of packs the state may have (quotas), if limited.
+        limit: Option<u64>,
     },
     /// Unpin everything of the repository and delete its materialized copy.
     Discard,
@@ -437,6 +505,13 @@ pub enum Effect {
         /// The state's sequence number.
         seq: u64,
     },
+    /// Tell watchers what happened.
+    Notify {
+        /// The repository it concerns, if one.
+        repo: Option<RepoId>,
+        /// What happened.
+        event: crate::admin::NodeEvent,
+    },
     /// Set (or replace) a timer.
     SetTimer {
         /// Which.
@@ -490,6 +565,7 @@ pub struct Core {
     settings: Settings,
     repos: BTreeMap<RepoId, Repo>,
     follows: BTreeMap<String, follows::Follow>,
+    policy: policy::Policy,
     discarding: BTreeMap<RepoId, repo::Discarding>,
     queue: JobQueue,
     next_job: JobId,
@@ -510,6 +586,7 @@ impl Core {
             settings,
             repos: BTreeMap::new(),
             follows: BTreeMap::new(),
+            policy: policy::Policy::default(),
             discarding: BTreeMap::new(),
             next_job: 1,
             next_round: 1,
@@ -605,6 +682,8 @@ impl Core {
             TimerKey::WriteBack(repo) => self.start_write_back(&repo, now),
             TimerKey::FirstState(repo, round) => self.first_state_expired(&repo, round, now),
             TimerKey::Rejoin => self.rejoin_sweep(now),
+            TimerKey::ReplicasDeadline(repo, id) => self.replicas_deadline(&repo, id),
+            TimerKey::ReplicasAsk(repo) => self.ask_for_replicas(&repo, now),
         }
     }
 

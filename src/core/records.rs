@@ -13,7 +13,9 @@ use super::{
     repo::{Want, WantSource},
     trust::{self, RecordVerdict},
 };
-use crate::{record::RepoRecord, repo_id::RepoId, state::RecordCopy, store::Write};
+use crate::{
+    admin::NodeEvent, record::RepoRecord, repo_id::RepoId, state::RecordCopy, store::Write,
+};
 
 /// Text every record poll error starts with, so a later success clears it.
 const POLL_ERROR: &str = "record poll failed";
@@ -48,6 +50,7 @@ impl Core {
                     repo.sync.poll_error = Some(error.clone());
                 }
                 self.set_error(repo_id, Some(format!("{POLL_ERROR}: {error}")));
+                self.notify(repo_id, NodeEvent::PollError { error });
                 return self.settle_sync(repo_id, now);
             }
         };
@@ -86,8 +89,19 @@ impl Core {
         {
             info!(repo = %repo_id, reason, "the record changed; its state is not taken");
         }
-        if let (Some(seq), Some(manifest)) = (adopt, record.manifest_hash()) {
+        let refused = self.repos.get(repo_id).is_some_and(|r| {
+            r.quota_refused.is_some() && r.quota_refused == record.manifest_hash()
+        });
+        if let (Some(seq), Some(manifest), false) = (adopt, record.manifest_hash(), refused) {
             info!(repo = %repo_id, manifest = ?record.manifest, seq, "the record names a new state");
+            self.notify(
+                repo_id,
+                NodeEvent::Adopted {
+                    manifest: crate::content::hex(&manifest),
+                    seq,
+                    source: "record".into(),
+                },
+            );
             let repo = self.repos.get_mut(repo_id).expect("present above");
             repo.want = Some(Want {
                 manifest,
@@ -197,6 +211,13 @@ impl Core {
                     self.schedule_write_back(repo_id, now.at);
                 }
                 self.clear_error_of(repo_id, WRITE_BACK_ERROR);
+                self.notify(
+                    repo_id,
+                    NodeEvent::WriteBack {
+                        ok: true,
+                        error: None,
+                    },
+                );
                 if superseded {
                     info!(repo = %repo_id, manifest = ?record.manifest, "the record names a newer state; not overwritten");
                 } else {
@@ -218,6 +239,13 @@ impl Core {
                 )
                 .max(retry_after.unwrap_or_default());
                 self.set_error(repo_id, Some(format!("{WRITE_BACK_ERROR}: {message}")));
+                self.notify(
+                    repo_id,
+                    NodeEvent::WriteBack {
+                        ok: false,
+                        error: Some(message),
+                    },
+                );
                 self.schedule_write_back(repo_id, now.at + wait);
             }
         }

@@ -175,10 +175,17 @@ pub struct Repo {
     pub publishes: VecDeque<PendingPublish>,
     /// The running job.
     pub job: Option<Running>,
+    /// When it started.
+    pub job_started: Option<Instant>,
     /// `sync` callers.
     pub sync: SyncWait,
     /// Write-back bookkeeping.
     pub write_back: WriteBack,
+    /// Callers waiting until enough peers hold a state.
+    pub replica_waits: Vec<super::replicas::ReplicaWait>,
+    /// A state refused because it would exceed a quota: not taken again
+    /// until the quota changes.
+    pub quota_refused: Option<iroh_blobs::Hash>,
 }
 
 impl Repo {
@@ -194,8 +201,11 @@ impl Repo {
             want: None,
             publishes: VecDeque::new(),
             job: None,
+            job_started: None,
             sync: SyncWait::default(),
             write_back: WriteBack::default(),
+            replica_waits: Vec::new(),
+            quota_refused: None,
         }
     }
 

@@ -60,6 +60,29 @@ impl Knot {
                 expected_manifest,
             },
             Command::Sync { repo_id } => CoreCommand::Sync { repo_id },
+            Command::Policy { rule, target } => CoreCommand::Policy { rule, target },
+            Command::PolicyShow => {
+                let _ = reply.send(Reply::Ok(Payload::Policy(self.core.policy_view())));
+                return;
+            }
+            Command::SetQuota { repo_id, max_bytes } => {
+                CoreCommand::SetQuota { repo_id, max_bytes }
+            }
+            Command::Replicas {
+                repo_id,
+                count,
+                timeout_secs,
+            } => CoreCommand::Replicas {
+                repo_id,
+                count: count as usize,
+                timeout: std::time::Duration::from_secs(timeout_secs),
+            },
+            Command::Watch { .. } => {
+                let _ = reply.send(Reply::Error(
+                    "watch streams events over the admin socket; use `knotd admin watch`".into(),
+                ));
+                return;
+            }
             Command::Follow { identity } => {
                 return self.identity_command(identity, true, reply).await;
             }

@@ -16,8 +16,9 @@ use iroh_blobs::{Hash, store::fs::FsStore};
 use tracing::warn;
 
 use crate::{
+    admin::{EventLine, NodeEvent},
     content::{self, ContentError},
-    core::{JobResult, JobSpec, StateInfo},
+    core::{JobError, JobResult, JobSpec, StateInfo},
     manifest::Manifest,
     repo_id::RepoId,
 };
@@ -31,7 +32,11 @@ pub(super) struct JobContext {
     pub data_dir: PathBuf,
     pub fetch_timeout: Duration,
     pub max_packs: usize,
+    pub events: tokio::sync::broadcast::Sender<EventLine>,
 }
+
+/// How often a fetch reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 impl JobContext {
     fn dest(&self, repo: &RepoId) -> PathBuf {
@@ -54,8 +59,9 @@ pub(super) async fn run(ctx: JobContext, repo: RepoId, spec: JobSpec) -> JobResu
             manifest,
             previous,
             providers,
+            limit,
         } => {
-            let result = fetch(&ctx, &repo, manifest, &providers).await;
+            let result = fetch(&ctx, &repo, manifest, &providers, limit).await;
             finish(&ctx, &repo, previous, result).await
         }
         JobSpec::Discard => content::discard(&ctx.blobs, &repo, &ctx.dest(&repo))
@@ -69,7 +75,7 @@ pub(super) async fn run(ctx: JobContext, repo: RepoId, spec: JobSpec) -> JobResu
                 unchanged: true,
                 consolidated: false,
             })
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string().into()),
     }
 }
 
@@ -85,7 +91,10 @@ async fn finish(
     {
         warn!(repo = %repo, error = %e, "cannot restore the previous state after a failure");
     }
-    result.map_err(|e| e.to_string())
+    result.map_err(|e| JobError {
+        quota: matches!(e, ContentError::Quota { .. }),
+        message: e.to_string(),
+    })
 }
 
 fn info(manifest: &Manifest, hash: Hash, bytes_moved: u64) -> StateInfo {
@@ -142,20 +151,38 @@ async fn fetch(
     repo: &RepoId,
     manifest: Hash,
     providers: &[iroh::EndpointId],
+    limit: Option<u64>,
 ) -> Result<StateInfo, ContentError> {
     // A fresh downloader per job: its connections are new, so a peer that
     // restarted since the last fetch is dialed afresh.
     let downloader = ctx.blobs.downloader(&ctx.endpoint);
-    let fetched = content::fetch(
-        &ctx.blobs,
-        &downloader,
-        repo,
-        manifest,
-        providers,
-        ctx.fetch_timeout,
-        &ctx.data_dir,
-    )
-    .await?;
+    // Progress for watchers, at most a few times a second.
+    let last = std::sync::Mutex::new(std::time::Instant::now());
+    let events = ctx.events.clone();
+    let manifest_hex = content::hex(&manifest);
+    let repo_name = repo.to_string();
+    let report = move |bytes: u64, total: u64| {
+        let mut last = last.lock().expect("progress lock");
+        if last.elapsed() < PROGRESS_EVERY && bytes < total {
+            return;
+        }
+        *last = std::time::Instant::now();
+        let _ = events.send(EventLine {
+            at_ms: crate::clock::unix_millis(),
+            repo: Some(repo_name.clone()),
+            event: NodeEvent::FetchProgress {
+                manifest: manifest_hex.clone(),
+                bytes,
+                total: Some(total),
+            },
+        });
+    };
+    let opts = content::FetchOptions {
+        limit,
+        progress: Some(&report),
+        ..content::FetchOptions::new(ctx.fetch_timeout, &ctx.data_dir)
+    };
+    let fetched = content::fetch(&ctx.blobs, &downloader, repo, manifest, providers, &opts).await?;
     content::materialize(&ctx.blobs, &ctx.dest(repo), manifest, &fetched.manifest).await?;
     content::pin(&ctx.blobs, repo, manifest, &fetched.manifest).await?;
     Ok(info(&fetched.manifest, manifest, fetched.bytes_fetched))

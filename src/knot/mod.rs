@@ -28,7 +28,7 @@ use iroh_blobs::store::fs::FsStore;
 use iroh_gossip::{net::Gossip, proto::TopicId};
 use n0_future::StreamExt;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
     task::JoinSet,
 };
 use tokio_util::{
@@ -42,7 +42,7 @@ pub use net::{hint_to_addr, wait_for_addr};
 
 use crate::{
     account::{Account, WriteBackRequest},
-    admin::{Command, Executor, Payload, Reply},
+    admin::{Command, EventLine, Executor, Payload, Reply},
     announce::{Announcement, SignedStatement},
     atproto::XrpcClient,
     clock,
@@ -58,6 +58,8 @@ use crate::{
 };
 use topics::{JoinedTopic, TopicEvent};
 
+/// Events kept for watchers that fall behind.
+const EVENT_BUFFER: usize = 1024;
 /// Longest time bookkeeping (hints, last poll, errors) waits to be written.
 pub const BOOKKEEPING_FLUSH: Duration = Duration::from_secs(30);
 
@@ -125,6 +127,7 @@ struct AdminMessage {
 #[derive(Clone, Debug)]
 pub struct KnotHandle {
     tx: mpsc::Sender<AdminMessage>,
+    events: broadcast::Sender<EventLine>,
 }
 
 impl KnotHandle {
@@ -140,6 +143,11 @@ impl KnotHandle {
             Reply::Error(message) => Err(KnotError::Failed(message)),
         }
     }
+
+    /// Subscribe to the node's events.
+    pub fn subscribe(&self) -> broadcast::Receiver<EventLine> {
+        self.events.subscribe()
+    }
 }
 
 impl Executor for KnotHandle {
@@ -147,6 +155,10 @@ impl Executor for KnotHandle {
         self.command(command)
             .await
             .map_or_else(|e| Reply::Error(e.to_string()), Reply::Ok)
+    }
+
+    fn events(&self) -> Option<broadcast::Receiver<EventLine>> {
+        Some(self.subscribe())
     }
 }
 
@@ -176,6 +188,7 @@ pub struct Knot {
     write_back: Option<net::WriteBackContext>,
     book_pending: BTreeMap<String, Write>,
     flush_at: Option<tokio::time::Instant>,
+    events: broadcast::Sender<EventLine>,
 }
 
 /// What a side task of the actor hands back.
@@ -205,9 +218,11 @@ impl Knot {
     ) -> Result<KnotHandle, KnotError> {
         let rows = parts.store.load_all()?;
         let follows = parts.store.load_follows()?;
+        let rules = parts.store.load_policy()?;
         let (listing_tx, listings) = mpsc::channel(64);
         let follows_cancel = cancel.child_token();
         let (tx, rx) = mpsc::channel(1024);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (topic_tx, topic_rx) = mpsc::channel(1024);
         let account = parts
             .account
@@ -219,6 +234,8 @@ impl Knot {
         let mut settings = Settings::new(repos_root.clone());
         settings.write_back = account.is_some();
         settings.max_jobs = config.max_concurrent_jobs;
+        settings.max_repo_bytes = config.max_repo_bytes;
+        settings.max_total_bytes = config.max_total_bytes;
         let job_ctx = jobs::JobContext {
             blobs: parts.blobs.clone(),
             endpoint: parts.endpoint.clone(),
@@ -226,9 +243,23 @@ impl Knot {
             data_dir: config.data_dir.clone(),
             fetch_timeout: config.fetch_timeout(),
             max_packs: config.max_packs,
+            events: events.clone(),
         };
+        let mut core = Core::new(secret_key.clone(), settings);
+        let mut policy = crate::core::Policy {
+            default: config.policy.default,
+            ..Default::default()
+        };
+        for (target, rule) in rules {
+            match rule {
+                crate::admin::PolicyRule::Allow => policy.allow.insert(target),
+                crate::admin::PolicyRule::Block => policy.block.insert(target),
+                crate::admin::PolicyRule::Clear => false,
+            };
+        }
+        core.set_policy(policy);
         let actor = Knot {
-            core: Core::new(secret_key.clone(), settings),
+            core,
             secret_key,
             rx,
             cancel,
@@ -259,10 +290,11 @@ impl Knot {
             }),
             book_pending: BTreeMap::new(),
             flush_at: None,
+            events: events.clone(),
             parts,
         };
         tasks.spawn("repository actor", actor.run(rows, follows));
-        Ok(KnotHandle { tx })
+        Ok(KnotHandle { tx, events })
     }
 
     async fn run(
@@ -396,7 +428,10 @@ impl Knot {
             Ok((task, result)) => (task, result),
             Err(e) => {
                 error!(error = %e, "a content job panicked");
-                (e.id(), Err(format!("internal error: the job stopped: {e}")))
+                (
+                    e.id(),
+                    Err(format!("internal error: the job stopped: {e}").into()),
+                )
             }
         };
         let Some((repo, job)) = self.job_ids.remove(&task) else {
@@ -539,6 +574,14 @@ impl Knot {
             }
             Effect::UntrackRecord { repo } => {
                 let _ = self.parts.poller.untrack(&repo).await;
+            }
+            Effect::Notify { repo, event } => {
+                // Nobody watching is fine.
+                let _ = self.events.send(EventLine {
+                    at_ms: clock::unix_millis(),
+                    repo: repo.map(|r| r.to_string()),
+                    event,
+                });
             }
             Effect::TrackIdentity { did } => self.follows.track(did),
             Effect::UntrackIdentity { did } => self.follows.untrack(&did),

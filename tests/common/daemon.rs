@@ -27,8 +27,18 @@ impl Daemon {
     /// Start a daemon bound to `127.0.0.1:port` (0: any port). A fixed port
     /// keeps the node's address across restarts, as an operator's would.
     pub fn start_on(data_dir: &Path, port: u16) -> Daemon {
+        Self::start_with(data_dir, port, "")
+    }
+
+    /// Start a daemon whose config has `extra` (TOML, top-level settings)
+    /// on top of the offline test config.
+    pub fn start_with(data_dir: &Path, port: u16, extra: &str) -> Daemon {
         let bind = format!("127.0.0.1:{port}");
         let config = offline_config(data_dir);
+        if !extra.is_empty() {
+            let text = std::fs::read_to_string(&config).expect("config");
+            std::fs::write(&config, format!("{extra}\n{text}")).expect("config written");
+        }
         let child = Command::new(knotd())
             .arg("run")
             .arg("--config")

@@ -186,7 +186,7 @@ impl Sim {
                 Write::Remove(id) => {
                     rows.remove(id);
                 }
-                Write::Follow(_) | Write::Unfollow(_) => {}
+                Write::Follow(_) | Write::Unfollow(_) | Write::Policy(..) => {}
             }
         }
         rows.into_values().collect()

@@ -1,25 +1,22 @@
 //! The admin socket: how operators and tools steer a running node.
 //!
-//! Owns the wire protocol (newline-delimited JSON, one request line, one reply
-//! line; the [`Command`] type is shared by server and client), the Unix socket
-//! server task and the client. The socket is created with mode 0600, a stale
-//! socket left by a crash is replaced, a live one is refused, and the file is
-//! removed when the server stops. Nothing here survives a restart.
+//! Owns the wire protocol (newline-delimited JSON: one request line, then
+//! event lines for commands that stream, then one reply line; the
+//! [`Command`] type is shared by server and client), the Unix socket server
+//! ([`server`]) and the client ([`client`]). Nothing here survives a
+//! restart.
 
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+mod client;
+mod events;
+mod server;
+
+pub use client::{request, request_streaming};
+pub use events::{EventLine, NodeEvent, PeerReplica, ReplicaStatus};
+pub use server::{Executor, bind, serve};
+
+use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
-    task::JoinSet,
-};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
 
 use crate::{record::PeerHint, repo_id::RepoId};
 
@@ -134,6 +131,40 @@ pub enum Command {
         /// The repository.
         repo_id: RepoId,
     },
+    /// Change the seeding policy for a DID or repository id.
+    Policy {
+        /// Allow, block, or clear.
+        rule: PolicyRule,
+        /// A DID or a repository id.
+        target: String,
+    },
+    /// Show the seeding policy.
+    PolicyShow,
+    /// Set a repository's storage limit (`None`: the node's quotas apply).
+    SetQuota {
+        /// The repository.
+        repo_id: RepoId,
+        /// Most bytes of packs its state may have.
+        #[serde(default)]
+        max_bytes: Option<u64>,
+    },
+    /// Wait until `count` peers other than this node announce the state held.
+    Replicas {
+        /// The repository.
+        repo_id: RepoId,
+        /// How many.
+        count: u32,
+        /// How long to wait, in seconds.
+        timeout_secs: u64,
+    },
+    /// Stream events (of one repository, or all) until the client leaves.
+    /// The first line says the stream is set up, so a client can watch a
+    /// command it sends next on another connection.
+    Watch {
+        /// Only this repository's events.
+        #[serde(default)]
+        repo_id: Option<RepoId>,
+    },
     /// Track every repository an identity (DID or handle) lists in its
     /// `app.knot.repo` records, now and as they change.
     Follow {
@@ -148,13 +179,51 @@ pub enum Command {
 }
 
 impl Command {
-    /// How long a client should wait for the reply.
-    pub fn timeout(&self) -> Duration {
+    /// How long a client waits for each line of the answer (`None`: forever).
+    pub fn timeout(&self) -> Option<Duration> {
         match self {
-            Command::Publish { .. } | Command::Sync { .. } | Command::Follow { .. } => LONG_TIMEOUT,
-            _ => QUICK_TIMEOUT,
+            Command::Watch { .. } => None,
+            Command::Replicas { timeout_secs, .. } => {
+                Some(Duration::from_secs(*timeout_secs).saturating_add(QUICK_TIMEOUT))
+            }
+            Command::Publish { .. } | Command::Sync { .. } | Command::Follow { .. } => {
+                Some(LONG_TIMEOUT)
+            }
+            _ => Some(QUICK_TIMEOUT),
         }
     }
+
+    /// Whether the command streams events, and of which repository
+    /// (`Some(None)`: all).
+    pub fn streamed_events(&self) -> Option<Option<String>> {
+        match self {
+            Command::Watch { repo_id } => Some(repo_id.as_ref().map(|r| r.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// A change to the seeding policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyRule {
+    /// Seed it even when the default is deny.
+    Allow,
+    /// Never seed it; remove it if tracked.
+    Block,
+    /// Back to the default.
+    Clear,
+}
+
+/// The seeding policy, as `policy show` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// For repositories nobody asked for.
+    pub default: crate::config::PolicyDefault,
+    /// Always allowed.
+    pub allow: Vec<String>,
+    /// Never tracked.
+    pub block: Vec<String>,
 }
 
 /// One admin reply: `{"ok": {...}}` or `{"error": "..."}`.
@@ -197,6 +266,21 @@ pub enum Payload {
     Published(PublishReport),
     /// Result of a sync.
     Synced(SyncReport),
+    /// Peers holding a state.
+    Replicas(ReplicasReport),
+    /// The seeding policy.
+    Policy(PolicyView),
+}
+
+/// Peers holding a state, when enough do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicasReport {
+    /// The repository.
+    pub repo_id: String,
+    /// The manifest.
+    pub manifest: String,
+    /// The peers (node ids) holding it.
+    pub holding: Vec<String>,
 }
 
 /// One tracked repository as shown by `list`.
@@ -233,6 +317,12 @@ pub struct RepoSummary {
     pub trusted_peers: usize,
     /// Gossip neighbours currently connected.
     pub peers_connected: usize,
+    /// Known peers that announced the state held here.
+    #[serde(default)]
+    pub peers_in_sync: usize,
+    /// A per-repository storage limit set by the operator (bytes).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
     /// Where the record lives.
     pub record: Option<String>,
     /// A record write-back is waiting to be retried.
@@ -332,6 +422,16 @@ pub struct PeerView {
     /// Where the peer is known from.
     #[serde(default = "learned")]
     pub source: PeerSource,
+    /// What it last announced.
+    #[serde(default)]
+    pub replica: Option<PeerReplica>,
+    /// How that compares with this node's state.
+    #[serde(default = "unknown")]
+    pub status: ReplicaStatus,
+}
+
+fn unknown() -> ReplicaStatus {
+    ReplicaStatus::Unknown
 }
 
 fn learned() -> PeerSource {
@@ -379,179 +479,6 @@ pub struct SyncReport {
 /// Parse one request line.
 pub fn parse_command(line: &[u8]) -> Result<Command, AdminError> {
     serde_json::from_slice(line).map_err(|e| AdminError::Protocol(e.to_string()))
-}
-
-/// Executes admin commands; implemented by the node.
-pub trait Executor: Clone + Send + Sync + 'static {
-    /// Run one command and produce the reply.
-    fn execute(&self, command: Command) -> impl Future<Output = Reply> + Send;
-}
-
-/// Bind the admin socket: refuse a live one, replace a stale one, mode 0600.
-pub async fn bind(path: &Path) -> Result<UnixListener, AdminError> {
-    if path.exists() {
-        match UnixStream::connect(path).await {
-            Ok(_) => return Err(AdminError::SocketInUse(path.to_path_buf())),
-            Err(_) => {
-                warn!(path = %path.display(), "replacing stale admin socket");
-                std::fs::remove_file(path).map_err(|source| AdminError::Bind {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            }
-        }
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| AdminError::Bind {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    }
-    // The socket is created under a restrictive umask-free path: set the mode
-    // right after bind, before accepting anything.
-    let listener = UnixListener::bind(path).map_err(|source| AdminError::Bind {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        AdminError::Bind {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    Ok(listener)
-}
-
-/// Serve the admin socket until `cancel` fires, then remove the socket file.
-pub async fn serve<E: Executor>(
-    listener: UnixListener,
-    path: PathBuf,
-    executor: E,
-    cancel: CancellationToken,
-) {
-    let mut connections = JoinSet::new();
-    info!(path = %path.display(), "admin socket listening");
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let executor = executor.clone();
-                    let cancel = cancel.clone();
-                    connections.spawn(async move {
-                        if let Err(e) = handle_connection(stream, executor, cancel).await {
-                            debug!(error = %e, "admin connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "admin socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    connections.shutdown().await;
-    drop(listener);
-    if let Err(e) = std::fs::remove_file(&path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        warn!(path = %path.display(), error = %e, "could not remove admin socket");
-    }
-}
-
-async fn handle_connection<E: Executor>(
-    stream: UnixStream,
-    executor: E,
-    cancel: CancellationToken,
-) -> Result<(), AdminError> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    loop {
-        let line = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            line = read_line(&mut reader, MAX_LINE) => line,
-        };
-        let reply = match line {
-            Ok(Some(line)) => match parse_command(&line) {
-                Ok(command) => {
-                    debug!(?command, "admin command");
-                    executor.execute(command).await
-                }
-                Err(e) => Reply::Error(format!(
-                    "{e}; expected one JSON object per line such as {{\"cmd\":\"status\"}}"
-                )),
-            },
-            Ok(None) => return Ok(()),
-            Err(AdminError::Protocol(msg)) => {
-                let reply = Reply::Error(msg);
-                write_line(&mut write, &reply).await?;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        write_line(&mut write, &reply).await?;
-    }
-}
-
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
-    reader: &mut R,
-    max: usize,
-) -> Result<Option<Vec<u8>>, AdminError> {
-    let mut line = Vec::new();
-    let mut limited = tokio::io::AsyncReadExt::take(reader, max as u64 + 1);
-    let n = limited.read_until(b'\n', &mut line).await?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if line.len() > max {
-        return Err(AdminError::Protocol(format!(
-            "line longer than {max} bytes"
-        )));
-    }
-    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        line.pop();
-    }
-    Ok(Some(line))
-}
-
-async fn write_line<W: AsyncWriteExt + Unpin, T: Serialize>(
-    write: &mut W,
-    value: &T,
-) -> Result<(), AdminError> {
-    let mut bytes = serde_json::to_vec(value).expect("reply serializes");
-    bytes.push(b'\n');
-    write.write_all(&bytes).await?;
-    write.flush().await?;
-    Ok(())
-}
-
-/// Send one command to the node at `socket` and wait for its reply.
-pub async fn request(socket: &Path, command: &Command) -> Result<Payload, AdminError> {
-    let wait = command.timeout();
-    let stream = tokio::time::timeout(QUICK_TIMEOUT, UnixStream::connect(socket))
-        .await
-        .map_err(|_| AdminError::Timeout(QUICK_TIMEOUT))?
-        .map_err(|source| AdminError::Connect {
-            path: socket.to_path_buf(),
-            source,
-        })?;
-    let (read, mut write) = stream.into_split();
-    write_line(&mut write, command).await?;
-    let mut reader = BufReader::new(read);
-    let line = tokio::time::timeout(wait, read_line(&mut reader, MAX_REPLY_LINE))
-        .await
-        .map_err(|_| AdminError::Timeout(wait))??
-        .ok_or_else(|| {
-            AdminError::Protocol("knotd closed the connection without a reply".into())
-        })?;
-    let reply: Reply =
-        serde_json::from_slice(&line).map_err(|e| AdminError::Protocol(e.to_string()))?;
-    match reply {
-        Reply::Ok(payload) => Ok(payload),
-        Reply::Error(message) => Err(AdminError::Remote(message)),
-    }
 }
 
 #[cfg(test)]
@@ -608,50 +535,5 @@ mod tests {
             serde_json::to_string(&r).unwrap(),
             r#"{"ok":{"kind":"ticket","ticket":"t"}}"#
         );
-    }
-
-    #[derive(Clone)]
-    struct Echo;
-    impl Executor for Echo {
-        async fn execute(&self, command: Command) -> Reply {
-            Reply::Ok(Payload::Done {
-                message: format!("{command:?}"),
-            })
-        }
-    }
-
-    #[tokio::test]
-    async fn socket_lifecycle() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("admin.sock");
-        // a stale file from a crash is replaced
-        std::fs::write(&path, b"").unwrap();
-        let listener = bind(&path).await.unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, path.clone(), Echo, cancel.clone()));
-        // a live socket is refused
-        assert!(matches!(bind(&path).await, Err(AdminError::SocketInUse(_))));
-        let reply = request(&path, &Command::Status).await.unwrap();
-        assert_eq!(
-            reply,
-            Payload::Done {
-                message: "Status".into()
-            }
-        );
-        // garbage gets an error reply and the server keeps serving
-        let mut s = UnixStream::connect(&path).await.unwrap();
-        s.write_all(b"{oops\n").await.unwrap();
-        let mut r = BufReader::new(s);
-        let line = read_line(&mut r, MAX_REPLY_LINE).await.unwrap().unwrap();
-        let reply: Reply = serde_json::from_slice(&line).unwrap();
-        assert!(matches!(reply, Reply::Error(_)));
-        assert!(request(&path, &Command::List).await.is_ok());
-        cancel.cancel();
-        server.await.unwrap();
-        assert!(!path.exists());
-        let err = request(&path, &Command::Status).await.unwrap_err();
-        assert!(err.to_string().contains("knotd run"), "{err}");
     }
 }

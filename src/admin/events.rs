@@ -1,0 +1,193 @@
+//! Node events as the admin protocol streams them: what `watch` prints and
+//! what a command asking for progress sees before its reply.
+
+use serde::{Deserialize, Serialize};
+
+/// An event, as streamed by `watch` and to commands asking for progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventLine {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The repository it concerns, if one.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: NodeEvent,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum NodeEvent {
+    /// The first line of a `watch`: events from here on are streamed.
+    Watching,
+    /// A state was taken, to be fetched.
+    Adopted {
+        /// Its manifest.
+        manifest: String,
+        /// Its sequence number.
+        seq: u64,
+        /// Why: the peer whose announcement, or "record".
+        source: String,
+    },
+    /// A fetch started.
+    FetchStarted {
+        /// The manifest fetched.
+        manifest: String,
+        /// Peers it may come from.
+        providers: usize,
+    },
+    /// A fetch moved on.
+    FetchProgress {
+        /// The manifest fetched.
+        manifest: String,
+        /// Bytes received so far.
+        bytes: u64,
+        /// Bytes to receive, when known.
+        #[serde(default)]
+        total: Option<u64>,
+    },
+    /// A fetch ended with the state held (materialized and pinned).
+    FetchFinished {
+        /// The manifest.
+        manifest: String,
+        /// Bytes fetched.
+        bytes: u64,
+        /// How long it took.
+        ms: u64,
+    },
+    /// A fetch failed; it is retried.
+    FetchFailed {
+        /// The manifest.
+        manifest: String,
+        /// Why.
+        error: String,
+    },
+    /// A state was published here.
+    Published {
+        /// The manifest.
+        manifest: String,
+        /// Its sequence number.
+        seq: u64,
+        /// Bytes of new pack data.
+        bytes: u64,
+        /// How long it took.
+        ms: u64,
+    },
+    /// An announced state was not taken.
+    Rejected {
+        /// Who sent it.
+        sender: String,
+        /// Why.
+        reason: String,
+    },
+    /// A state was refused because it would exceed a storage quota.
+    QuotaRefused {
+        /// The manifest.
+        manifest: String,
+        /// Why.
+        error: String,
+    },
+    /// A gossip neighbour joined the repository's topic.
+    PeerUp {
+        /// The peer.
+        peer: String,
+    },
+    /// A gossip neighbour left.
+    PeerDown {
+        /// The peer.
+        peer: String,
+    },
+    /// A peer announced what it holds.
+    PeerState {
+        /// The peer.
+        peer: String,
+        /// Its manifest.
+        manifest: String,
+        /// Compared with this node's state.
+        status: ReplicaStatus,
+    },
+    /// Peers holding the state waited for, so far.
+    Replicas {
+        /// The manifest waited for.
+        manifest: String,
+        /// Other peers holding it.
+        holding: usize,
+        /// How many are wanted.
+        wanted: usize,
+    },
+    /// Reading the owner's record failed.
+    PollError {
+        /// Why.
+        error: String,
+    },
+    /// A record write-back ended.
+    WriteBack {
+        /// Whether it reached the PDS.
+        ok: bool,
+        /// Why not.
+        #[serde(default)]
+        error: Option<String>,
+    },
+}
+
+/// How a peer's state compares with this node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaStatus {
+    /// The same state.
+    InSync,
+    /// An older state.
+    Behind,
+    /// A newer state (or this node holds none).
+    Ahead,
+    /// Nothing announced yet, or not comparable.
+    Unknown,
+}
+
+impl ReplicaStatus {
+    /// The status in words, as `peers` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaStatus::InSync => "in sync",
+            ReplicaStatus::Behind => "behind",
+            ReplicaStatus::Ahead => "ahead",
+            ReplicaStatus::Unknown => "unknown",
+        }
+    }
+}
+
+/// What a peer last announced for a repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReplica {
+    /// The manifest it holds.
+    pub manifest: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it said so (seconds since the Unix epoch).
+    pub seen: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines_are_flat_json() {
+        let line = EventLine {
+            at_ms: 5,
+            repo: Some("did:plc:a/b".into()),
+            event: NodeEvent::FetchFinished {
+                manifest: "m".into(),
+                bytes: 10,
+                ms: 3,
+            },
+        };
+        let json = serde_json::to_value(&line).unwrap();
+        assert_eq!(json["kind"], "fetch-finished");
+        assert_eq!(json["repo"], "did:plc:a/b");
+        assert_eq!(json["bytes"], 10);
+        assert_eq!(serde_json::from_value::<EventLine>(json).unwrap(), line);
+    }
+}

@@ -1,0 +1,225 @@
+//! The admin socket server: one task accepting connections, one task per
+//! connection reading request lines and writing replies (and, for commands
+//! that stream, event lines first). The socket is created with mode 0600, a
+//! stale socket left by a crash is replaced, a live one is refused, and the
+//! file is removed when the server stops.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use tokio::sync::broadcast;
+
+use super::{AdminError, Command, EventLine, MAX_LINE, NodeEvent, Reply, parse_command};
+
+/// Executes admin commands; implemented by the node.
+pub trait Executor: Clone + Send + Sync + 'static {
+    /// Run one command and produce the reply.
+    fn execute(&self, command: Command) -> impl Future<Output = Reply> + Send;
+
+    /// Subscribe to the node's events, for commands that stream them.
+    fn events(&self) -> Option<broadcast::Receiver<EventLine>> {
+        None
+    }
+}
+
+/// Bind the admin socket: refuse a live one, replace a stale one, mode 0600.
+pub async fn bind(path: &Path) -> Result<UnixListener, AdminError> {
+    if path.exists() {
+        match UnixStream::connect(path).await {
+            Ok(_) => return Err(AdminError::SocketInUse(path.to_path_buf())),
+            Err(_) => {
+                warn!(path = %path.display(), "replacing stale admin socket");
+                std::fs::remove_file(path).map_err(|source| AdminError::Bind {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| AdminError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    // The socket is created under a restrictive umask-free path: set the mode
+    // right after bind, before accepting anything.
+    let listener = UnixListener::bind(path).map_err(|source| AdminError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        AdminError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Serve the admin socket until `cancel` fires, then remove the socket file.
+pub async fn serve<E: Executor>(
+    listener: UnixListener,
+    path: PathBuf,
+    executor: E,
+    cancel: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    info!(path = %path.display(), "admin socket listening");
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let executor = executor.clone();
+                    let cancel = cancel.clone();
+                    connections.spawn(async move {
+                        if let Err(e) = handle_connection(stream, executor, cancel).await {
+                            debug!(error = %e, "admin connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(path = %path.display(), error = %e, "could not remove admin socket");
+    }
+}
+
+async fn handle_connection<E: Executor>(
+    stream: UnixStream,
+    executor: E,
+    cancel: CancellationToken,
+) -> Result<(), AdminError> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let line = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            line = read_line(&mut reader, MAX_LINE) => line,
+        };
+        let command = match line {
+            Ok(Some(line)) => match parse_command(&line) {
+                Ok(command) => command,
+                Err(e) => {
+                    let reply = Reply::Error(format!(
+                        "{e}; expected one JSON object per line such as {{\"cmd\":\"status\"}}"
+                    ));
+                    write_line(&mut write, &reply).await?;
+                    continue;
+                }
+            },
+            Ok(None) => return Ok(()),
+            Err(AdminError::Protocol(msg)) => {
+                write_line(&mut write, &Reply::Error(msg)).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        debug!(?command, "admin command");
+        let events = command
+            .streamed_events()
+            .and_then(|filter| executor.events().map(|rx| (filter, rx)));
+        let Some((filter, mut events)) = events else {
+            let reply = executor.execute(command).await;
+            write_line(&mut write, &reply).await?;
+            continue;
+        };
+        // A watch: events until the client leaves or the node stops.
+        write_line(
+            &mut write,
+            &StreamLine {
+                event: EventLine {
+                    at_ms: crate::clock::unix_millis(),
+                    repo: filter.clone(),
+                    event: NodeEvent::Watching,
+                },
+            },
+        )
+        .await?;
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                event = events.recv() => event,
+            };
+            match event {
+                Ok(event)
+                    if filter
+                        .as_ref()
+                        .is_none_or(|f| event.repo.as_deref() == Some(f.as_str())) =>
+                {
+                    write_line(&mut write, &StreamLine { event }).await?;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!(missed, "an admin client fell behind the event stream");
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    let reply = Reply::Error("knotd is shutting down".into());
+                    write_line(&mut write, &reply).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// An event line on the wire: `{"event": {...}}`.
+#[derive(Serialize)]
+struct StreamLine {
+    event: EventLine,
+}
+
+pub(super) async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, AdminError> {
+    let mut line = Vec::new();
+    let mut limited = tokio::io::AsyncReadExt::take(reader, max as u64 + 1);
+    let n = limited.read_until(b'\n', &mut line).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.len() > max {
+        return Err(AdminError::Protocol(format!(
+            "line longer than {max} bytes"
+        )));
+    }
+    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        line.pop();
+    }
+    Ok(Some(line))
+}
+
+pub(super) async fn write_line<W: AsyncWriteExt + Unpin, T: Serialize>(
+    write: &mut W,
+    value: &T,
+) -> Result<(), AdminError> {
+    let mut bytes = serde_json::to_vec(value).expect("reply serializes");
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    write.flush().await?;
+    Ok(())
+}
