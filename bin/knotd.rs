@@ -210,6 +210,9 @@ enum AdminCmd {
     },
 }
 
+/// Longest wait for leftover work once the node has stopped.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn parse_repo_id(s: &str) -> Result<RepoId> {
     Ok(RepoId::parse(s)?)
 }
@@ -241,7 +244,7 @@ fn real_main(cli: Cli) -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Cmd::Run {
                 config,
@@ -268,7 +271,11 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             Cmd::Admin { target, command } => admin_command(&target, command).await,
         }
-    })
+    });
+    // Work still running (a git process on a blocking thread) gets a bounded
+    // time to end; the process exits regardless.
+    runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+    result
 }
 
 async fn run(config: Config) -> Result<()> {

@@ -149,6 +149,11 @@ pub struct Config {
     pub discovery: bool,
     /// Admin socket path (default `<data_dir>/knotd.sock`).
     pub admin_socket: Option<PathBuf>,
+    /// A group whose members may use the admin socket (mode 0660, owned by
+    /// the group); without it the socket is 0600, for the daemon's user
+    /// only. The socket must then live outside the 0700 data dir, e.g.
+    /// `/run/knotd/knotd.sock`.
+    pub admin_socket_group: Option<String>,
     /// Consolidate a repository's packs into one when a manifest would exceed
     /// this many packs (default 16).
     pub max_packs: usize,
@@ -194,6 +199,7 @@ impl Default for Config {
             relay: "default".into(),
             discovery: true,
             admin_socket: None,
+            admin_socket_group: None,
             max_packs: 16,
             fetch_timeout_secs: 300,
             max_concurrent_jobs: 4,

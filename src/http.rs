@@ -16,12 +16,15 @@
 //! * a trailing `.git` on the name is accepted;
 //! * receive-pack gets 403, dumb HTTP gets 403, anything else 404.
 //!
-//! Request bodies are bounded ([`MAX_REQUEST_BODY`], also after gzip
-//! decoding), each git process is killed after [`GIT_TIMEOUT`], and at most
-//! [`MAX_CONCURRENT`] git processes run at once (503 beyond that).
+//! Every request goes through tower layers, outermost first: at most
+//! [`MAX_CONCURRENT`] requests are handled at once (503 beyond that, before
+//! any body is read), each must produce its response within
+//! [`REQUEST_TIMEOUT`], request bodies are bounded ([`MAX_REQUEST_BODY`]) as
+//! sent and again after gzip decoding. A git process serving a response
+//! keeps a slot of its own until it exits, and is killed after
+//! [`GIT_TIMEOUT`].
 
 use std::{
-    io::Read,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
@@ -30,8 +33,9 @@ use std::{
 };
 
 use axum::{
-    Router,
+    BoxError, Router,
     body::Body,
+    error_handling::HandleErrorLayer,
     extract::{DefaultBodyLimit, Path as UrlPath, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -46,12 +50,18 @@ use tokio::{
     task::JoinHandle,
 };
 use tokio_util::{io::ReaderStream, sync::CancellationToken};
+use tower::ServiceBuilder;
+use tower_http::{decompression::RequestDecompressionLayer, limit::RequestBodyLimitLayer};
 use tracing::{debug, info, warn};
 
 use crate::repo_id::RepoId;
 
-/// Largest request body accepted, before and after gzip decoding.
-pub const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
+/// Largest request body accepted, before and after gzip decoding (a
+/// negotiation lists object ids: this is millions of them).
+pub const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
+/// Longest a request may take to produce its response (the streamed body of
+/// a clone is bounded by [`GIT_TIMEOUT`] instead).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest a single git process may run.
 pub const GIT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Most git processes running at once.
@@ -73,13 +83,46 @@ pub fn router(repos_root: PathBuf) -> Router {
         root: Arc::new(repos_root),
         slots: Arc::new(Semaphore::new(MAX_CONCURRENT)),
     };
+    let limits = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(refuse_overload))
+        .load_shed()
+        .concurrency_limit(MAX_CONCURRENT)
+        .timeout(REQUEST_TIMEOUT)
+        .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY))
+        .layer(RequestDecompressionLayer::new().gzip(true))
+        .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY));
     Router::new()
         .route("/{did}/{name}/info/refs", get(info_refs))
         .route("/{did}/{name}/git-upload-pack", post(upload_pack))
         .route("/{did}/{name}/git-receive-pack", post(receive_pack))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
+        .layer(limits)
+}
+
+/// Whether reading a body failed because it exceeded the limit.
+fn too_large(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The answer when the limits refuse a request: busy, or too slow.
+async fn refuse_overload(error: BoxError) -> Response {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        busy()
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        text(StatusCode::GATEWAY_TIMEOUT, "the request took too long")
+    } else {
+        warn!(%error, "smart HTTP request failed");
+        text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
 }
 
 /// Serve smart HTTP on `listener` until `cancel` fires. Requests still
@@ -326,23 +369,6 @@ async fn info_refs(
     response
 }
 
-/// Decode a gzip body, refusing output larger than [`MAX_REQUEST_BODY`].
-fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
-    let mut out = Vec::new();
-    let decoder = flate2::read::GzDecoder::new(bytes);
-    decoder
-        .take(MAX_REQUEST_BODY as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad gzip body: {e}")))?;
-    if out.len() > MAX_REQUEST_BODY {
-        return Err(Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {MAX_REQUEST_BODY} bytes once decompressed"),
-        ));
-    }
-    Ok(out)
-}
-
 async fn upload_pack(
     State(state): State<AppState>,
     UrlPath((did, name)): UrlPath<(String, String)>,
@@ -361,43 +387,29 @@ async fn upload_pack(
             "expected Content-Type: application/x-git-upload-pack-request",
         );
     }
-    let raw = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
-        Ok(raw) => raw,
-        Err(e) => {
-            debug!(repo = %id, error = %e, "request body refused");
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body unreadable or larger than {MAX_REQUEST_BODY} bytes"),
-            );
-        }
-    };
-    let input: Bytes = match headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("") | Some("identity") => raw,
-        Some("gzip") | Some("x-gzip") => {
-            match tokio::task::spawn_blocking(move || gunzip(&raw)).await {
-                Ok(Ok(decoded)) => Bytes::from(decoded),
-                Ok(Err(refusal)) => return refusal.into_response(),
-                Err(e) => {
-                    warn!(repo = %id, error = %e, "gzip decoding task failed");
-                    return text(StatusCode::INTERNAL_SERVER_ERROR, "gzip decoding failed");
-                }
-            }
-        }
-        Some(other) => {
-            return text(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("unsupported Content-Encoding {other:?}; use gzip or none"),
-            );
-        }
-    };
-
+    // A slot for the git process first, before the body is read.
     let Ok(permit) = state.slots.clone().try_acquire_owned() else {
         return busy();
     };
+    // Gzip was decoded, and both sizes bounded, by the layers.
+    let input: Bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(raw) => raw,
+        Err(e) => {
+            debug!(repo = %id, error = %e, "request body refused");
+            return if too_large(&e) {
+                text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {MAX_REQUEST_BODY} bytes"),
+                )
+            } else {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body cannot be read (is it valid gzip?): {e}"),
+                )
+            };
+        }
+    };
+
     let protocol = git_protocol(&headers);
     let mut child = match upload_pack_command(&dir, protocol.as_deref(), false).spawn() {
         Ok(child) => child,
@@ -496,15 +508,40 @@ mod tests {
         assert_eq!(dir, root.path().join("did:plc:abc/x.git"));
     }
 
-    #[test]
-    fn gzip_bodies_are_bounded() {
-        use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(b"0009done\n").unwrap();
-        let gz = enc.finish().unwrap();
-        assert_eq!(gunzip(&gz).unwrap(), b"0009done\n");
+    async fn post(body: Vec<u8>, gzip: bool) -> StatusCode {
+        use tower::ServiceExt;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("did:plc:abc/x.git/objects")).unwrap();
+        let mut request = axum::http::Request::post("/did:plc:abc/x/git-upload-pack").header(
+            header::CONTENT_TYPE,
+            "application/x-git-upload-pack-request",
+        );
+        if gzip {
+            request = request.header(header::CONTENT_ENCODING, "gzip");
+        }
+        let request = request.body(Body::from(body)).unwrap();
+        router(root.path().to_path_buf())
+            .oneshot(request)
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn bodies_are_bounded_as_sent_and_once_decompressed() {
         assert_eq!(
-            gunzip(b"not gzip").unwrap_err().status,
+            post(vec![b'0'; MAX_REQUEST_BODY + 1], false).await,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        // A small gzip body that inflates beyond the limit.
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; MAX_REQUEST_BODY + 1]).unwrap();
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 100_000);
+        assert_eq!(post(bomb, true).await, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            post(b"not gzip".to_vec(), true).await,
             StatusCode::BAD_REQUEST
         );
     }

@@ -208,7 +208,14 @@ impl Node {
         };
 
         let admin_socket = config.admin_socket_path();
-        let listener = match admin::bind(&admin_socket).await {
+        if config.admin_socket_group.is_some() && admin_socket.starts_with(&data_dir) {
+            warn!(
+                socket = %admin_socket.display(),
+                "the admin socket is inside the data dir, which only the daemon's user may enter: group members cannot reach it; set admin_socket to a path such as /run/knotd/knotd.sock"
+            );
+        }
+        let listener = match admin::bind(&admin_socket, config.admin_socket_group.as_deref()).await
+        {
             Ok(listener) => listener,
             Err(e) => {
                 let _ = router.shutdown().await;

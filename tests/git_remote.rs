@@ -264,7 +264,7 @@ impl StandInNode {
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let cancel = CancellationToken::new();
-        let listener = runtime.block_on(admin::bind(&socket)).unwrap();
+        let listener = runtime.block_on(admin::bind(&socket, None)).unwrap();
         runtime.spawn(admin::serve(
             listener,
             socket.clone(),

@@ -7,6 +7,30 @@ use tokio::{io::BufReader, net::UnixStream};
 use super::server::{read_line, write_line};
 use super::{AdminError, Command, EventLine, MAX_REPLY_LINE, Payload, QUICK_TIMEOUT, Reply};
 
+/// A connection failure, saying what to do about it.
+fn connect_error(socket: &Path, source: std::io::Error) -> AdminError {
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        use std::os::unix::fs::MetadataExt;
+        let group = std::fs::metadata(socket)
+            .ok()
+            .and_then(|m| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(m.gid()))
+                    .ok()
+                    .flatten()
+            })
+            .map(|g| g.name)
+            .unwrap_or_else(|| "knotd".into());
+        return AdminError::PermissionDenied {
+            path: socket.to_path_buf(),
+            group,
+        };
+    }
+    AdminError::Connect {
+        path: socket.to_path_buf(),
+        source,
+    }
+}
+
 /// Send one command to the node at `socket` and wait for its reply.
 pub async fn request(socket: &Path, command: &Command) -> Result<Payload, AdminError> {
     request_streaming(socket, command, |_| {}).await
@@ -24,10 +48,7 @@ pub async fn request_streaming(
     let stream = tokio::time::timeout(QUICK_TIMEOUT, UnixStream::connect(socket))
         .await
         .map_err(|_| AdminError::Timeout(QUICK_TIMEOUT))?
-        .map_err(|source| AdminError::Connect {
-            path: socket.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| connect_error(socket, source))?;
     let (read, mut write) = stream.into_split();
     write_line(&mut write, command).await?;
     let mut reader = BufReader::new(read);

@@ -38,6 +38,21 @@ pub enum AdminError {
         "admin socket {0} is in use by a running knotd; stop it first or set another admin_socket"
     )]
     SocketInUse(PathBuf),
+    /// The configured socket group does not exist.
+    #[error(
+        "admin_socket_group {0:?} does not exist; create it (groupadd {0}) or change the setting"
+    )]
+    NoSuchGroup(String),
+    /// The client may not use the socket.
+    #[error(
+        "permission denied on {path}: ask the node's operator to add you to group {group} (then log in again)"
+    )]
+    PermissionDenied {
+        /// The socket path.
+        path: PathBuf,
+        /// The socket's group.
+        group: String,
+    },
     /// The socket could not be created.
     #[error("cannot create admin socket {path}: {source}")]
     Bind {

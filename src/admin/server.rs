@@ -1,8 +1,10 @@
-//! The admin socket server: one task accepting connections, one task per
-//! connection reading request lines and writing replies (and, for commands
-//! that stream, event lines first). The socket is created with mode 0600, a
-//! stale socket left by a crash is replaced, a live one is refused, and the
-//! file is removed when the server stops.
+//! The admin socket server: one task accepting connections (at most
+//! [`MAX_CONNECTIONS`] at once), one task per connection reading request
+//! lines and writing replies (`watch` streams event lines instead). The
+//! socket is created with mode 0600, or 0660 owned by `admin_socket_group`
+//! so that the group's members can steer the node, never reachable with
+//! looser permissions; a stale socket left by a crash is replaced, a live
+//! one is refused, and the file is removed when the server stops.
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -23,6 +25,9 @@ use tokio::sync::broadcast;
 
 use super::{AdminError, Command, EventLine, MAX_LINE, NodeEvent, Reply, parse_command};
 
+/// Most admin connections served at once (each `watch` holds one).
+pub const MAX_CONNECTIONS: usize = 128;
+
 /// Executes admin commands; implemented by the node.
 pub trait Executor: Clone + Send + Sync + 'static {
     /// Run one command and produce the reply.
@@ -35,37 +40,51 @@ pub trait Executor: Clone + Send + Sync + 'static {
 }
 
 /// Bind the admin socket: refuse a live one, replace a stale one, mode 0600.
-pub async fn bind(path: &Path) -> Result<UnixListener, AdminError> {
+pub async fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, AdminError> {
+    let bind_err = |source| AdminError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let gid = match group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| AdminError::NoSuchGroup(name.to_string()))?
+                .gid,
+        ),
+        None => None,
+    };
     if path.exists() {
         match UnixStream::connect(path).await {
             Ok(_) => return Err(AdminError::SocketInUse(path.to_path_buf())),
             Err(_) => {
                 warn!(path = %path.display(), "replacing stale admin socket");
-                std::fs::remove_file(path).map_err(|source| AdminError::Bind {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                std::fs::remove_file(path).map_err(bind_err)?;
             }
         }
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| AdminError::Bind {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).map_err(bind_err)?;
+    // Made in a private directory (mode 0700) beside its place, given its
+    // mode and group there, then moved into place: it is never reachable
+    // with looser permissions, whatever the umask.
+    let private = tempfile::Builder::new()
+        .prefix(".knotd-sock-")
+        .tempdir_in(parent)
+        .map_err(bind_err)?;
+    let staged = private.path().join("knotd.sock");
+    let listener = UnixListener::bind(&staged).map_err(bind_err)?;
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(&staged, None, Some(gid))
+            .map_err(|e| bind_err(std::io::Error::from(e)))?;
     }
-    // The socket is created under a restrictive umask-free path: set the mode
-    // right after bind, before accepting anything.
-    let listener = UnixListener::bind(path).map_err(|source| AdminError::Bind {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        AdminError::Bind {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
+    std::fs::rename(&staged, path).map_err(bind_err)?;
     Ok(listener)
 }
 
@@ -82,6 +101,14 @@ pub async fn serve<E: Executor>(
         tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if connections.len() >= MAX_CONNECTIONS => {
+                    warn!(limit = MAX_CONNECTIONS, "too many admin connections; refusing one");
+                    let (_, mut write) = stream.into_split();
+                    let reply = Reply::Error(format!(
+                        "knotd has {MAX_CONNECTIONS} admin connections open; retry shortly"
+                    ));
+                    let _ = write_line(&mut write, &reply).await;
+                }
                 Ok((stream, _)) => {
                     let executor = executor.clone();
                     let cancel = cancel.clone();

@@ -177,7 +177,14 @@ impl Core {
                 self.persist_book(repo_id);
             }
         }
-        // Greet the newcomer with the state held here.
+        // Ask the newcomer what it holds: a peer that restarted may be a
+        // neighbour again without announcing anything (its gossip layer may
+        // think this node never left).
+        self.out.push(Effect::Pull {
+            peer,
+            repos: vec![repo_id.clone()],
+        });
+        // Greet it with the state held here.
         let repo = self.repos.get(repo_id).expect("present above");
         if let Some(held) = &repo.held {
             self.out.push(Effect::Announce {

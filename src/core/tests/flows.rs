@@ -463,3 +463,27 @@ fn a_record_naming_a_newer_state_is_not_overwritten_and_is_taken() {
     let (_, m) = fetch_job(&fx).expect("the newer state is fetched");
     assert_eq!(m, manifest(7));
 }
+
+#[test]
+fn a_neighbour_coming_up_is_asked_what_it_holds_and_greeted() {
+    let mut sim = Sim::new(4);
+    let author = key(1);
+    sim.add(vec![hint(&author)], None);
+    sim.take(&author, 2, T0_MS);
+    let fx = sim.event(Event::NeighborUp {
+        repo: repo(),
+        peer: author.public(),
+        addrs: vec![],
+    });
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Pull { peer, .. } if *peer == author.public()))
+    );
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Announce {
+            audience: Audience::Neighbors,
+            ..
+        }
+    )));
+}
