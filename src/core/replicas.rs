@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use iroh::EndpointId;
 
-use super::{Core, Effect, Now, ReplyId, TimerKey, repo::Repo};
+use super::{
+    Core, Effect, Now, ReplyId, TimerKey,
+    repo::{ReplicaWait, Repo},
+};
 use crate::{
     admin::{NodeEvent, Payload, PeerReplica, ReplicaStatus, ReplicasReport, Reply},
     repo_id::RepoId,
@@ -25,23 +28,6 @@ use crate::{
 pub const MAX_PEERS_SEEN: usize = 64;
 /// How often peers are asked directly while someone waits for replicas.
 const ASK_EVERY: Duration = Duration::from_secs(2);
-
-/// A caller waiting for replicas.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReplicaWait {
-    /// Who waits.
-    pub reply: ReplyId,
-    /// How many peers are wanted.
-    pub count: usize,
-    /// The state waited for.
-    pub manifest: String,
-    /// Its sequence number.
-    pub seq: u64,
-    /// Identifies the waiter's deadline timer.
-    pub id: u64,
-    /// Holders counted at the last report.
-    pub reported: usize,
-}
 
 /// How what a peer announced compares with this node's state.
 pub fn status_of(seen: Option<&PeerSeen>, repo: &Repo) -> ReplicaStatus {

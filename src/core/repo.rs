@@ -182,10 +182,27 @@ pub struct Repo {
     /// Write-back bookkeeping.
     pub write_back: WriteBack,
     /// Callers waiting until enough peers hold a state.
-    pub replica_waits: Vec<super::replicas::ReplicaWait>,
+    pub replica_waits: Vec<ReplicaWait>,
     /// A state refused because it would exceed a quota: not taken again
     /// until the quota changes.
     pub quota_refused: Option<iroh_blobs::Hash>,
+}
+
+/// A caller waiting for replicas.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaWait {
+    /// Who waits.
+    pub reply: ReplyId,
+    /// How many peers are wanted.
+    pub count: usize,
+    /// The state waited for.
+    pub manifest: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Identifies the waiter's deadline timer.
+    pub id: u64,
+    /// Holders counted at the last report.
+    pub reported: usize,
 }
 
 impl Repo {
