@@ -25,6 +25,7 @@ pub mod materialize;
 pub mod metrics;
 pub mod node;
 pub mod poller;
+pub mod push;
 pub mod record;
 pub mod repo_id;
 pub mod state;
