@@ -9,7 +9,7 @@ mod knotd_cli {
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use knotd::{
-    admin::{self, Command, Payload, RepoSummary},
+    admin::{self, AdminClient, Command, Payload, RepoSummary},
     config::Config,
     repo_id::RepoId,
 };
@@ -80,7 +80,8 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct AdminArgs {
-    /// The node's admin socket (default: from the config / data dir).
+    /// The node's admin socket (default: from the config / data dir, else
+    /// the user's own node, else the system service's /run/knotd/knotd.sock).
     #[arg(long, env = "KNOT_SOCKET", global = true)]
     socket: Option<PathBuf>,
     #[command(flatten)]
@@ -92,7 +93,11 @@ impl AdminArgs {
         if let Some(socket) = &self.socket {
             return Ok(socket.clone());
         }
-        Ok(self.config.load()?.admin_socket_path())
+        if self.config.config.is_some() || self.config.data_dir.is_some() {
+            return Ok(self.config.load()?.admin_socket_path());
+        }
+        // The user's own node, else the system service's socket.
+        Ok(admin::locate_socket()?.0)
     }
 }
 
@@ -157,6 +162,14 @@ enum AdminCmd {
     },
     /// Print a ticket other nodes can dial.
     Ticket,
+    /// Show the refs the node holds for a repository (as `git ls-remote`).
+    Refs {
+        /// `<did>/<name>`
+        repo_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Publish a local git repository's current state (adds the repository
     /// if it is not tracked yet).
     Publish {
@@ -302,7 +315,7 @@ async fn run(config: Config) -> Result<()> {
 }
 
 async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
-    let socket = target.socket()?;
+    let client = AdminClient::new(target.socket()?);
     // Commands that move content show progress and may wait for replicas.
     let (repo, replicas, timeout) = match &command {
         AdminCmd::Publish {
@@ -318,10 +331,27 @@ async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
         } => (Some(parse_repo_id(repo_id)?), *replicas, *timeout),
         AdminCmd::Watch { repo_id, json } => {
             let repo = repo_id.as_deref().map(parse_repo_id).transpose()?;
-            return knotd_cli::events::watch(&socket, repo, *json).await;
+            return knotd_cli::events::watch(&client, repo, *json).await;
         }
         _ => (None, None, 0),
     };
+    if let AdminCmd::Publish {
+        repo_id,
+        path,
+        force,
+        ..
+    } = &command
+    {
+        // Packed here, on the client's side: the node never opens `path`.
+        let repo = parse_repo_id(repo_id)?;
+        let report = knotd_cli::events::publish(&client, &repo, path, *force).await?;
+        print_payload(Payload::Published(report), false);
+        if let Some(count) = replicas {
+            let payload = knotd_cli::events::replicas(&client, &repo, count, timeout).await?;
+            print_payload(payload, false);
+        }
+        return Ok(());
+    }
     let (command, json) = match command {
         AdminCmd::AddRepo {
             repo_id,
@@ -361,24 +391,13 @@ async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
             json,
         ),
         AdminCmd::Ticket => (Command::Ticket, false),
-        AdminCmd::Publish {
-            repo_id,
-            path,
-            force,
-            ..
-        } => {
-            let path = std::fs::canonicalize(&path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            (
-                Command::Publish {
-                    repo_id: parse_repo_id(&repo_id)?,
-                    path,
-                    force,
-                    expected_manifest: None,
-                },
-                false,
-            )
-        }
+        AdminCmd::Refs { repo_id, json } => (
+            Command::Refs {
+                repo_id: parse_repo_id(&repo_id)?,
+            },
+            json,
+        ),
+        AdminCmd::Publish { .. } => unreachable!("handled above"),
         AdminCmd::Sync { repo_id, .. } => (
             Command::Sync {
                 repo_id: parse_repo_id(&repo_id)?,
@@ -425,12 +444,12 @@ async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
         }
     };
     let payload = match &repo {
-        Some(repo) => knotd_cli::events::with_progress(&socket, repo, &command, false).await?,
-        None => admin::request(&socket, &command).await?,
+        Some(repo) => knotd_cli::events::with_progress(&client, repo, &command, false).await?,
+        None => client.call(&command).await?,
     };
     print_payload(payload, json);
     if let (Some(repo), Some(count)) = (repo, replicas) {
-        let payload = knotd_cli::events::replicas(&socket, &repo, count, timeout).await?;
+        let payload = knotd_cli::events::replicas(&client, &repo, count, timeout).await?;
         print_payload(payload, json);
     }
     Ok(())
@@ -486,6 +505,17 @@ fn print_payload(payload: Payload, json: bool) {
                 print_repos(&s.repos);
             }
         }
+        Payload::Refs(r) => {
+            match &r.refs.head {
+                Some(knotd::git::Head::Symbolic(target)) => println!("ref: {target}\tHEAD"),
+                Some(knotd::git::Head::Detached(id)) => println!("{id}\tHEAD"),
+                None => {}
+            }
+            for (name, id) in &r.refs.refs {
+                println!("{id}\t{name}");
+            }
+        }
+        Payload::Bridge => {}
         Payload::Published(p) => {
             if p.unchanged {
                 println!(

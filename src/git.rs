@@ -757,7 +757,7 @@ fn current_refs(git_dir: &Path) -> Result<BTreeMap<String, ObjectId>, GitError> 
 }
 
 /// The subset of `ids` present in the repository (one `cat-file` process).
-fn present_objects(git_dir: &Path, ids: &[ObjectId]) -> Result<BTreeSet<ObjectId>, GitError> {
+pub fn present_objects(git_dir: &Path, ids: &[ObjectId]) -> Result<BTreeSet<ObjectId>, GitError> {
     if ids.is_empty() {
         return Ok(BTreeSet::new());
     }
@@ -778,6 +778,45 @@ fn present_objects(git_dir: &Path, ids: &[ObjectId]) -> Result<BTreeSet<ObjectId
         .filter(|l| !l.contains(' '))
         .filter_map(|l| l.parse().ok())
         .collect())
+}
+
+/// Resolve each of `names` (ref names or object ids, as a `push` line's
+/// source) to the object it names, with one `cat-file` process; names
+/// that do not resolve are left out.
+pub fn resolve_names(
+    git_dir: &Path,
+    names: &[String],
+) -> Result<BTreeMap<String, ObjectId>, GitError> {
+    let names: Vec<&String> = names
+        .iter()
+        .filter(|n| !n.is_empty() && !n.contains(['\n', '\r']))
+        .collect();
+    if names.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mut input = String::new();
+    for name in &names {
+        input.push_str(name);
+        input.push('\n');
+    }
+    let out = git_ok(
+        git_dir,
+        &["cat-file", "--batch-check=%(objectname)"],
+        Some(input.as_bytes()),
+    )?;
+    let text = utf8(&out.stdout, "cat-file --batch-check")?;
+    // One line per input line, in order: the id, or "<name> missing".
+    Ok(names
+        .into_iter()
+        .zip(text.lines())
+        .filter_map(|(name, line)| Some((name.clone(), line.trim().parse().ok()?)))
+        .collect())
+}
+
+/// The branch `HEAD` points at (e.g. `refs/heads/main`), if any.
+pub fn head_branch(git_dir: &Path) -> Option<String> {
+    let out = git_ok(git_dir, &["symbolic-ref", "-q", "HEAD"], None).ok()?;
+    stdout_line(&out.stdout, "symbolic-ref").ok()
 }
 
 /// A `git` command isolated from the caller's configuration and environment.

@@ -27,7 +27,6 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Stdio,
     sync::Arc,
     time::Duration,
 };
@@ -54,6 +53,7 @@ use tower::ServiceBuilder;
 use tower_http::{decompression::RequestDecompressionLayer, limit::RequestBodyLimitLayer};
 use tracing::{debug, info, warn};
 
+use crate::gitserve::upload_pack_command;
 use crate::repo_id::RepoId;
 
 /// Largest request body accepted, before and after gzip decoding (a
@@ -229,13 +229,7 @@ fn locate(root: &Path, did: &str, name: &str) -> Result<(RepoId, PathBuf), Refus
 
 /// The `Git-Protocol` header, when it is plausible (`version=2` and the like).
 fn git_protocol(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get("git-protocol")?.to_str().ok()?;
-    let ok = !value.is_empty()
-        && value.len() <= 256
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b':' | b'.' | b'_' | b'-'));
-    ok.then(|| value.to_string())
+    crate::gitserve::git_protocol(headers.get("git-protocol")?.to_str().ok()?)
 }
 
 fn no_cache(headers: &mut HeaderMap) {
@@ -248,38 +242,6 @@ fn no_cache(headers: &mut HeaderMap) {
         header::EXPIRES,
         HeaderValue::from_static("Fri, 01 Jan 1980 00:00:00 GMT"),
     );
-}
-
-fn upload_pack_command(
-    dir: &Path,
-    protocol: Option<&str>,
-    advertise: bool,
-) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("git");
-    for var in crate::git::REPO_LOCATING_ENV {
-        cmd.env_remove(var);
-    }
-    cmd.env_remove("GIT_PROTOCOL");
-    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0");
-    if let Some(protocol) = protocol {
-        cmd.env("GIT_PROTOCOL", protocol);
-    }
-    cmd.args(["upload-pack", "--stateless-rpc"]);
-    if advertise {
-        cmd.arg("--advertise-refs");
-    }
-    cmd.arg(dir)
-        .stdin(if advertise {
-            Stdio::null()
-        } else {
-            Stdio::piped()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
 }
 
 fn busy() -> Response {
@@ -329,7 +291,7 @@ async fn info_refs(
     };
     let protocol = git_protocol(&headers);
     let v2 = protocol.as_deref().is_some_and(|p| p.contains("version=2"));
-    let mut cmd = upload_pack_command(&dir, protocol.as_deref(), true);
+    let mut cmd = upload_pack_command(&dir, protocol.as_deref(), true, true);
     let output = match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
         Ok(Ok(output)) => output,
         Ok(Err(e)) => {
@@ -411,7 +373,7 @@ async fn upload_pack(
     };
 
     let protocol = git_protocol(&headers);
-    let mut child = match upload_pack_command(&dir, protocol.as_deref(), false).spawn() {
+    let mut child = match upload_pack_command(&dir, protocol.as_deref(), true, false).spawn() {
         Ok(child) => child,
         Err(e) => {
             warn!(repo = %id, error = %e, "cannot run git upload-pack");

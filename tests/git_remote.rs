@@ -2,7 +2,8 @@
 //! the real `git` client.
 //!
 //! * The helper protocol is checked against a stand-in node: a real admin
-//!   socket whose Sync and Publish act on plain bare repositories.
+//!   socket whose sync, refs, publish (a received pack) and upload-pack act
+//!   on plain bare repositories.
 //! * The full path runs two real `knotd` processes on loopback.
 //! * Smart HTTP runs `knotd::http::serve` in process over a plain bare repo.
 
@@ -23,7 +24,11 @@ use std::{
 };
 
 use knotd::{
-    admin::{self, Command as AdminCommand, Executor, Payload, PublishReport, Reply, SyncReport},
+    admin::{
+        self, Command as AdminCommand, Executor, PackBody, Payload, PublishReport, PublishRequest,
+        RefsReport, Reply, SyncReport,
+    },
+    git, gitserve,
     repo_id::RepoId,
 };
 use tokio_util::sync::CancellationToken;
@@ -187,30 +192,61 @@ impl StandIn {
             repo_id: id.to_string(),
             manifest: Some(Self::manifest(&dir)),
             head: None,
-            path: Some(dir),
             bytes_fetched: 0,
             message: "up to date".into(),
         }))
     }
 
-    fn publish(&self, id: &RepoId, path: &Path, expected: Option<String>) -> Reply {
+    fn refs(&self, id: &RepoId) -> Reply {
+        let dir = self.repo_dir(id);
+        if !dir.exists() {
+            return Reply::Error(format!("repository {id} is not tracked"));
+        }
+        Reply::Ok(Payload::Refs(RefsReport {
+            repo_id: id.to_string(),
+            manifest: Some(Self::manifest(&dir)),
+            refs: git::read_refs(&dir).unwrap(),
+        }))
+    }
+
+    /// Index the pack as the node does, then make the bare repository's
+    /// refs the published ones.
+    async fn publish_pack(&self, request: PublishRequest, pack: PackBody<'_>) -> Reply {
+        let id = &request.repo_id;
         let dir = self.repo_dir(id);
         if dir.exists() {
             let current = Self::manifest(&dir);
-            if expected.as_deref() != Some(current.as_str()) {
+            if request.expected_manifest.as_deref() != Some(current.as_str()) {
                 return Reply::Error(format!(
                     "{id} changed meanwhile (now {current}); fetch and push again"
                 ));
             }
-        } else {
+        }
+        let base = dir.exists().then_some(dir.as_path());
+        let staging = match gitserve::receive_pack(
+            &self.root.join(".tmp"),
+            base,
+            git::ObjectFormat::Sha1,
+            pack,
+            gitserve::MAX_RECEIVE_BYTES,
+        )
+        .await
+        {
+            Ok(staging) => staging,
+            Err(e) => return Reply::Error(e.to_string()),
+        };
+        if let Err(e) = git::apply_refs(staging.git_dir(), &request.refs) {
+            return Reply::Error(e.to_string());
+        }
+        if !dir.exists() {
             std::fs::create_dir_all(&dir).unwrap();
             plain_git(&dir, &["init", "-q", "--bare"]);
         }
-        let source = path.to_str().unwrap();
+        let source = staging.git_dir().to_str().unwrap();
         plain_git(&dir, &["fetch", "-q", "--prune", source, "+refs/*:refs/*"]);
-        let head = plain_git(path, &["symbolic-ref", "HEAD"]);
-        let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
-        plain_git(&dir, &["symbolic-ref", "HEAD", &head]);
+        if let Some(git::Head::Symbolic(head)) = &request.refs.head {
+            plain_git(&dir, &["symbolic-ref", "HEAD", head]);
+        }
         Reply::Ok(Payload::Published(PublishReport {
             repo_id: id.to_string(),
             head: None,
@@ -219,7 +255,6 @@ impl StandIn {
             bytes_added: 1,
             consolidated: false,
             unchanged: false,
-            path: dir,
         }))
     }
 }
@@ -229,18 +264,34 @@ impl Executor for StandIn {
         self.log.lock().unwrap().push(command.clone());
         match command {
             AdminCommand::Sync { repo_id } => self.sync(&repo_id),
-            AdminCommand::Publish {
-                repo_id,
-                path,
-                expected_manifest,
-                ..
-            } => {
-                // The staging repository must be complete when Publish runs.
-                assert!(path.join("objects").is_dir());
-                self.publish(&repo_id, &path, expected_manifest)
-            }
+            AdminCommand::Refs { repo_id } => self.refs(&repo_id),
             AdminCommand::List => Reply::Ok(Payload::Repos { repos: vec![] }),
             other => Reply::Error(format!("stand-in does not do {other:?}")),
+        }
+    }
+
+    async fn publish<'a>(&'a self, request: PublishRequest, pack: PackBody<'a>) -> Reply {
+        self.log.lock().unwrap().push(AdminCommand::Publish {
+            repo_id: request.repo_id.clone(),
+            refs: request.refs.clone(),
+            force: request.force,
+            expected_manifest: request.expected_manifest.clone(),
+        });
+        self.publish_pack(request, pack).await
+    }
+
+    async fn serve_target(&self, repo_id: RepoId) -> Result<gitserve::ServeTarget, String> {
+        self.log.lock().unwrap().push(AdminCommand::UploadPack {
+            repo_id: repo_id.clone(),
+            protocol: None,
+        });
+        let dir = self.repo_dir(&repo_id);
+        if dir.exists() {
+            Ok(gitserve::ServeTarget::existing(dir))
+        } else {
+            gitserve::ServeTarget::empty(&self.root.join(".tmp"), git::ObjectFormat::Sha1)
+                .await
+                .map_err(|e| e.to_string())
         }
     }
 }

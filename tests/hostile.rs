@@ -128,18 +128,7 @@ async fn forged_replayed_and_stray_announcements_change_nothing() {
     evil.follow(REPO, vec![follower.ticket().await]).await;
     // It trusts the follower, so it may have taken the true state already:
     // its unrelated history is published with force.
-    let knotd::admin::Payload::Published(evil_report) = evil
-        .admin(knotd::admin::Command::Publish {
-            repo_id: rid(REPO),
-            path: evil_src.clone(),
-            force: true,
-            expected_manifest: None,
-        })
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let evil_report = evil.try_publish(REPO, &evil_src, true).await.unwrap();
     assert_ne!(evil_report.manifest, second.manifest);
 
     eventually(

@@ -5,7 +5,7 @@ mod common;
 
 use common::{TestNode, add_commit, fingerprint, git, make_repo, rid};
 use knotd::{
-    admin::{Command, Payload},
+    admin::Command,
     config::Config,
     content::{self, ContentError},
     materialize::MaterializeError,
@@ -152,15 +152,7 @@ async fn bad_sources_are_refused_and_change_nothing() {
     let node = TestNode::spawn().await;
     let not_git = work.path().join("plain");
     std::fs::create_dir_all(&not_git).unwrap();
-    let err = node
-        .admin(Command::Publish {
-            repo_id: rid(REPO),
-            path: not_git.clone(),
-            force: false,
-            expected_manifest: None,
-        })
-        .await
-        .unwrap_err();
+    let err = node.try_publish(REPO, &not_git, false).await.unwrap_err();
     assert!(err.to_string().contains("not a git repository"), "{err}");
     assert!(
         node.repo_ids().await.is_empty(),
@@ -173,15 +165,7 @@ async fn bad_sources_are_refused_and_change_nothing() {
     let first = node.publish(REPO, &src).await;
     git(&src, &["reset", "-q", "--hard", "HEAD~1"]);
     add_commit(&src, "diverged");
-    let err = node
-        .admin(Command::Publish {
-            repo_id: rid(REPO),
-            path: src.clone(),
-            force: false,
-            expected_manifest: None,
-        })
-        .await
-        .unwrap_err();
+    let err = node.try_publish(REPO, &src, false).await.unwrap_err();
     assert!(err.to_string().contains("non-fast-forward"), "{err}");
     assert_eq!(
         node.summary(REPO).await.unwrap().manifest.as_deref(),
@@ -189,27 +173,14 @@ async fn bad_sources_are_refused_and_change_nothing() {
     );
     // A stale expected manifest is refused too.
     let err = node
-        .admin(Command::Publish {
-            repo_id: rid(REPO),
-            path: src.clone(),
-            force: true,
-            expected_manifest: Some("0".repeat(64)),
-        })
+        .publish_expecting(REPO, &src, true, Some("0".repeat(64)))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("moved on"), "{err}");
-    let Payload::Published(forced) = node
-        .admin(Command::Publish {
-            repo_id: rid(REPO),
-            path: src.clone(),
-            force: true,
-            expected_manifest: Some(first.manifest.clone()),
-        })
+    let forced = node
+        .publish_expecting(REPO, &src, true, Some(first.manifest.clone()))
         .await
-        .unwrap()
-    else {
-        panic!()
-    };
+        .unwrap();
     assert_eq!(
         git(&node.repo_path(REPO), &["rev-parse", "HEAD"]),
         git(&src, &["rev-parse", "HEAD"])
@@ -311,12 +282,7 @@ async fn a_publish_whose_materialize_fails_keeps_the_previous_state() {
     std::fs::write(&lock, b"").unwrap();
     add_commit(&src, "blocked");
     let err = node
-        .admin(Command::Publish {
-            repo_id: rid(REPO),
-            path: src.clone(),
-            force: false,
-            expected_manifest: None,
-        })
+        .try_publish(REPO, &src, false)
         .await
         .unwrap_err()
         .to_string();

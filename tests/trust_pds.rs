@@ -267,18 +267,7 @@ async fn a_peer_removed_from_the_record_is_revoked_also_after_a_restart() {
 
     // The peer that remains in the record is still trusted.
     add_commit(&src, "from-author");
-    let next = author
-        .admin(Command::Publish {
-            repo_id: rid(&repo),
-            path: src.clone(),
-            force: true,
-            expected_manifest: None,
-        })
-        .await
-        .unwrap();
-    let Payload::Published(next) = next else {
-        panic!()
-    };
+    let next = author.try_publish(&repo, &src, true).await.unwrap();
     eventually(30, "the follower follows the author", || async {
         follower.materialized(&repo).await.as_deref() == Some(next.manifest.as_str())
     })

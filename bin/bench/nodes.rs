@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use knotd::{
-    admin::{self, Command, Payload, PublishReport},
+    admin::{self, AdminClient, Command, PackProgress, Payload, PublishReport},
     config::Config,
     node::Node,
     repo_id::RepoId,
@@ -54,20 +54,17 @@ impl InNode {
         }
     }
 
-    /// Publish a local repository.
+    /// The typed admin client of this node.
+    pub fn client(&self) -> AdminClient {
+        AdminClient::new(self.node.admin_socket())
+    }
+
+    /// Publish a local repository (packed on this side, as the CLI does).
     pub async fn publish(&self, repo_id: &str, path: &Path) -> Result<PublishReport> {
-        match self
-            .cmd(Command::Publish {
-                repo_id: rid(repo_id)?,
-                path: path.to_path_buf(),
-                force: false,
-                expected_manifest: None,
-            })
-            .await?
-        {
-            Payload::Published(report) => Ok(report),
-            other => bail!("unexpected payload {other:?}"),
-        }
+        Ok(self
+            .client()
+            .publish_repository(&rid(repo_id)?, path, false, PackProgress::Quiet)
+            .await?)
     }
 
     /// Track a repository with bootstrap peers.

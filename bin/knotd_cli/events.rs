@@ -1,11 +1,11 @@
 //! Live events for the CLI: `watch`, progress of long commands, and waiting
 //! for replicas.
 
-use std::{io::IsTerminal, path::Path, time::Duration};
+use std::{io::IsTerminal, path::Path};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use knotd::{
-    admin::{self, Command, EventLine, NodeEvent, Payload},
+    admin::{AdminClient, Command, EventLine, NodeEvent, PackProgress, Payload, PublishReport},
     repo_id::RepoId,
 };
 
@@ -93,67 +93,79 @@ pub fn describe(e: &EventLine) -> String {
 }
 
 /// `watch`: print events until the node stops.
-pub async fn watch(socket: &Path, repo: Option<RepoId>, json: bool) -> Result<()> {
-    let command = Command::Watch { repo_id: repo };
-    admin::request_streaming(socket, &command, |event| {
-        if matches!(event.event, NodeEvent::Watching) {
-            return;
-        }
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string(&event).expect("events serialize")
-            );
-        } else {
-            println!("{}", describe(&event));
-        }
-    })
-    .await?;
+pub async fn watch(client: &AdminClient, repo: Option<RepoId>, json: bool) -> Result<()> {
+    client
+        .watch(repo, |event| {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&event).expect("events serialize")
+                );
+            } else {
+                println!("{}", describe(&event));
+            }
+        })
+        .await?;
     Ok(())
+}
+
+/// Whether progress is shown (stderr is a terminal, or `always`).
+fn show_progress(always: bool) -> bool {
+    always || std::io::stderr().is_terminal()
 }
 
 /// Run `command` while printing `repo`'s events on stderr (when it is a
 /// terminal, or always with `always`).
 pub async fn with_progress(
-    socket: &Path,
+    client: &AdminClient,
     repo: &RepoId,
     command: &Command,
     always: bool,
 ) -> Result<Payload> {
-    if !always && !std::io::stderr().is_terminal() {
-        return Ok(admin::request(socket, command).await?);
+    if !show_progress(always) {
+        return Ok(client.call(command).await?);
     }
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let watch = Command::Watch {
-        repo_id: Some(repo.clone()),
-    };
-    let socket_owned = socket.to_path_buf();
-    let watcher = tokio::spawn(async move {
-        let mut ready_tx = Some(ready_tx);
-        let _ = admin::request_streaming(&socket_owned, &watch, |event| {
-            if matches!(event.event, NodeEvent::Watching) {
-                if let Some(tx) = ready_tx.take() {
-                    let _ = tx.send(());
-                }
-                return;
-            }
-            eprintln!("{}", describe(&event));
-        })
+    Ok(client
+        .call_watching(repo, command, |event| eprintln!("{}", describe(&event)))
+        .await?)
+}
+
+/// Publish the repository at `path` (packed here), showing progress on a
+/// terminal.
+pub async fn publish(
+    client: &AdminClient,
+    repo: &RepoId,
+    path: &Path,
+    force: bool,
+) -> Result<PublishReport> {
+    let path =
+        std::fs::canonicalize(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if !show_progress(false) {
+        return Ok(client
+            .publish_repository(repo, &path, force, PackProgress::Quiet)
+            .await?);
+    }
+    let watcher = client
+        .watch_in_background(repo, |event| eprintln!("{}", describe(&event)))
         .await;
-    });
-    // Start once the watch is set up (or without it, shortly).
-    let _ = tokio::time::timeout(Duration::from_secs(2), ready).await;
-    let result = admin::request(socket, command).await;
+    let result = client
+        .publish_repository(repo, &path, force, PackProgress::Stderr)
+        .await;
     watcher.abort();
     Ok(result?)
 }
 
 /// Wait until `count` other peers hold `repo`'s state, printing progress.
-pub async fn replicas(socket: &Path, repo: &RepoId, count: u32, timeout: u64) -> Result<Payload> {
+pub async fn replicas(
+    client: &AdminClient,
+    repo: &RepoId,
+    count: u32,
+    timeout: u64,
+) -> Result<Payload> {
     let command = Command::Replicas {
         repo_id: repo.clone(),
         count,
         timeout_secs: timeout,
     };
-    with_progress(socket, repo, &command, true).await
+    with_progress(client, repo, &command, true).await
 }

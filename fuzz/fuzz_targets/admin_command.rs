@@ -1,24 +1,14 @@
 //! Admin socket request lines: `admin::parse_command`.
 //!
 //! Any accepted command must re-serialize to a line that parses back to an
-//! equal command, and carry a valid repository id wherever it names one.
+//! equal command, carry a valid repository id wherever it names one, and
+//! have a bounded wait unless it streams.
 
 #![no_main]
 
-use knotd::admin::{Command, LONG_TIMEOUT, QUICK_TIMEOUT, parse_command};
+use knotd::admin::{LONG_TIMEOUT, parse_command};
 use knotd::repo_id::RepoId;
 use libfuzzer_sys::fuzz_target;
-
-fn repo_of(command: &Command) -> Option<&RepoId> {
-    match command {
-        Command::AddRepo { repo_id, .. }
-        | Command::RemoveRepo { repo_id }
-        | Command::Peers { repo_id }
-        | Command::Publish { repo_id, .. }
-        | Command::Sync { repo_id } => Some(repo_id),
-        Command::List | Command::Status | Command::Ticket => None,
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let command = match parse_command(data) {
@@ -28,11 +18,19 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    if let Some(repo_id) = repo_of(&command) {
+    if let Some(repo_id) = command.repo_id() {
         assert_eq!(RepoId::parse(repo_id.as_str()).as_ref(), Ok(repo_id));
     }
-    let timeout = command.timeout();
-    assert!(timeout == QUICK_TIMEOUT || timeout == LONG_TIMEOUT);
+    match command.timeout() {
+        None => assert!(command.streamed_events().is_some(), "{command:?} waits forever"),
+        Some(wait) => assert!(
+            wait <= LONG_TIMEOUT || matches!(command, knotd::admin::Command::Replicas { .. }),
+            "{command:?} waits {wait:?}"
+        ),
+    }
+    if let knotd::admin::Command::Publish { refs, .. } = &command {
+        let _ = refs.validate();
+    }
 
     let mut line = serde_json::to_vec(&command).expect("command serializes");
     let again = parse_command(&line).expect("serialized command is rejected");

@@ -9,16 +9,20 @@
 mod client;
 mod events;
 mod server;
+mod transfer;
 
-pub use client::{request, request_streaming};
+pub use client::{
+    AdminClient, SOCKET_NAME, SYSTEM_SOCKET, locate_socket, request, request_streaming,
+};
 pub use events::{EventLine, NodeEvent, PeerReplica, ReplicaStatus};
-pub use server::{Executor, bind, serve};
+pub use server::{Executor, PackBody, PublishRequest, bind, serve};
+pub use transfer::{LocalPublish, PackProgress, current_git_dir};
 
 use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{record::PeerHint, repo_id::RepoId};
+use crate::{git::RefSet, record::PeerHint, repo_id::RepoId};
 
 /// Longest request line the node accepts, in bytes.
 pub const MAX_LINE: usize = 1024 * 1024;
@@ -83,6 +87,9 @@ pub enum AdminError {
     /// The node answered with an error.
     #[error("{0}")]
     Remote(String),
+    /// Work on the client's side (its git repository) failed.
+    #[error("{0}")]
+    Local(String),
 }
 
 /// One admin request.
@@ -126,13 +133,17 @@ pub enum Command {
     },
     /// A ticket other nodes can dial.
     Ticket,
-    /// Publish a local git repository's current state as the repository's new
-    /// state. An untracked repository is added first.
+    /// Publish a new state: the complete ref state (`refs`) and, after the
+    /// request line, a git pack with the objects the node lacks, up to the
+    /// end of the client's side of the connection (nothing: no new
+    /// objects). An untracked repository is added first. No file path
+    /// crosses the socket: the client packs, the node indexes the pack in a
+    /// temporary repository of its own.
     Publish {
         /// The repository.
         repo_id: RepoId,
-        /// Path of the local git repository (bare or not).
-        path: PathBuf,
+        /// The state to publish.
+        refs: RefSet,
         /// Accept updates that are not fast-forwards.
         #[serde(default)]
         force: bool,
@@ -140,6 +151,20 @@ pub enum Command {
         /// concurrent publishers cannot overwrite each other.
         #[serde(default)]
         expected_manifest: Option<String>,
+    },
+    /// The ref state the node holds for a repository (from its manifest).
+    Refs {
+        /// The repository.
+        repo_id: RepoId,
+    },
+    /// Serve `git upload-pack` for a repository: after a `bridge` reply the
+    /// connection carries the git pack protocol both ways.
+    UploadPack {
+        /// The repository.
+        repo_id: RepoId,
+        /// The client's `GIT_PROTOCOL` (e.g. `version=2`).
+        #[serde(default)]
+        protocol: Option<String>,
     },
     /// Fetch the record and content now, and materialize the repository.
     Sync {
@@ -206,6 +231,36 @@ impl Command {
             }
             _ => Some(QUICK_TIMEOUT),
         }
+    }
+
+    /// The repository the command is about, if one.
+    pub fn repo_id(&self) -> Option<&RepoId> {
+        match self {
+            Command::AddRepo { repo_id, .. }
+            | Command::RemoveRepo { repo_id }
+            | Command::RemovePeer { repo_id, .. }
+            | Command::Peers { repo_id }
+            | Command::Publish { repo_id, .. }
+            | Command::Refs { repo_id }
+            | Command::UploadPack { repo_id, .. }
+            | Command::Sync { repo_id }
+            | Command::SetQuota { repo_id, .. }
+            | Command::Replicas { repo_id, .. } => Some(repo_id),
+            Command::Watch { repo_id } => repo_id.as_ref(),
+            Command::List
+            | Command::Status
+            | Command::Ticket
+            | Command::Policy { .. }
+            | Command::PolicyShow
+            | Command::Follow { .. }
+            | Command::Unfollow { .. } => None,
+        }
+    }
+
+    /// Whether a byte stream follows the request line (until the client
+    /// closes its side).
+    pub fn has_body(&self) -> bool {
+        matches!(self, Command::Publish { .. })
     }
 
     /// Whether the command streams events, and of which repository
@@ -285,6 +340,21 @@ pub enum Payload {
     Replicas(ReplicasReport),
     /// The seeding policy.
     Policy(PolicyView),
+    /// A repository's ref state.
+    Refs(RefsReport),
+    /// From here on the connection carries a git protocol stream.
+    Bridge,
+}
+
+/// The ref state the node holds for a repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefsReport {
+    /// The repository.
+    pub repo_id: String,
+    /// The manifest the refs come from (`None`: no content yet).
+    pub manifest: Option<String>,
+    /// The refs and `HEAD`.
+    pub refs: RefSet,
 }
 
 /// Peers holding a state, when enough do.
@@ -470,8 +540,6 @@ pub struct PublishReport {
     pub consolidated: bool,
     /// Whether nothing changed since the last publish.
     pub unchanged: bool,
-    /// The materialized bare repository.
-    pub path: PathBuf,
 }
 
 /// Result of a sync.
@@ -483,8 +551,6 @@ pub struct SyncReport {
     pub manifest: Option<String>,
     /// The object id HEAD points to.
     pub head: Option<String>,
-    /// The materialized bare repository, once content is held.
-    pub path: Option<PathBuf>,
     /// Bytes fetched from peers.
     pub bytes_fetched: u64,
     /// What happened, in words.

@@ -14,8 +14,8 @@ use std::{
 
 use serde::Serialize;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
+    io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -23,15 +23,56 @@ use tracing::{debug, info, warn};
 
 use tokio::sync::broadcast;
 
-use super::{AdminError, Command, EventLine, MAX_LINE, NodeEvent, Reply, parse_command};
+use super::{AdminError, Command, EventLine, MAX_LINE, NodeEvent, Payload, Reply, parse_command};
+use crate::{
+    git::RefSet,
+    gitserve::{self, ServeTarget},
+    repo_id::RepoId,
+};
 
 /// Most admin connections served at once (each `watch` holds one).
 pub const MAX_CONNECTIONS: usize = 128;
+
+/// A publish whose pack follows the request line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishRequest {
+    /// The repository.
+    pub repo_id: RepoId,
+    /// The complete ref state to publish.
+    pub refs: RefSet,
+    /// Accept updates that are not fast-forwards.
+    pub force: bool,
+    /// Refuse unless the current manifest is this one.
+    pub expected_manifest: Option<String>,
+}
+
+/// The pack stream of a publish: what the client sends after the request
+/// line, up to the end of its side of the connection.
+pub type PackBody<'a> = &'a mut (dyn AsyncRead + Unpin + Send);
 
 /// Executes admin commands; implemented by the node.
 pub trait Executor: Clone + Send + Sync + 'static {
     /// Run one command and produce the reply.
     fn execute(&self, command: Command) -> impl Future<Output = Reply> + Send;
+
+    /// Publish `request` with the pack read from `pack`.
+    fn publish<'a>(
+        &'a self,
+        request: PublishRequest,
+        pack: PackBody<'a>,
+    ) -> impl Future<Output = Reply> + Send + 'a {
+        let _ = (request, pack);
+        async { Reply::Error("this node does not accept publishes".into()) }
+    }
+
+    /// The repository `git upload-pack` should serve for `repo_id`.
+    fn serve_target(
+        &self,
+        repo_id: RepoId,
+    ) -> impl Future<Output = Result<ServeTarget, String>> + Send {
+        let _ = repo_id;
+        async { Err("this node does not serve repositories".into()) }
+    }
 
     /// Subscribe to the node's events, for commands that stream them.
     fn events(&self) -> Option<broadcast::Receiver<EventLine>> {
@@ -166,48 +207,105 @@ async fn handle_connection<E: Executor>(
             Err(e) => return Err(e),
         };
         debug!(?command, "admin command");
-        let events = command
-            .streamed_events()
-            .and_then(|filter| executor.events().map(|rx| (filter, rx)));
-        let Some((filter, mut events)) = events else {
-            let reply = executor.execute(command).await;
-            write_line(&mut write, &reply).await?;
-            continue;
-        };
-        // A watch: events until the client leaves or the node stops.
-        write_line(
-            &mut write,
-            &StreamLine {
-                event: EventLine {
-                    at_ms: crate::clock::unix_millis(),
-                    repo: filter.clone(),
-                    event: NodeEvent::Watching,
-                },
+        match command {
+            Command::Publish {
+                repo_id,
+                refs,
+                force,
+                expected_manifest,
+            } => {
+                // The pack runs to the end of the client's side; the
+                // connection ends with the reply.
+                let request = PublishRequest {
+                    repo_id,
+                    refs,
+                    force,
+                    expected_manifest,
+                };
+                let reply = tokio::select! {
+                    _ = cancel.cancelled() => Reply::Error("knotd is shutting down".into()),
+                    reply = executor.publish(request, &mut reader) => reply,
+                };
+                write_line(&mut write, &reply).await?;
+                return Ok(());
+            }
+            Command::UploadPack { repo_id, protocol } => {
+                let target = match executor.serve_target(repo_id.clone()).await {
+                    Ok(target) => target,
+                    Err(message) => {
+                        write_line(&mut write, &Reply::Error(message)).await?;
+                        return Ok(());
+                    }
+                };
+                write_line(&mut write, &Reply::Ok(Payload::Bridge)).await?;
+                let protocol = protocol.as_deref().and_then(gitserve::git_protocol);
+                let bridged = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    bridged = gitserve::bridge_upload_pack(&target, protocol.as_deref(), reader, write) => bridged,
+                };
+                if let Err(e) = bridged {
+                    warn!(repo = %repo_id, error = %e, "upload-pack over the admin socket failed");
+                }
+                return Ok(());
+            }
+            command => {
+                if let Some(done) = serve_command(command, &executor, &mut write, &cancel).await? {
+                    return Ok(done);
+                }
+            }
+        }
+    }
+}
+
+/// Serve one request/reply (or `watch`) command. `Some(())`: the
+/// connection is done.
+async fn serve_command<E: Executor>(
+    command: Command,
+    executor: &E,
+    write: &mut OwnedWriteHalf,
+    cancel: &CancellationToken,
+) -> Result<Option<()>, AdminError> {
+    let events = command
+        .streamed_events()
+        .and_then(|filter| executor.events().map(|rx| (filter, rx)));
+    let Some((filter, mut events)) = events else {
+        let reply = executor.execute(command).await;
+        write_line(write, &reply).await?;
+        return Ok(None);
+    };
+    // A watch: events until the client leaves or the node stops.
+    write_line(
+        write,
+        &StreamLine {
+            event: EventLine {
+                at_ms: crate::clock::unix_millis(),
+                repo: filter.clone(),
+                event: NodeEvent::Watching,
             },
-        )
-        .await?;
-        loop {
-            let event = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                event = events.recv() => event,
-            };
-            match event {
-                Ok(event)
-                    if filter
-                        .as_ref()
-                        .is_none_or(|f| event.repo.as_deref() == Some(f.as_str())) =>
-                {
-                    write_line(&mut write, &StreamLine { event }).await?;
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    warn!(missed, "an admin client fell behind the event stream");
-                }
-                Err(broadcast::error::RecvError::Closed) => {
-                    let reply = Reply::Error("knotd is shutting down".into());
-                    write_line(&mut write, &reply).await?;
-                    return Ok(());
-                }
+        },
+    )
+    .await?;
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => return Ok(Some(())),
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(event)
+                if filter
+                    .as_ref()
+                    .is_none_or(|f| event.repo.as_deref() == Some(f.as_str())) =>
+            {
+                write_line(write, &StreamLine { event }).await?;
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                warn!(missed, "an admin client fell behind the event stream");
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                let reply = Reply::Error("knotd is shutting down".into());
+                write_line(write, &reply).await?;
+                return Ok(Some(()));
             }
         }
     }

@@ -363,7 +363,6 @@ impl Core {
             bytes_added: info.bytes_moved,
             consolidated: info.consolidated,
             unchanged: info.unchanged,
-            path: self.settings.repos_root.join(repo_id.relative_path()),
         };
         self.reply(reply, Reply::Ok(Payload::Published(report)));
     }
@@ -552,7 +551,6 @@ impl Core {
             repo_id: repo_id.to_string(),
             manifest: held.map(|h| h.manifest.clone()),
             head: held.and_then(|h| h.head.clone()),
-            path: held.map(|_| self.settings.repos_root.join(repo_id.relative_path())),
             bytes_fetched,
             message,
         })

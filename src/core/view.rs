@@ -105,3 +105,16 @@ impl Core {
         Ok(out)
     }
 }
+
+impl Core {
+    /// The manifest (hex) held for a tracked repository (`None`: no
+    /// content yet), or why there is none to show.
+    pub fn held_manifest(&self, repo_id: &RepoId) -> Result<Option<String>, String> {
+        let repo = self.repos.get(repo_id).ok_or_else(|| {
+            format!(
+                "repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`"
+            )
+        })?;
+        Ok(repo.held.as_ref().map(|h| h.manifest.clone()))
+    }
+}

@@ -6,13 +6,34 @@
 use iroh_tickets::endpoint::EndpointTicket;
 use tokio::sync::oneshot;
 
-use super::{Knot, Side, build_locator, parse_ticket, wait_for_addr};
+use super::{Knot, Request, Side, build_locator, parse_ticket, wait_for_addr};
 use crate::{
-    admin::{Command, GossipStats, NodeStatus, Payload, Reply},
+    admin::{Command, GossipStats, NodeStatus, Payload, RefsReport, Reply},
     core::{CoreCommand, Event},
 };
 
 impl Knot {
+    /// One request from the handle.
+    pub(super) async fn handle_request(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
+        match request {
+            Request::Admin(command) => self.handle_admin(command, reply).await,
+            Request::PublishFrom {
+                repo_id,
+                source,
+                force,
+                expected_manifest,
+            } => {
+                let command = CoreCommand::Publish {
+                    repo_id,
+                    source,
+                    force,
+                    expected_manifest,
+                };
+                self.command(reply, command).await;
+            }
+        }
+    }
+
     pub(super) async fn handle_admin(&mut self, command: Command, reply: oneshot::Sender<Reply>) {
         let core_command = match command {
             Command::AddRepo {
@@ -48,17 +69,14 @@ impl Knot {
                     return;
                 }
             },
-            Command::Publish {
-                repo_id,
-                path,
-                force,
-                expected_manifest,
-            } => CoreCommand::Publish {
-                repo_id,
-                source: path,
-                force,
-                expected_manifest,
-            },
+            Command::Publish { .. } | Command::UploadPack { .. } => {
+                // The socket server handles these with their byte streams.
+                let _ = reply.send(Reply::Error(
+                    "this command carries a git stream; send it over the admin socket".into(),
+                ));
+                return;
+            }
+            Command::Refs { repo_id } => return self.reply_refs(repo_id, reply),
             Command::Sync { repo_id } => CoreCommand::Sync { repo_id },
             Command::Policy { rule, target } => CoreCommand::Policy { rule, target },
             Command::PolicyShow => {
@@ -114,6 +132,40 @@ impl Knot {
             }
         };
         self.command(reply, core_command).await;
+    }
+
+    /// The ref state held for a repository, read from its manifest off the
+    /// loop.
+    fn reply_refs(&mut self, repo_id: crate::repo_id::RepoId, reply: oneshot::Sender<Reply>) {
+        let manifest = match self.core.held_manifest(&repo_id) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                let _ = reply.send(Reply::Error(e));
+                return;
+            }
+        };
+        let blobs = self.parts.blobs.clone();
+        self.side.spawn(async move {
+            let refs = match &manifest {
+                None => Ok(Default::default()),
+                Some(hex) => match hex.parse::<iroh_blobs::Hash>() {
+                    Ok(hash) => crate::content::load_manifest(&blobs, hash, &repo_id)
+                        .await
+                        .map(|m| m.refs)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("held manifest {hex} is not a hash: {e}")),
+                },
+            };
+            let _ = reply.send(match refs {
+                Ok(refs) => Reply::Ok(Payload::Refs(RefsReport {
+                    repo_id: repo_id.to_string(),
+                    manifest,
+                    refs,
+                })),
+                Err(e) => Reply::Error(format!("cannot read the refs of {repo_id}: {e}")),
+            });
+            Side::Done
+        });
     }
 
     /// Hand a command to the core; the answer goes to `reply`.

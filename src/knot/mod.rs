@@ -15,10 +15,12 @@ mod admin;
 mod input;
 mod jobs;
 mod net;
+mod serve;
 mod topics;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -42,7 +44,7 @@ pub use net::{hint_to_addr, wait_for_addr};
 
 use crate::{
     account::{Account, WriteBackRequest},
-    admin::{Command, EventLine, Executor, Payload, Reply},
+    admin::{Command, EventLine, Executor, PackBody, Payload, PublishRequest, Reply},
     announce::{Announcement, SignedStatement},
     atproto::XrpcClient,
     clock,
@@ -50,6 +52,7 @@ use crate::{
     core::{
         Audience, Core, CoreCommand, Effect, Event, JobId, Now, ReplyId, Settings, TimerKey, Via,
     },
+    gitserve::ServeTarget,
     heads::HeadsEvent,
     limits::DropCounters,
     poller::{PollError, PollOutcome, PollerHandle},
@@ -119,8 +122,22 @@ pub struct KnotParts {
 }
 
 struct AdminMessage {
-    command: Command,
+    request: Request,
     reply: oneshot::Sender<Reply>,
+}
+
+/// What the actor is asked through its handle.
+enum Request {
+    /// A command from the admin socket.
+    Admin(Command),
+    /// Publish the repository the node itself prepared at `source` (a
+    /// received pack indexed in a temporary repository).
+    PublishFrom {
+        repo_id: RepoId,
+        source: PathBuf,
+        force: bool,
+        expected_manifest: Option<String>,
+    },
 }
 
 /// Handle to the repository actor.
@@ -128,14 +145,24 @@ struct AdminMessage {
 pub struct KnotHandle {
     tx: mpsc::Sender<AdminMessage>,
     events: broadcast::Sender<EventLine>,
+    /// Where materialized repositories live.
+    repos_root: PathBuf,
+    /// The node's temporary directory (received packs, empty stand-ins).
+    tmp_dir: PathBuf,
+    /// Most bytes a received pack may have.
+    max_receive_bytes: u64,
 }
 
 impl KnotHandle {
     /// Run an admin command.
     pub async fn command(&self, command: Command) -> Result<Payload, KnotError> {
+        self.request(Request::Admin(command)).await
+    }
+
+    async fn request(&self, request: Request) -> Result<Payload, KnotError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(AdminMessage { command, reply })
+            .send(AdminMessage { request, reply })
             .await
             .map_err(|_| KnotError::Gone)?;
         match rx.await.map_err(|_| KnotError::Gone)? {
@@ -159,6 +186,18 @@ impl Executor for KnotHandle {
 
     fn events(&self) -> Option<broadcast::Receiver<EventLine>> {
         Some(self.subscribe())
+    }
+
+    async fn publish<'a>(&'a self, request: PublishRequest, pack: PackBody<'a>) -> Reply {
+        self.publish_received(request, pack)
+            .await
+            .map_or_else(|e| Reply::Error(e.to_string()), Reply::Ok)
+    }
+
+    async fn serve_target(&self, repo_id: RepoId) -> Result<ServeTarget, String> {
+        self.locate_served(&repo_id)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -239,12 +278,18 @@ impl Knot {
         let job_ctx = jobs::JobContext {
             blobs: parts.blobs.clone(),
             endpoint: parts.endpoint.clone(),
-            repos_root,
+            repos_root: repos_root.clone(),
             data_dir: config.data_dir.clone(),
             fetch_timeout: config.fetch_timeout(),
             max_packs: config.max_packs,
             events: events.clone(),
         };
+        let tmp_dir = config.data_dir.join("tmp");
+        crate::gitserve::clear_tmp(&tmp_dir);
+        let max_receive_bytes = config
+            .max_repo_bytes
+            .or(config.max_total_bytes)
+            .unwrap_or(crate::gitserve::MAX_RECEIVE_BYTES);
         let mut core = Core::new(secret_key.clone(), settings);
         let mut policy = crate::core::Policy {
             default: config.policy.default,
@@ -294,7 +339,13 @@ impl Knot {
             parts,
         };
         tasks.spawn("repository actor", actor.run(rows, follows));
-        Ok(KnotHandle { tx, events })
+        Ok(KnotHandle {
+            tx,
+            events,
+            repos_root,
+            tmp_dir,
+            max_receive_bytes,
+        })
     }
 
     async fn run(
@@ -318,7 +369,7 @@ impl Knot {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 msg = self.rx.recv() => match msg {
-                    Some(msg) => self.handle_admin(msg.command, msg.reply).await,
+                    Some(msg) => self.handle_request(msg.request, msg.reply).await,
                     None => break,
                 },
                 Some((repo, event)) = self.topic_rx.recv() => self.handle_topic_event(repo, event).await,

@@ -236,21 +236,61 @@ impl TestNode {
         .expect("add-repo");
     }
 
+    /// The typed admin client of this node.
+    pub fn client(&self) -> knotd::admin::AdminClient {
+        knotd::admin::AdminClient::new(self.node.admin_socket())
+    }
+
     /// Publish a local git repository.
     pub async fn publish(&self, repo_id: &str, path: &Path) -> knotd::admin::PublishReport {
-        match self
-            .admin(Command::Publish {
-                repo_id: rid(repo_id),
-                path: path.to_path_buf(),
-                force: false,
-                expected_manifest: None,
-            })
+        self.try_publish(repo_id, path, false)
             .await
             .expect("publish")
-        {
-            Payload::Published(report) => report,
-            other => panic!("unexpected payload {other:?}"),
-        }
+    }
+
+    /// Publish a local git repository (packed on this side, as every
+    /// client does), with or without force.
+    pub async fn try_publish(
+        &self,
+        repo_id: &str,
+        path: &Path,
+        force: bool,
+    ) -> Result<knotd::admin::PublishReport, AdminError> {
+        self.client()
+            .publish_repository(
+                &rid(repo_id),
+                path,
+                force,
+                knotd::admin::PackProgress::Quiet,
+            )
+            .await
+    }
+
+    /// Publish a local git repository as if the node held `expected`.
+    pub async fn publish_expecting(
+        &self,
+        repo_id: &str,
+        path: &Path,
+        force: bool,
+        expected: Option<String>,
+    ) -> Result<knotd::admin::PublishReport, AdminError> {
+        let git_dir = knotd::git::open_repo(path).expect("a git repository");
+        let refs = knotd::git::read_refs(&git_dir).expect("refs");
+        let remote = self.client().refs(&rid(repo_id)).await?;
+        self.client()
+            .publish_local(
+                &rid(repo_id),
+                knotd::admin::LocalPublish {
+                    git_dir: &git_dir,
+                    refs: &refs,
+                    tips: &refs.tips(),
+                    remote: &remote.refs,
+                    force,
+                    expected_manifest: expected,
+                    progress: knotd::admin::PackProgress::Quiet,
+                },
+            )
+            .await
     }
 
     /// Where this node materializes a repository.

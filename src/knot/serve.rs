@@ -1,0 +1,84 @@
+//! The handle's git services for admin clients: a published pack is
+//! received and indexed in a temporary repository the node owns, then
+//! published from there by the actor; `git upload-pack` runs on the
+//! materialized repository (or an empty stand-in). No client path is ever
+//! opened. Nothing here survives a restart (the node empties its `tmp`
+//! directory when it starts).
+
+use tracing::info;
+
+use super::{KnotError, KnotHandle, Request};
+use crate::{
+    admin::{PackBody, Payload, PublishRequest},
+    git::{self, ObjectFormat},
+    gitserve::{self, ServeTarget},
+    repo_id::RepoId,
+};
+
+impl KnotHandle {
+    /// The materialized repository of `repo_id`, when there is one.
+    fn materialized(&self, repo_id: &RepoId) -> Option<std::path::PathBuf> {
+        let dir = self.repos_root.join(repo_id.relative_path());
+        dir.join("objects").is_dir().then_some(dir)
+    }
+
+    /// Receive a publish's pack, index it, and publish the result.
+    pub(super) async fn publish_received(
+        &self,
+        request: PublishRequest,
+        pack: PackBody<'_>,
+    ) -> Result<Payload, KnotError> {
+        let failed = |e: String| KnotError::Failed(e);
+        request
+            .refs
+            .validate()
+            .map_err(|e| failed(format!("the published refs are invalid: {e}")))?;
+        let base = self.materialized(&request.repo_id);
+        let format = match request.refs.object_format() {
+            Ok(Some(format)) => format,
+            Ok(None) => ObjectFormat::Sha1,
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        let staging = gitserve::receive_pack(
+            &self.tmp_dir,
+            base.as_deref(),
+            format,
+            pack,
+            self.max_receive_bytes,
+        )
+        .await
+        .map_err(|e| failed(format!("receiving the pack failed: {e}")))?;
+        let git_dir = staging.git_dir().to_path_buf();
+        let refs = request.refs.clone();
+        tokio::task::spawn_blocking(move || git::apply_refs(&git_dir, &refs))
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .map_err(|e| {
+                failed(format!(
+                    "the pack does not complete the published refs: {e}; publish again"
+                ))
+            })?;
+        info!(repo = %request.repo_id, "received a pack over the admin socket");
+        let result = self
+            .request(Request::PublishFrom {
+                repo_id: request.repo_id,
+                source: staging.git_dir().to_path_buf(),
+                force: request.force,
+                expected_manifest: request.expected_manifest,
+            })
+            .await;
+        drop(staging);
+        result
+    }
+
+    /// What `git upload-pack` serves for `repo_id`: its materialized
+    /// repository, or an empty one while it has no content.
+    pub(super) async fn locate_served(&self, repo_id: &RepoId) -> Result<ServeTarget, KnotError> {
+        match self.materialized(repo_id) {
+            Some(dir) => Ok(ServeTarget::existing(dir)),
+            None => ServeTarget::empty(&self.tmp_dir, ObjectFormat::Sha1)
+                .await
+                .map_err(|e| KnotError::Failed(e.to_string())),
+        }
+    }
+}
