@@ -8,6 +8,10 @@
 mod gitd;
 #[path = "bench/nodes.rs"]
 mod nodes;
+#[path = "bench/real.rs"]
+mod real;
+#[path = "bench/realrepo.rs"]
+mod realrepo;
 #[path = "bench/repogen.rs"]
 mod repogen;
 #[path = "bench/report.rs"]
@@ -40,6 +44,9 @@ enum Scenario {
     Scale,
     /// Admin socket latency.
     Admin,
+    /// A real-shaped repository (5,600 refs, real source text, ~60 MB):
+    /// replication, push and clones against git, and process counts.
+    Real,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -135,7 +142,7 @@ fn plan(cli: &Cli, work: PathBuf) -> Result<Plan> {
     };
     let needs_knotd = matches!(
         cli.scenario,
-        Scenario::All | Scenario::Scale | Scenario::Admin
+        Scenario::All | Scenario::Scale | Scenario::Admin | Scenario::Real
     );
     let knotd = if needs_knotd {
         nodes::find_knotd(cli.knotd.as_deref())?
@@ -225,6 +232,14 @@ async fn run(cli: Cli) -> Result<bool> {
     }
     if wants(Scenario::Admin) {
         record("admin", scenarios::admin(&plan).await);
+    }
+    if wants(Scenario::Real) {
+        let spec = if cli.smoke {
+            realrepo::REAL_TINY
+        } else {
+            realrepo::REAL
+        };
+        record("real", real::real(&plan, spec).await);
     }
 
     let mut ok = true;

@@ -343,7 +343,7 @@ pub async fn gossip(plan: &Plan) -> Result<ScenarioReport> {
         let second = publisher.publish(REPO, generator.git_dir()).await?;
         let start = Instant::now();
         let waits = nodes.iter().map(|node| {
-            node.wait_materialized(
+            node.wait_received(
                 REPO,
                 &second.manifest,
                 start,
@@ -352,12 +352,36 @@ pub async fn gossip(plan: &Plan) -> Result<ScenarioReport> {
             )
         });
         let mut samples = Vec::new();
+        let mut receipts = Vec::new();
         let mut missed = 0;
         for r in n0_future::join_all(waits).await {
-            match r? {
+            let (received, materialized) = r?;
+            if let Some(d) = received {
+                receipts.push(ms(d));
+            }
+            match materialized {
                 Some(d) => samples.push(ms(d)),
                 None => missed += 1,
             }
+        }
+        report.fig(
+            format!("n{n}_receipt_p50_ms"),
+            round3(percentile(&receipts, 50.0)),
+            "ms",
+        );
+        if n >= 30 {
+            report.fig_target(
+                format!("n{n}_receipt_p99_ms"),
+                round3(percentile(&receipts, 99.0)),
+                "ms",
+                "< 500",
+            );
+        } else {
+            report.fig(
+                format!("n{n}_receipt_p99_ms"),
+                round3(percentile(&receipts, 99.0)),
+                "ms",
+            );
         }
         report.fig(
             format!("n{n}_p50_ms"),
@@ -388,6 +412,10 @@ pub async fn gossip(plan: &Plan) -> Result<ScenarioReport> {
         report.param(
             &format!("n{n}_samples_ms"),
             samples.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
+        );
+        report.param(
+            &format!("n{n}_receipt_samples_ms"),
+            receipts.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
         );
         for node in nodes {
             node.shutdown().await?;
