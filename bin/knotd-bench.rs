@@ -16,6 +16,8 @@ mod realrepo;
 mod repogen;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/scale_content.rs"]
+mod scale_content;
 #[path = "bench/scenarios.rs"]
 mod scenarios;
 
@@ -87,6 +89,10 @@ struct Cli {
     /// (default 1000; smoke 50).
     #[arg(long, value_delimiter = ',')]
     scale_repos: Vec<usize>,
+    /// Repository counts of the scale scenario's second part, where every
+    /// repository has content, a record and a peer (default 1000; smoke 10).
+    #[arg(long, value_delimiter = ',')]
+    scale_content_repos: Vec<usize>,
     /// Follower counts of the gossip scenario, comma-separated (default 10,30; smoke 3).
     #[arg(long, value_delimiter = ',')]
     gossip_nodes: Vec<usize>,
@@ -160,6 +166,7 @@ fn plan(cli: &Cli, work: PathBuf) -> Result<Plan> {
         incremental_commits: 10,
         gossip_nodes: pick(&cli.gossip_nodes, &[3], &[10, 30]),
         scale_repos: pick(&cli.scale_repos, &[50], &[1000]),
+        scale_content: pick(&cli.scale_content_repos, &[10], &[1000]),
         admin_requests: cli
             .admin_requests
             .unwrap_or(if cli.smoke { 20 } else { 500 }),

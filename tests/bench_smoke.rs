@@ -82,6 +82,8 @@ fn smoke_run_writes_every_scenario() {
     assert!(figure("incremental", "git_fetch_wire_bytes") > 0.0);
     assert_eq!(figure("gossip", "n3_missed"), 0.0);
     assert!(figure("scale", "r50_rss_mib") > 0.0);
+    assert!(figure("scale", "c10_rss_mib") > 0.0);
+    assert!(figure("scale", "c10_startup_ms") > 0.0);
     assert!(figure("admin", "status_p99_ms") > 0.0);
     assert_eq!(json["scenarios"]["full"]["params"]["deterministic"], true);
     // The real-shaped repository: many refs, replicated, pushed and cloned.

@@ -31,6 +31,7 @@ pub struct Plan {
     pub incremental_commits: usize,
     pub gossip_nodes: Vec<usize>,
     pub scale_repos: Vec<usize>,
+    pub scale_content: Vec<usize>,
     pub admin_requests: usize,
     pub idle: Duration,
     pub knotd: PathBuf,
@@ -100,12 +101,12 @@ impl Fixture {
     }
 }
 
-/// Time a bare clone over `git daemon`; returns the time and the pack size.
+/// Time a mirror clone over `git daemon`; returns the time and the pack size.
 fn git_clone(url: &str, dest: &std::path::Path) -> Result<(Duration, u64)> {
     let parent = dest.parent().context("clone parent")?;
     let started = Instant::now();
     let status = git_command(parent)
-        .args(["clone", "--bare", "--no-local", "-q", url])
+        .args(["clone", "--mirror", "--no-local", "-q", url])
         .arg(dest)
         .status()?;
     let elapsed = started.elapsed();
@@ -460,7 +461,18 @@ pub async fn scale(plan: &Plan) -> Result<ScenarioReport> {
             failed += 1;
         }
     }
-    if failed == plan.scale_repos.len() {
+    report.param("content_repos", plan.scale_content.clone());
+    for &count in &plan.scale_content {
+        progress(&format!("scale: {count} repositories with content"));
+        if let Err(e) = crate::scale_content::scale_content(plan, count, ticks, &mut report).await {
+            progress(&format!(
+                "scale: {count} repositories with content failed: {e:#}"
+            ));
+            report.param(&format!("c{count}_error"), format!("{e:#}"));
+            failed += 1;
+        }
+    }
+    if failed == plan.scale_repos.len() + plan.scale_content.len() {
         bail!("every scale measurement failed");
     }
     Ok(report)
