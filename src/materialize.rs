@@ -262,8 +262,9 @@ fn update(
     Ok(Outcome::Updated { packs_indexed })
 }
 
-/// Write a multi-pack-index with a reachability bitmap in the materialized
-/// repository at `dest`, so clones served from it start sending at once.
+/// Write a commit-graph and a multi-pack-index with a reachability bitmap in
+/// the materialized repository at `dest`, so clones served from it start
+/// sending at once.
 /// An optional accelerator: git serves the repository without it, and a
 /// kill while it is written leaves the previous one (or none). Does nothing
 /// for a directory knotd did not materialize. Callers must not run it twice

@@ -210,6 +210,7 @@ pub async fn real(plan: &Plan, spec: RealSpec) -> Result<ScenarioReport> {
     let mut knot_s = Vec::new();
     let mut git_s = Vec::new();
     let mut hwm = Vec::new();
+    let mut bitmap_s = Vec::new();
     let mut follower = None;
     let http_port = free_port()?;
     for i in 0..plan.iterations {
@@ -245,6 +246,12 @@ pub async fn real(plan: &Plan, spec: RealSpec) -> Result<ScenarioReport> {
             .context("the follower did not materialize the repository within 900 s")?;
         knot_s.push(took.as_secs_f64());
         hwm.push(node.hwm_bytes()? as f64);
+        // The bitmap is written in the background; let it finish before the
+        // baseline runs, and say how long it took.
+        let path = node.repo_path(REPO)?;
+        if let Some(d) = wait_bitmap(&path, Duration::from_secs(600)).await? {
+            bitmap_s.push(d.as_secs_f64());
+        }
         if !git_first {
             let took = mirror_clone(&daemon.url(SRC), &dir.join("mirror.git"), &[])?;
             git_s.push(took.as_secs_f64());
@@ -268,11 +275,9 @@ pub async fn real(plan: &Plan, spec: RealSpec) -> Result<ScenarioReport> {
     );
 
     // Serving clones from the follower once its bitmap is written.
-    let follower_repo = follower.repo_path(REPO)?;
-    let bitmap = wait_bitmap(&follower_repo, Duration::from_secs(600)).await?;
     report.fig(
         "follower_bitmap_after_ms",
-        bitmap.map_or(f64::NAN, |d| round3(ms(d))),
+        round3(median(&bitmap_s) * 1000.0),
         "ms",
     );
     let knot_url = format!("knot://{REPO}");

@@ -228,7 +228,7 @@ struct OpenPull {
 
 impl RealRepo {
     /// Create a bare repository at `git_dir` holding the initial state of
-    /// `spec`, packed with `git repack -a -d`.
+    /// `spec`, packed with `git repack -a -d -f`.
     pub fn create(git_dir: &Path, spec: RealSpec, seed: u64, corpus: Corpus) -> Result<Self> {
         std::fs::create_dir_all(git_dir)?;
         git(git_dir, &["init", "-q", "--bare", "-b", "main"])?;
@@ -249,8 +249,26 @@ impl RealRepo {
         };
         let digest = repo.import(|repo, out| repo.initial(spec, out))?;
         repo.stream_digest = digest;
-        git(git_dir, &["repack", "-a", "-d", "-q"])?;
+        // fast-import deltas a blob only against the blob written just
+        // before it; a real repository is packed with a delta search.
+        git(
+            git_dir,
+            &[
+                "repack",
+                "-a",
+                "-d",
+                "-f",
+                "-q",
+                "--window=10",
+                "--depth=50",
+            ],
+        )?;
         git(git_dir, &["pack-refs", "--all"])?;
+        // As `git gc` leaves a repository.
+        git(
+            git_dir,
+            &["commit-graph", "write", "--reachable", "--no-progress"],
+        )?;
         Ok(repo)
     }
 

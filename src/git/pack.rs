@@ -401,24 +401,36 @@ pub fn unwrap_git_error(e: io::Error, context: &str) -> GitError {
     }
 }
 
-/// Write a multi-pack-index over every pack of the repository with a
-/// reachability bitmap (`git multi-pack-index write --bitmap`), so that
-/// `git upload-pack` can count what a clone needs without walking every
-/// object and start sending at once. The index and bitmap replace the
-/// previous ones atomically; a lock left by a killed run is removed first,
-/// so callers must not run two of these on one repository at once.
+/// Write a commit-graph (`git commit-graph write --reachable`) and a
+/// multi-pack-index over every pack of the repository with a reachability
+/// bitmap (`git multi-pack-index write --bitmap`), so that `git
+/// upload-pack` can count what a clone needs without walking every object
+/// and start sending at once. Each file replaces the previous one
+/// atomically; locks left by a killed run are removed first, so callers
+/// must not run two of these on one repository at once.
 pub fn write_midx_bitmap(git_dir: &Path) -> Result<(), GitError> {
-    let lock = git_dir.join("objects/pack/multi-pack-index.lock");
-    match fs::remove_file(&lock) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(GitError::Io {
-                context: format!("removing the stale {}", lock.display()),
-                source,
-            });
+    for lock in [
+        "objects/info/commit-graph.lock",
+        "objects/info/commit-graphs/commit-graph-chain.lock",
+        "objects/pack/multi-pack-index.lock",
+    ] {
+        let lock = git_dir.join(lock);
+        match fs::remove_file(&lock) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(GitError::Io {
+                    context: format!("removing the stale {}", lock.display()),
+                    source,
+                });
+            }
         }
     }
+    super::git_ok(
+        git_dir,
+        &["commit-graph", "write", "--reachable", "--no-progress"],
+        None,
+    )?;
     super::git_ok(
         git_dir,
         &["multi-pack-index", "write", "--bitmap", "--no-progress"],
