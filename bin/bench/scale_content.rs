@@ -158,15 +158,27 @@ pub async fn scale_content(
     let (node, _) = ChildNode::spawn(&plan.knotd, &dir.join("node")).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_empty = node.rss_bytes()?;
+    let with_records = std::env::var_os("KNOTD_BENCH_NO_RECORDS").is_none();
     let started = Instant::now();
     for i in 0..count {
-        node.request(&Admin::AddRepo {
-            repo_id: rid(&id(i))?,
-            pds: Some(pds.clone()),
-            record: Some(format!("at://did:plc:scalec{i:06}/app.knot.repo/repo")),
-            peers: vec![ticket.clone()],
-        })
-        .await?;
+        let added = node
+            .request(&Admin::AddRepo {
+                repo_id: rid(&id(i))?,
+                pds: with_records.then(|| pds.clone()),
+                record: with_records
+                    .then(|| format!("at://did:plc:scalec{i:06}/app.knot.repo/repo")),
+                peers: vec![ticket.clone()],
+            })
+            .await;
+        if let Err(e) = added {
+            let log = std::env::temp_dir().join("knotd-bench-scale-node.log");
+            let _ = std::fs::copy(dir.join("node/bench-node.log"), &log);
+            bail!(
+                "add-repo of repository {i} after {:.1} s: {e:#} (node log kept in {})",
+                started.elapsed().as_secs_f64(),
+                log.display()
+            );
+        }
     }
     // Every repository materialized: its marker is on disk.
     let deadline = Instant::now() + Duration::from_secs(1800);
