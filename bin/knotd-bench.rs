@@ -263,6 +263,9 @@ async fn run(cli: Cli) -> Result<bool> {
     }
     let scenario_set = if cli.smoke {
         "smoke".to_string()
+    } else if cli.scenario == Scenario::Real {
+        // The real-shaped repository does not depend on --size.
+        "real".to_string()
     } else {
         format!(
             "{}-{}",
