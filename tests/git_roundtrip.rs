@@ -747,3 +747,34 @@ fn fast_forward_check_with_real_history() {
         ]
     );
 }
+
+#[test]
+fn a_new_repository_refuses_a_ref_below_another() {
+    let env = Env::new();
+    let src = env.sample_repo();
+    let git_dir = git::open_repo(&src).unwrap();
+    let refs = git::read_refs(&git_dir).unwrap();
+    let pack = git::pack_objects(&git_dir, &refs.tips(), &[], false).unwrap();
+    let bare = env.path("bare.git");
+    let bare_dir = git::init_bare(&bare).unwrap();
+    git::index_pack(&bare_dir, &pack.bytes).unwrap();
+    let main = refs.refs["refs/heads/main"].clone();
+    let mut clash = RefSet::default();
+    clash.refs.insert("refs/heads/x".into(), main.clone());
+    clash.refs.insert("refs/heads/x-y".into(), main.clone());
+    clash.refs.insert("refs/heads/x/y".into(), main.clone());
+    let err = git::apply_refs(&bare_dir, &clash).unwrap_err();
+    assert!(matches!(err, GitError::InvalidRefName { .. }), "{err}");
+    assert!(git::read_refs(&bare_dir).unwrap().refs.is_empty());
+    // The same refs without the clash are written as packed-refs, peeled.
+    clash.refs.remove("refs/heads/x/y");
+    clash
+        .refs
+        .insert("refs/tags/v1.0".into(), refs.refs["refs/tags/v1.0"].clone());
+    git::apply_refs(&bare_dir, &clash).unwrap();
+    assert_eq!(git::read_refs(&bare_dir).unwrap().refs, clash.refs);
+    let packed = fs::read_to_string(bare.join("packed-refs")).unwrap();
+    assert!(packed.starts_with("# pack-refs with: peeled fully-peeled sorted"));
+    assert!(packed.contains(&format!("^{main}")), "{packed}");
+    git::fsck(&bare_dir).unwrap();
+}

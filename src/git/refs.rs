@@ -106,6 +106,18 @@ pub fn apply_refs(git_dir: &Path, set: &RefSet) -> Result<(), GitError> {
     }
 
     if fresh {
+        // git itself refuses `refs/x` beside `refs/x/y`; so does the file.
+        for name in set.refs.keys() {
+            let clash = name
+                .match_indices('/')
+                .any(|(at, _)| set.refs.contains_key(&name[..at]));
+            if clash {
+                return Err(GitError::InvalidRefName {
+                    name: bounded(name, 200),
+                    reason: "sits below another ref (`refs/x` and `refs/x/y`)",
+                });
+            }
+        }
         write_packed_refs(git_dir, &set.refs, &peeled)?;
     } else {
         update_refs(git_dir, set, &current)?;
