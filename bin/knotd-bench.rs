@@ -8,10 +8,16 @@
 mod gitd;
 #[path = "bench/nodes.rs"]
 mod nodes;
+#[path = "bench/real.rs"]
+mod real;
+#[path = "bench/realrepo.rs"]
+mod realrepo;
 #[path = "bench/repogen.rs"]
 mod repogen;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/scale_content.rs"]
+mod scale_content;
 #[path = "bench/scenarios.rs"]
 mod scenarios;
 
@@ -40,6 +46,9 @@ enum Scenario {
     Scale,
     /// Admin socket latency.
     Admin,
+    /// A real-shaped repository (5,600 refs, real source text, ~60 MB):
+    /// replication, push and clones against git, and process counts.
+    Real,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -80,6 +89,10 @@ struct Cli {
     /// (default 1000; smoke 50).
     #[arg(long, value_delimiter = ',')]
     scale_repos: Vec<usize>,
+    /// Repository counts of the scale scenario's second part, where every
+    /// repository has content, a record and a peer (default 1000; smoke 10).
+    #[arg(long, value_delimiter = ',')]
+    scale_content_repos: Vec<usize>,
     /// Follower counts of the gossip scenario, comma-separated (default 10,30; smoke 3).
     #[arg(long, value_delimiter = ',')]
     gossip_nodes: Vec<usize>,
@@ -135,7 +148,7 @@ fn plan(cli: &Cli, work: PathBuf) -> Result<Plan> {
     };
     let needs_knotd = matches!(
         cli.scenario,
-        Scenario::All | Scenario::Scale | Scenario::Admin
+        Scenario::All | Scenario::Scale | Scenario::Admin | Scenario::Real
     );
     let knotd = if needs_knotd {
         nodes::find_knotd(cli.knotd.as_deref())?
@@ -153,6 +166,7 @@ fn plan(cli: &Cli, work: PathBuf) -> Result<Plan> {
         incremental_commits: 10,
         gossip_nodes: pick(&cli.gossip_nodes, &[3], &[10, 30]),
         scale_repos: pick(&cli.scale_repos, &[50], &[1000]),
+        scale_content: pick(&cli.scale_content_repos, &[10], &[1000]),
         admin_requests: cli
             .admin_requests
             .unwrap_or(if cli.smoke { 20 } else { 500 }),
@@ -226,6 +240,14 @@ async fn run(cli: Cli) -> Result<bool> {
     if wants(Scenario::Admin) {
         record("admin", scenarios::admin(&plan).await);
     }
+    if wants(Scenario::Real) {
+        let spec = if cli.smoke {
+            realrepo::REAL_TINY
+        } else {
+            realrepo::REAL
+        };
+        record("real", real::real(&plan, spec).await);
+    }
 
     let mut ok = true;
     let mut scenarios = serde_json::Map::new();
@@ -241,6 +263,9 @@ async fn run(cli: Cli) -> Result<bool> {
     }
     let scenario_set = if cli.smoke {
         "smoke".to_string()
+    } else if cli.scenario == Scenario::Real {
+        // The real-shaped repository does not depend on --size.
+        "real".to_string()
     } else {
         format!(
             "{}-{}",

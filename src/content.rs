@@ -8,8 +8,19 @@
 //! stays pinned while either references it; the blob store's GC removes a blob
 //! only when no tag names it. Tags survive restarts. Git work runs on blocking
 //! threads; no blob store call blocks the async runtime.
+//!
+//! Packs stream: `git pack-objects` writes into the blob store through
+//! `add_stream`, and materializing reads each pack back as a verified stream
+//! of 16 KiB leaves into `git index-pack`. Memory stays a few chunks per
+//! pack, whatever its size.
 
-use std::{path::Path, time::Duration};
+use std::{
+    io::{self, Read},
+    path::Path,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use iroh::EndpointId;
@@ -17,18 +28,26 @@ use iroh_blobs::{
     Hash, HashAndFormat,
     api::{
         Store,
+        blobs::EncodedItem,
         downloader::{DownloadProgressItem, Downloader},
     },
+    protocol::ChunkRanges,
 };
-use n0_future::StreamExt;
+use n0_future::{Stream, StreamExt};
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::{
-    git::{self, GitError, ObjectId, RefSet},
+    git::{self, GitError, PackStream, RefSet},
     manifest::{self, Manifest, ManifestError, PackEntry},
-    materialize::{self, MaterializeError, Outcome},
+    materialize::{self, MaterializeError, Outcome, PackReader},
     repo_id::RepoId,
 };
+
+/// Bytes read from `git pack-objects` per chunk sent to the blob store.
+const PACK_CHUNK: usize = 256 * 1024;
+/// Chunks in flight between a reader and its consumer.
+const CHUNKS_IN_FLIGHT: usize = 8;
 
 /// Errors moving repository content.
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +177,78 @@ pub struct Published {
 
 struct Packed {
     refs: RefSet,
-    new_pack: Option<(Vec<u8>, u32)>,
+    new_pack: Option<PackStream>,
     consolidated: bool,
+}
+
+/// Read refs, check fast-forwards and start `git pack-objects` for what is
+/// new: one `for-each-ref`, one `cat-file --batch` for every ancestry
+/// question, one `cat-file --batch-check` for the previous tips and the
+/// pack itself, however many refs the repository has.
+fn pack_new(
+    source: &Path,
+    prev: Option<Manifest>,
+    max_packs: usize,
+    force: bool,
+) -> Result<Packed, ContentError> {
+    let git_dir = git::open_repo(source)?;
+    let refs = git::read_refs(&git_dir)?;
+    let nonempty = |pack: PackStream| (pack.object_count() > 0).then_some(pack);
+    let Some(prev) = prev else {
+        let pack = git::spawn_pack_objects(&git_dir, &refs.tips(), &[], false)?;
+        return Ok(Packed {
+            refs,
+            new_pack: nonempty(pack),
+            consolidated: false,
+        });
+    };
+    if prev.refs == refs {
+        return Ok(Packed {
+            refs,
+            new_pack: None,
+            consolidated: false,
+        });
+    }
+    if !force {
+        let mut ancestry: Option<git::Ancestry> = None;
+        let mut failure = None;
+        let not_ff = manifest::refs_fast_forward_check(&prev.refs, &refs, |a, b| {
+            if ancestry.is_none() {
+                match git::Ancestry::open(&git_dir) {
+                    Ok(walker) => ancestry = Some(walker),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        return false;
+                    }
+                }
+            }
+            let walker = ancestry.as_mut().expect("opened above");
+            walker.is_ancestor(a, b).unwrap_or_else(|e| {
+                failure.get_or_insert(e);
+                false
+            })
+        });
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        if !not_ff.is_empty() {
+            return Err(ContentError::NotFastForward(not_ff));
+        }
+    }
+    if manifest::needs_consolidation(prev.packs.len() + 1, max_packs) {
+        let pack = git::spawn_pack_objects(&git_dir, &refs.tips(), &[], false)?;
+        return Ok(Packed {
+            refs,
+            new_pack: Some(pack),
+            consolidated: true,
+        });
+    }
+    let pack = git::spawn_pack_objects(&git_dir, &refs.tips(), &prev.refs.tips(), true)?;
+    Ok(Packed {
+        refs,
+        new_pack: nonempty(pack),
+        consolidated: false,
+    })
 }
 
 /// Publish the git repository at `source` as the new state of `repo_id`.
@@ -167,8 +256,9 @@ struct Packed {
 /// With a previous manifest, one thin pack holds only the objects not
 /// reachable from the previous refs; when the pack count would exceed
 /// `max_packs`, all objects are repacked into a single pack instead. Unless
-/// `force` is set, every ref must fast-forward. The new blobs are held by
-/// temporary tags in the result; nothing is pinned or unpinned here.
+/// `force` is set, every ref must fast-forward. The pack streams from git
+/// into the blob store. The new blobs are held by temporary tags in the
+/// result; nothing is pinned or unpinned here.
 pub async fn publish(
     blobs: &Store,
     repo_id: &RepoId,
@@ -179,57 +269,9 @@ pub async fn publish(
 ) -> Result<Published, ContentError> {
     let source = source.to_path_buf();
     let prev = previous.cloned();
-    let packed = tokio::task::spawn_blocking(move || -> Result<Packed, ContentError> {
-        let git_dir = git::open_repo(&source)?;
-        let refs = git::read_refs(&git_dir)?;
-        let Some(prev) = prev else {
-            let pack = git::pack_objects(&git_dir, &refs.tips(), &[], false)?;
-            let new_pack = (!pack.is_empty()).then_some((pack.bytes, pack.object_count));
-            return Ok(Packed {
-                refs,
-                new_pack,
-                consolidated: false,
-            });
-        };
-        if prev.refs == refs {
-            return Ok(Packed {
-                refs,
-                new_pack: None,
-                consolidated: false,
-            });
-        }
-        if !force {
-            let not_ff = manifest::refs_fast_forward_check(&prev.refs, &refs, |a, b| {
-                git::is_ancestor(&git_dir, a, b).unwrap_or(false)
-            });
-            if !not_ff.is_empty() {
-                return Err(ContentError::NotFastForward(not_ff));
-            }
-        }
-        let exclude: Vec<ObjectId> = prev
-            .refs
-            .tips()
-            .into_iter()
-            .filter(|id| git::has_object(&git_dir, id))
-            .collect();
-        if manifest::needs_consolidation(prev.packs.len() + 1, max_packs) {
-            let pack = git::pack_objects(&git_dir, &refs.tips(), &[], false)?;
-            return Ok(Packed {
-                refs,
-                new_pack: Some((pack.bytes, pack.object_count)),
-                consolidated: true,
-            });
-        }
-        let pack = git::pack_objects(&git_dir, &refs.tips(), &exclude, true)?;
-        let new_pack = (!pack.is_empty()).then_some((pack.bytes, pack.object_count));
-        Ok(Packed {
-            refs,
-            new_pack,
-            consolidated: false,
-        })
-    })
-    .await
-    .map_err(|e| ContentError::Task(e.to_string()))??;
+    let packed = tokio::task::spawn_blocking(move || pack_new(&source, prev, max_packs, force))
+        .await
+        .map_err(|e| ContentError::Task(e.to_string()))??;
 
     if let Some(prev) = previous
         && prev.refs == packed.refs
@@ -251,15 +293,25 @@ pub async fn publish(
     };
     let mut bytes_added = 0;
     let mut temp_tags = Vec::new();
-    if let Some((bytes, objects)) = packed.new_pack {
-        let entry = PackEntry::for_bytes(&bytes, objects);
-        bytes_added = entry.size;
+    if let Some(pack) = packed.new_pack {
+        let objects = pack.object_count();
+        let (stream, size) = stream_reader(Box::new(pack));
         let tt = blobs
-            .add_bytes(bytes)
+            .add_stream(stream)
+            .await
             .temp_tag()
             .await
             .map_err(request_err("adding a pack"))?;
-        debug_assert_eq!(tt.hash().as_bytes(), &entry.hash);
+        let size = size
+            .await
+            .map_err(|e| ContentError::Task(e.to_string()))?
+            .map_err(|e| ContentError::Git(git::unwrap_git_error(e, "packing")))?;
+        let entry = PackEntry {
+            hash: *tt.hash().as_bytes(),
+            size,
+            objects,
+        };
+        bytes_added = entry.size;
         temp_tags.push(tt);
         packs.push(entry);
     }
@@ -290,6 +342,134 @@ pub async fn publish(
         unchanged: false,
         protect: temp_tags,
     })
+}
+
+/// A stream of chunks read from `reader` on a blocking thread, and the
+/// total it read (or the reader's error) once the stream is done.
+fn stream_reader(
+    mut reader: Box<dyn Read + Send>,
+) -> (ChunkStream, tokio::task::JoinHandle<io::Result<u64>>) {
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let total = tokio::task::spawn_blocking(move || {
+        let mut total = 0u64;
+        loop {
+            let mut buf = vec![0u8; PACK_CHUNK];
+            let mut filled = 0;
+            // Fill whole chunks: fewer, larger messages to the store.
+            let result = loop {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break Ok(true),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == buf.len() {
+                            break Ok(false);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            if filled > 0 {
+                buf.truncate(filled);
+                total += filled as u64;
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    return Err(io::Error::other("the blob store stopped reading"));
+                }
+            }
+            match result {
+                Ok(true) => return Ok(total),
+                Ok(false) => {}
+                Err(e) => {
+                    // The store aborts the import on an error item.
+                    let message = e.to_string();
+                    let _ = tx.blocking_send(Err(io::Error::other(message)));
+                    return Err(e);
+                }
+            }
+        }
+    });
+    (ChunkStream(rx), total)
+}
+
+/// Chunks from a channel, as the blob store's `add_stream` takes them.
+struct ChunkStream(mpsc::Receiver<io::Result<Bytes>>);
+
+impl Stream for ChunkStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// A blocking reader of chunks sent by a task on the runtime.
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// A reader of the pack blob `entry` from the store, its leaves verified
+/// against the blob's hash by the store as they are read. Call from a
+/// blocking thread.
+fn pack_reader(
+    blobs: &Store,
+    handle: &tokio::runtime::Handle,
+    entry: &PackEntry,
+) -> Result<PackReader, MaterializeError> {
+    let hash = Hash::from_bytes(entry.hash);
+    let present =
+        handle
+            .block_on(blobs.has(hash))
+            .map_err(|e| MaterializeError::PackUnavailable {
+                hash: entry.hash_hex(),
+                reason: e.to_string(),
+            })?;
+    if !present {
+        return Err(MaterializeError::PackUnavailable {
+            hash: entry.hash_hex(),
+            reason: "not in the blob store".into(),
+        });
+    }
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT * 16);
+    let blobs = blobs.clone();
+    let hex = entry.hash_hex();
+    handle.spawn(async move {
+        let mut stream = blobs.export_bao(hash, ChunkRanges::all()).stream();
+        while let Some(item) = stream.next().await {
+            let chunk = match item {
+                EncodedItem::Leaf(leaf) => Ok(leaf.data),
+                EncodedItem::Error(e) => Err(io::Error::other(MaterializeError::CorruptPack {
+                    hash: hex.clone(),
+                    reason: format!("the blob store could not verify it: {e}"),
+                })),
+                _ => continue,
+            };
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(Box::new(ChannelReader {
+        rx,
+        current: Bytes::new(),
+    }))
 }
 
 /// Pin `manifest` (stored under `hash`) and all its packs for `repo_id`, then
@@ -593,9 +773,9 @@ async fn download(
     }
 }
 
-/// Materialize `manifest` into the bare repository at `dest`, reading and
-/// verifying every pack from the store. An existing repository is updated in
-/// place; the same manifest twice is a no-op.
+/// Materialize `manifest` into the bare repository at `dest`, streaming
+/// and verifying every pack from the store. An existing repository is
+/// updated in place; the same manifest twice is a no-op.
 pub async fn materialize(
     blobs: &Store,
     dest: &Path,
@@ -614,24 +794,7 @@ pub async fn materialize(
                 source,
             })?;
         }
-        let mut load = |entry: &PackEntry| -> Result<Vec<u8>, MaterializeError> {
-            let hash = Hash::from_bytes(entry.hash);
-            let bytes: Bytes = handle.block_on(blobs.get_bytes(hash)).map_err(|e| {
-                // A blob the store holds but cannot read back verified is corrupt.
-                if handle.block_on(blobs.has(hash)).unwrap_or(false) {
-                    MaterializeError::CorruptPack {
-                        hash: entry.hash_hex(),
-                        reason: format!("the blob store could not verify it: {e}"),
-                    }
-                } else {
-                    MaterializeError::PackUnavailable {
-                        hash: entry.hash_hex(),
-                        reason: e.to_string(),
-                    }
-                }
-            })?;
-            Ok(bytes.to_vec())
-        };
+        let mut load = |entry: &PackEntry| pack_reader(&blobs, &handle, entry);
         materialize::materialize(&dest, *hash.as_bytes(), &manifest, &mut load)
     })
     .await

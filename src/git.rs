@@ -19,15 +19,33 @@
 //!
 //! Anything that comes from outside (ref names, object ids) is validated in
 //! Rust before it is handed to git.
+//!
+//! Nothing here runs a process per ref or per object: refs are read with one
+//! `for-each-ref` and moved in one `update-ref --stdin` transaction (or
+//! written as one `packed-refs` file in a new repository) ([`refs`]), object
+//! presence is one `cat-file --batch-check`, ancestry questions share one
+//! `cat-file --batch` ([`walk`]), and packs stream through `pack-objects` and
+//! `index-pack` without being held in memory ([`pack`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+mod pack;
+mod refs;
+mod walk;
+
+pub use pack::{
+    Indexed, Pack, PackStream, index_pack, index_pack_from, pack_objects, parse_pack_header,
+    parse_pack_header_prefix, spawn_pack_objects, unwrap_git_error, write_midx_bitmap,
+};
+pub use refs::{apply_refs, head_branch, peel_objects, present_objects, read_refs, resolve_names};
+pub use walk::{Ancestry, has_object, is_ancestor};
 
 /// Maximum length of a ref name accepted by [`validate_ref_name`].
 pub const MAX_REF_NAME_LEN: usize = 1024;
@@ -301,23 +319,6 @@ impl RefSet {
     }
 }
 
-/// A pack produced by [`pack_objects`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pack {
-    /// The raw pack bytes (`PACK` header, objects, trailer checksum).
-    pub bytes: Vec<u8>,
-    /// Number of objects in the pack, from its header. `0` means there was
-    /// nothing new to send; callers should skip such a pack.
-    pub object_count: u32,
-}
-
-impl Pack {
-    /// Whether the pack carries no objects.
-    pub fn is_empty(&self) -> bool {
-        self.object_count == 0
-    }
-}
-
 /// Validate a ref name received from outside.
 ///
 /// Accepts only names under `refs/` that `git check-ref-format` accepts:
@@ -401,122 +402,6 @@ pub fn open_repo(path: &Path) -> Result<PathBuf, GitError> {
     Ok(PathBuf::from(dir))
 }
 
-/// Read all refs under `refs/` plus `HEAD`.
-///
-/// Included: branches, tags, notes and any other namespace under `refs/`.
-/// Excluded: `refs/remotes/*` (the publisher's view of other repositories,
-/// not part of what it publishes) and `refs/stash` (local scratch state).
-/// Annotated tags map to the tag object id (not peeled). Every ref name is
-/// validated; a repository holding an invalid name is an error.
-pub fn read_refs(git_dir: &Path) -> Result<RefSet, GitError> {
-    let out = git_ok(
-        git_dir,
-        &["for-each-ref", "--format=%(objectname) %(refname)", "refs/"],
-        None,
-    )?;
-    let text = utf8(&out.stdout, "for-each-ref")?;
-    let mut refs = BTreeMap::new();
-    for line in text.lines() {
-        let (oid, name) = line
-            .split_once(' ')
-            .ok_or_else(|| GitError::UnexpectedOutput {
-                command: "for-each-ref".into(),
-                detail: format!("line without separator: {}", bounded(line, 200)),
-            })?;
-        if name.starts_with("refs/remotes/") || name == "refs/stash" {
-            continue;
-        }
-        validate_ref_name(name)?;
-        refs.insert(name.to_owned(), oid.parse()?);
-    }
-
-    let sym = run(
-        git_at(git_dir, &["symbolic-ref", "-q", "HEAD"]),
-        "symbolic-ref -q HEAD",
-        None,
-    )?;
-    let head = match sym.status.code() {
-        Some(0) => {
-            let target = stdout_line(&sym.stdout, "symbolic-ref")?;
-            validate_ref_name(&target)?;
-            Some(Head::Symbolic(target))
-        }
-        Some(1) => {
-            let out = git_ok(git_dir, &["rev-parse", "--verify", "-q", "HEAD"], None)?;
-            Some(Head::Detached(
-                stdout_line(&out.stdout, "rev-parse HEAD")?.parse()?,
-            ))
-        }
-        _ => return Err(failed("symbolic-ref -q HEAD", &sym)),
-    };
-    let set = RefSet { head, refs };
-    set.object_format()?;
-    Ok(set)
-}
-
-/// Produce a pack with every object reachable from `include` but not from
-/// `exclude`, using `git pack-objects --revs`.
-///
-/// Ids in `exclude` that the repository does not have are ignored (the
-/// pack is then simply larger). With `thin`, deltas may reference objects
-/// reachable from `exclude` that are not in the pack; the receiver must run
-/// [`index_pack`] (which fixes thin packs) in a repository that has them.
-/// A result with `object_count == 0` means there is nothing new.
-pub fn pack_objects(
-    git_dir: &Path,
-    include: &[ObjectId],
-    exclude: &[ObjectId],
-    thin: bool,
-) -> Result<Pack, GitError> {
-    let present = present_objects(git_dir, exclude)?;
-    let mut input = String::new();
-    for id in include {
-        input.push_str(id.as_str());
-        input.push('\n');
-    }
-    for id in exclude.iter().filter(|id| present.contains(*id)) {
-        input.push('^');
-        input.push_str(id.as_str());
-        input.push('\n');
-    }
-    let mut args = vec!["pack-objects", "--revs", "--stdout", "-q"];
-    if thin {
-        args.push("--thin");
-    }
-    args.push("--delta-base-offset");
-    let out = git_ok(git_dir, &args, Some(input.as_bytes()))?;
-    let object_count = parse_pack_header(&out.stdout)?;
-    Ok(Pack {
-        bytes: out.stdout,
-        object_count,
-    })
-}
-
-/// Check the `PACK` magic and version of `bytes` and return the object count
-/// from its header.
-pub fn parse_pack_header(bytes: &[u8]) -> Result<u32, GitError> {
-    // 12-byte header plus at least a 20-byte trailer checksum.
-    if bytes.len() < 32 {
-        return Err(GitError::BadPack {
-            reason: format!("only {} bytes", bytes.len()),
-        });
-    }
-    if &bytes[0..4] != b"PACK" {
-        return Err(GitError::BadPack {
-            reason: "missing PACK signature".into(),
-        });
-    }
-    let version = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    if version != 2 && version != 3 {
-        return Err(GitError::BadPack {
-            reason: format!("unsupported pack version {version}"),
-        });
-    }
-    Ok(u32::from_be_bytes([
-        bytes[8], bytes[9], bytes[10], bytes[11],
-    ]))
-}
-
 /// Create an empty bare sha1 repository at `path` (which may exist and be
 /// empty). Returns its git directory.
 pub fn init_bare(path: &Path) -> Result<PathBuf, GitError> {
@@ -537,151 +422,6 @@ pub fn init_bare_with_format(path: &Path, format: ObjectFormat) -> Result<PathBu
     }
     git_ok(path, &["config", "core.logAllRefUpdates", "false"], None)?;
     open_repo(path)
-}
-
-/// Store a pack (possibly thin) in the repository with
-/// `git index-pack --stdin --fix-thin`. Returns the pack name (its checksum
-/// in hex) as printed by git.
-pub fn index_pack(git_dir: &Path, bytes: &[u8]) -> Result<String, GitError> {
-    let out = git_ok(
-        git_dir,
-        &["index-pack", "--stdin", "--fix-thin"],
-        Some(bytes),
-    )?;
-    let line = stdout_line(&out.stdout, "index-pack")?;
-    // Output is "pack\t<hash>" or "keep\t<hash>".
-    let name = line
-        .split_once('\t')
-        .map(|(_, h)| h)
-        .unwrap_or(line.as_str());
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(GitError::UnexpectedOutput {
-            command: "index-pack".into(),
-            detail: bounded(&line, 200),
-        });
-    }
-    Ok(name.to_owned())
-}
-
-/// Make the repository's refs exactly `set`: every ref is created, updated
-/// or deleted in a single `git update-ref --stdin` transaction (refs under
-/// `refs/` that are not in `set` are deleted), then `HEAD` is set.
-///
-/// All referenced objects must already be present; this is checked before
-/// any ref is touched. When `set.head` is `None`, `HEAD` is left as it is.
-///
-/// One exception to atomicity: git cannot delete `refs/x` and create
-/// `refs/x/y` (or the reverse) in the same transaction, so refs that are
-/// deleted *and* conflict with a new name are deleted in a first
-/// transaction. If the main transaction then fails they are restored.
-pub fn apply_refs(git_dir: &Path, set: &RefSet) -> Result<(), GitError> {
-    set.validate()?;
-    let current = current_refs(git_dir)?;
-
-    let wanted: Vec<ObjectId> = set.tips();
-    let present = present_objects(git_dir, &wanted)?;
-    if let Some(missing) = wanted.iter().find(|id| !present.contains(*id)) {
-        return Err(GitError::MissingObject {
-            id: missing.clone(),
-        });
-    }
-
-    let conflicts = |a: &str, b: &str| {
-        a.strip_prefix(b).is_some_and(|r| r.starts_with('/'))
-            || b.strip_prefix(a).is_some_and(|r| r.starts_with('/'))
-    };
-    let created: Vec<&String> = set
-        .refs
-        .keys()
-        .filter(|name| !current.contains_key(*name))
-        .collect();
-    let mut early_deletes = String::new();
-    let mut early = Vec::new();
-    let mut tx = String::new();
-    for (name, old) in &current {
-        if set.refs.contains_key(name) {
-            continue;
-        }
-        let line = format!("delete {name} {old}\n");
-        if created.iter().any(|new| conflicts(new, name)) {
-            early_deletes.push_str(&line);
-            early.push((name, old));
-        } else {
-            tx.push_str(&line);
-        }
-    }
-    for (name, new) in &set.refs {
-        match current.get(name) {
-            Some(old) if old == new => {}
-            Some(old) => tx.push_str(&format!("update {name} {new} {old}\n")),
-            None => tx.push_str(&format!("create {name} {new}\n")),
-        }
-    }
-
-    let transaction = |body: &str| {
-        let input = format!("start\n{body}commit\n");
-        git_ok(git_dir, &["update-ref", "--stdin"], Some(input.as_bytes())).map(|_| ())
-    };
-    if !early_deletes.is_empty() {
-        transaction(&early_deletes)?;
-    }
-    if !tx.is_empty()
-        && let Err(e) = transaction(&tx)
-    {
-        if !early.is_empty() {
-            let restore: String = early
-                .iter()
-                .map(|(name, old)| format!("create {name} {old}\n"))
-                .collect();
-            // Best effort: the original error is what matters.
-            let _ = transaction(&restore);
-        }
-        return Err(e);
-    }
-
-    match &set.head {
-        None => {}
-        Some(Head::Symbolic(target)) => {
-            git_ok(git_dir, &["symbolic-ref", "HEAD", target], None)?;
-        }
-        Some(Head::Detached(id)) => {
-            git_ok(
-                git_dir,
-                &["update-ref", "--no-deref", "HEAD", id.as_str()],
-                None,
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// Whether `a` is an ancestor of (or equal to) `b`
-/// (`git merge-base --is-ancestor`).
-pub fn is_ancestor(git_dir: &Path, a: &ObjectId, b: &ObjectId) -> Result<bool, GitError> {
-    let out = run(
-        git_at(
-            git_dir,
-            &["merge-base", "--is-ancestor", a.as_str(), b.as_str()],
-        ),
-        "merge-base --is-ancestor",
-        None,
-    )?;
-    match out.status.code() {
-        Some(0) => Ok(true),
-        Some(1) => Ok(false),
-        _ => Err(failed("merge-base --is-ancestor", &out)),
-    }
-}
-
-/// Whether the object exists in the repository. Errors count as "no".
-pub fn has_object(git_dir: &Path, id: &ObjectId) -> bool {
-    run(
-        git_at(git_dir, &["cat-file", "-e", id.as_str()]),
-        "cat-file -e",
-        None,
-    )
-    .map(|o| o.status.success())
-    .unwrap_or(false)
 }
 
 /// Full integrity check (`git fsck --full --no-progress`).
@@ -739,86 +479,6 @@ pub fn check_connected(
     .map(|_| ())
 }
 
-/// All refs under `refs/` currently in the repository, without filtering.
-fn current_refs(git_dir: &Path) -> Result<BTreeMap<String, ObjectId>, GitError> {
-    let out = git_ok(
-        git_dir,
-        &["for-each-ref", "--format=%(objectname) %(refname)"],
-        None,
-    )?;
-    let text = utf8(&out.stdout, "for-each-ref")?;
-    let mut refs = BTreeMap::new();
-    for line in text.lines() {
-        if let Some((oid, name)) = line.split_once(' ') {
-            refs.insert(name.to_owned(), oid.parse()?);
-        }
-    }
-    Ok(refs)
-}
-
-/// The subset of `ids` present in the repository (one `cat-file` process).
-pub fn present_objects(git_dir: &Path, ids: &[ObjectId]) -> Result<BTreeSet<ObjectId>, GitError> {
-    if ids.is_empty() {
-        return Ok(BTreeSet::new());
-    }
-    let mut input = String::new();
-    for id in ids {
-        input.push_str(id.as_str());
-        input.push('\n');
-    }
-    let out = git_ok(
-        git_dir,
-        &["cat-file", "--batch-check=%(objectname)"],
-        Some(input.as_bytes()),
-    )?;
-    let text = utf8(&out.stdout, "cat-file --batch-check")?;
-    // Missing objects are reported as "<id> missing"; present ones as "<id>".
-    Ok(text
-        .lines()
-        .filter(|l| !l.contains(' '))
-        .filter_map(|l| l.parse().ok())
-        .collect())
-}
-
-/// Resolve each of `names` (ref names or object ids, as a `push` line's
-/// source) to the object it names, with one `cat-file` process; names
-/// that do not resolve are left out.
-pub fn resolve_names(
-    git_dir: &Path,
-    names: &[String],
-) -> Result<BTreeMap<String, ObjectId>, GitError> {
-    let names: Vec<&String> = names
-        .iter()
-        .filter(|n| !n.is_empty() && !n.contains(['\n', '\r']))
-        .collect();
-    if names.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let mut input = String::new();
-    for name in &names {
-        input.push_str(name);
-        input.push('\n');
-    }
-    let out = git_ok(
-        git_dir,
-        &["cat-file", "--batch-check=%(objectname)"],
-        Some(input.as_bytes()),
-    )?;
-    let text = utf8(&out.stdout, "cat-file --batch-check")?;
-    // One line per input line, in order: the id, or "<name> missing".
-    Ok(names
-        .into_iter()
-        .zip(text.lines())
-        .filter_map(|(name, line)| Some((name.clone(), line.trim().parse().ok()?)))
-        .collect())
-}
-
-/// The branch `HEAD` points at (e.g. `refs/heads/main`), if any.
-pub fn head_branch(git_dir: &Path) -> Option<String> {
-    let out = git_ok(git_dir, &["symbolic-ref", "-q", "HEAD"], None).ok()?;
-    stdout_line(&out.stdout, "symbolic-ref").ok()
-}
-
 /// A `git` command isolated from the caller's configuration and environment.
 fn git_command() -> Command {
     let mut cmd = Command::new("git");
@@ -854,13 +514,9 @@ fn git_ok(git_dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Result<Output,
     }
 }
 
-/// Run a command, feeding `stdin` from a separate thread so large outputs
-/// cannot deadlock, and collect its output.
-fn run(mut cmd: Command, label: &str, stdin: Option<&[u8]>) -> Result<Output, GitError> {
-    if stdin.is_some() {
-        cmd.stdin(Stdio::piped());
-    }
-    let mut child = cmd.spawn().map_err(|source| {
+/// Start a command, turning a missing `git` into [`GitError::GitNotFound`].
+fn spawn(mut cmd: Command, label: &str) -> Result<Child, GitError> {
+    cmd.spawn().map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             GitError::GitNotFound { source }
         } else {
@@ -869,7 +525,16 @@ fn run(mut cmd: Command, label: &str, stdin: Option<&[u8]>) -> Result<Output, Gi
                 source,
             }
         }
-    })?;
+    })
+}
+
+/// Run a command, feeding `stdin` from a separate thread so large outputs
+/// cannot deadlock, and collect its output.
+fn run(mut cmd: Command, label: &str, stdin: Option<&[u8]>) -> Result<Output, GitError> {
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = spawn(cmd, label)?;
     let io_err = |source| GitError::Io {
         context: format!("running `git {label}`"),
         source,
@@ -895,11 +560,16 @@ fn run(mut cmd: Command, label: &str, stdin: Option<&[u8]>) -> Result<Output, Gi
 
 /// Build a [`GitError::CommandFailed`] from a finished process.
 fn failed(label: &str, out: &Output) -> GitError {
-    let status = match out.status.code() {
+    failed_status(label, out.status, &out.stderr)
+}
+
+/// Build a [`GitError::CommandFailed`] from an exit status and stderr.
+fn failed_status(label: &str, status: ExitStatus, stderr: &[u8]) -> GitError {
+    let status = match status.code() {
         Some(code) => format!("exit code {code}"),
         None => "killed by a signal".to_owned(),
     };
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(stderr);
     let stderr = stderr.trim();
     GitError::CommandFailed {
         command: label.to_owned(),

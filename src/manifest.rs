@@ -241,7 +241,7 @@ pub fn needs_consolidation(pack_count: usize, max_packs: usize) -> bool {
 pub fn refs_fast_forward_check(
     old: &RefSet,
     new: &RefSet,
-    is_ancestor: impl Fn(&ObjectId, &ObjectId) -> bool,
+    mut is_ancestor: impl FnMut(&ObjectId, &ObjectId) -> bool,
 ) -> Vec<String> {
     let mut bad = Vec::new();
     for (name, old_id) in &old.refs {

@@ -13,15 +13,23 @@
 //! Later updates index only the packs not yet indexed, check connectivity of
 //! the new tips, mark the manifest marker `pending`, apply all refs in one
 //! transaction and finally rewrite the markers atomically, so a crash while
-//! refs move is repaired by the next run rather than mistaken for done. Pack bytes are verified against the manifest
-//! before anything is written.
+//! refs move is repaired by the next run rather than mistaken for done.
+//!
+//! Packs stream from the loader into `git index-pack` and are never held
+//! whole in memory. Every byte is checked against the manifest entry (size,
+//! object count, BLAKE3) on the way; the last bytes of a pack are held back
+//! until the whole pack has matched, so git cannot finish indexing a pack
+//! that does not, and nothing of it enters the repository (it is indexed in
+//! a quarantine directory, see [`git::index_pack_from`]). `git index-pack`
+//! computes the id of every object from its content, so an object is only
+//! ever stored under the id its content hashes to.
 //!
 //! Materializing the same `dest` concurrently is not supported; callers
 //! serialize per repository.
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::git::{self, GitError, ObjectFormat};
@@ -33,6 +41,15 @@ pub const MANIFEST_MARKER: &str = "knot-manifest";
 pub const PACKS_MARKER: &str = "knot-packs";
 /// What the manifest marker says while refs are being moved.
 const PENDING: &str = "pending\n";
+/// Bytes at the end of a pack withheld from git until the pack is verified
+/// (more than the longest pack trailer).
+const HOLD_BACK: usize = 64;
+
+/// A pack's bytes as the loader provides them.
+pub type PackReader = Box<dyn Read + Send>;
+
+/// Provides the bytes of a pack blob; they are verified as they are read.
+pub type LoadPack<'a> = dyn FnMut(&PackEntry) -> Result<PackReader, MaterializeError> + 'a;
 
 /// Errors from [`materialize`].
 #[derive(Debug, thiserror::Error)]
@@ -108,15 +125,16 @@ pub enum Outcome {
 ///
 /// `manifest_hash` is the BLAKE3 hash of the manifest blob the caller
 /// fetched; it is recorded in the `knot-manifest` marker as given (normally
-/// equal to [`Manifest::hash`]). `load_pack` returns the bytes of a pack
-/// blob; they are verified against the entry's hash, size and object count
-/// before anything is written. Returns [`Outcome::Unchanged`] without
-/// running any process when the marker already names `manifest_hash`.
+/// equal to [`Manifest::hash`]). `load_pack` returns a reader of a pack
+/// blob; what it reads is verified against the entry's hash, size and
+/// object count before git can finish indexing it. Returns
+/// [`Outcome::Unchanged`] without running any process when the marker
+/// already names `manifest_hash`.
 pub fn materialize(
     dest: &Path,
     manifest_hash: [u8; 32],
     manifest: &Manifest,
-    load_pack: &mut dyn FnMut(&PackEntry) -> Result<Vec<u8>, MaterializeError>,
+    load_pack: &mut LoadPack<'_>,
 ) -> Result<Outcome, MaterializeError> {
     let hash_hex = data_encoding::HEXLOWER.encode(&manifest_hash);
     let marker = dest.join(MANIFEST_MARKER);
@@ -145,7 +163,7 @@ fn create(
     dest: &Path,
     hash_hex: &str,
     manifest: &Manifest,
-    load_pack: &mut dyn FnMut(&PackEntry) -> Result<Vec<u8>, MaterializeError>,
+    load_pack: &mut LoadPack<'_>,
 ) -> Result<Outcome, MaterializeError> {
     manifest.refs.validate()?;
     let bad_dest = || MaterializeError::BadDestination {
@@ -167,14 +185,24 @@ fn create(
 
     let format = manifest.refs.object_format()?.unwrap_or(ObjectFormat::Sha1);
     let git_dir = git::init_bare_with_format(tmp.path(), format)?;
+    let mut all_connected = true;
     for entry in &manifest.packs {
-        let bytes = load_verified(entry, load_pack)?;
-        git::index_pack(&git_dir, &bytes)?;
+        all_connected &= index_verified(&git_dir, entry, load_pack)?.connected;
     }
-    git::check_connected(&git_dir, &manifest.refs.tips(), &[])
-        .map_err(MaterializeError::Incomplete)?;
+    let tips = manifest.refs.tips();
+    if all_connected {
+        // Each pack holds everything its objects refer to, so every tip
+        // that is present is complete (as `git clone` concludes).
+        let present = git::present_objects(&git_dir, &tips)?;
+        if let Some(missing) = tips.iter().find(|t| !present.contains(*t)) {
+            return Err(MaterializeError::Incomplete(GitError::MissingObject {
+                id: missing.clone(),
+            }));
+        }
+    } else {
+        git::check_connected(&git_dir, &tips, &[]).map_err(MaterializeError::Incomplete)?;
+    }
     git::apply_refs(&git_dir, &manifest.refs)?;
-    git::fsck_connectivity(&git_dir).map_err(MaterializeError::Incomplete)?;
     write_markers(tmp.path(), hash_hex, &manifest.packs)?;
 
     let built = tmp.keep();
@@ -195,7 +223,7 @@ fn update(
     dest: &Path,
     hash_hex: &str,
     manifest: &Manifest,
-    load_pack: &mut dyn FnMut(&PackEntry) -> Result<Vec<u8>, MaterializeError>,
+    load_pack: &mut LoadPack<'_>,
 ) -> Result<Outcome, MaterializeError> {
     manifest.refs.validate()?;
     let git_dir = git::open_repo(dest)?;
@@ -212,15 +240,14 @@ fn update(
         }
     };
 
-    // Load and verify every new pack before writing anything.
-    let mut new_packs = Vec::new();
+    // Each new pack is verified while it is indexed; one that does not
+    // match leaves nothing behind.
+    let mut packs_indexed = 0;
     for entry in &manifest.packs {
         if !indexed.contains(&entry.hash_hex()) {
-            new_packs.push(load_verified(entry, load_pack)?);
+            index_verified(&git_dir, entry, load_pack)?;
+            packs_indexed += 1;
         }
-    }
-    for bytes in &new_packs {
-        git::index_pack(&git_dir, bytes)?;
     }
 
     let current = git::read_refs(&git_dir)?;
@@ -232,39 +259,164 @@ fn update(
     write_atomic(dest, MANIFEST_MARKER, PENDING.as_bytes())?;
     git::apply_refs(&git_dir, &manifest.refs)?;
     write_markers(dest, hash_hex, &manifest.packs)?;
-    Ok(Outcome::Updated {
-        packs_indexed: new_packs.len(),
+    Ok(Outcome::Updated { packs_indexed })
+}
+
+/// Write a commit-graph and a multi-pack-index with a reachability bitmap in
+/// the materialized repository at `dest`, so clones served from it start
+/// sending at once.
+/// An optional accelerator: git serves the repository without it, and a
+/// kill while it is written leaves the previous one (or none). Does nothing
+/// for a directory knotd did not materialize. Callers must not run it twice
+/// at once on one repository.
+pub fn optimize(dest: &Path) -> Result<(), MaterializeError> {
+    match fs::read_to_string(dest.join(MANIFEST_MARKER)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(MaterializeError::Io {
+                context: "reading",
+                path: dest.join(MANIFEST_MARKER),
+                source,
+            });
+        }
+    }
+    git::write_midx_bitmap(dest)?;
+    Ok(())
+}
+
+/// Stream a pack from the loader into `git index-pack`, verifying it on
+/// the way.
+fn index_verified(
+    git_dir: &Path,
+    entry: &PackEntry,
+    load_pack: &mut LoadPack<'_>,
+) -> Result<git::Indexed, MaterializeError> {
+    let mut reader = Verified::new(load_pack(entry)?, entry);
+    git::index_pack_from(git_dir, &mut reader).map_err(|e| match e {
+        // The reader's verdict (a corrupt or vanished pack) comes first.
+        GitError::Io { source, .. }
+            if source
+                .get_ref()
+                .is_some_and(|inner| inner.is::<MaterializeError>()) =>
+        {
+            *source
+                .into_inner()
+                .expect("checked above")
+                .downcast::<MaterializeError>()
+                .expect("checked above")
+        }
+        other => MaterializeError::Git(other),
     })
 }
 
-/// Load a pack and check its hash, size and header object count.
-fn load_verified(
-    entry: &PackEntry,
-    load_pack: &mut dyn FnMut(&PackEntry) -> Result<Vec<u8>, MaterializeError>,
-) -> Result<Vec<u8>, MaterializeError> {
-    let bytes = load_pack(entry)?;
-    let corrupt = |reason: String| MaterializeError::CorruptPack {
-        hash: entry.hash_hex(),
-        reason,
-    };
-    if bytes.len() as u64 != entry.size {
-        return Err(corrupt(format!(
-            "{} bytes instead of {}",
-            bytes.len(),
-            entry.size
-        )));
+/// A pack reader that checks size, header object count and BLAKE3 hash
+/// against the manifest entry as bytes pass, and withholds the last
+/// [`HOLD_BACK`] bytes until the whole pack has matched.
+struct Verified<'e> {
+    inner: PackReader,
+    entry: &'e PackEntry,
+    hasher: blake3::Hasher,
+    seen: u64,
+    header: Vec<u8>,
+    pending: Vec<u8>,
+    start: usize,
+    verified: bool,
+}
+
+impl<'e> Verified<'e> {
+    fn new(inner: PackReader, entry: &'e PackEntry) -> Self {
+        Verified {
+            inner,
+            entry,
+            hasher: blake3::Hasher::new(),
+            seen: 0,
+            header: Vec::with_capacity(12),
+            pending: Vec::with_capacity(128 * 1024),
+            start: 0,
+            verified: false,
+        }
     }
-    if blake3::hash(&bytes).as_bytes() != &entry.hash {
-        return Err(corrupt("BLAKE3 hash mismatch".into()));
+
+    fn corrupt(&self, reason: String) -> io::Error {
+        io::Error::other(MaterializeError::CorruptPack {
+            hash: self.entry.hash_hex(),
+            reason,
+        })
     }
-    let objects = git::parse_pack_header(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    if objects != entry.objects {
-        return Err(corrupt(format!(
-            "{objects} objects instead of {}",
-            entry.objects
-        )));
+
+    /// Account for `bytes` just read from the loader.
+    fn take(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.seen += bytes.len() as u64;
+        if self.seen > self.entry.size {
+            return Err(self.corrupt(format!("more than {} bytes", self.entry.size)));
+        }
+        if self.header.len() < 12 {
+            let n = (12 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            if self.header.len() == 12 {
+                let objects = git::parse_pack_header_prefix(&self.header)
+                    .map_err(|e| self.corrupt(e.to_string()))?;
+                if objects != self.entry.objects {
+                    return Err(self.corrupt(format!(
+                        "{objects} objects instead of {}",
+                        self.entry.objects
+                    )));
+                }
+            }
+        }
+        self.hasher.update(bytes);
+        self.pending.extend_from_slice(bytes);
+        Ok(())
     }
-    Ok(bytes)
+
+    /// The loader is done: check everything.
+    fn verify(&mut self) -> io::Result<()> {
+        if self.seen != self.entry.size {
+            return Err(self.corrupt(format!(
+                "{} bytes instead of {}",
+                self.seen, self.entry.size
+            )));
+        }
+        if self.header.len() < 12 {
+            return Err(self.corrupt(format!("only {} bytes", self.seen)));
+        }
+        if self.hasher.finalize().as_bytes() != &self.entry.hash {
+            return Err(self.corrupt("BLAKE3 hash mismatch".into()));
+        }
+        self.verified = true;
+        Ok(())
+    }
+}
+
+impl Read for Verified<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            let available = self.pending.len() - self.start;
+            let releasable = if self.verified {
+                available
+            } else {
+                available.saturating_sub(HOLD_BACK)
+            };
+            if releasable > 0 || (self.verified && available == 0) {
+                let n = releasable.min(out.len());
+                out[..n].copy_from_slice(&self.pending[self.start..self.start + n]);
+                self.start += n;
+                if self.start > 64 * 1024 && self.start * 2 > self.pending.len() {
+                    self.pending.drain(..self.start);
+                    self.start = 0;
+                }
+                return Ok(n);
+            }
+            match self.inner.read(&mut chunk) {
+                Ok(0) => self.verify()?,
+                Ok(n) => self.take(&chunk[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// Write both marker files atomically (temp file + rename each); the

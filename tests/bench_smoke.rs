@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-const SCENARIOS: &[&str] = &["full", "incremental", "gossip", "scale", "admin"];
+const SCENARIOS: &[&str] = &["full", "incremental", "gossip", "scale", "admin", "real"];
 
 #[test]
 fn smoke_run_writes_every_scenario() {
@@ -82,6 +82,16 @@ fn smoke_run_writes_every_scenario() {
     assert!(figure("incremental", "git_fetch_wire_bytes") > 0.0);
     assert_eq!(figure("gossip", "n3_missed"), 0.0);
     assert!(figure("scale", "r50_rss_mib") > 0.0);
+    assert!(figure("scale", "c10_rss_mib") > 0.0);
+    assert!(figure("scale", "c10_startup_ms") > 0.0);
     assert!(figure("admin", "status_p99_ms") > 0.0);
     assert_eq!(json["scenarios"]["full"]["params"]["deterministic"], true);
+    // The real-shaped repository: many refs, replicated, pushed and cloned.
+    assert!(figure("real", "refs") >= 100.0);
+    assert!(figure("real", "full_knotd_ms") > 0.0);
+    assert!(figure("real", "push_knotd_ms") > 0.0);
+    assert!(figure("real", "clone_helper_ms") > 0.0);
+    assert!(figure("real", "clone_http_ms") > 0.0);
+    assert!(figure("real", "follower_hwm_mib") > 0.0);
+    assert_eq!(json["scenarios"]["real"]["params"]["deterministic"], true);
 }

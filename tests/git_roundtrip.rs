@@ -1,149 +1,18 @@
 //! End-to-end tests of publishing and materializing with real git
 //! repositories built in temporary directories.
 
+mod git_env;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use git_env::{Env, binary, text};
 use knotd::git::{self, GitError, Head, ObjectId, RefSet};
 use knotd::manifest::{Manifest, PackEntry};
 use knotd::materialize::{self, MaterializeError, Outcome};
-
-/// Isolated git environment: its own HOME, no system or global config.
-struct Env {
-    root: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        let root = tempfile::tempdir().unwrap();
-        fs::create_dir(root.path().join("home")).unwrap();
-        Env { root }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.path().join(name)
-    }
-
-    fn cmd(&self, dir: &Path) -> Command {
-        let mut cmd = Command::new("git");
-        for var in [
-            "GIT_DIR",
-            "GIT_WORK_TREE",
-            "GIT_INDEX_FILE",
-            "GIT_OBJECT_DIRECTORY",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.current_dir(dir)
-            .env("HOME", self.path("home"))
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@t")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@t")
-            .env("LC_ALL", "C")
-            .args(["-c", "init.defaultBranch=main", "-c", "gc.auto=0"]);
-        cmd
-    }
-
-    /// Run git in `dir`, assert success, return stdout.
-    fn git(&self, dir: &Path, args: &[&str]) -> String {
-        let out = self.cmd(dir).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn commit_file(&self, repo: &Path, file: &str, content: &[u8], msg: &str) {
-        let path = repo.join(file);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, content).unwrap();
-        self.git(repo, &["add", file]);
-        self.git(repo, &["commit", "-q", "-m", msg]);
-    }
-
-    /// A work-tree repository with branches, a merge, tags, notes, a binary
-    /// file and a remote-tracking ref (which must not be published).
-    fn sample_repo(&self) -> PathBuf {
-        let repo = self.path("src");
-        fs::create_dir(&repo).unwrap();
-        self.git(&repo, &["init", "-q"]);
-        self.commit_file(&repo, "README", b"hello\n", "initial");
-        self.commit_file(&repo, "data/blob.bin", &binary(200_000, 1), "binary");
-        self.git(&repo, &["checkout", "-q", "-b", "feature"]);
-        self.commit_file(&repo, "feature.txt", &text(2000, 0), "feature work");
-        self.git(&repo, &["tag", "light"]);
-        self.git(&repo, &["checkout", "-q", "main"]);
-        self.commit_file(&repo, "README", b"hello\nworld\n", "main work");
-        self.git(
-            &repo,
-            &["merge", "-q", "--no-ff", "-m", "merge feature", "feature"],
-        );
-        self.git(&repo, &["tag", "-a", "v1.0", "-m", "release 1.0"]);
-        self.git(&repo, &["branch", "dev", "HEAD~1"]);
-        self.git(&repo, &["notes", "add", "-m", "a note", "HEAD"]);
-        self.git(&repo, &["update-ref", "refs/remotes/origin/main", "HEAD~1"]);
-        repo
-    }
-
-    /// `for-each-ref` lines (object, type, name), without remote-tracking refs.
-    fn ref_listing(&self, repo: &Path) -> Vec<String> {
-        self.git(
-            repo,
-            &[
-                "for-each-ref",
-                "--format=%(objectname) %(objecttype) %(refname)",
-            ],
-        )
-        .lines()
-        .filter(|l| !l.contains(" refs/remotes/"))
-        .map(str::to_owned)
-        .collect()
-    }
-
-    fn head(&self, repo: &Path) -> String {
-        self.git(repo, &["symbolic-ref", "HEAD"]).trim().to_owned()
-    }
-
-    fn assert_same_repo(&self, src: &Path, materialized: &Path) {
-        assert_eq!(self.ref_listing(src), self.ref_listing(materialized));
-        assert_eq!(self.head(src), self.head(materialized));
-        git::fsck(materialized).unwrap();
-    }
-}
-
-/// Deterministic pseudo-random bytes (includes NUL and high bytes).
-fn binary(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn text(lines: usize, variant: usize) -> Vec<u8> {
-    (0..lines)
-        .map(|i| {
-            format!(
-                "line {i} of the file, variant {}\n",
-                if i % 97 == 0 { variant } else { 0 }
-            )
-        })
-        .collect::<String>()
-        .into_bytes()
-}
 
 /// In-memory stand-in for the blob store.
 #[derive(Default)]
@@ -153,15 +22,15 @@ struct Store {
 }
 
 impl Store {
-    fn load(&mut self, entry: &PackEntry) -> Result<Vec<u8>, MaterializeError> {
+    fn load(&mut self, entry: &PackEntry) -> Result<materialize::PackReader, MaterializeError> {
         self.loads += 1;
-        self.blobs
-            .get(&entry.hash)
-            .cloned()
-            .ok_or_else(|| MaterializeError::PackUnavailable {
+        let bytes = self.blobs.get(&entry.hash).cloned().ok_or_else(|| {
+            MaterializeError::PackUnavailable {
                 hash: entry.hash_hex(),
                 reason: "not in store".into(),
-            })
+            }
+        })?;
+        Ok(Box::new(std::io::Cursor::new(bytes)))
     }
 
     fn materialize(&mut self, dest: &Path, m: &Manifest) -> Result<Outcome, MaterializeError> {
@@ -877,4 +746,35 @@ fn fast_forward_check_with_real_history() {
             "refs/tags/light".to_owned(),
         ]
     );
+}
+
+#[test]
+fn a_new_repository_refuses_a_ref_below_another() {
+    let env = Env::new();
+    let src = env.sample_repo();
+    let git_dir = git::open_repo(&src).unwrap();
+    let refs = git::read_refs(&git_dir).unwrap();
+    let pack = git::pack_objects(&git_dir, &refs.tips(), &[], false).unwrap();
+    let bare = env.path("bare.git");
+    let bare_dir = git::init_bare(&bare).unwrap();
+    git::index_pack(&bare_dir, &pack.bytes).unwrap();
+    let main = refs.refs["refs/heads/main"].clone();
+    let mut clash = RefSet::default();
+    clash.refs.insert("refs/heads/x".into(), main.clone());
+    clash.refs.insert("refs/heads/x-y".into(), main.clone());
+    clash.refs.insert("refs/heads/x/y".into(), main.clone());
+    let err = git::apply_refs(&bare_dir, &clash).unwrap_err();
+    assert!(matches!(err, GitError::InvalidRefName { .. }), "{err}");
+    assert!(git::read_refs(&bare_dir).unwrap().refs.is_empty());
+    // The same refs without the clash are written as packed-refs, peeled.
+    clash.refs.remove("refs/heads/x/y");
+    clash
+        .refs
+        .insert("refs/tags/v1.0".into(), refs.refs["refs/tags/v1.0"].clone());
+    git::apply_refs(&bare_dir, &clash).unwrap();
+    assert_eq!(git::read_refs(&bare_dir).unwrap().refs, clash.refs);
+    let packed = fs::read_to_string(bare.join("packed-refs")).unwrap();
+    assert!(packed.starts_with("# pack-refs with: peeled fully-peeled sorted"));
+    assert!(packed.contains(&format!("^{main}")), "{packed}");
+    git::fsck(&bare_dir).unwrap();
 }

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use knotd::{
-    admin::{self, AdminClient, Command, PackProgress, Payload, PublishReport},
+    admin::{AdminClient, Command, PackProgress, Payload, PublishReport},
     config::Config,
     node::Node,
     repo_id::RepoId,
@@ -111,6 +111,41 @@ impl InNode {
         }
     }
 
+    /// Poll every `every` until the node has materialized `manifest`;
+    /// returns when it first knew of it (fetching or materialized) and when
+    /// it had it materialized, both since `start` (`None` after `timeout`).
+    pub async fn wait_received(
+        &self,
+        repo_id: &str,
+        manifest: &str,
+        start: Instant,
+        every: Duration,
+        timeout: Duration,
+    ) -> Result<(Option<Duration>, Option<Duration>)> {
+        let mut received = None;
+        loop {
+            let repo = match self.cmd(Command::List).await? {
+                Payload::Repos { repos } => repos.into_iter().find(|r| r.repo_id == repo_id),
+                other => bail!("unexpected payload {other:?}"),
+            };
+            let now = start.elapsed();
+            let (fetching, materialized) = repo
+                .map(|r| (r.fetching, r.materialized))
+                .unwrap_or_default();
+            let done = materialized.as_deref() == Some(manifest);
+            if received.is_none() && (done || fetching.as_deref() == Some(manifest)) {
+                received = Some(now);
+            }
+            if done {
+                return Ok((received, Some(now)));
+            }
+            if now > timeout {
+                return Ok((received, None));
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// Size in bytes of the manifest blob `manifest` (hex) of a repository.
     pub async fn manifest_bytes(&self, repo_id: &str, manifest: &str) -> Result<u64> {
         let hash = knotd::record::parse_hash_hex(manifest).context("manifest hash")?;
@@ -163,7 +198,26 @@ impl ChildNode {
     /// `ticket` (a reply that stays small however many repositories are
     /// tracked); returns the node and the time that took.
     pub async fn spawn(knotd: &Path, data_dir: &Path) -> Result<(Self, Duration)> {
+        Self::spawn_with(knotd, data_dir, None).await
+    }
+
+    /// [`ChildNode::spawn`] with smart HTTP served on `http_port`.
+    pub async fn spawn_with(
+        knotd: &Path,
+        data_dir: &Path,
+        http_port: Option<u16>,
+    ) -> Result<(Self, Duration)> {
         std::fs::create_dir_all(data_dir)?;
+        let mut extra = Vec::new();
+        if let Some(port) = http_port {
+            let config = data_dir.join("bench.toml");
+            std::fs::write(
+                &config,
+                format!("[http]\nenabled = true\nbind = \"127.0.0.1:{port}\"\n"),
+            )?;
+            extra.push("--config".to_string());
+            extra.push(config.display().to_string());
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -172,6 +226,7 @@ impl ChildNode {
         let start = Instant::now();
         let child = std::process::Command::new(knotd)
             .arg("run")
+            .args(&extra)
             .arg("--data-dir")
             .arg(data_dir)
             .args([
@@ -200,7 +255,7 @@ impl ChildNode {
 
     async fn wait_ready(&mut self, start: Instant) -> Result<Duration> {
         loop {
-            if self.socket.exists() && admin::request(&self.socket, &Command::Ticket).await.is_ok()
+            if self.socket.exists() && self.client().call(&Command::Ticket).await.is_ok()
             {
                 return Ok(start.elapsed());
             }
@@ -222,24 +277,92 @@ impl ChildNode {
         self.child.id()
     }
 
+    /// The typed admin client of this node.
+    pub fn client(&self) -> AdminClient {
+        AdminClient::new(self.socket.clone())
+    }
+
     /// Send one admin request.
     pub async fn request(&self, command: &Command) -> Result<Payload> {
-        admin::request(&self.socket, command)
+        self.client()
+            .call(command)
             .await
             .map_err(|e| anyhow!("{e}"))
     }
 
+    /// Publish a local repository (packed on this side, as the CLI does).
+    pub async fn publish(&self, repo_id: &str, path: &Path) -> Result<PublishReport> {
+        Ok(self
+            .client()
+            .publish_repository(&rid(repo_id)?, path, false, PackProgress::Quiet)
+            .await?)
+    }
+
     /// Resident memory in bytes.
     pub fn rss_bytes(&self) -> Result<u64> {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// Peak resident memory in bytes.
+    pub fn hwm_bytes(&self) -> Result<u64> {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// The admin socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Where a repository is materialized.
+    pub fn repo_path(&self, repo_id: &str) -> Result<PathBuf> {
+        Ok(self
+            .data_dir
+            .join("repos")
+            .join(rid(repo_id)?.relative_path()))
+    }
+
+    /// The manifest this node has materialized for a repository.
+    pub async fn materialized(&self, repo_id: &str) -> Result<Option<String>> {
+        match self.request(&Command::List).await? {
+            Payload::Repos { repos } => Ok(repos
+                .into_iter()
+                .find(|r| r.repo_id == repo_id)
+                .and_then(|r| r.materialized)),
+            other => bail!("unexpected payload {other:?}"),
+        }
+    }
+
+    /// Poll every `every` until the node has materialized `manifest`;
+    /// returns the time since `start`, or `None` after `timeout`.
+    pub async fn wait_materialized(
+        &self,
+        repo_id: &str,
+        manifest: &str,
+        start: Instant,
+        every: Duration,
+        timeout: Duration,
+    ) -> Result<Option<Duration>> {
+        loop {
+            if self.materialized(repo_id).await?.as_deref() == Some(manifest) {
+                return Ok(Some(start.elapsed()));
+            }
+            if start.elapsed() > timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    fn status_bytes(&self, key: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .context("VmRSS missing")?;
+            .find(|l| l.starts_with(key))
+            .with_context(|| format!("{key} missing"))?;
         let kib: u64 = line
             .split_whitespace()
             .nth(1)
-            .context("VmRSS value")?
+            .context("status value")?
             .parse()?;
         Ok(kib * 1024)
     }

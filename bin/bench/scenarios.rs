@@ -31,6 +31,7 @@ pub struct Plan {
     pub incremental_commits: usize,
     pub gossip_nodes: Vec<usize>,
     pub scale_repos: Vec<usize>,
+    pub scale_content: Vec<usize>,
     pub admin_requests: usize,
     pub idle: Duration,
     pub knotd: PathBuf,
@@ -100,12 +101,12 @@ impl Fixture {
     }
 }
 
-/// Time a bare clone over `git daemon`; returns the time and the pack size.
+/// Time a mirror clone over `git daemon`; returns the time and the pack size.
 fn git_clone(url: &str, dest: &std::path::Path) -> Result<(Duration, u64)> {
     let parent = dest.parent().context("clone parent")?;
     let started = Instant::now();
     let status = git_command(parent)
-        .args(["clone", "--bare", "--no-local", "-q", url])
+        .args(["clone", "--mirror", "--no-local", "-q", url])
         .arg(dest)
         .status()?;
     let elapsed = started.elapsed();
@@ -343,7 +344,7 @@ pub async fn gossip(plan: &Plan) -> Result<ScenarioReport> {
         let second = publisher.publish(REPO, generator.git_dir()).await?;
         let start = Instant::now();
         let waits = nodes.iter().map(|node| {
-            node.wait_materialized(
+            node.wait_received(
                 REPO,
                 &second.manifest,
                 start,
@@ -352,12 +353,36 @@ pub async fn gossip(plan: &Plan) -> Result<ScenarioReport> {
             )
         });
         let mut samples = Vec::new();
+        let mut receipts = Vec::new();
         let mut missed = 0;
         for r in n0_future::join_all(waits).await {
-            match r? {
+            let (received, materialized) = r?;
+            if let Some(d) = received {
+                receipts.push(ms(d));
+            }
+            match materialized {
                 Some(d) => samples.push(ms(d)),
                 None => missed += 1,
             }
+        }
+        report.fig(
+            format!("n{n}_receipt_p50_ms"),
+            round3(percentile(&receipts, 50.0)),
+            "ms",
+        );
+        if n >= 30 {
+            report.fig_target(
+                format!("n{n}_receipt_p99_ms"),
+                round3(percentile(&receipts, 99.0)),
+                "ms",
+                "< 500",
+            );
+        } else {
+            report.fig(
+                format!("n{n}_receipt_p99_ms"),
+                round3(percentile(&receipts, 99.0)),
+                "ms",
+            );
         }
         report.fig(
             format!("n{n}_p50_ms"),
@@ -388,6 +413,10 @@ pub async fn gossip(plan: &Plan) -> Result<ScenarioReport> {
         report.param(
             &format!("n{n}_samples_ms"),
             samples.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
+        );
+        report.param(
+            &format!("n{n}_receipt_samples_ms"),
+            receipts.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
         );
         for node in nodes {
             node.shutdown().await?;
@@ -432,7 +461,18 @@ pub async fn scale(plan: &Plan) -> Result<ScenarioReport> {
             failed += 1;
         }
     }
-    if failed == plan.scale_repos.len() {
+    report.param("content_repos", plan.scale_content.clone());
+    for &count in &plan.scale_content {
+        progress(&format!("scale: {count} repositories with content"));
+        if let Err(e) = crate::scale_content::scale_content(plan, count, ticks, &mut report).await {
+            progress(&format!(
+                "scale: {count} repositories with content failed: {e:#}"
+            ));
+            report.param(&format!("c{count}_error"), format!("{e:#}"));
+            failed += 1;
+        }
+    }
+    if failed == plan.scale_repos.len() + plan.scale_content.len() {
         bail!("every scale measurement failed");
     }
     Ok(report)

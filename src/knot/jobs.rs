@@ -8,20 +8,64 @@
 //! previous state back (pins and materialized copy) before it reports, so
 //! the previous state stays served and pinned. Jobs run as child tasks of
 //! the actor; nothing here is kept between jobs.
+//!
+//! After a new state is materialized, its repository gets a fresh
+//! multi-pack-index and bitmap in the background ([`optimize_later`]): it
+//! speeds up serving clones but is no part of the state, so the job does
+//! not wait for it. Requests for a repository already being optimized are
+//! coalesced into one more run.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{LazyLock, Mutex},
+    time::Duration,
+};
 
 use iroh::Endpoint;
 use iroh_blobs::{Hash, store::fs::FsStore};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{
     admin::{EventLine, NodeEvent},
     content::{self, ContentError},
     core::{JobError, JobResult, JobSpec, StateInfo},
     manifest::Manifest,
+    materialize,
     repo_id::RepoId,
 };
+
+/// Repositories being optimized, and whether another run was asked for.
+static OPTIMIZING: LazyLock<Mutex<HashMap<PathBuf, bool>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Write the multi-pack-index and bitmap of the repository at `dest` on a
+/// blocking thread, one run per repository at a time.
+fn optimize_later(dest: PathBuf) {
+    {
+        let mut running = OPTIMIZING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(again) = running.get_mut(&dest) {
+            *again = true;
+            return;
+        }
+        running.insert(dest.clone(), false);
+    }
+    tokio::task::spawn_blocking(move || {
+        loop {
+            if let Err(e) = materialize::optimize(&dest) {
+                // Serving works without it; the next update tries again.
+                debug!(path = %dest.display(), error = %e, "cannot write the multi-pack-index");
+            }
+            let mut running = OPTIMIZING.lock().unwrap_or_else(|e| e.into_inner());
+            if running.get(&dest) == Some(&true) {
+                running.insert(dest.clone(), false);
+                continue;
+            }
+            running.remove(&dest);
+            break;
+        }
+    });
+}
 
 /// What every job needs.
 #[derive(Clone)]
@@ -133,7 +177,7 @@ async fn publish(
     out.unchanged = published.unchanged;
     out.consolidated = published.consolidated;
     if !published.unchanged {
-        content::materialize(
+        let outcome = content::materialize(
             &ctx.blobs,
             &ctx.dest(repo),
             published.hash,
@@ -141,6 +185,9 @@ async fn publish(
         )
         .await?;
         content::pin(&ctx.blobs, repo, published.hash, &published.manifest).await?;
+        if outcome != materialize::Outcome::Unchanged {
+            optimize_later(ctx.dest(repo));
+        }
     }
     drop(published.protect);
     Ok(out)
@@ -183,7 +230,11 @@ async fn fetch(
         ..content::FetchOptions::new(ctx.fetch_timeout, &ctx.data_dir)
     };
     let fetched = content::fetch(&ctx.blobs, &downloader, repo, manifest, providers, &opts).await?;
-    content::materialize(&ctx.blobs, &ctx.dest(repo), manifest, &fetched.manifest).await?;
+    let outcome =
+        content::materialize(&ctx.blobs, &ctx.dest(repo), manifest, &fetched.manifest).await?;
     content::pin(&ctx.blobs, repo, manifest, &fetched.manifest).await?;
+    if outcome != materialize::Outcome::Unchanged {
+        optimize_later(ctx.dest(repo));
+    }
     Ok(info(&fetched.manifest, manifest, fetched.bytes_fetched))
 }

@@ -1,0 +1,236 @@
+//! Scale with content: one `knotd run` child tracking many repositories
+//! that each have content, an ATProto record and a peer, as a seeding node
+//! does in production. A second node publishes the repositories (one small
+//! source, so their packs dedupe), a loopback stand-in for the owners' PDS
+//! serves their records, and the measured node follows every repository
+//! from its record and the publisher's ticket.
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::get,
+};
+use knotd::{
+    admin::{Command as Admin, Payload},
+    record::{PeerHint, RepoRecord},
+};
+
+use crate::{
+    nodes::{ChildNode, rid},
+    repogen::{RepoGen, TINY},
+    report::{ScenarioReport, ms, round3},
+    scenarios::Plan,
+};
+
+type Records = Arc<Mutex<HashMap<String, serde_json::Value>>>;
+
+fn progress(text: &str) {
+    eprintln!("knotd-bench: scale: {text}");
+}
+
+/// `com.atproto.repo.getRecord` for the records in `records`.
+async fn get_record(
+    State(records): State<Records>,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    let (Some(repo), Some(rkey)) = (q.get("repo"), q.get("rkey")) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "InvalidRequest"})),
+        );
+    };
+    let key = format!("{repo}/{rkey}");
+    let value = records.lock().unwrap().get(&key).cloned();
+    match value {
+        Some(value) => (
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "uri": format!("at://{repo}/app.knot.repo/{rkey}"),
+                "value": value,
+            })),
+        ),
+        None => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "RecordNotFound", "message": "no record"})),
+        ),
+    }
+}
+
+/// Count the `fsync`/`fdatasync` calls on `file` that the process `pid`
+/// makes during `window`, with strace; `None` when strace is not here.
+fn syncs_during(pid: u32, file: &str, window: Duration, trace: &Path) -> Result<Option<usize>> {
+    let tracer = Command::new("strace")
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(trace)
+        .args(["-p", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut tracer) = tracer else {
+        return Ok(None);
+    };
+    std::thread::sleep(window);
+    let _ = Command::new("kill")
+        .args(["-INT", &tracer.id().to_string()])
+        .status();
+    let _ = tracer.wait();
+    let text = std::fs::read_to_string(trace).unwrap_or_default();
+    Ok(Some(
+        text.lines()
+            .filter(|l| l.contains(file) && !l.contains("resumed"))
+            .count(),
+    ))
+}
+
+/// Measure one node following `count` repositories with content.
+pub async fn scale_content(
+    plan: &Plan,
+    count: usize,
+    ticks: f64,
+    report: &mut ScenarioReport,
+) -> Result<()> {
+    let dir = plan.work.join(format!("scale-content-{count}"));
+    let source = RepoGen::create(&dir.join("src.git"), TINY, plan.seed)?;
+    let records: Records = Arc::default();
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let pds = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
+    let app = Router::new()
+        .route("/xrpc/com.atproto.repo.getRecord", get(get_record))
+        .with_state(records.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    progress(&format!("publishing {count} repositories"));
+    let (publisher, _) = ChildNode::spawn(&plan.knotd, &dir.join("publisher")).await?;
+    let ticket = match publisher.request(&Admin::Ticket).await? {
+        Payload::Ticket { ticket } => ticket,
+        other => bail!("unexpected payload {other:?}"),
+    };
+    let publisher_id = match publisher.request(&Admin::Status).await? {
+        Payload::Status(status) => status.node_id,
+        other => bail!("unexpected payload {other:?}"),
+    };
+    let started = Instant::now();
+    let id = |i: usize| format!("did:plc:scalec{i:06}/repo");
+    for i in 0..count {
+        let published = publisher.publish(&id(i), source.git_dir()).await?;
+        let mut record = RepoRecord::empty(rid(&id(i))?);
+        record.head = published.head.clone();
+        record.manifest = Some(published.manifest.clone());
+        record.peers = vec![PeerHint::new(
+            publisher_id.clone(),
+            Vec::new(),
+            Some(ticket.clone()),
+        )];
+        records.lock().unwrap().insert(
+            format!("did:plc:scalec{i:06}/repo"),
+            serde_json::to_value(&record)?,
+        );
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+
+    progress(&format!("following {count} repositories"));
+    let (node, _) = ChildNode::spawn(&plan.knotd, &dir.join("node")).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_empty = node.rss_bytes()?;
+    let with_records = std::env::var_os("KNOTD_BENCH_NO_RECORDS").is_none();
+    let started = Instant::now();
+    for i in 0..count {
+        let added = node
+            .request(&Admin::AddRepo {
+                repo_id: rid(&id(i))?,
+                pds: with_records.then(|| pds.clone()),
+                record: with_records
+                    .then(|| format!("at://did:plc:scalec{i:06}/app.knot.repo/repo")),
+                peers: vec![ticket.clone()],
+            })
+            .await;
+        if let Err(e) = added {
+            let log = std::env::temp_dir().join("knotd-bench-scale-node.log");
+            let _ = std::fs::copy(dir.join("node/bench-node.log"), &log);
+            bail!(
+                "add-repo of repository {i} after {:.1} s: {e:#} (node log kept in {})",
+                started.elapsed().as_secs_f64(),
+                log.display()
+            );
+        }
+    }
+    // Every repository materialized: its marker is on disk.
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut done = 0;
+    while done < count {
+        done = (0..count)
+            .filter(|i| {
+                node.repo_path(&id(*i))
+                    .map(|p| p.join("knot-manifest").is_file())
+                    .unwrap_or(false)
+            })
+            .count();
+        if Instant::now() > deadline {
+            bail!("only {done} of {count} repositories materialized within 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let follow_secs = started.elapsed().as_secs_f64();
+    // Let the last jobs, bitmaps and bookkeeping settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = node.rss_bytes()?;
+    let cpu0 = node.cpu_ticks()?;
+    let window = plan.idle;
+    let syncs = syncs_during(node.pid(), "knotd.redb", window, &dir.join("syncs.trace"))?;
+    let idle_cpu = (node.cpu_ticks()? - cpu0) as f64 / ticks / window.as_secs_f64();
+    progress(&format!("restarting with {count} repositories"));
+    let (node, restart) = node.restart().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_restarted = node.rss_bytes()?;
+    let connected = match node.request(&Admin::List).await? {
+        Payload::Repos { repos } => repos.iter().filter(|r| r.materialized.is_some()).count(),
+        other => bail!("unexpected payload {other:?}"),
+    };
+    node.stop().await?;
+    publisher.stop().await?;
+    server.abort();
+    std::fs::remove_dir_all(&dir).context("removing the work directory")?;
+
+    let mb = |b: u64| round3(b as f64 / (1024.0 * 1024.0));
+    let p = format!("c{count}");
+    report.fig(format!("{p}_rss_empty_mib"), mb(rss_empty), "MiB");
+    report.fig(format!("{p}_rss_mib"), mb(rss), "MiB");
+    report.fig(format!("{p}_rss_restarted_mib"), mb(rss_restarted), "MiB");
+    report.fig(format!("{p}_idle_cpu_pct"), round3(idle_cpu * 100.0), "%");
+    report.fig(format!("{p}_startup_ms"), round3(ms(restart)), "ms");
+    report.fig(
+        format!("{p}_follow_per_s"),
+        round3(count as f64 / follow_secs),
+        "repo/s",
+    );
+    report.fig(
+        format!("{p}_publish_per_s"),
+        round3(count as f64 / publish_secs),
+        "repo/s",
+    );
+    match syncs {
+        Some(n) => report.fig(
+            format!("{p}_redb_syncs_per_s"),
+            round3(n as f64 / window.as_secs_f64()),
+            "1/s",
+        ),
+        None => report.param(&format!("{p}_redb_syncs"), "strace not installed"),
+    }
+    report.param(&format!("{p}_materialized_after_restart"), connected);
+    Ok(())
+}

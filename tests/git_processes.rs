@@ -1,0 +1,158 @@
+//! Publishing and materializing run the same few git processes whatever
+//! the number of refs: counted through a `git` wrapper on `PATH` in a
+//! second run of this test binary.
+
+mod git_env;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use git_env::Env;
+use knotd::materialize::Outcome;
+
+/// Run this test binary again for `test`, with `git` on `PATH` replaced by
+/// a wrapper that logs every invocation's subcommand; returns the child's
+/// output.
+fn rerun_counting_git(test: &str, env: &Env) -> String {
+    let real_git = std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("git"))
+                .find(|p| p.is_file())
+        })
+        .expect("git is on PATH");
+    let bin = env.path("wrapped-bin");
+    fs::create_dir_all(&bin).unwrap();
+    let log = env.path("git-calls.log");
+    let wrapper = bin.join("git");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             for a in \"$@\"; do case \"$a\" in -*|*/*) ;; *) echo \"$a\" >> \"$KNOT_GIT_LOG\"; break;; esac; done\n\
+             exec '{}' \"$@\"\n",
+            real_git.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env("PATH", path)
+        .env("KNOT_GIT_LOG", &log)
+        .env("KNOT_COUNT_CHILD", env.root.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child run failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Publish a repository with `refs` branches and tags, then update ten
+/// branches and publish again; returns the git subcommands the second
+/// publish and its materialization ran (each in its own log section).
+fn publish_with_many_refs(root: &Path, refs: usize) -> (Vec<String>, Vec<String>) {
+    let env = Env {
+        root: tempfile::tempdir_in(root).unwrap(),
+    };
+    fs::create_dir(env.path("home")).unwrap();
+    let src = env.sample_repo();
+    let head = env.git(&src, &["rev-parse", "HEAD"]).trim().to_owned();
+    let mut input = String::new();
+    for i in 0..refs {
+        let kind = if i % 2 == 0 { "heads/b" } else { "tags/t" };
+        input.push_str(&format!("create refs/{kind}{i} {head}\n"));
+    }
+    let mut child = env
+        .cmd(&src)
+        .args(["update-ref", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let log = PathBuf::from(std::env::var_os("KNOT_GIT_LOG").unwrap());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = iroh_blobs::store::mem::MemStore::new();
+        let repo = knotd::repo_id::RepoId::parse("did:plc:test/many").unwrap();
+        let dest = env.path("mat/many.git");
+        let first = knotd::content::publish(&store, &repo, &src, None, 16, false)
+            .await
+            .unwrap();
+        knotd::content::materialize(&store, &dest, first.hash, &first.manifest)
+            .await
+            .unwrap();
+        env.commit_file(&src, "README", b"more\n", "more");
+        let tip = env.git(&src, &["rev-parse", "HEAD"]).trim().to_owned();
+        for i in (0..20).step_by(2) {
+            env.git(&src, &["update-ref", &format!("refs/heads/b{i}"), &tip]);
+        }
+        let _ = fs::remove_file(&log);
+        let second = knotd::content::publish(&store, &repo, &src, Some(&first.manifest), 16, false)
+            .await
+            .unwrap();
+        assert!(!second.unchanged);
+        let published = fs::read_to_string(&log).unwrap_or_default();
+        let _ = fs::remove_file(&log);
+        let outcome = knotd::content::materialize(&store, &dest, second.hash, &second.manifest)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Updated { packs_indexed: 1 });
+        let materialized = fs::read_to_string(&log).unwrap_or_default();
+        env.assert_same_repo(&src, &dest);
+        let lines = |s: String| s.lines().map(str::to_owned).collect::<Vec<_>>();
+        (lines(published), lines(materialized))
+    })
+}
+
+#[test]
+fn publish_runs_the_same_git_processes_for_50_or_2000_refs() {
+    if let Some(root) = std::env::var_os("KNOT_COUNT_CHILD") {
+        // The child run: git is the counting wrapper here.
+        let root = PathBuf::from(root);
+        let (small_publish, small_mat) = publish_with_many_refs(&root, 50);
+        let (big_publish, big_mat) = publish_with_many_refs(&root, 2000);
+        println!("publish: {small_publish:?} / {big_publish:?}");
+        println!("materialize: {small_mat:?} / {big_mat:?}");
+        assert_eq!(small_publish, big_publish);
+        assert_eq!(small_mat, big_mat);
+        // Reading refs, one ancestry walker, one presence check, the pack.
+        assert!(big_publish.len() <= 6, "{big_publish:?}");
+        assert!(
+            big_publish.iter().filter(|c| *c == "cat-file").count() <= 2,
+            "{big_publish:?}"
+        );
+        assert!(big_mat.len() <= 10, "{big_mat:?}");
+        fs::write(root.join("child-ran"), b"yes").unwrap();
+        return;
+    }
+    let env = Env::new();
+    let output = rerun_counting_git(
+        "publish_runs_the_same_git_processes_for_50_or_2000_refs",
+        &env,
+    );
+    println!("{output}");
+    assert!(env.path("child-ran").exists(), "the child run did not run");
+    // The wrapper saw the work.
+    assert!(output.contains("\"pack-objects\""), "{output}");
+    assert!(output.contains("\"index-pack\""), "{output}");
+}
