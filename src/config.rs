@@ -159,6 +159,9 @@ pub struct Config {
     pub max_packs: usize,
     /// Timeout for one blob transfer from peers, in seconds (default 300).
     pub fetch_timeout_secs: u64,
+    /// Longest time one git process (pack, index, repack) may run before it
+    /// is killed, in seconds (default 3600).
+    pub git_timeout_secs: u64,
     /// Most content jobs (publish, fetch, removal) running at once across
     /// all repositories; the rest wait their turn, an operator's or a git
     /// client's first (default 4).
@@ -202,6 +205,7 @@ impl Default for Config {
             admin_socket_group: None,
             max_packs: 16,
             fetch_timeout_secs: 300,
+            git_timeout_secs: crate::git::DEFAULT_TIMEOUT.as_secs(),
             max_concurrent_jobs: 4,
             max_repo_bytes: None,
             max_total_bytes: None,
@@ -319,6 +323,11 @@ impl Config {
     /// The blob transfer timeout.
     pub fn fetch_timeout(&self) -> Duration {
         Duration::from_secs(self.fetch_timeout_secs)
+    }
+
+    /// The limit for one git process (at least a second).
+    pub fn git_timeout(&self) -> Duration {
+        Duration::from_secs(self.git_timeout_secs.max(1))
     }
 }
 

@@ -36,9 +36,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod deadline;
 mod pack;
 mod refs;
 mod walk;
+
+pub(crate) use deadline::Deadline;
+pub use deadline::{DEFAULT_TIMEOUT, set_timeout, timeout};
 
 pub use pack::{
     Indexed, Pack, PackStream, index_pack, index_pack_from, pack_objects, parse_pack_header,
@@ -77,6 +81,16 @@ pub const REPO_LOCATING_ENV: &[&str] = &[
 /// Errors from git operations.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
+    /// A git process ran past its deadline and was killed.
+    #[error(
+        "`git {command}` ran longer than {after:?} and was killed; if the repository is that large, raise git_timeout_secs in the config"
+    )]
+    TimedOut {
+        /// The git subcommand and its arguments.
+        command: String,
+        /// The limit it ran into.
+        after: std::time::Duration,
+    },
     /// The `git` executable could not be started.
     #[error(
         "could not run `git`: {source}; install git (2.30 or newer) and make sure it is on PATH"
@@ -535,11 +549,12 @@ fn run(mut cmd: Command, label: &str, stdin: Option<&[u8]>) -> Result<Output, Gi
         cmd.stdin(Stdio::piped());
     }
     let mut child = spawn(cmd, label)?;
+    let deadline = Deadline::arm(&child, label);
     let io_err = |source| GitError::Io {
         context: format!("running `git {label}`"),
         source,
     };
-    match stdin {
+    let out = match stdin {
         None => child.wait_with_output().map_err(io_err),
         Some(data) => {
             let mut pipe = child.stdin.take().expect("stdin was configured as piped");
@@ -555,7 +570,19 @@ fn run(mut cmd: Command, label: &str, stdin: Option<&[u8]>) -> Result<Output, Gi
                 out
             })
         }
+    };
+    timed(out, &deadline, label)
+}
+
+/// `result`, unless the deadline killed the process: then that.
+fn timed<T>(result: Result<T, GitError>, deadline: &Deadline, label: &str) -> Result<T, GitError> {
+    if deadline.fired() {
+        return Err(GitError::TimedOut {
+            command: label.to_owned(),
+            after: deadline.limit(),
+        });
     }
+    result
 }
 
 /// Build a [`GitError::CommandFailed`] from a finished process.

@@ -142,6 +142,8 @@ impl Node {
     /// [`Node::shutdown`] is awaited.
     pub async fn spawn(config: Config, cancel: CancellationToken) -> Result<Self, NodeError> {
         config.check()?;
+        // One limit for the process's git work (nodes in one process share it).
+        crate::git::set_timeout(config.git_timeout());
         let data_dir = config.data_dir.clone();
         prepare_dir(&data_dir)?;
         let secret_key = keys::load_or_create(&data_dir.join("secret.key"))?;

@@ -156,3 +156,83 @@ fn publish_runs_the_same_git_processes_for_50_or_2000_refs() {
     assert!(output.contains("\"pack-objects\""), "{output}");
     assert!(output.contains("\"index-pack\""), "{output}");
 }
+
+/// A git that never finishes is killed at the configured deadline, and the
+/// caller gets an error that says so instead of waiting forever.
+#[test]
+fn a_hung_git_is_killed_at_its_deadline() {
+    if let Some(root) = std::env::var_os("KNOT_HANG_CHILD") {
+        // The child run: `git index-pack` hangs here.
+        let root = PathBuf::from(root);
+        knotd::git::set_timeout(std::time::Duration::from_secs(2));
+        let env = Env {
+            root: tempfile::tempdir_in(&root).unwrap(),
+        };
+        fs::create_dir(env.path("home")).unwrap();
+        let src = env.sample_repo();
+        let head = env.git(&src, &["rev-parse", "HEAD"]).trim().to_owned();
+        let head: knotd::git::ObjectId = head.parse().unwrap();
+        let git_dir = knotd::git::open_repo(&src).unwrap();
+        let pack = knotd::git::pack_objects(&git_dir, &[head], &[], false).unwrap();
+        let dest = knotd::git::init_bare(&env.path("dest.git")).unwrap();
+        let started = std::time::Instant::now();
+        let err = knotd::git::index_pack(&dest, &pack.bytes).unwrap_err();
+        let took = started.elapsed();
+        println!("index-pack: {err} after {took:?}");
+        assert!(
+            matches!(err, knotd::git::GitError::TimedOut { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("git_timeout_secs"), "{err}");
+        assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+        fs::write(root.join("child-ran"), b"yes").unwrap();
+        return;
+    }
+    let env = Env::new();
+    let real_git = std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("git"))
+                .find(|p| p.is_file())
+        })
+        .expect("git is on PATH");
+    let bin = env.path("hanging-bin");
+    fs::create_dir_all(&bin).unwrap();
+    let wrapper = bin.join("git");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" index-pack \"*) exec sleep 600;; esac\nexec '{}' \"$@\"\n",
+            real_git.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_hung_git_is_killed_at_its_deadline",
+            "--exact",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env("PATH", path)
+        .env("KNOT_HANG_CHILD", env.root.path())
+        .output()
+        .unwrap();
+    let output = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child run failed: {output}");
+    assert!(
+        env.path("child-ran").exists(),
+        "the child run did not run: {output}"
+    );
+}

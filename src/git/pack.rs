@@ -39,6 +39,7 @@ impl Pack {
 /// successfully, otherwise the last read fails with git's error.
 pub struct PackStream {
     child: Option<Child>,
+    deadline: super::Deadline,
     stdout: ChildStdout,
     stderr: Option<JoinHandle<Vec<u8>>>,
     header: [u8; 12],
@@ -61,7 +62,8 @@ impl PackStream {
         let status = child.wait().map_err(|source| GitError::Io {
             context: format!("waiting for `git {}`", self.label),
             source,
-        })?;
+        });
+        let status = super::timed(status, &self.deadline, &self.label)?;
         let stderr = self
             .stderr
             .take()
@@ -134,6 +136,7 @@ pub fn spawn_pack_objects(
     let mut cmd = git_at(git_dir, &args);
     cmd.stdin(Stdio::piped());
     let mut child = super::spawn(cmd, &label)?;
+    let deadline = super::Deadline::arm(&child, &label);
     let mut stdin = child.stdin.take().expect("stdin was configured as piped");
     // The rev list can exceed a pipe's buffer: write it from a thread.
     let writer = std::thread::spawn(move || {
@@ -148,6 +151,7 @@ pub fn spawn_pack_objects(
     let stdout = child.stdout.take().expect("stdout was configured as piped");
     let mut stream = PackStream {
         child: Some(child),
+        deadline,
         stdout,
         stderr: Some(stderr),
         header: [0; 12],
@@ -285,6 +289,7 @@ pub fn index_pack_from(git_dir: &Path, pack: &mut (dyn Read + Send)) -> Result<I
     cmd.env("GIT_OBJECT_DIRECTORY", quarantine.path())
         .stdin(Stdio::piped());
     let mut child = super::spawn(cmd, &label)?;
+    let deadline = super::Deadline::arm(&child, &label);
     let mut stdin = child.stdin.take().expect("stdin was configured as piped");
     let (feed, out) = std::thread::scope(|scope| {
         let feeder = scope.spawn(move || -> io::Result<u64> {
@@ -298,7 +303,8 @@ pub fn index_pack_from(git_dir: &Path, pack: &mut (dyn Read + Send)) -> Result<I
     let out = out.map_err(|source| GitError::Io {
         context: format!("running `git {label}`"),
         source,
-    })?;
+    });
+    let out = super::timed(out, &deadline, &label)?;
     match feed {
         Ok(Ok(_)) => {}
         // The reader's own error says what was wrong with the pack.

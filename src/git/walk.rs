@@ -25,6 +25,7 @@ struct CommitInfo {
 /// fast-forward costs about the commits it adds.
 pub struct Ancestry {
     child: Child,
+    _deadline: super::Deadline,
     input: BufWriter<ChildStdin>,
     output: BufReader<ChildStdout>,
     commits: HashMap<ObjectId, Option<CommitInfo>>,
@@ -36,6 +37,7 @@ impl Ancestry {
         let mut cmd = git_at(git_dir, &["cat-file", "--batch"]);
         cmd.stdin(Stdio::piped()).stderr(Stdio::null());
         let mut child = super::spawn(cmd, "cat-file --batch")?;
+        let deadline = super::Deadline::arm(&child, "cat-file --batch");
         let input = BufWriter::new(child.stdin.take().expect("stdin was configured as piped"));
         let output = BufReader::with_capacity(
             64 * 1024,
@@ -43,6 +45,7 @@ impl Ancestry {
         );
         Ok(Ancestry {
             child,
+            _deadline: deadline,
             input,
             output,
             commits: HashMap::new(),
