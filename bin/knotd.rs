@@ -278,7 +278,9 @@ fn real_main(cli: Cli) -> Result<()> {
                 run(config).await
             }
             Cmd::Ticket(target) => {
-                let payload = admin::request(&target.socket()?, &Command::Ticket).await?;
+                let payload = AdminClient::new(target.socket()?)
+                    .call(&Command::Ticket)
+                    .await?;
                 print_payload(payload, false);
                 Ok(())
             }

@@ -21,12 +21,13 @@ pub const SYSTEM_SOCKET: &str = "/run/knotd/knotd.sock";
 fn connect_error(socket: &Path, source: std::io::Error) -> AdminError {
     if source.kind() == std::io::ErrorKind::PermissionDenied {
         use std::os::unix::fs::MetadataExt;
-        let group = std::fs::metadata(socket)
-            .ok()
-            .and_then(|m| {
-                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(m.gid()))
-                    .ok()
-                    .flatten()
+        // The socket's group, or, when its directory cannot be entered,
+        // the directory's (the unit's runtime directory has the same group).
+        let group = std::iter::once(socket)
+            .chain(socket.parent())
+            .find_map(|path| {
+                let gid = std::fs::metadata(path).ok()?.gid();
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok()?
             })
             .map(|g| g.name)
             .unwrap_or_else(|| "knotd".into());
@@ -50,14 +51,14 @@ pub(super) async fn connect(socket: &Path) -> Result<UnixStream, AdminError> {
 }
 
 /// Send one command to the node at `socket` and wait for its reply.
-pub async fn request(socket: &Path, command: &Command) -> Result<Payload, AdminError> {
+async fn request(socket: &Path, command: &Command) -> Result<Payload, AdminError> {
     request_streaming(socket, command, |_| {}).await
 }
 
 /// Send one command and wait for its reply, handing every event line the
 /// node streams before it to `on_event` (`watch` streams until the node
 /// stops). The wait for each line is the command's timeout.
-pub async fn request_streaming(
+async fn request_streaming(
     socket: &Path,
     command: &Command,
     mut on_event: impl FnMut(EventLine),

@@ -11,9 +11,7 @@ mod events;
 mod server;
 mod transfer;
 
-pub use client::{
-    AdminClient, SOCKET_NAME, SYSTEM_SOCKET, locate_socket, request, request_streaming,
-};
+pub use client::{AdminClient, SOCKET_NAME, SYSTEM_SOCKET, locate_socket};
 pub use events::{EventLine, NodeEvent, PeerReplica, ReplicaStatus};
 pub use server::{Executor, PackBody, PublishRequest, bind, serve};
 pub use transfer::{LocalPublish, PackProgress, current_git_dir};

@@ -8,7 +8,7 @@ pub mod stranger;
 use std::path::{Path, PathBuf};
 
 use knotd::{
-    admin::{self, AdminError, Command, Payload},
+    admin::{AdminError, Command, Payload},
     config::Config,
     node::Node,
 };
@@ -51,7 +51,7 @@ impl TestNode {
 
     /// Send a command through the admin socket.
     pub async fn admin(&self, command: Command) -> Result<Payload, AdminError> {
-        admin::request(self.node.admin_socket(), &command).await
+        self.client().call(&command).await
     }
 
     /// Stop the node gracefully and start it again on the same data dir.
