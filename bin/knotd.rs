@@ -59,7 +59,10 @@ enum Cmd {
         /// Relay mode: disabled, default or a relay URL (overrides the config file).
         #[arg(long)]
         relay: Option<String>,
-        /// Turn off DNS/pkarr address discovery.
+        /// Address discovery: default, off or a pkarr relay URL (overrides the config file).
+        #[arg(long, conflicts_with = "no_discovery")]
+        discovery: Option<String>,
+        /// Turn off address discovery (same as `--discovery off`).
         #[arg(long)]
         no_discovery: bool,
     },
@@ -197,6 +200,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 config,
                 bind,
                 relay,
+                discovery,
                 no_discovery,
             } => {
                 let mut config = config.load()?;
@@ -206,8 +210,11 @@ fn real_main(cli: Cli) -> Result<()> {
                 if let Some(relay) = relay {
                     config.relay = relay;
                 }
+                if let Some(discovery) = discovery {
+                    config.discovery = knotd::config::Discovery(discovery);
+                }
                 if no_discovery {
-                    config.discovery = false;
+                    config.discovery = knotd::config::Discovery::off();
                 }
                 run(config).await
             }
