@@ -107,7 +107,8 @@ enum AdminCmd {
         /// The record, at://<did>/app.knot.repo/<rkey> (default rkey: the name).
         #[arg(long)]
         record: Option<String>,
-        /// A peer's endpoint ticket to bootstrap from (repeatable).
+        /// A peer to bootstrap from: its ticket, or its node id when
+        /// discovery can find it (repeatable).
         #[arg(long = "peer")]
         peers: Vec<String>,
     },
@@ -344,6 +345,7 @@ fn print_payload(payload: Payload, json: bool) {
             println!("addresses: {}", s.addrs.join(", "));
             println!("repos:     {}", s.repo_count);
             println!("ticket:    {}", s.ticket);
+            print_network(&s);
             if !s.repos.is_empty() {
                 println!();
                 print_repos(&s.repos);
@@ -399,6 +401,43 @@ fn print_payload(payload: Payload, json: bool) {
                     }
                 );
             }
+        }
+    }
+}
+
+/// Relay, discovery and the path to each peer.
+fn print_network(s: &knotd::admin::NodeStatus) {
+    println!("relay:     {}", s.relay_mode);
+    for relay in &s.relays {
+        let state = if relay.connected {
+            "connected".to_string()
+        } else {
+            match &relay.last_error {
+                Some(e) => format!("NOT connected ({e})"),
+                None => "not connected yet".to_string(),
+            }
+        };
+        println!("  home relay {}  {}", relay.url, state);
+    }
+    if s.relays.is_empty() && s.relay_mode != "disabled" {
+        println!("  no home relay chosen yet");
+    }
+    println!("discovery: {}", s.discovery);
+    if !s.peer_paths.is_empty() {
+        println!();
+        println!("{:64}  {:8}  ADDRESS", "PEER", "PATH");
+        for p in &s.peer_paths {
+            let path = match p.path {
+                knotd::admin::PathKind::Direct => "direct",
+                knotd::admin::PathKind::Relayed => "relayed",
+                knotd::admin::PathKind::Idle => "idle",
+            };
+            println!(
+                "{:64}  {:8}  {}",
+                p.node_id,
+                path,
+                p.addr.as_deref().unwrap_or("-")
+            );
         }
     }
 }

@@ -14,6 +14,7 @@
 mod input;
 mod jobs;
 mod net;
+mod paths;
 mod topics;
 
 use std::{
@@ -71,7 +72,7 @@ pub enum KnotError {
     Store(#[from] StoreError),
     /// A peer ticket does not parse.
     #[error(
-        "peer ticket {ticket:?} is invalid: {reason}; get a ticket with `knotd ticket` on the peer"
+        "peer ticket {ticket:?} is invalid: {reason}; get a ticket with `knotd ticket` on the peer, or give its node id when discovery is on"
     )]
     BadTicket {
         /// The ticket as given (shortened).
@@ -391,8 +392,26 @@ impl Knot {
         let repo_count = self.core.repo_count() as u64;
         let uptime_secs = self.started.elapsed().as_secs();
         let endpoint = self.parts.endpoint.clone();
+        let relay_mode = self.parts.config.relay.clone();
+        let discovery = self.parts.config.discovery.0.clone();
+        let mut peers = std::collections::BTreeSet::new();
+        for repo in &repos {
+            let Ok(id) = repo.repo_id.parse::<RepoId>() else {
+                continue;
+            };
+            for peer in self.core.peers(&id).unwrap_or_default() {
+                if peers.len() >= paths::MAX_PEER_PATHS {
+                    break;
+                }
+                if let Ok(peer) = peer.hint.node_id.parse::<iroh::EndpointId>() {
+                    peers.insert(peer);
+                }
+            }
+        }
         self.side.spawn(async move {
             let addr = wait_for_addr(&endpoint).await;
+            let relays = paths::relays(&endpoint);
+            let peer_paths = paths::peer_paths(&endpoint, peers).await;
             let status = NodeStatus {
                 node_id: endpoint.id().to_string(),
                 ticket: EndpointTicket::new(addr.clone()).to_string(),
@@ -414,6 +433,10 @@ impl Knot {
                 jobs_running,
                 jobs_waiting,
                 repos,
+                relay_mode,
+                discovery,
+                relays,
+                peer_paths,
             };
             let _ = reply.send(Reply::Ok(Payload::Status(status)));
             None
