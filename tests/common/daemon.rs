@@ -11,7 +11,7 @@ pub fn knotd() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_knotd"))
 }
 
-/// A `knotd run` child process on loopback with relays and discovery off.
+/// A `knotd run` child process, by default on loopback with relays and discovery off.
 pub struct Daemon {
     pub child: Child,
     pub socket: PathBuf,
@@ -27,13 +27,32 @@ impl Daemon {
     /// Start a daemon bound to `127.0.0.1:port` (0: any port). A fixed port
     /// keeps the node's address across restarts, as an operator's would.
     pub fn start_on(data_dir: &Path, port: u16) -> Daemon {
-        let bind = format!("127.0.0.1:{port}");
+        Self::start_with(
+            data_dir,
+            &Network {
+                bind: format!("127.0.0.1:{port}"),
+                ..Network::default()
+            },
+        )
+    }
+
+    /// Start a daemon with the given network settings.
+    pub fn start_with(data_dir: &Path, net: &Network) -> Daemon {
         let config = offline_config(data_dir);
-        let child = Command::new(knotd())
+        let mut command = match &net.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(knotd());
+                c
+            }
+            None => Command::new(knotd()),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&config)
-            .args(["--bind", &bind, "--relay", "disabled", "--no-discovery"])
+            .args(["--bind", &net.bind, "--relay", &net.relay])
+            .args(["--discovery", &net.discovery])
             .arg("--data-dir")
             .arg(data_dir)
             .env(
@@ -131,6 +150,31 @@ impl Daemon {
             .get("materialized")?
             .as_str()
             .map(str::to_string)
+    }
+}
+
+/// Where and how a daemon reaches the network.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// The UDP address to bind.
+    pub bind: String,
+    /// The `relay` setting.
+    pub relay: String,
+    /// The `discovery` setting.
+    pub discovery: String,
+}
+
+impl Default for Network {
+    /// Loopback, any port, relays and discovery off.
+    fn default() -> Self {
+        Self {
+            netns: None,
+            bind: "127.0.0.1:0".into(),
+            relay: "disabled".into(),
+            discovery: "off".into(),
+        }
     }
 }
 
