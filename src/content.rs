@@ -12,11 +12,8 @@
 use std::{path::Path, time::Duration};
 
 use bytes::Bytes;
-use iroh::EndpointId;
-use iroh_blobs::{
-    Hash, HashAndFormat,
-    api::{Store, downloader::Downloader},
-};
+use iroh::{Endpoint, EndpointId};
+use iroh_blobs::{Hash, HashAndFormat, api::Store};
 use n0_future::StreamExt;
 use tracing::debug;
 
@@ -395,7 +392,9 @@ pub struct Fetched {
 }
 
 /// Fetch `hash` (a manifest of `repo_id`) and every pack it lists that the store
-/// lacks, trying `providers` in order. The downloader verifies every byte
+/// lacks, trying `providers` in order, over `endpoint` ([`crate::download`]
+/// starts a blob over on fresh connections when its provider restarted
+/// under it). The downloader verifies every byte
 /// against its BLAKE3 hash; a provider that sends wrong bytes is dropped and
 /// the next is tried. Every blob is tagged before its download starts, so GC
 /// cannot take it; [`pin`] or [`restore`] settles the tags afterwards.
@@ -403,7 +402,7 @@ pub struct Fetched {
 /// for all missing packs (twice over: blob store and materialized copy).
 pub async fn fetch(
     blobs: &Store,
-    downloader: &Downloader,
+    endpoint: &Endpoint,
     repo_id: &RepoId,
     hash: Hash,
     providers: &[EndpointId],
@@ -422,7 +421,7 @@ pub async fn fetch(
         .await
         .map_err(request_err("checking a blob"))?;
     if !manifest_present {
-        download(downloader, "manifest", hash, providers, timeout).await?;
+        download(blobs, endpoint, "manifest", hash, providers, timeout).await?;
         bytes_fetched += blobs
             .get_bytes(hash)
             .await
@@ -457,7 +456,7 @@ pub async fn fetch(
             .await
             .map_err(request_err("checking a blob"))?
         {
-            download(downloader, "pack", pack_hash, providers, timeout).await?;
+            download(blobs, endpoint, "pack", pack_hash, providers, timeout).await?;
             bytes_fetched += pack.size;
         }
     }
@@ -488,7 +487,8 @@ pub fn check_space(dir: &Path, needed: u64) -> Result<(), ContentError> {
 }
 
 async fn download(
-    downloader: &Downloader,
+    blobs: &Store,
+    endpoint: &Endpoint,
     what: &'static str,
     hash: Hash,
     providers: &[EndpointId],
@@ -505,15 +505,9 @@ async fn download(
             .join(", "),
         message,
     };
-    if providers.is_empty() {
-        return Err(fail("no peers known".into()));
-    }
-    let request = downloader.download(HashAndFormat::raw(hash), providers.to_vec());
-    match tokio::time::timeout(timeout, request).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(fail(e.to_string())),
-        Err(_) => Err(fail(format!("timed out after {timeout:?}"))),
-    }
+    crate::download::download(blobs, endpoint, hash, providers, timeout)
+        .await
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// Materialize `manifest` into the bare repository at `dest`, reading and

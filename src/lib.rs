@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod content;
 pub mod core;
+pub mod download;
 pub mod git;
 pub mod heads;
 pub mod http;

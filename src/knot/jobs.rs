@@ -143,12 +143,9 @@ async fn fetch(
     manifest: Hash,
     providers: &[iroh::EndpointId],
 ) -> Result<StateInfo, ContentError> {
-    // A fresh downloader per job: its connections are new, so a peer that
-    // restarted since the last fetch is dialed afresh.
-    let downloader = ctx.blobs.downloader(&ctx.endpoint);
     let fetched = content::fetch(
         &ctx.blobs,
-        &downloader,
+        &ctx.endpoint,
         repo,
         manifest,
         providers,
