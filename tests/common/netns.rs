@@ -95,9 +95,31 @@ fn ip(args: &[&str]) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Remove namespaces left by labs of test processes that no longer run
+/// (killed before their Drop could run).
+fn remove_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(pid) = name
+            .strip_prefix("kn")
+            .and_then(|rest| rest.split('x').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
 impl Lab {
     /// Create the services' namespace and bridge, and one isolated host per name.
     pub fn new(names: &[&str]) -> Result<Lab, LabError> {
+        remove_stale_namespaces();
         let tag = format!(
             "kn{}x{}",
             std::process::id(),
