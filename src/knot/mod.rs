@@ -396,17 +396,18 @@ impl Knot {
         let discovery = self.parts.config.discovery.0.clone();
         let mut peers = std::collections::BTreeSet::new();
         for repo in &repos {
+            if peers.len() >= paths::MAX_PEER_PATHS {
+                break;
+            }
             let Ok(id) = repo.repo_id.parse::<RepoId>() else {
                 continue;
             };
-            for peer in self.core.peers(&id).unwrap_or_default() {
-                if peers.len() >= paths::MAX_PEER_PATHS {
-                    break;
-                }
-                if let Ok(peer) = peer.hint.node_id.parse::<iroh::EndpointId>() {
-                    peers.insert(peer);
-                }
-            }
+            let views = self.core.peers(&id).unwrap_or_default();
+            peers.extend(
+                views
+                    .iter()
+                    .filter_map(|p| p.hint.node_id.parse::<iroh::EndpointId>().ok()),
+            );
         }
         self.side.spawn(async move {
             let addr = wait_for_addr(&endpoint).await;
