@@ -13,6 +13,7 @@ fn repo_of(command: &Command) -> Option<&RepoId> {
     match command {
         Command::AddRepo { repo_id, .. }
         | Command::RemoveRepo { repo_id }
+        | Command::RemovePeer { repo_id, .. }
         | Command::Peers { repo_id }
         | Command::Publish { repo_id, .. }
         | Command::Sync { repo_id } => Some(repo_id),
