@@ -126,7 +126,20 @@ async fn forged_replayed_and_stray_announcements_change_nothing() {
     common::add_commit(&evil_src, "evil");
     let evil = TestNode::spawn().await;
     evil.follow(REPO, vec![follower.ticket().await]).await;
-    let evil_report = evil.publish(REPO, &evil_src).await;
+    // It trusts the follower, so it may have taken the true state already:
+    // its unrelated history is published with force.
+    let knotd::admin::Payload::Published(evil_report) = evil
+        .admin(knotd::admin::Command::Publish {
+            repo_id: rid(REPO),
+            path: evil_src.clone(),
+            force: true,
+            expected_manifest: None,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
     assert_ne!(evil_report.manifest, second.manifest);
 
     eventually(
