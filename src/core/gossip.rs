@@ -113,6 +113,24 @@ impl Core {
                     .entry(rejection.reason())
                     .or_default() += 1;
                 debug!(repo = %repo_id, from = %sender.fmt_short(), publisher = ?statement.publisher_id().map(|p| p.fmt_short().to_string()), seq = statement.seq, reason = rejection.reason(), ?via, "ignoring an announced state");
+                // The sender holds an older state this node published: it
+                // restarted or missed the announcement (gossip may still
+                // count a restarted peer as a neighbour, so nobody greets
+                // it). Tell it about the current state directly.
+                if rejection == trust::Rejection::NotNewer
+                    && statement.publisher_id() == Some(me)
+                    && let Some(held) = &repo.held
+                    && held.seq() > statement.seq
+                    && held.statement.statement.publisher_id() == Some(me)
+                {
+                    self.out.push(Effect::Announce {
+                        repo: repo_id.clone(),
+                        statement: held.statement.clone(),
+                        audience: Audience::Everyone {
+                            direct: vec![sender],
+                        },
+                    });
+                }
             }
         }
     }

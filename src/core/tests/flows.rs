@@ -393,3 +393,45 @@ fn write_back_follows_a_publish_and_retries() {
         pending: false,
     };
 }
+
+/// A peer that announces an older state this node published (it restarted,
+/// or missed the announcement while gossip still counted it as a neighbour)
+/// is told about the current state directly; an older state published by
+/// someone else gets no such answer.
+#[test]
+fn a_peer_behind_on_this_nodes_own_state_is_told_directly() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], None);
+    let (_, fx) = sim.command(CoreCommand::Publish {
+        repo_id: repo(),
+        source: "/src".into(),
+        force: false,
+        expected_manifest: None,
+    });
+    let job = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::StartJob { job, .. } => Some(*job),
+            _ => None,
+        })
+        .unwrap();
+    sim.finish(job, 2);
+    let held = sim.held().unwrap().seq();
+    let peer = key(7);
+    let fx = sim.announce(&key(100), &peer, 1, 1);
+    let told = fx.iter().find_map(|e| match e {
+        Effect::Announce {
+            statement,
+            audience: Audience::Everyone { direct },
+            ..
+        } => Some((statement.statement.seq, direct.clone())),
+        _ => None,
+    });
+    assert_eq!(told, Some((held, vec![peer.public()])), "{fx:?}");
+
+    let fx = sim.announce(&key(5), &peer, 1, 1);
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Announce { .. })),
+        "{fx:?}"
+    );
+}
