@@ -255,8 +255,7 @@ impl ChildNode {
 
     async fn wait_ready(&mut self, start: Instant) -> Result<Duration> {
         loop {
-            if self.socket.exists() && self.client().call(&Command::Ticket).await.is_ok()
-            {
+            if self.socket.exists() && self.client().call(&Command::Ticket).await.is_ok() {
                 return Ok(start.elapsed());
             }
             if let Some(status) = self.child.try_wait()? {

@@ -353,4 +353,3 @@ pub fn head_branch(git_dir: &Path) -> Option<String> {
     let out = git_ok(git_dir, &["symbolic-ref", "-q", "HEAD"], None).ok()?;
     stdout_line(&out.stdout, "symbolic-ref").ok()
 }
-
