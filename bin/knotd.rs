@@ -63,7 +63,10 @@ enum Cmd {
         /// Relay mode: disabled, default or a relay URL (overrides the config file).
         #[arg(long)]
         relay: Option<String>,
-        /// Turn off DNS/pkarr address discovery.
+        /// Address discovery: default, off or a pkarr relay URL (overrides the config file).
+        #[arg(long, conflicts_with = "no_discovery")]
+        discovery: Option<String>,
+        /// Turn off address discovery (same as `--discovery off`).
         #[arg(long)]
         no_discovery: bool,
     },
@@ -113,7 +116,8 @@ enum AdminCmd {
         /// The record, at://<did>/app.knot.repo/<rkey> (default rkey: the name).
         #[arg(long)]
         record: Option<String>,
-        /// A peer's endpoint ticket to bootstrap from (repeatable).
+        /// A peer to bootstrap from: its ticket, or its node id when
+        /// discovery can find it (repeatable).
         #[arg(long = "peer")]
         peers: Vec<String>,
     },
@@ -263,6 +267,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 config,
                 bind,
                 relay,
+                discovery,
                 no_discovery,
             } => {
                 let mut config = config.load()?;
@@ -272,8 +277,11 @@ fn real_main(cli: Cli) -> Result<()> {
                 if let Some(relay) = relay {
                     config.relay = relay;
                 }
+                if let Some(discovery) = discovery {
+                    config.discovery = knotd::config::Discovery(discovery);
+                }
                 if no_discovery {
-                    config.discovery = false;
+                    config.discovery = knotd::config::Discovery::off();
                 }
                 run(config).await
             }
@@ -502,6 +510,7 @@ fn print_payload(payload: Payload, json: bool) {
                         .unwrap_or_default()
                 );
             }
+            print_network(&s);
             if !s.repos.is_empty() {
                 println!();
                 print_repos(&s.repos);
@@ -607,6 +616,43 @@ fn print_payload(payload: Payload, json: bool) {
                     }
                 );
             }
+        }
+    }
+}
+
+/// Relay, discovery and the path to each peer.
+fn print_network(s: &knotd::admin::NodeStatus) {
+    println!("relay:     {}", s.relay_mode);
+    for relay in &s.relays {
+        let state = if relay.connected {
+            "connected".to_string()
+        } else {
+            match &relay.last_error {
+                Some(e) => format!("NOT connected ({e})"),
+                None => "not connected yet".to_string(),
+            }
+        };
+        println!("  home relay {}  {}", relay.url, state);
+    }
+    if s.relays.is_empty() && s.relay_mode != "disabled" {
+        println!("  no home relay chosen yet");
+    }
+    println!("discovery: {}", s.discovery);
+    if !s.peer_paths.is_empty() {
+        println!();
+        println!("{:64}  {:8}  ADDRESS", "PEER", "PATH");
+        for p in &s.peer_paths {
+            let path = match p.path {
+                knotd::admin::PathKind::Direct => "direct",
+                knotd::admin::PathKind::Relayed => "relayed",
+                knotd::admin::PathKind::Idle => "idle",
+            };
+            println!(
+                "{:64}  {:8}  {}",
+                p.node_id,
+                path,
+                p.addr.as_deref().unwrap_or("-")
+            );
         }
     }
 }

@@ -52,6 +52,60 @@ pub enum RelayChoice {
     Custom(String),
 }
 
+/// How nodes find each other's addresses from a node id alone, resolved from
+/// [`Config::discovery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoveryChoice {
+    /// No lookups: peers are dialed only at addresses learned from tickets,
+    /// records and gossip.
+    Off,
+    /// n0's public DNS/pkarr services (publishes this node's relay URL only).
+    Default,
+    /// A self-hosted pkarr relay (for example `iroh-dns-server`) at this URL:
+    /// this node publishes its relay URL and direct addresses there, and
+    /// looks peers up there.
+    Custom(String),
+}
+
+/// The `discovery` setting: `"default"`, `"off"` or the URL of a pkarr relay.
+/// The booleans of older config files still load (`true` is `"default"`,
+/// `false` is `"off"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery(pub String);
+
+impl Discovery {
+    /// Discovery turned off.
+    pub fn off() -> Self {
+        Self("off".into())
+    }
+}
+
+impl Serialize for Discovery {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Discovery {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(
+                "discovery must be \"default\", \"off\" or a pkarr relay URL (http(s)://...)",
+            )
+        })? {
+            Raw::Bool(true) => Ok(Self("default".into())),
+            Raw::Bool(false) => Ok(Self::off()),
+            Raw::Text(text) => Ok(Self(text)),
+        }
+    }
+}
+
 /// ATProto settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -145,8 +199,10 @@ pub struct Config {
     pub bind: Vec<SocketAddr>,
     /// Relay servers: `"disabled"`, `"default"` or a relay URL (default `"default"`).
     pub relay: String,
-    /// Publish and resolve node addresses through n0's DNS/pkarr services (default true).
-    pub discovery: bool,
+    /// Address discovery by node id: `"default"` (n0's DNS/pkarr services),
+    /// `"off"`, or the URL of a self-hosted pkarr relay such as
+    /// `"https://dns.example.org/pkarr"` (default `"default"`).
+    pub discovery: Discovery,
     /// Admin socket path (default `<data_dir>/knotd.sock`).
     pub admin_socket: Option<PathBuf>,
     /// A group whose members may use the admin socket (mode 0660, owned by
@@ -200,7 +256,7 @@ impl Default for Config {
                 "[::]:4919".parse().expect("valid"),
             ],
             relay: "default".into(),
-            discovery: true,
+            discovery: Discovery("default".into()),
             admin_socket: None,
             admin_socket_group: None,
             max_packs: 16,
@@ -255,7 +311,7 @@ impl Config {
             data_dir: data_dir.into(),
             bind: vec!["127.0.0.1:0".parse().expect("valid")],
             relay: "disabled".into(),
-            discovery: false,
+            discovery: Discovery::off(),
             ..Self::default()
         }
     }
@@ -263,6 +319,7 @@ impl Config {
     /// Check values that parse but cannot work.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.relay_choice()?;
+        self.discovery_choice()?;
         if self.bind.is_empty() {
             return Err(ConfigError::Invalid {
                 field: "bind",
@@ -308,6 +365,35 @@ impl Config {
                 field: "relay",
                 reason: format!(
                     "{other:?}: use \"disabled\", \"default\" or a relay URL (https://...)"
+                ),
+            }),
+        }
+    }
+
+    /// Resolve the `discovery` setting.
+    pub fn discovery_choice(&self) -> Result<DiscoveryChoice, ConfigError> {
+        match self.discovery.0.as_str() {
+            "off" | "disabled" => Ok(DiscoveryChoice::Off),
+            "default" => Ok(DiscoveryChoice::Default),
+            url if url.starts_with("https://") || url.starts_with("http://") => {
+                match reqwest::Url::parse(url) {
+                    Ok(parsed) if parsed.host_str().is_some() => {
+                        Ok(DiscoveryChoice::Custom(url.to_string()))
+                    }
+                    Ok(_) => Err(ConfigError::Invalid {
+                        field: "discovery",
+                        reason: format!("{url:?} has no host"),
+                    }),
+                    Err(e) => Err(ConfigError::Invalid {
+                        field: "discovery",
+                        reason: format!("{url:?}: {e}"),
+                    }),
+                }
+            }
+            other => Err(ConfigError::Invalid {
+                field: "discovery",
+                reason: format!(
+                    "{other:?}: use \"default\", \"off\" or the URL of a pkarr relay (https://dns.example.org/pkarr)"
                 ),
             }),
         }
@@ -377,9 +463,37 @@ mod tests {
     }
 
     #[test]
+    fn discovery_takes_default_off_a_url_and_old_booleans() {
+        for (text, want) in [
+            ("", DiscoveryChoice::Default),
+            ("discovery = true", DiscoveryChoice::Default),
+            ("discovery = false", DiscoveryChoice::Off),
+            ("discovery = \"default\"", DiscoveryChoice::Default),
+            ("discovery = \"off\"", DiscoveryChoice::Off),
+            (
+                "discovery = \"http://10.0.0.1:8080/pkarr\"",
+                DiscoveryChoice::Custom("http://10.0.0.1:8080/pkarr".into()),
+            ),
+        ] {
+            let c = Config::from_toml(text, Path::new("x.toml")).unwrap();
+            assert_eq!(c.discovery_choice().unwrap(), want, "{text}");
+        }
+        // What is written back reads the same.
+        let c = Config {
+            discovery: Discovery("https://dns.example.org/pkarr".into()),
+            ..Config::default()
+        };
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::from_toml(&text, Path::new("x.toml")).unwrap(), c);
+    }
+
+    #[test]
     fn bad_values_are_explained() {
         for (text, needle) in [
             ("relay = \"sometimes\"", "relay"),
+            ("discovery = \"dht\"", "discovery"),
+            ("discovery = 3", "discovery"),
+            ("discovery = \"http://\"", "discovery"),
             ("bogus = 1", "bogus"),
             ("max_packs = 1", "max_packs"),
             ("bind = []", "bind"),

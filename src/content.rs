@@ -23,14 +23,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use iroh::EndpointId;
+use iroh::{Endpoint, EndpointId};
 use iroh_blobs::{
     Hash, HashAndFormat,
-    api::{
-        Store,
-        blobs::EncodedItem,
-        downloader::{DownloadProgressItem, Downloader},
-    },
+    api::{Store, blobs::EncodedItem},
     protocol::ChunkRanges,
 };
 use n0_future::{Stream, StreamExt};
@@ -612,7 +608,9 @@ impl<'a> FetchOptions<'a> {
 }
 
 /// Fetch `hash` (a manifest of `repo_id`) and every pack it lists that the store
-/// lacks, trying `providers` in order. The downloader verifies every byte
+/// lacks, trying `providers` in order, over `endpoint` ([`crate::download`]
+/// starts a blob over on fresh connections when its provider restarted
+/// under it). The downloader verifies every byte
 /// against its BLAKE3 hash; a provider that sends wrong bytes is dropped and
 /// the next is tried. Every blob is tagged before its download starts, so GC
 /// cannot take it; [`pin`] or [`restore`] settles the tags afterwards.
@@ -621,7 +619,7 @@ impl<'a> FetchOptions<'a> {
 /// for all missing packs (twice over: blob store and materialized copy).
 pub async fn fetch(
     blobs: &Store,
-    downloader: &Downloader,
+    endpoint: &Endpoint,
     repo_id: &RepoId,
     hash: Hash,
     providers: &[EndpointId],
@@ -645,7 +643,16 @@ pub async fn fetch(
         .await
         .map_err(request_err("checking a blob"))?;
     if !manifest_present {
-        download(downloader, "manifest", hash, providers, timeout, &|_| {}).await?;
+        download(
+            blobs,
+            endpoint,
+            "manifest",
+            hash,
+            providers,
+            timeout,
+            &|_| {},
+        )
+        .await?;
         bytes_fetched += blobs
             .get_bytes(hash)
             .await
@@ -693,7 +700,10 @@ pub async fn fetch(
                     progress(received + bytes, total_missing);
                 }
             };
-            download(downloader, "pack", pack_hash, providers, timeout, &report).await?;
+            download(
+                blobs, endpoint, "pack", pack_hash, providers, timeout, &report,
+            )
+            .await?;
             received += pack.size;
             bytes_fetched += pack.size;
         }
@@ -725,7 +735,8 @@ pub fn check_space(dir: &Path, needed: u64) -> Result<(), ContentError> {
 }
 
 async fn download(
-    downloader: &Downloader,
+    blobs: &Store,
+    endpoint: &Endpoint,
     what: &'static str,
     hash: Hash,
     providers: &[EndpointId],
@@ -743,34 +754,9 @@ async fn download(
             .join(", "),
         message,
     };
-    if providers.is_empty() {
-        return Err(fail("no peers known".into()));
-    }
-    let request = downloader.download(HashAndFormat::raw(hash), providers.to_vec());
-    let work = async {
-        let mut items = request.stream().await.map_err(|e| fail(e.to_string()))?;
-        let mut last_error = None;
-        while let Some(item) = items.next().await {
-            match item {
-                DownloadProgressItem::Progress(bytes) => progress(bytes),
-                DownloadProgressItem::Error(e) => return Err(fail(e.to_string())),
-                DownloadProgressItem::DownloadError => {
-                    return Err(fail(
-                        last_error.unwrap_or_else(|| "every provider failed".into()),
-                    ));
-                }
-                DownloadProgressItem::ProviderFailed { id, .. } => {
-                    last_error = Some(format!("{} failed", id.fmt_short()));
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(result) => result,
-        Err(_) => Err(fail(format!("timed out after {timeout:?}"))),
-    }
+    crate::download::download(blobs, endpoint, hash, providers, timeout, progress)
+        .await
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// Materialize `manifest` into the bare repository at `dest`, streaming

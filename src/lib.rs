@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod content;
 pub mod core;
+pub mod download;
 pub mod follow;
 pub mod git;
 pub mod gitserve;

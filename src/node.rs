@@ -20,7 +20,7 @@ use std::{
 
 use iroh::{
     Endpoint, EndpointAddr, EndpointId, RelayMode,
-    address_lookup::{DnsAddressLookup, MemoryLookup, PkarrPublisher, PkarrResolver},
+    address_lookup::{AddrFilter, DnsAddressLookup, MemoryLookup, PkarrPublisher, PkarrResolver},
     endpoint::presets,
     protocol::Router,
 };
@@ -40,7 +40,7 @@ use crate::{
     account::{Account, Credentials},
     admin,
     atproto::{AtprotoError, XrpcClient},
-    config::{Config, ConfigError, RelayChoice},
+    config::{Config, ConfigError, DiscoveryChoice, RelayChoice},
     heads::{self, HeadsProtocol},
     keys::{self, KeyError},
     knot::{Knot, KnotError, KnotHandle, KnotParts, wait_for_addr},
@@ -444,12 +444,7 @@ async fn bind_endpoint(
         RelayChoice::Disabled => RelayMode::Disabled,
         RelayChoice::Default => RelayMode::Default,
         RelayChoice::Custom(url) => {
-            let url = url.parse().map_err(|e| {
-                NodeError::Config(ConfigError::Invalid {
-                    field: "relay",
-                    reason: format!("{url}: {e}"),
-                })
-            })?;
+            let url = url.parse().map_err(|e| invalid("relay", &url, e))?;
             RelayMode::custom([url])
         }
     };
@@ -463,11 +458,32 @@ async fn bind_endpoint(
             .bind_addr(*addr)
             .map_err(|e| bind_err(e.to_string()))?;
     }
-    if config.discovery {
-        builder = builder
-            .address_lookup(PkarrPublisher::n0_dns())
-            .address_lookup(PkarrResolver::n0_dns())
-            .address_lookup(DnsAddressLookup::n0_dns());
+    match config.discovery_choice()? {
+        DiscoveryChoice::Off => {}
+        DiscoveryChoice::Default => {
+            builder = builder
+                .address_lookup(PkarrPublisher::n0_dns())
+                .address_lookup(PkarrResolver::n0_dns())
+                .address_lookup(DnsAddressLookup::n0_dns());
+        }
+        DiscoveryChoice::Custom(url) => {
+            // A pkarr relay the operator runs: publish direct addresses as
+            // well as the relay URL, so peers on the same network (or with
+            // open ports) connect directly even when the relay is down.
+            let url: reqwest::Url = url.parse().map_err(|e| invalid("discovery", &url, e))?;
+            builder = builder
+                .address_lookup(
+                    PkarrPublisher::builder(url.clone()).addr_filter(AddrFilter::unfiltered()),
+                )
+                .address_lookup(PkarrResolver::builder(url));
+        }
     }
     builder.bind().await.map_err(|e| bind_err(e.to_string()))
+}
+
+fn invalid(field: &'static str, value: &str, e: impl std::fmt::Display) -> NodeError {
+    NodeError::Config(ConfigError::Invalid {
+        field,
+        reason: format!("{value}: {e}"),
+    })
 }

@@ -11,7 +11,7 @@
 #[path = "common/daemon.rs"]
 mod common_daemon;
 
-use common_daemon::Daemon;
+use common_daemon::{Daemon, Network};
 
 use std::{
     ffi::OsString,
@@ -706,8 +706,10 @@ fn a_clone_the_policy_refuses_says_why() {
     let tmp = tempfile::tempdir().unwrap();
     let home = Daemon::start_with(
         &tmp.path().join("home"),
-        0,
-        "[policy]\ndefault = \"deny\"\n",
+        &Network {
+            extra_config: "[policy]\ndefault = \"deny\"\n".into(),
+            ..Network::default()
+        },
     );
     let git = GitEnv::new().with_socket(&home.socket);
     let clone = tmp.path().join("clone");

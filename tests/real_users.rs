@@ -210,7 +210,7 @@ fn start_service(root: &Path, bin: &Path, users: &Users) -> (Service, PathBuf) {
             "data_dir = {state:?}\n\
              bind = [\"127.0.0.1:0\"]\n\
              relay = \"disabled\"\n\
-             discovery = false\n\
+             discovery = \"off\"\n\
              admin_socket = {socket:?}\n\
              admin_socket_group = {group:?}\n\
              [atproto]\n\

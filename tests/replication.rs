@@ -151,10 +151,9 @@ async fn corrupted_provider_is_detected_and_another_serves() {
             .lookup()
             .add_endpoint_info(peer.node.addr().await);
     }
-    let downloader = fresh.node.blobs().downloader(fresh.node.endpoint());
     let fetched = knotd::content::fetch(
         fresh.node.blobs(),
-        &downloader,
+        fresh.node.endpoint(),
         &common::rid(REPO),
         manifest_hash,
         &[seeder.node.id(), author.node.id()],
@@ -177,10 +176,9 @@ async fn corrupted_provider_is_detected_and_another_serves() {
         .node
         .lookup()
         .add_endpoint_info(seeder.node.addr().await);
-    let downloader = lonely.node.blobs().downloader(lonely.node.endpoint());
     let err = knotd::content::fetch(
         lonely.node.blobs(),
-        &downloader,
+        lonely.node.endpoint(),
         &common::rid(REPO),
         manifest_hash,
         &[seeder.node.id()],
@@ -225,13 +223,13 @@ async fn a_provider_leaving_mid_transfer_is_replaced() {
             .add_endpoint_info(peer.node.addr().await);
     }
     let blobs = fresh.node.blobs().clone();
-    let downloader = blobs.downloader(fresh.node.endpoint());
+    let endpoint = fresh.node.endpoint().clone();
     let providers = [seeder.node.id(), author.node.id()];
     let data_dir = fresh.data_dir.clone();
     let fetch = tokio::spawn(async move {
         knotd::content::fetch(
             &blobs,
-            &downloader,
+            &endpoint,
             &common::rid(REPO),
             manifest_hash,
             &providers,

@@ -1,7 +1,8 @@
 //! Peer tickets and record locators: `knot::parse_ticket`,
 //! `knot::hint_to_addr` and `knot::build_locator`.
 //!
-//! Mode 0 feeds the input to `parse_ticket` as text. Mode 1 builds a real
+//! Mode 0 feeds the input to `parse_ticket` as text (a ticket or a bare
+//! node id). Mode 1 builds a real
 //! endpoint ticket from the input (key, addresses, surrounding whitespace)
 //! and checks the hint it parses into. Mode 2 fuzzes `build_locator` with an
 //! arbitrary repository id, `--pds` and `--record`.
@@ -38,6 +39,12 @@ fn check_hint(text: &str, hint: &PeerHint) {
 fn text_mode(bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
     match parse_ticket(&text) {
+        // A bare node id is accepted too (addresses come from discovery).
+        Ok(hint) if hint.ticket.is_none() => {
+            let id: iroh::PublicKey = text.trim().parse().expect("only a node id has no ticket");
+            assert_eq!(hint.node_id, id.to_string());
+            assert!(hint.addrs.is_empty());
+        }
         Ok(hint) => check_hint(&text, &hint),
         Err(e) => {
             let _ = e.to_string();

@@ -460,6 +460,55 @@ pub struct NodeStatus {
     pub follows: Vec<FollowSummary>,
     /// Per-repository status.
     pub repos: Vec<RepoSummary>,
+    /// The relay setting: `disabled`, `default` or the relay URL.
+    #[serde(default)]
+    pub relay_mode: String,
+    /// The discovery setting: `off`, `default` or the pkarr relay URL.
+    #[serde(default)]
+    pub discovery: String,
+    /// The home relay(s) and whether this node is connected to them; empty
+    /// when relays are disabled or none has been chosen yet.
+    #[serde(default)]
+    pub relays: Vec<RelayView>,
+    /// How this node reaches each peer it knows: direct, relayed or idle.
+    #[serde(default)]
+    pub peer_paths: Vec<PeerPath>,
+}
+
+/// A home relay of this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayView {
+    /// The relay's URL.
+    pub url: String,
+    /// Whether this node holds a connection to it now.
+    pub connected: bool,
+    /// The last connection error, when not connected.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// How a peer is reached right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    /// Over a direct UDP path (possibly hole-punched).
+    Direct,
+    /// Through a relay server.
+    Relayed,
+    /// No open path: no connection right now.
+    Idle,
+}
+
+/// The path to one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerPath {
+    /// The peer's node id.
+    pub node_id: String,
+    /// Direct, relayed or idle.
+    pub path: PathKind,
+    /// The address in use: a socket address or a relay URL.
+    #[serde(default)]
+    pub addr: Option<String>,
 }
 
 /// Gossip traffic counters since start.

@@ -119,6 +119,25 @@ impl Core {
                     .entry(rejection.reason())
                     .or_default() += 1;
                 debug!(repo = %repo_id, from = %sender.fmt_short(), publisher = ?statement.publisher_id().map(|p| p.fmt_short().to_string()), seq = statement.seq, reason = rejection.reason(), ?via, "ignoring an announced state");
+                // A peer answered a pull of this node's (its topic was
+                // empty: it restarted, and gossip elsewhere may still count
+                // it as a neighbour, so nobody greets it) with an older
+                // state this node published: tell it the current one.
+                if via == Via::Direct
+                    && rejection == trust::Rejection::NotNewer
+                    && statement.publisher_id() == Some(me)
+                    && let Some(held) = &repo.held
+                    && held.seq() > statement.seq
+                    && held.statement.statement.publisher_id() == Some(me)
+                {
+                    self.out.push(Effect::Announce {
+                        repo: repo_id.clone(),
+                        statement: held.statement.clone(),
+                        audience: Audience::Everyone {
+                            direct: vec![sender],
+                        },
+                    });
+                }
                 self.notify(
                     repo_id,
                     NodeEvent::Rejected {

@@ -6,7 +6,8 @@
 use iroh_tickets::endpoint::EndpointTicket;
 use tokio::sync::oneshot;
 
-use super::{Knot, Request, Side, build_locator, parse_ticket, wait_for_addr};
+use super::{Knot, Request, Side, build_locator, parse_ticket, paths, wait_for_addr};
+use crate::repo_id::RepoId;
 use crate::{
     admin::{Command, GossipStats, NodeStatus, Payload, RefsReport, Reply},
     core::{CoreCommand, Event},
@@ -225,8 +226,27 @@ impl Knot {
         let follows = self.core.follow_summaries();
         let uptime_secs = self.started.elapsed().as_secs();
         let endpoint = self.parts.endpoint.clone();
+        let relay_mode = self.parts.config.relay.clone();
+        let discovery = self.parts.config.discovery.0.clone();
+        let mut peers = std::collections::BTreeSet::new();
+        for repo in &repos {
+            if peers.len() >= paths::MAX_PEER_PATHS {
+                break;
+            }
+            let Ok(id) = repo.repo_id.parse::<RepoId>() else {
+                continue;
+            };
+            let views = self.core.peers(&id).unwrap_or_default();
+            peers.extend(
+                views
+                    .iter()
+                    .filter_map(|p| p.hint.node_id.parse::<iroh::EndpointId>().ok()),
+            );
+        }
         self.side.spawn(async move {
             let addr = wait_for_addr(&endpoint).await;
+            let relays = paths::relays(&endpoint);
+            let peer_paths = paths::peer_paths(&endpoint, peers).await;
             let status = NodeStatus {
                 node_id: endpoint.id().to_string(),
                 ticket: EndpointTicket::new(addr.clone()).to_string(),
@@ -249,6 +269,10 @@ impl Knot {
                 jobs_waiting,
                 follows,
                 repos,
+                relay_mode,
+                discovery,
+                relays,
+                peer_paths,
             };
             let _ = reply.send(Reply::Ok(Payload::Status(Box::new(status))));
             Side::Done

@@ -12,8 +12,12 @@ use crate::{
     state::Locator,
 };
 
-/// Parse an endpoint ticket into a peer hint that keeps the ticket.
+/// Parse an endpoint ticket into a peer hint that keeps the ticket. A bare
+/// node id is taken too: such a peer is found through address discovery.
 pub fn parse_ticket(ticket: &str) -> Result<PeerHint, KnotError> {
+    if let Ok(id) = ticket.trim().parse::<iroh::EndpointId>() {
+        return Ok(PeerHint::new(id.to_string(), Vec::new(), None));
+    }
     let parsed: EndpointTicket = ticket.trim().parse().map_err(|e| KnotError::BadTicket {
         ticket: ticket.chars().take(24).collect(),
         reason: format!("{e}"),
@@ -152,5 +156,9 @@ mod tests {
         assert_eq!(hint.addrs, vec!["127.0.0.1:4000"]);
         assert_eq!(super::super::net::hint_to_addr(&hint).unwrap(), addr);
         assert!(parse_ticket("endpointgarbage").is_err());
+        // A bare node id, for peers found through discovery.
+        let hint = parse_ticket(&format!(" {} ", key.public())).unwrap();
+        assert_eq!(hint.node_id, key.public().to_string());
+        assert!(hint.addrs.is_empty() && hint.ticket.is_none());
     }
 }

@@ -200,9 +200,6 @@ async fn fetch(
     providers: &[iroh::EndpointId],
     limit: Option<u64>,
 ) -> Result<StateInfo, ContentError> {
-    // A fresh downloader per job: its connections are new, so a peer that
-    // restarted since the last fetch is dialed afresh.
-    let downloader = ctx.blobs.downloader(&ctx.endpoint);
     // Progress for watchers, at most a few times a second.
     let last = std::sync::Mutex::new(std::time::Instant::now());
     let events = ctx.events.clone();
@@ -229,7 +226,8 @@ async fn fetch(
         progress: Some(&report),
         ..content::FetchOptions::new(ctx.fetch_timeout, &ctx.data_dir)
     };
-    let fetched = content::fetch(&ctx.blobs, &downloader, repo, manifest, providers, &opts).await?;
+    let fetched =
+        content::fetch(&ctx.blobs, &ctx.endpoint, repo, manifest, providers, &opts).await?;
     let outcome =
         content::materialize(&ctx.blobs, &ctx.dest(repo), manifest, &fetched.manifest).await?;
     content::pin(&ctx.blobs, repo, manifest, &fetched.manifest).await?;

@@ -15,6 +15,7 @@ mod admin;
 mod input;
 mod jobs;
 mod net;
+mod paths;
 mod serve;
 mod topics;
 
@@ -77,7 +78,7 @@ pub enum KnotError {
     Store(#[from] StoreError),
     /// A peer ticket does not parse.
     #[error(
-        "peer ticket {ticket:?} is invalid: {reason}; get a ticket with `knotd ticket` on the peer"
+        "peer ticket {ticket:?} is invalid: {reason}; get a ticket with `knotd ticket` on the peer, or give its node id when discovery is on"
     )]
     BadTicket {
         /// The ticket as given (shortened).

@@ -11,7 +11,7 @@ pub fn knotd() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_knotd"))
 }
 
-/// A `knotd run` child process on loopback with relays and discovery off.
+/// A `knotd run` child process, by default on loopback with relays and discovery off.
 pub struct Daemon {
     pub child: Child,
     pub socket: PathBuf,
@@ -27,23 +27,37 @@ impl Daemon {
     /// Start a daemon bound to `127.0.0.1:port` (0: any port). A fixed port
     /// keeps the node's address across restarts, as an operator's would.
     pub fn start_on(data_dir: &Path, port: u16) -> Daemon {
-        Self::start_with(data_dir, port, "")
+        Self::start_with(
+            data_dir,
+            &Network {
+                bind: format!("127.0.0.1:{port}"),
+                ..Network::default()
+            },
+        )
     }
 
-    /// Start a daemon whose config has `extra` (TOML, top-level settings)
-    /// on top of the offline test config.
-    pub fn start_with(data_dir: &Path, port: u16, extra: &str) -> Daemon {
-        let bind = format!("127.0.0.1:{port}");
+    /// Start a daemon with the given network settings.
+    pub fn start_with(data_dir: &Path, net: &Network) -> Daemon {
         let config = offline_config(data_dir);
-        if !extra.is_empty() {
+        if !net.extra_config.is_empty() {
             let text = std::fs::read_to_string(&config).expect("config");
-            std::fs::write(&config, format!("{extra}\n{text}")).expect("config written");
+            std::fs::write(&config, format!("{}\n{text}", net.extra_config))
+                .expect("config written");
         }
-        let child = Command::new(knotd())
+        let mut command = match &net.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(knotd());
+                c
+            }
+            None => Command::new(knotd()),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&config)
-            .args(["--bind", &bind, "--relay", "disabled", "--no-discovery"])
+            .args(["--bind", &net.bind, "--relay", &net.relay])
+            .args(["--discovery", &net.discovery])
             .arg("--data-dir")
             .arg(data_dir)
             .env(
@@ -141,6 +155,34 @@ impl Daemon {
             .get("materialized")?
             .as_str()
             .map(str::to_string)
+    }
+}
+
+/// Where and how a daemon reaches the network.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// The UDP address to bind.
+    pub bind: String,
+    /// The `relay` setting.
+    pub relay: String,
+    /// The `discovery` setting.
+    pub discovery: String,
+    /// More config (TOML, top-level settings) on top of the offline test config.
+    pub extra_config: String,
+}
+
+impl Default for Network {
+    /// Loopback, any port, relays and discovery off.
+    fn default() -> Self {
+        Self {
+            netns: None,
+            bind: "127.0.0.1:0".into(),
+            relay: "disabled".into(),
+            discovery: "off".into(),
+            extra_config: String::new(),
+        }
     }
 }
 

@@ -487,3 +487,64 @@ fn a_neighbour_coming_up_is_asked_what_it_holds_and_greeted() {
         }
     )));
 }
+
+/// A peer whose answer to a pull is an older state this node published (it
+/// missed the announcement while gossip still counted this restarted node
+/// as a neighbour) is told about the current state directly; a greeting
+/// over gossip, or an older state published by someone else, is not.
+#[test]
+fn a_peer_behind_on_this_nodes_own_state_is_told_directly() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], None);
+    let (_, fx) = sim.command(CoreCommand::Publish {
+        repo_id: repo(),
+        source: "/src".into(),
+        force: false,
+        expected_manifest: None,
+    });
+    let job = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::StartJob { job, .. } => Some(*job),
+            _ => None,
+        })
+        .unwrap();
+    sim.finish(job, 2);
+    let held = sim.held().unwrap().seq();
+    let peer = key(7);
+    // Over gossip (a greeting) nothing is pushed back.
+    let fx = sim.announce(&key(100), &peer, 1, 1);
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Announce { .. })),
+        "{fx:?}"
+    );
+    // In the answer to a pull it is.
+    let statement = crate::announce::Statement {
+        repo_id: repo().to_string(),
+        head: None,
+        manifest: [1; 32],
+        seq: 1,
+        publisher: *key(100).public().as_bytes(),
+    }
+    .sign(&key(100));
+    let fx = sim.event(Event::Announcement {
+        repo: repo(),
+        announcement: Box::new(crate::announce::Announcement::new(statement, &peer, vec![])),
+        via: Via::Direct,
+    });
+    let told = fx.iter().find_map(|e| match e {
+        Effect::Announce {
+            statement,
+            audience: Audience::Everyone { direct },
+            ..
+        } => Some((statement.statement.seq, direct.clone())),
+        _ => None,
+    });
+    assert_eq!(told, Some((held, vec![peer.public()])), "{fx:?}");
+
+    let fx = sim.announce(&key(5), &peer, 1, 1);
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Announce { .. })),
+        "{fx:?}"
+    );
+}
