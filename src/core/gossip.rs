@@ -209,7 +209,7 @@ impl Core {
             self.out.push(Effect::Announce {
                 repo: repo_id.clone(),
                 statement: held.statement.clone(),
-                audience: Audience::Neighbors,
+                audience: Audience::Neighbors { direct: Vec::new() },
             });
         }
     }

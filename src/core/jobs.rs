@@ -372,6 +372,10 @@ impl Core {
             return;
         };
         repo.sync.bytes_fetched = repo.sync.bytes_fetched.saturating_add(info.bytes_moved);
+        let forwarded_by = match &want.source {
+            WantSource::Statement { sender, .. } => Some(*sender),
+            _ => None,
+        };
         let statement = match want.source {
             WantSource::Check => {
                 // The held state was found intact, or repaired.
@@ -399,11 +403,15 @@ impl Core {
         self.check_replicas_now(repo_id, now);
         self.ensure_topic(repo_id, now);
         // Tell the neighbours this node provides the state now; the topic
-        // heard about it from its publisher already.
+        // heard about it from its publisher already. Peers last seen behind
+        // are told directly too: gossip may still count a restarted peer as
+        // a neighbour while nothing reaches it, and a peer that trusts only
+        // this node hears of the state from nobody else.
+        let direct = self.peers_behind(repo_id, statement.statement.seq, forwarded_by);
         self.out.push(Effect::Announce {
             repo: repo_id.clone(),
             statement,
-            audience: Audience::Neighbors,
+            audience: Audience::Neighbors { direct },
         });
     }
 

@@ -394,8 +394,11 @@ pub enum JobSpec {
 /// Who hears an announcement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {
-    /// Direct gossip neighbours only.
-    Neighbors,
+    /// Direct gossip neighbours, and these peers directly.
+    Neighbors {
+        /// Peers to push to over `/knot/heads/1`.
+        direct: Vec<EndpointId>,
+    },
     /// The whole topic, and these peers directly (not neighbours now).
     Everyone {
         /// Peers to push to over `/knot/heads/1`.

@@ -26,6 +26,9 @@ use crate::{
 
 /// Most peers whose announced state is kept per repository.
 pub const MAX_PEERS_SEEN: usize = 64;
+/// Most peers told directly about a state this node just fetched: bounded,
+/// so a topic of N followers costs O(N) pushes, not O(N²).
+pub const MAX_CATCH_UP_PUSHES: usize = 4;
 /// How often peers are asked directly while someone waits for replicas.
 const ASK_EVERY: Duration = Duration::from_secs(2);
 
@@ -45,6 +48,27 @@ pub fn status_of(seen: Option<&PeerSeen>, repo: &Repo) -> ReplicaStatus {
 
 impl Core {
     /// Note what `peer` announced it holds for `repo_id`.
+    /// Up to [`MAX_CATCH_UP_PUSHES`] peers last seen holding a state older
+    /// than `seq`, most recently seen first, other than `except`.
+    pub(super) fn peers_behind(
+        &self,
+        repo_id: &RepoId,
+        seq: u64,
+        except: Option<EndpointId>,
+    ) -> Vec<EndpointId> {
+        let Some(repo) = self.repos.get(repo_id) else {
+            return Vec::new();
+        };
+        repo.book
+            .peers_seen
+            .iter()
+            .filter(|seen| seen.seq < seq)
+            .filter_map(|seen| seen.node_id.parse::<EndpointId>().ok())
+            .filter(|peer| Some(*peer) != except)
+            .take(MAX_CATCH_UP_PUSHES)
+            .collect()
+    }
+
     pub(super) fn peer_seen(
         &mut self,
         repo_id: &RepoId,

@@ -726,7 +726,7 @@ impl Knot {
         let message = self.envelope(statement);
         if let Some(topic) = self.topics.get(repo) {
             let result = match &audience {
-                Audience::Neighbors => {
+                Audience::Neighbors { .. } => {
                     topic
                         .sender
                         .broadcast_neighbors(message.clone().into())
@@ -738,10 +738,9 @@ impl Knot {
                 warn!(repo = %repo, error = %e, "gossip broadcast failed");
             }
         }
-        if let Audience::Everyone { direct } = audience {
-            for peer in direct {
-                self.net.push(&self.parts.endpoint, peer, message.clone());
-            }
+        let (Audience::Everyone { direct } | Audience::Neighbors { direct }) = audience;
+        for peer in direct {
+            self.net.push(&self.parts.endpoint, peer, message.clone());
         }
     }
 }

@@ -482,7 +482,7 @@ fn a_neighbour_coming_up_is_asked_what_it_holds_and_greeted() {
     assert!(fx.iter().any(|e| matches!(
         e,
         Effect::Announce {
-            audience: Audience::Neighbors,
+            audience: Audience::Neighbors { .. },
             ..
         }
     )));
@@ -545,6 +545,59 @@ fn a_peer_behind_on_this_nodes_own_state_is_told_directly() {
     let fx = sim.announce(&key(5), &peer, 1, 1);
     assert!(
         !fx.iter().any(|e| matches!(e, Effect::Announce { .. })),
+        "{fx:?}"
+    );
+}
+
+/// After fetching a state, the node tells a few peers last seen behind it
+/// directly (gossip may count a restarted peer as a neighbour while nothing
+/// reaches it), never the peer it took the state from, and at most
+/// [`MAX_CATCH_UP_PUSHES`](crate::core::replicas::MAX_CATCH_UP_PUSHES).
+#[test]
+fn peers_seen_behind_are_told_of_a_fetched_state_directly() {
+    let mut sim = Sim::new(4);
+    let author = key(1);
+    sim.add(vec![hint(&author)], None);
+    sim.take(&author, 1, 1);
+    let behind: Vec<SecretKey> = (10..16).map(key).collect();
+    for peer in &behind {
+        sim.announce(&author, peer, 1, 1);
+    }
+    let fx = sim.announce(&author, &author, 2, 2);
+    let (job, _) = fetch_job(&fx).expect("a fetch starts");
+    let fx = sim.finish(job, 2);
+    let direct = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Announce {
+                audience: Audience::Neighbors { direct },
+                ..
+            } => Some(direct.clone()),
+            _ => None,
+        })
+        .expect("the new state is announced");
+    let expected: Vec<EndpointId> = behind
+        .iter()
+        .rev()
+        .take(crate::core::replicas::MAX_CATCH_UP_PUSHES)
+        .map(|k| k.public())
+        .collect();
+    assert_eq!(direct, expected);
+    assert!(!direct.contains(&author.public()));
+
+    // Peers that announce the state while it is being fetched are not
+    // behind: nobody is told directly.
+    let fx = sim.announce(&author, &author, 3, 3);
+    let (job, _) = fetch_job(&fx).expect("a fetch starts");
+    for peer in &behind {
+        sim.announce(&author, peer, 3, 3);
+    }
+    let fx = sim.finish(job, 3);
+    assert!(
+        fx.iter().any(|e| matches!(
+            e,
+            Effect::Announce { audience: Audience::Neighbors { direct }, .. } if direct.is_empty()
+        )),
         "{fx:?}"
     );
 }
