@@ -12,10 +12,15 @@ use std::process::Command;
 use git_env::Env;
 use knotd::materialize::Outcome;
 
-/// Run this test binary again for `test`, with `git` on `PATH` replaced by
-/// a wrapper that logs every invocation's subcommand; returns the child's
-/// output.
-fn rerun_counting_git(test: &str, env: &Env) -> String {
+/// Run this test binary again for `test` (exactly), with `git` on `PATH`
+/// replaced by a shell wrapper that runs `script` and then the real git,
+/// and with `envs` set; returns the child's output.
+fn rerun_with_git_wrapper(
+    test: &str,
+    env: &Env,
+    script: &str,
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> std::process::Output {
     let real_git = std::env::var_os("PATH")
         .and_then(|paths| {
             std::env::split_paths(&paths)
@@ -25,14 +30,11 @@ fn rerun_counting_git(test: &str, env: &Env) -> String {
         .expect("git is on PATH");
     let bin = env.path("wrapped-bin");
     fs::create_dir_all(&bin).unwrap();
-    let log = env.path("git-calls.log");
     let wrapper = bin.join("git");
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\n\
-             for a in \"$@\"; do case \"$a\" in -*|*/*) ;; *) echo \"$a\" >> \"$KNOT_GIT_LOG\"; break;; esac; done\n\
-             exec '{}' \"$@\"\n",
+            "#!/bin/sh\n{script}\nexec '{}' \"$@\"\n",
             real_git.display()
         ),
     )
@@ -44,13 +46,29 @@ fn rerun_counting_git(test: &str, env: &Env) -> String {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--test-threads=1", "--nocapture"])
-        .env("PATH", path)
-        .env("KNOT_GIT_LOG", &log)
-        .env("KNOT_COUNT_CHILD", env.root.path())
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env("PATH", path);
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    cmd.output().unwrap()
+}
+
+/// Run this test binary again for `test`, with `git` on `PATH` replaced by
+/// a wrapper that logs every invocation's subcommand; returns the child's
+/// output.
+fn rerun_counting_git(test: &str, env: &Env) -> String {
+    let log = env.path("git-calls.log");
+    let out = rerun_with_git_wrapper(
+        test,
+        env,
+        "for a in \"$@\"; do case \"$a\" in -*|*/*) ;; *) echo \"$a\" >> \"$KNOT_GIT_LOG\"; break;; esac; done",
+        &[
+            ("KNOT_GIT_LOG", log.as_os_str()),
+            ("KNOT_COUNT_CHILD", env.root.path().as_os_str()),
+        ],
+    );
     assert!(
         out.status.success(),
         "child run failed: {}\n{}",
@@ -189,42 +207,12 @@ fn a_hung_git_is_killed_at_its_deadline() {
         return;
     }
     let env = Env::new();
-    let real_git = std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join("git"))
-                .find(|p| p.is_file())
-        })
-        .expect("git is on PATH");
-    let bin = env.path("hanging-bin");
-    fs::create_dir_all(&bin).unwrap();
-    let wrapper = bin.join("git");
-    fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\ncase \" $* \" in *\" index-pack \"*) exec sleep 600;; esac\nexec '{}' \"$@\"\n",
-            real_git.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
+    let out = rerun_with_git_wrapper(
+        "a_hung_git_is_killed_at_its_deadline",
+        &env,
+        "case \" $* \" in *\" index-pack \"*) exec sleep 600;; esac",
+        &[("KNOT_HANG_CHILD", env.root.path().as_os_str())],
     );
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "a_hung_git_is_killed_at_its_deadline",
-            "--exact",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env("PATH", path)
-        .env("KNOT_HANG_CHILD", env.root.path())
-        .output()
-        .unwrap();
     let output = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),

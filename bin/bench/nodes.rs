@@ -79,38 +79,6 @@ impl InNode {
         Ok(())
     }
 
-    /// The manifest this node has materialized for a repository.
-    pub async fn materialized(&self, repo_id: &str) -> Result<Option<String>> {
-        match self.cmd(Command::List).await? {
-            Payload::Repos { repos } => Ok(repos
-                .into_iter()
-                .find(|r| r.repo_id == repo_id)
-                .and_then(|r| r.materialized)),
-            other => bail!("unexpected payload {other:?}"),
-        }
-    }
-
-    /// Poll every `every` until the node has materialized `manifest`; returns
-    /// the time since `start`, or `None` after `timeout`.
-    pub async fn wait_materialized(
-        &self,
-        repo_id: &str,
-        manifest: &str,
-        start: Instant,
-        every: Duration,
-        timeout: Duration,
-    ) -> Result<Option<Duration>> {
-        loop {
-            if self.materialized(repo_id).await?.as_deref() == Some(manifest) {
-                return Ok(Some(start.elapsed()));
-            }
-            if start.elapsed() > timeout {
-                return Ok(None);
-            }
-            tokio::time::sleep(every).await;
-        }
-    }
-
     /// Poll every `every` until the node has materialized `manifest`;
     /// returns when it first knew of it (fetching or materialized) and when
     /// it had it materialized, both since `start` (`None` after `timeout`).
@@ -320,38 +288,6 @@ impl ChildNode {
             .join(rid(repo_id)?.relative_path()))
     }
 
-    /// The manifest this node has materialized for a repository.
-    pub async fn materialized(&self, repo_id: &str) -> Result<Option<String>> {
-        match self.request(&Command::List).await? {
-            Payload::Repos { repos } => Ok(repos
-                .into_iter()
-                .find(|r| r.repo_id == repo_id)
-                .and_then(|r| r.materialized)),
-            other => bail!("unexpected payload {other:?}"),
-        }
-    }
-
-    /// Poll every `every` until the node has materialized `manifest`;
-    /// returns the time since `start`, or `None` after `timeout`.
-    pub async fn wait_materialized(
-        &self,
-        repo_id: &str,
-        manifest: &str,
-        start: Instant,
-        every: Duration,
-        timeout: Duration,
-    ) -> Result<Option<Duration>> {
-        loop {
-            if self.materialized(repo_id).await?.as_deref() == Some(manifest) {
-                return Ok(Some(start.elapsed()));
-            }
-            if start.elapsed() > timeout {
-                return Ok(None);
-            }
-            tokio::time::sleep(every).await;
-        }
-    }
-
     fn status_bytes(&self, key: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let line = status
@@ -426,4 +362,54 @@ pub fn clock_ticks() -> u64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100)
+}
+
+/// What the scenarios ask of any node, in process or a child process.
+pub trait BenchNode {
+    /// Run one admin command.
+    async fn admin(&self, command: Command) -> Result<Payload>;
+
+    /// The manifest this node has materialized for a repository.
+    async fn materialized(&self, repo_id: &str) -> Result<Option<String>> {
+        match self.admin(Command::List).await? {
+            Payload::Repos { repos } => Ok(repos
+                .into_iter()
+                .find(|r| r.repo_id == repo_id)
+                .and_then(|r| r.materialized)),
+            other => bail!("unexpected payload {other:?}"),
+        }
+    }
+
+    /// Poll every `every` until the node has materialized `manifest`;
+    /// returns the time since `start`, or `None` after `timeout`.
+    async fn wait_materialized(
+        &self,
+        repo_id: &str,
+        manifest: &str,
+        start: Instant,
+        every: Duration,
+        timeout: Duration,
+    ) -> Result<Option<Duration>> {
+        loop {
+            if self.materialized(repo_id).await?.as_deref() == Some(manifest) {
+                return Ok(Some(start.elapsed()));
+            }
+            if start.elapsed() > timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+impl BenchNode for InNode {
+    async fn admin(&self, command: Command) -> Result<Payload> {
+        self.cmd(command).await
+    }
+}
+
+impl BenchNode for ChildNode {
+    async fn admin(&self, command: Command) -> Result<Payload> {
+        self.request(&command).await
+    }
 }

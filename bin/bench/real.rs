@@ -14,7 +14,7 @@ use knotd::admin::{Command as Admin, Payload};
 
 use crate::{
     gitd::{GitDaemon, free_port},
-    nodes::{ChildNode, rid},
+    nodes::{BenchNode, ChildNode, rid},
     realrepo::{Corpus, RealRepo, RealSpec},
     repogen::{git, git_command, pack_bytes},
     report::{ScenarioReport, median, ms, round3},

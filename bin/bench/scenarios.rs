@@ -10,7 +10,7 @@ use knotd::admin::{Command, Payload, PublishReport};
 
 use crate::{
     gitd::{CountingProxy, GitDaemon},
-    nodes::{ChildNode, InNode, clock_ticks, rid},
+    nodes::{BenchNode, ChildNode, InNode, clock_ticks, rid},
     repogen::{RepoGen, RepoSpec, git_command, pack_bytes, pack_files},
     report::{ScenarioReport, max, median, ms, percentile, round3},
 };
