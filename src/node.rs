@@ -22,7 +22,7 @@ use std::{
 use iroh::{
     Endpoint, EndpointAddr, EndpointId, RelayMode,
     address_lookup::{DnsAddressLookup, MemoryLookup, PkarrPublisher, PkarrResolver},
-    endpoint::presets,
+    endpoint::{QuicTransportConfig, presets},
     protocol::Router,
 };
 use iroh_blobs::{
@@ -53,6 +53,12 @@ use crate::{
 
 /// How often unreferenced blobs are collected.
 const GC_INTERVAL: Duration = Duration::from_secs(300);
+/// Streams a peer may open to this node at once over one connection.
+/// iroh-gossip keeps one stream open per topic and peer, so this is how many
+/// repositories this node can share with one peer over gossip; QUIC's
+/// default of 100 stalls gossip to a peer at its 101st shared topic.
+/// Streams cost memory only once opened.
+pub const MAX_INCOMING_STREAMS: u32 = 1 << 14;
 /// Longest wait for the protocols (blob store, gossip) to stop. The blob
 /// store stops in milliseconds; gossip can wait indefinitely on a peer that
 /// does not take its messages (one whose stream limit is reached), and is
@@ -461,7 +467,11 @@ async fn bind_endpoint(
             RelayMode::custom([url])
         }
     };
+    let transport = QuicTransportConfig::builder()
+        .max_concurrent_uni_streams(MAX_INCOMING_STREAMS.into())
+        .build();
     let mut builder = Endpoint::builder(presets::Minimal)
+        .transport_config(transport)
         .secret_key(secret_key)
         .relay_mode(relay_mode)
         .clear_ip_transports()
