@@ -7,7 +7,8 @@
 //! ([`crate::knot`]), the ATProto poller ([`crate::poller`]), the admin
 //! socket, and, when enabled, read-only smart HTTP ([`crate::http`]).
 //! All tasks hang off one cancellation token. On shutdown they stop, gossip
-//! topics are left, the router flushes the blob store, and the admin socket
+//! topics are left, the router flushes the blob store (gossip held up by a
+//! peer is left behind after a few seconds), and the admin socket
 //! file is removed. What survives a restart lives in the data dir: the key,
 //! `knotd.redb` (repositories, records, peers), `blobs/` (pinned content) and
 //! `repos/` (materialized bare repositories).
@@ -21,7 +22,7 @@ use std::{
 use iroh::{
     Endpoint, EndpointAddr, EndpointId, RelayMode,
     address_lookup::{AddrFilter, DnsAddressLookup, MemoryLookup, PkarrPublisher, PkarrResolver},
-    endpoint::presets,
+    endpoint::{QuicTransportConfig, presets},
     protocol::Router,
 };
 use iroh_blobs::{
@@ -52,6 +53,17 @@ use crate::{
 
 /// How often unreferenced blobs are collected.
 const GC_INTERVAL: Duration = Duration::from_secs(300);
+/// Streams a peer may open to this node at once over one connection.
+/// iroh-gossip keeps one stream open per topic and peer, so this is how many
+/// repositories this node can share with one peer over gossip; QUIC's
+/// default of 100 stalls gossip to a peer at its 101st shared topic.
+/// Streams cost memory only once opened.
+pub const MAX_INCOMING_STREAMS: u32 = 1 << 14;
+/// Longest wait for the protocols (blob store, gossip) to stop. The blob
+/// store stops in milliseconds; gossip can wait indefinitely on a peer that
+/// does not take its messages (one whose stream limit is reached), and is
+/// then left behind rather than keeping the process from exiting.
+const PROTOCOLS_SHUTDOWN: Duration = Duration::from_secs(5);
 
 /// Errors starting or stopping a node.
 #[derive(Debug, thiserror::Error)]
@@ -392,10 +404,14 @@ impl Node {
         for panic in self.tasks.join_all().await {
             warn!(%panic, "a node task panicked");
         }
-        self.router
-            .shutdown()
-            .await
-            .map_err(|e| NodeError::Shutdown(e.to_string()))?;
+        // The protocols stop concurrently: the blob store's flush is not
+        // held up by gossip.
+        match tokio::time::timeout(PROTOCOLS_SHUTDOWN, self.router.shutdown()).await {
+            Ok(stopped) => stopped.map_err(|e| NodeError::Shutdown(e.to_string()))?,
+            Err(_) => warn!(
+                "the protocols did not stop within {PROTOCOLS_SHUTDOWN:?} (gossip waits on a peer); stopping without them"
+            ),
+        }
         info!("knotd stopped");
         Ok(())
     }
@@ -448,7 +464,11 @@ async fn bind_endpoint(
             RelayMode::custom([url])
         }
     };
+    let transport = QuicTransportConfig::builder()
+        .max_concurrent_uni_streams(MAX_INCOMING_STREAMS.into())
+        .build();
     let mut builder = Endpoint::builder(presets::Minimal)
+        .transport_config(transport)
         .secret_key(secret_key)
         .relay_mode(relay_mode)
         .clear_ip_transports()

@@ -162,6 +162,10 @@ pub async fn scale_content(
         if let Err(e) = added {
             let log = std::env::temp_dir().join("knotd-bench-scale-node.log");
             let _ = std::fs::copy(dir.join("node/bench-node.log"), &log);
+            let _ = std::fs::copy(
+                dir.join("publisher/bench-node.log"),
+                std::env::temp_dir().join("knotd-bench-scale-publisher.log"),
+            );
             bail!(
                 "add-repo of repository {i} after {:.1} s: {e:#} (node log kept in {})",
                 started.elapsed().as_secs_f64(),

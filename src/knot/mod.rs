@@ -10,6 +10,12 @@
 //! before it is announced. Bookkeeping writes are batched and committed at
 //! most every [`BOOKKEEPING_FLUSH`]. Everything that survives a restart is
 //! in the database and the blob store; at start the core resumes from them.
+//!
+//! The loop awaits nothing that can wait on the network or on the loop
+//! itself: gossip is driven by the topics' tasks (a peer can hold gossip up
+//! indefinitely), content and network work runs on child tasks, and the
+//! only channel sent to with a wait is the record poller's, whose loop
+//! never waits on this one.
 
 mod admin;
 mod input;
@@ -28,7 +34,7 @@ use std::{
 
 use iroh::{Endpoint, SecretKey, address_lookup::MemoryLookup};
 use iroh_blobs::store::fs::FsStore;
-use iroh_gossip::{net::Gossip, proto::TopicId};
+use iroh_gossip::net::Gossip;
 use n0_future::StreamExt;
 use tokio::{
     sync::{broadcast, mpsc, oneshot},
@@ -60,7 +66,7 @@ use crate::{
     repo_id::RepoId,
     store::{Store, StoreError, Write},
 };
-use topics::{JoinedTopic, TopicEvent};
+use topics::{JoinedTopic, TopicCommand, TopicContext, TopicEvent};
 
 /// Events kept for watchers that fall behind.
 const EVENT_BUFFER: usize = 1024;
@@ -216,7 +222,7 @@ pub struct Knot {
     timer_keys: HashMap<TimerKey, delay_queue::Key>,
     topics: HashMap<RepoId, JoinedTopic>,
     topic_tasks: JoinSet<()>,
-    topic_tx: mpsc::Sender<(RepoId, TopicEvent)>,
+    topic_ctx: TopicContext,
     topic_rx: mpsc::Receiver<(RepoId, TopicEvent)>,
     net: net::NetTasks,
     jobs: JoinSet<crate::core::JobResult>,
@@ -316,7 +322,12 @@ impl Knot {
             timer_keys: HashMap::new(),
             topics: HashMap::new(),
             topic_tasks: JoinSet::new(),
-            topic_tx,
+            topic_ctx: TopicContext {
+                gossip: parts.gossip.clone(),
+                endpoint: parts.endpoint.clone(),
+                tx: topic_tx,
+                drops: parts.drops.clone(),
+            },
             topic_rx,
             net: net::NetTasks::new(),
             jobs: JoinSet::new(),
@@ -591,12 +602,10 @@ impl Knot {
                     .spawn(jobs::run(self.job_ctx.clone(), repo.clone(), spec));
                 self.job_ids.insert(handle.id(), (repo, job));
             }
-            Effect::JoinTopic { repo, peers } => self.join_topic(repo, peers).await,
+            Effect::JoinTopic { repo, peers } => self.join_topic(repo, peers),
             Effect::DialPeers { repo, peers } => {
-                if let Some(topic) = self.topics.get(&repo)
-                    && let Err(e) = topic.sender.join_peers(peers).await
-                {
-                    debug!(repo = %repo, error = %e, "dialing peers failed");
+                if let Some(topic) = self.topics.get(&repo) {
+                    topic.send(&repo, TopicCommand::JoinPeers(peers));
                 }
             }
             Effect::LeaveTopic { repo } => {
@@ -609,7 +618,7 @@ impl Knot {
                 repo,
                 statement,
                 audience,
-            } => self.announce(&repo, statement, audience).await,
+            } => self.announce(&repo, statement, audience),
             Effect::Pull { peer, repos } => self.net.pull(&self.parts.endpoint, peer, repos),
             Effect::LearnAddrs(hints) => {
                 let me = self.parts.endpoint.id();
@@ -688,32 +697,21 @@ impl Knot {
         }
     }
 
-    async fn join_topic(&mut self, repo: RepoId, peers: Vec<iroh::EndpointId>) {
+    /// Join `repo`'s topic on a task of its own (gossip is never awaited
+    /// here); when joined already, dial `peers`.
+    fn join_topic(&mut self, repo: RepoId, peers: Vec<iroh::EndpointId>) {
         if let Some(topic) = self.topics.get(&repo) {
-            let _ = topic.sender.join_peers(peers).await;
+            topic.send(&repo, TopicCommand::JoinPeers(peers));
             return;
         }
-        let topic_id = TopicId::from_bytes(repo.topic_bytes());
-        let sub = match self.parts.gossip.subscribe(topic_id, peers).await {
-            Ok(sub) => sub,
-            Err(e) => {
-                warn!(repo = %repo, error = %e, "cannot join gossip topic");
-                return;
-            }
-        };
-        let (sender, receiver) = sub.split();
-        let cancel = self.cancel.child_token();
-        self.topic_tasks.spawn(topics::run(
+        let topic = topics::spawn(
+            &mut self.topic_tasks,
+            self.topic_ctx.clone(),
             repo.clone(),
-            receiver,
-            self.parts.endpoint.clone(),
-            self.topic_tx.clone(),
-            cancel.clone(),
-            self.parts.drops.clone(),
-        ));
-        self.topics
-            .insert(repo.clone(), JoinedTopic { sender, cancel });
-        debug!(repo = %repo, "joined gossip topic");
+            peers,
+            self.cancel.child_token(),
+        );
+        self.topics.insert(repo, topic);
     }
 
     /// Wrap a statement in this node's signed envelope.
@@ -722,21 +720,15 @@ impl Knot {
         Announcement::new(statement, &self.secret_key, addrs).encode()
     }
 
-    async fn announce(&mut self, repo: &RepoId, statement: SignedStatement, audience: Audience) {
+    fn announce(&mut self, repo: &RepoId, statement: SignedStatement, audience: Audience) {
         let message = self.envelope(statement);
         if let Some(topic) = self.topics.get(repo) {
-            let result = match &audience {
-                Audience::Neighbors { .. } => {
-                    topic
-                        .sender
-                        .broadcast_neighbors(message.clone().into())
-                        .await
-                }
-                Audience::Everyone { .. } => topic.sender.broadcast(message.clone().into()).await,
+            let bytes = bytes::Bytes::from(message.clone());
+            let command = match &audience {
+                Audience::Neighbors { .. } => TopicCommand::BroadcastNeighbors(bytes),
+                Audience::Everyone { .. } => TopicCommand::Broadcast(bytes),
             };
-            if let Err(e) = result {
-                warn!(repo = %repo, error = %e, "gossip broadcast failed");
-            }
+            topic.send(repo, command);
         }
         let (Audience::Everyone { direct } | Audience::Neighbors { direct }) = audience;
         for peer in direct {

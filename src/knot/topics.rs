@@ -1,16 +1,25 @@
-//! One task per joined gossip topic: reads the topic, rate limits each
+//! One task per joined gossip topic: joins the topic, sends what the actor
+//! hands it (broadcasts, peers to dial), reads the topic, rate limits each
 //! neighbour before decoding anything it sent, verifies announcements, and
-//! forwards valid ones and neighbour changes to the actor. Nothing here
-//! survives a restart; topics are joined again from the core's decisions.
+//! forwards valid ones and neighbour changes to the actor. The actor never
+//! awaits gossip: gossip can wait on the network for as long as a peer
+//! makes it (a peer's QUIC stream limit, a peer that does not read), and
+//! the actor's loop must not wait with it. Nothing here survives a
+//! restart; topics are joined again from the core's decisions.
 
 use std::{sync::Arc, time::Instant};
 
+use bytes::Bytes;
 use iroh::{Endpoint, EndpointId};
-use iroh_gossip::api::{Event, GossipReceiver, GossipSender};
+use iroh_gossip::{
+    api::{Event, GossipReceiver, GossipSender},
+    net::Gossip,
+    proto::TopicId,
+};
 use n0_future::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{
     announce::Announcement,
@@ -22,13 +31,43 @@ use crate::{
 const PEER_BURST: f64 = 64.0;
 /// ...and per second after it.
 const PEER_RATE: f64 = 16.0;
+/// Commands waiting for a topic's task. The task only falls behind when
+/// gossip itself waits; more commands are then dropped (announcements also
+/// go directly to peers, and topics without neighbours are dialed again).
+const COMMANDS: usize = 16;
+
+/// What the actor asks of a topic's task.
+pub(super) enum TopicCommand {
+    /// Dial these peers into the topic.
+    JoinPeers(Vec<EndpointId>),
+    /// Broadcast to the whole swarm.
+    Broadcast(Bytes),
+    /// Broadcast to direct neighbours only.
+    BroadcastNeighbors(Bytes),
+}
 
 /// A joined topic, as the actor holds it.
 pub(super) struct JoinedTopic {
-    /// Where broadcasts go.
-    pub sender: GossipSender,
-    /// Stops the topic's task.
+    /// Where the topic's task takes commands.
+    commands: mpsc::Sender<TopicCommand>,
+    /// Stops the topic's task (and leaves the topic).
     pub cancel: CancellationToken,
+}
+
+impl JoinedTopic {
+    /// Hand `command` to the topic's task without waiting; dropped when the
+    /// task is behind or gone.
+    pub fn send(&self, repo: &RepoId, command: TopicCommand) {
+        match self.commands.try_send(command) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                debug!(repo = %repo, "gossip is behind on this topic; dropping a command");
+            }
+            Err(TrySendError::Closed(_)) => {
+                debug!(repo = %repo, "the topic's task has stopped; dropping a command");
+            }
+        }
+    }
 }
 
 /// What a topic task reports.
@@ -43,38 +82,96 @@ pub(super) enum TopicEvent {
     Closed,
 }
 
-/// Read `receiver` until `cancel` fires or the topic closes.
-pub(super) async fn run(
+/// What a topic's task needs.
+#[derive(Clone)]
+pub(super) struct TopicContext {
+    pub gossip: Gossip,
+    pub endpoint: Endpoint,
+    pub tx: mpsc::Sender<(RepoId, TopicEvent)>,
+    pub drops: Arc<DropCounters>,
+}
+
+/// Start the task of `repo_id`'s topic in `tasks`, joining through `peers`.
+pub(super) fn spawn(
+    tasks: &mut tokio::task::JoinSet<()>,
+    ctx: TopicContext,
     repo_id: RepoId,
-    mut receiver: GossipReceiver,
-    endpoint: Endpoint,
-    tx: mpsc::Sender<(RepoId, TopicEvent)>,
+    peers: Vec<EndpointId>,
     cancel: CancellationToken,
-    drops: Arc<DropCounters>,
+) -> JoinedTopic {
+    let (commands, rx) = mpsc::channel(COMMANDS);
+    tasks.spawn(run(ctx, repo_id, peers, rx, cancel.clone()));
+    JoinedTopic { commands, cancel }
+}
+
+/// Join the topic, then serve it until `cancel` fires or the topic closes.
+async fn run(
+    ctx: TopicContext,
+    repo_id: RepoId,
+    peers: Vec<EndpointId>,
+    mut commands: mpsc::Receiver<TopicCommand>,
+    cancel: CancellationToken,
 ) {
+    let topic_id = TopicId::from_bytes(repo_id.topic_bytes());
+    let subscribed = tokio::select! {
+        _ = cancel.cancelled() => return,
+        subscribed = ctx.gossip.subscribe(topic_id, peers) => subscribed,
+    };
+    let (sender, receiver) = match subscribed {
+        Ok(topic) => topic.split(),
+        Err(e) => {
+            warn!(repo = %repo_id, error = %e, "cannot join gossip topic");
+            return;
+        }
+    };
+    debug!(repo = %repo_id, "joined gossip topic");
+    // Sending runs beside reading, so a broadcast gossip holds up does not
+    // hold up what the topic delivers. The task ends, and the topic is left,
+    // when the actor lets go of it.
+    let sending = async {
+        while let Some(command) = commands.recv().await {
+            execute(&sender, &repo_id, command).await;
+        }
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = sending => {}
+        _ = read(&repo_id, receiver, &ctx) => {}
+    }
+}
+
+async fn execute(sender: &GossipSender, repo_id: &RepoId, command: TopicCommand) {
+    let result = match command {
+        TopicCommand::JoinPeers(peers) => sender.join_peers(peers).await,
+        TopicCommand::Broadcast(message) => sender.broadcast(message).await,
+        TopicCommand::BroadcastNeighbors(message) => sender.broadcast_neighbors(message).await,
+    };
+    if let Err(e) = result {
+        warn!(repo = %repo_id, error = %e, "gossip command failed");
+    }
+}
+
+/// Read `receiver` until the topic closes, forwarding to the actor.
+async fn read(repo_id: &RepoId, mut receiver: GossipReceiver, ctx: &TopicContext) {
     let mut limiter = RateLimiter::new(PEER_BURST, PEER_RATE);
     loop {
-        let event = tokio::select! {
-            _ = cancel.cancelled() => return,
-            event = receiver.next() => event,
-        };
-        let event = match event {
+        let event = match receiver.next().await {
             Some(Ok(Event::Received(msg))) => {
                 if !limiter.allow(msg.delivered_from, Instant::now()) {
-                    drops.rate_limited();
+                    ctx.drops.rate_limited();
                     continue;
                 }
-                match Announcement::decode_verified(&msg.content, &repo_id) {
+                match Announcement::decode_verified(&msg.content, repo_id) {
                     Ok(ann) => TopicEvent::Announcement(Box::new(ann)),
                     Err(error) => {
-                        drops.invalid();
-                        tracing::debug!(repo = %repo_id, from = %msg.delivered_from.fmt_short(), %error, "dropped gossip message");
+                        ctx.drops.invalid();
+                        debug!(repo = %repo_id, from = %msg.delivered_from.fmt_short(), %error, "dropped gossip message");
                         continue;
                     }
                 }
             }
             Some(Ok(Event::NeighborUp(id))) => {
-                let addrs = neighbor_addrs(&endpoint, id).await;
+                let addrs = neighbor_addrs(&ctx.endpoint, id).await;
                 TopicEvent::NeighborUp(id, addrs)
             }
             Some(Ok(Event::NeighborDown(id))) => TopicEvent::NeighborDown(id),
@@ -89,7 +186,7 @@ pub(super) async fn run(
             None => TopicEvent::Closed,
         };
         let closed = matches!(event, TopicEvent::Closed);
-        if tx.send((repo_id.clone(), event)).await.is_err() || closed {
+        if ctx.tx.send((repo_id.clone(), event)).await.is_err() || closed {
             return;
         }
     }

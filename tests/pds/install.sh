@@ -15,10 +15,14 @@ major=$(node -p 'process.versions.node.split(".")[0]')
 
 stamp=node_modules/.knotd-install-stamp
 want="$(node -v) $(sha256sum package-lock.json | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && node -e 'new (require("better-sqlite3"))(":memory:").close()' 2>/dev/null; then
+# The PDS and its native database module both load: the install is complete.
+usable() {
+  node -e 'require.resolve("@atproto/pds"); new (require("better-sqlite3"))(":memory:").close()'
+}
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && usable 2>/dev/null; then
   exit 0
 fi
+rm -f "$stamp"
 
 # better-sqlite3 is compiled from source (its prebuilt binaries live on GitHub,
 # which is unreachable). node-gyp needs the Node headers locally; without a
@@ -35,7 +39,7 @@ if ! npm ci --no-audit --no-fund --loglevel=error >"$log" 2>&1; then
   cat "$log" >&2
   die "npm ci failed"
 fi
-node -e 'new (require("better-sqlite3"))(":memory:").close()' \
-  || die "better-sqlite3 native module did not build/load (need python3, make, g++ and Node headers)"
+usable \
+  || die "@atproto/pds or the better-sqlite3 native module did not install/load (need python3, make, g++ and Node headers)"
 echo "$want" > "$stamp"
 echo "tests/pds: installed $(node -p 'require("@atproto/pds/package.json").version' 2>/dev/null | sed 's/^/@atproto\/pds@/')" >&2

@@ -1,0 +1,96 @@
+//! Many repositories shared with one peer: gossip opens one QUIC stream per
+//! topic and peer, so past a hundred topics (QUIC's default stream limit)
+//! gossip to that peer waits for a stream that never comes. The node must
+//! raise that limit for its own peers, and must keep answering and stop
+//! promptly even when a peer with the default limit stalls its gossip.
+
+mod common;
+
+use std::{future::Future, time::Duration};
+
+use common::{TestNode, eventually, rid};
+use iroh_tickets::endpoint::EndpointTicket;
+use knotd::admin::{Command, Payload};
+
+/// Topics shared with one peer: well past QUIC's default of 100 streams.
+const REPOS: usize = 200;
+/// Enough repositories for a node that awaits gossip on its loop to stall:
+/// 100 streams, then gossip's queues of 64 fill.
+const STALLING_REPOS: usize = 300;
+/// Longest an admin command or a shutdown may take here.
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn repo(i: usize) -> String {
+    format!("did:plc:topics{i:04}/repo")
+}
+
+async fn prompt<T>(what: &str, work: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PROMPT, work)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {PROMPT:?}"))
+}
+
+/// Add every repository with `peer`, each answered promptly.
+async fn add_all(node: &TestNode, peer: &str, count: usize) {
+    for i in 0..count {
+        prompt(
+            &format!("add-repo of repository {i}"),
+            node.follow(&repo(i), vec![peer.into()]),
+        )
+        .await;
+    }
+}
+
+async fn connected(node: &TestNode, repo_id: &str) -> bool {
+    match node
+        .admin(Command::Peers {
+            repo_id: rid(repo_id),
+        })
+        .await
+    {
+        Ok(Payload::Peers { peers }) => peers.iter().any(|p| p.connected),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sharing_hundreds_of_topics_stay_connected_and_responsive() {
+    let a = TestNode::spawn().await;
+    let b = TestNode::spawn().await;
+    let (ticket_a, ticket_b) = (a.ticket().await, b.ticket().await);
+    add_all(&b, &ticket_a, REPOS).await;
+    add_all(&a, &ticket_b, REPOS).await;
+    // Every topic gets its neighbour, the last ones as well as the first.
+    eventually(60, "a neighbour on every topic", || async {
+        for i in (0..REPOS).rev() {
+            if !connected(&a, &repo(i)).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    prompt("status", a.admin(Command::Status))
+        .await
+        .expect("status");
+    prompt("stopping a", a.stop()).await;
+    prompt("stopping b", b.stop()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stalls_gossip_does_not_stall_the_node() {
+    // A plain iroh peer with QUIC's default limit of 100 incoming streams:
+    // the node's gossip to it stalls at the 101st topic.
+    let stranger = common::stranger::Stranger::spawn(iroh::SecretKey::from_bytes(&[7; 32])).await;
+    let addr = knotd::knot::wait_for_addr(&stranger.endpoint).await;
+    let ticket = EndpointTicket::new(addr).to_string();
+    let node = TestNode::spawn().await;
+    add_all(&node, &ticket, STALLING_REPOS).await;
+    // Still answering, with every repository tracked.
+    let listed = prompt("list", node.repo_ids()).await;
+    assert_eq!(listed.len(), STALLING_REPOS);
+    prompt("status", node.admin(Command::Status))
+        .await
+        .expect("status");
+    prompt("stopping the node", node.stop()).await;
+}
