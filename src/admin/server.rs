@@ -121,9 +121,16 @@ pub async fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, Admi
     let listener = UnixListener::bind(&staged).map_err(bind_err)?;
     let mode = if gid.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+    // A socket made by a member of the group's primary group has it
+    // already; chown only otherwise (the unit's system-call filter refuses
+    // chown, and needs not allow it).
     if let Some(gid) = gid {
-        nix::unistd::chown(&staged, None, Some(gid))
-            .map_err(|e| bind_err(std::io::Error::from(e)))?;
+        use std::os::unix::fs::MetadataExt;
+        let current = std::fs::metadata(&staged).map_err(bind_err)?.gid();
+        if current != gid.as_raw() {
+            nix::unistd::chown(&staged, None, Some(gid))
+                .map_err(|e| bind_err(std::io::Error::from(e)))?;
+        }
     }
     std::fs::rename(&staged, path).map_err(bind_err)?;
     Ok(listener)
