@@ -254,26 +254,8 @@ fn current_refs(git_dir: &Path) -> Result<BTreeMap<String, ObjectId>, GitError> 
 /// The subset of `ids` present in the repository (one `cat-file` process,
 /// however many ids).
 pub fn present_objects(git_dir: &Path, ids: &[ObjectId]) -> Result<BTreeSet<ObjectId>, GitError> {
-    if ids.is_empty() {
-        return Ok(BTreeSet::new());
-    }
-    let mut input = String::new();
-    for id in ids {
-        input.push_str(id.as_str());
-        input.push('\n');
-    }
-    let out = git_ok(
-        git_dir,
-        &["cat-file", "--batch-check=%(objectname)"],
-        Some(input.as_bytes()),
-    )?;
-    let text = utf8(&out.stdout, "cat-file --batch-check")?;
-    // Missing objects are reported as "<id> missing"; present ones as "<id>".
-    Ok(text
-        .lines()
-        .filter(|l| !l.contains(' '))
-        .filter_map(|l| l.parse().ok())
-        .collect())
+    let names: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
+    Ok(resolve_names(git_dir, &names)?.into_values().collect())
 }
 
 /// What each of `ids` present in the repository peels to (itself for
