@@ -322,3 +322,91 @@ async fn a_publish_whose_materialize_fails_keeps_the_previous_state() {
     );
     node.stop().await;
 }
+
+/// What a socket client sends is checked: garbage instead of a pack, refs
+/// naming objects nobody sent, an ill-formed ref name and a pack over the
+/// node's receive limit are each refused with an error, and the state held
+/// stays what it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_bad_packs_or_refs_changes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let mut config = Config::local(work.path().join("node"));
+    // The receive limit follows the per-repository quota.
+    config.max_repo_bytes = Some(200_000);
+    let node = TestNode::spawn_with(config).await;
+    let first = node.publish(REPO, &src).await;
+    let before = fingerprint(&node.repo_path(REPO));
+    let git_dir = knotd::git::open_repo(&src).unwrap();
+    let refs = knotd::git::read_refs(&git_dir).unwrap();
+    let publish = |refs: knotd::git::RefSet| Command::Publish {
+        repo_id: rid(REPO),
+        refs,
+        force: true,
+        expected_manifest: None,
+    };
+
+    // Not a pack.
+    let mut garbage: &[u8] = b"PACK this is not a pack at all, just bytes";
+    let err = node
+        .client()
+        .publish_pack(&publish(refs.clone()), Some(&mut garbage))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("receiving the pack failed"),
+        "{err}"
+    );
+
+    // A ref naming an object that was never sent.
+    let mut missing = refs.clone();
+    missing.refs.insert(
+        "refs/heads/ghost".into(),
+        "0123456789abcdef0123456789abcdef01234567".parse().unwrap(),
+    );
+    let err = node
+        .client()
+        .publish_pack(&publish(missing), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not complete"), "{err}");
+
+    // A ref name git would never accept, and one outside refs/.
+    for name in ["refs/heads/../escape", "HEADS/main"] {
+        let mut bad = refs.clone();
+        bad.refs
+            .insert(name.into(), refs.refs.values().next().unwrap().clone());
+        let err = node
+            .client()
+            .publish_pack(&publish(bad), None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid"), "{name}: {err}");
+    }
+
+    // A pack larger than the node takes.
+    let big = work.path().join("big");
+    make_repo(&big);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..600_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(big.join("noise.bin"), noise).unwrap();
+    git(&big, &["add", "noise.bin"]);
+    git(&big, &["commit", "-q", "-m", "noise"]);
+    let err = node.try_publish(REPO, &big, true).await.unwrap_err();
+    assert!(err.to_string().contains("maximum allowed size"), "{err}");
+
+    assert_eq!(
+        node.summary(REPO).await.unwrap().manifest.as_deref(),
+        Some(first.manifest.as_str())
+    );
+    assert_eq!(fingerprint(&node.repo_path(REPO)), before);
+    node.stop().await;
+}

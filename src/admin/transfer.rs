@@ -200,6 +200,15 @@ impl AdminClient {
         });
         let mut stdout = child.stdout.take().expect("stdout is piped");
         let sent = self.publish_pack(&command, Some(&mut stdout)).await;
+        // Nobody reads the pack any more: close it, so that git cannot block
+        // on a full pipe. When the node refused (it stops reading early),
+        // its reply is the error, and git is stopped.
+        drop(stdout);
+        if sent.is_err() {
+            let _ = child.kill().await;
+            feeder.abort();
+            return sent;
+        }
         let _ = feeder.await;
         let status = child
             .wait()
