@@ -215,6 +215,10 @@ pub struct Config {
     pub max_packs: usize,
     /// Timeout for one blob transfer from peers, in seconds (default 300).
     pub fetch_timeout_secs: u64,
+    /// Seconds between two runs of the blob store's garbage collector,
+    /// which deletes blobs no repository pins any more (default 300;
+    /// fractions allowed).
+    pub gc_interval_secs: f64,
     /// Longest time one git process (pack, index, repack) may run before it
     /// is killed, in seconds (default 3600).
     pub git_timeout_secs: u64,
@@ -261,6 +265,7 @@ impl Default for Config {
             admin_socket_group: None,
             max_packs: 16,
             fetch_timeout_secs: 300,
+            gc_interval_secs: 300.0,
             git_timeout_secs: crate::git::DEFAULT_TIMEOUT.as_secs(),
             max_concurrent_jobs: 4,
             max_repo_bytes: None,
@@ -338,6 +343,14 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        if !(self.gc_interval_secs.is_finite()
+            && (0.001..=86_400.0).contains(&self.gc_interval_secs))
+        {
+            return Err(ConfigError::Invalid {
+                field: "gc_interval_secs",
+                reason: "must be between 0.001 and 86400 seconds".into(),
+            });
+        }
         if self.atproto.poll_interval_secs == 0 {
             return Err(ConfigError::Invalid {
                 field: "atproto.poll_interval_secs",
@@ -409,6 +422,11 @@ impl Config {
     /// The blob transfer timeout.
     pub fn fetch_timeout(&self) -> Duration {
         Duration::from_secs(self.fetch_timeout_secs)
+    }
+
+    /// How often the blob store collects garbage.
+    pub fn gc_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.gc_interval_secs)
     }
 
     /// The limit for one git process (at least a second).
@@ -496,6 +514,8 @@ mod tests {
             ("discovery = \"http://\"", "discovery"),
             ("bogus = 1", "bogus"),
             ("max_packs = 1", "max_packs"),
+            ("gc_interval_secs = 0", "gc_interval_secs"),
+            ("gc_interval_secs = nan", "gc_interval_secs"),
             ("bind = []", "bind"),
             ("[atproto]\npoll_jitter = 3.0", "poll_jitter"),
             ("data_dir = 5", "data_dir"),

@@ -27,10 +27,7 @@ use iroh::{
 };
 use iroh_blobs::{
     BlobsProtocol,
-    store::{
-        GcConfig,
-        fs::{FsStore, options::Options},
-    },
+    store::fs::{FsStore, options::Options},
 };
 use iroh_gossip::net::Gossip;
 use tokio::task::JoinSet;
@@ -51,8 +48,6 @@ use crate::{
     supervise::Supervised,
 };
 
-/// How often unreferenced blobs are collected.
-const GC_INTERVAL: Duration = Duration::from_secs(300);
 /// Streams a peer may open to this node at once over one connection.
 /// iroh-gossip keeps one stream open per topic and peer, so this is how many
 /// repositories this node can share with one peer over gossip; QUIC's
@@ -167,10 +162,8 @@ impl Node {
 
         let blob_dir = data_dir.join("blobs");
         let mut options = Options::new(&blob_dir);
-        options.gc = Some(GcConfig {
-            interval: GC_INTERVAL,
-            add_protected: None,
-        });
+        let gc_guard = crate::content::GcGuard::new();
+        options.gc = Some(gc_guard.config(config.gc_interval()));
         let blobs = FsStore::load_with_opts(blob_dir.join("blobs.db"), options)
             .await
             .map_err(|e| NodeError::Blobs {
@@ -271,6 +264,7 @@ impl Node {
                 config: config.clone(),
                 store,
                 blobs: blobs.clone(),
+                gc_guard,
                 endpoint: endpoint.clone(),
                 gossip,
                 lookup: lookup.clone(),

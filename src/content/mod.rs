@@ -31,10 +31,12 @@ use crate::{
 };
 
 mod fetch;
+mod guard;
 mod publish;
 mod stream;
 
 pub use fetch::{FetchOptions, Fetched, check_space, fetch};
+pub use guard::GcGuard;
 pub use publish::{Published, publish};
 use stream::pack_reader;
 

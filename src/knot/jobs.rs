@@ -71,6 +71,7 @@ fn optimize_later(dest: PathBuf) {
 #[derive(Clone)]
 pub(super) struct JobContext {
     pub blobs: FsStore,
+    pub gc_guard: content::GcGuard,
     pub endpoint: Endpoint,
     pub repos_root: PathBuf,
     pub data_dir: PathBuf,
@@ -189,7 +190,9 @@ async fn publish(
             optimize_later(ctx.dest(repo));
         }
     }
-    drop(published.protect);
+    // The pins are set: the temporary tags may go once no collector pass
+    // that started before the pins can still be running.
+    ctx.gc_guard.hold(published.protect);
     Ok(out)
 }
 

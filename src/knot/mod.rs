@@ -108,6 +108,8 @@ pub struct KnotParts {
     pub store: Store,
     /// The blob store.
     pub blobs: FsStore,
+    /// Holds new blobs' temporary tags across garbage collection.
+    pub gc_guard: crate::content::GcGuard,
     /// The iroh endpoint.
     pub endpoint: Endpoint,
     /// The gossip protocol.
@@ -284,6 +286,7 @@ impl Knot {
         settings.max_total_bytes = config.max_total_bytes;
         let job_ctx = jobs::JobContext {
             blobs: parts.blobs.clone(),
+            gc_guard: parts.gc_guard.clone(),
             endpoint: parts.endpoint.clone(),
             repos_root: repos_root.clone(),
             data_dir: config.data_dir.clone(),
