@@ -217,6 +217,16 @@ enum AdminCmd {
         /// A DID or `<did>/<name>` (not for `show`).
         target: Option<String>,
     },
+    /// Check that every blob of the held state (of one repository, or of
+    /// all) is stored and pinned; rebuild or fetch again what is missing.
+    /// Exits non-zero when a state could not be made whole.
+    Verify {
+        /// Only this repository, `<did>/<name>`.
+        repo_id: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print events as they happen (of one repository, or all).
     Watch {
         /// Only this repository, `<did>/<name>`.
@@ -415,6 +425,12 @@ async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
             false,
         ),
         AdminCmd::Watch { .. } => unreachable!("handled above"),
+        AdminCmd::Verify { repo_id, json } => (
+            Command::Verify {
+                repo_id: repo_id.as_deref().map(parse_repo_id).transpose()?,
+            },
+            json,
+        ),
         AdminCmd::SetQuota { repo_id, size } => {
             let max_bytes = match size.trim() {
                 "none" | "default" => None,
@@ -457,7 +473,16 @@ async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
         Some(repo) => knotd_cli::events::with_progress(&client, repo, &command, false).await?,
         None => client.call(&command).await?,
     };
+    let failed_checks = match &payload {
+        Payload::Verified(report) => report.repos.iter().filter(|r| !r.ok()).count(),
+        _ => 0,
+    };
     print_payload(payload, json);
+    if failed_checks > 0 {
+        anyhow::bail!(
+            "{failed_checks} held state(s) could not be made whole; they are retried, see `knotd admin list`"
+        );
+    }
     if let (Some(repo), Some(count)) = (repo, replicas) {
         let payload = knotd_cli::events::replicas(&client, &repo, count, timeout).await?;
         print_payload(payload, json);
@@ -472,6 +497,7 @@ fn print_payload(payload: Payload, json: bool) {
             Payload::Peers { peers } => serde_json::to_value(peers),
             Payload::Status(status) => serde_json::to_value(status),
             Payload::Policy(policy) => serde_json::to_value(policy),
+            Payload::Verified(report) => serde_json::to_value(report),
             other => serde_json::to_value(other),
         }
         .expect("payload serializes");
@@ -550,6 +576,20 @@ fn print_payload(payload: Payload, json: bool) {
             }
         }
         Payload::Synced(s) => println!("{}: {}", s.repo_id, s.message),
+        Payload::Verified(report) => {
+            for row in &report.repos {
+                let what = match (&row.manifest, &row.error) {
+                    (None, None) => "nothing held".to_string(),
+                    (_, Some(error)) => format!("NOT WHOLE: {error}"),
+                    (Some(_), None) if row.rebuilt + row.fetched == 0 => "ok".to_string(),
+                    (Some(_), None) => format!(
+                        "repaired ({} rebuilt from the materialized copy, {} fetched again)",
+                        row.rebuilt, row.fetched
+                    ),
+                };
+                println!("{}: {what}", row.repo_id);
+            }
+        }
         Payload::Policy(p) => {
             println!("default: {:?}", p.default);
             println!(

@@ -41,6 +41,9 @@ pub enum ConfigError {
     },
 }
 
+/// The longest schedule interval accepted, in seconds (a year).
+const MAX_INTERVAL_SECS: u64 = 365 * 24 * 3600;
+
 /// Which relay servers to use, resolved from [`Config::relay`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayChoice {
@@ -219,6 +222,11 @@ pub struct Config {
     /// which deletes blobs no repository pins any more (default 300;
     /// fractions allowed).
     pub gc_interval_secs: f64,
+    /// Seconds between two checks that every blob of every held state is
+    /// stored and pinned (missing ones are rebuilt or fetched again);
+    /// states are also checked at start-up and by `knotd admin verify`
+    /// (default 86400; 0 turns the schedule off).
+    pub verify_interval_secs: u64,
     /// Longest time one git process (pack, index, repack) may run before it
     /// is killed, in seconds (default 3600).
     pub git_timeout_secs: u64,
@@ -266,6 +274,7 @@ impl Default for Config {
             max_packs: 16,
             fetch_timeout_secs: 300,
             gc_interval_secs: 300.0,
+            verify_interval_secs: 86_400,
             git_timeout_secs: crate::git::DEFAULT_TIMEOUT.as_secs(),
             max_concurrent_jobs: 4,
             max_repo_bytes: None,
@@ -351,6 +360,12 @@ impl Config {
                 reason: "must be between 0.001 and 86400 seconds".into(),
             });
         }
+        if self.verify_interval_secs > MAX_INTERVAL_SECS {
+            return Err(ConfigError::Invalid {
+                field: "verify_interval_secs",
+                reason: format!("must be at most {MAX_INTERVAL_SECS} seconds (a year)"),
+            });
+        }
         if self.atproto.poll_interval_secs == 0 {
             return Err(ConfigError::Invalid {
                 field: "atproto.poll_interval_secs",
@@ -427,6 +442,11 @@ impl Config {
     /// How often the blob store collects garbage.
     pub fn gc_interval(&self) -> Duration {
         Duration::from_secs_f64(self.gc_interval_secs)
+    }
+
+    /// How often every held state is checked, if on a schedule.
+    pub fn verify_interval(&self) -> Option<Duration> {
+        (self.verify_interval_secs > 0).then(|| Duration::from_secs(self.verify_interval_secs))
     }
 
     /// The limit for one git process (at least a second).
@@ -516,6 +536,7 @@ mod tests {
             ("max_packs = 1", "max_packs"),
             ("gc_interval_secs = 0", "gc_interval_secs"),
             ("gc_interval_secs = nan", "gc_interval_secs"),
+            ("verify_interval_secs = 99999999999", "verify_interval_secs"),
             ("bind = []", "bind"),
             ("[atproto]\npoll_jitter = 3.0", "poll_jitter"),
             ("data_dir = 5", "data_dir"),

@@ -5,7 +5,10 @@
 //! inside it record what it reflects:
 //!
 //! * `knot-manifest`: lowercase hex BLAKE3 hash of the manifest,
-//! * `knot-packs`: hex hashes of the pack blobs already indexed, one a line.
+//! * `knot-packs`: hex hashes of the pack blobs already indexed, one a line;
+//! * `knot-manifest.bin`: the manifest blob's bytes, so that a manifest blob
+//!   lost from the blob store can be rebuilt from here (checked against its
+//!   hash before it is used; not synced, since a torn copy fails that check).
 //!
 //! A first materialization is built in a sibling temporary directory
 //! (`.{name}.tmp-XXXX`) and renamed into place only once it is complete and
@@ -39,6 +42,8 @@ use crate::manifest::{Manifest, PackEntry};
 pub const MANIFEST_MARKER: &str = "knot-manifest";
 /// Marker file listing the hex hashes of indexed packs.
 pub const PACKS_MARKER: &str = "knot-packs";
+/// File holding a copy of the materialized manifest's bytes.
+pub const MANIFEST_COPY: &str = "knot-manifest.bin";
 /// What the manifest marker says while refs are being moved.
 const PENDING: &str = "pending\n";
 /// Bytes at the end of a pack withheld from git until the pack is verified
@@ -139,7 +144,13 @@ pub fn materialize(
     let hash_hex = data_encoding::HEXLOWER.encode(&manifest_hash);
     let marker = dest.join(MANIFEST_MARKER);
     match fs::read_to_string(&marker) {
-        Ok(current) if current.trim() == hash_hex => return Ok(Outcome::Unchanged),
+        Ok(current) if current.trim() == hash_hex => {
+            // Repositories materialized before the copy existed get one.
+            if !dest.join(MANIFEST_COPY).exists() {
+                write_file(dest, MANIFEST_COPY, &manifest.to_bytes(), false)?;
+            }
+            return Ok(Outcome::Unchanged);
+        }
         Ok(_) => return update(dest, &hash_hex, manifest, load_pack),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
@@ -203,7 +214,7 @@ fn create(
         git::check_connected(&git_dir, &tips, &[]).map_err(MaterializeError::Incomplete)?;
     }
     git::apply_refs(&git_dir, &manifest.refs)?;
-    write_markers(tmp.path(), hash_hex, &manifest.packs)?;
+    write_markers(tmp.path(), hash_hex, manifest)?;
 
     let built = tmp.keep();
     if let Err(source) = fs::rename(&built, dest) {
@@ -258,7 +269,7 @@ fn update(
     // between is repaired by the next run instead of taken for done.
     write_atomic(dest, MANIFEST_MARKER, PENDING.as_bytes())?;
     git::apply_refs(&git_dir, &manifest.refs)?;
-    write_markers(dest, hash_hex, &manifest.packs)?;
+    write_markers(dest, hash_hex, manifest)?;
     Ok(Outcome::Updated { packs_indexed })
 }
 
@@ -419,30 +430,67 @@ impl Read for Verified<'_> {
     }
 }
 
-/// Write both marker files atomically (temp file + rename each); the
-/// manifest marker last, so it is only updated once the pack list is.
-fn write_markers(dir: &Path, hash_hex: &str, packs: &[PackEntry]) -> Result<(), MaterializeError> {
+/// Write the marker files atomically (temp file + rename each): the
+/// manifest's copy and the pack list first, the manifest marker last, so it
+/// is only updated once the others are.
+fn write_markers(dir: &Path, hash_hex: &str, manifest: &Manifest) -> Result<(), MaterializeError> {
     let mut list = String::new();
-    for entry in packs {
+    for entry in &manifest.packs {
         list.push_str(&entry.hash_hex());
         list.push('\n');
     }
+    write_file(dir, MANIFEST_COPY, &manifest.to_bytes(), false)?;
     write_atomic(dir, PACKS_MARKER, list.as_bytes())?;
     write_atomic(dir, MANIFEST_MARKER, format!("{hash_hex}\n").as_bytes())
 }
 
 fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), MaterializeError> {
+    write_file(dir, name, data, true)
+}
+
+/// Replace `dir/name` with `data` by a rename, synced to disk when `sync`.
+fn write_file(dir: &Path, name: &str, data: &[u8], sync: bool) -> Result<(), MaterializeError> {
     let path = dir.join(name);
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}.tmp-"))
         .tempfile_in(dir)
         .map_err(io("creating a temporary file in", dir))?;
     tmp.write_all(data).map_err(io("writing", &path))?;
-    tmp.as_file().sync_all().map_err(io("syncing", &path))?;
+    if sync {
+        tmp.as_file().sync_all().map_err(io("syncing", &path))?;
+    }
     tmp.persist(&path)
         .map_err(|e| io("replacing", &path)(e.error))?;
-    sync_dir(dir);
+    if sync {
+        sync_dir(dir);
+    }
     Ok(())
+}
+
+/// The manifest bytes kept in the materialized repository at `dest`, if
+/// there is a copy of at most `max_len` bytes. Unverified: check its hash.
+pub fn manifest_copy(dest: &Path, max_len: u64) -> Option<Vec<u8>> {
+    let file = fs::File::open(dest.join(MANIFEST_COPY)).ok()?;
+    let mut bytes = Vec::new();
+    file.take(max_len.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (bytes.len() as u64 <= max_len).then_some(bytes)
+}
+
+/// Pack files of exactly `size` bytes in the object store of the
+/// materialized repository at `dest`: the packs it indexed as received
+/// (a thin pack is completed when indexed, so only full packs match).
+pub fn pack_files_of_size(dest: &Path, size: u64) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dest.join("objects").join("pack")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .filter(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == size))
+        .collect()
 }
 
 /// Best-effort fsync of a directory so renames inside it are durable.

@@ -68,6 +68,7 @@ pub struct Metrics {
     poll_errors: Counter,
     write_backs: Family<Outcome, Counter>,
     quota_refusals: Counter,
+    blobs_repaired: Family<Outcome, Counter>,
     repos: Family<RepoState, Gauge>,
     pinned_bytes: Gauge,
     neighbours: Gauge,
@@ -103,6 +104,7 @@ impl Metrics {
             poll_errors: Counter::default(),
             write_backs: Family::default(),
             quota_refusals: Counter::default(),
+            blobs_repaired: Family::default(),
             repos: Family::default(),
             pinned_bytes: Gauge::default(),
             neighbours: Gauge::default(),
@@ -164,6 +166,11 @@ impl Metrics {
             m.quota_refusals.clone(),
         );
         r.register(
+            "blobs_repaired",
+            "Blobs of held states found missing and put back, by how (rebuilt from the materialized copy or fetched)",
+            m.blobs_repaired.clone(),
+        );
+        r.register(
             "repositories",
             "Tracked repositories, by state",
             m.repos.clone(),
@@ -209,6 +216,16 @@ impl Metrics {
             }
             NodeEvent::QuotaRefused { .. } => {
                 self.quota_refusals.inc();
+            }
+            NodeEvent::Repaired {
+                rebuilt, fetched, ..
+            } => {
+                self.blobs_repaired
+                    .get_or_create(&outcome("rebuilt"))
+                    .inc_by(*rebuilt as u64);
+                self.blobs_repaired
+                    .get_or_create(&outcome("fetched"))
+                    .inc_by(*fetched as u64);
             }
             _ => {}
         }

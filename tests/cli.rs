@@ -255,3 +255,35 @@ fn sync_waits_for_replicas_and_names_who_is_missing() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("only 1 of 2"), "{}", stderr(&out));
 }
+
+#[test]
+fn verify_prints_one_line_per_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Daemon::start(&dir.path().join("node"));
+    let src = dir.path().join("src");
+    common::make_repo(&src);
+    let repo = "did:plc:checked/site";
+    let out = admin(&node.socket, &["publish", repo, src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = admin(&node.socket, &["add-repo", "did:plc:checked/empty"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = admin(&node.socket, &["verify"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("did:plc:checked/site: ok"), "{text}");
+    assert!(
+        text.contains("did:plc:checked/empty: nothing held"),
+        "{text}"
+    );
+
+    let out = admin(&node.socket, &["verify", repo, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["repos"][0]["repo_id"], repo);
+    assert_eq!(report["repos"][0]["rebuilt"], 0);
+
+    let out = admin(&node.socket, &["verify", "did:plc:checked/unknown"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not tracked"), "{}", stderr(&out));
+}

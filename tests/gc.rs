@@ -145,3 +145,124 @@ async fn states_published_while_gc_runs_stay_complete_and_servable() {
         );
     }
 }
+
+/// Make `node` lose the blob `hash` although its tag `tag` stays, as the
+/// collector did before pins were guarded: drop the tag, let a pass delete
+/// the blob, set the tag again.
+async fn lose_blob(node: &TestNode, tag: &str, hash: Hash) {
+    let store = node.node.blobs();
+    store.tags().delete(tag).await.unwrap();
+    eventually(30, "the collector deletes the blob", || async {
+        !store.blobs().has(hash).await.unwrap()
+    })
+    .await;
+    store
+        .tags()
+        .set(tag, HashAndFormat::raw(hash))
+        .await
+        .unwrap();
+}
+
+async fn complete(node: &TestNode, hash: Hash) -> bool {
+    node.node.blobs().blobs().has(hash).await.unwrap()
+}
+
+async fn verify(node: &TestNode, repo: &str) -> Vec<knotd::admin::VerifyRow> {
+    match node
+        .admin(knotd::admin::Command::Verify {
+            repo_id: Some(common::rid(repo)),
+        })
+        .await
+        .expect("verify")
+    {
+        knotd::admin::Payload::Verified(report) => report.repos,
+        other => panic!("unexpected payload {other:?}"),
+    }
+}
+
+/// The pack blobs of `manifest` on `node`, in order.
+async fn packs(node: &TestNode, manifest: Hash) -> Vec<Hash> {
+    let bytes = node.node.blobs().get_bytes(manifest).await.unwrap();
+    knotd::manifest::Manifest::from_bytes(&bytes)
+        .unwrap()
+        .packs
+        .iter()
+        .map(|p| Hash::from_bytes(p.hash))
+        .collect()
+}
+
+const REPO: &str = "did:plc:verify1/site";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_manifest_and_pack_are_rebuilt_from_the_materialized_copy() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let dir = tempfile::tempdir().unwrap();
+    let node = gc_node(dir.path()).await;
+    let report = node.publish(REPO, &src).await;
+    let manifest: Hash = report.manifest.parse().unwrap();
+    let pack = packs(&node, manifest).await[0];
+
+    lose_blob(&node, &format!("knot/{REPO}/manifest"), manifest).await;
+    lose_blob(&node, &format!("knot/{REPO}/pack/{pack}"), pack).await;
+    assert!(!complete(&node, manifest).await && !complete(&node, pack).await);
+
+    let rows = verify(&node, REPO).await;
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].ok(), "{rows:?}");
+    assert_eq!((rows[0].rebuilt, rows[0].fetched), (2, 0), "{rows:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(complete(&node, manifest).await && complete(&node, pack).await);
+
+    // A fresh node fetches the repaired state from this one alone.
+    let fresh = TestNode::spawn().await;
+    fresh.follow(REPO, vec![node.ticket().await]).await;
+    eventually(30, "a fresh node fetches the repaired state", || async {
+        fresh.materialized(REPO).await.as_deref() == Some(report.manifest.as_str())
+    })
+    .await;
+
+    // A restart checks every held state: a blob lost while the node ran is
+    // back without anyone asking.
+    lose_blob(&node, &format!("knot/{REPO}/manifest"), manifest).await;
+    let node = node.restart().await;
+    eventually(30, "the start-up check rebuilds the manifest", || async {
+        complete(&node, manifest).await
+    })
+    .await;
+    let rows = verify(&node, REPO).await;
+    assert_eq!((rows[0].rebuilt, rows[0].fetched), (0, 0), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_thin_pack_is_fetched_again_from_a_peer() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let author_dir = tempfile::tempdir().unwrap();
+    let author = gc_node(author_dir.path()).await;
+    author.publish(REPO, &src).await;
+    common::add_commit(&src, "third");
+    let second = author.publish(REPO, &src).await;
+    assert_eq!(second.pack_count, 2);
+    let manifest: Hash = second.manifest.parse().unwrap();
+    let thin = packs(&author, manifest).await[1];
+
+    let seeder = TestNode::spawn().await;
+    seeder.follow(REPO, vec![author.ticket().await]).await;
+    eventually(30, "the seeder holds the state", || async {
+        seeder.materialized(REPO).await.as_deref() == Some(second.manifest.as_str())
+    })
+    .await;
+
+    lose_blob(&author, &format!("knot/{REPO}/pack/{thin}"), thin).await;
+    let rows = verify(&author, REPO).await;
+    assert!(rows[0].ok(), "{rows:?}");
+    assert_eq!(
+        (rows[0].rebuilt, rows[0].fetched),
+        (0, 1),
+        "a thin pack was completed when indexed, so it comes from a peer: {rows:?}"
+    );
+    assert!(complete(&author, thin).await);
+}

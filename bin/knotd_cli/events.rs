@@ -65,6 +65,14 @@ pub fn describe(e: &EventLine) -> String {
         NodeEvent::QuotaRefused { manifest, error } => {
             format!("refused {}: {error}", short(manifest))
         }
+        NodeEvent::Repaired {
+            manifest,
+            rebuilt,
+            fetched,
+        } => format!(
+            "repaired {}: {rebuilt} blob(s) rebuilt from the materialized copy, {fetched} fetched again",
+            short(manifest)
+        ),
         NodeEvent::PeerUp { peer } => format!("peer {} up", short(peer)),
         NodeEvent::PeerDown { peer } => format!("peer {} down", short(peer)),
         NodeEvent::PeerState {

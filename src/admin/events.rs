@@ -122,6 +122,15 @@ pub enum NodeEvent {
         /// Why.
         error: String,
     },
+    /// Blobs of the held state were missing and were put back.
+    Repaired {
+        /// The manifest.
+        manifest: String,
+        /// Blobs rebuilt from the materialized copy.
+        rebuilt: usize,
+        /// Blobs fetched again from peers.
+        fetched: usize,
+    },
     /// A record write-back ended.
     WriteBack {
         /// Whether it reached the PDS.

@@ -214,6 +214,14 @@ pub enum Command {
         /// A DID or a handle.
         identity: String,
     },
+    /// Check that every blob of the held state of one repository (or of
+    /// all) is stored complete and pinned; rebuild what is missing from the
+    /// materialized copy, else fetch it again from peers.
+    Verify {
+        /// Only this repository.
+        #[serde(default)]
+        repo_id: Option<RepoId>,
+    },
 }
 
 impl Command {
@@ -224,9 +232,10 @@ impl Command {
             Command::Replicas { timeout_secs, .. } => {
                 Some(Duration::from_secs(*timeout_secs).saturating_add(QUICK_TIMEOUT))
             }
-            Command::Publish { .. } | Command::Sync { .. } | Command::Follow { .. } => {
-                Some(LONG_TIMEOUT)
-            }
+            Command::Publish { .. }
+            | Command::Sync { .. }
+            | Command::Follow { .. }
+            | Command::Verify { .. } => Some(LONG_TIMEOUT),
             _ => Some(QUICK_TIMEOUT),
         }
     }
@@ -244,7 +253,7 @@ impl Command {
             | Command::Sync { repo_id }
             | Command::SetQuota { repo_id, .. }
             | Command::Replicas { repo_id, .. } => Some(repo_id),
-            Command::Watch { repo_id } => repo_id.as_ref(),
+            Command::Watch { repo_id } | Command::Verify { repo_id } => repo_id.as_ref(),
             Command::List
             | Command::Status
             | Command::Ticket
@@ -340,6 +349,8 @@ pub enum Payload {
     Policy(PolicyView),
     /// A repository's ref state.
     Refs(RefsReport),
+    /// What a check of held states found.
+    Verified(VerifyReport),
     /// From here on the connection carries a git protocol stream.
     Bridge,
 }
@@ -353,6 +364,37 @@ pub struct RefsReport {
     pub manifest: Option<String>,
     /// The refs and `HEAD`.
     pub refs: RefSet,
+}
+
+/// What `verify` found, one row per repository checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// The repositories checked.
+    pub repos: Vec<VerifyRow>,
+}
+
+/// The check of one repository's held state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyRow {
+    /// The repository.
+    pub repo_id: String,
+    /// The manifest checked (`None`: nothing held, nothing to check).
+    pub manifest: Option<String>,
+    /// Blobs that were missing and were rebuilt from the materialized copy.
+    pub rebuilt: usize,
+    /// Blobs that were missing and were fetched again from peers.
+    pub fetched: usize,
+    /// Why the state could not be made whole, if it could not (it is
+    /// retried with backoff).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl VerifyRow {
+    /// Whether the state is whole now.
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
 }
 
 /// Peers holding a state, when enough do.

@@ -6,7 +6,9 @@ use std::{path::Path, time::Duration};
 use iroh::{Endpoint, EndpointId};
 use iroh_blobs::{Hash, HashAndFormat, api::Store};
 
-use super::{ContentError, hex, incoming_tag, load_manifest, pack_tag_prefix, request_err};
+use super::{
+    ContentError, hex, incoming_tag, load_manifest, pack_tag_prefix, repo_tags, request_err,
+};
 use crate::{manifest::Manifest, repo_id::RepoId};
 
 /// What a fetch transferred.
@@ -16,6 +18,12 @@ pub struct Fetched {
     pub manifest: Manifest,
     /// Bytes of blobs that were missing and were fetched.
     pub bytes_fetched: u64,
+    /// Blobs that were missing and were fetched.
+    pub blobs_fetched: usize,
+    /// Some blob of the state was in the store already without a pin of
+    /// this repository: a collector pass that started before the pins were
+    /// set may still delete it, so the state is checked again after it.
+    pub reused_unpinned: bool,
 }
 
 /// How a fetch goes about it.
@@ -67,6 +75,13 @@ pub async fn fetch(
         progress,
     } = *opts;
     let mut bytes_fetched = 0;
+    let mut blobs_fetched = 0;
+    let pinned_here: std::collections::HashSet<Hash> = repo_tags(blobs, repo_id)
+        .await?
+        .into_values()
+        .map(|tag| tag.hash)
+        .collect();
+    let mut reused_unpinned = false;
     // Tag before downloading, so GC never takes what arrives (or a part of it).
     blobs
         .tags()
@@ -77,7 +92,9 @@ pub async fn fetch(
         .has(hash)
         .await
         .map_err(request_err("checking a blob"))?;
+    reused_unpinned |= manifest_present && !pinned_here.contains(&hash);
     if !manifest_present {
+        blobs_fetched += 1;
         download(
             blobs,
             endpoint,
@@ -125,11 +142,13 @@ pub async fn fetch(
             )
             .await
             .map_err(request_err("pinning a pack"))?;
-        if !blobs
+        if blobs
             .has(pack_hash)
             .await
             .map_err(request_err("checking a blob"))?
         {
+            reused_unpinned |= !pinned_here.contains(&pack_hash);
+        } else {
             let report = |bytes: u64| {
                 if let Some(progress) = progress {
                     progress(received + bytes, total_missing);
@@ -141,11 +160,14 @@ pub async fn fetch(
             .await?;
             received += pack.size;
             bytes_fetched += pack.size;
+            blobs_fetched += 1;
         }
     }
     Ok(Fetched {
         manifest,
         bytes_fetched,
+        blobs_fetched,
+        reused_unpinned,
     })
 }
 

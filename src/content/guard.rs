@@ -40,16 +40,33 @@ struct Inner {
 }
 
 /// Holds temporary tags until the blob store's collector can no longer miss
-/// the named tags that replaced them. Cheap to clone; clones share state.
-#[derive(Debug, Clone, Default)]
+/// the named tags that replaced them, and tells subscribers when a pass
+/// starts. Cheap to clone; clones share state.
+#[derive(Debug, Clone)]
 pub struct GcGuard {
     inner: Arc<Mutex<Inner>>,
+    passes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for GcGuard {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            passes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl GcGuard {
     /// A guard with nothing held.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The number of passes started, updated as each one starts: when it
+    /// changes, every earlier pass is over.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.passes.subscribe()
     }
 
     /// The collector's configuration: a pass every `interval`, each one
@@ -85,13 +102,14 @@ impl GcGuard {
     }
 
     fn pass_starting(&self) {
-        let released = {
+        let (passes, released) = {
             let mut inner = self.lock();
             inner.passes += 1;
-            mem::take(&mut inner.held)
+            (inner.passes, mem::take(&mut inner.held))
         };
         // Dropping a temporary tag only updates the store's counters.
         drop(released);
+        self.passes.send_replace(passes);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -132,6 +150,7 @@ mod tests {
             ProtectOutcome::Continue
         ));
         assert_eq!(guard.passes(), 1);
+        assert_eq!(*guard.subscribe().borrow(), 1);
         assert_eq!(guard.held(), 0);
         assert!(temp_roots().await.is_empty());
     }

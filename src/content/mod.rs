@@ -33,11 +33,13 @@ use crate::{
 mod fetch;
 mod guard;
 mod publish;
+mod repair;
 mod stream;
 
 pub use fetch::{FetchOptions, Fetched, check_space, fetch};
 pub use guard::GcGuard;
 pub use publish::{Published, publish};
+pub use repair::{Rebuilt, rebuild_missing};
 use stream::pack_reader;
 
 /// Errors moving repository content.
@@ -167,17 +169,7 @@ pub async fn pin(
         );
     }
     wanted.insert(manifest_tag(repo_id), HashAndFormat::raw(hash));
-    let mut existing = std::collections::BTreeMap::new();
-    let mut list = blobs
-        .tags()
-        .list_prefix(format!("knot/{repo_id}/"))
-        .await
-        .map_err(request_err("listing tags"))?;
-    while let Some(tag) = list.next().await {
-        let tag = tag.map_err(request_err("listing tags"))?;
-        let name = String::from_utf8_lossy(tag.name.as_ref()).into_owned();
-        existing.insert(name, tag.hash_and_format());
-    }
+    let existing = repo_tags(blobs, repo_id).await?;
     if existing == wanted {
         return Ok(());
     }
@@ -209,6 +201,25 @@ pub async fn pin(
         .await
         .map_err(request_err("syncing the blob store"))?;
     Ok(())
+}
+
+/// Every tag of `repo_id`, by name.
+async fn repo_tags(
+    blobs: &Store,
+    repo_id: &RepoId,
+) -> Result<std::collections::BTreeMap<String, HashAndFormat>, ContentError> {
+    let mut tags = std::collections::BTreeMap::new();
+    let mut list = blobs
+        .tags()
+        .list_prefix(format!("knot/{repo_id}/"))
+        .await
+        .map_err(request_err("listing tags"))?;
+    while let Some(tag) = list.next().await {
+        let tag = tag.map_err(request_err("listing tags"))?;
+        let name = String::from_utf8_lossy(tag.name.as_ref()).into_owned();
+        tags.insert(name, tag.hash_and_format());
+    }
+    Ok(tags)
 }
 
 /// Remove every tag of `repo_id`; blobs no other repository pins are then collected.

@@ -68,6 +68,7 @@ impl Core {
                 count,
                 timeout,
             } => self.await_replicas(reply, &repo_id, count, timeout, now),
+            CoreCommand::Verify { repo_id } => self.verify(reply, repo_id, now),
         }
     }
 
@@ -281,6 +282,7 @@ impl Core {
         for to in waiters.collect::<Vec<_>>() {
             self.reply_err(to, format!("{repo_id} was removed"));
         }
+        self.verify_forgotten(repo_id);
         self.discarding.insert(
             repo_id.clone(),
             super::repo::Discarding {

@@ -77,7 +77,11 @@ impl Core {
         } else {
             Lane::Background
         };
-        if repo.clear_leftovers || !repo.publishes.is_empty() || repo.want.is_some() {
+        if repo.clear_leftovers
+            || !repo.publishes.is_empty()
+            || repo.want.is_some()
+            || repo.check_pending
+        {
             self.queue.push(repo_id, lane);
         }
     }
@@ -168,6 +172,8 @@ impl Core {
             repo.job = Some(Running::Publish { id, publish });
             return Some((id, spec));
         }
+        self.take_pending_check(repo_id);
+        let repo = self.repos.get_mut(repo_id)?;
         let want = repo.want.take()?;
         if !super::is_due(want.not_before, now) {
             repo.want = Some(want);
@@ -186,6 +192,7 @@ impl Core {
             previous,
             providers,
             limit,
+            repair: want.source == WantSource::Check,
         };
         repo.job = Some(Running::Fetch { id, want });
         Some((id, spec))
@@ -368,6 +375,9 @@ impl Core {
     }
 
     fn fetched(&mut self, repo_id: &RepoId, want: Want, info: StateInfo, now: Now) {
+        if let Some(passes) = info.recheck_after_gc_pass {
+            self.recheck_after_gc(repo_id, passes);
+        }
         let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
@@ -380,6 +390,7 @@ impl Core {
             WantSource::Check => {
                 // The held state was found intact, or repaired.
                 self.clear_error_of(repo_id, "");
+                self.checked(repo_id, Ok(&info));
                 return;
             }
             WantSource::Statement { statement, .. } => *statement,
@@ -516,7 +527,9 @@ impl Core {
             return;
         }
         let error = error.message;
-        if want.source != WantSource::Check {
+        if want.source == WantSource::Check {
+            self.checked(repo_id, Err(&error));
+        } else {
             self.notify(
                 repo_id,
                 NodeEvent::FetchFailed {

@@ -31,6 +31,7 @@ mod records;
 mod replicas;
 pub mod repo;
 pub mod trust;
+mod verify;
 mod view;
 
 #[cfg(test)]
@@ -104,6 +105,9 @@ pub struct Settings {
     /// The DID of the node's account, once resolved: only its own
     /// repositories' records are written back.
     pub account_did: Option<String>,
+    /// How often every held state is checked (`None`: only at start-up
+    /// and on `verify`).
+    pub verify_interval: Option<Duration>,
 }
 
 impl Settings {
@@ -121,6 +125,7 @@ impl Settings {
             max_repo_bytes: None,
             max_total_bytes: None,
             account_did: None,
+            verify_interval: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -189,6 +194,11 @@ pub enum CoreCommand {
         /// Most bytes its state may have.
         max_bytes: Option<u64>,
     },
+    /// Check the held state of one repository, or of all.
+    Verify {
+        /// Only this repository.
+        repo_id: Option<RepoId>,
+    },
     /// Wait until `count` other peers hold the state held now.
     Replicas {
         /// The repository.
@@ -226,6 +236,14 @@ pub struct StateInfo {
     pub unchanged: bool,
     /// A publish consolidated all packs into one.
     pub consolidated: bool,
+    /// Blobs that were missing and were rebuilt from the materialized copy.
+    pub blobs_rebuilt: usize,
+    /// Blobs that were missing and were fetched.
+    pub blobs_fetched: usize,
+    /// Some blob of the state was stored already without this repository's
+    /// pin when the collector had started this many passes: check the state
+    /// again once the next pass starts.
+    pub recheck_after_gc_pass: Option<u64>,
 }
 
 /// Why a content job failed.
@@ -338,6 +356,12 @@ pub enum Event {
         /// Its records and whether that is all of them, or why not.
         result: Result<(Vec<crate::atproto::ListedRecord>, bool), String>,
     },
+    /// The blob store's collector started its `passes`-th pass since the
+    /// node started, so every earlier pass is over.
+    GcPass {
+        /// Passes started.
+        passes: u64,
+    },
     /// The node's account was resolved to this DID.
     AccountResolved {
         /// The account's DID.
@@ -362,6 +386,8 @@ pub enum TimerKey {
     ReplicasDeadline(RepoId, u64),
     /// Ask peers again what they hold, for replicas waiters.
     ReplicasAsk(RepoId),
+    /// Check every held state (the verify schedule).
+    VerifyAll,
 }
 
 /// What a content job does.
@@ -386,6 +412,9 @@ pub enum JobSpec {
         providers: Vec<EndpointId>,
         /// Most bytes of packs the state may have (quotas), if limited.
         limit: Option<u64>,
+        /// The held state is checked: rebuild missing blobs from the
+        /// materialized copy before fetching.
+        repair: bool,
     },
     /// Unpin everything of the repository and delete its materialized copy.
     Discard,
@@ -574,6 +603,9 @@ pub struct Core {
     next_job: JobId,
     next_round: u64,
     pulls: HashMap<EndpointId, PullBackoff>,
+    verifies: BTreeMap<u64, verify::VerifyWait>,
+    next_verify: u64,
+    recheck_after_gc: Vec<(RepoId, u64)>,
     rejoin_timer: Option<Instant>,
     counters: Counters,
     out: Vec<Effect>,
@@ -594,6 +626,9 @@ impl Core {
             next_job: 1,
             next_round: 1,
             pulls: HashMap::new(),
+            verifies: BTreeMap::new(),
+            next_verify: 1,
+            recheck_after_gc: Vec::new(),
             rejoin_timer: None,
             counters: Counters::default(),
             out: Vec::new(),
@@ -642,6 +677,9 @@ impl Core {
                 self.queue.push(&repo_id, queue::Lane::Background);
             }
         }
+        if let Some(every) = self.settings.verify_interval {
+            self.set_timer(TimerKey::VerifyAll, now.at + every);
+        }
         self.pump(now);
         std::mem::take(&mut self.out)
     }
@@ -665,6 +703,7 @@ impl Core {
             Event::JobDone { repo, job, result } => self.handle_job_done(&repo, job, result, now),
             Event::WrittenBack { repo, result } => self.handle_written_back(&repo, result, now),
             Event::AccountResolved { did } => self.handle_account_resolved(did, now),
+            Event::GcPass { passes } => self.handle_gc_pass(passes, now),
             Event::Listed { did, result } => self.handle_listed(&did, result, now),
             Event::Timer(key) => self.handle_timer(key, now),
         }
@@ -687,6 +726,7 @@ impl Core {
             TimerKey::Rejoin => self.rejoin_sweep(now),
             TimerKey::ReplicasDeadline(repo, id) => self.replicas_deadline(&repo, id),
             TimerKey::ReplicasAsk(repo) => self.ask_for_replicas(&repo, now),
+            TimerKey::VerifyAll => self.verify_all(now),
         }
     }
 

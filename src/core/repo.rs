@@ -186,6 +186,8 @@ pub struct Repo {
     /// A state refused because it would exceed a quota: not taken again
     /// until the quota changes.
     pub quota_refused: Option<iroh_blobs::Hash>,
+    /// The held state is to be checked once nothing else is to do.
+    pub check_pending: bool,
 }
 
 /// A caller waiting for replicas.
@@ -223,6 +225,7 @@ impl Repo {
             write_back: WriteBack::default(),
             replica_waits: Vec::new(),
             quota_refused: None,
+            check_pending: false,
         }
     }
 

@@ -79,6 +79,7 @@ impl Knot {
             }
             Command::Refs { repo_id } => return self.reply_refs(repo_id, reply),
             Command::Sync { repo_id } => CoreCommand::Sync { repo_id },
+            Command::Verify { repo_id } => CoreCommand::Verify { repo_id },
             Command::Policy { rule, target } => CoreCommand::Policy { rule, target },
             Command::PolicyShow => {
                 let _ = reply.send(Reply::Ok(Payload::Policy(self.core.policy_view())));

@@ -105,8 +105,9 @@ pub(super) async fn run(ctx: JobContext, repo: RepoId, spec: JobSpec) -> JobResu
             previous,
             providers,
             limit,
+            repair,
         } => {
-            let result = fetch(&ctx, &repo, manifest, &providers, limit).await;
+            let result = fetch(&ctx, &repo, manifest, &providers, limit, repair).await;
             finish(&ctx, &repo, previous, result).await
         }
         JobSpec::Discard => content::discard(&ctx.blobs, &repo, &ctx.dest(&repo))
@@ -119,6 +120,9 @@ pub(super) async fn run(ctx: JobContext, repo: RepoId, spec: JobSpec) -> JobResu
                 bytes_moved: 0,
                 unchanged: true,
                 consolidated: false,
+                blobs_rebuilt: 0,
+                blobs_fetched: 0,
+                recheck_after_gc_pass: None,
             })
             .map_err(|e| e.to_string().into()),
     }
@@ -151,6 +155,9 @@ fn info(manifest: &Manifest, hash: Hash, bytes_moved: u64) -> StateInfo {
         bytes_moved,
         unchanged: false,
         consolidated: false,
+        blobs_rebuilt: 0,
+        blobs_fetched: 0,
+        recheck_after_gc_pass: None,
     }
 }
 
@@ -202,7 +209,13 @@ async fn fetch(
     manifest: Hash,
     providers: &[iroh::EndpointId],
     limit: Option<u64>,
+    repair: bool,
 ) -> Result<StateInfo, ContentError> {
+    let rebuilt = if repair {
+        content::rebuild_missing(&ctx.blobs, repo, &ctx.dest(repo), manifest).await?
+    } else {
+        content::Rebuilt::default()
+    };
     // Progress for watchers, at most a few times a second.
     let last = std::sync::Mutex::new(std::time::Instant::now());
     let events = ctx.events.clone();
@@ -234,8 +247,14 @@ async fn fetch(
     let outcome =
         content::materialize(&ctx.blobs, &ctx.dest(repo), manifest, &fetched.manifest).await?;
     content::pin(&ctx.blobs, repo, manifest, &fetched.manifest).await?;
+    let gc_passes = ctx.gc_guard.passes();
+    ctx.gc_guard.hold(rebuilt.protect);
     if outcome != materialize::Outcome::Unchanged {
         optimize_later(ctx.dest(repo));
     }
-    Ok(info(&fetched.manifest, manifest, fetched.bytes_fetched))
+    let mut out = info(&fetched.manifest, manifest, fetched.bytes_fetched);
+    out.blobs_rebuilt = rebuilt.blobs.len();
+    out.blobs_fetched = fetched.blobs_fetched;
+    out.recheck_after_gc_pass = fetched.reused_unpinned.then_some(gc_passes);
+    Ok(out)
 }

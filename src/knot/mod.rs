@@ -233,6 +233,7 @@ pub struct Knot {
     side: JoinSet<Side>,
     follows: crate::follow::Follows,
     listings: mpsc::Receiver<crate::follow::Listing>,
+    gc_passes: tokio::sync::watch::Receiver<u64>,
     write_back: Option<net::WriteBackContext>,
     book_pending: BTreeMap<String, Write>,
     flush_at: Option<tokio::time::Instant>,
@@ -284,6 +285,7 @@ impl Knot {
         settings.max_jobs = config.max_concurrent_jobs;
         settings.max_repo_bytes = config.max_repo_bytes;
         settings.max_total_bytes = config.max_total_bytes;
+        settings.verify_interval = config.verify_interval();
         let job_ctx = jobs::JobContext {
             blobs: parts.blobs.clone(),
             gc_guard: parts.gc_guard.clone(),
@@ -344,6 +346,7 @@ impl Knot {
                 follows_cancel,
             ),
             listings,
+            gc_passes: parts.gc_guard.subscribe(),
             write_back: account.map(|account| net::WriteBackContext {
                 endpoint: parts.endpoint.clone(),
                 account,
@@ -414,6 +417,10 @@ impl Knot {
                     self.feed(Event::Listed { did: listing.did, result: listing.result }).await;
                 }
                 Some(_) = self.topic_tasks.join_next(), if !self.topic_tasks.is_empty() => {}
+                Ok(()) = self.gc_passes.changed() => {
+                    let passes = *self.gc_passes.borrow_and_update();
+                    self.feed(Event::GcPass { passes }).await;
+                }
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush_bookkeeping(),
             }
         }

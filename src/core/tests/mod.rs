@@ -5,6 +5,7 @@
 mod flows;
 mod follows;
 mod trust;
+mod verify;
 
 use std::time::{Duration, Instant};
 
@@ -231,6 +232,9 @@ pub(super) fn info(m: u8) -> StateInfo {
         bytes_moved: 100,
         unchanged: false,
         consolidated: false,
+        blobs_rebuilt: 0,
+        blobs_fetched: 0,
+        recheck_after_gc_pass: None,
     }
 }
 
