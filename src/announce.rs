@@ -149,12 +149,22 @@ impl SignedStatement {
 
 impl Announcement {
     /// Wrap a signed statement for sending by `key`'s node, reachable at `addrs`.
-    pub fn new(statement: SignedStatement, key: &SecretKey, mut addrs: Vec<SocketAddr>) -> Self {
+    pub fn new(statement: SignedStatement, key: &SecretKey, addrs: Vec<SocketAddr>) -> Self {
+        Self::new_at(statement, key, addrs, crate::clock::unix_millis())
+    }
+
+    /// [`Announcement::new`] sent at `sent_at` (milliseconds since the Unix
+    /// epoch), for callers with a clock of their own.
+    pub fn new_at(
+        statement: SignedStatement,
+        key: &SecretKey,
+        mut addrs: Vec<SocketAddr>,
+        sent_at: u64,
+    ) -> Self {
         addrs.sort();
         addrs.dedup();
         addrs.truncate(MAX_ADDRS);
         let sender = *key.public().as_bytes();
-        let sent_at = crate::clock::unix_millis();
         let signature = key.sign(&envelope_bytes(&statement, &sender, &addrs, sent_at));
         Self {
             statement,

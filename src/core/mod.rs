@@ -35,6 +35,8 @@ mod verify;
 mod view;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 use std::{

@@ -1,0 +1,307 @@
+//! Content: manifests and packs as hashes and sizes, and the content jobs
+//! (publish, fetch, check, discard) a node's core starts.
+//!
+//! A publish makes a new manifest: the previous one's packs plus one new
+//! pack. A fetch needs the manifest blob and every pack the node lacks; for
+//! each blob it tries the providers in the order the core gave, as the
+//! download does: a reachable provider holding the blob serves it at its
+//! bandwidth; an unreachable one costs a dial timeout; one that lacks it
+//! answers at once; a stalling stranger costs the download's stall
+//! deadline; a lying one is caught by verification at once. A manifest
+//! that declares smaller packs than it has is caught at the declared size.
+//! Who holds what is evaluated when the job starts; a provider gone by the
+//! time it ends fails the job.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use iroh_blobs::Hash;
+use rand::Rng;
+
+use super::{
+    adversary::Serving,
+    net::DIAL_TIMEOUT,
+    world::{Ev, World, short},
+};
+use crate::{
+    core::{Event, JobError, JobId, JobResult, JobSpec, StateInfo},
+    repo_id::RepoId,
+};
+
+/// Bytes per second one provider serves.
+const BANDWIDTH: u64 = 20 * 1024 * 1024;
+/// Size of a manifest blob.
+const MANIFEST_SIZE: u64 = 2048;
+/// What a stalling provider costs a download before it moves on.
+pub const STALL_COST: Duration = Duration::from_secs(300);
+
+/// A pack: its hash, true size and the size its manifest declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pack {
+    pub hash: Hash,
+    pub size: u64,
+    pub declared: u64,
+}
+
+/// A manifest the world knows.
+#[derive(Debug, Clone)]
+pub struct ManifestInfo {
+    pub repo: RepoId,
+    pub packs: Vec<Pack>,
+    pub head: String,
+    /// Made by a publisher the owner sanctioned at the time.
+    pub legit: bool,
+    /// Order of creation among the repository's manifests.
+    pub order: u64,
+}
+
+impl ManifestInfo {
+    /// Bytes of packs, as declared.
+    pub fn declared_bytes(&self) -> u64 {
+        self.packs.iter().map(|p| p.declared).sum()
+    }
+}
+
+/// Every manifest made in the world.
+#[derive(Debug, Default)]
+pub struct Content {
+    pub manifests: BTreeMap<Hash, ManifestInfo>,
+    made: u64,
+}
+
+impl Content {
+    /// Register a manifest; returns its hash.
+    pub fn make(&mut self, repo: &RepoId, packs: Vec<Pack>, legit: bool) -> Hash {
+        self.made += 1;
+        let hash = Hash::new(format!("manifest {repo} {}", self.made));
+        let head = Hash::new(format!("head {}", self.made)).to_hex()[..40].to_string();
+        self.manifests.insert(
+            hash,
+            ManifestInfo {
+                repo: repo.clone(),
+                packs,
+                head,
+                legit,
+                order: self.made,
+            },
+        );
+        hash
+    }
+
+    /// A new pack of `size` bytes.
+    pub fn pack(&mut self, size: u64) -> Pack {
+        self.made += 1;
+        Pack {
+            hash: Hash::new(format!("pack {}", self.made)),
+            size,
+            declared: size,
+        }
+    }
+
+    /// The newest legitimate manifest of `repo`.
+    pub fn newest_legit(&self, repo: &RepoId) -> Option<Hash> {
+        self.manifests
+            .iter()
+            .filter(|(_, m)| &m.repo == repo && m.legit)
+            .max_by_key(|(_, m)| m.order)
+            .map(|(h, _)| *h)
+    }
+
+    fn info(&self, hash: Hash) -> StateInfo {
+        let m = &self.manifests[&hash];
+        StateInfo {
+            manifest: hash,
+            head: Some(m.head.clone()),
+            pack_count: m.packs.len(),
+            bytes: m.declared_bytes(),
+            bytes_moved: 0,
+            unchanged: false,
+            consolidated: false,
+            blobs_rebuilt: 0,
+            blobs_fetched: 0,
+            recheck_after_gc_pass: None,
+        }
+    }
+}
+
+impl World {
+    /// Start a content job; its result arrives as [`Event::JobDone`].
+    pub fn start_job(&mut self, node: usize, repo: RepoId, job: JobId, spec: JobSpec) {
+        let life = self.nodes[node].life;
+        let (delay, result) = match spec {
+            JobSpec::Publish { previous, .. } => self.publish_job(node, &repo, previous),
+            JobSpec::Fetch {
+                manifest,
+                providers,
+                limit,
+                ..
+            } => {
+                let providers: Vec<Option<usize>> =
+                    providers.iter().map(|p| self.index_of(p)).collect();
+                self.fetch_job(node, manifest, &providers, limit)
+            }
+            JobSpec::Discard => (Duration::from_millis(20), Ok(StateInfo {
+                manifest: Hash::EMPTY,
+                head: None,
+                pack_count: 0,
+                bytes: 0,
+                bytes_moved: 0,
+                unchanged: true,
+                consolidated: false,
+                blobs_rebuilt: 0,
+                blobs_fetched: 0,
+                recheck_after_gc_pass: None,
+            })),
+        };
+        self.schedule(
+            delay,
+            Ev::Job {
+                node,
+                life,
+                repo,
+                job,
+                result,
+            },
+        );
+    }
+
+    fn publish_job(
+        &mut self,
+        node: usize,
+        repo: &RepoId,
+        previous: Option<Hash>,
+    ) -> (Duration, JobResult) {
+        let mut packs = previous
+            .and_then(|p| self.content.manifests.get(&p))
+            .map(|m| m.packs.clone())
+            .unwrap_or_default();
+        let size = self.rng.random_range(1_000..2_000_000);
+        let pack = self.content.pack(size);
+        packs.push(pack);
+        let hash = self.content.make(repo, packs, true);
+        let n = &mut self.nodes[node];
+        n.blobs.insert(hash);
+        for p in &self.content.manifests[&hash].packs {
+            n.blobs.insert(p.hash);
+        }
+        let mut info = self.content.info(hash);
+        info.bytes_moved = size;
+        let delay = self.between(Duration::from_millis(50), Duration::from_millis(800));
+        self.note(|| format!("n{node} packs {repo} as {}", short(&hash)));
+        (delay, Ok(info))
+    }
+
+    fn fetch_job(
+        &mut self,
+        node: usize,
+        manifest: Hash,
+        providers: &[Option<usize>],
+        limit: Option<u64>,
+    ) -> (Duration, JobResult) {
+        let mut spent = Duration::ZERO;
+        let mut fetched = 0;
+        let mut bytes = 0;
+        let known = self.content.manifests.get(&manifest).cloned();
+        if !self.nodes[node].blobs.contains(&manifest) {
+            match self.download(node, manifest, MANIFEST_SIZE, MANIFEST_SIZE, providers) {
+                (cost, Ok(())) => {
+                    spent += cost;
+                    fetched += 1;
+                }
+                (cost, Err(e)) => return (spent + cost, Err(e.into())),
+            }
+        }
+        let Some(info) = known else {
+            return (spent, Err("the manifest is not a manifest".into()));
+        };
+        if let Some(limit) = limit
+            && info.declared_bytes() > limit
+        {
+            return (
+                spent,
+                Err(JobError {
+                    message: format!(
+                        "the state needs {} bytes but this repository may hold {limit}",
+                        info.declared_bytes()
+                    ),
+                    quota: true,
+                }),
+            );
+        }
+        for pack in &info.packs {
+            if self.nodes[node].blobs.contains(&pack.hash) {
+                continue;
+            }
+            match self.download(node, pack.hash, pack.size, pack.declared, providers) {
+                (cost, Ok(())) => {
+                    spent += cost;
+                    fetched += 1;
+                    bytes += pack.size;
+                }
+                (cost, Err(e)) => return (spent + cost, Err(e.into())),
+            }
+        }
+        let mut result = self.content.info(manifest);
+        result.bytes_moved = bytes;
+        result.blobs_fetched = fetched;
+        (spent.max(Duration::from_millis(5)), Ok(result))
+    }
+
+    /// Download one blob from the first provider that serves it; the blob
+    /// is in the node's store from now on.
+    fn download(
+        &mut self,
+        node: usize,
+        blob: Hash,
+        size: u64,
+        declared: u64,
+        providers: &[Option<usize>],
+    ) -> (Duration, Result<(), String>) {
+        let mut spent = Duration::ZERO;
+        for &p in providers {
+            // A peer the world does not know has no address to dial.
+            let Some(p) = p.filter(|p| self.reachable(node, *p)) else {
+                spent += DIAL_TIMEOUT;
+                continue;
+            };
+            let serving = match &self.nodes[p].stranger {
+                Some(s) => s.serves(),
+                None => Serving::Honest,
+            };
+            let rtt = self.latency() * 2;
+            match serving {
+                Serving::Stall => spent += STALL_COST,
+                Serving::WrongBytes => spent += rtt,
+                Serving::Honest if !self.nodes[p].blobs.contains(&blob) => spent += rtt,
+                Serving::Honest => {
+                    let transferred = size.min(declared.max(size));
+                    spent += rtt + Duration::from_micros(transferred * 1_000_000 / BANDWIDTH);
+                    self.nodes[node].blobs.insert(blob);
+                    return (spent, Ok(()));
+                }
+            }
+        }
+        (
+            spent,
+            Err(format!(
+                "could not fetch {} from any of {} peer(s)",
+                short(&blob),
+                providers.len()
+            )),
+        )
+    }
+
+    /// A content job ended: hand the result to the core it belongs to.
+    pub fn job_done(
+        &mut self,
+        node: usize,
+        life: u32,
+        repo: RepoId,
+        job: JobId,
+        result: JobResult,
+    ) {
+        if !self.nodes[node].is_live(life) {
+            return;
+        }
+        self.deliver(node, Event::JobDone { repo, job, result });
+    }
+}

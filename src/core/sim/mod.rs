@@ -1,0 +1,248 @@
+//! A deterministic simulator of many knots: the real [`Core`] of every node
+//! in one process, a virtual clock, one seeded random number generator,
+//! faults and adversaries, and invariants checked after every step.
+//!
+//! The world ([`world::World`]) plays everything the actor and the network
+//! do for a real node: it executes each core's effects (durable and lazy
+//! writes, timers, content jobs, gossip topics, direct pushes and pulls,
+//! record polls and write-backs, identity listings) and feeds the results
+//! back as events, after latencies drawn from the RNG. Content is modelled
+//! by blob hashes and sizes, not bytes: a fetch succeeds from a reachable
+//! provider that holds the blobs, takes time proportional to their size,
+//! and may meet a provider that stalls or serves wrong bytes. Each owner
+//! has a PDS (records with compare-and-swap, lagging reads, outages).
+//!
+//! Faults (crash and restart from the durably written rows, partitions,
+//! message loss, duplication and reordering, PDS outages) are drawn on a
+//! seeded schedule; adversaries ([`adversary`]) are strangers with keys of
+//! their own. After every step [`check`] asserts the safety invariants;
+//! after the faults stop and a stated bound of virtual time passes, every
+//! honest follower must hold its owner's newest state (liveness).
+//!
+//! Everything is a function of the seed: the same seed gives the same
+//! trace. A failure names the seed, the command that replays it and the
+//! last steps of the trace. See TESTING.md for what is and is not modelled.
+
+mod adversary;
+mod check;
+mod content;
+mod net;
+mod node;
+mod pds;
+#[cfg(test)]
+mod tests;
+mod world;
+
+use std::{collections::VecDeque, fmt, time::Duration};
+
+pub use adversary::Adversary;
+pub use world::World;
+
+/// What a run looks like: who takes part, for how long, and how hostile
+/// the world is. [`Scenario::random`] draws one from a seed.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Owners, each with one author knot publishing its repositories.
+    pub owners: usize,
+    /// Repositories each owner publishes.
+    pub repos_per_owner: usize,
+    /// Seeders: follow every repository, trusting its author and record.
+    pub seeders: usize,
+    /// Home followers: follow every repository, trusting only a seeder, or
+    /// only the record.
+    pub homes: usize,
+    /// Hostile strangers, one behaviour each.
+    pub adversaries: Vec<Adversary>,
+    /// Virtual time during which faults are injected and authors publish.
+    pub active: Duration,
+    /// Virtual time after the faults stop within which every honest
+    /// follower must hold its owner's newest state.
+    pub settle: Duration,
+    /// Mean time between two publishes of one author.
+    pub publish_every: Duration,
+    /// Fault rates while active.
+    pub faults: Faults,
+}
+
+/// How often faults happen while a scenario is active.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    /// Mean time between crashes of some node (`None`: no crashes).
+    pub crash_every: Option<Duration>,
+    /// Mean time between partitions (`None`: none).
+    pub partition_every: Option<Duration>,
+    /// Mean time between PDS outages (`None`: none).
+    pub pds_outage_every: Option<Duration>,
+    /// Chance that one message is lost.
+    pub loss: f64,
+    /// Chance that one message is delivered twice.
+    pub duplicate: f64,
+    /// Chance that a crashed node stays a gossip neighbour of its peers
+    /// (iroh-gossip keeps a restarted peer's stale connection).
+    pub stale_neighbor: f64,
+}
+
+impl Faults {
+    /// No faults at all.
+    pub fn none() -> Self {
+        Self {
+            crash_every: None,
+            partition_every: None,
+            pds_outage_every: None,
+            loss: 0.0,
+            duplicate: 0.0,
+            stale_neighbor: 0.0,
+        }
+    }
+}
+
+impl Scenario {
+    /// A small world without faults or adversaries.
+    pub fn calm() -> Self {
+        Self {
+            owners: 1,
+            repos_per_owner: 1,
+            seeders: 1,
+            homes: 1,
+            adversaries: Vec::new(),
+            active: Duration::from_secs(20 * 60),
+            settle: Duration::from_secs(30 * 60),
+            publish_every: Duration::from_secs(5 * 60),
+            faults: Faults::none(),
+        }
+    }
+
+    /// A scenario drawn from `seed`: a few nodes, faults of every kind and
+    /// up to two adversaries.
+    pub fn random(seed: u64) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5ce7_a210);
+        let minutes = |rng: &mut rand::rngs::StdRng, lo: u64, hi: u64| {
+            Duration::from_secs(60 * rng.random_range(lo..=hi))
+        };
+        let maybe = |rng: &mut rand::rngs::StdRng, lo: u64, hi: u64| {
+            rng.random_bool(0.7)
+                .then(|| Duration::from_secs(60 * rng.random_range(lo..=hi)))
+        };
+        let adversaries = (0..rng.random_range(0..=2))
+            .map(|_| Adversary::random(&mut rng))
+            .collect();
+        Self {
+            owners: rng.random_range(1..=2),
+            repos_per_owner: rng.random_range(1..=2),
+            seeders: rng.random_range(1..=2),
+            homes: rng.random_range(1..=3),
+            adversaries,
+            active: minutes(&mut rng, 10, 40),
+            settle: Duration::from_secs(40 * 60),
+            publish_every: minutes(&mut rng, 2, 10),
+            faults: Faults {
+                crash_every: maybe(&mut rng, 3, 20),
+                partition_every: maybe(&mut rng, 3, 20),
+                pds_outage_every: maybe(&mut rng, 5, 30),
+                loss: if rng.random_bool(0.5) {
+                    rng.random_range(0.0..0.2)
+                } else {
+                    0.0
+                },
+                duplicate: rng.random_range(0.0..0.05),
+                stale_neighbor: rng.random_range(0.0..0.5),
+            },
+        }
+    }
+}
+
+/// Steps of a run, the last [`TRACE_KEPT`] of them kept for a failure;
+/// with `KNOTD_SIM_TRACE=1` every step is printed as it happens.
+#[derive(Debug)]
+pub struct Trace {
+    lines: VecDeque<String>,
+    steps: u64,
+    print: bool,
+}
+
+impl Default for Trace {
+    fn default() -> Self {
+        Self {
+            lines: VecDeque::new(),
+            steps: 0,
+            print: std::env::var("KNOTD_SIM_TRACE").as_deref() == Ok("1"),
+        }
+    }
+}
+
+/// Trace lines kept for a failure report.
+const TRACE_KEPT: usize = 400;
+
+impl Trace {
+    /// Note one step.
+    pub fn push(&mut self, at: Duration, line: String) {
+        self.steps += 1;
+        if self.lines.len() == TRACE_KEPT {
+            self.lines.pop_front();
+        }
+        let line = format!("{:>9.3}s  {line}", at.as_secs_f64());
+        if self.print {
+            eprintln!("{line}");
+        }
+        self.lines.push_back(line);
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// A digest of the whole run so far, to compare two runs of one seed.
+    pub fn tail(&self) -> Vec<String> {
+        self.lines.iter().cloned().collect()
+    }
+}
+
+/// A run that broke an invariant.
+#[derive(Debug)]
+pub struct Failure {
+    /// The seed.
+    pub seed: u64,
+    /// Which invariant, and how.
+    pub message: String,
+    /// The last steps before it.
+    pub trace: Vec<String>,
+    /// Virtual time of the failure.
+    pub at: Duration,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed {} failed at {:.3}s: {}", self.seed, self.at.as_secs_f64(), self.message)?;
+        writeln!(f, "last steps:")?;
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        write!(
+            f,
+            "replay: KNOTD_SIM_SEED={} cargo test --lib core::sim::tests::replay -- --nocapture",
+            self.seed
+        )
+    }
+}
+
+/// What a run that passed did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Events handled by cores.
+    pub steps: u64,
+    /// Virtual time simulated.
+    pub simulated: Duration,
+    /// Node-hours simulated (nodes × virtual hours).
+    pub node_hours: f64,
+    /// Publishes done.
+    pub publishes: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+}
+
+/// Run `scenario` under `seed` to its end.
+pub fn run(seed: u64, scenario: &Scenario) -> Result<Outcome, Box<Failure>> {
+    World::new(seed, scenario.clone()).run()
+}

@@ -1,0 +1,667 @@
+//! One simulated node and the executor of its core's effects: what the
+//! actor does for a real node (writes, timers, jobs, topics, pushes, pulls,
+//! polls, write-backs), done against the world.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::Duration,
+};
+
+use iroh::SecretKey;
+use iroh_blobs::Hash;
+
+use super::{
+    adversary::Stranger,
+    world::{Ev, Msg, World},
+};
+use crate::{
+    admin::{PolicyRule, Reply},
+    announce::Announcement,
+    core::{
+        Audience, Core, CoreCommand, Effect, Event, Policy, ReplyId, Settings, TimerKey,
+    },
+    record::PeerHint,
+    repo_id::RepoId,
+    state::{Bookkeeping, FollowConfig, Locator, RepoRow},
+    store::Write,
+};
+
+/// How long lazy writes wait to be flushed, as in the actor.
+const FLUSH_AFTER: Duration = Duration::from_secs(30);
+/// How often a tracked record is polled.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(300);
+
+/// What a node is in the scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Publishes the repositories of `did`, with its credentials.
+    Author { did: String },
+    /// Follows every repository, trusting its author and its record.
+    Seeder,
+    /// Follows every repository, trusting only this seeder.
+    HomeTrustingSeeder { seeder: usize },
+    /// Follows every repository through its record only.
+    HomeTrustingRecord,
+    /// A hostile stranger without a core.
+    Stranger,
+}
+
+impl Role {
+    /// A short name for traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Author { .. } => "author",
+            Role::Seeder => "seeder",
+            Role::HomeTrustingSeeder { .. } => "home/seeder",
+            Role::HomeTrustingRecord => "home/record",
+            Role::Stranger => "stranger",
+        }
+    }
+}
+
+/// What survives a crash: the rows committed to the database.
+#[derive(Debug, Default, Clone)]
+pub struct Disk {
+    pub rows: BTreeMap<RepoId, RepoRow>,
+    pub follows: BTreeMap<String, FollowConfig>,
+    pub policy: BTreeMap<String, PolicyRule>,
+}
+
+impl Disk {
+    /// Apply one committed write.
+    pub fn apply(&mut self, write: Write) {
+        match write {
+            Write::Config(c) => {
+                let id = c.repo_id.clone();
+                self.rows
+                    .entry(id)
+                    .and_modify(|row| row.config = c.clone())
+                    .or_insert_with(|| RepoRow {
+                        config: c,
+                        record: None,
+                        held: None,
+                        bookkeeping: Bookkeeping::default(),
+                    });
+            }
+            Write::Record(id, r) => {
+                if let Some(row) = self.rows.get_mut(&id) {
+                    row.record = r;
+                }
+            }
+            Write::Held(id, h) => {
+                if let Some(row) = self.rows.get_mut(&id) {
+                    row.held = h.map(|h| *h);
+                }
+            }
+            Write::Bookkeeping(id, b) => {
+                if let Some(row) = self.rows.get_mut(&id) {
+                    row.bookkeeping = b;
+                }
+            }
+            Write::Remove(id) => {
+                self.rows.remove(&id);
+            }
+            Write::Follow(f) => {
+                self.follows.insert(f.did.clone(), f);
+            }
+            Write::Unfollow(did) => {
+                self.follows.remove(&did);
+            }
+            Write::Policy(target, rule) => match rule {
+                Some(rule) => {
+                    self.policy.insert(target, rule);
+                }
+                None => {
+                    self.policy.remove(&target);
+                }
+            },
+        }
+    }
+}
+
+/// A node of the world.
+pub struct SimNode {
+    pub key: SecretKey,
+    pub role: Role,
+    /// The core, while up (strangers have none).
+    pub core: Option<Core>,
+    /// Incarnation: events of an earlier one are dropped.
+    pub life: u32,
+    pub up: bool,
+    pub disk: Disk,
+    /// Lazy writes not yet flushed (lost in a crash).
+    pending: BTreeMap<String, Write>,
+    flush_scheduled: bool,
+    pub timers: HashMap<TimerKey, Duration>,
+    /// Complete blobs in the blob store (survive crashes).
+    pub blobs: BTreeSet<Hash>,
+    /// Records polled on the schedule.
+    pub polled: BTreeMap<RepoId, Locator>,
+    /// Identities listed on the schedule.
+    pub listed: BTreeSet<String>,
+    /// Admin commands waiting for their reply.
+    pub waiting: BTreeMap<ReplyId, CoreCommand>,
+    next_reply: ReplyId,
+    /// The hostile behaviour of a stranger.
+    pub stranger: Option<Stranger>,
+}
+
+impl SimNode {
+    /// A node that has not started.
+    pub fn new(key: SecretKey, role: Role) -> Self {
+        Self {
+            key,
+            role,
+            core: None,
+            life: 0,
+            up: false,
+            disk: Disk::default(),
+            pending: BTreeMap::new(),
+            flush_scheduled: false,
+            timers: HashMap::new(),
+            blobs: BTreeSet::new(),
+            polled: BTreeMap::new(),
+            listed: BTreeSet::new(),
+            waiting: BTreeMap::new(),
+            next_reply: 1,
+            stranger: None,
+        }
+    }
+
+    /// Whether the node runs a core.
+    pub fn is_honest(&self) -> bool {
+        self.role != Role::Stranger
+    }
+
+    /// Whether `life` is the incarnation running now.
+    pub fn is_live(&self, life: u32) -> bool {
+        self.up && self.life == life && self.core.is_some()
+    }
+
+    /// Commit lazy writes.
+    pub fn flush(&mut self) {
+        self.flush_scheduled = false;
+        for (_, write) in std::mem::take(&mut self.pending) {
+            self.disk.apply(write);
+        }
+    }
+
+    /// Whether the node tracks `repo` (by its rows: what it follows).
+    pub fn follows(&self, repo: &RepoId) -> bool {
+        match &self.core {
+            Some(core) => core.repos.contains_key(repo),
+            None => self.disk.rows.contains_key(repo),
+        }
+    }
+
+    /// The manifest the node holds for `repo`, by its core or its disk.
+    pub fn held_manifest(&self, repo: &RepoId) -> Option<Hash> {
+        match &self.core {
+            Some(core) => core.repos.get(repo)?.held.as_ref().map(|h| h.manifest_hash()),
+            None => self.disk.rows.get(repo)?.held.as_ref().map(|h| h.manifest_hash()),
+        }
+    }
+
+    /// The settings the node's core runs with.
+    fn settings(&self) -> Settings {
+        let mut settings = Settings::new("/sim/repos".into());
+        settings.write_back = matches!(self.role, Role::Author { .. });
+        settings
+    }
+
+    /// A hint for this node, as records and tickets carry it.
+    pub fn hint(&self) -> PeerHint {
+        PeerHint::new(self.key.public().to_string(), vec![], None)
+    }
+}
+
+impl World {
+    /// Start `node`'s core from its disk.
+    pub fn start_node(&mut self, node: usize) {
+        let now = self.core_now();
+        let n = &mut self.nodes[node];
+        n.life += 1;
+        n.up = true;
+        let mut core = Core::new(n.key.clone(), n.settings());
+        let mut policy = Policy::default();
+        for (target, rule) in &n.disk.policy {
+            match rule {
+                PolicyRule::Allow => policy.allow.insert(target.clone()),
+                PolicyRule::Block => policy.block.insert(target.clone()),
+                PolicyRule::Clear => false,
+            };
+        }
+        core.set_policy(policy);
+        let rows: Vec<RepoRow> = n.disk.rows.values().cloned().collect();
+        let follows = n.disk.follows.values().cloned().collect();
+        let effects = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let effects = core.load(rows, follows, now);
+            (core, effects)
+        })) {
+            Ok((core, effects)) => {
+                n.core = Some(core);
+                effects
+            }
+            Err(_) => return self.fail(format!("n{node}'s core panicked while loading")),
+        };
+        self.note(|| format!("n{node} starts"));
+        self.execute(node, effects);
+        if let Role::Author { did } = self.nodes[node].role.clone() {
+            let life = self.nodes[node].life;
+            self.schedule(
+                Duration::from_millis(50),
+                Ev::Core {
+                    node,
+                    life,
+                    event: Event::AccountResolved { did },
+                },
+            );
+        }
+    }
+
+    /// Tell a freshly started honest node what to track.
+    pub fn configure(&mut self, node: usize) {
+        let role = self.nodes[node].role.clone();
+        for repo in self.repos.clone() {
+            let author = self.nodes[repo.owner].hint();
+            let locator = Some(Locator::default_for(
+                &repo.id,
+                Some(format!("https://pds.owner{}", repo.owner)),
+            ));
+            let (locator, peers) = match &role {
+                Role::Author { .. } | Role::Stranger => continue,
+                Role::Seeder => (locator, vec![author]),
+                Role::HomeTrustingSeeder { seeder } => (None, vec![self.nodes[*seeder].hint()]),
+                Role::HomeTrustingRecord => (locator, vec![]),
+            };
+            self.command(
+                node,
+                CoreCommand::AddRepo {
+                    repo_id: repo.id.clone(),
+                    locator,
+                    peers,
+                },
+            );
+        }
+    }
+
+    /// Send an admin command to `node`'s core now.
+    pub fn command(&mut self, node: usize, command: CoreCommand) {
+        let n = &mut self.nodes[node];
+        if n.core.is_none() {
+            return;
+        }
+        let reply = n.next_reply;
+        n.next_reply += 1;
+        n.waiting.insert(reply, command.clone());
+        self.deliver(node, Event::Command { reply, command });
+    }
+
+    /// Execute `effects` of `node`'s core in order, as the actor does.
+    pub fn execute(&mut self, node: usize, effects: Vec<Effect>) {
+        for effect in effects {
+            if !self.nodes[node].up {
+                return;
+            }
+            self.execute_one(node, effect);
+        }
+    }
+
+    fn execute_one(&mut self, node: usize, effect: Effect) {
+        let life = self.nodes[node].life;
+        match effect {
+            Effect::Persist(write) => self.persist(node, write),
+            Effect::Reply { to, reply } => self.replied(node, to, reply),
+            Effect::StartJob { repo, job, spec } => self.start_job(node, repo, job, spec),
+            Effect::JoinTopic { repo, peers } => {
+                let peers = self.known(&peers);
+                self.join_topic(node, &repo, &peers);
+            }
+            Effect::DialPeers { repo, peers } => {
+                let peers = self.known(&peers);
+                self.dial(node, &repo, &peers);
+            }
+            Effect::LeaveTopic { repo } => self.leave_topic(node, &repo),
+            Effect::Announce {
+                repo,
+                statement,
+                audience,
+            } => {
+                let announcement = Announcement::new_at(
+                    statement,
+                    &self.nodes[node].key,
+                    vec![],
+                    self.unix_ms(),
+                );
+                let (everyone, direct) = match audience {
+                    Audience::Everyone { direct } => (true, direct),
+                    Audience::Neighbors { direct } => (false, direct),
+                };
+                self.gossip(node, &repo, &announcement, everyone);
+                for peer in self.known(&direct) {
+                    self.send_direct(node, peer, &repo, &announcement);
+                }
+            }
+            Effect::Pull { peer, repos } => match self.index_of(&peer) {
+                Some(peer) => self.pull(node, peer, repos),
+                None => {
+                    let delay = Duration::from_secs(5);
+                    self.schedule(
+                        delay,
+                        Ev::Core {
+                            node,
+                            life,
+                            event: Event::Pulled { peer, ok: false },
+                        },
+                    );
+                }
+            },
+            Effect::LearnAddrs(_) => {}
+            Effect::TrackRecord { repo, locator } => {
+                let first = self.between(Duration::ZERO, POLL_INTERVAL);
+                self.nodes[node].polled.insert(repo.clone(), locator);
+                self.schedule(
+                    first,
+                    Ev::Poll {
+                        node,
+                        life,
+                        repo,
+                        scheduled: true,
+                    },
+                );
+            }
+            Effect::UntrackRecord { repo } => {
+                self.nodes[node].polled.remove(&repo);
+            }
+            Effect::PollNow { repo } => {
+                if self.nodes[node].polled.contains_key(&repo) {
+                    let delay = self.between(Duration::from_millis(20), Duration::from_millis(300));
+                    self.schedule(
+                        delay,
+                        Ev::Poll {
+                            node,
+                            life,
+                            repo,
+                            scheduled: false,
+                        },
+                    );
+                } else {
+                    self.schedule(
+                        Duration::ZERO,
+                        Ev::Core {
+                            node,
+                            life,
+                            event: Event::Polled {
+                                repo: repo.clone(),
+                                result: Err(format!("{repo} has no record to poll")),
+                            },
+                        },
+                    );
+                }
+            }
+            Effect::TrackIdentity { did } => {
+                self.nodes[node].listed.insert(did.clone());
+                self.schedule(Duration::from_millis(100), Ev::List { node, life, did });
+            }
+            Effect::UntrackIdentity { did } => {
+                self.nodes[node].listed.remove(&did);
+            }
+            Effect::WriteBack {
+                repo,
+                collection: _,
+                rkey,
+                head,
+                manifest,
+                seq,
+            } => self.write_back(node, repo, rkey, head, manifest, seq),
+            Effect::Notify { .. } => {}
+            Effect::SetTimer { key, at } => {
+                let at = self.virtual_at(at).max(self.now);
+                self.nodes[node].timers.insert(key.clone(), at);
+                self.schedule_at(at, Ev::Timer { node, life, key });
+            }
+        }
+    }
+
+    fn persist(&mut self, node: usize, write: Write) {
+        let life = self.nodes[node].life;
+        let n = &mut self.nodes[node];
+        if write.needs_durability() {
+            // A durable commit takes the waiting lazy writes along.
+            n.flush();
+            n.disk.apply(write);
+            return;
+        }
+        n.pending.insert(write.key().to_string(), write);
+        if !n.flush_scheduled {
+            n.flush_scheduled = true;
+            self.schedule(FLUSH_AFTER, Ev::Flush { node, life });
+        }
+    }
+
+    fn replied(&mut self, node: usize, to: ReplyId, reply: Reply) {
+        let Some(command) = self.nodes[node].waiting.remove(&to) else {
+            return;
+        };
+        self.check_reply(node, &command, &reply);
+    }
+
+    /// Node indexes of the endpoint ids the world knows.
+    pub fn known(&self, ids: &[iroh::EndpointId]) -> Vec<usize> {
+        ids.iter().filter_map(|id| self.index_of(id)).collect()
+    }
+
+    /// An announcement or a gossip change reaches `node`.
+    pub fn receive(&mut self, node: usize, msg: Msg) {
+        if !self.nodes[node].up {
+            return;
+        }
+        if !self.nodes[node].is_honest() {
+            return self.stranger_receives(node, msg);
+        }
+        let event = match msg {
+            Msg::Announcement {
+                repo,
+                announcement,
+                via,
+            } => Event::Announcement {
+                repo,
+                announcement,
+                via,
+            },
+            Msg::NeighborUp { repo, peer } => Event::NeighborUp {
+                repo,
+                peer: self.nodes[peer].key.public(),
+                addrs: vec!["127.0.0.1:1".parse().expect("valid address")],
+            },
+            Msg::NeighborDown { repo, peer } => Event::NeighborDown {
+                repo,
+                peer: self.nodes[peer].key.public(),
+            },
+            Msg::PullAsk { from, repos } => return self.answer_pull(node, from, repos),
+        };
+        self.deliver(node, event);
+    }
+
+    /// A crash fault: `node`, or a random honest node for `usize::MAX`.
+    pub fn crash_fault(&mut self, node: usize) {
+        if node == usize::MAX {
+            if let Some(mean) = self.scenario.faults.crash_every
+                && self.active
+            {
+                let next = self.exponential(mean);
+                self.schedule(next, Ev::Crash { node: usize::MAX });
+            }
+            if !self.active {
+                return;
+            }
+            let up: Vec<usize> = (0..self.nodes.len())
+                .filter(|n| self.nodes[*n].is_honest() && self.nodes[*n].up)
+                .collect();
+            if up.is_empty() {
+                return;
+            }
+            let victim = up[rand::Rng::random_range(&mut self.rng, 0..up.len())];
+            return self.crash_fault(victim);
+        }
+        self.note(|| format!("n{node} crashes"));
+        self.outcome.crashes += 1;
+        self.crash(node);
+        let down = self.between(Duration::from_secs(1), Duration::from_secs(120));
+        self.schedule(down, Ev::Restart { node });
+    }
+
+    /// `node` stops at once: what was not committed is lost.
+    pub fn crash(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        n.up = false;
+        n.core = None;
+        n.pending.clear();
+        n.flush_scheduled = false;
+        n.timers.clear();
+        n.polled.clear();
+        n.listed.clear();
+        n.waiting.clear();
+        self.node_gone(node);
+    }
+
+    pub fn restart(&mut self, node: usize) {
+        if self.nodes[node].up {
+            return;
+        }
+        self.start_node(node);
+        self.check_node(node);
+    }
+
+    /// A new state of `repo` published by its author.
+    pub fn publish(&mut self, node: usize, repo: RepoId) {
+        if self.active {
+            let mean = self.scenario.publish_every;
+            let next = self.exponential(mean);
+            self.schedule(
+                next,
+                Ev::Publish {
+                    node,
+                    repo: repo.clone(),
+                },
+            );
+        } else {
+            return;
+        }
+        if self.nodes[node].core.is_none() {
+            return;
+        }
+        self.outcome.publishes += 1;
+        self.command(
+            node,
+            CoreCommand::Publish {
+                repo_id: repo.clone(),
+                source: format!("/sim/src/{repo}").into(),
+                force: false,
+                expected_manifest: None,
+            },
+        );
+    }
+
+    pub fn poll(&mut self, node: usize, life: u32, repo: RepoId, scheduled: bool) {
+        if !self.nodes[node].is_live(life) {
+            return;
+        }
+        let Some(locator) = self.nodes[node].polled.get(&repo).cloned() else {
+            return;
+        };
+        if scheduled {
+            let jitter = self.between(Duration::ZERO, POLL_INTERVAL / 10);
+            self.schedule(
+                POLL_INTERVAL + jitter,
+                Ev::Poll {
+                    node,
+                    life,
+                    repo: repo.clone(),
+                    scheduled: true,
+                },
+            );
+        }
+        let result = self.pds.get(&locator.did, &locator.rkey);
+        self.deliver(node, Event::Polled { repo, result });
+    }
+
+    pub fn list(&mut self, node: usize, life: u32, did: String) {
+        if !self.nodes[node].is_live(life) || !self.nodes[node].listed.contains(&did) {
+            return;
+        }
+        self.schedule(
+            POLL_INTERVAL,
+            Ev::List {
+                node,
+                life,
+                did: did.clone(),
+            },
+        );
+        let result = self.pds.list(&did);
+        self.deliver(node, Event::Listed { did, result });
+    }
+}
+
+/// One line about an event, for the trace.
+pub fn describe_event(event: &Event) -> String {
+    match event {
+        Event::Command { command, .. } => format!("command {}", describe_command(command)),
+        Event::Announcement {
+            repo,
+            announcement,
+            via,
+        } => {
+            let s = &announcement.statement.statement;
+            format!(
+                "announcement {repo} {} seq {} by {} from {} ({via:?})",
+                super::world::short(&s.manifest_hash()),
+                s.seq,
+                s.publisher_id().map_or("?".into(), |p| p.fmt_short().to_string()),
+                announcement
+                    .sender_id()
+                    .map_or("?".into(), |p| p.fmt_short().to_string())
+            )
+        }
+        Event::NeighborUp { repo, peer, .. } => format!("neighbour up {repo} {}", peer.fmt_short()),
+        Event::NeighborDown { repo, peer } => format!("neighbour down {repo} {}", peer.fmt_short()),
+        Event::TopicClosed { repo } => format!("topic closed {repo}"),
+        Event::Pulled { peer, ok } => format!("pulled {} ok={ok}", peer.fmt_short()),
+        Event::Polled { repo, result } => match result {
+            Ok(r) => format!(
+                "polled {repo}: manifest {:?} seq {:?} peers {}",
+                r.manifest.as_deref().map(|m| &m[..8]),
+                r.seq,
+                r.peers.len()
+            ),
+            Err(e) => format!("polled {repo}: error {e}"),
+        },
+        Event::JobDone { repo, job, result } => match result {
+            Ok(info) => format!(
+                "job {job} {repo} done: {}",
+                super::world::short(&info.manifest)
+            ),
+            Err(e) => format!("job {job} {repo} failed: {e}"),
+        },
+        Event::WrittenBack { repo, result } => format!("written back {repo}: {}", result.is_ok()),
+        Event::Listed { did, result } => format!(
+            "listed {did}: {}",
+            result
+                .as_ref()
+                .map_or_else(|e| e.clone(), |(r, _)| format!("{} records", r.len()))
+        ),
+        Event::AccountResolved { did } => format!("account {did}"),
+        Event::GcPass { passes } => format!("gc pass {passes}"),
+        Event::Timer(key) => format!("timer {key:?}"),
+    }
+}
+
+fn describe_command(command: &CoreCommand) -> String {
+    match command {
+        CoreCommand::AddRepo { repo_id, peers, .. } => {
+            format!("add-repo {repo_id} ({} peers)", peers.len())
+        }
+        CoreCommand::Publish { repo_id, .. } => format!("publish {repo_id}"),
+        other => format!("{other:?}").chars().take(120).collect(),
+    }
+}

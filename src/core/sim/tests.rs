@@ -1,0 +1,186 @@
+//! Runs of the simulator: many seeds in CI, one seed replayed, and each
+//! adversary on its own.
+//!
+//! `KNOTD_SIM_SEEDS` sets how many seeds `many_seeds` runs (default 1000)
+//! and `KNOTD_SIM_FIRST` the first; `KNOTD_SIM_SEED` the seed `replay`
+//! runs, printing its trace.
+
+use std::time::Duration;
+
+use super::{Adversary, Faults, Scenario, run};
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Run `seeds` seeds on every core of the machine; panic with the first
+/// failure's report.
+fn run_seeds(first: u64, count: u64) -> super::Outcome {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = std::sync::atomic::AtomicU64::new(first);
+    let total = std::sync::Mutex::new(super::Outcome::default());
+    let failure = std::sync::Mutex::new(None::<String>);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if seed >= first + count || failure.lock().unwrap().is_some() {
+                        return;
+                    }
+                    match run(seed, &Scenario::random(seed)) {
+                        Ok(outcome) => {
+                            let mut t = total.lock().unwrap();
+                            t.steps += outcome.steps;
+                            t.node_hours += outcome.node_hours;
+                            t.publishes += outcome.publishes;
+                            t.crashes += outcome.crashes;
+                        }
+                        Err(f) => {
+                            failure.lock().unwrap().get_or_insert(f.to_string());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(report) = failure.into_inner().unwrap() {
+        panic!("{report}");
+    }
+    total.into_inner().unwrap()
+}
+
+#[test]
+fn many_seeds() {
+    let first = env_u64("KNOTD_SIM_FIRST").unwrap_or(0);
+    let count = env_u64("KNOTD_SIM_SEEDS").unwrap_or(1000);
+    let started = std::time::Instant::now();
+    let total = run_seeds(first, count);
+    eprintln!(
+        "{count} seeds: {} steps, {:.0} node-hours, {} publishes, {} crashes in {:.1} s",
+        total.steps,
+        total.node_hours,
+        total.publishes,
+        total.crashes,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn replay() {
+    let Some(seed) = env_u64("KNOTD_SIM_SEED") else {
+        return;
+    };
+    let mut scenario = Scenario::random(seed);
+    if std::env::var("KNOTD_SIM_NO_ADVERSARIES").is_ok() {
+        scenario.adversaries.clear();
+    }
+    eprintln!("{scenario:#?}");
+    match run(seed, &scenario) {
+        Ok(outcome) => eprintln!("seed {seed} passes: {outcome:?}"),
+        Err(f) => panic!("{f}"),
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    for seed in [1, 7, 42] {
+        let scenario = Scenario::random(seed);
+        let a = super::World::new(seed, scenario.clone());
+        let b = super::World::new(seed, scenario);
+        let (ta, tb) = (trace_of(a), trace_of(b));
+        assert_eq!(ta, tb, "seed {seed} ran two ways");
+    }
+}
+
+fn trace_of(world: super::World) -> (Vec<String>, u64) {
+    let seed = world.seed;
+    match world.run() {
+        Ok(o) => (vec![format!("{o:?}")], seed),
+        Err(f) => (f.trace, seed),
+    }
+}
+
+#[test]
+fn a_calm_world_converges() {
+    let outcome = run(3, &Scenario::calm()).unwrap_or_else(|f| panic!("{f}"));
+    assert!(outcome.publishes > 0);
+}
+
+/// A calm world with one adversary.
+fn with(adversary: Adversary) -> Scenario {
+    Scenario {
+        adversaries: vec![adversary],
+        homes: 2,
+        ..Scenario::calm()
+    }
+}
+
+#[test]
+fn each_adversary_alone_is_harmless() {
+    for adversary in Adversary::ALL {
+        for seed in 0..5 {
+            if let Err(f) = run(seed, &with(adversary)) {
+                panic!("{adversary:?}: {f}");
+            }
+        }
+    }
+}
+
+#[test]
+fn faults_without_adversaries_heal() {
+    let scenario = Scenario {
+        faults: Faults {
+            crash_every: Some(Duration::from_secs(120)),
+            partition_every: Some(Duration::from_secs(180)),
+            pds_outage_every: Some(Duration::from_secs(300)),
+            loss: 0.1,
+            duplicate: 0.02,
+            stale_neighbor: 0.3,
+        },
+        homes: 2,
+        seeders: 2,
+        ..Scenario::calm()
+    };
+    for seed in 0..20 {
+        if let Err(f) = run(seed, &scenario) {
+            panic!("{f}");
+        }
+    }
+}
+
+#[test]
+fn debug_calm() {
+    let outcome = run(3, &Scenario::calm()).unwrap_or_else(|f| panic!("{f}"));
+    eprintln!("{outcome:?}");
+}
+
+#[test]
+fn debug_no_adversaries() {
+    let count = env_u64("KNOTD_SIM_SEEDS").unwrap_or(0);
+    for seed in 0..count {
+        let mut s = Scenario::random(seed);
+        s.adversaries.clear();
+        if let Err(f) = run(seed, &s) {
+            panic!("{f}");
+        }
+    }
+}
+
+#[test]
+fn debug_speed() {
+    let count = env_u64("KNOTD_SIM_SPEED").unwrap_or(0);
+    let started = std::time::Instant::now();
+    let mut steps = 0;
+    let mut hours = 0.0;
+    for seed in 0..count {
+        let mut s = Scenario::random(seed);
+        s.adversaries.clear();
+        s.faults.loss = 0.0;
+        if let Ok(o) = run(seed, &s) {
+            steps += o.steps;
+            hours += o.node_hours;
+        }
+    }
+    eprintln!("{count} seeds, {steps} steps, {hours:.0} node-hours in {:?}", started.elapsed());
+}
