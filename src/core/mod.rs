@@ -338,6 +338,17 @@ pub enum Event {
         /// Its records and whether that is all of them, or why not.
         result: Result<(Vec<crate::atproto::ListedRecord>, bool), String>,
     },
+    /// A probe of a peer's claim to hold a state finished.
+    ReplicaProbed {
+        /// The repository.
+        repo: RepoId,
+        /// The peer probed.
+        peer: EndpointId,
+        /// The manifest it claimed.
+        manifest: Hash,
+        /// Whether it served verified chunks of the manifest and every pack.
+        proved: bool,
+    },
     /// The node's account was resolved to this DID.
     AccountResolved {
         /// The account's DID.
@@ -404,6 +415,11 @@ pub enum Audience {
         /// Peers to push to over `/knot/heads/1`.
         direct: Vec<EndpointId>,
     },
+    /// Only these peers, directly; nothing goes to the topic.
+    Direct {
+        /// Peers to push to over `/knot/heads/1`.
+        direct: Vec<EndpointId>,
+    },
 }
 
 /// Something the actor must do.
@@ -462,6 +478,18 @@ pub enum Effect {
         peer: EndpointId,
         /// At most [`crate::heads::MAX_PULL_REPOS`] repositories.
         repos: Vec<RepoId>,
+    },
+    /// Check that a peer holds a state this node holds: ask it for a
+    /// randomly chosen chunk of the manifest and of every pack it lists,
+    /// verified against their hashes; the result comes as
+    /// [`Event::ReplicaProbed`] (a probe that cannot run fails).
+    ProbeReplica {
+        /// The repository.
+        repo: RepoId,
+        /// The peer.
+        peer: EndpointId,
+        /// The manifest it claims to hold.
+        manifest: Hash,
     },
     /// Add peers' addresses to the endpoint's address book.
     LearnAddrs(Vec<PeerHint>),
@@ -664,6 +692,12 @@ impl Core {
             Event::Polled { repo, result } => self.handle_polled(&repo, result, now),
             Event::JobDone { repo, job, result } => self.handle_job_done(&repo, job, result, now),
             Event::WrittenBack { repo, result } => self.handle_written_back(&repo, result, now),
+            Event::ReplicaProbed {
+                repo,
+                peer,
+                manifest,
+                proved,
+            } => self.handle_probed(&repo, peer, manifest, proved, now),
             Event::AccountResolved { did } => self.handle_account_resolved(did, now),
             Event::Listed { did, result } => self.handle_listed(&did, result, now),
             Event::Timer(key) => self.handle_timer(key, now),

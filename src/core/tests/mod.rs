@@ -4,6 +4,7 @@
 
 mod flows;
 mod follows;
+mod strangers;
 mod trust;
 
 use std::time::{Duration, Instant};
