@@ -21,7 +21,7 @@ use iroh::EndpointId;
 use tracing::{debug, info};
 
 use super::{
-    Audience, Core, Effect, MAX_PULL_PEERS, Now, TimerKey, Via, hints, queue,
+    Audience, Core, Effect, Now, TimerKey, Via, hints, queue,
     repo::{MAX_PEERS_CONTACTED, Rebroadcasts, Repo, Topic, Want, WantSource},
     trust::{self, Verdict},
 };
@@ -29,6 +29,25 @@ use crate::{
     admin::NodeEvent, announce::Announcement, content::hex, heads::MAX_PULL_REPOS,
     record::PeerHint, repo_id::RepoId,
 };
+
+/// Per-peer state of direct pulls.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PullBackoff {
+    failures: u32,
+    pub(super) not_before: Option<std::time::Instant>,
+}
+
+/// Most peers whose pull backoff is remembered.
+const MAX_PULL_PEERS: usize = 4096;
+
+/// Announcements received and rejected since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Verified announcements handled.
+    pub received: u64,
+    /// Announcements not taken, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+}
 
 /// How long a window of rebroadcasts of this node's own state lasts: in
 /// each, at most one reaches the whole topic and at most

@@ -22,6 +22,8 @@
 mod commands;
 mod follows;
 mod gossip;
+pub use gossip::Counters;
+use gossip::PullBackoff;
 pub mod hints;
 mod jobs;
 pub use policy::Policy;
@@ -568,25 +570,6 @@ pub struct WriteFailure {
     pub message: String,
     /// How long the PDS asked to wait, if it did.
     pub retry_after: Option<Duration>,
-}
-
-/// Per-peer state of direct pulls.
-#[derive(Debug, Clone, Copy, Default)]
-struct PullBackoff {
-    failures: u32,
-    not_before: Option<Instant>,
-}
-
-/// Most peers whose pull backoff is remembered.
-const MAX_PULL_PEERS: usize = 4096;
-
-/// Announcements received and rejected since start.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Verified announcements handled.
-    pub received: u64,
-    /// Announcements not taken, by reason.
-    pub rejected: BTreeMap<&'static str, u64>,
 }
 
 /// The repository core. See the module documentation.
