@@ -363,8 +363,8 @@ pub async fn push(
 /// [`MAX_PULL_REPOS`]); returns those that verify and name a repository
 /// asked for, at most one per repository: an honest peer holds one state
 /// of each, so only as many announcements as repositories asked for are
-/// read and the rest is dropped unread. Verification
-/// happens here, off the caller's task.
+/// read and the rest is dropped unread. Verification happens here, off the
+/// caller's task.
 pub async fn pull(
     endpoint: &Endpoint,
     peer: EndpointId,
