@@ -616,7 +616,7 @@ fn print_payload(payload: Payload, json: bool) {
             r.manifest.chars().take(12).collect::<String>(),
             r.holding
                 .iter()
-                .map(|p| p.chars().take(10).collect::<String>())
+                .map(|p| p.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),

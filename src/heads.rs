@@ -10,14 +10,20 @@
 //! encoded, size-bounded, every wait with a timeout.
 //!
 //! The accepting side bounds what a peer can make the node do: at most
-//! [`MAX_CONNECTIONS`] connections are served at once, each peer is rate
-//! limited before its request is decoded, and pushed announcements are
-//! verified here, on the connection's task, so only valid ones reach the
-//! repository actor. Nothing here persists.
+//! [`MAX_CONNECTIONS`] connections are served at once and at most
+//! [`MAX_CONNECTIONS_PER_PEER`] of them for one peer, each peer is rate
+//! limited before its request is decoded, pushed announcements are verified
+//! here, on the connection's task, so only valid ones reach the repository
+//! actor, and a pull is answered by signing the envelopes here too (the
+//! actor only hands over the statements it holds). The asking side keeps at
+//! most one announcement per repository it asked for; the node charges
+//! each answer to the answering peer's budget, the same one its pushes
+//! spend ([`HeadsProtocol::limiter`]). Nothing here persists.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use iroh::{Endpoint, EndpointId, endpoint::Connection, protocol::AcceptError};
@@ -26,8 +32,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
 use crate::{
-    announce::Announcement,
-    limits::{DropCounters, RateLimiter},
+    announce::{Announcement, SignedStatement},
+    limits::{DropCounters, SharedLimiter},
     repo_id::RepoId,
 };
 
@@ -43,6 +49,9 @@ pub const MAX_PULL_REPOS: usize = 64;
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Most connections of one peer served at once; more are closed at once,
+/// so one peer cannot hold every slot.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 4;
 /// Requests a peer may send in a burst...
 const PEER_BURST: f64 = 32.0;
 /// ...and per second after it.
@@ -104,8 +113,9 @@ pub enum HeadsEvent {
         from: EndpointId,
         /// Valid repository ids among those asked for.
         repo_ids: Vec<RepoId>,
-        /// Where to send the encoded announcements.
-        reply: oneshot::Sender<Vec<Vec<u8>>>,
+        /// Where to send the statements held (the envelopes are signed
+        /// on the connection's task, not by the receiver).
+        reply: oneshot::Sender<Vec<SignedStatement>>,
     },
 }
 
@@ -113,9 +123,46 @@ pub enum HeadsEvent {
 #[derive(Debug, Clone)]
 pub struct HeadsProtocol {
     events: mpsc::Sender<HeadsEvent>,
-    limiter: Arc<Mutex<RateLimiter>>,
+    endpoint: Endpoint,
+    limiter: SharedLimiter,
     connections: Arc<Semaphore>,
+    per_peer: Arc<Mutex<HashMap<EndpointId, usize>>>,
     drops: Arc<DropCounters>,
+}
+
+/// One of a peer's connection slots, given back when dropped.
+struct PeerSlot {
+    peer: EndpointId,
+    per_peer: Arc<Mutex<HashMap<EndpointId, usize>>>,
+}
+
+impl PeerSlot {
+    /// Take a slot of `peer`'s, unless it holds [`MAX_CONNECTIONS_PER_PEER`].
+    fn take(per_peer: &Arc<Mutex<HashMap<EndpointId, usize>>>, peer: EndpointId) -> Option<Self> {
+        let mut map = per_peer.lock().ok()?;
+        let held = map.entry(peer).or_default();
+        if *held >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *held += 1;
+        Some(Self {
+            peer,
+            per_peer: per_peer.clone(),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.per_peer.lock()
+            && let Some(held) = map.get_mut(&self.peer)
+        {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// Decode and verify an announcement for the repository it names.
@@ -126,22 +173,31 @@ pub fn verify(bytes: &[u8]) -> Option<(RepoId, Announcement)> {
 }
 
 impl HeadsProtocol {
-    /// Deliver requests to `events`; count what is dropped in `drops`.
-    pub fn new(events: mpsc::Sender<HeadsEvent>, drops: Arc<DropCounters>) -> Self {
+    /// Deliver requests to `events`; sign pull answers as `endpoint`; count
+    /// what is dropped in `drops`.
+    pub fn new(
+        events: mpsc::Sender<HeadsEvent>,
+        endpoint: Endpoint,
+        drops: Arc<DropCounters>,
+    ) -> Self {
         Self {
             events,
-            limiter: Arc::new(Mutex::new(RateLimiter::new(PEER_BURST, PEER_RATE))),
+            endpoint,
+            limiter: SharedLimiter::new(PEER_BURST, PEER_RATE),
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            per_peer: Arc::new(Mutex::new(HashMap::new())),
             drops,
         }
     }
 
+    /// The per-peer budget of requests; answers to this node's pulls are
+    /// charged to the answering peer's budget too.
+    pub fn limiter(&self) -> SharedLimiter {
+        self.limiter.clone()
+    }
+
     fn allow(&self, from: EndpointId) -> bool {
-        let allowed = self
-            .limiter
-            .lock()
-            .map(|mut l| l.allow(from, Instant::now()))
-            .unwrap_or(false);
+        let allowed = self.limiter.allow(from);
         if !allowed {
             self.drops.rate_limited();
         }
@@ -196,7 +252,15 @@ impl HeadsProtocol {
                     })
                     .await
                     .map_err(|_| "node is shutting down".to_string())?;
-                let announcements = rx.await.map_err(|_| "no answer".to_string())?;
+                let statements = rx.await.map_err(|_| "no answer".to_string())?;
+                // Signed here, on the connection's task: the actor only
+                // looked the statements up.
+                let addrs: Vec<_> = self.endpoint.addr().ip_addrs().copied().collect();
+                let key = self.endpoint.secret_key();
+                let announcements = statements
+                    .into_iter()
+                    .map(|s| Announcement::new(s, key, addrs.clone()).encode())
+                    .collect();
                 Response::Heads { announcements }
             }
         };
@@ -212,6 +276,11 @@ impl HeadsProtocol {
 impl iroh::protocol::ProtocolHandler for HeadsProtocol {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
         let from = connection.remote_id();
+        let Some(_slot) = PeerSlot::take(&self.per_peer, from) else {
+            self.drops.rate_limited();
+            connection.close(2u32.into(), b"busy");
+            return Ok(());
+        };
         let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
             self.drops.rate_limited();
             connection.close(2u32.into(), b"busy");
@@ -292,7 +361,10 @@ pub async fn push(
 
 /// Ask `peer` for its announcements of `repo_ids` (at most
 /// [`MAX_PULL_REPOS`]); returns those that verify and name a repository
-/// asked for. Verification happens here, off the caller's task.
+/// asked for, at most one per repository: an honest peer holds one state
+/// of each, so only as many announcements as repositories asked for are
+/// read and the rest is dropped unread. Verification happens here, off the
+/// caller's task.
 pub async fn pull(
     endpoint: &Endpoint,
     peer: EndpointId,
@@ -304,11 +376,24 @@ pub async fn pull(
         .map(|r| r.to_string())
         .collect();
     match exchange(endpoint, peer, Request::Pull { repo_ids: asked }).await? {
-        Response::Heads { announcements } => Ok(announcements
-            .iter()
-            .filter_map(|bytes| verify(bytes))
-            .filter(|(repo, _)| repo_ids.contains(repo))
-            .collect()),
+        Response::Heads { announcements } => {
+            // An honest answer has at most one announcement per repository
+            // asked for: nothing beyond that many is even decoded.
+            let asked = repo_ids.len().min(MAX_PULL_REPOS);
+            let mut kept: Vec<(RepoId, Announcement)> = Vec::new();
+            for bytes in announcements.iter().take(asked) {
+                if let Some((repo, announcement)) = verify(bytes)
+                    && repo_ids.contains(&repo)
+                    && !kept.iter().any(|(r, _)| *r == repo)
+                {
+                    kept.push((repo, announcement));
+                }
+            }
+            if announcements.len() > kept.len() {
+                debug!(peer = %peer.fmt_short(), sent = announcements.len(), kept = kept.len(), "dropped announcements a pull did not ask for");
+            }
+            Ok(kept)
+        }
         Response::Ack => Err(HeadsError::Malformed {
             peer: peer.fmt_short().to_string(),
             message: "expected announcements".into(),

@@ -27,6 +27,7 @@ pub mod materialize;
 pub mod metrics;
 pub mod node;
 pub mod poller;
+pub mod probe;
 pub mod push;
 pub mod record;
 pub mod remote_helper;

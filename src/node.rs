@@ -179,13 +179,15 @@ impl Node {
             .bind
             .map(|_| std::sync::Arc::new(crate::metrics::Metrics::new()));
         let provider_events = metrics.clone().map(crate::metrics::provider_events);
+        let heads_protocol = HeadsProtocol::new(heads_tx, endpoint.clone(), drops.clone());
+        let heads_limiter = heads_protocol.limiter();
         let router = Router::builder(endpoint.clone())
             .accept(
                 iroh_blobs::ALPN,
                 BlobsProtocol::new(&blobs, provider_events),
             )
             .accept(iroh_gossip::ALPN, gossip.clone())
-            .accept(heads::ALPN, HeadsProtocol::new(heads_tx, drops.clone()))
+            .accept(heads::ALPN, heads_protocol)
             .spawn();
 
         let http_listener = if config.http.enabled {
@@ -269,6 +271,7 @@ impl Node {
                 gossip,
                 lookup: lookup.clone(),
                 heads: heads_rx,
+                heads_limiter,
                 poller,
                 polls: poll_rx,
                 account,

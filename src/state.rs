@@ -200,6 +200,11 @@ pub struct PeerSeen {
     pub seq: u64,
     /// Unix time in milliseconds it said so.
     pub seen_ms: u64,
+    /// The peer proved it holds `manifest`: it served a randomly chosen
+    /// chunk of the manifest and of every pack, verified against their
+    /// BLAKE3 hashes. A claim alone is not proof.
+    #[serde(default)]
+    pub proven: bool,
 }
 
 /// An identity (DID) whose repositories the node tracks.

@@ -248,6 +248,8 @@ fn sync_waits_for_replicas_and_names_who_is_missing() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("1 peers hold"), "{}", stdout(&out));
+    // It names the peer it counted and why: the seeder proved it holds the bytes.
+    assert!(stdout(&out).contains(" (proved)"), "{}", stdout(&out));
     let out = admin(
         &author.socket,
         &["sync", repo, "--replicas", "2", "--timeout", "2"],

@@ -688,6 +688,11 @@ fn a_push_waits_for_the_replicas_git_config_asks_for() {
         "push waiting for 1 replica: {}",
         stderr(&out)
     );
+    assert!(
+        stderr(&out).contains("1 peers hold it: ") && stderr(&out).contains(" (proved)"),
+        "names the peer counted: {}",
+        stderr(&out)
+    );
     assert_eq!(seeder.materialized(id), author.materialized(id));
 
     git.ok(&work, &["config", "knot.replicas", "2"]);

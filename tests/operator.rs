@@ -85,7 +85,10 @@ async fn peers_in_sync_behind_and_replicas() {
     let Payload::Replicas(report) = replicas(&author, 1, 20).await.unwrap() else {
         panic!()
     };
-    assert_eq!(report.holding, vec![one.node.id().to_string()]);
+    let counted: Vec<&str> = report.holding.iter().map(|c| c.node_id.as_str()).collect();
+    assert_eq!(counted, vec![one.node.id().to_string()]);
+    // The seeder is a stranger to the author: it counted by proving it.
+    assert_eq!(report.holding[0].basis, knotd::admin::ReplicaBasis::Proved);
     // Two replicas cannot be had: the wait times out naming who is missing.
     let err = replicas(&author, 2, 3).await.unwrap_err();
     assert!(err.contains("only 1 of 2"), "{err}");

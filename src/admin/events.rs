@@ -145,8 +145,10 @@ pub enum NodeEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReplicaStatus {
-    /// The same state.
+    /// The same state, announced by a trusted peer or proven.
     InSync,
+    /// Claims the state held but has not proven it (a stranger's claim).
+    Unproven,
     /// An older state.
     Behind,
     /// A newer state (or this node holds none).
@@ -160,6 +162,7 @@ impl ReplicaStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             ReplicaStatus::InSync => "in sync",
+            ReplicaStatus::Unproven => "unproven",
             ReplicaStatus::Behind => "behind",
             ReplicaStatus::Ahead => "ahead",
             ReplicaStatus::Unknown => "unknown",
@@ -176,6 +179,9 @@ pub struct PeerReplica {
     pub seq: u64,
     /// When it said so (seconds since the Unix epoch).
     pub seen: u64,
+    /// It proved it holds that state (served chunks of its blobs).
+    #[serde(default)]
+    pub proven: bool,
 }
 
 #[cfg(test)]

@@ -404,8 +404,46 @@ pub struct ReplicasReport {
     pub repo_id: String,
     /// The manifest.
     pub manifest: String,
-    /// The peers (node ids) holding it.
-    pub holding: Vec<String>,
+    /// The peers counted as holding it, and why each counted.
+    pub holding: Vec<CountedReplica>,
+}
+
+/// A peer counted as holding a state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountedReplica {
+    /// The peer's node id.
+    pub node_id: String,
+    /// Why it counted.
+    pub basis: ReplicaBasis,
+}
+
+/// Why a peer counted as holding a state. A peer's claim alone never counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaBasis {
+    /// A trusted peer (operator or record) whose signed announcement names it.
+    Trusted,
+    /// It served a randomly chosen chunk of the manifest and of every pack,
+    /// verified against their hashes.
+    Proved,
+}
+
+impl ReplicaBasis {
+    /// The basis in words, as the CLI prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaBasis::Trusted => "trusted",
+            ReplicaBasis::Proved => "proved",
+        }
+    }
+}
+
+impl std::fmt::Display for CountedReplica {
+    /// `<short node id> (<basis>)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short: String = self.node_id.chars().take(10).collect();
+        write!(f, "{short} ({})", self.basis.as_str())
+    }
 }
 
 /// One tracked repository as shown by `list`.

@@ -1,28 +1,91 @@
 //! Announcements, gossip topics and direct pulls.
 //!
 //! A verified announcement is judged by [`super::trust`]; one taken becomes
-//! the wanted state. Its sender is remembered as a learned hint only when it
-//! is trusted or provides a state of interest, so strangers announcing
-//! anything else leave no trace. Topics are joined while a repository has
+//! the wanted state. Its sender, or a gossip neighbour, is remembered as a
+//! learned hint only when it is trusted or provides a state of interest
+//! (the state held or being fetched), so strangers announcing anything
+//! else, or merely joining the topic, leave no trace, and a stranger's hint
+//! never evicts a trusted peer's. A peer answering a pull of this node's
+//! with an older state this node published is told the current one, but
+//! those rebroadcasts are limited per repository ([`REBROADCAST_WINDOW`]),
+//! whoever triggers them, so replays from any number of keys cannot make
+//! the node flood its topic. Topics are joined while a repository has
 //! something to serve or someone to ask; a topic left without neighbours
 //! re-dials its peers and pulls their announcements, with a backoff per
 //! repository and per peer, in one pull per peer for up to
 //! [`crate::heads::MAX_PULL_REPOS`] repositories.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use iroh::EndpointId;
 use tracing::{debug, info};
 
 use super::{
-    Audience, Core, Effect, MAX_PULL_PEERS, Now, TimerKey, Via, hints, queue,
-    repo::{MAX_PEERS_CONTACTED, Topic, Want, WantSource},
+    Audience, Core, Effect, Now, TimerKey, Via, hints, queue,
+    repo::{MAX_PEERS_CONTACTED, Rebroadcasts, Repo, Topic, Want, WantSource},
     trust::{self, Verdict},
 };
 use crate::{
     admin::NodeEvent, announce::Announcement, content::hex, heads::MAX_PULL_REPOS,
     record::PeerHint, repo_id::RepoId,
 };
+
+/// Per-peer state of direct pulls.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PullBackoff {
+    failures: u32,
+    pub(super) not_before: Option<std::time::Instant>,
+}
+
+/// Most peers whose pull backoff is remembered.
+const MAX_PULL_PEERS: usize = 4096;
+
+/// Announcements received and rejected since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Verified announcements handled.
+    pub received: u64,
+    /// Announcements not taken, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+/// How long a window of rebroadcasts of this node's own state lasts: in
+/// each, at most one reaches the whole topic and at most
+/// [`MAX_REBROADCAST_DIRECT`] peers are told directly.
+pub const REBROADCAST_WINDOW: Duration = Duration::from_secs(60);
+/// Most peers told this node's current state directly per window, for
+/// having answered with an older one.
+pub const MAX_REBROADCAST_DIRECT: usize = MAX_PEERS_CONTACTED;
+
+/// What a rebroadcast may still reach in the current window, counting it.
+/// Returns (the whole topic, the sender directly).
+fn rebroadcast_allowance(budget: &mut Rebroadcasts, now: Now) -> (bool, bool) {
+    if budget
+        .since
+        .is_none_or(|since| now.at.saturating_duration_since(since) >= REBROADCAST_WINDOW)
+    {
+        *budget = Rebroadcasts {
+            since: Some(now.at),
+            topic: false,
+            direct: 0,
+        };
+    }
+    let topic = !budget.topic;
+    let direct = budget.direct < MAX_REBROADCAST_DIRECT;
+    budget.topic = true;
+    if direct {
+        budget.direct += 1;
+    }
+    (topic, direct)
+}
+
+/// Whether `manifest` (hex) is the state `repo` holds or is fetching.
+fn of_interest(repo: &Repo, manifest: &str) -> bool {
+    repo.held.as_ref().is_some_and(|h| h.manifest == manifest)
+        || repo
+            .wanted_position()
+            .is_some_and(|w| hex(&iroh_blobs::Hash::from_bytes(w.manifest)) == manifest)
+}
 
 impl Core {
     pub(super) fn handle_announcement(
@@ -65,8 +128,12 @@ impl Core {
                     .collect(),
                 None,
             );
+            let trusted_ids: std::collections::BTreeSet<String> =
+                trusted.iter().map(|id| id.to_string()).collect();
             let expired = hints::expire(&mut repo.book.hints, now.unix_ms);
-            let learned = hints::remember(&mut repo.book.hints, hint.clone(), now.unix_ms);
+            let learned = hints::remember(&mut repo.book.hints, hint.clone(), now.unix_ms, |id| {
+                trusted_ids.contains(id)
+            });
             if learned {
                 self.out.push(Effect::LearnAddrs(vec![hint]));
             }
@@ -122,7 +189,9 @@ impl Core {
                 // A peer answered a pull of this node's (its topic was
                 // empty: it restarted, and gossip elsewhere may still count
                 // it as a neighbour, so nobody greets it) with an older
-                // state this node published: tell it the current one.
+                // state this node published: tell it the current one. A
+                // replay triggers the same, so this is limited per
+                // repository whoever sends it.
                 if via == Via::Direct
                     && rejection == trust::Rejection::NotNewer
                     && statement.publisher_id() == Some(me)
@@ -130,13 +199,26 @@ impl Core {
                     && held.seq() > statement.seq
                     && held.statement.statement.publisher_id() == Some(me)
                 {
-                    self.out.push(Effect::Announce {
-                        repo: repo_id.clone(),
-                        statement: held.statement.clone(),
-                        audience: Audience::Everyone {
-                            direct: vec![sender],
-                        },
-                    });
+                    let statement = held.statement.clone();
+                    let (topic, direct) = rebroadcast_allowance(&mut repo.rebroadcasts, now);
+                    let direct = if direct { vec![sender] } else { Vec::new() };
+                    let audience = if topic {
+                        Some(Audience::Everyone { direct })
+                    } else if !direct.is_empty() {
+                        Some(Audience::Direct { direct })
+                    } else {
+                        None
+                    };
+                    match audience {
+                        Some(audience) => self.out.push(Effect::Announce {
+                            repo: repo_id.clone(),
+                            statement,
+                            audience,
+                        }),
+                        None => {
+                            debug!(repo = %repo_id, from = %sender.fmt_short(), "rebroadcast budget spent; not telling the sender again")
+                        }
+                    }
                 }
                 self.notify(
                     repo_id,
@@ -170,6 +252,7 @@ impl Core {
         addrs: Vec<SocketAddr>,
         now: Now,
     ) {
+        let me = self.me;
         let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
@@ -186,13 +269,21 @@ impl Core {
                 peer: peer.to_string(),
             },
         });
-        if !addrs.is_empty() {
-            let hint = PeerHint::new(
-                peer.to_string(),
-                addrs.iter().map(|a| a.to_string()).collect(),
-                None,
-            );
-            if hints::remember(&mut repo.book.hints, hint, now.unix_ms) {
+        // Learned only when trusted, or when it last announced the state
+        // held or being fetched: joining the topic proves nothing.
+        let trusted_ids = repo.trusted_ids(me);
+        let node_id = peer.to_string();
+        let provides = repo
+            .book
+            .peers_seen
+            .iter()
+            .find(|s| s.node_id == node_id)
+            .is_some_and(|s| of_interest(repo, &s.manifest));
+        if !addrs.is_empty() && (trusted_ids.contains(&node_id) || provides) {
+            let hint = PeerHint::new(node_id, addrs.iter().map(|a| a.to_string()).collect(), None);
+            if hints::remember(&mut repo.book.hints, hint, now.unix_ms, |id| {
+                trusted_ids.contains(id)
+            }) {
                 self.persist_book(repo_id);
             }
         }

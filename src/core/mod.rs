@@ -22,6 +22,8 @@
 mod commands;
 mod follows;
 mod gossip;
+pub use gossip::Counters;
+use gossip::PullBackoff;
 pub mod hints;
 mod jobs;
 pub use policy::Policy;
@@ -364,6 +366,17 @@ pub enum Event {
         /// Passes started.
         passes: u64,
     },
+    /// A probe of a peer's claim to hold a state finished.
+    ReplicaProbed {
+        /// The repository.
+        repo: RepoId,
+        /// The peer probed.
+        peer: EndpointId,
+        /// The manifest it claimed.
+        manifest: Hash,
+        /// Whether it served verified chunks of the manifest and every pack.
+        proved: bool,
+    },
     /// The node's account was resolved to this DID.
     AccountResolved {
         /// The account's DID.
@@ -435,6 +448,11 @@ pub enum Audience {
         /// Peers to push to over `/knot/heads/1`.
         direct: Vec<EndpointId>,
     },
+    /// Only these peers, directly; nothing goes to the topic.
+    Direct {
+        /// Peers to push to over `/knot/heads/1`.
+        direct: Vec<EndpointId>,
+    },
 }
 
 /// Something the actor must do.
@@ -493,6 +511,18 @@ pub enum Effect {
         peer: EndpointId,
         /// At most [`crate::heads::MAX_PULL_REPOS`] repositories.
         repos: Vec<RepoId>,
+    },
+    /// Check that a peer holds a state this node holds: ask it for a
+    /// randomly chosen chunk of the manifest and of every pack it lists,
+    /// verified against their hashes; the result comes as
+    /// [`Event::ReplicaProbed`] (a probe that cannot run fails).
+    ProbeReplica {
+        /// The repository.
+        repo: RepoId,
+        /// The peer.
+        peer: EndpointId,
+        /// The manifest it claims to hold.
+        manifest: Hash,
     },
     /// Add peers' addresses to the endpoint's address book.
     LearnAddrs(Vec<PeerHint>),
@@ -571,25 +601,6 @@ pub struct WriteFailure {
     pub message: String,
     /// How long the PDS asked to wait, if it did.
     pub retry_after: Option<Duration>,
-}
-
-/// Per-peer state of direct pulls.
-#[derive(Debug, Clone, Copy, Default)]
-struct PullBackoff {
-    failures: u32,
-    not_before: Option<Instant>,
-}
-
-/// Most peers whose pull backoff is remembered.
-const MAX_PULL_PEERS: usize = 4096;
-
-/// Announcements received and rejected since start.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Verified announcements handled.
-    pub received: u64,
-    /// Announcements not taken, by reason.
-    pub rejected: BTreeMap<&'static str, u64>,
 }
 
 /// The repository core. See the module documentation.
@@ -704,6 +715,12 @@ impl Core {
             Event::Polled { repo, result } => self.handle_polled(&repo, result, now),
             Event::JobDone { repo, job, result } => self.handle_job_done(&repo, job, result, now),
             Event::WrittenBack { repo, result } => self.handle_written_back(&repo, result, now),
+            Event::ReplicaProbed {
+                repo,
+                peer,
+                manifest,
+                proved,
+            } => self.handle_probed(&repo, peer, manifest, proved, now),
             Event::AccountResolved { did } => self.handle_account_resolved(did, now),
             Event::GcPass { passes } => self.handle_gc_pass(passes, now),
             Event::Listed { did, result } => self.handle_listed(&did, result, now),

@@ -2,24 +2,38 @@
 //! that compares with this node's state, and callers waiting until enough
 //! peers hold a state (`--replicas N`).
 //!
-//! A peer's announcement says what it holds (the envelope is its own), so
-//! every announcement from a trusted peer or a learned hint updates that
-//! peer's entry, at most [`MAX_PEERS_SEEN`] per repository, most recent
-//! first, written lazily. A waiter is answered as soon as enough distinct
-//! peers other than this node hold the state (or a newer one this node also
-//! holds); while it waits, the peers not known to hold it are asked directly
-//! every few seconds, and at its deadline it fails naming who is missing.
+//! A peer's announcement says what it claims to hold (the envelope is its
+//! own), so every announcement from a trusted peer or a learned hint
+//! updates that peer's entry, at most [`MAX_PEERS_SEEN`] per repository,
+//! most recent first, written lazily; an untrusted newcomer never evicts
+//! the entry of a trusted peer or of one that proved its claim. A claim is
+//! not a replica: a peer counts as holding a state only when it is trusted
+//! (its signed envelope names the state) or when it *proved* it holds the
+//! bytes, by serving a randomly chosen chunk of the manifest and of every
+//! pack, verified against their BLAKE3 hashes ([`Effect::ProbeReplica`]).
+//! `list`, `peers` and `--replicas` count only those. A waiter is answered
+//! as soon as enough distinct peers other than this node hold the state (or
+//! a newer one this node also holds), naming each and why it counted; while
+//! it waits, the peers not known to hold it are asked directly every few
+//! seconds and unproven claims are probed, and at its deadline it fails
+//! naming who is missing. Probes run only while someone waits, to at most
+//! [`MAX_PROBES`] peers of a repository at once, and a failed one is not
+//! tried again for [`PROBE_RETRY`].
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use iroh::EndpointId;
+use iroh_blobs::Hash;
 
 use super::{
-    Core, Effect, Now, ReplyId, TimerKey,
-    repo::{ReplicaWait, Repo},
+    Core, Effect, Now, ReplyId, TimerKey, hints,
+    repo::{MAX_PEERS_CONTACTED, Probe, ReplicaWait, Repo},
 };
 use crate::{
-    admin::{NodeEvent, Payload, PeerReplica, ReplicaStatus, ReplicasReport, Reply},
+    admin::{
+        CountedReplica, NodeEvent, Payload, PeerReplica, ReplicaBasis, ReplicaStatus,
+        ReplicasReport, Reply,
+    },
     repo_id::RepoId,
     state::PeerSeen,
 };
@@ -31,15 +45,27 @@ pub const MAX_PEERS_SEEN: usize = 64;
 pub const MAX_CATCH_UP_PUSHES: usize = 4;
 /// How often peers are asked directly while someone waits for replicas.
 const ASK_EVERY: Duration = Duration::from_secs(2);
+/// Most probes of one repository's peers running at once.
+pub const MAX_PROBES: usize = MAX_PEERS_CONTACTED;
+/// How long a peer whose probe failed is not probed again.
+pub const PROBE_RETRY: Duration = Duration::from_secs(30);
 
-/// How what a peer announced compares with this node's state.
-pub fn status_of(seen: Option<&PeerSeen>, repo: &Repo) -> ReplicaStatus {
+/// How what a peer announced compares with this node's state. A claim of
+/// the state held counts as in sync only from a `trusted` peer or one that
+/// proved it.
+pub fn status_of(seen: Option<&PeerSeen>, repo: &Repo, trusted: bool) -> ReplicaStatus {
     let Some(seen) = seen else {
         return ReplicaStatus::Unknown;
     };
     match &repo.held {
         None => ReplicaStatus::Ahead,
-        Some(held) if held.manifest == seen.manifest => ReplicaStatus::InSync,
+        Some(held) if held.manifest == seen.manifest => {
+            if trusted || seen.proven {
+                ReplicaStatus::InSync
+            } else {
+                ReplicaStatus::Unproven
+            }
+        }
         Some(held) if seen.seq < held.seq() => ReplicaStatus::Behind,
         Some(held) if seen.seq > held.seq() => ReplicaStatus::Ahead,
         Some(_) => ReplicaStatus::Unknown,
@@ -47,9 +73,10 @@ pub fn status_of(seen: Option<&PeerSeen>, repo: &Repo) -> ReplicaStatus {
 }
 
 impl Core {
-    /// Note what `peer` announced it holds for `repo_id`.
     /// Up to [`MAX_CATCH_UP_PUSHES`] peers last seen holding a state older
-    /// than `seq`, most recently seen first, other than `except`.
+    /// than `seq`, other than `except`: trusted peers first, then the
+    /// rest, each most recently seen first, so strangers announcing old
+    /// states cannot take every slot.
     pub(super) fn peers_behind(
         &self,
         repo_id: &RepoId,
@@ -59,16 +86,24 @@ impl Core {
         let Some(repo) = self.repos.get(repo_id) else {
             return Vec::new();
         };
-        repo.book
+        let trusted = repo.trusted(self.me);
+        let behind: Vec<EndpointId> = repo
+            .book
             .peers_seen
             .iter()
             .filter(|seen| seen.seq < seq)
             .filter_map(|seen| seen.node_id.parse::<EndpointId>().ok())
-            .filter(|peer| Some(*peer) != except)
+            .filter(|peer| Some(*peer) != except && *peer != self.me)
+            .collect();
+        let (first, rest): (Vec<_>, Vec<_>) = behind.into_iter().partition(|p| trusted.contains(p));
+        first
+            .into_iter()
+            .chain(rest)
             .take(MAX_CATCH_UP_PUSHES)
             .collect()
     }
 
+    /// Note what `peer` announced it holds for `repo_id`.
     pub(super) fn peer_seen(
         &mut self,
         repo_id: &RepoId,
@@ -77,9 +112,11 @@ impl Core {
         seq: u64,
         now: Now,
     ) {
+        let me = self.me;
         let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
+        let trusted = repo.trusted_ids(me);
         let node_id = peer.to_string();
         let manifest = data_encoding::HEXLOWER.encode(&manifest);
         let seen = &mut repo.book.peers_seen;
@@ -90,6 +127,10 @@ impl Core {
         let changed = previous
             .as_ref()
             .is_none_or(|p| p.manifest != manifest || p.seq != seq);
+        // A proof holds for the manifest it was made for.
+        let proven = previous
+            .as_ref()
+            .is_some_and(|p| p.proven && p.manifest == manifest);
         seen.insert(
             0,
             PeerSeen {
@@ -97,13 +138,20 @@ impl Core {
                 manifest: manifest.clone(),
                 seq,
                 seen_ms: now.unix_ms,
+                proven,
             },
         );
-        seen.truncate(MAX_PEERS_SEEN);
-        if !changed {
+        hints::evict(seen, MAX_PEERS_SEEN, |s| {
+            s.proven || trusted.contains(&s.node_id)
+        });
+        if !changed || !seen.iter().any(|s| s.node_id == node_id) {
             return;
         }
-        let status = status_of(repo.book.peers_seen.first(), repo);
+        let status = status_of(
+            repo.book.peers_seen.first(),
+            repo,
+            trusted.contains(&node_id),
+        );
         self.persist_book(repo_id);
         self.notify(
             repo_id,
@@ -114,12 +162,15 @@ impl Core {
             },
         );
         self.check_replicas(repo_id, now);
+        self.probe_claims(repo_id, now);
     }
 
-    /// Peers (node ids) other than this node holding `manifest`, or a newer
-    /// state this node holds too.
-    fn holders(&self, repo: &Repo, manifest: &str, seq: u64) -> Vec<String> {
+    /// Peers other than this node that hold `manifest`, or a newer state
+    /// this node holds too: trusted peers that announced it, and peers that
+    /// proved it.
+    fn holders(&self, repo: &Repo, manifest: &str, seq: u64) -> Vec<CountedReplica> {
         let me = self.me.to_string();
+        let trusted = repo.trusted_ids(self.me);
         let held_newer = repo
             .held
             .as_ref()
@@ -130,8 +181,147 @@ impl Core {
             .iter()
             .filter(|s| s.node_id != me)
             .filter(|s| s.manifest == manifest || Some(s.manifest.as_str()) == held_newer)
-            .map(|s| s.node_id.clone())
+            .filter_map(|s| {
+                let basis = if trusted.contains(&s.node_id) {
+                    ReplicaBasis::Trusted
+                } else if s.proven {
+                    ReplicaBasis::Proved
+                } else {
+                    return None;
+                };
+                Some(CountedReplica {
+                    node_id: s.node_id.clone(),
+                    basis,
+                })
+            })
             .collect()
+    }
+
+    /// Peers whose unproven claims would count for a waiter: they claim a
+    /// state waited for (or the newer one held), are not trusted, and are
+    /// not being probed nor failed a probe lately.
+    fn claims_to_probe(&self, repo: &Repo, now: Now) -> Vec<(EndpointId, String)> {
+        let me = self.me.to_string();
+        let trusted = repo.trusted_ids(self.me);
+        let waited: BTreeSet<&str> = repo
+            .replica_waits
+            .iter()
+            .map(|w| w.manifest.as_str())
+            .chain(repo.held.iter().map(|h| h.manifest.as_str()))
+            .collect();
+        let running = repo
+            .probes
+            .values()
+            .filter(|p| p.failed_at.is_none())
+            .count();
+        repo.book
+            .peers_seen
+            .iter()
+            .filter(|s| s.node_id != me && !s.proven && !trusted.contains(&s.node_id))
+            .filter(|s| waited.contains(s.manifest.as_str()))
+            .filter_map(|s| Some((s.node_id.parse::<EndpointId>().ok()?, s)))
+            .filter(|(peer, s)| match repo.probes.get(peer) {
+                None => true,
+                Some(p) if p.manifest != s.manifest => true,
+                Some(Probe {
+                    failed_at: Some(at),
+                    ..
+                }) => now.at.saturating_duration_since(*at) >= PROBE_RETRY,
+                Some(_) => false,
+            })
+            .map(|(peer, s)| (peer, s.manifest.clone()))
+            .take(MAX_PROBES.saturating_sub(running))
+            .collect()
+    }
+
+    /// While someone waits for replicas, probe the unproven claims that
+    /// would count.
+    fn probe_claims(&mut self, repo_id: &RepoId, now: Now) {
+        let Some(repo) = self
+            .repos
+            .get(repo_id)
+            .filter(|r| !r.replica_waits.is_empty())
+        else {
+            return;
+        };
+        let probes = self.claims_to_probe(repo, now);
+        let repo = self.repos.get_mut(repo_id).expect("present above");
+        for (peer, manifest) in probes {
+            let Ok(hash) = manifest.parse::<Hash>() else {
+                continue;
+            };
+            repo.probes.insert(
+                peer,
+                Probe {
+                    manifest,
+                    failed_at: None,
+                },
+            );
+            self.out.push(Effect::ProbeReplica {
+                repo: repo_id.clone(),
+                peer,
+                manifest: hash,
+            });
+        }
+    }
+
+    /// A probe of `peer`'s claim to hold `manifest` finished.
+    pub(super) fn handle_probed(
+        &mut self,
+        repo_id: &RepoId,
+        peer: EndpointId,
+        manifest: Hash,
+        proved: bool,
+        now: Now,
+    ) {
+        let me = self.me;
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return;
+        };
+        let manifest = crate::content::hex(&manifest);
+        if repo
+            .probes
+            .get(&peer)
+            .is_some_and(|p| p.manifest == manifest)
+        {
+            if proved {
+                repo.probes.remove(&peer);
+            } else {
+                repo.probes.insert(
+                    peer,
+                    Probe {
+                        manifest: manifest.clone(),
+                        failed_at: Some(now.at),
+                    },
+                );
+            }
+        }
+        let node_id = peer.to_string();
+        let Some(seen) = repo
+            .book
+            .peers_seen
+            .iter_mut()
+            .find(|s| s.node_id == node_id && s.manifest == manifest)
+        else {
+            return;
+        };
+        if !proved || seen.proven {
+            return;
+        }
+        seen.proven = true;
+        let trusted = repo.trusted(me).contains(&peer);
+        let seen = repo.book.peers_seen.iter().find(|s| s.node_id == node_id);
+        let status = status_of(seen, repo, trusted);
+        self.persist_book(repo_id);
+        self.notify(
+            repo_id,
+            NodeEvent::PeerState {
+                peer: node_id,
+                manifest,
+                status,
+            },
+        );
+        self.check_replicas(repo_id, now);
     }
 
     /// `replicas`: wait until `count` other peers hold the state held now.
@@ -156,6 +346,8 @@ impl Core {
         let id = self.next_round;
         self.next_round += 1;
         let repo = self.repos.get_mut(repo_id).expect("present above");
+        // A new wait probes again peers whose probes failed before.
+        repo.probes.retain(|_, p| p.failed_at.is_none());
         repo.replica_waits.push(ReplicaWait {
             reply,
             count,
@@ -188,7 +380,7 @@ impl Core {
         let Some(repo) = self.repos.get(repo_id) else {
             return;
         };
-        let counts: Vec<(usize, Vec<String>)> = repo
+        let counts: Vec<(usize, Vec<CountedReplica>)> = repo
             .replica_waits
             .iter()
             .map(|w| (w.count, self.holders(repo, &w.manifest, w.seq)))
@@ -244,7 +436,7 @@ impl Core {
         let ask: Vec<EndpointId> = repo
             .dial_targets(self.me)
             .into_iter()
-            .filter(|p| !holding.contains(&p.to_string()))
+            .filter(|p| !holding.iter().any(|h| h.node_id == p.to_string()))
             .collect();
         for peer in ask {
             self.out.push(Effect::Pull {
@@ -252,6 +444,7 @@ impl Core {
                 repos: vec![repo_id.clone()],
             });
         }
+        self.probe_claims(repo_id, now);
         self.set_timer(TimerKey::ReplicasAsk(repo_id.clone()), now.at + ASK_EVERY);
     }
 
@@ -267,17 +460,19 @@ impl Core {
         let repo = self.repos.get(repo_id).expect("present above");
         let holding = self.holders(repo, &wait.manifest, wait.seq);
         let me = self.me;
+        let trusted = repo.trusted(me);
         let missing: Vec<String> = repo
             .dial_targets(me)
             .into_iter()
-            .filter(|p| !holding.contains(&p.to_string()))
+            .filter(|p| !holding.iter().any(|h| h.node_id == p.to_string()))
             .map(|p| {
                 let seen = repo
                     .book
                     .peers_seen
                     .iter()
                     .find(|s| s.node_id == p.to_string());
-                format!("{} ({})", p.fmt_short(), status_of(seen, repo).as_str())
+                let status = status_of(seen, repo, trusted.contains(&p));
+                format!("{} ({})", p.fmt_short(), status.as_str())
             })
             .collect();
         let missing = if missing.is_empty() {
@@ -297,19 +492,26 @@ impl Core {
     }
 
     /// What a known peer last announced, for `peers`.
-    pub(super) fn replica_of(repo: &Repo, node_id: &str) -> (Option<PeerReplica>, ReplicaStatus) {
+    pub(super) fn replica_of(
+        repo: &Repo,
+        node_id: &str,
+        trusted: bool,
+    ) -> (Option<PeerReplica>, ReplicaStatus) {
         let seen = repo.book.peers_seen.iter().find(|s| s.node_id == node_id);
         let replica = seen.map(|s| PeerReplica {
             manifest: s.manifest.clone(),
             seq: s.seq,
             seen: s.seen_ms / 1000,
+            proven: s.proven,
         });
-        (replica, status_of(seen, repo))
+        (replica, status_of(seen, repo, trusted))
     }
 
-    /// Known peers holding the state held, for `list`.
+    /// Known peers holding the state held, for `list`: trusted peers that
+    /// announced it and peers that proved it (a claim alone does not count).
     pub(super) fn in_sync_count(&self, repo: &Repo) -> usize {
         let me = self.me.to_string();
+        let trusted = repo.trusted_ids(self.me);
         let Some(held) = &repo.held else {
             return 0;
         };
@@ -317,6 +519,7 @@ impl Core {
             .peers_seen
             .iter()
             .filter(|s| s.node_id != me && s.manifest == held.manifest)
+            .filter(|s| s.proven || trusted.contains(&s.node_id))
             .count()
     }
 

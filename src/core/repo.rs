@@ -4,7 +4,7 @@
 //! trusted, whom to dial, whom to fetch from. Plain data and pure methods.
 
 use std::{
-    collections::{BTreeSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     path::PathBuf,
     time::Instant,
 };
@@ -188,6 +188,31 @@ pub struct Repo {
     pub quota_refused: Option<iroh_blobs::Hash>,
     /// The held state is to be checked once nothing else is to do.
     pub check_pending: bool,
+    /// Probes of peers that claim to hold a state, running or failed.
+    pub probes: BTreeMap<EndpointId, Probe>,
+    /// Rebroadcasts of this node's own state in the current window.
+    pub rebroadcasts: Rebroadcasts,
+}
+
+/// A probe of a peer's claim to hold a state (see [`super::replicas`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The manifest (hex) the peer claims.
+    pub manifest: String,
+    /// When it failed; `None` while it runs.
+    pub failed_at: Option<Instant>,
+}
+
+/// Rebroadcasts of this node's own state that peers triggered by
+/// answering with an older one, in the window that started at `since`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rebroadcasts {
+    /// When the current window started.
+    pub since: Option<Instant>,
+    /// Whether the whole topic was told in this window.
+    pub topic: bool,
+    /// Peers told directly in this window.
+    pub direct: usize,
 }
 
 /// A caller waiting for replicas.
@@ -226,6 +251,8 @@ impl Repo {
             replica_waits: Vec::new(),
             quota_refused: None,
             check_pending: false,
+            probes: BTreeMap::new(),
+            rebroadcasts: Rebroadcasts::default(),
         }
     }
 
@@ -237,6 +264,11 @@ impl Repo {
             .filter_map(|h| h.node_id.parse().ok())
             .chain(std::iter::once(me))
             .collect()
+    }
+
+    /// Node ids (as text) allowed to publish, `me` included; see [`Repo::trusted`].
+    pub fn trusted_ids(&self, me: EndpointId) -> BTreeSet<String> {
+        self.trusted(me).iter().map(|id| id.to_string()).collect()
     }
 
     /// Hints of trusted peers: operator peers, then record peers.

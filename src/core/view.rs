@@ -92,7 +92,8 @@ impl Core {
                     .parse::<iroh::EndpointId>()
                     .is_ok_and(|id| n.contains(&id))
             });
-            let (replica, status) = Core::replica_of(repo, &hint.node_id);
+            let (replica, status) =
+                Core::replica_of(repo, &hint.node_id, source != PeerSource::Learned);
             out.push(PeerView {
                 hint: PeerHint::clone(hint),
                 connected,

@@ -118,6 +118,9 @@ pub struct KnotParts {
     pub lookup: MemoryLookup,
     /// Requests arriving over the direct head exchange protocol.
     pub heads: mpsc::Receiver<HeadsEvent>,
+    /// Per-peer budget of the direct head exchange; answers to this node's
+    /// pulls are charged to it.
+    pub heads_limiter: crate::limits::SharedLimiter,
     /// The ATProto record poller.
     pub poller: PollerHandle,
     /// Results of record polls.
@@ -334,7 +337,7 @@ impl Knot {
                 drops: parts.drops.clone(),
             },
             topic_rx,
-            net: net::NetTasks::new(),
+            net: net::NetTasks::new(parts.heads_limiter.clone(), parts.drops.clone()),
             jobs: JoinSet::new(),
             job_ids: HashMap::new(),
             job_ctx,
@@ -481,14 +484,10 @@ impl Knot {
                 repo_ids,
                 reply,
             } => {
-                let out: Vec<Vec<u8>> = self
-                    .core
-                    .held_statements(&repo_ids)
-                    .into_iter()
-                    .map(|s| self.envelope(s))
-                    .collect();
-                debug!(peer = %from.fmt_short(), count = out.len(), "served a pull");
-                let _ = reply.send(out);
+                // Only a lookup here: the connection's task signs the envelopes.
+                let statements = self.core.held_statements(&repo_ids);
+                debug!(peer = %from.fmt_short(), count = statements.len(), "served a pull");
+                let _ = reply.send(statements);
             }
         }
     }
@@ -530,6 +529,20 @@ impl Knot {
                     })
                     .await;
                 }
+            }
+            net::NetDone::Probed {
+                repo,
+                peer,
+                manifest,
+                proved,
+            } => {
+                self.feed(Event::ReplicaProbed {
+                    repo,
+                    peer,
+                    manifest,
+                    proved,
+                })
+                .await;
             }
             net::NetDone::WrittenBack { repo, result } => {
                 self.feed(Event::WrittenBack { repo, result }).await;
@@ -630,6 +643,17 @@ impl Knot {
                 audience,
             } => self.announce(&repo, statement, audience),
             Effect::Pull { peer, repos } => self.net.pull(&self.parts.endpoint, peer, repos),
+            Effect::ProbeReplica {
+                repo,
+                peer,
+                manifest,
+            } => self.net.probe(
+                &self.parts.endpoint,
+                &self.parts.blobs,
+                repo,
+                peer,
+                manifest,
+            ),
             Effect::LearnAddrs(hints) => {
                 let me = self.parts.endpoint.id();
                 for addr in hints.iter().filter_map(hint_to_addr) {
@@ -735,12 +759,17 @@ impl Knot {
         if let Some(topic) = self.topics.get(repo) {
             let bytes = bytes::Bytes::from(message.clone());
             let command = match &audience {
-                Audience::Neighbors { .. } => TopicCommand::BroadcastNeighbors(bytes),
-                Audience::Everyone { .. } => TopicCommand::Broadcast(bytes),
+                Audience::Neighbors { .. } => Some(TopicCommand::BroadcastNeighbors(bytes)),
+                Audience::Everyone { .. } => Some(TopicCommand::Broadcast(bytes)),
+                Audience::Direct { .. } => None,
             };
-            topic.send(repo, command);
+            if let Some(command) = command {
+                topic.send(repo, command);
+            }
         }
-        let (Audience::Everyone { direct } | Audience::Neighbors { direct }) = audience;
+        let (Audience::Everyone { direct }
+        | Audience::Neighbors { direct }
+        | Audience::Direct { direct }) = audience;
         for peer in direct {
             self.net.push(&self.parts.endpoint, peer, message.clone());
         }

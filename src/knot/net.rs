@@ -1,7 +1,9 @@
 //! The actor's network side-tasks and address helpers: direct pushes and
 //! pulls of announcements (bounded in number; pulled announcements are
-//! verified on the task, not the actor), record write-back, this node's
-//! own address and peer hint. Nothing here is persisted.
+//! verified on the task, not the actor, and an answer is charged to the
+//! answering peer's budget of the direct exchange, the one its pushes
+//! spend), record write-back, this node's own address and peer hint.
+//! Nothing here is persisted.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,6 +17,7 @@ use crate::{
     announce::Announcement,
     core::{WriteFailure, WrittenBack},
     heads,
+    limits::{DropCounters, SharedLimiter},
     record::{self, PeerHint},
     repo_id::RepoId,
 };
@@ -38,6 +41,17 @@ pub(super) enum NetDone {
         /// What it sent, verified.
         announcements: Vec<(RepoId, Announcement)>,
     },
+    /// A probe of a peer's claim to hold a state ended.
+    Probed {
+        /// The repository.
+        repo: RepoId,
+        /// The peer.
+        peer: EndpointId,
+        /// The manifest it claimed.
+        manifest: iroh_blobs::Hash,
+        /// Whether it served verified chunks of every blob.
+        proved: bool,
+    },
     /// A write-back ended.
     WrittenBack {
         /// The repository.
@@ -51,13 +65,18 @@ pub(super) enum NetDone {
 pub(super) struct NetTasks {
     tasks: JoinSet<NetDone>,
     dropped: u64,
+    limiter: SharedLimiter,
+    drops: Arc<DropCounters>,
 }
 
 impl NetTasks {
-    pub fn new() -> Self {
+    /// Charge pull answers to `limiter`; count the refused in `drops`.
+    pub fn new(limiter: SharedLimiter, drops: Arc<DropCounters>) -> Self {
         Self {
             tasks: JoinSet::new(),
             dropped: 0,
+            limiter,
+            drops,
         }
     }
 
@@ -98,13 +117,24 @@ impl NetTasks {
             return;
         }
         let endpoint = endpoint.clone();
+        let (limiter, drops) = (self.limiter.clone(), self.drops.clone());
         self.tasks.spawn(async move {
             match heads::pull(&endpoint, peer, &repos).await {
-                Ok(announcements) => NetDone::Pulled {
-                    peer,
-                    ok: true,
-                    announcements,
-                },
+                Ok(announcements) => {
+                    // An answer costs the peer what a push costs it.
+                    let announcements = if announcements.is_empty() || limiter.allow(peer) {
+                        announcements
+                    } else {
+                        drops.rate_limited();
+                        debug!(peer = %peer.fmt_short(), "pull answer over the peer's rate; dropped");
+                        Vec::new()
+                    };
+                    NetDone::Pulled {
+                        peer,
+                        ok: true,
+                        announcements,
+                    }
+                }
                 Err(e) => {
                     debug!(peer = %peer.fmt_short(), error = %e, "pull failed");
                     NetDone::Pulled {
@@ -113,6 +143,46 @@ impl NetTasks {
                         announcements: Vec::new(),
                     }
                 }
+            }
+        });
+    }
+
+    /// Probe whether `peer` holds the state `manifest` of `repo` (see
+    /// [`crate::probe`]). When too many exchanges are in flight the probe
+    /// fails at once; the core tries again later.
+    pub fn probe(
+        &mut self,
+        endpoint: &Endpoint,
+        blobs: &iroh_blobs::api::Store,
+        repo: RepoId,
+        peer: EndpointId,
+        manifest: iroh_blobs::Hash,
+    ) {
+        let failed = NetDone::Probed {
+            repo: repo.clone(),
+            peer,
+            manifest,
+            proved: false,
+        };
+        if self.full() {
+            self.tasks.spawn(async move { failed });
+            return;
+        }
+        let (endpoint, blobs) = (endpoint.clone(), blobs.clone());
+        self.tasks.spawn(async move {
+            let proved = async {
+                let held = crate::probe::held_blobs(&blobs, &repo, manifest).await?;
+                crate::probe::prove_holds(&endpoint, peer, &held).await
+            }
+            .await;
+            if let Err(e) = &proved {
+                debug!(repo = %repo, peer = %peer.fmt_short(), error = %e, "a peer did not prove it holds a state");
+            }
+            NetDone::Probed {
+                repo,
+                peer,
+                manifest,
+                proved: proved.is_ok(),
             }
         });
     }

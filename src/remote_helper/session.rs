@@ -151,6 +151,13 @@ impl Session {
         }
     }
 
+    /// Tell the user an outcome they asked for (shown unless git is quiet).
+    fn tell(&self, message: impl AsRef<str>) {
+        if self.options.verbosity > 0 {
+            eprintln!("knot: {}", message.as_ref());
+        }
+    }
+
     /// Turn a client error into one that says what to do.
     fn admin_error(&self, e: AdminError) -> SessionError {
         match e {
@@ -355,7 +362,12 @@ impl Session {
         ));
         match self.client.replicas(&self.repo_id, count, timeout).await {
             Ok(report) => {
-                self.note(format!("{} peers hold it", report.holding.len()));
+                let counted: Vec<String> = report.holding.iter().map(|p| p.to_string()).collect();
+                self.tell(format!(
+                    "{} peers hold it: {}",
+                    report.holding.len(),
+                    counted.join(", ")
+                ));
                 Ok(())
             }
             Err(e) => Err(format!("published, but {e}")),

@@ -4,6 +4,7 @@
 
 mod flows;
 mod follows;
+mod strangers;
 mod trust;
 mod verify;
 
