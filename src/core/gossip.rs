@@ -38,7 +38,7 @@ pub(super) struct PullBackoff {
 }
 
 /// Most peers whose pull backoff is remembered.
-const MAX_PULL_PEERS: usize = 4096;
+pub(super) const MAX_PULL_PEERS: usize = 4096;
 
 /// Announcements received and rejected since start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -417,6 +417,41 @@ impl Core {
                 batches.entry(peer).or_default().push(repo_id.clone());
             }
         }
+        self.pull_batches(batches, now);
+        if let Some(at) = next {
+            self.arm_rejoin(at);
+        }
+    }
+
+    /// Ask every trusted peer directly what it holds of the repositories it
+    /// is trusted for, one pull per peer for up to [`MAX_PULL_REPOS`] of
+    /// them. Announcements reach only who is listening when they are sent:
+    /// a lost message, a connection that broke, or a follower that joined
+    /// the topic before its publisher did and has other neighbours would
+    /// otherwise miss a state until the next one. Each round catches up
+    /// whatever was missed, however quiet the topic.
+    pub(super) fn resync_sweep(&mut self, now: Now) {
+        let me = self.me;
+        let mut batches: BTreeMap<EndpointId, Vec<RepoId>> = BTreeMap::new();
+        for (repo_id, repo) in &self.repos {
+            if !repo.wants_topic() {
+                continue;
+            }
+            for peer in repo.trusted(me) {
+                if peer != me {
+                    batches.entry(peer).or_default().push(repo_id.clone());
+                }
+            }
+        }
+        self.pull_batches(batches, now);
+        if let Some(every) = self.settings.resync_interval {
+            self.set_timer(TimerKey::Resync, now.at + every);
+        }
+    }
+
+    /// Pull each peer's announcements of its repositories, in chunks of
+    /// [`MAX_PULL_REPOS`], unless the peer is backing off.
+    fn pull_batches(&mut self, batches: BTreeMap<EndpointId, Vec<RepoId>>, now: Now) {
         for (peer, repos) in batches {
             let backoff = self.pulls.get(&peer).copied().unwrap_or_default();
             if !super::is_due(backoff.not_before, now) {
@@ -428,9 +463,6 @@ impl Core {
                     repos: chunk.to_vec(),
                 });
             }
-        }
-        if let Some(at) = next {
-            self.arm_rejoin(at);
         }
     }
 

@@ -112,6 +112,9 @@ pub struct Settings {
     /// How often every held state is checked (`None`: only at start-up
     /// and on `verify`).
     pub verify_interval: Option<Duration>,
+    /// How often trusted peers are asked directly what they hold (`None`:
+    /// never; only gossip and lonely topics' pulls).
+    pub resync_interval: Option<Duration>,
 }
 
 impl Settings {
@@ -130,6 +133,7 @@ impl Settings {
             max_total_bytes: None,
             account_did: None,
             verify_interval: Some(Duration::from_secs(24 * 3600)),
+            resync_interval: Some(Duration::from_secs(10 * 60)),
         }
     }
 }
@@ -403,6 +407,8 @@ pub enum TimerKey {
     ReplicasAsk(RepoId),
     /// Check every held state (the verify schedule).
     VerifyAll,
+    /// Ask trusted peers what they hold (anti-entropy).
+    Resync,
 }
 
 /// What a content job does.
@@ -693,6 +699,9 @@ impl Core {
         if let Some(every) = self.settings.verify_interval {
             self.set_timer(TimerKey::VerifyAll, now.at + every);
         }
+        if let Some(every) = self.settings.resync_interval {
+            self.set_timer(TimerKey::Resync, now.at + every);
+        }
         self.pump(now);
         std::mem::take(&mut self.out)
     }
@@ -746,6 +755,7 @@ impl Core {
             TimerKey::ReplicasDeadline(repo, id) => self.replicas_deadline(&repo, id),
             TimerKey::ReplicasAsk(repo) => self.ask_for_replicas(&repo, now),
             TimerKey::VerifyAll => self.verify_all(now),
+            TimerKey::Resync => self.resync_sweep(now),
         }
     }
 

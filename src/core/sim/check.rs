@@ -7,7 +7,8 @@
 //!   `seq` never decreases, across restarts too;
 //! - no held `seq` is more than an hour ahead of its clock;
 //! - its tables stay within their documented caps;
-//! - a peer it reports as holding a state (`--replicas`) holds it.
+//! - a peer it reports as holding a state (`--replicas`) holds it, or a
+//!   newer state of the repository, complete.
 //!
 //! Liveness is checked by the world at the end of a run.
 
@@ -17,7 +18,8 @@ use super::world::{World, short};
 use crate::{
     admin::{Payload, Reply},
     core::{
-        CoreCommand, MAX_PULL_PEERS,
+        CoreCommand,
+        gossip::MAX_PULL_PEERS,
         hints::MAX_HINTS,
         repo::MAX_PEERS_CONTACTED,
         trust::MAX_SEQ_AHEAD_MS,
@@ -43,6 +45,15 @@ impl World {
         let Some(core) = self.nodes[node].core.as_ref() else {
             return;
         };
+        for repo in core.repos.values() {
+            if let Some(m) = repo
+                .held
+                .as_ref()
+                .and_then(|h| self.content.manifests.get_mut(&h.manifest_hash()))
+            {
+                m.held = true;
+            }
+        }
         let mut broken = Vec::new();
         let mut seen = Vec::new();
         if core.pulls.len() > MAX_PULL_PEERS {
@@ -138,17 +149,25 @@ impl World {
         };
         for holder in &report.holding {
             let index = holder
+                .node_id
                 .parse::<iroh::EndpointId>()
                 .ok()
                 .and_then(|id| self.index_of(&id));
+            // It holds the state, or a newer one of the repository (which
+            // contains it), complete.
             let holds = index.is_some_and(|h| {
                 let blobs = &self.nodes[h].blobs;
-                blobs.contains(&manifest) && info.packs.iter().all(|p| blobs.contains(&p.hash))
+                self.content.manifests.iter().any(|(hash, m)| {
+                    m.repo == info.repo
+                        && m.order >= info.order
+                        && blobs.contains(hash)
+                        && m.packs.iter().all(|p| blobs.contains(&p.hash))
+                })
             });
             if !holds {
                 self.fail(format!(
                     "n{node} counted {} as holding {}, which it does not",
-                    &holder[..holder.len().min(10)],
+                    &holder.node_id[..holder.node_id.len().min(10)],
                     short(&manifest)
                 ));
             }

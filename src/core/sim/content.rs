@@ -50,6 +50,9 @@ pub struct ManifestInfo {
     pub head: String,
     /// Made by a publisher the owner sanctioned at the time.
     pub legit: bool,
+    /// Held by some honest node (a publish that crashed before it finished
+    /// makes a manifest nobody ever holds).
+    pub held: bool,
     /// Order of creation among the repository's manifests.
     pub order: u64,
 }
@@ -81,6 +84,7 @@ impl Content {
                 packs,
                 head,
                 legit,
+                held: false,
                 order: self.made,
             },
         );
@@ -101,7 +105,7 @@ impl Content {
     pub fn newest_legit(&self, repo: &RepoId) -> Option<Hash> {
         self.manifests
             .iter()
-            .filter(|(_, m)| &m.repo == repo && m.legit)
+            .filter(|(_, m)| &m.repo == repo && m.legit && m.held)
             .max_by_key(|(_, m)| m.order)
             .map(|(h, _)| *h)
     }
@@ -288,6 +292,47 @@ impl World {
                 providers.len()
             )),
         )
+    }
+
+    /// A probe of `peer`'s claim to hold `manifest`: it must serve a chunk
+    /// of the manifest and of every pack.
+    pub fn probe(&mut self, node: usize, repo: RepoId, peer: iroh::EndpointId, manifest: Hash) {
+        let life = self.nodes[node].life;
+        let index = self.index_of(&peer).filter(|p| self.reachable(node, *p));
+        let (delay, proved) = match index {
+            None => (DIAL_TIMEOUT, false),
+            Some(p) => {
+                let serving = match &self.nodes[p].stranger {
+                    Some(s) => s.serves(),
+                    None => Serving::Honest,
+                };
+                let blobs = &self.nodes[p].blobs;
+                let holds = blobs.contains(&manifest)
+                    && self
+                        .content
+                        .manifests
+                        .get(&manifest)
+                        .is_some_and(|m| m.packs.iter().all(|pk| blobs.contains(&pk.hash)));
+                match serving {
+                    Serving::Stall => (DIAL_TIMEOUT, false),
+                    Serving::WrongBytes => (self.latency() * 2, false),
+                    Serving::Honest => (self.latency() * 4, holds),
+                }
+            }
+        };
+        self.schedule(
+            delay,
+            Ev::Core {
+                node,
+                life,
+                event: Event::ReplicaProbed {
+                    repo,
+                    peer,
+                    manifest,
+                    proved,
+                },
+            },
+        );
     }
 
     /// A content job ended: hand the result to the core it belongs to.

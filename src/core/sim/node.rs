@@ -333,11 +333,14 @@ impl World {
                     vec![],
                     self.unix_ms(),
                 );
-                let (everyone, direct) = match audience {
-                    Audience::Everyone { direct } => (true, direct),
-                    Audience::Neighbors { direct } => (false, direct),
+                let (topic, direct) = match audience {
+                    Audience::Everyone { direct } => (Some(true), direct),
+                    Audience::Neighbors { direct } => (Some(false), direct),
+                    Audience::Direct { direct } => (None, direct),
                 };
-                self.gossip(node, &repo, &announcement, everyone);
+                if let Some(everyone) = topic {
+                    self.gossip(node, &repo, &announcement, everyone);
+                }
                 for peer in self.known(&direct) {
                     self.send_direct(node, peer, &repo, &announcement);
                 }
@@ -357,6 +360,11 @@ impl World {
                 }
             },
             Effect::LearnAddrs(_) => {}
+            Effect::ProbeReplica {
+                repo,
+                peer,
+                manifest,
+            } => self.probe(node, repo, peer, manifest),
             Effect::TrackRecord { repo, locator } => {
                 let first = self.between(Duration::ZERO, POLL_INTERVAL);
                 self.nodes[node].polled.insert(repo.clone(), locator);
@@ -561,6 +569,22 @@ impl World {
                 expected_manifest: None,
             },
         );
+        // Now and then the author waits for replicas, as `--replicas` does.
+        if rand::Rng::random_bool(&mut self.rng, 0.3) {
+            let wait = self.between(Duration::from_secs(1), Duration::from_secs(5));
+            let count = rand::Rng::random_range(&mut self.rng, 1..=3);
+            self.schedule(
+                wait,
+                Ev::Admin {
+                    node,
+                    command: CoreCommand::Replicas {
+                        repo_id: repo,
+                        count,
+                        timeout: Duration::from_secs(60),
+                    },
+                },
+            );
+        }
     }
 
     pub fn poll(&mut self, node: usize, life: u32, repo: RepoId, scheduled: bool) {
@@ -652,6 +676,9 @@ pub fn describe_event(event: &Event) -> String {
         ),
         Event::AccountResolved { did } => format!("account {did}"),
         Event::GcPass { passes } => format!("gc pass {passes}"),
+        Event::ReplicaProbed {
+            repo, peer, proved, ..
+        } => format!("probed {} for {repo}: {proved}", peer.fmt_short()),
         Event::Timer(key) => format!("timer {key:?}"),
     }
 }

@@ -184,3 +184,21 @@ fn debug_speed() {
     }
     eprintln!("{count} seeds, {steps} steps, {hours:.0} node-hours in {:?}", started.elapsed());
 }
+
+#[test]
+fn debug_adversaries() {
+    let count = env_u64("KNOTD_SIM_ADV").unwrap_or(0);
+    for adversary in Adversary::ALL {
+        let mut failed = 0;
+        let mut first = None;
+        for seed in 0..count {
+            let mut s = Scenario::random(seed);
+            s.adversaries = vec![adversary];
+            if let Err(f) = run(seed, &s) {
+                failed += 1;
+                first.get_or_insert(f.message.chars().take(300).collect::<String>());
+            }
+        }
+        eprintln!("{adversary:?}: {failed}/{count} failed; first: {first:?}");
+    }
+}

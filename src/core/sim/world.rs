@@ -81,6 +81,11 @@ pub enum Ev {
     PdsUp { owner: usize },
     /// A stranger acts.
     Adversary { node: usize },
+    /// An operator runs an admin command.
+    Admin {
+        node: usize,
+        command: crate::core::CoreCommand,
+    },
     /// Faults stop; publishes stop.
     EndActive,
     /// The liveness bound is reached.
@@ -383,6 +388,11 @@ impl World {
                 self.pds.set_down(&did, false);
             }
             Ev::Adversary { node } => self.adversary_step(node),
+            Ev::Admin { node, command } => {
+                if self.nodes[node].up {
+                    self.command(node, command);
+                }
+            }
             Ev::EndActive => {
                 self.note(|| "faults stop".into());
                 self.active = false;
