@@ -628,7 +628,7 @@ impl Core {
                     locator: locator.clone(),
                 });
             }
-            repo.want = self.resumed_want(&repo);
+            repo.want = self.resumed_want(&repo, now);
             hints::expire(&mut repo.book.hints, now.unix_ms);
             if self.settings.write_back && repo.held.as_ref().is_some_and(|h| h.write_back_pending)
             {

@@ -264,3 +264,35 @@ fn an_operator_peer_removed_by_the_operator_is_revoked() {
     });
     assert!(matches!(reply_to(&fx, reply), Some(Reply::Error(e)) if e.contains("--peer")));
 }
+
+#[test]
+fn a_restart_during_the_fetch_of_a_far_future_record_does_not_pin_the_state() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], locator());
+    let fx = sim.poll(record(Some(1), Some(T0_MS), &[]));
+    let (job, _) = fetch_job(&fx).unwrap();
+    sim.finish(job, 1);
+    // The record names a second state at the highest seq: counted as no
+    // seq, taken as changed, under a seq just above the state held.
+    sim.advance(Duration::from_secs(1));
+    let fx = sim.poll(record(Some(2), Some(u64::MAX), &[]));
+    assert!(fetch_job(&fx).is_some(), "{fx:?}");
+    // The node restarts while that fetch runs; the fetch resumes.
+    let (mut restarted, fx) = sim.restart();
+    let (job, m) = fetch_job(&fx).expect("the interrupted fetch resumes");
+    assert_eq!(m, manifest(2));
+    restarted.finish(job, 2);
+    let seq = restarted.held().unwrap().seq();
+    assert!(
+        seq <= restarted.now().unix_ms + crate::core::trust::MAX_SEQ_AHEAD_MS,
+        "held at seq {seq}: the one-hour bound applies at start-up too"
+    );
+    // The owner's next record is taken.
+    restarted.advance(Duration::from_secs(5));
+    let later = restarted.now().unix_ms;
+    let fx = restarted.poll(record(Some(3), Some(later), &[]));
+    let (job, m) = fetch_job(&fx).expect("a later record is taken");
+    assert_eq!(m, manifest(3));
+    restarted.finish(job, 3);
+    assert_eq!(restarted.held().unwrap().seq(), later);
+}
