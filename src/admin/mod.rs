@@ -413,10 +413,15 @@ pub struct RepoSummary {
     /// The followed identity that brought the repository.
     #[serde(default)]
     pub followed_via: Option<String>,
-    /// The followed identity no longer lists its record; the content stays
-    /// until `remove-repo`.
+    /// The owner's record is gone (deleted, or no longer listed by the
+    /// followed identity): the peers it named are no longer trusted; the
+    /// content stays.
     #[serde(default)]
     pub record_deleted: bool,
+    /// When a repository a followed identity brought and no longer lists is
+    /// removed (Unix time), unless its record comes back.
+    #[serde(default)]
+    pub remove_at: Option<u64>,
 }
 
 /// A followed identity as `status` shows it.

@@ -544,7 +544,7 @@ impl Core {
             self.settings.retry_max,
             want.attempts,
         );
-        let at = now.at + wait;
+        let at = super::later(now.at, wait);
         want.not_before = Some(at);
         repo.want = Some(want);
         self.set_timer(TimerKey::Retry(repo_id.clone()), at);

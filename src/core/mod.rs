@@ -104,6 +104,12 @@ pub struct Settings {
     /// The DID of the node's account, once resolved: only its own
     /// repositories' records are written back.
     pub account_did: Option<String>,
+    /// Most repositories one followed identity may bring, retired ones
+    /// included (`[follow] max_repos_per_identity`).
+    pub max_repos_per_identity: usize,
+    /// How long a repository a followed identity no longer lists is kept
+    /// before it is removed (`[follow] retired_grace_secs`).
+    pub retired_grace: Duration,
 }
 
 impl Settings {
@@ -121,6 +127,8 @@ impl Settings {
             max_repo_bytes: None,
             max_total_bytes: None,
             account_did: None,
+            max_repos_per_identity: 1000,
+            retired_grace: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -312,8 +320,8 @@ pub enum Event {
     Polled {
         /// The repository.
         repo: RepoId,
-        /// The validated record, or why there is none.
-        result: Result<RepoRecord, String>,
+        /// What the poll found.
+        outcome: RecordPoll,
     },
     /// A content job finished.
     JobDone {
@@ -347,6 +355,22 @@ pub enum Event {
     Timer(TimerKey),
 }
 
+/// What one poll of a repository's record found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordPoll {
+    /// The record, validated.
+    Found(RepoRecord),
+    /// The PDS answered that the record does not exist: the owner deleted
+    /// it, and the trust it granted is withdrawn. The text says where.
+    NotFound(String),
+    /// The PDS or the DID directory could not be asked, or did not answer
+    /// usefully (timeout, HTTP error, rate limit): the copy held stays.
+    Unreachable(String),
+    /// The PDS answered with something that is not a valid record of this
+    /// repository: the copy held stays.
+    Invalid(String),
+}
+
 /// A timer; setting one with the same key replaces it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TimerKey {
@@ -362,6 +386,9 @@ pub enum TimerKey {
     ReplicasDeadline(RepoId, u64),
     /// Ask peers again what they hold, for replicas waiters.
     ReplicasAsk(RepoId),
+    /// Remove the retired repositories of followed identities whose grace
+    /// period is over.
+    RemoveRetired,
 }
 
 /// What a content job does.
@@ -622,11 +649,17 @@ impl Core {
             if !addrs.is_empty() {
                 self.out.push(Effect::LearnAddrs(addrs));
             }
-            if let Some(locator) = &repo.config.locator {
+            if let Some(locator) = repo.config.locator.as_ref().filter(|_| !repo.retired()) {
                 self.out.push(Effect::TrackRecord {
                     repo: repo_id.clone(),
                     locator: locator.clone(),
                 });
+            }
+            if repo.config.record_deleted && repo.config.record_deleted_at.is_none() {
+                // Marked before the time was kept: the grace period starts now.
+                repo.config.record_deleted_at = Some(now.unix_secs());
+                self.out
+                    .push(Effect::Persist(Write::Config(repo.config.clone())));
             }
             repo.want = self.resumed_want(&repo, now);
             hints::expire(&mut repo.book.hints, now.unix_ms);
@@ -642,6 +675,7 @@ impl Core {
                 self.queue.push(&repo_id, queue::Lane::Background);
             }
         }
+        self.arm_retired_removal(now);
         self.pump(now);
         std::mem::take(&mut self.out)
     }
@@ -661,7 +695,7 @@ impl Core {
             Event::NeighborDown { repo, peer } => self.handle_neighbor_down(&repo, peer, now),
             Event::TopicClosed { repo } => self.handle_topic_closed(&repo, now),
             Event::Pulled { peer, ok } => self.handle_pulled(peer, ok, now),
-            Event::Polled { repo, result } => self.handle_polled(&repo, result, now),
+            Event::Polled { repo, outcome } => self.handle_polled(&repo, outcome, now),
             Event::JobDone { repo, job, result } => self.handle_job_done(&repo, job, result, now),
             Event::WrittenBack { repo, result } => self.handle_written_back(&repo, result, now),
             Event::AccountResolved { did } => self.handle_account_resolved(did, now),
@@ -687,6 +721,7 @@ impl Core {
             TimerKey::Rejoin => self.rejoin_sweep(now),
             TimerKey::ReplicasDeadline(repo, id) => self.replicas_deadline(&repo, id),
             TimerKey::ReplicasAsk(repo) => self.ask_for_replicas(&repo, now),
+            TimerKey::RemoveRetired => self.remove_retired(now),
         }
     }
 
@@ -773,6 +808,18 @@ impl Core {
             self.set_error(repo, None);
         }
     }
+}
+
+/// Longest wait a timer of the core is set for. Every deadline is `now`
+/// plus at most this, so no value (an admin timeout, a configured period)
+/// can overflow the clock or go past what the actor's timer queue holds; a
+/// longer wait wakes early and finds nothing due.
+pub const MAX_TIMER_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The time `wait` after `at`, saturating: at most [`MAX_TIMER_WAIT`] later.
+pub fn later(at: Instant, wait: Duration) -> Instant {
+    let wait = wait.min(MAX_TIMER_WAIT);
+    at.checked_add(wait).unwrap_or(at)
 }
 
 /// Whether a `not_before` time has come.

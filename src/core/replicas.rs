@@ -166,7 +166,7 @@ impl Core {
         });
         self.set_timer(
             TimerKey::ReplicasDeadline(repo_id.clone(), id),
-            now.at + timeout,
+            super::later(now.at, timeout),
         );
         self.check_replicas(repo_id, now);
         if self
@@ -252,7 +252,10 @@ impl Core {
                 repos: vec![repo_id.clone()],
             });
         }
-        self.set_timer(TimerKey::ReplicasAsk(repo_id.clone()), now.at + ASK_EVERY);
+        self.set_timer(
+            TimerKey::ReplicasAsk(repo_id.clone()),
+            super::later(now.at, ASK_EVERY),
+        );
     }
 
     /// A waiter's time ran out: fail it, naming who is missing.

@@ -57,7 +57,8 @@ use crate::{
     clock,
     config::Config,
     core::{
-        Audience, Core, CoreCommand, Effect, Event, JobId, Now, ReplyId, Settings, TimerKey, Via,
+        Audience, Core, CoreCommand, Effect, Event, JobId, Now, RecordPoll, ReplyId, Settings,
+        TimerKey, Via,
     },
     gitserve::ServeTarget,
     heads::HeadsEvent,
@@ -284,6 +285,8 @@ impl Knot {
         settings.max_jobs = config.max_concurrent_jobs;
         settings.max_repo_bytes = config.max_repo_bytes;
         settings.max_total_bytes = config.max_total_bytes;
+        settings.max_repos_per_identity = config.follow.max_repos_per_identity;
+        settings.retired_grace = config.follow.retired_grace();
         let job_ctx = jobs::JobContext {
             blobs: parts.blobs.clone(),
             gc_guard: parts.gc_guard.clone(),
@@ -390,8 +393,8 @@ impl Knot {
                 Some((repo, event)) = self.topic_rx.recv() => self.handle_topic_event(repo, event).await,
                 Some(event) = self.parts.heads.recv() => self.handle_heads(event).await,
                 Some(outcome) = self.parts.polls.recv() => {
-                    let result = outcome.result.map_err(|e| e.to_string());
-                    self.feed(Event::Polled { repo: outcome.repo_id, result }).await;
+                    let repo = outcome.repo_id.clone();
+                    self.feed(Event::Polled { repo, outcome: outcome.into_poll() }).await;
                 }
                 Some(done) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => self.handle_job(done).await,
                 Some(done) = self.net.set().join_next(), if !self.net.set().is_empty() => {
@@ -658,7 +661,7 @@ impl Knot {
                         Err(e @ (PollError::Gone(_) | PollError::NotTracked(_))) => {
                             Side::Event(Event::Polled {
                                 repo,
-                                result: Err(e.to_string()),
+                                outcome: RecordPoll::Unreachable(e.to_string()),
                             })
                         }
                         _ => Side::Done,
@@ -688,6 +691,11 @@ impl Knot {
                 None => warn!(repo = %repo, "write-back asked for without credentials"),
             },
             Effect::SetTimer { key, at } => {
+                // The queue panics for deadlines about two years out: clamp.
+                let at = at.min(crate::core::later(
+                    Instant::now(),
+                    crate::core::MAX_TIMER_WAIT,
+                ));
                 let at = tokio::time::Instant::from_std(at);
                 match self.timer_keys.get(&key) {
                     Some(k) => self.timers.reset_at(k, at),

@@ -138,7 +138,7 @@ impl Sim {
     pub(super) fn poll(&mut self, record: RepoRecord) -> Vec<Effect> {
         self.event(Event::Polled {
             repo: repo(),
-            result: Ok(record),
+            outcome: RecordPoll::Found(record),
         })
     }
 
