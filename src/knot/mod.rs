@@ -164,8 +164,11 @@ pub struct KnotHandle {
 }
 
 impl KnotHandle {
-    /// Run an admin command.
+    /// Run an admin command (refused when a number is over its limit).
     pub async fn command(&self, command: Command) -> Result<Payload, KnotError> {
+        command
+            .check_limits()
+            .map_err(|e| KnotError::Failed(e.to_string()))?;
         self.request(Request::Admin(command)).await
     }
 
@@ -691,12 +694,7 @@ impl Knot {
                 None => warn!(repo = %repo, "write-back asked for without credentials"),
             },
             Effect::SetTimer { key, at } => {
-                // The queue panics for deadlines about two years out: clamp.
-                let at = at.min(crate::core::later(
-                    Instant::now(),
-                    crate::core::MAX_TIMER_WAIT,
-                ));
-                let at = tokio::time::Instant::from_std(at);
+                let at = timer_deadline(at);
                 match self.timer_keys.get(&key) {
                     Some(k) => self.timers.reset_at(k, at),
                     None => {
@@ -748,9 +746,43 @@ impl Knot {
     }
 }
 
+/// A deadline the timer queue holds: at most [`crate::core::MAX_TIMER_WAIT`]
+/// from now (the queue panics for deadlines about two years out).
+fn timer_deadline(at: Instant) -> tokio::time::Instant {
+    let latest = crate::core::later(Instant::now(), crate::core::MAX_TIMER_WAIT);
+    tokio::time::Instant::from_std(at.min(latest))
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_timer_queue_takes_any_deadline() {
+        let mut timers = DelayQueue::new();
+        let three_years = Instant::now() + Duration::from_secs(100_000_000);
+        let key = timers.insert_at(1, timer_deadline(three_years));
+        timers.reset_at(
+            &key,
+            timer_deadline(Instant::now() + crate::core::MAX_TIMER_WAIT),
+        );
+        timers.insert_at(2, timer_deadline(Instant::now()));
+        assert_eq!(timers.next().await.map(|e| e.into_inner()), Some(2));
+        // Unclamped, the same deadline panics the queue.
+        let far = tokio::time::Instant::from_std(three_years);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            timers.insert_at(3, far);
+        }));
+        assert!(
+            panicked.is_err(),
+            "the queue took a deadline three years out"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! no sockets and no sleeps. `trust` holds the trust rules, `flows` the
 //! queue, sync, removal, restart, rejoin and write-back behaviour.
 
+mod extremes;
 mod flows;
 mod follows;
 mod trust;
