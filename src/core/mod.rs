@@ -810,10 +810,10 @@ impl Core {
     }
 }
 
-/// Longest wait a timer of the core is set for. Every deadline is `now`
-/// plus at most this, so no value (an admin timeout, a configured period)
-/// can overflow the clock or go past what the actor's timer queue holds; a
-/// longer wait wakes early and finds nothing due.
+/// Longest wait a timer of the core is set for: a longer one (an admin
+/// timeout, a configured period) ends after this instead, so no value can
+/// overflow the clock or go past what the actor's timer queue holds (the
+/// removal of retired repositories checks the time again and re-arms).
 pub const MAX_TIMER_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The time `wait` after `at`, saturating: at most [`MAX_TIMER_WAIT`] later.
