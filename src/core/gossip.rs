@@ -324,7 +324,7 @@ impl Core {
             return;
         };
         if lonely {
-            let due = now.at + base;
+            let due = super::later(now.at, base);
             topic.rejoin_due = Some(due);
             self.arm_rejoin(due);
         }
@@ -359,7 +359,7 @@ impl Core {
                 }
             }
             None => {
-                let due = now.at + base;
+                let due = super::later(now.at, base);
                 repo.topic = Some(Topic {
                     rejoin_due: Some(due),
                     ..Topic::default()
@@ -402,7 +402,7 @@ impl Core {
                 continue;
             }
             topic.rejoin_attempts = topic.rejoin_attempts.saturating_add(1);
-            let due = now.at + queue::backoff(base, max, topic.rejoin_attempts + 1);
+            let due = super::later(now.at, queue::backoff(base, max, topic.rejoin_attempts + 1));
             topic.rejoin_due = Some(due);
             next = Some(next.map_or(due, |n| n.min(due)));
             if targets.is_empty() {
@@ -454,6 +454,6 @@ impl Core {
             self.settings.rejoin_max,
             entry.failures,
         );
-        entry.not_before = Some(now.at + wait);
+        entry.not_before = Some(super::later(now.at, wait));
     }
 }

@@ -30,18 +30,21 @@ use crate::{
 
 impl Core {
     /// What to fetch after a restart: an interrupted fetch of the record's
-    /// state, or a check of the held state.
-    pub(super) fn resumed_want(&self, repo: &Repo) -> Option<Want> {
+    /// state, or a check of the held state. The record is judged again by
+    /// [`trust::judge_record`], as when it was polled: its raw `seq` is
+    /// never taken (one beyond the one-hour bound would pin the state).
+    pub(super) fn resumed_want(&self, repo: &Repo, now: Now) -> Option<Want> {
         let held = repo.held_position();
         if let Some(copy) = repo.record.as_ref().filter(|c| c.pending)
             && let Some(manifest) = copy.record.manifest_hash()
-            && held.is_none_or(|h| h.manifest != *manifest.as_bytes())
+            && let trust::RecordVerdict::Adopt { seq } = trust::judge_record(
+                &copy.record,
+                None,
+                repo.held.as_ref().map(|h| h.manifest.as_str()),
+                held,
+                now.unix_ms,
+            )
         {
-            let seq = copy
-                .record
-                .seq
-                .unwrap_or(0)
-                .max(held.map_or(0, |h| h.seq).saturating_add(1));
             return Some(Want {
                 manifest,
                 seq,
@@ -554,7 +557,7 @@ impl Core {
             self.settings.retry_max,
             want.attempts,
         );
-        let at = now.at + wait;
+        let at = super::later(now.at, wait);
         want.not_before = Some(at);
         repo.want = Some(want);
         self.set_timer(TimerKey::Retry(repo_id.clone()), at);

@@ -15,7 +15,7 @@ use super::{JobId, ReplyId, trust::Position};
 use crate::{
     announce::SignedStatement,
     record::PeerHint,
-    state::{Bookkeeping, Held, RecordCopy, RepoConfig, RepoRow},
+    state::{Bookkeeping, Held, Origin, RecordCopy, RepoConfig, RepoRow},
 };
 
 /// Most peers contacted directly for one push or pull, or asked for content.
@@ -321,9 +321,22 @@ impl Repo {
     }
 
     /// Whether the repository needs its gossip topic: it has content to
-    /// serve, peers to talk to, or a record that will name some.
+    /// serve, peers to talk to, or a record that will name some, and it is
+    /// not retired.
     pub fn wants_topic(&self) -> bool {
-        self.held.is_some() || self.config.locator.is_some() || self.all_hints().next().is_some()
+        !self.retired()
+            && (self.held.is_some()
+                || self.config.locator.is_some()
+                || self.all_hints().next().is_some())
+    }
+
+    /// Whether a followed identity brought the repository and no longer
+    /// lists its record: it is not polled, has no topic, and is removed
+    /// after the grace period unless the record comes back.
+    pub fn retired(&self) -> bool {
+        self.config.record_deleted
+            && self.config.origin == Origin::Follow
+            && self.config.followed_via.is_some()
     }
 
     /// Peers to dial for the topic or ask directly, never `me`: trusted

@@ -2,6 +2,7 @@
 //! no sockets and no sleeps. `trust` holds the trust rules, `flows` the
 //! queue, sync, removal, restart, rejoin and write-back behaviour.
 
+mod extremes;
 mod flows;
 mod follows;
 mod strangers;
@@ -140,7 +141,7 @@ impl Sim {
     pub(super) fn poll(&mut self, record: RepoRecord) -> Vec<Effect> {
         self.event(Event::Polled {
             repo: repo(),
-            result: Ok(record),
+            outcome: RecordPoll::Found(record),
         })
     }
 
