@@ -11,12 +11,13 @@
 //! persists the held state durably and only then announces it. A job that
 //! fails restores the previous state's pins and copy before it reports.
 
+use iroh::EndpointId;
 use tracing::{info, warn};
 
 use super::{
-    Audience, Core, Effect, JobId, JobResult, JobSpec, Now, StateInfo, TimerKey,
+    Audience, Core, Effect, JobId, JobResult, JobSpec, Now, ProviderFault, StateInfo, TimerKey,
     queue::{self, Lane},
-    repo::{Repo, Running, Want, WantSource},
+    repo::{DEMOTION, Repo, Running, Want, WantSource},
     trust,
 };
 use crate::{
@@ -84,9 +85,9 @@ impl Core {
 
     /// Start jobs while slots are free.
     pub(super) fn pump(&mut self, now: Now) {
-        while let Some(repo_id) = self.queue.pop() {
+        while let Some((repo_id, lane)) = self.queue.pop() {
             if let Some((job, spec)) = self.next_job(&repo_id, now) {
-                self.queue.started();
+                self.queue.started(&repo_id, lane);
                 if let Some(repo) = self.repos.get_mut(&repo_id) {
                     repo.job_started = Some(now.at);
                 }
@@ -178,7 +179,7 @@ impl Core {
         }
         let repo = self.repos.get_mut(repo_id)?;
         self.next_job += 1;
-        let providers = repo.providers(&want, me);
+        let providers = repo.providers(&want, me, now.at);
         let limit = self.quota_for(repo_id);
         let repo = self.repos.get_mut(repo_id)?;
         let spec = JobSpec::Fetch {
@@ -226,10 +227,17 @@ impl Core {
         repo_id: &RepoId,
         job: JobId,
         result: JobResult,
+        faults: &[(EndpointId, ProviderFault)],
         now: Now,
     ) {
         if self.discarded(repo_id, job, &result, now) {
             return;
+        }
+        if let Some(repo) = self.repos.get_mut(repo_id) {
+            for (peer, fault) in faults {
+                info!(repo = %repo_id, peer = %peer.fmt_short(), reason = fault.reason(), "provider demoted for this repository");
+                repo.demote(*peer, now.at, now.at + DEMOTION);
+            }
         }
         let running = match self.repos.get_mut(repo_id) {
             Some(repo) if repo.job.as_ref().is_some_and(|j| j.id() == job) => repo.job.take(),
@@ -238,7 +246,7 @@ impl Core {
                 return;
             }
         };
-        self.queue.finished();
+        self.queue.finished(repo_id);
         match running.expect("matched above") {
             Running::Discard { .. } => {
                 if let Err(error) = &result {
@@ -294,7 +302,7 @@ impl Core {
         } else {
             return false;
         }
-        self.queue.finished();
+        self.queue.finished(repo_id);
         self.schedule(repo_id);
         self.pump(now);
         true

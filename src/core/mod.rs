@@ -261,6 +261,26 @@ impl std::fmt::Display for JobError {
 /// The result of a content job.
 pub type JobResult = Result<StateInfo, JobError>;
 
+/// How a provider failed a fetch, as the job saw it. The core demotes such
+/// a provider for the repository for [`repo::DEMOTION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderFault {
+    /// It accepted the request and then sent nothing for the progress deadline.
+    Stalled,
+    /// It sent bytes that do not match the hash asked for.
+    WrongBytes,
+}
+
+impl ProviderFault {
+    /// What the provider did, in words, as logged.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProviderFault::Stalled => "it sent nothing in time",
+            ProviderFault::WrongBytes => "it sent bytes that do not match the hash",
+        }
+    }
+}
+
 /// Something that happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -323,6 +343,9 @@ pub enum Event {
         job: JobId,
         /// What it produced.
         result: JobResult,
+        /// Providers that failed it, and how (a fetch that succeeded may
+        /// have had some too).
+        faults: Vec<(EndpointId, ProviderFault)>,
     },
     /// A write-back finished.
     WrittenBack {
@@ -662,7 +685,12 @@ impl Core {
             Event::TopicClosed { repo } => self.handle_topic_closed(&repo, now),
             Event::Pulled { peer, ok } => self.handle_pulled(peer, ok, now),
             Event::Polled { repo, result } => self.handle_polled(&repo, result, now),
-            Event::JobDone { repo, job, result } => self.handle_job_done(&repo, job, result, now),
+            Event::JobDone {
+                repo,
+                job,
+                result,
+                faults,
+            } => self.handle_job_done(&repo, job, result, &faults, now),
             Event::WrittenBack { repo, result } => self.handle_written_back(&repo, result, now),
             Event::AccountResolved { did } => self.handle_account_resolved(did, now),
             Event::Listed { did, result } => self.handle_listed(&did, result, now),

@@ -4,6 +4,7 @@
 
 mod flows;
 mod follows;
+mod providers;
 mod trust;
 
 use std::time::{Duration, Instant};
@@ -147,6 +148,7 @@ impl Sim {
             repo: repo(),
             job,
             result: Ok(info(m)),
+            faults: vec![],
         })
     }
 
