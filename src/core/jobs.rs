@@ -490,7 +490,7 @@ impl Core {
                 .iter()
                 .filter(|(id, _)| *id != repo_id)
                 .filter_map(|(_, r)| r.held.as_ref().map(|h| h.bytes))
-                .sum();
+                .fold(0u64, u64::saturating_add);
             max.saturating_sub(others)
         });
         match (own, total) {
