@@ -15,7 +15,7 @@ use iroh::EndpointId;
 use tracing::{info, warn};
 
 use super::{
-    Audience, Core, Effect, JobId, JobResult, JobSpec, Now, ProviderFault, StateInfo, TimerKey,
+    Audience, Core, Effect, JobId, JobResult, JobSpec, Now, StateInfo, TimerKey,
     queue::{self, Lane},
     repo::{DEMOTION, Repo, Running, Want, WantSource},
     trust,
@@ -28,6 +28,26 @@ use crate::{
     state::{Held, RecordCopy},
     store::Write,
 };
+
+/// How a provider failed a fetch, as the job saw it. The core demotes such
+/// a provider for the repository for [`DEMOTION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderFault {
+    /// It accepted the request and then sent nothing for the progress deadline.
+    Stalled,
+    /// It sent bytes that do not match the hash asked for.
+    WrongBytes,
+}
+
+impl ProviderFault {
+    /// What the provider did, in words, as logged.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProviderFault::Stalled => "it sent nothing in time",
+            ProviderFault::WrongBytes => "it sent bytes that do not match the hash",
+        }
+    }
+}
 
 impl Core {
     /// What to fetch after a restart: an interrupted fetch of the record's

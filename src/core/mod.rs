@@ -24,6 +24,7 @@ mod follows;
 mod gossip;
 pub mod hints;
 mod jobs;
+pub use jobs::ProviderFault;
 pub use policy::Policy;
 mod policy;
 pub mod queue;
@@ -260,26 +261,6 @@ impl std::fmt::Display for JobError {
 
 /// The result of a content job.
 pub type JobResult = Result<StateInfo, JobError>;
-
-/// How a provider failed a fetch, as the job saw it. The core demotes such
-/// a provider for the repository for [`repo::DEMOTION`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderFault {
-    /// It accepted the request and then sent nothing for the progress deadline.
-    Stalled,
-    /// It sent bytes that do not match the hash asked for.
-    WrongBytes,
-}
-
-impl ProviderFault {
-    /// What the provider did, in words, as logged.
-    pub fn reason(self) -> &'static str {
-        match self {
-            ProviderFault::Stalled => "it sent nothing in time",
-            ProviderFault::WrongBytes => "it sent bytes that do not match the hash",
-        }
-    }
-}
 
 /// Something that happened.
 #[derive(Debug, Clone, PartialEq)]
