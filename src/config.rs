@@ -246,7 +246,9 @@ pub struct Config {
     /// Consolidate a repository's packs into one when a manifest would exceed
     /// this many packs (default 16).
     pub max_packs: usize,
-    /// Timeout for one blob transfer from peers, in seconds (default 300).
+    /// Longest time one blob transfer from peers may take, however they
+    /// behave, in seconds (default 300). Each provider also has its own
+    /// progress deadline ([`crate::download::STALL_TIMEOUT`]).
     pub fetch_timeout_secs: u64,
     /// Seconds between two runs of the blob store's garbage collector,
     /// which deletes blobs no repository pins any more (default 300;

@@ -172,10 +172,19 @@ impl Core {
             Verdict::Wanted => {
                 if let Some(want) = repo.want.as_mut()
                     && want.manifest == statement.manifest_hash()
-                    && !want.providers.contains(&sender)
-                    && want.providers.len() < MAX_PEERS_CONTACTED
                 {
-                    want.providers.push(sender);
+                    if !want.providers.contains(&sender)
+                        && want.providers.len() < MAX_PEERS_CONTACTED
+                    {
+                        want.providers.push(sender);
+                    }
+                    // A trusted peer says it holds the state a failed fetch
+                    // waits to retry: it is back, try now.
+                    if trusted.contains(&sender) && !super::is_due(want.not_before, now) {
+                        want.not_before = None;
+                        self.schedule(repo_id);
+                        self.pump(now);
+                    }
                 }
             }
             Verdict::Held => {}

@@ -26,6 +26,7 @@ pub use gossip::Counters;
 use gossip::PullBackoff;
 pub mod hints;
 mod jobs;
+pub use jobs::ProviderFault;
 pub use policy::Policy;
 mod policy;
 pub mod queue;
@@ -351,6 +352,9 @@ pub enum Event {
         job: JobId,
         /// What it produced.
         result: JobResult,
+        /// Providers that failed it, and how (a fetch that succeeded may
+        /// have had some too).
+        faults: Vec<(EndpointId, ProviderFault)>,
     },
     /// A write-back finished.
     WrittenBack {
@@ -745,7 +749,12 @@ impl Core {
             Event::TopicClosed { repo } => self.handle_topic_closed(&repo, now),
             Event::Pulled { peer, ok } => self.handle_pulled(peer, ok, now),
             Event::Polled { repo, outcome } => self.handle_polled(&repo, outcome, now),
-            Event::JobDone { repo, job, result } => self.handle_job_done(&repo, job, result, now),
+            Event::JobDone {
+                repo,
+                job,
+                result,
+                faults,
+            } => self.handle_job_done(&repo, job, result, &faults, now),
             Event::WrittenBack { repo, result } => self.handle_written_back(&repo, result, now),
             Event::ReplicaProbed {
                 repo,

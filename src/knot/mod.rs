@@ -234,7 +234,7 @@ pub struct Knot {
     topic_ctx: TopicContext,
     topic_rx: mpsc::Receiver<(RepoId, TopicEvent)>,
     net: net::NetTasks,
-    jobs: JoinSet<crate::core::JobResult>,
+    jobs: JoinSet<jobs::JobOutcome>,
     job_ids: HashMap<tokio::task::Id, (RepoId, JobId)>,
     job_ctx: jobs::JobContext,
     side: JoinSet<Side>,
@@ -500,22 +500,31 @@ impl Knot {
 
     async fn handle_job(
         &mut self,
-        done: Result<(tokio::task::Id, crate::core::JobResult), tokio::task::JoinError>,
+        done: Result<(tokio::task::Id, jobs::JobOutcome), tokio::task::JoinError>,
     ) {
-        let (task, result) = match done {
-            Ok((task, result)) => (task, result),
+        let (task, (result, faults)) = match done {
+            Ok(done) => done,
             Err(e) => {
                 error!(error = %e, "a content job panicked");
                 (
                     e.id(),
-                    Err(format!("internal error: the job stopped: {e}").into()),
+                    (
+                        Err(format!("internal error: the job stopped: {e}").into()),
+                        Vec::new(),
+                    ),
                 )
             }
         };
         let Some((repo, job)) = self.job_ids.remove(&task) else {
             return;
         };
-        self.feed(Event::JobDone { repo, job, result }).await;
+        self.feed(Event::JobDone {
+            repo,
+            job,
+            result,
+            faults,
+        })
+        .await;
     }
 
     async fn handle_net(&mut self, done: net::NetDone) {

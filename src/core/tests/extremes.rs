@@ -76,6 +76,7 @@ fn settings_of_any_length_saturate() {
         repo: repo(),
         job,
         result: Err("no provider".into()),
+        faults: vec![],
     });
     set += timers_bounded(&sim, &fx);
     // A followed identity's repository retired, removed after the grace.

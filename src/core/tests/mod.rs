@@ -6,6 +6,7 @@ mod extremes;
 mod flows;
 mod follows;
 mod strangers;
+mod providers;
 mod trust;
 mod verify;
 
@@ -150,6 +151,7 @@ impl Sim {
             repo: repo(),
             job,
             result: Ok(info(m)),
+            faults: vec![],
         })
     }
 
