@@ -742,12 +742,17 @@ fn repo_note(r: &RepoSummary) -> String {
     if let Some(e) = &r.last_error {
         notes.push(e.clone());
     }
-    if let Some(did) = &r.followed_via {
-        notes.push(if r.record_deleted {
-            format!("record deleted by {did}; content kept until `knotd admin remove-repo`")
-        } else {
-            format!("followed via {did}")
-        });
+    match (&r.followed_via, r.record_deleted) {
+        (Some(did), true) => notes.push(format!(
+            "record deleted by {did}; its peers are no longer trusted; removed {} unless the record comes back",
+            r.remove_at
+                .map_or("later".to_string(), |at| format!("at {at} (Unix time)"))
+        )),
+        (Some(did), false) => notes.push(format!("followed via {did}")),
+        (None, true) => notes.push(
+            "record deleted by its owner; its peers are no longer trusted; content kept until `knotd admin remove-repo`".into(),
+        ),
+        (None, false) => {}
     }
     if let Some(m) = &r.fetching {
         notes.push(format!("fetching {}", &m[..m.len().min(12)]));

@@ -172,6 +172,36 @@ pub struct PolicyConfig {
     pub default: PolicyDefault,
 }
 
+/// Following identities (`knotd admin follow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FollowingConfig {
+    /// Most repositories one followed identity may bring, those whose
+    /// records were deleted included until they are removed; more are
+    /// refused with an event (default 1000).
+    pub max_repos_per_identity: usize,
+    /// How long a repository whose record a followed identity deleted is
+    /// kept (not polled, out of its topic, still served) before it is
+    /// removed, in seconds (default 604800: a week).
+    pub retired_grace_secs: u64,
+}
+
+impl Default for FollowingConfig {
+    fn default() -> Self {
+        Self {
+            max_repos_per_identity: 1000,
+            retired_grace_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl FollowingConfig {
+    /// The grace period of retired repositories.
+    pub fn retired_grace(&self) -> Duration {
+        Duration::from_secs(self.retired_grace_secs)
+    }
+}
+
 /// Read-only smart HTTP git service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -216,7 +246,9 @@ pub struct Config {
     /// Consolidate a repository's packs into one when a manifest would exceed
     /// this many packs (default 16).
     pub max_packs: usize,
-    /// Timeout for one blob transfer from peers, in seconds (default 300).
+    /// Longest time one blob transfer from peers may take, however they
+    /// behave, in seconds (default 300). Each provider also has its own
+    /// progress deadline ([`crate::download::STALL_TIMEOUT`]).
     pub fetch_timeout_secs: u64,
     /// Seconds between two runs of the blob store's garbage collector,
     /// which deletes blobs no repository pins any more (default 300;
@@ -244,6 +276,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// ATProto polling and write-back.
     pub atproto: AtprotoConfig,
+    /// Following identities.
+    pub follow: FollowingConfig,
     /// Read-only smart HTTP.
     pub http: HttpConfig,
     /// Prometheus metrics and health over HTTP.
@@ -281,6 +315,7 @@ impl Default for Config {
             max_total_bytes: None,
             policy: PolicyConfig::default(),
             atproto: AtprotoConfig::default(),
+            follow: FollowingConfig::default(),
             http: HttpConfig::default(),
             metrics: MetricsConfig::default(),
         }
@@ -369,6 +404,12 @@ impl Config {
         if self.atproto.poll_interval_secs == 0 {
             return Err(ConfigError::Invalid {
                 field: "atproto.poll_interval_secs",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.follow.max_repos_per_identity == 0 {
+            return Err(ConfigError::Invalid {
+                field: "follow.max_repos_per_identity",
                 reason: "must be at least 1".into(),
             });
         }
@@ -473,6 +514,7 @@ mod tests {
         let c = Config::from_toml(text, Path::new("knotd.example.toml")).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/knotd"));
         assert!(!c.http.enabled);
+        assert_eq!(c.follow, FollowingConfig::default(), "the defaults shown");
     }
 
     #[test]
@@ -539,6 +581,10 @@ mod tests {
             ("verify_interval_secs = 99999999999", "verify_interval_secs"),
             ("bind = []", "bind"),
             ("[atproto]\npoll_jitter = 3.0", "poll_jitter"),
+            (
+                "[follow]\nmax_repos_per_identity = 0",
+                "max_repos_per_identity",
+            ),
             ("data_dir = 5", "data_dir"),
         ] {
             let err = Config::from_toml(text, Path::new("x.toml"))

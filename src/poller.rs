@@ -1,5 +1,6 @@
 //! The poll scheduler: fetches the ATProto record of every tracked repository
-//! on a timer and reports what it found.
+//! on a timer and reports what it found ([`PollOutcome::into_poll`] sorts it
+//! into found, not found, unreachable or invalid for the core).
 //!
 //! Owns the schedule only. It runs one `select!` loop over commands from its
 //! handles, a timer for the next due repository, finished polls, and delivery
@@ -26,6 +27,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     atproto::{AtprotoError, XrpcClient, check_locator, fetch_repo_record_at},
     config::AtprotoConfig,
+    core::RecordPoll,
     record::RepoRecord,
     repo_id::RepoId,
     state::Locator,
@@ -109,6 +111,39 @@ pub struct PollOutcome {
     pub repo_id: RepoId,
     /// The validated record, or why there is none.
     pub result: Result<RepoRecord, AtprotoError>,
+}
+
+impl PollOutcome {
+    /// What the poll found, as the repository core takes it.
+    pub fn into_poll(self) -> RecordPoll {
+        classify(self.result)
+    }
+}
+
+/// Sort a poll's result into what it means for the record held: a record
+/// found, a record the PDS says does not exist (the owner deleted it), a PDS
+/// or directory that gave no usable answer, or an answer that is not a valid
+/// record of the repository. Only the PDS's own `RecordNotFound` counts as
+/// deleted; every other failure keeps the copy held.
+pub fn classify(result: Result<RepoRecord, AtprotoError>) -> RecordPoll {
+    match result {
+        Ok(record) => RecordPoll::Found(record),
+        Err(e @ AtprotoError::NotFound { .. }) => RecordPoll::NotFound(e.to_string()),
+        Err(
+            e @ (AtprotoError::Record(_)
+            | AtprotoError::Malformed { .. }
+            | AtprotoError::Oversize { .. }),
+        ) => RecordPoll::Invalid(e.to_string()),
+        Err(
+            e @ (AtprotoError::Timeout { .. }
+            | AtprotoError::Unreachable { .. }
+            | AtprotoError::Status { .. }
+            | AtprotoError::RateLimited { .. }
+            | AtprotoError::Auth { .. }
+            | AtprotoError::NoPds { .. }
+            | AtprotoError::Credentials { .. }),
+        ) => RecordPoll::Unreachable(e.to_string()),
+    }
 }
 
 /// The poller has stopped.
@@ -618,6 +653,56 @@ mod tests {
         assert_eq!(next_delay(S(300), 0.0, u32::MAX, max, 0.5), S(3600));
         let jittered = next_delay(S(300), 0.1, 10, max, 0.0);
         assert!((S(3239)..=S(3241)).contains(&jittered), "{jittered:?}");
+    }
+
+    #[test]
+    fn only_record_not_found_counts_as_deleted() {
+        let url = || "http://pds/xrpc/com.atproto.repo.getRecord".to_string();
+        let kind = |e: AtprotoError| match classify(Err(e)) {
+            RecordPoll::Found(_) => "found",
+            RecordPoll::NotFound(_) => "not found",
+            RecordPoll::Unreachable(_) => "unreachable",
+            RecordPoll::Invalid(_) => "invalid",
+        };
+        assert_eq!(
+            kind(AtprotoError::NotFound {
+                pds: "http://pds".into(),
+                uri: "at://did:plc:a/app.knot.repo/b".into(),
+            }),
+            "not found"
+        );
+        for status in [400, 404, 500, 502] {
+            let e = AtprotoError::Status {
+                url: url(),
+                status,
+                error: Some("RepoNotFound".into()),
+                message: None,
+            };
+            assert_eq!(kind(e), "unreachable", "HTTP {status}");
+        }
+        assert_eq!(kind(AtprotoError::Timeout { url: url() }), "unreachable");
+        assert_eq!(
+            kind(AtprotoError::RateLimited {
+                url: url(),
+                retry_after: None
+            }),
+            "unreachable"
+        );
+        assert_eq!(
+            kind(AtprotoError::Malformed {
+                url: url(),
+                message: "x".into()
+            }),
+            "invalid"
+        );
+        assert_eq!(
+            kind(AtprotoError::Record(crate::record::RecordError::Malformed(
+                "x".into()
+            ))),
+            "invalid"
+        );
+        let record = RepoRecord::empty(RepoId::parse("did:plc:a/b").unwrap());
+        assert_eq!(classify(Ok(record.clone())), RecordPoll::Found(record));
     }
 
     #[test]

@@ -89,10 +89,16 @@ pub struct RepoConfig {
     /// The followed identity whose listing brought this repository.
     #[serde(default)]
     pub followed_via: Option<String>,
-    /// That identity's listing no longer has the record: it is not polled
-    /// any more; the content stays until the repository is removed.
+    /// The owner's record is gone: a poll found none, or the followed
+    /// identity's listing no longer has it. The peers it named are no
+    /// longer trusted; the content stays. A repository a followed identity
+    /// brought is then no longer polled and is removed after the grace
+    /// period unless the record comes back.
     #[serde(default)]
     pub record_deleted: bool,
+    /// Unix time the record was found gone.
+    #[serde(default)]
+    pub record_deleted_at: Option<u64>,
     /// A storage limit for this repository's state, overriding
     /// `max_repo_bytes` (bytes).
     #[serde(default)]
@@ -110,6 +116,7 @@ impl RepoConfig {
             operator_peers: Vec::new(),
             followed_via: None,
             record_deleted: false,
+            record_deleted_at: None,
             max_bytes: None,
         }
     }

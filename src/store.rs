@@ -438,6 +438,7 @@ fn convert_legacy(entry: LegacyEntry, now_ms: u64) -> Vec<Write> {
         operator_peers,
         followed_via: None,
         record_deleted: false,
+        record_deleted_at: None,
         max_bytes: None,
     };
     let record = entry.remote.map(|record| RecordCopy {

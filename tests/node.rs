@@ -4,7 +4,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{TestNode, rid};
+use common::{TestNode, make_repo, rid};
 use knotd::{
     admin::{AdminError, Command, Payload},
     config::Config,
@@ -203,6 +203,94 @@ async fn a_stale_socket_is_replaced() {
     std::fs::write(dir.path().join("knotd.sock"), b"left over from a crash").unwrap();
     let node = TestNode::spawn_in(dir.path()).await;
     assert!(node.admin(Command::Status).await.is_ok());
+    node.stop().await;
+}
+
+/// Every numeric admin field at its extremes, sent as raw lines through the
+/// socket of a node that holds a state (so a `replicas` wait sets a
+/// deadline): values over a limit are refused naming the field and the
+/// limit, the rest are answered, and no task of the node stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_admin_values_never_stop_the_node() {
+    let mut node = TestNode::spawn().await;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let repo = "did:plc:abc123/website";
+    node.publish(repo, &src).await;
+    let socket = node.node.admin_socket().to_path_buf();
+    let send = |cmd: &'static str, fields: &'static str| {
+        let socket = socket.clone();
+        async move {
+            let line = format!(r#"{{"cmd":"{cmd}","repo_id":"{repo}",{fields}}}"#);
+            raw_request(&socket, &line).await
+        }
+    };
+    for (fields, field, limit) in [
+        (
+            r#""count":1,"timeout_secs":18446744073709551615"#,
+            "timeout_secs 18446744073709551615",
+            "86400",
+        ),
+        (
+            r#""count":0,"timeout_secs":100000000"#,
+            "timeout_secs 100000000",
+            "86400",
+        ),
+        (
+            r#""count":1,"timeout_secs":86401"#,
+            "timeout_secs 86401",
+            "86400",
+        ),
+        (
+            r#""count":4294967295,"timeout_secs":1"#,
+            "count 4294967295",
+            "64",
+        ),
+        (r#""count":65,"timeout_secs":1"#, "count 65", "64"),
+    ] {
+        let reply = send("replicas", fields).await;
+        assert!(
+            reply.contains(r#""error""#) && reply.contains(field) && reply.contains(limit),
+            "{fields}: {reply}"
+        );
+    }
+    for fields in [
+        r#""count":4294967296,"timeout_secs":1"#,
+        r#""count":1,"timeout_secs":18446744073709551616"#,
+        r#""count":-1,"timeout_secs":-1"#,
+        r#""count":1,"timeout_secs":1e300"#,
+    ] {
+        let reply = send("replicas", fields).await;
+        assert!(reply.contains(r#""error""#), "{fields}: {reply}");
+    }
+    // At the limits: answered (nobody else is needed for a count of 0).
+    for fields in [
+        r#""count":0,"timeout_secs":86400"#,
+        r#""count":0,"timeout_secs":0"#,
+    ] {
+        let reply = send("replicas", fields).await;
+        assert!(reply.contains(r#""kind":"replicas""#), "{fields}: {reply}");
+    }
+    for fields in [
+        r#""max_bytes":18446744073709551615"#,
+        r#""max_bytes":0"#,
+        r#""max_bytes":null"#,
+    ] {
+        let reply = send("set-quota", fields).await;
+        assert!(reply.contains(r#""ok""#), "{fields}: {reply}");
+    }
+    let reply = send("set-quota", r#""max_bytes":18446744073709551616"#).await;
+    assert!(reply.contains(r#""error""#), "{reply}");
+
+    // The node keeps running: it answers, and none of its tasks stopped.
+    assert!(node.admin(Command::Status).await.is_ok());
+    let stopped = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        node.node.supervise(&CancellationToken::new()),
+    )
+    .await;
+    assert!(stopped.is_err(), "a task of the node stopped: {stopped:?}");
     node.stop().await;
 }
 

@@ -1,7 +1,7 @@
 //! The trust rules with a real ATProto PDS: a follower whose copy of the
 //! record lags behind gossip cannot be rolled back or frozen by a stranger,
 //! and a peer the owner removes from the record is no longer trusted, also
-//! after a restart.
+//! after a restart, and a deleted record revokes the peers it named.
 
 mod common;
 #[path = "common/pds.rs"]
@@ -272,6 +272,106 @@ async fn a_peer_removed_from_the_record_is_revoked_also_after_a_restart() {
         follower.materialized(&repo).await.as_deref() == Some(next.manifest.as_str())
     })
     .await;
+    for node in [follower, laptop, author] {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_record_revokes_its_peers() {
+    let Some(pds) = start_pds().await else {
+        return;
+    };
+    let (did, password) = pds.create_account("deleted").await;
+    let repo = format!("{did}/site");
+    let work = tempfile::tempdir().unwrap();
+    let author = TestNode::spawn_with(
+        author_config(&pds, &work.path().join("author"), &did, &password).await,
+    )
+    .await;
+    author
+        .admin(Command::AddRepo {
+            repo_id: rid(&repo),
+            pds: Some(pds.pds.clone()),
+            record: None,
+            peers: vec![],
+        })
+        .await
+        .unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let first = author.publish(&repo, &src).await;
+    written_back(&pds, &did, &first.manifest).await;
+
+    // The owner's second machine, listed in the record by the owner.
+    let laptop = TestNode::spawn_with(config(&pds, &work.path().join("laptop"))).await;
+    follow_record(&laptop, &did, &repo, "site").await;
+    eventually(30, "the laptop replicates", || async {
+        laptop.materialized(&repo).await.as_deref() == Some(first.manifest.as_str())
+    })
+    .await;
+    let mut record = pds.get_record(&did, "app.knot.repo", "site").await.unwrap();
+    let mut peers = record["peers"].as_array().unwrap().clone();
+    peers.push(serde_json::json!({"nodeId": laptop.node.id().to_string()}));
+    record["peers"] = peers.into();
+    pds.put_record(&did, &password, "app.knot.repo", "site", record)
+        .await;
+    let follower = TestNode::spawn_with(config(&pds, &work.path().join("follower"))).await;
+    follow_record(&follower, &did, &repo, "site").await;
+    eventually(30, "the follower replicates", || async {
+        follower.materialized(&repo).await.as_deref() == Some(first.manifest.as_str())
+    })
+    .await;
+    let laptop_work = work.path().join("laptop-work");
+    git(
+        work.path(),
+        &[
+            "clone",
+            "-q",
+            laptop.repo_path(&repo).to_str().unwrap(),
+            laptop_work.to_str().unwrap(),
+        ],
+    );
+    add_commit(&laptop_work, "from-laptop");
+    let second = laptop.publish(&repo, &laptop_work).await;
+    eventually(30, "the follower takes the laptop's state", || async {
+        follower.materialized(&repo).await.as_deref() == Some(second.manifest.as_str())
+    })
+    .await;
+
+    // The owner deletes the record; the follower reads that it is gone.
+    pds.delete_record(&did, &password, "app.knot.repo", "site")
+        .await;
+    let synced = follower
+        .admin(Command::Sync {
+            repo_id: rid(&repo),
+        })
+        .await
+        .unwrap();
+    let Payload::Synced(report) = synced else {
+        panic!("{synced:?}")
+    };
+    assert!(
+        report.message.contains("no longer trusted"),
+        "{}",
+        report.message
+    );
+    let summary = follower.summary(&repo).await.unwrap();
+    assert!(summary.record_deleted, "{summary:?}");
+    assert_eq!(summary.trusted_peers, 0, "{summary:?}");
+
+    // The laptop keeps publishing: refused, the state held stays served.
+    let refused = untrusted(&follower).await;
+    add_commit(&laptop_work, "after-deletion");
+    laptop.publish(&repo, &laptop_work).await;
+    eventually(15, "the follower refuses the revoked laptop", || async {
+        untrusted(&follower).await > refused
+    })
+    .await;
+    assert_eq!(
+        follower.materialized(&repo).await.as_deref(),
+        Some(second.manifest.as_str())
+    );
     for node in [follower, laptop, author] {
         node.stop().await;
     }

@@ -91,6 +91,23 @@ pub fn describe(e: &EventLine) -> String {
             wanted,
         } => format!("{holding}/{wanted} peers hold {}", short(manifest)),
         NodeEvent::PollError { error } => format!("record poll failed: {error}"),
+        NodeEvent::RecordDeleted { revoked, remove_at } => {
+            let removal = match remove_at {
+                Some(at) => format!("; removed at {at} (Unix time) unless it comes back"),
+                None => "; the content stays".to_string(),
+            };
+            format!(
+                "the owner's record is gone: {} peers it named are no longer trusted{removal}",
+                revoked.len()
+            )
+        }
+        NodeEvent::FollowLimit {
+            did,
+            limit,
+            refused,
+        } => format!(
+            "{did} lists {refused} repositories beyond [follow] max_repos_per_identity = {limit}; not tracked"
+        ),
         NodeEvent::WriteBack { ok: true, .. } => "record written back".to_string(),
         NodeEvent::WriteBack { error, .. } => format!(
             "record write-back failed: {}",

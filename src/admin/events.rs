@@ -131,6 +131,27 @@ pub enum NodeEvent {
         /// Blobs fetched again from peers.
         fetched: usize,
     },
+    /// The owner's record is gone (deleted, or no longer listed by the
+    /// followed identity): the peers it named are no longer trusted.
+    RecordDeleted {
+        /// The node ids of the peers it named.
+        revoked: Vec<String>,
+        /// When a repository a followed identity brought is removed
+        /// (seconds since the Unix epoch) unless the record comes back.
+        #[serde(default)]
+        remove_at: Option<u64>,
+    },
+    /// A followed identity lists more repositories than the node takes
+    /// from one identity; the rest are not tracked.
+    FollowLimit {
+        /// The identity's DID.
+        did: String,
+        /// Most repositories one identity may bring
+        /// (`[follow] max_repos_per_identity`).
+        limit: usize,
+        /// Listed repositories not tracked because of it.
+        refused: usize,
+    },
     /// A record write-back ended.
     WriteBack {
         /// Whether it reached the PDS.

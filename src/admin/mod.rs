@@ -32,6 +32,12 @@ pub const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the client waits for commands that move repository content.
 pub const LONG_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// Longest wait `replicas` accepts (`timeout_secs`), in seconds: a day.
+pub const MAX_REPLICAS_TIMEOUT_SECS: u64 = 24 * 3600;
+/// Most peers `replicas` waits for (`count`): a node keeps what at most
+/// this many peers of a repository hold, so no more can ever be counted.
+pub const MAX_REPLICAS_COUNT: u32 = 64;
+
 /// Errors of the admin socket, on either side.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -88,6 +94,20 @@ pub enum AdminError {
     /// Work on the client's side (its git repository) failed.
     #[error("{0}")]
     Local(String),
+    /// A number in a request is beyond its limit.
+    #[error("{command}: {field} {value} is over the limit of {limit} {unit}; ask for less")]
+    OverLimit {
+        /// The command.
+        command: &'static str,
+        /// The field.
+        field: &'static str,
+        /// The value sent.
+        value: u64,
+        /// The most accepted.
+        limit: u64,
+        /// What the numbers count.
+        unit: &'static str,
+    },
 }
 
 /// One admin request.
@@ -262,6 +282,45 @@ impl Command {
             | Command::Follow { .. }
             | Command::Unfollow { .. } => None,
         }
+    }
+
+    /// Check every duration and count the command carries against its
+    /// limit, so that no value reaches the node that it cannot wait for or
+    /// count ([`MAX_REPLICAS_TIMEOUT_SECS`], [`MAX_REPLICAS_COUNT`]). The
+    /// error names the field and its limit. Sizes (`set-quota`) are bytes
+    /// compared with other sizes and take any value.
+    pub fn check_limits(&self) -> Result<(), AdminError> {
+        if let Command::Replicas {
+            count,
+            timeout_secs,
+            ..
+        } = self
+        {
+            let over = |field, value, limit, unit| AdminError::OverLimit {
+                command: "replicas",
+                field,
+                value,
+                limit,
+                unit,
+            };
+            if *count > MAX_REPLICAS_COUNT {
+                return Err(over(
+                    "count",
+                    u64::from(*count),
+                    u64::from(MAX_REPLICAS_COUNT),
+                    "peers (the peers whose state a node keeps per repository)",
+                ));
+            }
+            if *timeout_secs > MAX_REPLICAS_TIMEOUT_SECS {
+                return Err(over(
+                    "timeout_secs",
+                    *timeout_secs,
+                    MAX_REPLICAS_TIMEOUT_SECS,
+                    "seconds (a day)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether a byte stream follows the request line (until the client
@@ -493,10 +552,15 @@ pub struct RepoSummary {
     /// The followed identity that brought the repository.
     #[serde(default)]
     pub followed_via: Option<String>,
-    /// The followed identity no longer lists its record; the content stays
-    /// until `remove-repo`.
+    /// The owner's record is gone (deleted, or no longer listed by the
+    /// followed identity): the peers it named are no longer trusted; the
+    /// content stays.
     #[serde(default)]
     pub record_deleted: bool,
+    /// When a repository a followed identity brought and no longer lists is
+    /// removed (Unix time), unless its record comes back.
+    #[serde(default)]
+    pub remove_at: Option<u64>,
 }
 
 /// A followed identity as `status` shows it.
@@ -684,9 +748,13 @@ pub struct SyncReport {
     pub message: String,
 }
 
-/// Parse one request line.
+/// Parse one request line; a command whose numbers are over their limits
+/// is refused ([`Command::check_limits`]).
 pub fn parse_command(line: &[u8]) -> Result<Command, AdminError> {
-    serde_json::from_slice(line).map_err(|e| AdminError::Protocol(e.to_string()))
+    let command: Command =
+        serde_json::from_slice(line).map_err(|e| AdminError::Protocol(e.to_string()))?;
+    command.check_limits()?;
+    Ok(command)
 }
 
 #[cfg(test)]
@@ -732,6 +800,64 @@ mod tests {
             let err = parse_command(line).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn numbers_over_their_limits_are_refused_naming_field_and_limit() {
+        let replicas = |count: &str, timeout: &str| {
+            let line = format!(
+                r#"{{"cmd":"replicas","repo_id":"did:plc:a/b","count":{count},"timeout_secs":{timeout}}}"#
+            );
+            parse_command(line.as_bytes()).map_err(|e| e.to_string())
+        };
+        for (count, timeout) in [("0", "0"), ("1", "1"), ("64", "86400")] {
+            assert!(replicas(count, timeout).is_ok(), "{count} {timeout}");
+        }
+        for (count, timeout, needles) in [
+            ("65", "1", &["count 65", "limit of 64"][..]),
+            ("4294967295", "1", &["count 4294967295", "limit of 64"]),
+            ("1", "86401", &["timeout_secs 86401", "limit of 86400"]),
+            ("1", "100000000", &["timeout_secs 100000000", "86400"]),
+            (
+                "1",
+                "18446744073709551615",
+                &["timeout_secs 18446744073709551615", "86400"],
+            ),
+            // Not a number of the field's type at all.
+            ("4294967296", "1", &["malformed", "4294967296"]),
+            ("1", "18446744073709551616", &["malformed"]),
+            ("-1", "1", &["malformed", "-1"]),
+            ("1", "-1", &["malformed", "-1"]),
+            ("1", "1e300", &["malformed"]),
+        ] {
+            let err = replicas(count, timeout).unwrap_err();
+            for needle in needles {
+                assert!(err.contains(needle), "{count} {timeout}: {err}");
+            }
+        }
+        for max_bytes in ["0", "18446744073709551615", "null"] {
+            let line =
+                format!(r#"{{"cmd":"set-quota","repo_id":"did:plc:a/b","max_bytes":{max_bytes}}}"#);
+            assert!(parse_command(line.as_bytes()).is_ok(), "{max_bytes}");
+        }
+        let line =
+            r#"{"cmd":"set-quota","repo_id":"did:plc:a/b","max_bytes":18446744073709551616}"#;
+        assert!(parse_command(line.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn the_fuzz_seeds_parse_or_are_refused_with_a_reason() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/admin_command");
+        let mut extremes = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            if let Err(e) = parse_command(&bytes) {
+                assert!(!e.to_string().is_empty());
+            }
+            extremes +=
+                usize::from(String::from_utf8_lossy(&bytes).contains("18446744073709551615"));
+        }
+        assert!(extremes >= 2, "the seeds hold the extreme values");
     }
 
     #[test]

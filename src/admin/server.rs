@@ -198,6 +198,10 @@ async fn handle_connection<E: Executor>(
         let command = match line {
             Ok(Some(line)) => match parse_command(&line) {
                 Ok(command) => command,
+                Err(e @ AdminError::OverLimit { .. }) => {
+                    write_line(&mut write, &Reply::Error(e.to_string())).await?;
+                    continue;
+                }
                 Err(e) => {
                     let reply = Reply::Error(format!(
                         "{e}; expected one JSON object per line such as {{\"cmd\":\"status\"}}"

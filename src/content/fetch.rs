@@ -1,5 +1,6 @@
 //! Fetching a manifest and the packs it lists from peers, with a quota and
-//! free-space check before any pack is downloaded.
+//! free-space check before any pack is downloaded, and no blob taken past
+//! the size it is declared with.
 
 use std::{path::Path, time::Duration};
 
@@ -9,7 +10,12 @@ use iroh_blobs::{Hash, HashAndFormat, api::Store};
 use super::{
     ContentError, hex, incoming_tag, load_manifest, pack_tag_prefix, repo_tags, request_err,
 };
-use crate::{manifest::Manifest, repo_id::RepoId};
+use crate::{
+    core::ProviderFault,
+    download::{DownloadError, Session},
+    manifest::{MAX_MANIFEST_BYTES, Manifest},
+    repo_id::RepoId,
+};
 
 /// What a fetch transferred.
 #[derive(Debug, Clone)]
@@ -28,7 +34,8 @@ pub struct Fetched {
 
 /// How a fetch goes about it.
 pub struct FetchOptions<'a> {
-    /// Longest wait for one blob.
+    /// Longest wait for one blob, whatever its providers do (each provider
+    /// has its own, much shorter, progress deadline).
     pub timeout: Duration,
     /// The data directory, whose disk must have room.
     pub data_dir: &'a Path,
@@ -36,30 +43,41 @@ pub struct FetchOptions<'a> {
     pub limit: Option<u64>,
     /// Told `(bytes received, bytes to receive)` as packs arrive.
     pub progress: Option<&'a (dyn Fn(u64, u64) + Send + Sync)>,
+    /// Told each provider that stalled or sent wrong bytes, once per kind,
+    /// when the fetch ends (whether it succeeded or not).
+    pub faults: Option<&'a (dyn Fn(EndpointId, ProviderFault) + Send + Sync)>,
 }
 
 impl<'a> FetchOptions<'a> {
-    /// No quota and no progress reports.
+    /// No quota and no reports.
     pub fn new(timeout: Duration, data_dir: &'a Path) -> Self {
         Self {
             timeout,
             data_dir,
             limit: None,
             progress: None,
+            faults: None,
         }
     }
 }
 
-/// Fetch `hash` (a manifest of `repo_id`) and every pack it lists that the store
-/// lacks, trying `providers` in order, over `endpoint` ([`crate::download`]
-/// starts a blob over on fresh connections when its provider restarted
-/// under it). The downloader verifies every byte
-/// against its BLAKE3 hash; a provider that sends wrong bytes is dropped and
-/// the next is tried. Every blob is tagged before its download starts, so GC
-/// cannot take it; [`pin`] or [`restore`] settles the tags afterwards.
+/// Fetch `hash` (a manifest of `repo_id`) and every pack it lists that the
+/// store lacks from `providers`, best first, over `endpoint`
+/// ([`crate::download`]: a provider that sends nothing for a few seconds is
+/// left for the next, slow transfers are hedged with the next provider, and
+/// every byte is verified against its BLAKE3 hash, a provider that sends
+/// wrong bytes being dropped). Every blob is tagged before its download
+/// starts, so GC cannot take it; [`pin`](super::pin) or
+/// [`restore`](super::restore) settles the tags afterwards.
+///
+/// No blob is taken past its size: the manifest past
+/// [`MAX_MANIFEST_BYTES`], a pack past the size its manifest declares.
 /// Before any pack is downloaded, the state must fit in `opts.limit` (bytes
 /// of packs, a quota) and the disk holding `opts.data_dir` must have room
-/// for all missing packs (twice over: blob store and materialized copy).
+/// for all missing packs (twice over: blob store and materialized copy);
+/// both count the sizes declared, which the transfers cannot exceed. A
+/// state whose packs are not exactly the sizes declared is refused
+/// ([`ContentError::Misdeclared`]).
 pub async fn fetch(
     blobs: &Store,
     endpoint: &Endpoint,
@@ -68,13 +86,31 @@ pub async fn fetch(
     providers: &[EndpointId],
     opts: &FetchOptions<'_>,
 ) -> Result<Fetched, ContentError> {
+    let mut session = Session::new(blobs, endpoint, providers);
+    let result = fetch_in(blobs, &mut session, repo_id, hash, opts).await;
+    if let Some(report) = opts.faults {
+        for (peer, fault) in session.faults() {
+            report(*peer, *fault);
+        }
+    }
+    result
+}
+
+async fn fetch_in(
+    blobs: &Store,
+    session: &mut Session,
+    repo_id: &RepoId,
+    hash: Hash,
+    opts: &FetchOptions<'_>,
+) -> Result<Fetched, ContentError> {
     let FetchOptions {
         timeout,
         data_dir,
         limit,
         progress,
+        ..
     } = *opts;
-    let mut bytes_fetched = 0;
+    let mut bytes_fetched = 0u64;
     let mut blobs_fetched = 0;
     let pinned_here: std::collections::HashSet<Hash> = repo_tags(blobs, repo_id)
         .await?
@@ -95,24 +131,23 @@ pub async fn fetch(
     reused_unpinned |= manifest_present && !pinned_here.contains(&hash);
     if !manifest_present {
         blobs_fetched += 1;
-        download(
-            blobs,
-            endpoint,
-            "manifest",
-            hash,
-            providers,
-            timeout,
-            &|_| {},
-        )
-        .await?;
-        bytes_fetched += blobs
-            .get_bytes(hash)
+        let size = session
+            .download(hash, MAX_MANIFEST_BYTES as u64, timeout, &|_| {})
             .await
-            .map_err(request_err("reading a manifest"))?
-            .len() as u64;
+            .map_err(|e| match e {
+                DownloadError::TooLarge { .. } => ContentError::ManifestTooLarge {
+                    hash: hex(&hash),
+                    max: MAX_MANIFEST_BYTES as u64,
+                },
+                e => fetch_error(session, "manifest", hash, e),
+            })?;
+        bytes_fetched = size;
     }
     let manifest = load_manifest(blobs, hash, repo_id).await?;
-    let needed: u64 = manifest.packs.iter().map(|p| p.size).sum();
+    let needed = manifest
+        .packs
+        .iter()
+        .fold(0u64, |sum, p| sum.saturating_add(p.size));
     if let Some(limit) = limit
         && needed > limit
     {
@@ -125,7 +160,7 @@ pub async fn fetch(
             .await
             .map_err(request_err("checking a blob"))?
         {
-            missing += pack.size;
+            missing = missing.saturating_add(pack.size);
         }
     }
     check_space(data_dir, missing.saturating_mul(2))?;
@@ -142,24 +177,37 @@ pub async fn fetch(
             )
             .await
             .map_err(request_err("pinning a pack"))?;
-        if blobs
+        let present = blobs
             .has(pack_hash)
             .await
-            .map_err(request_err("checking a blob"))?
-        {
+            .map_err(request_err("checking a blob"))?;
+        let report = |bytes: u64| {
+            if let Some(progress) = progress {
+                progress(received.saturating_add(bytes), total_missing);
+            }
+        };
+        let misdeclared = |size: Option<u64>| ContentError::Misdeclared {
+            hash: pack.hash_hex(),
+            declared: pack.size,
+            size,
+        };
+        // Present or not, a pack must be exactly the size declared: the
+        // quota and the space check counted that.
+        let size = session
+            .download(pack_hash, pack.size, timeout, &report)
+            .await
+            .map_err(|e| match e {
+                DownloadError::TooLarge { size, .. } => misdeclared(size),
+                e => fetch_error(session, "pack", pack_hash, e),
+            })?;
+        if size != pack.size {
+            return Err(misdeclared(Some(size)));
+        }
+        if present {
             reused_unpinned |= !pinned_here.contains(&pack_hash);
         } else {
-            let report = |bytes: u64| {
-                if let Some(progress) = progress {
-                    progress(received + bytes, total_missing);
-                }
-            };
-            download(
-                blobs, endpoint, "pack", pack_hash, providers, timeout, &report,
-            )
-            .await?;
-            received += pack.size;
-            bytes_fetched += pack.size;
+            received = received.saturating_add(size);
+            bytes_fetched = bytes_fetched.saturating_add(size);
             blobs_fetched += 1;
         }
     }
@@ -191,16 +239,14 @@ pub fn check_space(dir: &Path, needed: u64) -> Result<(), ContentError> {
     Ok(())
 }
 
-async fn download(
-    blobs: &Store,
-    endpoint: &Endpoint,
+fn fetch_error(
+    session: &Session,
     what: &'static str,
     hash: Hash,
-    providers: &[EndpointId],
-    timeout: Duration,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<(), ContentError> {
-    let fail = |message: String| ContentError::Fetch {
+    e: DownloadError,
+) -> ContentError {
+    let providers = session.providers();
+    ContentError::Fetch {
         what,
         hash: hex(&hash),
         tried: providers.len(),
@@ -209,9 +255,6 @@ async fn download(
             .map(|p| p.fmt_short().to_string())
             .collect::<Vec<_>>()
             .join(", "),
-        message,
-    };
-    crate::download::download(blobs, endpoint, hash, providers, timeout, progress)
-        .await
-        .map_err(|e| fail(e.to_string()))
+        message: e.to_string(),
+    }
 }

@@ -119,9 +119,46 @@ pub enum ContentError {
         /// Bytes allowed.
         limit: u64,
     },
+    /// A pack is not the size its manifest declares.
+    #[error(
+        "pack {hash} is {} but its manifest declares {declared}: the state is refused; its publisher must publish it again",
+        .size.map_or_else(|| format!("larger than {declared} bytes"), |s| format!("{s} bytes"))
+    )]
+    Misdeclared {
+        /// The pack's hash (hex).
+        hash: String,
+        /// The size the manifest declares.
+        declared: u64,
+        /// Its real size, when known (when not, it is larger than declared).
+        size: Option<u64>,
+    },
+    /// A manifest is larger than any manifest may be.
+    #[error(
+        "manifest {hash} is larger than the {max} byte limit: the state is refused; it was not produced by a compatible knotd"
+    )]
+    ManifestTooLarge {
+        /// The manifest's hash (hex).
+        hash: String,
+        /// The limit.
+        max: u64,
+    },
     /// A blocking task failed.
     #[error("internal task failed: {0}")]
     Task(String),
+}
+
+impl ContentError {
+    /// Whether the state itself is refused, so that fetching it again
+    /// cannot help until the quota changes: it exceeds a quota, or its
+    /// manifest misstates sizes.
+    pub fn refuses_state(&self) -> bool {
+        matches!(
+            self,
+            ContentError::Quota { .. }
+                | ContentError::Misdeclared { .. }
+                | ContentError::ManifestTooLarge { .. }
+        )
+    }
 }
 
 fn request_err<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> ContentError {

@@ -345,7 +345,7 @@ impl Core {
                     repos: vec![repo_id.clone()],
                 });
             }
-            let at = now.at + self.settings.first_state_wait;
+            let at = super::later(now.at, self.settings.first_state_wait);
             self.set_timer(TimerKey::FirstState(repo_id.clone(), round), at);
         }
         self.settle_sync(repo_id, now);

@@ -172,10 +172,19 @@ impl Core {
             Verdict::Wanted => {
                 if let Some(want) = repo.want.as_mut()
                     && want.manifest == statement.manifest_hash()
-                    && !want.providers.contains(&sender)
-                    && want.providers.len() < MAX_PEERS_CONTACTED
                 {
-                    want.providers.push(sender);
+                    if !want.providers.contains(&sender)
+                        && want.providers.len() < MAX_PEERS_CONTACTED
+                    {
+                        want.providers.push(sender);
+                    }
+                    // A trusted peer says it holds the state a failed fetch
+                    // waits to retry: it is back, try now.
+                    if trusted.contains(&sender) && !super::is_due(want.not_before, now) {
+                        want.not_before = None;
+                        self.schedule(repo_id);
+                        self.pump(now);
+                    }
                 }
             }
             Verdict::Held => {}
@@ -324,7 +333,7 @@ impl Core {
             return;
         };
         if lonely {
-            let due = now.at + base;
+            let due = super::later(now.at, base);
             topic.rejoin_due = Some(due);
             self.arm_rejoin(due);
         }
@@ -359,7 +368,7 @@ impl Core {
                 }
             }
             None => {
-                let due = now.at + base;
+                let due = super::later(now.at, base);
                 repo.topic = Some(Topic {
                     rejoin_due: Some(due),
                     ..Topic::default()
@@ -402,7 +411,7 @@ impl Core {
                 continue;
             }
             topic.rejoin_attempts = topic.rejoin_attempts.saturating_add(1);
-            let due = now.at + queue::backoff(base, max, topic.rejoin_attempts + 1);
+            let due = super::later(now.at, queue::backoff(base, max, topic.rejoin_attempts + 1));
             topic.rejoin_due = Some(due);
             next = Some(next.map_or(due, |n| n.min(due)));
             if targets.is_empty() {
@@ -445,7 +454,7 @@ impl Core {
         }
         self.pull_batches(batches, now);
         if let Some(every) = self.settings.resync_interval {
-            self.set_timer(TimerKey::Resync, now.at + every);
+            self.set_timer(TimerKey::Resync, super::later(now.at, every));
         }
     }
 
@@ -486,6 +495,6 @@ impl Core {
             self.settings.rejoin_max,
             entry.failures,
         );
-        entry.not_before = Some(now.at + wait);
+        entry.not_before = Some(super::later(now.at, wait));
     }
 }

@@ -11,12 +11,13 @@
 //! persists the held state durably and only then announces it. A job that
 //! fails restores the previous state's pins and copy before it reports.
 
+use iroh::EndpointId;
 use tracing::{info, warn};
 
 use super::{
     Audience, Core, Effect, JobId, JobResult, JobSpec, Now, StateInfo, TimerKey,
     queue::{self, Lane},
-    repo::{Repo, Running, Want, WantSource},
+    repo::{DEMOTION, Repo, Running, Want, WantSource},
     trust,
 };
 use crate::{
@@ -28,20 +29,43 @@ use crate::{
     store::Write,
 };
 
+/// How a provider failed a fetch, as the job saw it. The core demotes such
+/// a provider for the repository for [`DEMOTION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderFault {
+    /// It accepted the request and then sent nothing for the progress deadline.
+    Stalled,
+    /// It sent bytes that do not match the hash asked for.
+    WrongBytes,
+}
+
+impl ProviderFault {
+    /// What the provider did, in words, as logged.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProviderFault::Stalled => "it sent nothing in time",
+            ProviderFault::WrongBytes => "it sent bytes that do not match the hash",
+        }
+    }
+}
+
 impl Core {
     /// What to fetch after a restart: an interrupted fetch of the record's
-    /// state, or a check of the held state.
-    pub(super) fn resumed_want(&self, repo: &Repo) -> Option<Want> {
+    /// state, or a check of the held state. The record is judged again by
+    /// [`trust::judge_record`], as when it was polled: its raw `seq` is
+    /// never taken (one beyond the one-hour bound would pin the state).
+    pub(super) fn resumed_want(&self, repo: &Repo, now: Now) -> Option<Want> {
         let held = repo.held_position();
         if let Some(copy) = repo.record.as_ref().filter(|c| c.pending)
             && let Some(manifest) = copy.record.manifest_hash()
-            && held.is_none_or(|h| h.manifest != *manifest.as_bytes())
+            && let trust::RecordVerdict::Adopt { seq } = trust::judge_record(
+                &copy.record,
+                None,
+                repo.held.as_ref().map(|h| h.manifest.as_str()),
+                held,
+                now.unix_ms,
+            )
         {
-            let seq = copy
-                .record
-                .seq
-                .unwrap_or(0)
-                .max(held.map_or(0, |h| h.seq).saturating_add(1));
             return Some(Want {
                 manifest,
                 seq,
@@ -88,9 +112,9 @@ impl Core {
 
     /// Start jobs while slots are free.
     pub(super) fn pump(&mut self, now: Now) {
-        while let Some(repo_id) = self.queue.pop() {
+        while let Some((repo_id, lane)) = self.queue.pop() {
             if let Some((job, spec)) = self.next_job(&repo_id, now) {
-                self.queue.started();
+                self.queue.started(&repo_id, lane);
                 if let Some(repo) = self.repos.get_mut(&repo_id) {
                     repo.job_started = Some(now.at);
                 }
@@ -184,7 +208,7 @@ impl Core {
         }
         let repo = self.repos.get_mut(repo_id)?;
         self.next_job += 1;
-        let providers = repo.providers(&want, me);
+        let providers = repo.providers(&want, me, now.at);
         let limit = self.quota_for(repo_id);
         let repo = self.repos.get_mut(repo_id)?;
         let spec = JobSpec::Fetch {
@@ -233,10 +257,17 @@ impl Core {
         repo_id: &RepoId,
         job: JobId,
         result: JobResult,
+        faults: &[(EndpointId, ProviderFault)],
         now: Now,
     ) {
         if self.discarded(repo_id, job, &result, now) {
             return;
+        }
+        if let Some(repo) = self.repos.get_mut(repo_id) {
+            for (peer, fault) in faults {
+                info!(repo = %repo_id, peer = %peer.fmt_short(), reason = fault.reason(), "provider demoted for this repository");
+                repo.demote(*peer, now.at, now.at + DEMOTION);
+            }
         }
         let running = match self.repos.get_mut(repo_id) {
             Some(repo) if repo.job.as_ref().is_some_and(|j| j.id() == job) => repo.job.take(),
@@ -245,7 +276,7 @@ impl Core {
                 return;
             }
         };
-        self.queue.finished();
+        self.queue.finished(repo_id);
         match running.expect("matched above") {
             Running::Discard { .. } => {
                 if let Err(error) = &result {
@@ -301,7 +332,7 @@ impl Core {
         } else {
             return false;
         }
-        self.queue.finished();
+        self.queue.finished(repo_id);
         self.schedule(repo_id);
         self.pump(now);
         true
@@ -493,7 +524,7 @@ impl Core {
                 .iter()
                 .filter(|(id, _)| *id != repo_id)
                 .filter_map(|(_, r)| r.held.as_ref().map(|h| h.bytes))
-                .sum();
+                .fold(0u64, u64::saturating_add);
             max.saturating_sub(others)
         });
         match (own, total) {
@@ -554,7 +585,7 @@ impl Core {
             self.settings.retry_max,
             want.attempts,
         );
-        let at = now.at + wait;
+        let at = super::later(now.at, wait);
         want.not_before = Some(at);
         repo.want = Some(want);
         self.set_timer(TimerKey::Retry(repo_id.clone()), at);

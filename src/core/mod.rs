@@ -26,6 +26,7 @@ pub use gossip::Counters;
 use gossip::PullBackoff;
 pub mod hints;
 mod jobs;
+pub use jobs::ProviderFault;
 pub use policy::Policy;
 mod policy;
 pub mod queue;
@@ -115,6 +116,12 @@ pub struct Settings {
     /// How often trusted peers are asked directly what they hold (`None`:
     /// never; only gossip and lonely topics' pulls).
     pub resync_interval: Option<Duration>,
+    /// Most repositories one followed identity may bring, retired ones
+    /// included (`[follow] max_repos_per_identity`).
+    pub max_repos_per_identity: usize,
+    /// How long a repository a followed identity no longer lists is kept
+    /// before it is removed (`[follow] retired_grace_secs`).
+    pub retired_grace: Duration,
 }
 
 impl Settings {
@@ -134,6 +141,8 @@ impl Settings {
             account_did: None,
             verify_interval: Some(Duration::from_secs(24 * 3600)),
             resync_interval: Some(Duration::from_secs(10 * 60)),
+            max_repos_per_identity: 1000,
+            retired_grace: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -338,8 +347,8 @@ pub enum Event {
     Polled {
         /// The repository.
         repo: RepoId,
-        /// The validated record, or why there is none.
-        result: Result<RepoRecord, String>,
+        /// What the poll found.
+        outcome: RecordPoll,
     },
     /// A content job finished.
     JobDone {
@@ -349,6 +358,9 @@ pub enum Event {
         job: JobId,
         /// What it produced.
         result: JobResult,
+        /// Providers that failed it, and how (a fetch that succeeded may
+        /// have had some too).
+        faults: Vec<(EndpointId, ProviderFault)>,
     },
     /// A write-back finished.
     WrittenBack {
@@ -390,6 +402,22 @@ pub enum Event {
     Timer(TimerKey),
 }
 
+/// What one poll of a repository's record found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordPoll {
+    /// The record, validated.
+    Found(RepoRecord),
+    /// The PDS answered that the record does not exist: the owner deleted
+    /// it, and the trust it granted is withdrawn. The text says where.
+    NotFound(String),
+    /// The PDS or the DID directory could not be asked, or did not answer
+    /// usefully (timeout, HTTP error, rate limit): the copy held stays.
+    Unreachable(String),
+    /// The PDS answered with something that is not a valid record of this
+    /// repository: the copy held stays.
+    Invalid(String),
+}
+
 /// A timer; setting one with the same key replaces it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TimerKey {
@@ -409,6 +437,9 @@ pub enum TimerKey {
     VerifyAll,
     /// Ask trusted peers what they hold (anti-entropy).
     Resync,
+    /// Remove the retired repositories of followed identities whose grace
+    /// period is over.
+    RemoveRetired,
 }
 
 /// What a content job does.
@@ -676,13 +707,19 @@ impl Core {
             if !addrs.is_empty() {
                 self.out.push(Effect::LearnAddrs(addrs));
             }
-            if let Some(locator) = &repo.config.locator {
+            if let Some(locator) = repo.config.locator.as_ref().filter(|_| !repo.retired()) {
                 self.out.push(Effect::TrackRecord {
                     repo: repo_id.clone(),
                     locator: locator.clone(),
                 });
             }
-            repo.want = self.resumed_want(&repo);
+            if repo.config.record_deleted && repo.config.record_deleted_at.is_none() {
+                // Marked before the time was kept: the grace period starts now.
+                repo.config.record_deleted_at = Some(now.unix_secs());
+                self.out
+                    .push(Effect::Persist(Write::Config(repo.config.clone())));
+            }
+            repo.want = self.resumed_want(&repo, now);
             hints::expire(&mut repo.book.hints, now.unix_ms);
             if self.settings.write_back && repo.held.as_ref().is_some_and(|h| h.write_back_pending)
             {
@@ -697,11 +734,12 @@ impl Core {
             }
         }
         if let Some(every) = self.settings.verify_interval {
-            self.set_timer(TimerKey::VerifyAll, now.at + every);
+            self.set_timer(TimerKey::VerifyAll, later(now.at, every));
         }
         if let Some(every) = self.settings.resync_interval {
-            self.set_timer(TimerKey::Resync, now.at + every);
+            self.set_timer(TimerKey::Resync, later(now.at, every));
         }
+        self.arm_retired_removal(now);
         self.pump(now);
         std::mem::take(&mut self.out)
     }
@@ -721,8 +759,13 @@ impl Core {
             Event::NeighborDown { repo, peer } => self.handle_neighbor_down(&repo, peer, now),
             Event::TopicClosed { repo } => self.handle_topic_closed(&repo, now),
             Event::Pulled { peer, ok } => self.handle_pulled(peer, ok, now),
-            Event::Polled { repo, result } => self.handle_polled(&repo, result, now),
-            Event::JobDone { repo, job, result } => self.handle_job_done(&repo, job, result, now),
+            Event::Polled { repo, outcome } => self.handle_polled(&repo, outcome, now),
+            Event::JobDone {
+                repo,
+                job,
+                result,
+                faults,
+            } => self.handle_job_done(&repo, job, result, &faults, now),
             Event::WrittenBack { repo, result } => self.handle_written_back(&repo, result, now),
             Event::ReplicaProbed {
                 repo,
@@ -756,6 +799,7 @@ impl Core {
             TimerKey::ReplicasAsk(repo) => self.ask_for_replicas(&repo, now),
             TimerKey::VerifyAll => self.verify_all(now),
             TimerKey::Resync => self.resync_sweep(now),
+            TimerKey::RemoveRetired => self.remove_retired(now),
         }
     }
 
@@ -842,6 +886,18 @@ impl Core {
             self.set_error(repo, None);
         }
     }
+}
+
+/// Longest wait a timer of the core is set for: a longer one (an admin
+/// timeout, a configured period) ends after this instead, so no value can
+/// overflow the clock or go past what the actor's timer queue holds (the
+/// removal of retired repositories checks the time again and re-arms).
+pub const MAX_TIMER_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The time `wait` after `at`, saturating: at most [`MAX_TIMER_WAIT`] later.
+pub fn later(at: Instant, wait: Duration) -> Instant {
+    let wait = wait.min(MAX_TIMER_WAIT);
+    at.checked_add(wait).unwrap_or(at)
 }
 
 /// Whether a `not_before` time has come.

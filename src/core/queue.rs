@@ -4,12 +4,15 @@
 //! at once across all repositories, so that a restart with a thousand
 //! repositories does not start a thousand `git` processes. Repositories with
 //! work wait in two FIFO lanes: interactive (an operator or a `git` client
-//! is waiting) before background (gossip, records, start-up checks). At most
-//! one job runs per repository; that is the caller's rule, the queue only
-//! counts. [`backoff`] is the one retry schedule of the core. Pure data.
+//! is waiting) before background (gossip, records, start-up checks). With
+//! more than one slot, background jobs never take the last one: however
+//! long background fetches run (a slow provider, a stalling one), a publish
+//! or a clone starts at once. At most one job runs per repository; that is
+//! the caller's rule, the queue only counts. [`backoff`] is the one retry
+//! schedule of the core. Pure data.
 
 use std::{
-    collections::{BTreeSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     time::Duration,
 };
 
@@ -28,7 +31,7 @@ pub enum Lane {
 #[derive(Debug)]
 pub struct JobQueue {
     max_running: usize,
-    running: usize,
+    running: BTreeMap<RepoId, Lane>,
     interactive: VecDeque<RepoId>,
     background: VecDeque<RepoId>,
     queued: BTreeSet<RepoId>,
@@ -39,7 +42,7 @@ impl JobQueue {
     pub fn new(max_running: usize) -> Self {
         Self {
             max_running: max_running.max(1),
-            running: 0,
+            running: BTreeMap::new(),
             interactive: VecDeque::new(),
             background: VecDeque::new(),
             queued: BTreeSet::new(),
@@ -63,34 +66,50 @@ impl JobQueue {
         }
     }
 
-    /// The next repository to give a slot to, if a slot is free. The caller
-    /// starts its job and calls [`JobQueue::started`], or drops it when it
-    /// has nothing to do after all.
-    pub fn pop(&mut self) -> Option<RepoId> {
-        if self.running >= self.max_running {
+    /// Most background jobs at once: all slots but one kept for
+    /// interactive work, when there is more than one.
+    fn max_background(&self) -> usize {
+        self.max_running.saturating_sub(1).max(1)
+    }
+
+    /// The next repository to give a slot to, and its lane, if a slot is
+    /// free for it. The caller starts its job and calls
+    /// [`JobQueue::started`], or drops it when it has nothing to do after all.
+    pub fn pop(&mut self) -> Option<(RepoId, Lane)> {
+        if self.running.len() >= self.max_running {
             return None;
         }
-        let repo = self
-            .interactive
-            .pop_front()
-            .or_else(|| self.background.pop_front())?;
+        let (repo, lane) = match self.interactive.pop_front() {
+            Some(repo) => (repo, Lane::Interactive),
+            None => {
+                let background = self
+                    .running
+                    .values()
+                    .filter(|l| **l == Lane::Background)
+                    .count();
+                if background >= self.max_background() {
+                    return None;
+                }
+                (self.background.pop_front()?, Lane::Background)
+            }
+        };
         self.queued.remove(&repo);
-        Some(repo)
+        Some((repo, lane))
     }
 
-    /// A job took a slot.
-    pub fn started(&mut self) {
-        self.running += 1;
+    /// `repo`'s job took a slot of `lane`.
+    pub fn started(&mut self, repo: &RepoId, lane: Lane) {
+        self.running.insert(repo.clone(), lane);
     }
 
-    /// A job gave its slot back.
-    pub fn finished(&mut self) {
-        self.running = self.running.saturating_sub(1);
+    /// `repo`'s job gave its slot back.
+    pub fn finished(&mut self, repo: &RepoId) {
+        self.running.remove(repo);
     }
 
     /// Jobs running now.
     pub fn running(&self) -> usize {
-        self.running
+        self.running.len()
     }
 
     /// Repositories waiting for a slot.
@@ -114,21 +133,50 @@ mod tests {
         RepoId::parse(&format!("did:plc:a/r{n}")).unwrap()
     }
 
+    /// Start every job the queue allows; returns the repositories started.
+    fn start_all(q: &mut JobQueue) -> Vec<RepoId> {
+        let mut started = Vec::new();
+        while let Some((r, lane)) = q.pop() {
+            q.started(&r, lane);
+            started.push(r);
+        }
+        started
+    }
+
     #[test]
     fn slots_bound_running_jobs() {
-        let mut q = JobQueue::new(2);
+        let mut q = JobQueue::new(3);
         for n in 0..5 {
             q.push(&rid(n), Lane::Background);
         }
         assert_eq!(q.waiting(), 5);
-        let mut started = Vec::new();
-        while let Some(r) = q.pop() {
-            q.started();
-            started.push(r);
+        assert_eq!(start_all(&mut q), vec![rid(0), rid(1)]);
+        q.push(&rid(9), Lane::Interactive);
+        assert_eq!(start_all(&mut q), vec![rid(9)]);
+        assert_eq!(q.running(), 3);
+        q.finished(&rid(0));
+        assert_eq!(q.pop().map(|(r, _)| r), Some(rid(2)));
+    }
+
+    #[test]
+    fn background_jobs_leave_a_slot_for_interactive_work() {
+        let mut q = JobQueue::new(4);
+        for n in 0..6 {
+            q.push(&rid(n), Lane::Background);
         }
-        assert_eq!(started, vec![rid(0), rid(1)]);
-        q.finished();
-        assert_eq!(q.pop(), Some(rid(2)));
+        assert_eq!(start_all(&mut q).len(), 3, "one slot kept free");
+        // A publish or clone starts at once, however long those run.
+        q.push(&rid(10), Lane::Interactive);
+        assert_eq!(q.pop(), Some((rid(10), Lane::Interactive)));
+        q.started(&rid(10), Lane::Interactive);
+        assert_eq!(q.pop(), None, "every slot is taken");
+        // A background job ending frees a background slot.
+        q.finished(&rid(0));
+        assert_eq!(q.pop(), Some((rid(3), Lane::Background)));
+        // With one slot, background work still runs.
+        let mut one = JobQueue::new(1);
+        one.push(&rid(1), Lane::Background);
+        assert_eq!(start_all(&mut one), vec![rid(1)]);
     }
 
     #[test]
@@ -140,7 +188,7 @@ mod tests {
         q.push(&rid(3), Lane::Interactive);
         q.push(&rid(2), Lane::Interactive);
         assert_eq!(q.waiting(), 3);
-        let order: Vec<RepoId> = std::iter::from_fn(|| q.pop()).collect();
+        let order: Vec<RepoId> = std::iter::from_fn(|| q.pop().map(|(r, _)| r)).collect();
         assert_eq!(order, vec![rid(3), rid(2), rid(1)]);
     }
 

@@ -9,13 +9,11 @@
 use tracing::{info, warn};
 
 use super::{
-    Core, Effect, Now, TimerKey, WriteFailure, WrittenBack, queue,
+    Core, Effect, Now, RecordPoll, TimerKey, WriteFailure, WrittenBack, queue,
     repo::{Want, WantSource},
     trust::{self, RecordVerdict},
 };
-use crate::{
-    admin::NodeEvent, record::RepoRecord, repo_id::RepoId, state::RecordCopy, store::Write,
-};
+use crate::{admin::NodeEvent, repo_id::RepoId, state::RecordCopy, store::Write};
 
 /// Text every record poll error starts with, so a later success clears it.
 const POLL_ERROR: &str = "record poll failed";
@@ -23,37 +21,26 @@ const POLL_ERROR: &str = "record poll failed";
 const WRITE_BACK_ERROR: &str = "write-back failed";
 
 impl Core {
-    pub(super) fn handle_polled(
-        &mut self,
-        repo_id: &RepoId,
-        result: Result<RepoRecord, String>,
-        now: Now,
-    ) {
-        let Some(repo) = self.repos.get_mut(repo_id) else {
+    pub(super) fn handle_polled(&mut self, repo_id: &RepoId, outcome: RecordPoll, now: Now) {
+        if !self.repos.contains_key(repo_id) {
             return;
-        };
-        let record = match result.and_then(|r| {
-            if &r.repo_id == repo_id {
-                Ok(r)
-            } else {
-                Err(format!(
+        }
+        let record = match outcome {
+            RecordPoll::Found(r) if &r.repo_id == repo_id => r,
+            RecordPoll::Found(r) => {
+                let error = format!(
                     "the record is for {}, not {repo_id}; check the --record locator given to add-repo",
                     r.repo_id
-                ))
+                );
+                return self.poll_failed(repo_id, error, now);
             }
-        }) {
-            Ok(record) => record,
-            Err(error) => {
-                warn!(repo = %repo_id, %error, "record poll failed");
-                if repo.sync.awaiting_poll {
-                    repo.sync.awaiting_poll = false;
-                    repo.sync.poll_error = Some(error.clone());
-                }
-                self.set_error(repo_id, Some(format!("{POLL_ERROR}: {error}")));
-                self.notify(repo_id, NodeEvent::PollError { error });
-                return self.settle_sync(repo_id, now);
+            RecordPoll::NotFound(error) => return self.record_not_found(repo_id, error, now),
+            RecordPoll::Unreachable(error) | RecordPoll::Invalid(error) => {
+                return self.poll_failed(repo_id, error, now);
             }
         };
+        self.record_back(repo_id);
+        let repo = self.repos.get_mut(repo_id).expect("present above");
         repo.sync.awaiting_poll = false;
         repo.book.last_poll = Some(now.unix_secs());
         let previous = repo.record.as_ref().map(|c| &c.record);
@@ -118,6 +105,120 @@ impl Core {
         }
         self.pump(now);
         self.settle_sync(repo_id, now);
+    }
+
+    /// A poll that gave no answer to go by: the record copy held stays.
+    fn poll_failed(&mut self, repo_id: &RepoId, error: String, now: Now) {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return;
+        };
+        warn!(repo = %repo_id, %error, "record poll failed");
+        if repo.sync.awaiting_poll {
+            repo.sync.awaiting_poll = false;
+            repo.sync.poll_error = Some(error.clone());
+        }
+        self.set_error(repo_id, Some(format!("{POLL_ERROR}: {error}")));
+        self.notify(repo_id, NodeEvent::PollError { error });
+        self.settle_sync(repo_id, now)
+    }
+
+    /// The PDS says the record does not exist: the owner deleted it.
+    fn record_not_found(&mut self, repo_id: &RepoId, error: String, now: Now) {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return;
+        };
+        repo.book.last_poll = Some(now.unix_secs());
+        if repo.sync.awaiting_poll {
+            repo.sync.awaiting_poll = false;
+            if repo.held.is_some() {
+                repo.sync.message = Some(format!(
+                    "the owner's record is gone ({error}); the peers it named are no longer trusted; serving the state held"
+                ));
+            } else {
+                repo.sync.poll_error = Some(error);
+            }
+        }
+        self.persist_book(repo_id);
+        self.clear_error_of(repo_id, POLL_ERROR);
+        self.record_gone(repo_id, now);
+        self.arm_retired_removal(now);
+        self.pump(now);
+        self.settle_sync(repo_id, now);
+    }
+
+    /// The owner's record is gone (a poll found none, or a followed
+    /// identity's complete listing lacks it): the trust it granted is
+    /// withdrawn. Its peers are no longer trusted publishers (the copy is
+    /// dropped, durably) and a fetch it asked for is not started; the
+    /// repository stays, marked `record_deleted`, with the state held. A
+    /// repository a followed identity brought is retired as well: its
+    /// record is no longer polled, it leaves its topic, and it is removed
+    /// after the grace period unless the record comes back.
+    pub(super) fn record_gone(&mut self, repo_id: &RepoId, now: Now) {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return;
+        };
+        let copy = repo.record.take();
+        let revoked: Vec<String> = copy
+            .iter()
+            .flat_map(|c| c.record.peers.iter().map(|p| p.node_id.clone()))
+            .collect();
+        if copy.is_some() {
+            self.out
+                .push(Effect::Persist(Write::Record(repo_id.clone(), None)));
+        }
+        if repo
+            .want
+            .as_ref()
+            .is_some_and(|w| w.source == WantSource::Record)
+        {
+            repo.want = None;
+        }
+        let newly = !repo.config.record_deleted;
+        repo.config.record_deleted = true;
+        repo.config.record_deleted_at.get_or_insert(now.unix_secs());
+        let retired = repo.retired();
+        if retired && newly {
+            self.out.push(Effect::UntrackRecord {
+                repo: repo_id.clone(),
+            });
+        }
+        if retired && repo.topic.take().is_some() {
+            self.out.push(Effect::LeaveTopic {
+                repo: repo_id.clone(),
+            });
+        }
+        if !newly {
+            return;
+        }
+        let config = repo.config.clone();
+        self.out.push(Effect::Persist(Write::Config(config)));
+        let remove_at = self.removal_time(repo_id);
+        info!(repo = %repo_id, revoked = revoked.len(), retired, "the owner's record is gone; the peers it named are no longer trusted");
+        self.notify(repo_id, NodeEvent::RecordDeleted { revoked, remove_at });
+    }
+
+    /// The record exists (again): a repository marked as having lost it is
+    /// not any more.
+    pub(super) fn record_back(&mut self, repo_id: &RepoId) {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return;
+        };
+        if !repo.config.record_deleted {
+            return;
+        }
+        let retired = repo.retired();
+        repo.config.record_deleted = false;
+        repo.config.record_deleted_at = None;
+        let config = repo.config.clone();
+        self.out.push(Effect::Persist(Write::Config(config)));
+        if let (true, Some(locator)) = (retired, repo.config.locator.clone()) {
+            self.out.push(Effect::TrackRecord {
+                repo: repo_id.clone(),
+                locator,
+            });
+        }
+        info!(repo = %repo_id, "the owner's record is back");
     }
 
     /// Write the record back at `at` (replacing a later schedule).
@@ -224,7 +325,7 @@ impl Core {
                     info!(repo = %repo_id, manifest = ?record.manifest, "record written back");
                 }
                 // What the PDS holds now is the record as last read.
-                self.handle_polled(repo_id, Ok(record), now);
+                self.handle_polled(repo_id, RecordPoll::Found(record), now);
             }
             Err(WriteFailure {
                 message,
@@ -246,7 +347,7 @@ impl Core {
                         error: Some(message),
                     },
                 );
-                self.schedule_write_back(repo_id, now.at + wait);
+                self.schedule_write_back(repo_id, super::later(now.at, wait));
             }
         }
     }

@@ -358,7 +358,7 @@ impl Core {
         });
         self.set_timer(
             TimerKey::ReplicasDeadline(repo_id.clone(), id),
-            now.at + timeout,
+            super::later(now.at, timeout),
         );
         self.check_replicas(repo_id, now);
         if self
@@ -445,7 +445,10 @@ impl Core {
             });
         }
         self.probe_claims(repo_id, now);
-        self.set_timer(TimerKey::ReplicasAsk(repo_id.clone()), now.at + ASK_EVERY);
+        self.set_timer(
+            TimerKey::ReplicasAsk(repo_id.clone()),
+            super::later(now.at, ASK_EVERY),
+        );
     }
 
     /// A waiter's time ran out: fail it, naming who is missing.

@@ -1,12 +1,13 @@
 //! One repository as the core sees it: the persisted row plus what is in
 //! flight (topic, wanted state, queued publishes, the running job, `sync`
-//! callers, write-back), and the questions derived from them: who is
-//! trusted, whom to dial, whom to fetch from. Plain data and pure methods.
+//! callers, write-back, providers demoted for stalling or sending wrong
+//! bytes), and the questions derived from them: who is trusted, whom to
+//! dial, whom to fetch from and in which order. Plain data and pure methods.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     path::PathBuf,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use iroh::EndpointId;
@@ -15,11 +16,16 @@ use super::{JobId, ReplyId, trust::Position};
 use crate::{
     announce::SignedStatement,
     record::PeerHint,
-    state::{Bookkeeping, Held, RecordCopy, RepoConfig, RepoRow},
+    state::{Bookkeeping, Held, Origin, RecordCopy, RepoConfig, RepoRow},
 };
 
 /// Most peers contacted directly for one push or pull, or asked for content.
 pub const MAX_PEERS_CONTACTED: usize = 16;
+/// How long a provider that stalled a fetch or sent wrong bytes is tried
+/// after every other provider of the repository.
+pub const DEMOTION: Duration = Duration::from_secs(10 * 60);
+/// Most demoted providers remembered per repository.
+pub const MAX_DEMOTED: usize = 64;
 
 /// A state the node means to fetch.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +198,9 @@ pub struct Repo {
     pub probes: BTreeMap<EndpointId, Probe>,
     /// Rebroadcasts of this node's own state in the current window.
     pub rebroadcasts: Rebroadcasts,
+    /// Providers that stalled a fetch or sent wrong bytes, and until when
+    /// they are tried last. Kept in memory only.
+    pub demoted: BTreeMap<EndpointId, Instant>,
 }
 
 /// A probe of a peer's claim to hold a state (see [`super::replicas`]).
@@ -253,6 +262,7 @@ impl Repo {
             check_pending: false,
             probes: BTreeMap::new(),
             rebroadcasts: Rebroadcasts::default(),
+            demoted: BTreeMap::new(),
         }
     }
 
@@ -321,9 +331,22 @@ impl Repo {
     }
 
     /// Whether the repository needs its gossip topic: it has content to
-    /// serve, peers to talk to, or a record that will name some.
+    /// serve, peers to talk to, or a record that will name some, and it is
+    /// not retired.
     pub fn wants_topic(&self) -> bool {
-        self.held.is_some() || self.config.locator.is_some() || self.all_hints().next().is_some()
+        !self.retired()
+            && (self.held.is_some()
+                || self.config.locator.is_some()
+                || self.all_hints().next().is_some())
+    }
+
+    /// Whether a followed identity brought the repository and no longer
+    /// lists its record: it is not polled, has no topic, and is removed
+    /// after the grace period unless the record comes back.
+    pub fn retired(&self) -> bool {
+        self.config.record_deleted
+            && self.config.origin == Origin::Follow
+            && self.config.followed_via.is_some()
     }
 
     /// Peers to dial for the topic or ask directly, never `me`: trusted
@@ -344,24 +367,60 @@ impl Repo {
         out
     }
 
-    /// Peers to fetch `want` from: those that announced it, then current
-    /// neighbours, then dial targets; never `me`.
-    pub fn providers(&self, want: &Want, me: EndpointId) -> Vec<EndpointId> {
+    /// Peers to fetch `want` from, never `me`, at most
+    /// `2 * MAX_PEERS_CONTACTED`. Trusted providers come first: those that
+    /// announced the state (the vouching sender, the publisher), then the
+    /// operator's and the record's peers. Learned ones follow: untrusted
+    /// peers that forwarded the state, gossip neighbours, learned hints. A
+    /// provider demoted at `now` goes after all others. So a stranger that
+    /// forwards a trusted statement first, or a neighbour of a record-driven
+    /// fetch, is never tried before a trusted peer.
+    pub fn providers(&self, want: &Want, me: EndpointId, now: Instant) -> Vec<EndpointId> {
+        let trusted = self.trusted(me);
+        let announced = want.providers.iter().copied();
+        let trusted_peers = self
+            .trusted_hints()
+            .filter_map(|h| h.node_id.parse::<EndpointId>().ok());
         let neighbors = self.topic.iter().flat_map(|t| t.neighbors.iter().copied());
-        let mut out: Vec<EndpointId> = Vec::new();
-        for id in want
-            .providers
+        let learned = self
+            .book
+            .hints
             .iter()
-            .copied()
+            .filter_map(|h| h.hint.node_id.parse::<EndpointId>().ok());
+        let ordered = announced
+            .clone()
+            .filter(|p| trusted.contains(p))
+            .chain(trusted_peers)
+            .chain(announced.filter(|p| !trusted.contains(p)))
             .chain(neighbors)
-            .chain(self.dial_targets(me))
-        {
+            .chain(learned);
+        let mut out: Vec<EndpointId> = Vec::new();
+        for id in ordered {
             if id != me && !out.contains(&id) {
                 out.push(id);
             }
         }
-        out.truncate(2 * MAX_PEERS_CONTACTED);
-        out
+        let demoted = |p: &EndpointId| self.demoted.get(p).is_some_and(|until| *until > now);
+        let (mut first, last): (Vec<_>, Vec<_>) = out.into_iter().partition(|p| !demoted(p));
+        first.extend(last);
+        first.truncate(2 * MAX_PEERS_CONTACTED);
+        first
+    }
+
+    /// Try `peer` after every other provider until `until`. Expired entries
+    /// go; beyond [`MAX_DEMOTED`] the one that ends soonest goes.
+    pub fn demote(&mut self, peer: EndpointId, now: Instant, until: Instant) {
+        self.demoted.retain(|_, u| *u > now);
+        self.demoted.insert(peer, until);
+        while self.demoted.len() > MAX_DEMOTED {
+            let soonest = self
+                .demoted
+                .iter()
+                .min_by_key(|(_, u)| **u)
+                .map(|(p, _)| *p)
+                .expect("not empty");
+            self.demoted.remove(&soonest);
+        }
     }
 
     /// Whether someone waits on this repository right now.

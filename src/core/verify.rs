@@ -224,7 +224,7 @@ impl Core {
             self.request_check(&repo_id, Lane::Background);
         }
         if let Some(every) = self.settings.verify_interval {
-            self.set_timer(TimerKey::VerifyAll, now.at + every);
+            self.set_timer(TimerKey::VerifyAll, super::later(now.at, every));
         }
         self.pump(now);
     }

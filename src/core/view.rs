@@ -56,6 +56,7 @@ impl Core {
             write_back_pending: held.is_some_and(|h| h.write_back_pending),
             followed_via: repo.config.followed_via.clone(),
             record_deleted: repo.config.record_deleted,
+            remove_at: self.removal_time(&repo.config.repo_id),
         }
     }
 

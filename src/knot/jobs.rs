@@ -6,8 +6,9 @@
 //! pinned (blob store flushed). Only then does the job report success, and
 //! the core persists and announces. When any step fails the job puts the
 //! previous state back (pins and materialized copy) before it reports, so
-//! the previous state stays served and pinned. Jobs run as child tasks of
-//! the actor; nothing here is kept between jobs.
+//! the previous state stays served and pinned. A fetch also reports the
+//! providers that stalled it or sent wrong bytes, for the core to demote.
+//! Jobs run as child tasks of the actor; nothing here is kept between jobs.
 //!
 //! After a new state is materialized, its repository gets a fresh
 //! multi-pack-index and bitmap in the background ([`optimize_later`]): it
@@ -22,14 +23,14 @@ use std::{
     time::Duration,
 };
 
-use iroh::Endpoint;
+use iroh::{Endpoint, EndpointId};
 use iroh_blobs::{Hash, store::fs::FsStore};
 use tracing::{debug, warn};
 
 use crate::{
     admin::{EventLine, NodeEvent},
     content::{self, ContentError},
-    core::{JobError, JobResult, JobSpec, StateInfo},
+    core::{JobError, JobResult, JobSpec, ProviderFault, StateInfo},
     manifest::Manifest,
     materialize,
     repo_id::RepoId,
@@ -89,8 +90,26 @@ impl JobContext {
     }
 }
 
+/// What a job produced, and the providers that failed it (stalled or sent
+/// wrong bytes), for the core to demote.
+pub(super) type JobOutcome = (JobResult, Vec<(EndpointId, ProviderFault)>);
+
 /// Run one job to its end.
-pub(super) async fn run(ctx: JobContext, repo: RepoId, spec: JobSpec) -> JobResult {
+pub(super) async fn run(ctx: JobContext, repo: RepoId, spec: JobSpec) -> JobOutcome {
+    let faults = Mutex::new(Vec::new());
+    let result = run_job(ctx, repo, spec, &faults).await;
+    (
+        result,
+        faults.into_inner().unwrap_or_else(|e| e.into_inner()),
+    )
+}
+
+async fn run_job(
+    ctx: JobContext,
+    repo: RepoId,
+    spec: JobSpec,
+    faults: &Mutex<Vec<(EndpointId, ProviderFault)>>,
+) -> JobResult {
     match spec {
         JobSpec::Publish {
             source,
@@ -107,7 +126,7 @@ pub(super) async fn run(ctx: JobContext, repo: RepoId, spec: JobSpec) -> JobResu
             limit,
             repair,
         } => {
-            let result = fetch(&ctx, &repo, manifest, &providers, limit, repair).await;
+            let result = fetch(&ctx, &repo, manifest, &providers, limit, repair, faults).await;
             finish(&ctx, &repo, previous, result).await
         }
         JobSpec::Discard => content::discard(&ctx.blobs, &repo, &ctx.dest(&repo))
@@ -141,7 +160,7 @@ async fn finish(
         warn!(repo = %repo, error = %e, "cannot restore the previous state after a failure");
     }
     result.map_err(|e| JobError {
-        quota: matches!(e, ContentError::Quota { .. }),
+        quota: e.refuses_state(),
         message: e.to_string(),
     })
 }
@@ -151,7 +170,10 @@ fn info(manifest: &Manifest, hash: Hash, bytes_moved: u64) -> StateInfo {
         manifest: hash,
         head: manifest.head_oid().map(|o| o.to_string()),
         pack_count: manifest.packs.len(),
-        bytes: manifest.packs.iter().map(|p| p.size).sum(),
+        bytes: manifest
+            .packs
+            .iter()
+            .fold(0u64, |sum, p| sum.saturating_add(p.size)),
         bytes_moved,
         unchanged: false,
         consolidated: false,
@@ -207,9 +229,10 @@ async fn fetch(
     ctx: &JobContext,
     repo: &RepoId,
     manifest: Hash,
-    providers: &[iroh::EndpointId],
+    providers: &[EndpointId],
     limit: Option<u64>,
     repair: bool,
+    faults: &Mutex<Vec<(EndpointId, ProviderFault)>>,
 ) -> Result<StateInfo, ContentError> {
     let rebuilt = if repair {
         content::rebuild_missing(&ctx.blobs, repo, &ctx.dest(repo), manifest).await?
@@ -237,9 +260,16 @@ async fn fetch(
             },
         });
     };
+    let note = |peer, fault| {
+        faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((peer, fault));
+    };
     let opts = content::FetchOptions {
         limit,
         progress: Some(&report),
+        faults: Some(&note),
         ..content::FetchOptions::new(ctx.fetch_timeout, &ctx.data_dir)
     };
     let fetched =

@@ -57,7 +57,8 @@ use crate::{
     clock,
     config::Config,
     core::{
-        Audience, Core, CoreCommand, Effect, Event, JobId, Now, ReplyId, Settings, TimerKey, Via,
+        Audience, Core, CoreCommand, Effect, Event, JobId, Now, RecordPoll, ReplyId, Settings,
+        TimerKey, Via,
     },
     gitserve::ServeTarget,
     heads::HeadsEvent,
@@ -166,8 +167,11 @@ pub struct KnotHandle {
 }
 
 impl KnotHandle {
-    /// Run an admin command.
+    /// Run an admin command (refused when a number is over its limit).
     pub async fn command(&self, command: Command) -> Result<Payload, KnotError> {
+        command
+            .check_limits()
+            .map_err(|e| KnotError::Failed(e.to_string()))?;
         self.request(Request::Admin(command)).await
     }
 
@@ -230,7 +234,7 @@ pub struct Knot {
     topic_ctx: TopicContext,
     topic_rx: mpsc::Receiver<(RepoId, TopicEvent)>,
     net: net::NetTasks,
-    jobs: JoinSet<crate::core::JobResult>,
+    jobs: JoinSet<jobs::JobOutcome>,
     job_ids: HashMap<tokio::task::Id, (RepoId, JobId)>,
     job_ctx: jobs::JobContext,
     side: JoinSet<Side>,
@@ -289,6 +293,8 @@ impl Knot {
         settings.max_repo_bytes = config.max_repo_bytes;
         settings.max_total_bytes = config.max_total_bytes;
         settings.verify_interval = config.verify_interval();
+        settings.max_repos_per_identity = config.follow.max_repos_per_identity;
+        settings.retired_grace = config.follow.retired_grace();
         let job_ctx = jobs::JobContext {
             blobs: parts.blobs.clone(),
             gc_guard: parts.gc_guard.clone(),
@@ -396,8 +402,8 @@ impl Knot {
                 Some((repo, event)) = self.topic_rx.recv() => self.handle_topic_event(repo, event).await,
                 Some(event) = self.parts.heads.recv() => self.handle_heads(event).await,
                 Some(outcome) = self.parts.polls.recv() => {
-                    let result = outcome.result.map_err(|e| e.to_string());
-                    self.feed(Event::Polled { repo: outcome.repo_id, result }).await;
+                    let repo = outcome.repo_id.clone();
+                    self.feed(Event::Polled { repo, outcome: outcome.into_poll() }).await;
                 }
                 Some(done) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => self.handle_job(done).await,
                 Some(done) = self.net.set().join_next(), if !self.net.set().is_empty() => {
@@ -494,22 +500,31 @@ impl Knot {
 
     async fn handle_job(
         &mut self,
-        done: Result<(tokio::task::Id, crate::core::JobResult), tokio::task::JoinError>,
+        done: Result<(tokio::task::Id, jobs::JobOutcome), tokio::task::JoinError>,
     ) {
-        let (task, result) = match done {
-            Ok((task, result)) => (task, result),
+        let (task, (result, faults)) = match done {
+            Ok(done) => done,
             Err(e) => {
                 error!(error = %e, "a content job panicked");
                 (
                     e.id(),
-                    Err(format!("internal error: the job stopped: {e}").into()),
+                    (
+                        Err(format!("internal error: the job stopped: {e}").into()),
+                        Vec::new(),
+                    ),
                 )
             }
         };
         let Some((repo, job)) = self.job_ids.remove(&task) else {
             return;
         };
-        self.feed(Event::JobDone { repo, job, result }).await;
+        self.feed(Event::JobDone {
+            repo,
+            job,
+            result,
+            faults,
+        })
+        .await;
     }
 
     async fn handle_net(&mut self, done: net::NetDone) {
@@ -689,7 +704,7 @@ impl Knot {
                         Err(e @ (PollError::Gone(_) | PollError::NotTracked(_))) => {
                             Side::Event(Event::Polled {
                                 repo,
-                                result: Err(e.to_string()),
+                                outcome: RecordPoll::Unreachable(e.to_string()),
                             })
                         }
                         _ => Side::Done,
@@ -719,7 +734,7 @@ impl Knot {
                 None => warn!(repo = %repo, "write-back asked for without credentials"),
             },
             Effect::SetTimer { key, at } => {
-                let at = tokio::time::Instant::from_std(at);
+                let at = timer_deadline(at);
                 match self.timer_keys.get(&key) {
                     Some(k) => self.timers.reset_at(k, at),
                     None => {
@@ -776,9 +791,43 @@ impl Knot {
     }
 }
 
+/// A deadline the timer queue holds: at most [`crate::core::MAX_TIMER_WAIT`]
+/// from now (the queue panics for deadlines about two years out).
+fn timer_deadline(at: Instant) -> tokio::time::Instant {
+    let latest = crate::core::later(Instant::now(), crate::core::MAX_TIMER_WAIT);
+    tokio::time::Instant::from_std(at.min(latest))
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_timer_queue_takes_any_deadline() {
+        let mut timers = DelayQueue::new();
+        let three_years = Instant::now() + Duration::from_secs(100_000_000);
+        let key = timers.insert_at(1, timer_deadline(three_years));
+        timers.reset_at(
+            &key,
+            timer_deadline(Instant::now() + crate::core::MAX_TIMER_WAIT),
+        );
+        timers.insert_at(2, timer_deadline(Instant::now()));
+        assert_eq!(timers.next().await.map(|e| e.into_inner()), Some(2));
+        // Unclamped, the same deadline panics the queue.
+        let far = tokio::time::Instant::from_std(three_years);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            timers.insert_at(3, far);
+        }));
+        assert!(
+            panicked.is_err(),
+            "the queue took a deadline three years out"
+        );
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod provider;
 pub mod stranger;
 
 use std::path::{Path, PathBuf};

@@ -17,13 +17,16 @@ use std::{collections::BTreeMap, time::Duration};
 use iroh_blobs::Hash;
 use rand::Rng;
 
+use iroh::EndpointId;
+
 use super::{
     adversary::Serving,
     net::DIAL_TIMEOUT,
     world::{Ev, World, short},
 };
 use crate::{
-    core::{Event, JobError, JobId, JobResult, JobSpec, StateInfo},
+    core::{Event, JobError, JobId, JobResult, JobSpec, ProviderFault, StateInfo},
+    download::{HEDGE_AFTER, STALL_TIMEOUT},
     repo_id::RepoId,
 };
 
@@ -31,8 +34,6 @@ use crate::{
 const BANDWIDTH: u64 = 20 * 1024 * 1024;
 /// Size of a manifest blob.
 const MANIFEST_SIZE: u64 = 2048;
-/// What a stalling provider costs a download before it moves on.
-pub const STALL_COST: Duration = Duration::from_secs(300);
 
 /// A pack: its hash, true size and the size its manifest declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +132,7 @@ impl World {
     /// Start a content job; its result arrives as [`Event::JobDone`].
     pub fn start_job(&mut self, node: usize, repo: RepoId, job: JobId, spec: JobSpec) {
         let life = self.nodes[node].life;
+        let mut faults = Vec::new();
         let (delay, result) = match spec {
             JobSpec::Publish { previous, .. } => self.publish_job(node, &repo, previous),
             JobSpec::Fetch {
@@ -138,23 +140,22 @@ impl World {
                 providers,
                 limit,
                 ..
-            } => {
-                let providers: Vec<Option<usize>> =
-                    providers.iter().map(|p| self.index_of(p)).collect();
-                self.fetch_job(node, manifest, &providers, limit)
-            }
-            JobSpec::Discard => (Duration::from_millis(20), Ok(StateInfo {
-                manifest: Hash::EMPTY,
-                head: None,
-                pack_count: 0,
-                bytes: 0,
-                bytes_moved: 0,
-                unchanged: true,
-                consolidated: false,
-                blobs_rebuilt: 0,
-                blobs_fetched: 0,
-                recheck_after_gc_pass: None,
-            })),
+            } => self.fetch_job(node, manifest, &providers, limit, &mut faults),
+            JobSpec::Discard => (
+                Duration::from_millis(20),
+                Ok(StateInfo {
+                    manifest: Hash::EMPTY,
+                    head: None,
+                    pack_count: 0,
+                    bytes: 0,
+                    bytes_moved: 0,
+                    unchanged: true,
+                    consolidated: false,
+                    blobs_rebuilt: 0,
+                    blobs_fetched: 0,
+                    recheck_after_gc_pass: None,
+                }),
+            ),
         };
         self.schedule(
             delay,
@@ -164,6 +165,7 @@ impl World {
                 repo,
                 job,
                 result,
+                faults,
             },
         );
     }
@@ -198,20 +200,21 @@ impl World {
         &mut self,
         node: usize,
         manifest: Hash,
-        providers: &[Option<usize>],
+        providers: &[EndpointId],
         limit: Option<u64>,
+        faults: &mut Vec<(EndpointId, ProviderFault)>,
     ) -> (Duration, JobResult) {
         let mut spent = Duration::ZERO;
         let mut fetched = 0;
         let mut bytes = 0;
         let known = self.content.manifests.get(&manifest).cloned();
         if !self.nodes[node].blobs.contains(&manifest) {
-            match self.download(node, manifest, MANIFEST_SIZE, MANIFEST_SIZE, providers) {
-                (cost, Ok(())) => {
-                    spent += cost;
-                    fetched += 1;
-                }
-                (cost, Err(e)) => return (spent + cost, Err(e.into())),
+            let (cost, result) =
+                self.download(node, manifest, MANIFEST_SIZE, MANIFEST_SIZE, providers, faults);
+            spent += cost;
+            match result {
+                Ok(()) => fetched += 1,
+                Err(e) => return (spent, Err(e)),
             }
         }
         let Some(info) = known else {
@@ -235,13 +238,15 @@ impl World {
             if self.nodes[node].blobs.contains(&pack.hash) {
                 continue;
             }
-            match self.download(node, pack.hash, pack.size, pack.declared, providers) {
-                (cost, Ok(())) => {
-                    spent += cost;
+            let (cost, result) =
+                self.download(node, pack.hash, pack.size, pack.declared, providers, faults);
+            spent += cost;
+            match result {
+                Ok(()) => {
                     fetched += 1;
                     bytes += pack.size;
                 }
-                (cost, Err(e)) => return (spent + cost, Err(e.into())),
+                Err(e) => return (spent, Err(e)),
             }
         }
         let mut result = self.content.info(manifest);
@@ -250,39 +255,76 @@ impl World {
         (spent.max(Duration::from_millis(5)), Ok(result))
     }
 
-    /// Download one blob from the first provider that serves it; the blob
-    /// is in the node's store from now on.
+    /// Download one blob as the download does: providers in order, the
+    /// next one started alongside whenever no attempt made progress for
+    /// [`HEDGE_AFTER`], a provider that sent wrong bytes or nothing while
+    /// another served reported, every provider tried on two passes; a blob
+    /// larger than declared refused. The blob is in the node's store from
+    /// then on.
     fn download(
         &mut self,
         node: usize,
         blob: Hash,
         size: u64,
         declared: u64,
-        providers: &[Option<usize>],
-    ) -> (Duration, Result<(), String>) {
+        providers: &[EndpointId],
+        faults: &mut Vec<(EndpointId, ProviderFault)>,
+    ) -> (Duration, Result<(), JobError>) {
         let mut spent = Duration::ZERO;
-        for &p in providers {
-            // A peer the world does not know has no address to dial.
-            let Some(p) = p.filter(|p| self.reachable(node, *p)) else {
-                spent += DIAL_TIMEOUT;
-                continue;
-            };
-            let serving = match &self.nodes[p].stranger {
-                Some(s) => s.serves(),
-                None => Serving::Honest,
-            };
-            let rtt = self.latency() * 2;
-            match serving {
-                Serving::Stall => spent += STALL_COST,
-                Serving::WrongBytes => spent += rtt,
-                Serving::Honest if !self.nodes[p].blobs.contains(&blob) => spent += rtt,
-                Serving::Honest => {
-                    let transferred = size.min(declared.max(size));
-                    spent += rtt + Duration::from_micros(transferred * 1_000_000 / BANDWIDTH);
-                    self.nodes[node].blobs.insert(blob);
-                    return (spent, Ok(()));
+        let mut stalled = Vec::new();
+        for _pass in 0..2 {
+            for &id in providers {
+                // A peer the world does not know has no address to dial.
+                let Some(p) = self.index_of(&id).filter(|p| self.reachable(node, *p)) else {
+                    spent += HEDGE_AFTER;
+                    continue;
+                };
+                let serving = match &self.nodes[p].stranger {
+                    Some(s) => s.serves(),
+                    None => Serving::Honest,
+                };
+                let rtt = self.latency() * 2;
+                match serving {
+                    Serving::Stall => {
+                        spent += HEDGE_AFTER;
+                        if !stalled.contains(&id) {
+                            stalled.push(id);
+                        }
+                    }
+                    Serving::WrongBytes => {
+                        spent += rtt;
+                        if !faults.contains(&(id, ProviderFault::WrongBytes)) {
+                            faults.push((id, ProviderFault::WrongBytes));
+                        }
+                    }
+                    Serving::Honest if !self.nodes[p].blobs.contains(&blob) => spent += rtt,
+                    Serving::Honest if size != declared => {
+                        return (
+                            spent + rtt,
+                            Err(JobError {
+                                message: format!(
+                                    "pack {} is not the size its manifest declares",
+                                    short(&blob)
+                                ),
+                                quota: true,
+                            }),
+                        );
+                    }
+                    Serving::Honest => {
+                        spent += rtt + Duration::from_micros(size * 1_000_000 / BANDWIDTH);
+                        self.nodes[node].blobs.insert(blob);
+                        // Whoever sent nothing while this one served stalled.
+                        for id in stalled {
+                            faults.push((id, ProviderFault::Stalled));
+                        }
+                        return (spent, Ok(()));
+                    }
                 }
             }
+        }
+        spent = spent.max(STALL_TIMEOUT);
+        for id in stalled {
+            faults.push((id, ProviderFault::Stalled));
         }
         (
             spent,
@@ -290,7 +332,8 @@ impl World {
                 "could not fetch {} from any of {} peer(s)",
                 short(&blob),
                 providers.len()
-            )),
+            )
+            .into()),
         )
     }
 
@@ -343,10 +386,19 @@ impl World {
         repo: RepoId,
         job: JobId,
         result: JobResult,
+        faults: Vec<(EndpointId, ProviderFault)>,
     ) {
         if !self.nodes[node].is_live(life) {
             return;
         }
-        self.deliver(node, Event::JobDone { repo, job, result });
+        self.deliver(
+            node,
+            Event::JobDone {
+                repo,
+                job,
+                result,
+                faults,
+            },
+        );
     }
 }

@@ -18,7 +18,8 @@ use crate::{
     admin::{PolicyRule, Reply},
     announce::Announcement,
     core::{
-        Audience, Core, CoreCommand, Effect, Event, Policy, ReplyId, Settings, TimerKey,
+        Audience, Core, CoreCommand, Effect, Event, Policy, RecordPoll, ReplyId, Settings,
+        TimerKey,
     },
     record::PeerHint,
     repo_id::RepoId,
@@ -401,7 +402,9 @@ impl World {
                             life,
                             event: Event::Polled {
                                 repo: repo.clone(),
-                                result: Err(format!("{repo} has no record to poll")),
+                                outcome: RecordPoll::Unreachable(format!(
+                                    "{repo} has no ATProto record to poll"
+                                )),
                             },
                         },
                     );
@@ -606,8 +609,8 @@ impl World {
                 },
             );
         }
-        let result = self.pds.get(&locator.did, &locator.rkey);
-        self.deliver(node, Event::Polled { repo, result });
+        let outcome = self.pds.get(&locator.did, &locator.rkey);
+        self.deliver(node, Event::Polled { repo, outcome });
     }
 
     pub fn list(&mut self, node: usize, life: u32, did: String) {
@@ -651,16 +654,16 @@ pub fn describe_event(event: &Event) -> String {
         Event::NeighborDown { repo, peer } => format!("neighbour down {repo} {}", peer.fmt_short()),
         Event::TopicClosed { repo } => format!("topic closed {repo}"),
         Event::Pulled { peer, ok } => format!("pulled {} ok={ok}", peer.fmt_short()),
-        Event::Polled { repo, result } => match result {
-            Ok(r) => format!(
+        Event::Polled { repo, outcome } => match outcome {
+            RecordPoll::Found(r) => format!(
                 "polled {repo}: manifest {:?} seq {:?} peers {}",
                 r.manifest.as_deref().map(|m| &m[..8]),
                 r.seq,
                 r.peers.len()
             ),
-            Err(e) => format!("polled {repo}: error {e}"),
+            other => format!("polled {repo}: {other:?}"),
         },
-        Event::JobDone { repo, job, result } => match result {
+        Event::JobDone { repo, job, result, .. } => match result {
             Ok(info) => format!(
                 "job {job} {repo} done: {}",
                 super::world::short(&info.manifest)

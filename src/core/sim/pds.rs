@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 use super::world::{Ev, World};
 use crate::{
     atproto::ListedRecord,
-    core::{Event, WriteFailure, WrittenBack},
+    core::{Event, RecordPoll, WriteFailure, WrittenBack},
     record::{PeerHint, RepoRecord, merge_peers},
     repo_id::RepoId,
 };
@@ -44,17 +44,17 @@ impl Pds {
     }
 
     /// A poll of `did`'s record `rkey`.
-    pub fn get(&self, did: &str, rkey: &str) -> Result<RepoRecord, String> {
+    pub fn get(&self, did: &str, rkey: &str) -> RecordPoll {
         let Some(pds) = self.owners.get(did) else {
-            return Err(format!("cannot resolve {did}"));
+            return RecordPoll::Unreachable(format!("cannot resolve {did}"));
         };
         if pds.down {
-            return Err("the PDS did not answer within 10 s".into());
+            return RecordPoll::Unreachable("the PDS did not answer within 10 s".into());
         }
-        pds.records
-            .get(rkey)
-            .cloned()
-            .ok_or_else(|| "RecordNotFound: the record does not exist".into())
+        match pds.records.get(rkey) {
+            Some(record) => RecordPoll::Found(record.clone()),
+            None => RecordPoll::NotFound("RecordNotFound: the record does not exist".into()),
+        }
     }
 
     /// A listing of `did`'s records.

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     announce::Announcement,
-    core::{Event, JobId, JobResult, TimerKey, Via},
+    core::{Event, JobId, JobResult, ProviderFault, TimerKey, Via},
     repo_id::RepoId,
 };
 
@@ -53,6 +53,7 @@ pub enum Ev {
         repo: RepoId,
         job: JobId,
         result: JobResult,
+        faults: Vec<(EndpointId, ProviderFault)>,
     },
     /// Lazy writes of one incarnation reach the disk.
     Flush { node: usize, life: u32 },
@@ -363,7 +364,8 @@ impl World {
                 repo,
                 job,
                 result,
-            } => self.job_done(node, life, repo, job, result),
+                faults,
+            } => self.job_done(node, life, repo, job, result, faults),
             Ev::Flush { node, life } => {
                 if self.nodes[node].is_live(life) {
                     self.nodes[node].flush();

@@ -1,6 +1,8 @@
 //! Following an identity: its listings track, refresh and retire repositories.
 
 use super::*;
+use std::time::Duration;
+
 use crate::atproto::ListedRecord;
 
 const DID: &str = "did:plc:owner";
@@ -146,4 +148,178 @@ fn a_failed_first_listing_answers_and_keeps_following() {
     assert!(matches!(reply_to(&fx, reply), Some(Reply::Error(e)) if e.contains("keeps trying")));
     let follows = sim.core.follow_summaries();
     assert_eq!(follows[0].last_error.as_deref(), Some("PDS down"));
+}
+
+fn tracked_by_did(sim: &Sim) -> usize {
+    sim.core
+        .summaries()
+        .iter()
+        .filter(|s| s.followed_via.as_deref() == Some(DID))
+        .count()
+}
+
+fn notified_limit(fx: &[Effect]) -> Option<usize> {
+    fx.iter().find_map(|e| match e {
+        Effect::Notify {
+            event: crate::admin::NodeEvent::FollowLimit { refused, .. },
+            ..
+        } => Some(*refused),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_retired_repository_leaves_its_topic_and_is_removed_after_the_grace_period() {
+    let mut sim = Sim::new(4);
+    let grace = sim.core.settings.retired_grace;
+    let seeder = key(5);
+    sim.command(CoreCommand::Follow { did: DID.into() });
+    let mut b = listed("b", 2);
+    b.value["peers"] = serde_json::json!([{"nodeId": seeder.public().to_string()}]);
+    listing(&mut sim, vec![listed("a", 1), b.clone()], true);
+    let b_id = rid(&format!("{DID}/b"));
+    assert!(sim.core.repos[&b_id].topic.is_some());
+    assert!(
+        sim.core.repos[&b_id]
+            .trusted(sim.me())
+            .contains(&seeder.public())
+    );
+
+    let fx = listing(&mut sim, vec![listed("a", 1)], true);
+    for (what, found) in [
+        (
+            "leaves its topic",
+            fx.iter()
+                .any(|e| matches!(e, Effect::LeaveTopic { repo } if *repo == b_id)),
+        ),
+        (
+            "is no longer polled",
+            fx.iter()
+                .any(|e| matches!(e, Effect::UntrackRecord { repo } if *repo == b_id)),
+        ),
+        (
+            "withdraws its record's trust",
+            fx.iter()
+                .any(|e| matches!(e, Effect::Persist(Write::Record(r, None)) if *r == b_id)),
+        ),
+        (
+            "arms the removal",
+            fx.iter().any(|e| matches!(e, Effect::SetTimer { key: TimerKey::RemoveRetired, at } if *at == sim.now().at + grace)),
+        ),
+    ] {
+        assert!(found, "a retired repository {what}: {fx:?}");
+    }
+    assert!(
+        !sim.core.repos[&b_id]
+            .trusted(sim.me())
+            .contains(&seeder.public())
+    );
+    let removal = summary(&sim, "b").unwrap().remove_at.unwrap();
+    assert_eq!(removal, sim.now().unix_secs() + grace.as_secs());
+    // Nothing brings its topic back while it is retired.
+    sim.core.ensure_topic(&b_id, sim.now());
+    assert!(sim.core.repos[&b_id].topic.is_none());
+
+    // After a restart it stays retired: not polled, no topic, removal armed.
+    let (mut restarted, fx) = sim.restart();
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::TrackRecord { repo, .. } | Effect::JoinTopic { repo, .. } if *repo == b_id)),
+        "{fx:?}"
+    );
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::SetTimer {
+            key: TimerKey::RemoveRetired,
+            ..
+        }
+    )));
+
+    // Kept through the grace period, removed after it.
+    restarted.advance(grace - Duration::from_secs(1));
+    let fx = restarted.event(Event::Timer(TimerKey::RemoveRetired));
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Remove(_))))
+    );
+    assert!(summary(&restarted, "b").is_some());
+    restarted.advance(Duration::from_secs(1));
+    let fx = restarted.event(Event::Timer(TimerKey::RemoveRetired));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Remove(r)) if *r == b_id)),
+        "{fx:?}"
+    );
+    assert!(summary(&restarted, "b").is_none());
+    assert!(summary(&restarted, "a").is_some(), "a listed one stays");
+}
+
+#[test]
+fn a_record_back_within_the_grace_period_is_not_removed() {
+    let mut sim = Sim::new(4);
+    let grace = sim.core.settings.retired_grace;
+    sim.command(CoreCommand::Follow { did: DID.into() });
+    listing(&mut sim, vec![listed("a", 1)], true);
+    listing(&mut sim, vec![], true);
+    assert!(summary(&sim, "a").unwrap().record_deleted);
+    sim.advance(grace / 2);
+    let fx = listing(&mut sim, vec![listed("a", 1)], true);
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::JoinTopic { repo, .. } if repo.name() == "a")),
+        "it rejoins its topic: {fx:?}"
+    );
+    sim.advance(grace);
+    let fx = sim.event(Event::Timer(TimerKey::RemoveRetired));
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Remove(_))))
+    );
+    let a = summary(&sim, "a").unwrap();
+    assert!(!a.record_deleted && a.remove_at.is_none());
+}
+
+#[test]
+fn an_identity_renaming_its_records_cannot_grow_the_node_past_its_limit() {
+    let mut sim = Sim::new(4);
+    sim.core.settings.max_repos_per_identity = 10;
+    let (reply, _) = sim.command(CoreCommand::Follow { did: DID.into() });
+    let names = |round: usize, n: usize| -> Vec<ListedRecord> {
+        (0..n)
+            .map(|i| listed(&format!("r{round}-{i}"), 1))
+            .collect()
+    };
+    // Too many at once: the first ten are taken, the rest refused, and the
+    // caller, `status` and watchers are told.
+    let fx = listing(&mut sim, names(0, 15), true);
+    assert_eq!(tracked_by_did(&sim), 10);
+    assert_eq!(notified_limit(&fx), Some(5));
+    assert!(
+        matches!(reply_to(&fx, reply), Some(Reply::Ok(Payload::Done { message })) if message.contains("max_repos_per_identity")),
+        "{fx:?}"
+    );
+    let error = sim.core.follow_summaries()[0].last_error.clone().unwrap();
+    assert!(error.contains("max_repos_per_identity"), "{error}");
+    // Every listing renames every record: the retired ones count until
+    // they are removed, so the node does not grow.
+    for round in 1..=5 {
+        let fx = listing(&mut sim, names(round, 10), true);
+        assert_eq!(tracked_by_did(&sim), 10, "round {round}");
+        assert_eq!(notified_limit(&fx), Some(10));
+        sim.advance(Duration::from_secs(60));
+    }
+    let joined = sim
+        .core
+        .repos
+        .values()
+        .filter(|r| r.topic.is_some())
+        .count();
+    assert_eq!(joined, 0, "retired repositories hold no topic");
+    // After the grace period the retired ones go and current names fit.
+    sim.advance(sim.core.settings.retired_grace);
+    sim.event(Event::Timer(TimerKey::RemoveRetired));
+    assert_eq!(tracked_by_did(&sim), 0);
+    let fx = listing(&mut sim, names(6, 10), true);
+    assert_eq!(tracked_by_did(&sim), 10);
+    assert_eq!(notified_limit(&fx), None);
+    assert!(sim.core.follow_summaries()[0].last_error.is_none());
 }

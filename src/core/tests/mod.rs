@@ -2,9 +2,11 @@
 //! no sockets and no sleeps. `trust` holds the trust rules, `flows` the
 //! queue, sync, removal, restart, rejoin and write-back behaviour.
 
+mod extremes;
 mod flows;
 mod follows;
 mod strangers;
+mod providers;
 mod trust;
 mod verify;
 
@@ -140,7 +142,7 @@ impl Sim {
     pub(super) fn poll(&mut self, record: RepoRecord) -> Vec<Effect> {
         self.event(Event::Polled {
             repo: repo(),
-            result: Ok(record),
+            outcome: RecordPoll::Found(record),
         })
     }
 
@@ -149,6 +151,7 @@ impl Sim {
             repo: repo(),
             job,
             result: Ok(info(m)),
+            faults: vec![],
         })
     }
 

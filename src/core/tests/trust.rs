@@ -264,3 +264,114 @@ fn an_operator_peer_removed_by_the_operator_is_revoked() {
     });
     assert!(matches!(reply_to(&fx, reply), Some(Reply::Error(e)) if e.contains("--peer")));
 }
+
+#[test]
+fn a_restart_during_the_fetch_of_a_far_future_record_does_not_pin_the_state() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], locator());
+    let fx = sim.poll(record(Some(1), Some(T0_MS), &[]));
+    let (job, _) = fetch_job(&fx).unwrap();
+    sim.finish(job, 1);
+    // The record names a second state at the highest seq: counted as no
+    // seq, taken as changed, under a seq just above the state held.
+    sim.advance(Duration::from_secs(1));
+    let fx = sim.poll(record(Some(2), Some(u64::MAX), &[]));
+    assert!(fetch_job(&fx).is_some(), "{fx:?}");
+    // The node restarts while that fetch runs; the fetch resumes.
+    let (mut restarted, fx) = sim.restart();
+    let (job, m) = fetch_job(&fx).expect("the interrupted fetch resumes");
+    assert_eq!(m, manifest(2));
+    restarted.finish(job, 2);
+    let seq = restarted.held().unwrap().seq();
+    assert!(
+        seq <= restarted.now().unix_ms + crate::core::trust::MAX_SEQ_AHEAD_MS,
+        "held at seq {seq}: the one-hour bound applies at start-up too"
+    );
+    // The owner's next record is taken.
+    restarted.advance(Duration::from_secs(5));
+    let later = restarted.now().unix_ms;
+    let fx = restarted.poll(record(Some(3), Some(later), &[]));
+    let (job, m) = fetch_job(&fx).expect("a later record is taken");
+    assert_eq!(m, manifest(3));
+    restarted.finish(job, 3);
+    assert_eq!(restarted.held().unwrap().seq(), later);
+}
+
+fn polled(sim: &mut Sim, outcome: RecordPoll) -> Vec<Effect> {
+    sim.event(Event::Polled {
+        repo: repo(),
+        outcome,
+    })
+}
+
+#[test]
+fn a_deleted_record_revokes_its_peers_and_failed_polls_keep_them() {
+    let mut sim = Sim::new(4);
+    let laptop = key(2);
+    sim.add(vec![], locator());
+    sim.poll(record(None, None, &[&laptop]));
+    sim.take(&laptop, 2, T0_MS);
+    // Polls without an answer to go by keep the copy: still trusted.
+    polled(&mut sim, RecordPoll::Unreachable("PDS down".into()));
+    polled(&mut sim, RecordPoll::Invalid("not a record".into()));
+    let fx = sim.announce(&laptop, &laptop, 3, T0_MS + 10);
+    let (job, _) = fetch_job(&fx).expect("a failed poll revokes nothing");
+    sim.finish(job, 3);
+
+    // The owner deletes the record: the peers it named are revoked.
+    let fx = polled(&mut sim, RecordPoll::NotFound("no such record".into()));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Record(_, None)))),
+        "withdrawn durably: {fx:?}"
+    );
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Notify { event: crate::admin::NodeEvent::RecordDeleted { revoked, .. }, .. }
+            if revoked == &vec![laptop.public().to_string()]
+    )));
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::UntrackRecord { .. } | Effect::LeaveTopic { .. })),
+        "the operator's repository stays, polled and served: {fx:?}"
+    );
+    let fx = sim.announce(&laptop, &laptop, 4, T0_MS + 20);
+    assert!(jobs(&fx).is_empty(), "revoked: {fx:?}");
+    let summary = &sim.core.summaries()[0];
+    assert!(summary.record_deleted);
+    assert_eq!(summary.trusted_peers, 0);
+    assert_eq!(
+        sim.held().unwrap().manifest_hash(),
+        manifest(3),
+        "the state stays"
+    );
+
+    // Also after a restart.
+    let (mut restarted, fx) = sim.restart();
+    let (check, _) = fetch_job(&fx).expect("the held state is checked");
+    restarted.finish(check, 3);
+    let fx = restarted.announce(&laptop, &laptop, 4, T0_MS + 20);
+    assert!(fetch_job(&fx).is_none(), "still revoked after a restart");
+
+    // The owner writes the record again: its peers are trusted again.
+    restarted.poll(record(Some(3), Some(T0_MS + 10), &[&laptop]));
+    assert!(!restarted.core.summaries()[0].record_deleted);
+    let fx = restarted.announce(&laptop, &laptop, 4, T0_MS + 20);
+    assert!(fetch_job(&fx).is_some(), "trusted again");
+}
+
+#[test]
+fn a_sync_of_a_deleted_record_says_so() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], locator());
+    let (reply, fx) = sim.command(CoreCommand::Sync { repo_id: repo() });
+    assert!(fx.iter().any(|e| matches!(e, Effect::PollNow { .. })));
+    let fx = polled(
+        &mut sim,
+        RecordPoll::NotFound("record at://x does not exist".into()),
+    );
+    assert!(
+        matches!(reply_to(&fx, reply), Some(Reply::Error(e)) if e.contains("does not exist")),
+        "{fx:?}"
+    );
+}

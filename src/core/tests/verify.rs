@@ -69,6 +69,7 @@ fn verify_checks_the_held_state_and_reports_what_was_put_back() {
         repo: repo(),
         job,
         result: Ok(found),
+        faults: vec![],
     });
     let rows = verified(&fx, reply);
     assert_eq!(rows.len(), 1);
@@ -111,6 +112,7 @@ fn a_failed_check_answers_with_its_error_and_is_retried() {
         repo: repo(),
         job,
         result: Err("could not fetch pack from any peer".into()),
+        faults: vec![],
     });
     let rows = verified(&fx, reply);
     assert_eq!(
@@ -191,6 +193,7 @@ fn a_fetch_that_reused_unpinned_blobs_is_checked_after_the_next_gc_pass() {
         repo: repo(),
         job,
         result: Ok(fetched),
+        faults: vec![],
     });
     // The pass that was running when the pins were set may still delete.
     let fx = sim.event(Event::GcPass { passes: 3 });
