@@ -133,6 +133,42 @@ pub struct RecordCopy {
     /// hold it yet (a fetch interrupted by a restart resumes).
     #[serde(default)]
     pub pending: bool,
+    /// Manifests (hex) earlier reads of the record named, oldest first, at
+    /// most [`RecordCopy::NAMED_KEPT`]: a record without a usable `seq` is
+    /// taken only when it names a state it never named before, so a read
+    /// that lags a version behind cannot roll the node back.
+    #[serde(default)]
+    pub named: Vec<String>,
+}
+
+impl RecordCopy {
+    /// Earlier manifests kept in [`RecordCopy::named`].
+    pub const NAMED_KEPT: usize = 16;
+
+    /// The copy for `record`, read after this one: this one's manifest
+    /// joins the ones named before.
+    pub fn next(&self, record: RepoRecord, read_at: u64, pending: bool) -> Self {
+        let mut named = self.named.clone();
+        if let Some(m) = &self.record.manifest {
+            named.retain(|n| n != m);
+            named.push(m.clone());
+        }
+        if named.len() > Self::NAMED_KEPT {
+            named.drain(..named.len() - Self::NAMED_KEPT);
+        }
+        Self {
+            record,
+            read_at,
+            pending,
+            named,
+        }
+    }
+
+    /// Whether this record, or an earlier read of it, named `manifest`.
+    pub fn ever_named(&self, manifest: &str) -> bool {
+        self.record.manifest.as_deref() == Some(manifest)
+            || self.named.iter().any(|n| n == manifest)
+    }
 }
 
 /// The state a node holds: pinned, materialized, served and announced.

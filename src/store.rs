@@ -445,6 +445,7 @@ fn convert_legacy(entry: LegacyEntry, now_ms: u64) -> Vec<Write> {
         record,
         read_at: entry.last_poll.unwrap_or(0),
         pending: false,
+        named: Vec::new(),
     });
     let held = match (&entry.materialized, entry.statement) {
         (Some(manifest), Some(statement))

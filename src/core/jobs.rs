@@ -60,7 +60,7 @@ impl Core {
             && let Some(manifest) = copy.record.manifest_hash()
             && let trust::RecordVerdict::Adopt { seq } = trust::judge_record(
                 &copy.record,
-                None,
+                &|m| copy.named.iter().any(|n| n == m),
                 repo.held.as_ref().map(|h| h.manifest.as_str()),
                 held,
                 now.unix_ms,

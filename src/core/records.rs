@@ -44,9 +44,10 @@ impl Core {
         repo.sync.awaiting_poll = false;
         repo.book.last_poll = Some(now.unix_secs());
         let previous = repo.record.as_ref().map(|c| &c.record);
+        let named_before = |m: &str| repo.record.as_ref().is_some_and(|c| c.ever_named(m));
         let verdict = trust::judge_record(
             &record,
-            previous,
+            &named_before,
             repo.held.as_ref().map(|h| h.manifest.as_str()),
             repo.current_position(),
             now.unix_ms,
@@ -57,10 +58,14 @@ impl Core {
             RecordVerdict::Held | RecordVerdict::Keep(_) => None,
         };
         if changed || adopt.is_some() {
-            let copy = RecordCopy {
-                record: record.clone(),
-                read_at: now.unix_secs(),
-                pending: adopt.is_some(),
+            let copy = match &repo.record {
+                Some(old) => old.next(record.clone(), now.unix_secs(), adopt.is_some()),
+                None => RecordCopy {
+                    record: record.clone(),
+                    read_at: now.unix_secs(),
+                    pending: adopt.is_some(),
+                    named: Vec::new(),
+                },
             };
             repo.record = Some(copy.clone());
             self.out
@@ -295,6 +300,20 @@ impl Core {
         match result {
             Ok(WrittenBack { record, superseded }) => {
                 repo.write_back.attempts = 0;
+                if repo.config.locator.is_none() {
+                    // A node that writes the owner's record reads it from now
+                    // on: the owner may change it elsewhere (remove a peer,
+                    // delete it), and what it says must not go stale here.
+                    let locator = crate::state::Locator::default_for(repo_id, None);
+                    repo.config.locator = Some(locator.clone());
+                    self.out
+                        .push(Effect::Persist(Write::Config(repo.config.clone())));
+                    self.out.push(Effect::TrackRecord {
+                        repo: repo_id.clone(),
+                        locator,
+                    });
+                }
+                let repo = self.repos.get_mut(repo_id).expect("present above");
                 let done = superseded
                     || repo
                         .held

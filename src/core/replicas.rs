@@ -246,6 +246,16 @@ impl Core {
         };
         let probes = self.claims_to_probe(repo, now);
         let repo = self.repos.get_mut(repo_id).expect("present above");
+        // Failed probes are remembered only for peers still seen: fresh keys
+        // churning through the table cannot grow it.
+        let seen: BTreeSet<String> = repo
+            .book
+            .peers_seen
+            .iter()
+            .map(|s| s.node_id.clone())
+            .collect();
+        repo.probes
+            .retain(|peer, p| p.failed_at.is_none() || seen.contains(&peer.to_string()));
         for (peer, manifest) in probes {
             let Ok(hash) = manifest.parse::<Hash>() else {
                 continue;

@@ -5,8 +5,11 @@
 //! test below:
 //!
 //! 1. The owner's record is the authority. Its state is taken when it is not
-//!    older than the state held (by `seq`), or, for a record without a usable
-//!    `seq`, when the record changed since it was last read.
+//!    older than the state held (by `seq`), or, for a record without a
+//!    `seq`, when it names a state no earlier read of it named (a read
+//!    lagging a version behind cannot roll the node back). A record whose
+//!    `seq` is beyond [`MAX_SEQ_AHEAD_MS`] comes from a broken clock and is
+//!    not taken; its peers still are trusted publishers.
 //! 2. A statement announced by gossip or the direct protocol is taken only
 //!    when its publisher, or the node that forwards it (the envelope's
 //!    sender), is trusted: a record peer, an operator peer, or this node. A
@@ -118,11 +121,12 @@ pub enum RecordVerdict {
     Keep(&'static str),
 }
 
-/// Judge a freshly read record against the one read before and the state
-/// held or being fetched (`current`: the newer of the two).
+/// Judge a freshly read record against the reads before (`named_before`:
+/// whether an earlier read named a manifest) and the state held or being
+/// fetched (`current`: the newer of the two).
 pub fn judge_record(
     record: &RepoRecord,
-    previous: Option<&RepoRecord>,
+    named_before: &dyn Fn(&str) -> bool,
     held_manifest: Option<&str>,
     current: Option<Position>,
     now_ms: u64,
@@ -135,16 +139,16 @@ pub fn judge_record(
     }
     let current_seq = current.map_or(0, |c| c.seq);
     let next = current_seq.saturating_add(1);
-    let usable_seq = record
-        .seq
-        .filter(|s| *s <= now_ms.saturating_add(MAX_SEQ_AHEAD_MS));
-    match usable_seq {
+    match record.seq {
+        Some(seq) if seq > now_ms.saturating_add(MAX_SEQ_AHEAD_MS) => RecordVerdict::Keep(
+            "the record's seq is more than an hour ahead of this node's clock (the owner's clock is wrong); its state comes from its peers' announcements",
+        ),
         Some(seq) if seq >= current_seq => RecordVerdict::Adopt { seq: seq.max(next) },
         Some(_) => RecordVerdict::Keep("the record names an older state than the one held"),
-        None if previous.and_then(|p| p.manifest.as_deref()) != Some(manifest) => {
-            RecordVerdict::Adopt { seq: next }
-        }
-        None => RecordVerdict::Keep("the record has not changed since it was last read"),
+        None if !named_before(manifest) => RecordVerdict::Adopt { seq: next },
+        None => RecordVerdict::Keep(
+            "the record has no usable seq and names a state it named before (a lagging read, or not changed)",
+        ),
     }
 }
 
@@ -338,16 +342,16 @@ mod tests {
         let h = hex(1);
         let r = record(Some(2), Some(10));
         assert_eq!(
-            judge_record(&r, None, Some(&h), at(1, 10), NOW),
+            judge_record(&r, &|_| false, Some(&h), at(1, 10), NOW),
             RecordVerdict::Adopt { seq: 11 },
             "a tie goes to the record, under a seq newer than the state held"
         );
         assert_eq!(
-            judge_record(&r, None, Some(&h), at(1, 5), NOW),
+            judge_record(&r, &|_| false, Some(&h), at(1, 5), NOW),
             RecordVerdict::Adopt { seq: 10 }
         );
         assert_eq!(
-            judge_record(&r, None, None, None, NOW),
+            judge_record(&r, &|_| false, None, None, NOW),
             RecordVerdict::Adopt { seq: 10 }
         );
     }
@@ -357,12 +361,12 @@ mod tests {
         let h = hex(2);
         let r = record(Some(1), Some(10));
         assert!(matches!(
-            judge_record(&r, None, Some(&h), at(2, 11), NOW),
+            judge_record(&r, &|_| false, Some(&h), at(2, 11), NOW),
             RecordVerdict::Keep(_)
         ));
         // Nor does it replace a newer state being fetched.
         assert!(matches!(
-            judge_record(&r, None, Some(&hex(0)), at(2, 11), NOW),
+            judge_record(&r, &|_| false, Some(&hex(0)), at(2, 11), NOW),
             RecordVerdict::Keep(_)
         ));
     }
@@ -371,37 +375,44 @@ mod tests {
     fn a_record_without_seq_wins_when_it_changed() {
         let h = hex(2);
         let r = record(Some(1), None);
-        let before = record(Some(2), None);
         assert_eq!(
-            judge_record(&r, Some(&before), Some(&h), at(2, 50), NOW),
+            judge_record(&r, &|m| m == hex(2), Some(&h), at(2, 50), NOW),
             RecordVerdict::Adopt { seq: 51 }
         );
         assert!(matches!(
-            judge_record(&r, Some(&r), Some(&h), at(2, 50), NOW),
-            RecordVerdict::Keep(_)
-        ));
-        // A seq beyond the bound counts as no seq.
-        let far = record(Some(1), Some(u64::MAX));
-        assert!(matches!(
-            judge_record(&far, Some(&far), Some(&h), at(2, 50), NOW),
+            judge_record(&r, &|m| m == hex(1), Some(&h), at(2, 50), NOW),
             RecordVerdict::Keep(_)
         ));
         assert_eq!(
-            judge_record(&far, Some(&before), Some(&h), at(2, u64::MAX), NOW),
+            judge_record(&r, &|m| m == hex(2), Some(&h), at(2, u64::MAX), NOW),
             RecordVerdict::Adopt { seq: u64::MAX },
             "saturates"
         );
+        // A seq beyond the bound is a broken clock: never taken, changed or not.
+        let far = record(Some(1), Some(u64::MAX));
+        for named in [false, true] {
+            assert!(matches!(
+                judge_record(&far, &|_| named, Some(&h), at(2, 50), NOW),
+                RecordVerdict::Keep(_)
+            ));
+        }
     }
 
     #[test]
     fn a_record_naming_the_held_state_or_none_changes_nothing() {
         let h = hex(1);
         assert_eq!(
-            judge_record(&record(Some(1), Some(99)), None, Some(&h), at(1, 5), NOW),
+            judge_record(
+                &record(Some(1), Some(99)),
+                &|_| false,
+                Some(&h),
+                at(1, 5),
+                NOW
+            ),
             RecordVerdict::Held
         );
         assert!(matches!(
-            judge_record(&record(None, Some(99)), None, Some(&h), at(1, 5), NOW),
+            judge_record(&record(None, Some(99)), &|_| false, Some(&h), at(1, 5), NOW),
             RecordVerdict::Keep(_)
         ));
     }

@@ -11,7 +11,7 @@
 //! only when it has nothing else to do, so a check never displaces a
 //! newer state. Nothing here is persisted: a restart checks everything.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::warn;
 
@@ -200,18 +200,19 @@ impl Core {
     /// `passes` passes: check the state again once the pass that may have
     /// missed its pins is over.
     pub(super) fn recheck_after_gc(&mut self, repo_id: &RepoId, passes: u64) {
-        self.recheck_after_gc.push((repo_id.clone(), passes));
+        let at = self.recheck_after_gc.entry(repo_id.clone()).or_default();
+        *at = (*at).max(passes);
     }
 
     /// The blob store's collector started its `passes`-th pass, so every
     /// earlier pass is over.
     pub(super) fn handle_gc_pass(&mut self, passes: u64, now: Now) {
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recheck_after_gc)
-            .into_iter()
-            .partition(|(_, at)| *at < passes);
+        let (due, later): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut self.recheck_after_gc)
+                .into_iter()
+                .partition(|(_, at)| *at < passes);
         self.recheck_after_gc = later;
-        let due: BTreeSet<RepoId> = due.into_iter().map(|(id, _)| id).collect();
-        for repo_id in due {
+        for repo_id in due.into_keys() {
             self.request_check(&repo_id, Lane::Background);
         }
         self.pump(now);

@@ -30,17 +30,37 @@ pub enum Adversary {
     /// Announces held states under many fresh keys, to crowd real peers
     /// out of every table.
     Displacer,
+    /// A publisher a careless owner named in the record, whose manifests
+    /// declare packs far smaller than they are.
+    LyingPublisher,
+    /// A peer the record named until the owner deleted the record, which
+    /// then publishes states of its own.
+    RogueExPeer,
+    /// The owner's clock is broken: one write-back stores a `seq` at the end
+    /// of time, and a follower crashes while fetching that state.
+    FarFutureRecord,
+    /// An identity the seeders follow that renames its records on every
+    /// listing.
+    ChurningIdentity,
+    /// An operator (or a group member on the socket) sending admin commands
+    /// with extreme values.
+    ExtremeOperator,
 }
 
 impl Adversary {
     /// Every behaviour.
-    pub const ALL: [Adversary; 6] = [
+    pub const ALL: [Adversary; 11] = [
         Adversary::Replayer,
         Adversary::Forger,
         Adversary::Staller,
         Adversary::Liar,
         Adversary::FakeReplica,
         Adversary::Displacer,
+        Adversary::LyingPublisher,
+        Adversary::RogueExPeer,
+        Adversary::FarFutureRecord,
+        Adversary::ChurningIdentity,
+        Adversary::ExtremeOperator,
     ];
 
     /// One drawn from `rng`.
@@ -185,6 +205,22 @@ impl World {
                     self.gossip(node, &repo, &a, true);
                     self.send_direct(node, target, &repo, &a);
                 }
+                // A burst of old statements back to their own publishers,
+                // each of which may answer with its current state.
+                for (repo, old) in heard.iter().take(10) {
+                    let publisher = old
+                        .statement
+                        .statement
+                        .publisher_id()
+                        .and_then(|p| self.index_of(&p));
+                    if let Some(p) = publisher {
+                        for (repo, a) in
+                            self.envelopes(node, vec![((*repo).clone(), old.statement.clone())])
+                        {
+                            self.send_direct(node, p, &repo, &a);
+                        }
+                    }
+                }
             }
             Adversary::Forger => self.forge(node, target),
             Adversary::Staller | Adversary::Liar | Adversary::FakeReplica => {
@@ -200,6 +236,11 @@ impl World {
                     }
                 }
             }
+            Adversary::LyingPublisher
+            | Adversary::RogueExPeer
+            | Adversary::FarFutureRecord
+            | Adversary::ChurningIdentity
+            | Adversary::ExtremeOperator => self.owner_step(node, stranger.behaviour),
             Adversary::Displacer => {
                 let Some((repo, announcement)) = stranger.heard.back().cloned() else {
                     return;

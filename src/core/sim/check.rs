@@ -12,16 +12,17 @@
 //!
 //! Liveness is checked by the world at the end of a run.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use super::world::{World, short};
 use crate::{
     admin::{Payload, Reply},
     core::{
         CoreCommand,
-        gossip::MAX_PULL_PEERS,
+        gossip::{MAX_PULL_PEERS, MAX_REBROADCAST_DIRECT},
         hints::MAX_HINTS,
-        repo::MAX_PEERS_CONTACTED,
+        replicas::{MAX_CATCH_UP_PUSHES, MAX_PROBES},
+        repo::{MAX_DEMOTED, MAX_PEERS_CONTACTED},
         trust::MAX_SEQ_AHEAD_MS,
     },
     repo_id::RepoId,
@@ -33,7 +34,26 @@ pub struct Checks {
     /// The last held state per node and repository: (seq, order of its
     /// manifest among the repository's).
     held: BTreeMap<(usize, RepoId), (u64, u64)>,
+    /// Announcements of one statement by one incarnation of a node in the
+    /// last [`FLOOD_WINDOW`] (its limits are kept in memory): when, to the
+    /// topic or not, and how many peers directly.
+    announced: BTreeMap<Announced, Vec<Sent>>,
 }
+
+/// One statement announced by one incarnation: node, life, repository, seq.
+type Announced = (usize, u32, RepoId, u64);
+/// One announcement of it: when, to the topic or not, to how many peers.
+type Sent = (Duration, bool, usize);
+
+/// The window over which a node's announcements of one statement count.
+const FLOOD_WINDOW: Duration = Duration::from_secs(60);
+/// Most announcements of one statement to the whole topic per window: the
+/// first (a publish or a fetch) and one rebroadcast.
+const MAX_TOPIC_ANNOUNCES: usize = 2;
+/// Most peers told one statement directly per window: those a publish or a
+/// fetch tells, the catch-up pushes and the rebroadcast budget.
+const MAX_DIRECT_ANNOUNCES: usize =
+    2 * MAX_PEERS_CONTACTED + MAX_CATCH_UP_PUSHES + MAX_REBROADCAST_DIRECT;
 
 /// Most peers whose announced state is kept per repository.
 const MAX_PEERS_SEEN: usize = crate::core::replicas::MAX_PEERS_SEEN;
@@ -59,9 +79,26 @@ impl World {
         if core.pulls.len() > MAX_PULL_PEERS {
             broken.push(format!("{} pull backoffs kept", core.pulls.len()));
         }
+        let cap = core.settings.max_repos_per_identity;
+        for did in core.follows.keys() {
+            let brought = core
+                .repos
+                .values()
+                .filter(|r| r.config.followed_via.as_deref() == Some(did.as_str()))
+                .count();
+            if brought > cap {
+                broken.push(format!(
+                    "{did} brought {brought} repositories, more than {cap}"
+                ));
+            }
+        }
+        let mut held_bytes = 0u64;
         for (repo_id, repo) in &core.repos {
             if repo.book.hints.len() > MAX_HINTS {
-                broken.push(format!("{repo_id}: {} learned hints", repo.book.hints.len()));
+                broken.push(format!(
+                    "{repo_id}: {} learned hints",
+                    repo.book.hints.len()
+                ));
             }
             if repo.book.peers_seen.len() > MAX_PEERS_SEEN {
                 broken.push(format!(
@@ -73,6 +110,15 @@ impl World {
                 && want.providers.len() > 2 * MAX_PEERS_CONTACTED
             {
                 broken.push(format!("{repo_id}: {} providers", want.providers.len()));
+            }
+            if repo.demoted.len() > MAX_DEMOTED {
+                broken.push(format!(
+                    "{repo_id}: {} providers demoted",
+                    repo.demoted.len()
+                ));
+            }
+            if repo.probes.len() > MAX_PEERS_SEEN + MAX_PROBES {
+                broken.push(format!("{repo_id}: {} probes kept", repo.probes.len()));
             }
             let Some(held) = &repo.held else {
                 continue;
@@ -105,16 +151,22 @@ impl World {
                     held.seq()
                 ));
             }
+            held_bytes = held_bytes.saturating_add(info.packs.iter().map(|p| p.size).sum::<u64>());
             seen.push((repo_id.clone(), held.seq(), info.order, manifest));
+        }
+        if let Some(max) = core.settings.max_total_bytes
+            && held_bytes > max
+        {
+            broken.push(format!(
+                "holds states of {held_bytes} bytes in all, over max_total_bytes {max}"
+            ));
         }
         let tracked: Vec<RepoId> = core.repos.keys().cloned().collect();
         for (repo_id, seq, order, manifest) in seen {
             let key = (node, repo_id.clone());
             if let Some(&(last_seq, last_order)) = self.checks.held.get(&key) {
                 if seq < last_seq {
-                    broken.push(format!(
-                        "{repo_id}: seq went back from {last_seq} to {seq}"
-                    ));
+                    broken.push(format!("{repo_id}: seq went back from {last_seq} to {seq}"));
                 }
                 if order < last_order {
                     broken.push(format!(
@@ -132,6 +184,43 @@ impl World {
         if !broken.is_empty() {
             let role = self.nodes[node].role.name();
             self.fail(format!("n{node} ({role}): {}", broken.join("; ")));
+        }
+    }
+
+    /// Note that `node` announced the statement with `seq` of `repo`, to
+    /// the topic or not and to `direct` peers directly; no statement may
+    /// flood the topic or the peers.
+    pub fn check_announce(
+        &mut self,
+        node: usize,
+        repo: &RepoId,
+        seq: u64,
+        topic: bool,
+        direct: usize,
+    ) {
+        let now = self.now;
+        let life = self.nodes[node].life;
+        let sent = self
+            .checks
+            .announced
+            .entry((node, life, repo.clone(), seq))
+            .or_default();
+        sent.retain(|(at, _, _)| now.saturating_sub(*at) < FLOOD_WINDOW);
+        sent.push((now, topic, direct));
+        let topics = sent.iter().filter(|(_, t, _)| *t).count();
+        let peers: usize = sent.iter().map(|(_, _, d)| d).sum();
+        if topics > MAX_TOPIC_ANNOUNCES || peers > MAX_DIRECT_ANNOUNCES {
+            self.fail(format!(
+                "n{node} floods {repo}: seq {seq} announced to the topic {topics} times and to {peers} peers directly within {} s",
+                FLOOD_WINDOW.as_secs()
+            ));
+        }
+        // Forget statements nobody announced for a while.
+        if self.checks.announced.len() > 4096 {
+            self.checks.announced.retain(|_, v| {
+                v.iter()
+                    .any(|(at, _, _)| now.saturating_sub(*at) < FLOOD_WINDOW)
+            });
         }
     }
 

@@ -54,6 +54,8 @@ pub struct ManifestInfo {
     /// Held by some honest node (a publish that crashed before it finished
     /// makes a manifest nobody ever holds).
     pub held: bool,
+    /// Made by the owner's own knot: the states every follower must reach.
+    pub honest: bool,
     /// Order of creation among the repository's manifests.
     pub order: u64,
 }
@@ -73,8 +75,15 @@ pub struct Content {
 }
 
 impl Content {
-    /// Register a manifest; returns its hash.
+    /// Register a manifest made by the owner (`legit`) or by a stranger;
+    /// returns its hash.
     pub fn make(&mut self, repo: &RepoId, packs: Vec<Pack>, legit: bool) -> Hash {
+        self.make_by(repo, packs, legit, legit)
+    }
+
+    /// Register a manifest made by a publisher the owner sanctioned
+    /// (`legit`), and whether it is the owner's own (`honest`).
+    pub fn make_by(&mut self, repo: &RepoId, packs: Vec<Pack>, legit: bool, honest: bool) -> Hash {
         self.made += 1;
         let hash = Hash::new(format!("manifest {repo} {}", self.made));
         let head = Hash::new(format!("head {}", self.made)).to_hex()[..40].to_string();
@@ -86,6 +95,7 @@ impl Content {
                 head,
                 legit,
                 held: false,
+                honest,
                 order: self.made,
             },
         );
@@ -106,7 +116,7 @@ impl Content {
     pub fn newest_legit(&self, repo: &RepoId) -> Option<Hash> {
         self.manifests
             .iter()
-            .filter(|(_, m)| &m.repo == repo && m.legit && m.held)
+            .filter(|(_, m)| &m.repo == repo && m.honest && m.held)
             .max_by_key(|(_, m)| m.order)
             .map(|(h, _)| *h)
     }
@@ -209,8 +219,14 @@ impl World {
         let mut bytes = 0;
         let known = self.content.manifests.get(&manifest).cloned();
         if !self.nodes[node].blobs.contains(&manifest) {
-            let (cost, result) =
-                self.download(node, manifest, MANIFEST_SIZE, MANIFEST_SIZE, providers, faults);
+            let (cost, result) = self.download(
+                node,
+                manifest,
+                MANIFEST_SIZE,
+                MANIFEST_SIZE,
+                providers,
+                faults,
+            );
             spent += cost;
             match result {
                 Ok(()) => fetched += 1,

@@ -28,6 +28,7 @@ mod check;
 mod content;
 mod net;
 mod node;
+mod owners;
 mod pds;
 #[cfg(test)]
 mod tests;
@@ -214,7 +215,13 @@ pub struct Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "seed {} failed at {:.3}s: {}", self.seed, self.at.as_secs_f64(), self.message)?;
+        writeln!(
+            f,
+            "seed {} failed at {:.3}s: {}",
+            self.seed,
+            self.at.as_secs_f64(),
+            self.message
+        )?;
         writeln!(f, "last steps:")?;
         for line in &self.trace {
             writeln!(f, "  {line}")?;

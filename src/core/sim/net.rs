@@ -79,10 +79,22 @@ impl World {
         if self.rng.random_bool(loss) {
             return;
         }
-        self.schedule(delay, Ev::Message { node: to, msg: msg() });
+        self.schedule(
+            delay,
+            Ev::Message {
+                node: to,
+                msg: msg(),
+            },
+        );
         if self.rng.random_bool(duplicate) {
             let again = delay + self.latency();
-            self.schedule(again, Ev::Message { node: to, msg: msg() });
+            self.schedule(
+                again,
+                Ev::Message {
+                    node: to,
+                    msg: msg(),
+                },
+            );
         }
     }
 
@@ -286,7 +298,10 @@ impl World {
                 Ev::Core {
                     node,
                     life,
-                    event: Event::Pulled { peer: id, ok: false },
+                    event: Event::Pulled {
+                        peer: id,
+                        ok: false,
+                    },
                 },
             );
             return;

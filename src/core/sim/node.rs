@@ -18,8 +18,7 @@ use crate::{
     admin::{PolicyRule, Reply},
     announce::Announcement,
     core::{
-        Audience, Core, CoreCommand, Effect, Event, Policy, RecordPoll, ReplyId, Settings,
-        TimerKey,
+        Audience, Core, CoreCommand, Effect, Event, Policy, RecordPoll, ReplyId, Settings, TimerKey,
     },
     record::PeerHint,
     repo_id::RepoId,
@@ -27,6 +26,10 @@ use crate::{
     store::Write,
 };
 
+/// Every honest node's `max_total_bytes`.
+pub const MAX_TOTAL_BYTES: u64 = 1 << 30;
+/// Every honest node's `max_repos_per_identity`.
+pub const MAX_REPOS_PER_IDENTITY: usize = 40;
 /// How long lazy writes wait to be flushed, as in the actor.
 const FLUSH_AFTER: Duration = Duration::from_secs(30);
 /// How often a tracked record is polled.
@@ -198,8 +201,19 @@ impl SimNode {
     /// The manifest the node holds for `repo`, by its core or its disk.
     pub fn held_manifest(&self, repo: &RepoId) -> Option<Hash> {
         match &self.core {
-            Some(core) => core.repos.get(repo)?.held.as_ref().map(|h| h.manifest_hash()),
-            None => self.disk.rows.get(repo)?.held.as_ref().map(|h| h.manifest_hash()),
+            Some(core) => core
+                .repos
+                .get(repo)?
+                .held
+                .as_ref()
+                .map(|h| h.manifest_hash()),
+            None => self
+                .disk
+                .rows
+                .get(repo)?
+                .held
+                .as_ref()
+                .map(|h| h.manifest_hash()),
         }
     }
 
@@ -207,6 +221,8 @@ impl SimNode {
     fn settings(&self) -> Settings {
         let mut settings = Settings::new("/sim/repos".into());
         settings.write_back = matches!(self.role, Role::Author { .. });
+        settings.max_total_bytes = Some(MAX_TOTAL_BYTES);
+        settings.max_repos_per_identity = MAX_REPOS_PER_IDENTITY;
         settings
     }
 
@@ -284,6 +300,15 @@ impl World {
                 },
             );
         }
+        let follower = !matches!(role, Role::Author { .. } | Role::Stranger);
+        if follower && self.pds.is_churning(super::owners::CHURNER) {
+            self.command(
+                node,
+                CoreCommand::Follow {
+                    did: super::owners::CHURNER.to_string(),
+                },
+            );
+        }
     }
 
     /// Send an admin command to `node`'s core now.
@@ -328,17 +353,23 @@ impl World {
                 statement,
                 audience,
             } => {
-                let announcement = Announcement::new_at(
-                    statement,
-                    &self.nodes[node].key,
-                    vec![],
-                    self.unix_ms(),
-                );
+                let announcement =
+                    Announcement::new_at(statement, &self.nodes[node].key, vec![], self.unix_ms());
                 let (topic, direct) = match audience {
                     Audience::Everyone { direct } => (Some(true), direct),
                     Audience::Neighbors { direct } => (Some(false), direct),
                     Audience::Direct { direct } => (None, direct),
                 };
+                let seq = announcement.statement.statement.seq;
+                self.note(|| {
+                    let to = match topic {
+                        Some(true) => "the topic",
+                        Some(false) => "neighbours",
+                        None => "no topic",
+                    };
+                    format!("n{node} -> announces {repo} seq {seq} to {to} and {} peers", direct.len())
+                });
+                self.check_announce(node, &repo, seq, topic == Some(true), direct.len());
                 if let Some(everyone) = topic {
                     self.gossip(node, &repo, &announcement, everyone);
                 }
@@ -546,7 +577,7 @@ impl World {
 
     /// A new state of `repo` published by its author.
     pub fn publish(&mut self, node: usize, repo: RepoId) {
-        if self.active {
+        if self.active && self.still_published(&repo) {
             let mean = self.scenario.publish_every;
             let next = self.exponential(mean);
             self.schedule(
@@ -609,8 +640,22 @@ impl World {
                 },
             );
         }
-        let outcome = self.pds.get(&locator.did, &locator.rkey);
-        self.deliver(node, Event::Polled { repo, outcome });
+        // Now and then a read is served by a replica lagging a version or two.
+        let lag = if self.active && rand::Rng::random_bool(&mut self.rng, 0.1) {
+            rand::Rng::random_range(&mut self.rng, 1..=2)
+        } else {
+            0
+        };
+        let outcome = self.pds.get(&locator.did, &locator.rkey, lag);
+        let gone = matches!(outcome, RecordPoll::NotFound(_));
+        self.deliver(
+            node,
+            Event::Polled {
+                repo: repo.clone(),
+                outcome,
+            },
+        );
+        self.after_poll(node, &repo, gone);
     }
 
     pub fn list(&mut self, node: usize, life: u32, did: String) {
@@ -625,7 +670,21 @@ impl World {
                 did: did.clone(),
             },
         );
-        let result = self.pds.list(&did);
+        let result = if self.pds.is_churning(&did) {
+            Ok((
+                self.churn()
+                    .into_iter()
+                    .map(|record| crate::atproto::ListedRecord {
+                        rkey: record.repo_id.name().to_string(),
+                        cid: None,
+                        value: serde_json::to_value(&record).expect("a record serializes"),
+                    })
+                    .collect(),
+                true,
+            ))
+        } else {
+            self.pds.list(&did)
+        };
         self.deliver(node, Event::Listed { did, result });
     }
 }
@@ -644,7 +703,8 @@ pub fn describe_event(event: &Event) -> String {
                 "announcement {repo} {} seq {} by {} from {} ({via:?})",
                 super::world::short(&s.manifest_hash()),
                 s.seq,
-                s.publisher_id().map_or("?".into(), |p| p.fmt_short().to_string()),
+                s.publisher_id()
+                    .map_or("?".into(), |p| p.fmt_short().to_string()),
                 announcement
                     .sender_id()
                     .map_or("?".into(), |p| p.fmt_short().to_string())
@@ -663,7 +723,9 @@ pub fn describe_event(event: &Event) -> String {
             ),
             other => format!("polled {repo}: {other:?}"),
         },
-        Event::JobDone { repo, job, result, .. } => match result {
+        Event::JobDone {
+            repo, job, result, ..
+        } => match result {
             Ok(info) => format!(
                 "job {job} {repo} done: {}",
                 super::world::short(&info.manifest)

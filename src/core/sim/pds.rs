@@ -17,8 +17,16 @@ use crate::{
 pub struct OwnerPds {
     /// Records by record key.
     pub records: BTreeMap<String, RepoRecord>,
+    /// The versions each record had before, newest last (a lagging read
+    /// may answer with one of them).
+    pub history: BTreeMap<String, Vec<RepoRecord>>,
     pub down: bool,
+    /// Renames every record on every listing.
+    pub churning: bool,
 }
+
+/// Versions of a record kept for lagging reads.
+const HISTORY: usize = 2;
 
 /// The PDSes of all owners, by DID.
 #[derive(Debug, Default)]
@@ -29,6 +37,39 @@ pub struct Pds {
 impl Pds {
     pub fn add_owner(&mut self, did: &str) {
         self.owners.insert(did.to_string(), OwnerPds::default());
+    }
+
+    /// Write a record (the owner's own doing).
+    pub fn put(&mut self, did: &str, rkey: &str, record: RepoRecord) {
+        let Some(pds) = self.owners.get_mut(did) else {
+            return;
+        };
+        if let Some(old) = pds.records.insert(rkey.to_string(), record) {
+            let history = pds.history.entry(rkey.to_string()).or_default();
+            history.push(old);
+            if history.len() > HISTORY {
+                history.remove(0);
+            }
+        }
+    }
+
+    /// Delete a record (the owner's own doing).
+    pub fn delete(&mut self, did: &str, rkey: &str) {
+        if let Some(pds) = self.owners.get_mut(did) {
+            pds.records.remove(rkey);
+            pds.history.remove(rkey);
+        }
+    }
+
+    pub fn set_churning(&mut self, did: &str) {
+        if let Some(pds) = self.owners.get_mut(did) {
+            pds.churning = true;
+        }
+    }
+
+    /// Whether `did` renames its records on every listing.
+    pub fn is_churning(&self, did: &str) -> bool {
+        self.owners.get(did).is_some_and(|p| p.churning)
     }
 
     pub fn set_down(&mut self, did: &str, down: bool) {
@@ -43,17 +84,23 @@ impl Pds {
         }
     }
 
-    /// A poll of `did`'s record `rkey`.
-    pub fn get(&self, did: &str, rkey: &str) -> RecordPoll {
+    /// A poll of `did`'s record `rkey`; `lag` older versions back, when
+    /// it has them (a read served by a lagging replica).
+    pub fn get(&self, did: &str, rkey: &str, lag: usize) -> RecordPoll {
         let Some(pds) = self.owners.get(did) else {
             return RecordPoll::Unreachable(format!("cannot resolve {did}"));
         };
         if pds.down {
             return RecordPoll::Unreachable("the PDS did not answer within 10 s".into());
         }
-        match pds.records.get(rkey) {
-            Some(record) => RecordPoll::Found(record.clone()),
-            None => RecordPoll::NotFound("RecordNotFound: the record does not exist".into()),
+        let lagging = pds
+            .history
+            .get(rkey)
+            .and_then(|h| h.len().checked_sub(lag).and_then(|i| h.get(i)));
+        match (pds.records.get(rkey), lagging) {
+            (Some(_), Some(old)) if lag > 0 => RecordPoll::Found(old.clone()),
+            (Some(record), _) => RecordPoll::Found(record.clone()),
+            (None, _) => RecordPoll::NotFound("RecordNotFound: the record does not exist".into()),
         }
     }
 
@@ -114,7 +161,8 @@ impl World {
         let own: PeerHint = self.nodes[node].hint();
         let did = repo.did().to_string();
         let delay = self.between(Duration::from_millis(50), Duration::from_millis(500));
-        let result = match self.pds.owners.get_mut(&did) {
+        let stored_seq = self.written_seq(&repo, seq);
+        let result = match self.pds.owners.get(&did) {
             Some(pds) if !pds.down => {
                 let current = pds
                     .records
@@ -130,9 +178,9 @@ impl World {
                     let mut record = current;
                     record.manifest = Some(manifest);
                     record.head = head;
-                    record.seq = Some(seq);
+                    record.seq = Some(stored_seq);
                     record.peers = merge_peers(record.peers, vec![own]);
-                    pds.records.insert(rkey, record.clone());
+                    self.pds.put(&did, &rkey, record.clone());
                     Ok(WrittenBack {
                         record,
                         superseded: false,

@@ -182,7 +182,10 @@ fn debug_speed() {
             hours += o.node_hours;
         }
     }
-    eprintln!("{count} seeds, {steps} steps, {hours:.0} node-hours in {:?}", started.elapsed());
+    eprintln!(
+        "{count} seeds, {steps} steps, {hours:.0} node-hours in {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -200,5 +203,25 @@ fn debug_adversaries() {
             }
         }
         eprintln!("{adversary:?}: {failed}/{count} failed; first: {first:?}");
+    }
+}
+
+#[test]
+fn debug_one() {
+    let (Some(seed), Ok(adv)) = (
+        env_u64("KNOTD_SIM_ONE"),
+        std::env::var("KNOTD_SIM_ADV_NAME"),
+    ) else {
+        return;
+    };
+    let adversary = *Adversary::ALL
+        .iter()
+        .find(|a| format!("{a:?}") == adv)
+        .expect("known");
+    let mut s = Scenario::random(seed);
+    s.adversaries = vec![adversary];
+    eprintln!("{s:#?}");
+    if let Err(f) = run(seed, &s) {
+        panic!("{f}");
     }
 }

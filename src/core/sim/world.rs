@@ -82,6 +82,8 @@ pub enum Ev {
     PdsUp { owner: usize },
     /// A stranger acts.
     Adversary { node: usize },
+    /// The owner deletes a repository's record.
+    DeleteRecord { repo: RepoId },
     /// An operator runs an admin command.
     Admin {
         node: usize,
@@ -137,6 +139,7 @@ pub struct World {
     pub pds: Pds,
     pub trace: Trace,
     pub checks: Checks,
+    pub owner_faults: super::owners::OwnerFaults,
     pub outcome: Outcome,
     /// Faults and publishes are on.
     pub active: bool,
@@ -162,6 +165,7 @@ impl World {
             pds: Pds::default(),
             trace: Trace::default(),
             checks: Checks::default(),
+            owner_faults: Default::default(),
             outcome: Outcome::default(),
             active: true,
             failure: None,
@@ -278,6 +282,7 @@ impl World {
             let key = self.fresh_key();
             let index = self.add_node(key, Role::Stranger);
             self.nodes[index].stranger = Some(Stranger::new(adversary));
+            self.setup_adversary(index, adversary);
         }
         // Every honest node starts, then is told what to track.
         for n in 0..self.nodes.len() {
@@ -343,9 +348,9 @@ impl World {
         }
         self.outcome.steps = self.trace.steps();
         self.outcome.simulated = self.now;
-        self.outcome.node_hours =
-            self.nodes.iter().filter(|n| n.is_honest()).count() as f64 * self.now.as_secs_f64()
-                / 3600.0;
+        self.outcome.node_hours = self.nodes.iter().filter(|n| n.is_honest()).count() as f64
+            * self.now.as_secs_f64()
+            / 3600.0;
         Ok(self.outcome)
     }
 
@@ -390,6 +395,7 @@ impl World {
                 self.pds.set_down(&did, false);
             }
             Ev::Adversary { node } => self.adversary_step(node),
+            Ev::DeleteRecord { repo } => self.delete_record(repo),
             Ev::Admin { node, command } => {
                 if self.nodes[node].up {
                     self.command(node, command);
@@ -451,6 +457,12 @@ impl World {
             };
             for n in 0..self.nodes.len() {
                 if !self.nodes[n].is_honest() || !self.nodes[n].follows(&repo.id) {
+                    continue;
+                }
+                // A follower whose only trust was the record has none once
+                // the owner deleted it.
+                let deleted = !self.still_published(&repo.id);
+                if deleted && self.nodes[n].role == Role::HomeTrustingRecord {
                     continue;
                 }
                 let held = self.nodes[n].held_manifest(&repo.id);

@@ -5,8 +5,8 @@
 mod extremes;
 mod flows;
 mod follows;
-mod strangers;
 mod providers;
+mod strangers;
 mod trust;
 mod verify;
 

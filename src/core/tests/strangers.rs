@@ -386,3 +386,33 @@ fn catch_up_pushes_prefer_trusted_peers() {
         "not the one it came from"
     );
 }
+
+/// Fresh keys churning through the peers seen during one long wait for
+/// replicas, each failing its probe, cannot grow the probes kept: failed
+/// probes are remembered only for peers still seen.
+#[test]
+fn fresh_keys_failing_probes_cannot_grow_the_probes_kept() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], None);
+    publish(&mut sim, 2);
+    let statement = held_statement(&sim);
+    replicas(&mut sim, 3, 3600);
+    for n in 0..400u32 {
+        let stranger = fresh(1000 + n);
+        let fx = forward(&mut sim, statement.clone(), &stranger, Via::Direct);
+        for (peer, _) in probes(&fx) {
+            sim.event(Event::ReplicaProbed {
+                repo: repo(),
+                peer,
+                manifest: manifest(2),
+                proved: false,
+            });
+        }
+        sim.advance(Duration::from_millis(100));
+    }
+    let kept = sim.core.repos[&repo()].probes.len();
+    assert!(
+        kept <= MAX_PEERS_SEEN + crate::core::replicas::MAX_PROBES,
+        "{kept} probes kept"
+    );
+}

@@ -266,22 +266,31 @@ fn an_operator_peer_removed_by_the_operator_is_revoked() {
 }
 
 #[test]
-fn a_restart_during_the_fetch_of_a_far_future_record_does_not_pin_the_state() {
+fn a_far_future_record_is_not_taken_and_cannot_pin_the_state_across_a_restart() {
     let mut sim = Sim::new(4);
     sim.add(vec![], locator());
     let fx = sim.poll(record(Some(1), Some(T0_MS), &[]));
     let (job, _) = fetch_job(&fx).unwrap();
     sim.finish(job, 1);
-    // The record names a second state at the highest seq: counted as no
-    // seq, taken as changed, under a seq just above the state held.
+    // The record names a second state at the highest seq: a broken clock,
+    // not taken.
     sim.advance(Duration::from_secs(1));
     let fx = sim.poll(record(Some(2), Some(u64::MAX), &[]));
-    assert!(fetch_job(&fx).is_some(), "{fx:?}");
-    // The node restarts while that fetch runs; the fetch resumes.
+    assert!(fetch_job(&fx).is_none(), "{fx:?}");
+    // A copy an older knotd left pending, with that seq, is judged the same
+    // way at start-up: nothing is resumed, nothing pinned.
+    let mut pending = sim.core.repos[&repo()].record.clone().unwrap();
+    pending.pending = true;
+    sim.writes.push(Write::Record(repo(), Some(pending)));
     let (mut restarted, fx) = sim.restart();
-    let (job, m) = fetch_job(&fx).expect("the interrupted fetch resumes");
-    assert_eq!(m, manifest(2));
-    restarted.finish(job, 2);
+    assert!(
+        jobs(&fx).iter().all(
+            |(_, spec)| matches!(spec, JobSpec::Fetch { manifest: m, .. } if *m == manifest(1))
+        ),
+        "only the held state is checked: {fx:?}"
+    );
+    let (check, _) = fetch_job(&fx).expect("the held state is checked");
+    restarted.finish(check, 1);
     let seq = restarted.held().unwrap().seq();
     assert!(
         seq <= restarted.now().unix_ms + crate::core::trust::MAX_SEQ_AHEAD_MS,
@@ -374,4 +383,27 @@ fn a_sync_of_a_deleted_record_says_so() {
         matches!(reply_to(&fx, reply), Some(Reply::Error(e)) if e.contains("does not exist")),
         "{fx:?}"
     );
+}
+
+#[test]
+fn a_lagging_read_of_a_seqless_record_cannot_roll_the_node_back() {
+    // The owner's record carries no seq (an older client wrote it), naming
+    // state 2; the node holds a newer state 3 from the author.
+    let author = key(1);
+    let mut sim = Sim::new(4);
+    sim.add(vec![], locator());
+    let fx = sim.poll(record(Some(2), None, &[&author]));
+    let (job, _) = fetch_job(&fx).expect("the record's state is taken");
+    sim.finish(job, 2);
+    sim.take(&author, 3, T0_MS + 10);
+    // A read served by a lagging replica names an older version...
+    let fx = sim.poll(record(Some(1), Some(T0_MS - 10), &[&author]));
+    assert!(fetch_job(&fx).is_none());
+    // ...and the next read names state 2 again: named before, not taken.
+    let fx = sim.poll(record(Some(2), None, &[&author]));
+    assert!(
+        fetch_job(&fx).is_none(),
+        "a record naming a state it named before is not a new state"
+    );
+    assert_eq!(sim.held().map(|h| h.manifest_hash()), Some(manifest(3)));
 }
