@@ -160,6 +160,7 @@ pub struct Trace {
     lines: VecDeque<String>,
     steps: u64,
     print: bool,
+    digest: blake3::Hasher,
 }
 
 impl Default for Trace {
@@ -168,6 +169,7 @@ impl Default for Trace {
             lines: VecDeque::new(),
             steps: 0,
             print: std::env::var("KNOTD_SIM_TRACE").as_deref() == Ok("1"),
+            digest: blake3::Hasher::new(),
         }
     }
 }
@@ -186,6 +188,8 @@ impl Trace {
         if self.print {
             eprintln!("{line}");
         }
+        self.digest.update(line.as_bytes());
+        self.digest.update(b"\n");
         self.lines.push_back(line);
     }
 
@@ -194,9 +198,14 @@ impl Trace {
         self.steps
     }
 
-    /// A digest of the whole run so far, to compare two runs of one seed.
+    /// The last steps kept.
     pub fn tail(&self) -> Vec<String> {
         self.lines.iter().cloned().collect()
+    }
+
+    /// A digest of every step so far, to compare two runs of one seed.
+    pub fn digest(&self) -> String {
+        self.digest.finalize().to_hex()[..16].to_string()
     }
 }
 
@@ -247,6 +256,8 @@ pub struct Outcome {
     pub publishes: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Digest of the whole trace.
+    pub digest: String,
 }
 
 /// Run `scenario` under `seed` to its end.

@@ -225,3 +225,20 @@ fn debug_one() {
         panic!("{f}");
     }
 }
+
+/// Print `seed digest` for seeds `KNOTD_SIM_FIRST..+KNOTD_SIM_DIGESTS`, to
+/// compare the traces of two versions of the core seed by seed.
+#[test]
+fn digests() {
+    let Some(count) = env_u64("KNOTD_SIM_DIGESTS") else {
+        return;
+    };
+    let first = env_u64("KNOTD_SIM_FIRST").unwrap_or(0);
+    for seed in first..first + count {
+        let digest = match run(seed, &Scenario::random(seed)) {
+            Ok(o) => o.digest,
+            Err(f) => format!("failed: {}", f.message),
+        };
+        println!("digest {seed} {digest}");
+    }
+}

@@ -347,6 +347,7 @@ impl World {
             return Err(failure);
         }
         self.outcome.steps = self.trace.steps();
+        self.outcome.digest = self.trace.digest();
         self.outcome.simulated = self.now;
         self.outcome.node_hours = self.nodes.iter().filter(|n| n.is_honest()).count() as f64
             * self.now.as_secs_f64()
