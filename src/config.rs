@@ -12,6 +12,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::api::PolicyDefault;
+
 /// Errors loading a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -150,17 +152,6 @@ impl Default for AtprotoConfig {
             allow_insecure_http: false,
         }
     }
-}
-
-/// The seeding policy's default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyDefault {
-    /// Seed any repository asked for (e.g. by `git clone knot://`) unless blocked.
-    #[default]
-    Allow,
-    /// Seed only what the operator added, followed or allowed.
-    Deny,
 }
 
 /// Seeding policy settings.

@@ -43,8 +43,7 @@ pub const ALPN: &[u8] = b"/knot/heads/1";
 pub const MAX_REQUEST: usize = 16 * 1024;
 /// Largest response accepted.
 pub const MAX_RESPONSE: usize = 512 * 1024;
-/// Most repositories asked for in one pull.
-pub const MAX_PULL_REPOS: usize = 64;
+pub use crate::core::MAX_PULL_REPOS;
 /// Timeout of one exchange, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections served at once; more are closed at once.

@@ -8,6 +8,7 @@
 pub mod account;
 pub mod admin;
 pub mod announce;
+pub mod api;
 pub mod atproto;
 pub mod clock;
 pub mod config;

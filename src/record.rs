@@ -271,6 +271,17 @@ pub fn merge_peers(known: Vec<PeerHint>, incoming: Vec<PeerHint>) -> Vec<PeerHin
     peers
 }
 
+/// One record of a `com.atproto.repo.listRecords` page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedRecord {
+    /// The record key.
+    pub rkey: String,
+    /// The record's CID, when the PDS sent it.
+    pub cid: Option<String>,
+    /// The record value.
+    pub value: serde_json::Value,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,11 +22,12 @@ use redb::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tracing::{info, warn};
 
+pub use crate::core::Write;
+
 use crate::{
     admin::PolicyRule,
     announce::SignedStatement,
     record::{PeerHint, RepoRecord},
-    repo_id::RepoId,
     state::{
         Bookkeeping, FollowConfig, Held, LearnedHint, Locator, Origin, RecordCopy, RepoConfig,
         RepoRow,
@@ -89,49 +90,6 @@ macro_rules! redb_try {
     ($op:expr, $e:expr) => {
         $e.map_err(|e| db_err($op)(e.into()))?
     };
-}
-
-/// One change to a repository's row.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Write {
-    /// Insert or replace the configuration (adds the repository).
-    Config(RepoConfig),
-    /// Replace or clear the record copy.
-    Record(RepoId, Option<RecordCopy>),
-    /// Replace or clear the held state.
-    Held(RepoId, Option<Box<Held>>),
-    /// Replace the bookkeeping.
-    Bookkeeping(RepoId, Bookkeeping),
-    /// Remove the repository and everything known about it.
-    Remove(RepoId),
-    /// Follow an identity.
-    Follow(FollowConfig),
-    /// Stop following an identity.
-    Unfollow(String),
-    /// Set (or clear) the policy rule for a DID or repository id.
-    Policy(String, Option<PolicyRule>),
-}
-
-impl Write {
-    /// Whether the write must reach the disk before the caller acts on it.
-    /// Bookkeeping may be lost in a crash; everything else may not.
-    pub fn needs_durability(&self) -> bool {
-        !matches!(self, Write::Bookkeeping(..))
-    }
-
-    /// The key written: a repository id, or a followed DID.
-    pub fn key(&self) -> &str {
-        match self {
-            Write::Config(c) => c.repo_id.as_str(),
-            Write::Record(id, _)
-            | Write::Held(id, _)
-            | Write::Bookkeeping(id, _)
-            | Write::Remove(id) => id.as_str(),
-            Write::Follow(f) => &f.did,
-            Write::Unfollow(did) => did,
-            Write::Policy(target, _) => target,
-        }
-    }
 }
 
 /// Handle to the node database. Cheap to clone.
@@ -487,7 +445,7 @@ fn convert_legacy(entry: LegacyEntry, now_ms: u64) -> Vec<Write> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::announce::Statement;
+    use crate::{announce::Statement, repo_id::RepoId};
 
     fn rid(s: &str) -> RepoId {
         RepoId::parse(s).unwrap()

@@ -26,16 +26,7 @@ pub struct FetchedRecord {
     pub uri: Option<String>,
 }
 
-/// One record of a `com.atproto.repo.listRecords` page.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListedRecord {
-    /// The record key.
-    pub rkey: String,
-    /// The record's CID, when the PDS sent it.
-    pub cid: Option<String>,
-    /// The record value.
-    pub value: Value,
-}
+pub use crate::record::ListedRecord;
 
 /// What a `putRecord` expects to replace.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use super::{
     repo::{PendingPublish, Repo},
 };
 use crate::{
-    admin::{Payload, Reply},
+    api::{Payload, Reply},
     record::{self, PeerHint},
     repo_id::RepoId,
     state::{Bookkeeping, Locator, Origin, RepoConfig, RepoRow},

@@ -13,9 +13,8 @@ use tracing::{info, warn};
 
 use super::{Core, Effect, Now, RecordPoll, ReplyId, TimerKey};
 use crate::{
-    admin::{FollowSummary, NodeEvent, Payload, Reply},
-    atproto::ListedRecord,
-    record::{COLLECTION, RepoRecord},
+    api::{FollowSummary, NodeEvent, Payload, Reply},
+    record::{COLLECTION, ListedRecord, RepoRecord},
     repo_id::RepoId,
     state::{FollowConfig, Locator, Origin},
     store::Write,

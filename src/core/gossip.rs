@@ -13,7 +13,7 @@
 //! something to serve or someone to ask; a topic left without neighbours
 //! re-dials its peers and pulls their announcements, with a backoff per
 //! repository and per peer, in one pull per peer for up to
-//! [`crate::heads::MAX_PULL_REPOS`] repositories.
+//! [`super::MAX_PULL_REPOS`] repositories.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -21,14 +21,11 @@ use iroh::EndpointId;
 use tracing::{debug, info};
 
 use super::{
-    Audience, Core, Effect, Now, TimerKey, Via, hints, queue,
+    Audience, Core, Effect, MAX_PULL_REPOS, Now, TimerKey, Via, hints, queue,
     repo::{MAX_PEERS_CONTACTED, Rebroadcasts, Repo, Topic, Want, WantSource},
     trust::{self, Verdict},
 };
-use crate::{
-    admin::NodeEvent, announce::Announcement, content::hex, heads::MAX_PULL_REPOS,
-    record::PeerHint, repo_id::RepoId,
-};
+use crate::{announce::Announcement, api::NodeEvent, record::PeerHint, repo_id::RepoId};
 
 /// Per-peer state of direct pulls.
 #[derive(Debug, Clone, Copy, Default)]
@@ -84,7 +81,7 @@ fn of_interest(repo: &Repo, manifest: &str) -> bool {
     repo.held.as_ref().is_some_and(|h| h.manifest == manifest)
         || repo
             .wanted_position()
-            .is_some_and(|w| hex(&iroh_blobs::Hash::from_bytes(w.manifest)) == manifest)
+            .is_some_and(|w| iroh_blobs::Hash::from_bytes(w.manifest).to_hex() == manifest)
 }
 
 impl Core {
@@ -147,7 +144,7 @@ impl Core {
                 debug!(repo = %repo_id, "a state refused by quota is announced again; not taken");
             }
             Verdict::Adopt => {
-                info!(repo = %repo_id, manifest = %hex(&statement.manifest_hash()), seq = statement.seq, from = %sender.fmt_short(), ?via, "taking an announced state");
+                info!(repo = %repo_id, manifest = %statement.manifest_hash().to_hex(), seq = statement.seq, from = %sender.fmt_short(), ?via, "taking an announced state");
                 let mut providers = vec![sender];
                 if let Some(p) = statement
                     .publisher_id()
@@ -242,7 +239,7 @@ impl Core {
             self.notify(
                 repo_id,
                 NodeEvent::Adopted {
-                    manifest: hex(&statement.manifest_hash()),
+                    manifest: statement.manifest_hash().to_hex(),
                     seq: statement.seq,
                     source: sender.to_string(),
                 },

@@ -15,39 +15,18 @@ use iroh::EndpointId;
 use tracing::{info, warn};
 
 use super::{
-    Audience, Core, Effect, JobId, JobResult, JobSpec, Now, StateInfo, TimerKey,
+    Audience, Core, Effect, JobId, JobResult, JobSpec, Now, ProviderFault, StateInfo, TimerKey,
     queue::{self, Lane},
     repo::{DEMOTION, Repo, Running, Want, WantSource},
     trust,
 };
 use crate::{
-    admin::{NodeEvent, Payload, PublishReport, Reply, SyncReport},
-    content::hex,
+    api::{NodeEvent, Payload, PublishReport, Reply, SyncReport},
     core::JobError,
     repo_id::RepoId,
     state::{Held, RecordCopy},
     store::Write,
 };
-
-/// How a provider failed a fetch, as the job saw it. The core demotes such
-/// a provider for the repository for [`DEMOTION`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderFault {
-    /// It accepted the request and then sent nothing for the progress deadline.
-    Stalled,
-    /// It sent bytes that do not match the hash asked for.
-    WrongBytes,
-}
-
-impl ProviderFault {
-    /// What the provider did, in words, as logged.
-    pub fn reason(self) -> &'static str {
-        match self {
-            ProviderFault::Stalled => "it sent nothing in time",
-            ProviderFault::WrongBytes => "it sent bytes that do not match the hash",
-        }
-    }
-}
 
 impl Core {
     /// What to fetch after a restart: an interrupted fetch of the record's
@@ -132,7 +111,7 @@ impl Core {
                     self.notify(
                         &repo_id,
                         NodeEvent::FetchStarted {
-                            manifest: hex(manifest),
+                            manifest: manifest.to_hex(),
                             providers: providers.len(),
                         },
                     );
@@ -376,12 +355,12 @@ impl Core {
             if write_back {
                 self.schedule_write_back(repo_id, now.at);
             }
-            info!(repo = %repo_id, manifest = %hex(&info.manifest), seq, "published");
+            info!(repo = %repo_id, manifest = %info.manifest.to_hex(), seq, "published");
             let ms = self.job_ms(repo_id, now);
             self.notify(
                 repo_id,
                 NodeEvent::Published {
-                    manifest: hex(&info.manifest),
+                    manifest: info.manifest.to_hex(),
                     seq,
                     bytes: info.bytes_moved,
                     ms,
@@ -396,7 +375,7 @@ impl Core {
         let report = PublishReport {
             repo_id: repo_id.to_string(),
             head: info.head.clone(),
-            manifest: hex(&info.manifest),
+            manifest: info.manifest.to_hex(),
             pack_count: info.pack_count,
             bytes_added: info.bytes_moved,
             consolidated: info.consolidated,
@@ -432,12 +411,12 @@ impl Core {
             }
         };
         self.hold(repo_id, &info, statement.clone(), false, now);
-        info!(repo = %repo_id, manifest = %hex(&info.manifest), bytes = info.bytes_moved, "synced");
+        info!(repo = %repo_id, manifest = %info.manifest.to_hex(), bytes = info.bytes_moved, "synced");
         let ms = self.job_ms(repo_id, now);
         self.notify(
             repo_id,
             NodeEvent::FetchFinished {
-                manifest: hex(&info.manifest),
+                manifest: info.manifest.to_hex(),
                 bytes: info.bytes_moved,
                 ms,
             },
@@ -468,7 +447,7 @@ impl Core {
     ) {
         let repo = self.repos.get_mut(repo_id).expect("tracked");
         let held = Held {
-            manifest: hex(&info.manifest),
+            manifest: info.manifest.to_hex(),
             head: info.head.clone(),
             statement,
             pack_count: info.pack_count,
@@ -536,12 +515,12 @@ impl Core {
     fn fetch_failed(&mut self, repo_id: &RepoId, mut want: Want, error: JobError, now: Now) {
         if error.quota {
             // Not retried: the state does not fit. What is held stays.
-            warn!(repo = %repo_id, manifest = %hex(&want.manifest), error = %error, "state refused by quota");
+            warn!(repo = %repo_id, manifest = %want.manifest.to_hex(), error = %error, "state refused by quota");
             self.set_error(repo_id, Some(error.message.clone()));
             self.notify(
                 repo_id,
                 NodeEvent::QuotaRefused {
-                    manifest: hex(&want.manifest),
+                    manifest: want.manifest.to_hex(),
                     error: error.message.clone(),
                 },
             );
@@ -564,12 +543,12 @@ impl Core {
             self.notify(
                 repo_id,
                 NodeEvent::FetchFailed {
-                    manifest: hex(&want.manifest),
+                    manifest: want.manifest.to_hex(),
                     error: error.clone(),
                 },
             );
         }
-        warn!(repo = %repo_id, manifest = %hex(&want.manifest), %error, "fetch failed");
+        warn!(repo = %repo_id, manifest = %want.manifest.to_hex(), %error, "fetch failed");
         self.set_error(repo_id, Some(error));
         let Some(repo) = self.repos.get_mut(repo_id) else {
             return;

@@ -15,8 +15,7 @@ use tracing::info;
 
 use super::{Core, Effect, Now, ReplyId};
 use crate::{
-    admin::{Payload, PolicyRule, PolicyView, Reply},
-    config::PolicyDefault,
+    api::{Payload, PolicyDefault, PolicyRule, PolicyView, Reply},
     repo_id::{RepoId, validate_did},
     store::Write,
 };

@@ -13,7 +13,7 @@ use super::{
     repo::{Want, WantSource},
     trust::{self, RecordVerdict},
 };
-use crate::{admin::NodeEvent, repo_id::RepoId, state::RecordCopy, store::Write};
+use crate::{api::NodeEvent, repo_id::RepoId, state::RecordCopy, store::Write};
 
 /// Text every record poll error starts with, so a later success clears it.
 const POLL_ERROR: &str = "record poll failed";
@@ -89,7 +89,7 @@ impl Core {
             self.notify(
                 repo_id,
                 NodeEvent::Adopted {
-                    manifest: crate::content::hex(&manifest),
+                    manifest: manifest.to_hex(),
                     seq,
                     source: "record".into(),
                 },

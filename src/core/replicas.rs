@@ -30,7 +30,7 @@ use super::{
     repo::{MAX_PEERS_CONTACTED, Probe, ReplicaWait, Repo},
 };
 use crate::{
-    admin::{
+    api::{
         CountedReplica, NodeEvent, Payload, PeerReplica, ReplicaBasis, ReplicaStatus,
         ReplicasReport, Reply,
     },
@@ -288,7 +288,7 @@ impl Core {
         let Some(repo) = self.repos.get_mut(repo_id) else {
             return;
         };
-        let manifest = crate::content::hex(&manifest);
+        let manifest = manifest.to_hex();
         if repo
             .probes
             .get(&peer)

@@ -21,8 +21,7 @@ use super::{
     repo::{Want, WantSource},
 };
 use crate::{
-    admin::{NodeEvent, Payload, Reply, VerifyReport, VerifyRow},
-    content::hex,
+    api::{NodeEvent, Payload, Reply, VerifyReport, VerifyRow},
     repo_id::RepoId,
 };
 
@@ -127,7 +126,7 @@ impl Core {
                 if info.blobs_rebuilt + info.blobs_fetched > 0 {
                     warn!(
                         repo = %repo_id,
-                        manifest = %hex(&info.manifest),
+                        manifest = %info.manifest.to_hex(),
                         rebuilt = info.blobs_rebuilt,
                         fetched = info.blobs_fetched,
                         "blobs of the held state were missing and were put back"
@@ -135,7 +134,7 @@ impl Core {
                     self.notify(
                         repo_id,
                         NodeEvent::Repaired {
-                            manifest: hex(&info.manifest),
+                            manifest: info.manifest.to_hex(),
                             rebuilt: info.blobs_rebuilt,
                             fetched: info.blobs_fetched,
                         },

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use super::{Core, repo::Repo};
 use crate::{
-    admin::{PeerSource, PeerView, RepoSummary},
+    api::{PeerSource, PeerView, RepoSummary},
     record::PeerHint,
     repo_id::RepoId,
 };
@@ -34,7 +34,7 @@ impl Core {
             _ => repo.want.as_ref(),
         }
         .filter(|w| w.source != super::repo::WantSource::Check)
-        .map(|w| crate::content::hex(&w.manifest));
+        .map(|w| w.manifest.to_hex());
         RepoSummary {
             repo_id: repo.config.repo_id.to_string(),
             head: held.and_then(|h| h.head.clone()),

@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use super::world::{World, short};
 use crate::{
-    admin::{Payload, Reply},
+    api::{Payload, Reply},
     core::{
         CoreCommand,
         gossip::{MAX_PULL_PEERS, MAX_REBROADCAST_DIRECT},

@@ -15,8 +15,8 @@ use super::{
     world::{Ev, Msg, World},
 };
 use crate::{
-    admin::{PolicyRule, Reply},
     announce::Announcement,
+    api::{PolicyRule, Reply},
     core::{
         Audience, Core, CoreCommand, Effect, Event, Policy, RecordPoll, ReplyId, Settings, TimerKey,
     },
@@ -367,7 +367,10 @@ impl World {
                         Some(false) => "neighbours",
                         None => "no topic",
                     };
-                    format!("n{node} -> announces {repo} seq {seq} to {to} and {} peers", direct.len())
+                    format!(
+                        "n{node} -> announces {repo} seq {seq} to {to} and {} peers",
+                        direct.len()
+                    )
                 });
                 self.check_announce(node, &repo, seq, topic == Some(true), direct.len());
                 if let Some(everyone) = topic {
@@ -674,7 +677,7 @@ impl World {
             Ok((
                 self.churn()
                     .into_iter()
-                    .map(|record| crate::atproto::ListedRecord {
+                    .map(|record| crate::record::ListedRecord {
                         rkey: record.repo_id.name().to_string(),
                         cid: None,
                         value: serde_json::to_value(&record).expect("a record serializes"),

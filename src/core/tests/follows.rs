@@ -25,7 +25,7 @@ fn listing(sim: &mut Sim, records: Vec<ListedRecord>, complete: bool) -> Vec<Eff
     })
 }
 
-fn summary(sim: &Sim, name: &str) -> Option<crate::admin::RepoSummary> {
+fn summary(sim: &Sim, name: &str) -> Option<crate::api::RepoSummary> {
     sim.core
         .summaries()
         .into_iter()
@@ -161,7 +161,7 @@ fn tracked_by_did(sim: &Sim) -> usize {
 fn notified_limit(fx: &[Effect]) -> Option<usize> {
     fx.iter().find_map(|e| match e {
         Effect::Notify {
-            event: crate::admin::NodeEvent::FollowLimit { refused, .. },
+            event: crate::api::NodeEvent::FollowLimit { refused, .. },
             ..
         } => Some(*refused),
         _ => None,

@@ -17,11 +17,10 @@ use iroh_blobs::Hash;
 
 use super::*;
 use crate::{
-    admin::{Payload, Reply},
     announce::{Announcement, Statement},
+    api::{Payload, Reply},
     record::{PeerHint, RepoRecord},
-    state::{Bookkeeping, Held, Origin, RepoConfig, RepoRow},
-    store::Write,
+    state::{Bookkeeping, Held, Locator, Origin, RepoConfig, RepoRow},
 };
 
 pub(super) const T0_MS: u64 = 1_800_000_000_000;

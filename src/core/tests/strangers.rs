@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::{
-    admin::{ReplicaBasis, ReplicaStatus},
+    api::{ReplicaBasis, ReplicaStatus},
     core::{
         gossip::{MAX_REBROADCAST_DIRECT, REBROADCAST_WINDOW},
         replicas::{MAX_CATCH_UP_PUSHES, MAX_PEERS_SEEN, PROBE_RETRY},

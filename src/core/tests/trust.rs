@@ -336,7 +336,7 @@ fn a_deleted_record_revokes_its_peers_and_failed_polls_keep_them() {
     );
     assert!(fx.iter().any(|e| matches!(
         e,
-        Effect::Notify { event: crate::admin::NodeEvent::RecordDeleted { revoked, .. }, .. }
+        Effect::Notify { event: crate::api::NodeEvent::RecordDeleted { revoked, .. }, .. }
             if revoked == &vec![laptop.public().to_string()]
     )));
     assert!(

@@ -2,10 +2,7 @@
 //! after a collector pass that may have raced a fetch.
 
 use super::*;
-use crate::{
-    admin::{NodeEvent, VerifyRow},
-    content::hex,
-};
+use crate::api::{NodeEvent, VerifyRow};
 
 fn check_job(fx: &[Effect]) -> Option<(JobId, Hash)> {
     fx.iter().find_map(|e| match e {
@@ -145,7 +142,7 @@ fn verify_waits_for_a_running_fetch_and_checks_the_newer_state() {
     assert_eq!(m, manifest(2), "of the state held now");
     let fx = sim.finish(check, 2);
     let rows = verified(&fx, reply);
-    assert_eq!(rows[0].manifest, Some(hex(&manifest(2))));
+    assert_eq!(rows[0].manifest, Some(manifest(2).to_hex()));
 }
 
 #[test]

@@ -1,0 +1,684 @@
+//! The core's vocabulary: what goes in ([`Event`], [`CoreCommand`]), what
+//! comes out ([`Effect`], with [`Write`]s for the database, [`JobSpec`]s
+//! for content jobs and [`TimerKey`]s for timers), the outcomes the actor
+//! reports ([`JobResult`], [`RecordPoll`], [`WrittenBack`]) and the time
+//! ([`Now`]). Plain data: the I/O modules speak it to the core, the core
+//! imports none of them. Nothing here survives a restart by itself; the
+//! store persists [`Write`]s.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use iroh::EndpointId;
+use iroh_blobs::Hash;
+
+use crate::{
+    announce::{Announcement, SignedStatement},
+    api::{NodeEvent, PolicyRule, Reply},
+    record::{ListedRecord, PeerHint, RepoRecord},
+    repo_id::RepoId,
+    state::{Bookkeeping, FollowConfig, Held, Locator, RecordCopy, RepoConfig},
+};
+
+/// Most repositories asked for in one pull ([`Effect::Pull`]).
+pub const MAX_PULL_REPOS: usize = 64;
+
+/// Identifies a waiting caller; the actor keeps the reply channel.
+pub type ReplyId = u64;
+/// Identifies a content job.
+pub type JobId = u64;
+
+/// The time an event happens at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time, for timers.
+    pub at: Instant,
+    /// Wall-clock time in milliseconds since the Unix epoch, for `seq`.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// Wall-clock seconds since the Unix epoch.
+    pub fn unix_secs(&self) -> u64 {
+        self.unix_ms / 1000
+    }
+}
+
+/// Tunables of the core, with the defaults the node runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Where materialized repositories live (for reports).
+    pub repos_root: PathBuf,
+    /// Most content jobs running at once.
+    pub max_jobs: usize,
+    /// First wait before a failed fetch or write-back is retried.
+    pub retry_base: Duration,
+    /// Longest wait between retries.
+    pub retry_max: Duration,
+    /// How long `sync` waits for a first state when nothing names one.
+    pub first_state_wait: Duration,
+    /// First wait before a topic without neighbours re-dials its peers.
+    pub rejoin_base: Duration,
+    /// Longest wait between re-dials.
+    pub rejoin_max: Duration,
+    /// Whether the node has credentials to write records back with.
+    pub write_back: bool,
+    /// Most bytes one repository's state may have (`max_repo_bytes`).
+    pub max_repo_bytes: Option<u64>,
+    /// Most bytes all repositories' states may have together (`max_total_bytes`).
+    pub max_total_bytes: Option<u64>,
+    /// The DID of the node's account, once resolved: only its own
+    /// repositories' records are written back.
+    pub account_did: Option<String>,
+    /// How often every held state is checked (`None`: only at start-up
+    /// and on `verify`).
+    pub verify_interval: Option<Duration>,
+    /// How often trusted peers are asked directly what they hold (`None`:
+    /// never; only gossip and lonely topics' pulls).
+    pub resync_interval: Option<Duration>,
+    /// Most repositories one followed identity may bring, retired ones
+    /// included (`[follow] max_repos_per_identity`).
+    pub max_repos_per_identity: usize,
+    /// How long a repository a followed identity no longer lists is kept
+    /// before it is removed (`[follow] retired_grace_secs`).
+    pub retired_grace: Duration,
+}
+
+impl Settings {
+    /// Defaults for a node whose materialized repositories live in `repos_root`.
+    pub fn new(repos_root: PathBuf) -> Self {
+        Self {
+            repos_root,
+            max_jobs: 4,
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(300),
+            first_state_wait: Duration::from_secs(30),
+            rejoin_base: Duration::from_secs(5),
+            rejoin_max: Duration::from_secs(300),
+            write_back: false,
+            max_repo_bytes: None,
+            max_total_bytes: None,
+            account_did: None,
+            verify_interval: Some(Duration::from_secs(24 * 3600)),
+            resync_interval: Some(Duration::from_secs(10 * 60)),
+            max_repos_per_identity: 1000,
+            retired_grace: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// An admin command that changes what the node tracks or holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CoreCommand {
+    /// Track a repository, or add peers and a record locator to it.
+    AddRepo {
+        /// The repository.
+        repo_id: RepoId,
+        /// Where its record lives.
+        locator: Option<Locator>,
+        /// Peers the operator trusts to publish it.
+        peers: Vec<PeerHint>,
+    },
+    /// Stop trusting a peer the operator named.
+    RemovePeer {
+        /// The repository.
+        repo_id: RepoId,
+        /// The peer.
+        node_id: EndpointId,
+    },
+    /// Stop tracking a repository and drop its content.
+    RemoveRepo {
+        /// The repository.
+        repo_id: RepoId,
+    },
+    /// Publish a local git repository as the repository's new state.
+    Publish {
+        /// The repository.
+        repo_id: RepoId,
+        /// The local git repository.
+        source: PathBuf,
+        /// Accept non-fast-forward updates.
+        force: bool,
+        /// Refuse unless the held manifest is this one.
+        expected_manifest: Option<String>,
+    },
+    /// Poll the record and fetch what it names, or wait for a first state.
+    Sync {
+        /// The repository.
+        repo_id: RepoId,
+    },
+    /// Track every repository an identity's records list.
+    Follow {
+        /// The identity's DID.
+        did: String,
+    },
+    /// Stop following an identity.
+    Unfollow {
+        /// The identity's DID.
+        did: String,
+    },
+    /// Change the seeding policy for a DID or repository id.
+    Policy {
+        /// Allow, block or clear.
+        rule: PolicyRule,
+        /// A DID or a repository id.
+        target: String,
+    },
+    /// Set (or clear, with `None`) a repository's storage limit.
+    SetQuota {
+        /// The repository.
+        repo_id: RepoId,
+        /// Most bytes its state may have.
+        max_bytes: Option<u64>,
+    },
+    /// Check the held state of one repository, or of all.
+    Verify {
+        /// Only this repository.
+        repo_id: Option<RepoId>,
+    },
+    /// Wait until `count` other peers hold the state held now.
+    Replicas {
+        /// The repository.
+        repo_id: RepoId,
+        /// How many peers.
+        count: usize,
+        /// How long to wait.
+        timeout: Duration,
+    },
+}
+
+/// How an announcement arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// On the repository's gossip topic.
+    Gossip,
+    /// Pushed or pulled over `/knot/heads/1`.
+    Direct,
+}
+
+/// What a content job produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateInfo {
+    /// The manifest's hash.
+    pub manifest: Hash,
+    /// Object id HEAD resolves to.
+    pub head: Option<String>,
+    /// Packs the manifest lists.
+    pub pack_count: usize,
+    /// Bytes of those packs.
+    pub bytes: u64,
+    /// Bytes fetched from peers, or added by a publish.
+    pub bytes_moved: u64,
+    /// A publish found nothing changed.
+    pub unchanged: bool,
+    /// A publish consolidated all packs into one.
+    pub consolidated: bool,
+    /// Blobs that were missing and were rebuilt from the materialized copy.
+    pub blobs_rebuilt: usize,
+    /// Blobs that were missing and were fetched.
+    pub blobs_fetched: usize,
+    /// Some blob of the state was stored already without this repository's
+    /// pin when the collector had started this many passes: check the state
+    /// again once the next pass starts.
+    pub recheck_after_gc_pass: Option<u64>,
+}
+
+/// Why a content job failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    /// Why, for the operator.
+    pub message: String,
+    /// The state would exceed a storage quota: not retried.
+    pub quota: bool,
+}
+
+impl From<String> for JobError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            quota: false,
+        }
+    }
+}
+
+impl From<&str> for JobError {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The result of a content job.
+pub type JobResult = Result<StateInfo, JobError>;
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// An admin command; the answer goes to `reply`.
+    Command {
+        /// Who waits.
+        reply: ReplyId,
+        /// The command.
+        command: CoreCommand,
+    },
+    /// A verified announcement for a repository.
+    Announcement {
+        /// The repository (the topic's, or the one the statement names).
+        repo: RepoId,
+        /// The verified announcement.
+        announcement: Box<Announcement>,
+        /// How it came.
+        via: Via,
+    },
+    /// A gossip neighbour joined a repository's topic.
+    NeighborUp {
+        /// The repository.
+        repo: RepoId,
+        /// The neighbour.
+        peer: EndpointId,
+        /// Where it was reached.
+        addrs: Vec<SocketAddr>,
+    },
+    /// A gossip neighbour left.
+    NeighborDown {
+        /// The repository.
+        repo: RepoId,
+        /// The neighbour.
+        peer: EndpointId,
+    },
+    /// A topic's subscription ended.
+    TopicClosed {
+        /// The repository.
+        repo: RepoId,
+    },
+    /// A pull from a peer finished (its announcements arrive as events of their own).
+    Pulled {
+        /// The peer.
+        peer: EndpointId,
+        /// Whether it answered.
+        ok: bool,
+    },
+    /// A record poll finished.
+    Polled {
+        /// The repository.
+        repo: RepoId,
+        /// What the poll found.
+        outcome: RecordPoll,
+    },
+    /// A content job finished.
+    JobDone {
+        /// The repository.
+        repo: RepoId,
+        /// The job.
+        job: JobId,
+        /// What it produced.
+        result: JobResult,
+        /// Providers that failed it, and how (a fetch that succeeded may
+        /// have had some too).
+        faults: Vec<(EndpointId, ProviderFault)>,
+    },
+    /// A write-back finished.
+    WrittenBack {
+        /// The repository.
+        repo: RepoId,
+        /// The record on the PDS now, or why not.
+        result: Result<WrittenBack, WriteFailure>,
+    },
+    /// A followed identity was listed.
+    Listed {
+        /// The identity's DID.
+        did: String,
+        /// Its records and whether that is all of them, or why not.
+        result: Result<(Vec<ListedRecord>, bool), String>,
+    },
+    /// The blob store's collector started its `passes`-th pass since the
+    /// node started, so every earlier pass is over.
+    GcPass {
+        /// Passes started.
+        passes: u64,
+    },
+    /// A probe of a peer's claim to hold a state finished.
+    ReplicaProbed {
+        /// The repository.
+        repo: RepoId,
+        /// The peer probed.
+        peer: EndpointId,
+        /// The manifest it claimed.
+        manifest: Hash,
+        /// Whether it served verified chunks of the manifest and every pack.
+        proved: bool,
+    },
+    /// The node's account was resolved to this DID.
+    AccountResolved {
+        /// The account's DID.
+        did: String,
+    },
+    /// A timer set with [`Effect::SetTimer`] expired.
+    Timer(TimerKey),
+}
+
+/// What one poll of a repository's record found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordPoll {
+    /// The record, validated.
+    Found(RepoRecord),
+    /// The PDS answered that the record does not exist: the owner deleted
+    /// it, and the trust it granted is withdrawn. The text says where.
+    NotFound(String),
+    /// The PDS or the DID directory could not be asked, or did not answer
+    /// usefully (timeout, HTTP error, rate limit): the copy held stays.
+    Unreachable(String),
+    /// The PDS answered with something that is not a valid record of this
+    /// repository: the copy held stays.
+    Invalid(String),
+}
+
+/// A timer; setting one with the same key replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimerKey {
+    /// A failed fetch may be tried again.
+    Retry(RepoId),
+    /// A write-back is due.
+    WriteBack(RepoId),
+    /// A `sync` waiting for a first state gives up (for that round).
+    FirstState(RepoId, u64),
+    /// Topics without neighbours re-dial their peers.
+    Rejoin,
+    /// A replicas waiter (by id) gives up.
+    ReplicasDeadline(RepoId, u64),
+    /// Ask peers again what they hold, for replicas waiters.
+    ReplicasAsk(RepoId),
+    /// Check every held state (the verify schedule).
+    VerifyAll,
+    /// Ask trusted peers what they hold (anti-entropy).
+    Resync,
+    /// Remove the retired repositories of followed identities whose grace
+    /// period is over.
+    RemoveRetired,
+}
+
+/// What a content job does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobSpec {
+    /// Pack the git repository at `source` as the new state.
+    Publish {
+        /// The local git repository.
+        source: PathBuf,
+        /// Accept non-fast-forward updates.
+        force: bool,
+        /// The state held now, to build on and to restore on failure.
+        previous: Option<Hash>,
+    },
+    /// Fetch what `manifest` needs, materialize, pin.
+    Fetch {
+        /// The manifest.
+        manifest: Hash,
+        /// The state held now, to restore on failure.
+        previous: Option<Hash>,
+        /// Peers to fetch from, best first.
+        providers: Vec<EndpointId>,
+        /// Most bytes of packs the state may have (quotas), if limited.
+        limit: Option<u64>,
+        /// The held state is checked: rebuild missing blobs from the
+        /// materialized copy before fetching.
+        repair: bool,
+    },
+    /// Unpin everything of the repository and delete its materialized copy.
+    Discard,
+}
+
+/// Who hears an announcement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// Direct gossip neighbours, and these peers directly.
+    Neighbors {
+        /// Peers to push to over `/knot/heads/1`.
+        direct: Vec<EndpointId>,
+    },
+    /// The whole topic, and these peers directly (not neighbours now).
+    Everyone {
+        /// Peers to push to over `/knot/heads/1`.
+        direct: Vec<EndpointId>,
+    },
+    /// Only these peers, directly; nothing goes to the topic.
+    Direct {
+        /// Peers to push to over `/knot/heads/1`.
+        direct: Vec<EndpointId>,
+    },
+}
+
+/// Something the actor must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Answer a waiting caller.
+    Reply {
+        /// Who.
+        to: ReplyId,
+        /// The answer.
+        reply: Reply,
+    },
+    /// Write to the database; durable writes are committed before the next
+    /// effect runs.
+    Persist(Write),
+    /// Start a content job.
+    StartJob {
+        /// The repository.
+        repo: RepoId,
+        /// The job's id, echoed in [`Event::JobDone`].
+        job: JobId,
+        /// What to do.
+        spec: JobSpec,
+    },
+    /// Join a repository's gossip topic.
+    JoinTopic {
+        /// The repository.
+        repo: RepoId,
+        /// Peers to bootstrap from.
+        peers: Vec<EndpointId>,
+    },
+    /// Dial more peers on a joined topic.
+    DialPeers {
+        /// The repository.
+        repo: RepoId,
+        /// The peers.
+        peers: Vec<EndpointId>,
+    },
+    /// Leave a repository's topic.
+    LeaveTopic {
+        /// The repository.
+        repo: RepoId,
+    },
+    /// Send a statement under this node's envelope.
+    Announce {
+        /// The repository.
+        repo: RepoId,
+        /// The statement.
+        statement: SignedStatement,
+        /// Who hears it.
+        audience: Audience,
+    },
+    /// Ask a peer for its announcements of these repositories.
+    Pull {
+        /// The peer.
+        peer: EndpointId,
+        /// At most [`MAX_PULL_REPOS`] repositories.
+        repos: Vec<RepoId>,
+    },
+    /// Check that a peer holds a state this node holds: ask it for a
+    /// randomly chosen chunk of the manifest and of every pack it lists,
+    /// verified against their hashes; the result comes as
+    /// [`Event::ReplicaProbed`] (a probe that cannot run fails).
+    ProbeReplica {
+        /// The repository.
+        repo: RepoId,
+        /// The peer.
+        peer: EndpointId,
+        /// The manifest it claims to hold.
+        manifest: Hash,
+    },
+    /// Add peers' addresses to the endpoint's address book.
+    LearnAddrs(Vec<PeerHint>),
+    /// Poll a repository's record on the schedule from now on.
+    TrackRecord {
+        /// The repository.
+        repo: RepoId,
+        /// Where the record lives.
+        locator: Locator,
+    },
+    /// Stop polling a repository's record.
+    UntrackRecord {
+        /// The repository.
+        repo: RepoId,
+    },
+    /// List an identity's records now and on the schedule.
+    TrackIdentity {
+        /// The identity's DID.
+        did: String,
+    },
+    /// Stop listing an identity.
+    UntrackIdentity {
+        /// The identity's DID.
+        did: String,
+    },
+    /// Poll a tracked record now; the result comes as [`Event::Polled`].
+    PollNow {
+        /// The repository.
+        repo: RepoId,
+    },
+    /// Write the held state into the account's record (read, merge, write
+    /// with compare-and-swap), adding this node's peer hint.
+    WriteBack {
+        /// The repository (the account's own).
+        repo: RepoId,
+        /// The record's collection.
+        collection: String,
+        /// The record key.
+        rkey: String,
+        /// Object id HEAD resolves to.
+        head: Option<String>,
+        /// The manifest hash (hex).
+        manifest: String,
+        /// The state's sequence number.
+        seq: u64,
+    },
+    /// Tell watchers what happened.
+    Notify {
+        /// The repository it concerns, if one.
+        repo: Option<RepoId>,
+        /// What happened.
+        event: NodeEvent,
+    },
+    /// Set (or replace) a timer.
+    SetTimer {
+        /// Which.
+        key: TimerKey,
+        /// When it fires.
+        at: Instant,
+    },
+}
+
+/// A write-back that reached the PDS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrittenBack {
+    /// The record on the PDS now.
+    pub record: RepoRecord,
+    /// The record named a newer state and was left alone.
+    pub superseded: bool,
+}
+
+/// A write-back that failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteFailure {
+    /// Why, for the operator.
+    pub message: String,
+    /// How long the PDS asked to wait, if it did.
+    pub retry_after: Option<Duration>,
+}
+
+/// How a provider failed a fetch, as the job saw it. The core demotes such
+/// a provider for the repository for [`DEMOTION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderFault {
+    /// It accepted the request and then sent nothing for the progress deadline.
+    Stalled,
+    /// It sent bytes that do not match the hash asked for.
+    WrongBytes,
+}
+
+impl ProviderFault {
+    /// What the provider did, in words, as logged.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProviderFault::Stalled => "it sent nothing in time",
+            ProviderFault::WrongBytes => "it sent bytes that do not match the hash",
+        }
+    }
+}
+
+/// One change to a repository's row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Insert or replace the configuration (adds the repository).
+    Config(RepoConfig),
+    /// Replace or clear the record copy.
+    Record(RepoId, Option<RecordCopy>),
+    /// Replace or clear the held state.
+    Held(RepoId, Option<Box<Held>>),
+    /// Replace the bookkeeping.
+    Bookkeeping(RepoId, Bookkeeping),
+    /// Remove the repository and everything known about it.
+    Remove(RepoId),
+    /// Follow an identity.
+    Follow(FollowConfig),
+    /// Stop following an identity.
+    Unfollow(String),
+    /// Set (or clear) the policy rule for a DID or repository id.
+    Policy(String, Option<PolicyRule>),
+}
+
+impl Write {
+    /// Whether the write must reach the disk before the caller acts on it.
+    /// Bookkeeping may be lost in a crash; everything else may not.
+    pub fn needs_durability(&self) -> bool {
+        !matches!(self, Write::Bookkeeping(..))
+    }
+
+    /// The key written: a repository id, or a followed DID.
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Config(c) => c.repo_id.as_str(),
+            Write::Record(id, _)
+            | Write::Held(id, _)
+            | Write::Bookkeeping(id, _)
+            | Write::Remove(id) => id.as_str(),
+            Write::Follow(f) => &f.did,
+            Write::Unfollow(did) => did,
+            Write::Policy(target, _) => target,
+        }
+    }
+}
+
+/// Longest wait a timer of the core is set for: a longer one (an admin
+/// timeout, a configured period) ends after this instead, so no value can
+/// overflow the clock or go past what the actor's timer queue holds (the
+/// removal of retired repositories checks the time again and re-arms).
+pub const MAX_TIMER_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The time `wait` after `at`, saturating: at most [`MAX_TIMER_WAIT`] later.
+pub fn later(at: Instant, wait: Duration) -> Instant {
+    let wait = wait.min(MAX_TIMER_WAIT);
+    at.checked_add(wait).unwrap_or(at)
+}
+
+/// Whether a `not_before` time has come.
+pub fn is_due(not_before: Option<Instant>, now: Now) -> bool {
+    not_before.is_none_or(|t| t <= now.at)
+}
