@@ -67,7 +67,14 @@ impl Core {
                 repo_id,
                 count,
                 timeout,
-            } => self.await_replicas(reply, &repo_id, count, timeout, now),
+            } => {
+                let waiting = self.with_repo(&repo_id, now, |r, ctx| {
+                    r.await_replicas(ctx, reply, count, timeout)
+                });
+                if waiting.is_none() {
+                    self.reply_err(reply, format!("repository {repo_id} is not tracked"));
+                }
+            }
             CoreCommand::Verify { repo_id } => self.verify(reply, repo_id, now),
         }
     }

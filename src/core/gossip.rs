@@ -247,7 +247,10 @@ impl Core {
         }
         if known {
             // What the sender holds: its envelope says so.
-            self.peer_seen(repo_id, sender, statement.manifest, statement.seq, now);
+            let (manifest, seq) = (statement.manifest, statement.seq);
+            self.with_repo(repo_id, now, |r, ctx| {
+                r.peer_seen(ctx, sender, manifest, seq)
+            });
         }
     }
 
@@ -380,7 +383,7 @@ impl Core {
     }
 
     /// Make sure the rejoin sweep runs no later than `due`.
-    fn arm_rejoin(&mut self, due: std::time::Instant) {
+    pub(super) fn arm_rejoin(&mut self, due: std::time::Instant) {
         if self.rejoin_timer.is_none_or(|t| t > due) {
             self.rejoin_timer = Some(due);
             self.set_timer(TimerKey::Rejoin, due);

@@ -366,7 +366,7 @@ impl Core {
                     ms,
                 },
             );
-            self.check_replicas_now(repo_id, now);
+            self.with_repo(repo_id, now, |r, ctx| r.check_replicas(ctx.me));
         }
         let repo = self.repos.get_mut(repo_id).expect("job was running");
         if !repo.sync.waiters.is_empty() {
@@ -421,14 +421,16 @@ impl Core {
                 ms,
             },
         );
-        self.check_replicas_now(repo_id, now);
+        self.with_repo(repo_id, now, |r, ctx| r.check_replicas(ctx.me));
         self.ensure_topic(repo_id, now);
         // Tell the neighbours this node provides the state now; the topic
         // heard about it from its publisher already. Peers last seen behind
         // are told directly too: gossip may still count a restarted peer as
         // a neighbour while nothing reaches it, and a peer that trusts only
         // this node hears of the state from nobody else.
-        let direct = self.peers_behind(repo_id, statement.statement.seq, forwarded_by);
+        let direct = self.repos.get(repo_id).map_or_else(Vec::new, |r| {
+            r.peers_behind(self.me, statement.statement.seq, forwarded_by)
+        });
         self.out.push(Effect::Announce {
             repo: repo_id.clone(),
             statement,

@@ -31,7 +31,6 @@ pub use policy::Policy;
 mod policy;
 pub mod queue;
 mod records;
-mod replicas;
 pub mod repo;
 pub mod trust;
 mod verify;
@@ -59,7 +58,7 @@ use crate::{
 };
 pub use io::*;
 use queue::JobQueue;
-use repo::Repo;
+use repo::{Ctx, Out, Repo};
 
 /// The repository core. See the module documentation.
 pub struct Core {
@@ -193,7 +192,11 @@ impl Core {
                 peer,
                 manifest,
                 proved,
-            } => self.handle_probed(&repo, peer, manifest, proved, now),
+            } => {
+                self.with_repo(&repo, now, |r, ctx| {
+                    r.on_probed(ctx, peer, manifest, proved)
+                });
+            }
             Event::AccountResolved { did } => self.handle_account_resolved(did, now),
             Event::GcPass { passes } => self.handle_gc_pass(passes, now),
             Event::Listed { did, result } => self.handle_listed(&did, result, now),
@@ -216,8 +219,12 @@ impl Core {
             TimerKey::WriteBack(repo) => self.start_write_back(&repo, now),
             TimerKey::FirstState(repo, round) => self.first_state_expired(&repo, round, now),
             TimerKey::Rejoin => self.rejoin_sweep(now),
-            TimerKey::ReplicasDeadline(repo, id) => self.replicas_deadline(&repo, id),
-            TimerKey::ReplicasAsk(repo) => self.ask_for_replicas(&repo, now),
+            TimerKey::ReplicasDeadline(repo, id) => {
+                self.with_repo(&repo, now, |r, ctx| r.replicas_deadline(ctx.me, id));
+            }
+            TimerKey::ReplicasAsk(repo) => {
+                self.with_repo(&repo, now, |r, ctx| r.ask_for_replicas(ctx));
+            }
             TimerKey::VerifyAll => self.verify_all(now),
             TimerKey::Resync => self.resync_sweep(now),
             TimerKey::RemoveRetired => self.remove_retired(now),
@@ -272,6 +279,61 @@ impl Core {
 
     fn set_timer(&mut self, key: TimerKey, at: Instant) {
         self.out.push(Effect::SetTimer { key, at });
+    }
+
+    /// Run `f` on `repo_id`'s state machine with the node's context, then
+    /// take what it left in its outbox ([`Core::drain`]). `None` when the
+    /// repository is not tracked.
+    fn with_repo<T>(
+        &mut self,
+        repo_id: &RepoId,
+        now: Now,
+        f: impl FnOnce(&mut Repo, &mut Ctx) -> T,
+    ) -> Option<T> {
+        let repo = self.repos.get_mut(repo_id)?;
+        let mut ctx = Ctx {
+            me: self.me,
+            key: &self.key,
+            settings: &self.settings,
+            now,
+            next_round: &mut self.next_round,
+        };
+        let result = f(repo, &mut ctx);
+        self.drain(repo_id, now);
+        Some(result)
+    }
+
+    /// Take what `repo_id`'s handlers left, in order: effects go to the
+    /// actor, requests are acted on as they come.
+    fn drain(&mut self, repo_id: &RepoId, now: Now) {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return;
+        };
+        for item in repo.take_out() {
+            match item {
+                Out::Effect(effect) => self.out.push(effect),
+                Out::Schedule => self.schedule(repo_id),
+                Out::Pump => self.pump(now),
+                Out::ArmRejoin(at) => self.arm_rejoin(at),
+                Out::ArmRetiredRemoval => self.arm_retired_removal(now),
+                Out::Rejected(reason) => {
+                    *self.counters.rejected.entry(reason).or_default() += 1;
+                }
+                Out::Checked(result) => {
+                    self.checked(repo_id, result.as_deref().map_err(String::as_str))
+                }
+                Out::RecheckAfterGc(passes) => self.recheck_after_gc(repo_id, passes),
+                Out::Forget => self.forget(repo_id, now),
+            }
+        }
+    }
+
+    /// Stream an event about `repo_id` to watchers.
+    fn notify(&mut self, repo_id: &RepoId, event: crate::api::NodeEvent) {
+        self.out.push(Effect::Notify {
+            repo: Some(repo_id.clone()),
+            event,
+        });
     }
 
     /// Queue the bookkeeping of `repo` for a lazy write.

@@ -50,7 +50,7 @@ impl Core {
             peers_known: trusted.len() + learned,
             trusted_peers: trusted.len(),
             peers_connected: repo.topic.as_ref().map_or(0, |t| t.neighbors.len()),
-            peers_in_sync: self.in_sync_count(repo),
+            peers_in_sync: repo.in_sync_count(self.me),
             max_bytes: repo.config.max_bytes,
             record: repo.config.locator.as_ref().map(|l| l.at_uri()),
             write_back_pending: held.is_some_and(|h| h.write_back_pending),
@@ -93,8 +93,7 @@ impl Core {
                     .parse::<iroh::EndpointId>()
                     .is_ok_and(|id| n.contains(&id))
             });
-            let (replica, status) =
-                Core::replica_of(repo, &hint.node_id, source != PeerSource::Learned);
+            let (replica, status) = repo.replica_of(&hint.node_id, source != PeerSource::Learned);
             out.push(PeerView {
                 hint: PeerHint::clone(hint),
                 connected,

@@ -21,7 +21,7 @@ use crate::{
         CoreCommand,
         gossip::{MAX_PULL_PEERS, MAX_REBROADCAST_DIRECT},
         hints::MAX_HINTS,
-        replicas::{MAX_CATCH_UP_PUSHES, MAX_PROBES},
+        repo::{MAX_CATCH_UP_PUSHES, MAX_PROBES},
         repo::{MAX_DEMOTED, MAX_PEERS_CONTACTED},
         trust::MAX_SEQ_AHEAD_MS,
     },
@@ -56,7 +56,7 @@ const MAX_DIRECT_ANNOUNCES: usize =
     2 * MAX_PEERS_CONTACTED + MAX_CATCH_UP_PUSHES + MAX_REBROADCAST_DIRECT;
 
 /// Most peers whose announced state is kept per repository.
-const MAX_PEERS_SEEN: usize = crate::core::replicas::MAX_PEERS_SEEN;
+const MAX_PEERS_SEEN: usize = crate::core::repo::MAX_PEERS_SEEN;
 
 impl World {
     /// Check `node` after a step.

@@ -559,7 +559,7 @@ fn a_peer_behind_on_this_nodes_own_state_is_told_directly() {
 /// After fetching a state, the node tells a few peers last seen behind it
 /// directly (gossip may count a restarted peer as a neighbour while nothing
 /// reaches it), never the peer it took the state from, and at most
-/// [`MAX_CATCH_UP_PUSHES`](crate::core::replicas::MAX_CATCH_UP_PUSHES).
+/// [`MAX_CATCH_UP_PUSHES`](crate::core::repo::MAX_CATCH_UP_PUSHES).
 #[test]
 fn peers_seen_behind_are_told_of_a_fetched_state_directly() {
     let mut sim = Sim::new(4);
@@ -586,7 +586,7 @@ fn peers_seen_behind_are_told_of_a_fetched_state_directly() {
     let expected: Vec<EndpointId> = behind
         .iter()
         .rev()
-        .take(crate::core::replicas::MAX_CATCH_UP_PUSHES)
+        .take(crate::core::repo::MAX_CATCH_UP_PUSHES)
         .map(|k| k.public())
         .collect();
     assert_eq!(direct, expected);

@@ -10,7 +10,7 @@ use crate::{
     api::{ReplicaBasis, ReplicaStatus},
     core::{
         gossip::{MAX_REBROADCAST_DIRECT, REBROADCAST_WINDOW},
-        replicas::{MAX_CATCH_UP_PUSHES, MAX_PEERS_SEEN, PROBE_RETRY},
+        repo::{MAX_CATCH_UP_PUSHES, MAX_PEERS_SEEN, PROBE_RETRY},
     },
 };
 
@@ -412,7 +412,7 @@ fn fresh_keys_failing_probes_cannot_grow_the_probes_kept() {
     }
     let kept = sim.core.repos[&repo()].probes.len();
     assert!(
-        kept <= MAX_PEERS_SEEN + crate::core::replicas::MAX_PROBES,
+        kept <= MAX_PEERS_SEEN + crate::core::repo::MAX_PROBES,
         "{kept} probes kept"
     );
 }

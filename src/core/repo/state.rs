@@ -12,7 +12,11 @@ use std::{
 
 use iroh::EndpointId;
 
-use super::{JobId, ReplyId, trust::Position};
+use super::outbox::Out;
+use crate::core::{
+    io::{JobId, ReplyId},
+    trust::Position,
+};
 use crate::{
     announce::SignedStatement,
     record::PeerHint,
@@ -201,6 +205,8 @@ pub struct Repo {
     /// Providers that stalled a fetch or sent wrong bytes, and until when
     /// they are tried last. Kept in memory only.
     pub demoted: BTreeMap<EndpointId, Instant>,
+    /// What the handlers decided and the core has not taken yet.
+    pub out: Vec<Out>,
 }
 
 /// A probe of a peer's claim to hold a state (see [`super::replicas`]).
@@ -263,6 +269,7 @@ impl Repo {
             probes: BTreeMap::new(),
             rebroadcasts: Rebroadcasts::default(),
             demoted: BTreeMap::new(),
+            out: Vec::new(),
         }
     }
 

@@ -1,4 +1,4 @@
-//! Replication status: what each known peer last announced it holds, how
+//! Replication status of one repository: what each known peer last announced it holds, how
 //! that compares with this node's state, and callers waiting until enough
 //! peers hold a state (`--replicas N`).
 //!
@@ -26,15 +26,18 @@ use iroh::EndpointId;
 use iroh_blobs::Hash;
 
 use super::{
-    Core, Effect, Now, ReplyId, TimerKey, hints,
-    repo::{MAX_PEERS_CONTACTED, Probe, ReplicaWait, Repo},
+    outbox::Ctx,
+    state::{MAX_PEERS_CONTACTED, Probe, ReplicaWait, Repo},
 };
 use crate::{
     api::{
         CountedReplica, NodeEvent, Payload, PeerReplica, ReplicaBasis, ReplicaStatus,
         ReplicasReport, Reply,
     },
-    repo_id::RepoId,
+    core::{
+        hints,
+        io::{Effect, ReplyId, TimerKey, later},
+    },
     state::PeerSeen,
 };
 
@@ -72,28 +75,25 @@ pub fn status_of(seen: Option<&PeerSeen>, repo: &Repo, trusted: bool) -> Replica
     }
 }
 
-impl Core {
+impl Repo {
     /// Up to [`MAX_CATCH_UP_PUSHES`] peers last seen holding a state older
     /// than `seq`, other than `except`: trusted peers first, then the
     /// rest, each most recently seen first, so strangers announcing old
     /// states cannot take every slot.
-    pub(super) fn peers_behind(
+    pub fn peers_behind(
         &self,
-        repo_id: &RepoId,
+        me: EndpointId,
         seq: u64,
         except: Option<EndpointId>,
     ) -> Vec<EndpointId> {
-        let Some(repo) = self.repos.get(repo_id) else {
-            return Vec::new();
-        };
-        let trusted = repo.trusted(self.me);
-        let behind: Vec<EndpointId> = repo
+        let trusted = self.trusted(me);
+        let behind: Vec<EndpointId> = self
             .book
             .peers_seen
             .iter()
             .filter(|seen| seen.seq < seq)
             .filter_map(|seen| seen.node_id.parse::<EndpointId>().ok())
-            .filter(|peer| Some(*peer) != except && *peer != self.me)
+            .filter(|peer| Some(*peer) != except && *peer != me)
             .collect();
         let (first, rest): (Vec<_>, Vec<_>) = behind.into_iter().partition(|p| trusted.contains(p));
         first
@@ -103,23 +103,12 @@ impl Core {
             .collect()
     }
 
-    /// Note what `peer` announced it holds for `repo_id`.
-    pub(super) fn peer_seen(
-        &mut self,
-        repo_id: &RepoId,
-        peer: EndpointId,
-        manifest: [u8; 32],
-        seq: u64,
-        now: Now,
-    ) {
-        let me = self.me;
-        let Some(repo) = self.repos.get_mut(repo_id) else {
-            return;
-        };
-        let trusted = repo.trusted_ids(me);
+    /// Note what `peer` announced it holds.
+    pub fn peer_seen(&mut self, ctx: &Ctx, peer: EndpointId, manifest: [u8; 32], seq: u64) {
+        let trusted = self.trusted_ids(ctx.me);
         let node_id = peer.to_string();
         let manifest = data_encoding::HEXLOWER.encode(&manifest);
-        let seen = &mut repo.book.peers_seen;
+        let seen = &mut self.book.peers_seen;
         let previous = seen
             .iter()
             .position(|s| s.node_id == node_id)
@@ -137,7 +126,7 @@ impl Core {
                 node_id: node_id.clone(),
                 manifest: manifest.clone(),
                 seq,
-                seen_ms: now.unix_ms,
+                seen_ms: ctx.now.unix_ms,
                 proven,
             },
         );
@@ -148,35 +137,32 @@ impl Core {
             return;
         }
         let status = status_of(
-            repo.book.peers_seen.first(),
-            repo,
+            self.book.peers_seen.first(),
+            self,
             trusted.contains(&node_id),
         );
-        self.persist_book(repo_id);
-        self.notify(
-            repo_id,
-            NodeEvent::PeerState {
-                peer: node_id,
-                manifest,
-                status,
-            },
-        );
-        self.check_replicas(repo_id, now);
-        self.probe_claims(repo_id, now);
+        self.persist_book();
+        self.notify(NodeEvent::PeerState {
+            peer: node_id,
+            manifest,
+            status,
+        });
+        self.check_replicas(ctx.me);
+        self.probe_claims(ctx);
     }
 
     /// Peers other than this node that hold `manifest`, or a newer state
     /// this node holds too: trusted peers that announced it, and peers that
     /// proved it.
-    fn holders(&self, repo: &Repo, manifest: &str, seq: u64) -> Vec<CountedReplica> {
-        let me = self.me.to_string();
-        let trusted = repo.trusted_ids(self.me);
-        let held_newer = repo
+    fn holders(&self, me: EndpointId, manifest: &str, seq: u64) -> Vec<CountedReplica> {
+        let trusted = self.trusted_ids(me);
+        let me = me.to_string();
+        let held_newer = self
             .held
             .as_ref()
             .filter(|h| h.seq() > seq)
             .map(|h| h.manifest.as_str());
-        repo.book
+        self.book
             .peers_seen
             .iter()
             .filter(|s| s.node_id != me)
@@ -200,33 +186,33 @@ impl Core {
     /// Peers whose unproven claims would count for a waiter: they claim a
     /// state waited for (or the newer one held), are not trusted, and are
     /// not being probed nor failed a probe lately.
-    fn claims_to_probe(&self, repo: &Repo, now: Now) -> Vec<(EndpointId, String)> {
-        let me = self.me.to_string();
-        let trusted = repo.trusted_ids(self.me);
-        let waited: BTreeSet<&str> = repo
+    fn claims_to_probe(&self, ctx: &Ctx) -> Vec<(EndpointId, String)> {
+        let me = ctx.me.to_string();
+        let trusted = self.trusted_ids(ctx.me);
+        let waited: BTreeSet<&str> = self
             .replica_waits
             .iter()
             .map(|w| w.manifest.as_str())
-            .chain(repo.held.iter().map(|h| h.manifest.as_str()))
+            .chain(self.held.iter().map(|h| h.manifest.as_str()))
             .collect();
-        let running = repo
+        let running = self
             .probes
             .values()
             .filter(|p| p.failed_at.is_none())
             .count();
-        repo.book
+        self.book
             .peers_seen
             .iter()
             .filter(|s| s.node_id != me && !s.proven && !trusted.contains(&s.node_id))
             .filter(|s| waited.contains(s.manifest.as_str()))
             .filter_map(|s| Some((s.node_id.parse::<EndpointId>().ok()?, s)))
-            .filter(|(peer, s)| match repo.probes.get(peer) {
+            .filter(|(peer, s)| match self.probes.get(peer) {
                 None => true,
                 Some(p) if p.manifest != s.manifest => true,
                 Some(Probe {
                     failed_at: Some(at),
                     ..
-                }) => now.at.saturating_duration_since(*at) >= PROBE_RETRY,
+                }) => ctx.now.at.saturating_duration_since(*at) >= PROBE_RETRY,
                 Some(_) => false,
             })
             .map(|(peer, s)| (peer, s.manifest.clone()))
@@ -236,39 +222,35 @@ impl Core {
 
     /// While someone waits for replicas, probe the unproven claims that
     /// would count.
-    fn probe_claims(&mut self, repo_id: &RepoId, now: Now) {
-        let Some(repo) = self
-            .repos
-            .get(repo_id)
-            .filter(|r| !r.replica_waits.is_empty())
-        else {
+    fn probe_claims(&mut self, ctx: &Ctx) {
+        if self.replica_waits.is_empty() {
             return;
-        };
-        let probes = self.claims_to_probe(repo, now);
-        let repo = self.repos.get_mut(repo_id).expect("present above");
+        }
+        let probes = self.claims_to_probe(ctx);
         // Failed probes are remembered only for peers still seen: fresh keys
         // churning through the table cannot grow it.
-        let seen: BTreeSet<String> = repo
+        let seen: BTreeSet<String> = self
             .book
             .peers_seen
             .iter()
             .map(|s| s.node_id.clone())
             .collect();
-        repo.probes
+        self.probes
             .retain(|peer, p| p.failed_at.is_none() || seen.contains(&peer.to_string()));
         for (peer, manifest) in probes {
             let Ok(hash) = manifest.parse::<Hash>() else {
                 continue;
             };
-            repo.probes.insert(
+            self.probes.insert(
                 peer,
                 Probe {
                     manifest,
                     failed_at: None,
                 },
             );
-            self.out.push(Effect::ProbeReplica {
-                repo: repo_id.clone(),
+            let repo = self.config.repo_id.clone();
+            self.emit(Effect::ProbeReplica {
+                repo,
                 peer,
                 manifest: hash,
             });
@@ -276,38 +258,27 @@ impl Core {
     }
 
     /// A probe of `peer`'s claim to hold `manifest` finished.
-    pub(super) fn handle_probed(
-        &mut self,
-        repo_id: &RepoId,
-        peer: EndpointId,
-        manifest: Hash,
-        proved: bool,
-        now: Now,
-    ) {
-        let me = self.me;
-        let Some(repo) = self.repos.get_mut(repo_id) else {
-            return;
-        };
+    pub fn on_probed(&mut self, ctx: &Ctx, peer: EndpointId, manifest: Hash, proved: bool) {
         let manifest = manifest.to_hex();
-        if repo
+        if self
             .probes
             .get(&peer)
             .is_some_and(|p| p.manifest == manifest)
         {
             if proved {
-                repo.probes.remove(&peer);
+                self.probes.remove(&peer);
             } else {
-                repo.probes.insert(
+                self.probes.insert(
                     peer,
                     Probe {
                         manifest: manifest.clone(),
-                        failed_at: Some(now.at),
+                        failed_at: Some(ctx.now.at),
                     },
                 );
             }
         }
         let node_id = peer.to_string();
-        let Some(seen) = repo
+        let Some(seen) = self
             .book
             .peers_seen
             .iter_mut()
@@ -319,46 +290,38 @@ impl Core {
             return;
         }
         seen.proven = true;
-        let trusted = repo.trusted(me).contains(&peer);
-        let seen = repo.book.peers_seen.iter().find(|s| s.node_id == node_id);
-        let status = status_of(seen, repo, trusted);
-        self.persist_book(repo_id);
-        self.notify(
-            repo_id,
-            NodeEvent::PeerState {
-                peer: node_id,
-                manifest,
-                status,
-            },
-        );
-        self.check_replicas(repo_id, now);
+        let trusted = self.trusted(ctx.me).contains(&peer);
+        let seen = self.book.peers_seen.iter().find(|s| s.node_id == node_id);
+        let status = status_of(seen, self, trusted);
+        self.persist_book();
+        self.notify(NodeEvent::PeerState {
+            peer: node_id,
+            manifest,
+            status,
+        });
+        self.check_replicas(ctx.me);
     }
 
     /// `replicas`: wait until `count` other peers hold the state held now.
-    pub(super) fn await_replicas(
+    pub fn await_replicas(
         &mut self,
+        ctx: &mut Ctx,
         reply: ReplyId,
-        repo_id: &RepoId,
         count: usize,
         timeout: Duration,
-        now: Now,
     ) {
-        let Some(repo) = self.repos.get(repo_id) else {
-            return self.reply_err(reply, format!("repository {repo_id} is not tracked"));
-        };
-        let Some(held) = &repo.held else {
+        let repo_id = self.config.repo_id.clone();
+        let Some(held) = &self.held else {
             return self.reply_err(
                 reply,
                 format!("{repo_id} holds no state yet; publish or sync first"),
             );
         };
         let (manifest, seq) = (held.manifest.clone(), held.seq());
-        let id = self.next_round;
-        self.next_round += 1;
-        let repo = self.repos.get_mut(repo_id).expect("present above");
+        let id = ctx.round();
         // A new wait probes again peers whose probes failed before.
-        repo.probes.retain(|_, p| p.failed_at.is_none());
-        repo.replica_waits.push(ReplicaWait {
+        self.probes.retain(|_, p| p.failed_at.is_none());
+        self.replica_waits.push(ReplicaWait {
             reply,
             count,
             manifest,
@@ -367,39 +330,27 @@ impl Core {
             reported: usize::MAX,
         });
         self.set_timer(
-            TimerKey::ReplicasDeadline(repo_id.clone(), id),
-            super::later(now.at, timeout),
+            TimerKey::ReplicasDeadline(repo_id, id),
+            later(ctx.now.at, timeout),
         );
-        self.check_replicas(repo_id, now);
-        if self
-            .repos
-            .get(repo_id)
-            .is_some_and(|r| !r.replica_waits.is_empty())
-        {
-            self.ask_for_replicas(repo_id, now);
+        self.check_replicas(ctx.me);
+        if !self.replica_waits.is_empty() {
+            self.ask_for_replicas(ctx);
         }
     }
 
-    /// The state held changed: peers' standing may have too.
-    pub(super) fn check_replicas_now(&mut self, repo_id: &RepoId, now: Now) {
-        self.check_replicas(repo_id, now);
-    }
-
-    /// Answer the waiters that have enough holders; report progress to the rest.
-    fn check_replicas(&mut self, repo_id: &RepoId, _now: Now) {
-        let Some(repo) = self.repos.get(repo_id) else {
-            return;
-        };
-        let counts: Vec<(usize, Vec<CountedReplica>)> = repo
+    /// Answer the waiters that have enough holders; report progress to the
+    /// rest. Called whenever the state held or a peer's standing changes.
+    pub fn check_replicas(&mut self, me: EndpointId) {
+        let counts: Vec<(usize, Vec<CountedReplica>)> = self
             .replica_waits
             .iter()
-            .map(|w| (w.count, self.holders(repo, &w.manifest, w.seq)))
+            .map(|w| (w.count, self.holders(me, &w.manifest, w.seq)))
             .collect();
         let mut done = Vec::new();
         let mut progress = Vec::new();
-        let repo = self.repos.get_mut(repo_id).expect("present above");
         for (i, (count, holding)) in counts.into_iter().enumerate() {
-            let wait = &mut repo.replica_waits[i];
+            let wait = &mut self.replica_waits[i];
             if holding.len() >= count {
                 done.push((wait.reply, wait.manifest.clone(), holding));
             } else if holding.len() != wait.reported {
@@ -407,23 +358,21 @@ impl Core {
                 progress.push((wait.manifest.clone(), holding.len(), count));
             }
         }
-        repo.replica_waits
+        self.replica_waits
             .retain(|w| !done.iter().any(|(reply, ..)| *reply == w.reply));
         for (manifest, holding, wanted) in progress {
-            self.notify(
-                repo_id,
-                NodeEvent::Replicas {
-                    manifest,
-                    holding,
-                    wanted,
-                },
-            );
+            self.notify(NodeEvent::Replicas {
+                manifest,
+                holding,
+                wanted,
+            });
         }
+        let repo_id = self.config.repo_id.to_string();
         for (reply, manifest, holding) in done {
             self.reply(
                 reply,
                 Reply::Ok(Payload::Replicas(ReplicasReport {
-                    repo_id: repo_id.to_string(),
+                    repo_id: repo_id.clone(),
                     manifest,
                     holding,
                 })),
@@ -432,59 +381,48 @@ impl Core {
     }
 
     /// Ask the known peers not yet holding the state what they hold.
-    pub(super) fn ask_for_replicas(&mut self, repo_id: &RepoId, now: Now) {
-        let Some(repo) = self
-            .repos
-            .get(repo_id)
-            .filter(|r| !r.replica_waits.is_empty())
-        else {
+    pub fn ask_for_replicas(&mut self, ctx: &Ctx) {
+        if self.replica_waits.is_empty() {
             return;
-        };
-        let seq = repo.replica_waits.iter().map(|w| w.seq).min().unwrap_or(0);
-        let manifest = repo.replica_waits[0].manifest.clone();
-        let holding = self.holders(repo, &manifest, seq);
-        let ask: Vec<EndpointId> = repo
-            .dial_targets(self.me)
+        }
+        let seq = self.replica_waits.iter().map(|w| w.seq).min().unwrap_or(0);
+        let manifest = self.replica_waits[0].manifest.clone();
+        let holding = self.holders(ctx.me, &manifest, seq);
+        let ask: Vec<EndpointId> = self
+            .dial_targets(ctx.me)
             .into_iter()
             .filter(|p| !holding.iter().any(|h| h.node_id == p.to_string()))
             .collect();
+        let repo_id = self.config.repo_id.clone();
         for peer in ask {
-            self.out.push(Effect::Pull {
+            self.emit(Effect::Pull {
                 peer,
                 repos: vec![repo_id.clone()],
             });
         }
-        self.probe_claims(repo_id, now);
-        self.set_timer(
-            TimerKey::ReplicasAsk(repo_id.clone()),
-            super::later(now.at, ASK_EVERY),
-        );
+        self.probe_claims(ctx);
+        self.set_timer(TimerKey::ReplicasAsk(repo_id), later(ctx.now.at, ASK_EVERY));
     }
 
     /// A waiter's time ran out: fail it, naming who is missing.
-    pub(super) fn replicas_deadline(&mut self, repo_id: &RepoId, id: u64) {
-        let Some(repo) = self.repos.get_mut(repo_id) else {
+    pub fn replicas_deadline(&mut self, me: EndpointId, id: u64) {
+        let Some(i) = self.replica_waits.iter().position(|w| w.id == id) else {
             return;
         };
-        let Some(i) = repo.replica_waits.iter().position(|w| w.id == id) else {
-            return;
-        };
-        let wait = repo.replica_waits.remove(i);
-        let repo = self.repos.get(repo_id).expect("present above");
-        let holding = self.holders(repo, &wait.manifest, wait.seq);
-        let me = self.me;
-        let trusted = repo.trusted(me);
-        let missing: Vec<String> = repo
+        let wait = self.replica_waits.remove(i);
+        let holding = self.holders(me, &wait.manifest, wait.seq);
+        let trusted = self.trusted(me);
+        let missing: Vec<String> = self
             .dial_targets(me)
             .into_iter()
             .filter(|p| !holding.iter().any(|h| h.node_id == p.to_string()))
             .map(|p| {
-                let seen = repo
+                let seen = self
                     .book
                     .peers_seen
                     .iter()
                     .find(|s| s.node_id == p.to_string());
-                let status = status_of(seen, repo, trusted.contains(&p));
+                let status = status_of(seen, self, trusted.contains(&p));
                 format!("{} ({})", p.fmt_short(), status.as_str())
             })
             .collect();
@@ -493,6 +431,7 @@ impl Core {
         } else {
             format!("not yet: {}", missing.join(", "))
         };
+        let repo_id = self.config.repo_id.clone();
         self.reply_err(
             wait.reply,
             format!(
@@ -505,42 +444,30 @@ impl Core {
     }
 
     /// What a known peer last announced, for `peers`.
-    pub(super) fn replica_of(
-        repo: &Repo,
-        node_id: &str,
-        trusted: bool,
-    ) -> (Option<PeerReplica>, ReplicaStatus) {
-        let seen = repo.book.peers_seen.iter().find(|s| s.node_id == node_id);
+    pub fn replica_of(&self, node_id: &str, trusted: bool) -> (Option<PeerReplica>, ReplicaStatus) {
+        let seen = self.book.peers_seen.iter().find(|s| s.node_id == node_id);
         let replica = seen.map(|s| PeerReplica {
             manifest: s.manifest.clone(),
             seq: s.seq,
             seen: s.seen_ms / 1000,
             proven: s.proven,
         });
-        (replica, status_of(seen, repo, trusted))
+        (replica, status_of(seen, self, trusted))
     }
 
     /// Known peers holding the state held, for `list`: trusted peers that
     /// announced it and peers that proved it (a claim alone does not count).
-    pub(super) fn in_sync_count(&self, repo: &Repo) -> usize {
-        let me = self.me.to_string();
-        let trusted = repo.trusted_ids(self.me);
-        let Some(held) = &repo.held else {
+    pub fn in_sync_count(&self, me: EndpointId) -> usize {
+        let trusted = self.trusted_ids(me);
+        let me = me.to_string();
+        let Some(held) = &self.held else {
             return 0;
         };
-        repo.book
+        self.book
             .peers_seen
             .iter()
             .filter(|s| s.node_id != me && s.manifest == held.manifest)
             .filter(|s| s.proven || trusted.contains(&s.node_id))
             .count()
-    }
-
-    /// Stream an event about `repo_id` to watchers.
-    pub(super) fn notify(&mut self, repo_id: &RepoId, event: NodeEvent) {
-        self.out.push(Effect::Notify {
-            repo: Some(repo_id.clone()),
-            event,
-        });
     }
 }

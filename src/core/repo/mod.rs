@@ -1,0 +1,16 @@
+//! One repository as its own state machine: what was persisted about it
+//! plus what is in flight ([`state`]), and the rules of what happens to it
+//! when an event concerns it. Each handler takes the node-wide context
+//! ([`Ctx`]) and leaves what it decided in the repository's outbox
+//! ([`Out`]): effects for the actor, in order, and requests for the core
+//! (a job slot, a counter, a node-wide timer). The core routes events to
+//! repositories and keeps what spans them (the job queue, the total quota,
+//! follows, policy, direct pulls); it drains the outbox after each call.
+
+mod outbox;
+mod replicas;
+mod state;
+
+pub use outbox::{Ctx, Out};
+pub use replicas::*;
+pub use state::*;
