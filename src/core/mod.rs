@@ -172,12 +172,21 @@ impl Core {
                 repo,
                 announcement,
                 via,
-            } => self.handle_announcement(&repo, *announcement, via, now),
-            Event::NeighborUp { repo, peer, addrs } => {
-                self.handle_neighbor_up(&repo, peer, addrs, now)
+            } => {
+                self.counters.received += 1;
+                self.with_repo(&repo, now, |r, ctx| {
+                    r.on_announcement(ctx, *announcement, via)
+                });
             }
-            Event::NeighborDown { repo, peer } => self.handle_neighbor_down(&repo, peer, now),
-            Event::TopicClosed { repo } => self.handle_topic_closed(&repo, now),
+            Event::NeighborUp { repo, peer, addrs } => {
+                self.with_repo(&repo, now, |r, ctx| r.on_neighbor_up(ctx, peer, addrs));
+            }
+            Event::NeighborDown { repo, peer } => {
+                self.with_repo(&repo, now, |r, ctx| r.on_neighbor_down(ctx, peer));
+            }
+            Event::TopicClosed { repo } => {
+                self.with_repo(&repo, now, |r, ctx| r.on_topic_closed(ctx));
+            }
             Event::Pulled { peer, ok } => self.handle_pulled(peer, ok, now),
             Event::Polled { repo, outcome } => self.handle_polled(&repo, outcome, now),
             Event::JobDone {

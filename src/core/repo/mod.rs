@@ -7,10 +7,12 @@
 //! repositories and keeps what spans them (the job queue, the total quota,
 //! follows, policy, direct pulls); it drains the outbox after each call.
 
+mod announce;
 mod outbox;
 mod replicas;
 mod state;
 
+pub use announce::{MAX_REBROADCAST_DIRECT, REBROADCAST_WINDOW};
 pub use outbox::{Ctx, Out};
 pub use replicas::*;
 pub use state::*;

@@ -19,9 +19,9 @@ use crate::{
     api::{Payload, Reply},
     core::{
         CoreCommand,
-        gossip::{MAX_PULL_PEERS, MAX_REBROADCAST_DIRECT},
+        gossip::MAX_PULL_PEERS,
         hints::MAX_HINTS,
-        repo::{MAX_CATCH_UP_PUSHES, MAX_PROBES},
+        repo::{MAX_CATCH_UP_PUSHES, MAX_PROBES, MAX_REBROADCAST_DIRECT},
         repo::{MAX_DEMOTED, MAX_PEERS_CONTACTED},
         trust::MAX_SEQ_AHEAD_MS,
     },

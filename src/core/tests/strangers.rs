@@ -8,9 +8,9 @@ use std::time::Duration;
 use super::*;
 use crate::{
     api::{ReplicaBasis, ReplicaStatus},
-    core::{
-        gossip::{MAX_REBROADCAST_DIRECT, REBROADCAST_WINDOW},
-        repo::{MAX_CATCH_UP_PUSHES, MAX_PEERS_SEEN, PROBE_RETRY},
+    core::repo::{
+        MAX_CATCH_UP_PUSHES, MAX_PEERS_SEEN, MAX_REBROADCAST_DIRECT, PROBE_RETRY,
+        REBROADCAST_WINDOW,
     },
 };
 
