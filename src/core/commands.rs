@@ -5,7 +5,7 @@
 use tracing::info;
 
 use super::{
-    Core, CoreCommand, Effect, Now, ReplyId, TimerKey,
+    Core, CoreCommand, Effect, Now, ReplyId,
     queue::Lane,
     repo::{PendingPublish, Repo},
 };
@@ -301,172 +301,29 @@ impl Core {
         self.pump(now);
     }
 
-    /// `sync`: with a record, poll it and settle on what it names; without
-    /// one, settle on the state held, a state being fetched, or a first
-    /// state a peer announces within the wait.
+    /// `sync`: follow a repository never seen (its record found through
+    /// the owner's DID document, kept if a state arrives), then wait on it
+    /// (see [`super::repo::Repo::sync`]).
     fn sync(&mut self, reply: ReplyId, repo_id: &RepoId, now: Now) {
         if !self.repos.contains_key(repo_id) {
             if let Err(e) = self.policy.check(repo_id, false) {
                 return self.reply_err(reply, e);
             }
-            // Never seen: follow `at://<did>/app.knot.repo/<name>`, found
-            // through the owner's DID document. Kept if a state arrives.
             let locator = Locator::default_for(repo_id, None);
             self.track_new(repo_id, Origin::Sync, Some(locator), now);
             info!(repo = %repo_id, "following a repository first asked for by sync");
             self.ensure_topic(repo_id, now);
         }
-        let repo = self.repos.get_mut(repo_id).expect("tracked above");
-        repo.sync.waiters.push(reply);
-        if repo.sync.waiters.len() == 1 {
-            repo.sync.bytes_fetched = 0;
-            repo.sync.message = None;
-            repo.sync.poll_error = None;
-        }
-        if repo.config.locator.is_some() {
-            if !repo.sync.awaiting_poll {
-                repo.sync.awaiting_poll = true;
-                self.out.push(Effect::PollNow {
-                    repo: repo_id.clone(),
-                });
-            }
-            return;
-        }
-        if repo.want.is_some() {
-            // Someone waits now: the fetch goes ahead of background work,
-            // and a failed one is tried again at once.
-            if let Some(want) = &mut repo.want {
-                want.not_before = None;
-            }
-            self.queue.push(repo_id, Lane::Interactive);
-            self.pump(now);
-        } else if repo.held.is_none() && repo.job.is_none() && repo.sync.first_state_round.is_none()
-        {
-            let round = self.next_round;
-            self.next_round += 1;
-            repo.sync.first_state_round = Some(round);
-            let peers = repo.dial_targets(self.me);
-            for peer in peers {
-                self.out.push(Effect::Pull {
-                    peer,
-                    repos: vec![repo_id.clone()],
-                });
-            }
-            let at = super::later(now.at, self.settings.first_state_wait);
-            self.set_timer(TimerKey::FirstState(repo_id.clone(), round), at);
-        }
-        self.settle_sync(repo_id, now);
+        self.with_repo(repo_id, now, |r, ctx| r.sync(ctx, reply));
     }
 
-    fn first_state_expired_message(&self, repo_id: &RepoId) -> String {
-        let peers = self
-            .repos
-            .get(repo_id)
-            .map(|r| {
-                r.dial_targets(self.me)
-                    .iter()
-                    .map(|p| p.fmt_short().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "none".into());
-        format!(
-            "no state of {repo_id} arrived within {:?}: no record names a manifest and no trusted peer announced one (peers known: {peers}); add a peer with `knotd admin add-repo {repo_id} --peer <ticket>` or a record with --pds",
-            self.settings.first_state_wait
-        )
-    }
-
-    pub(super) fn first_state_expired(&mut self, repo_id: &RepoId, round: u64, now: Now) {
-        let Some(repo) = self.repos.get_mut(repo_id) else {
-            return;
-        };
-        if repo.sync.first_state_round != Some(round) {
-            return; // a timer of an earlier round
-        }
-        repo.sync.first_state_round = None;
-        if repo.held.is_none() && repo.job.is_none() && repo.want.is_none() {
-            let message = self.first_state_expired_message(repo_id);
-            self.answer_sync(repo_id, Err(message), now);
-        } else {
-            self.settle_sync(repo_id, now);
-        }
-    }
-
-    /// Answer `sync` callers once nothing they wait for is left: no poll
-    /// pending, no job running or queued for them, no first state awaited.
-    /// A fetch that failed answers with its error (it is retried anyway).
+    /// Answer `repo_id`'s `sync` callers if nothing they wait for is left.
     pub(super) fn settle_sync(&mut self, repo_id: &RepoId, now: Now) {
-        let Some(repo) = self.repos.get(repo_id) else {
-            return;
-        };
-        let sync = &repo.sync;
-        if sync.waiters.is_empty() || sync.awaiting_poll || repo.job.is_some() {
-            return;
-        }
-        if !repo.publishes.is_empty() {
-            return;
-        }
-        let outcome = match &repo.want {
-            Some(want) if want.attempts == 0 => return, // queued, not tried yet
-            Some(_) => Err(repo
-                .book
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "the fetch failed; it is retried".into())),
-            None if repo.held.is_some() => Ok(()),
-            None if sync.first_state_round.is_some() => return,
-            None => Err(self.no_state_message(repo)),
-        };
-        self.answer_sync(repo_id, outcome, now);
+        self.with_repo(repo_id, now, |r, ctx| r.settle_sync(ctx));
     }
 
-    fn no_state_message(&self, repo: &Repo) -> String {
-        let repo_id = &repo.config.repo_id;
-        match (&repo.record, repo.sync.poll_error.as_deref()) {
-            (_, Some(poll_error)) => {
-                format!("cannot read the record of {repo_id}: {poll_error}; no copy is held yet")
-            }
-            (Some(_), None) => {
-                format!("the record of {repo_id} names no manifest yet; publish first")
-            }
-            (None, None) if repo.config.locator.is_some() => {
-                format!("the record of {repo_id} names no manifest yet; publish first")
-            }
-            (None, None) => self.first_state_expired_message(repo_id),
-        }
-    }
-
-    /// Answer every `sync` caller of `repo_id`. A repository first asked
-    /// for by `sync` is kept once it holds a state and forgotten otherwise.
+    /// Answer every `sync` caller of `repo_id` with `outcome`.
     pub(super) fn answer_sync(&mut self, repo_id: &RepoId, outcome: Result<(), String>, now: Now) {
-        let Some(repo) = self.repos.get_mut(repo_id) else {
-            return;
-        };
-        let waiters = std::mem::take(&mut repo.sync.waiters);
-        let sync = std::mem::take(&mut repo.sync);
-        let reply = match outcome {
-            Ok(()) => {
-                let message = sync.message.clone().unwrap_or_else(|| {
-                    if let Some(error) = &sync.poll_error {
-                        format!("record poll failed ({error}); serving the state held")
-                    } else if sync.bytes_fetched > 0 {
-                        "fetched from peers".into()
-                    } else {
-                        "up to date".into()
-                    }
-                });
-                Reply::Ok(self.sync_report(repo_id, sync.bytes_fetched, message))
-            }
-            Err(message) => Reply::Error(message),
-        };
-        let repo = self.repos.get_mut(repo_id).expect("present above");
-        let unheld_guess = repo.config.origin == Origin::Sync && repo.held.is_none();
-        if matches!(reply, Reply::Error(_)) && unheld_guess && repo.job.is_none() {
-            self.forget(repo_id, now);
-        }
-        for to in waiters {
-            self.reply(to, reply.clone());
-        }
+        self.with_repo(repo_id, now, |r, _| r.answer_sync(outcome));
     }
 }

@@ -237,7 +237,7 @@ impl Core {
         }
         if repo.retired() {
             repo.config.locator = Some(locator);
-            self.record_back(&repo_id);
+            self.with_repo(&repo_id, now, |r, _| r.record_back());
         }
         self.handle_polled(&repo_id, RecordPoll::Found(record), now);
         new

@@ -21,7 +21,7 @@ use super::{
     trust,
 };
 use crate::{
-    api::{NodeEvent, Payload, PublishReport, Reply, SyncReport},
+    api::{NodeEvent, Payload, PublishReport, Reply},
     core::JobError,
     repo_id::RepoId,
     state::{Held, RecordCopy},
@@ -353,7 +353,7 @@ impl Core {
                 audience: Audience::Everyone { direct },
             });
             if write_back {
-                self.schedule_write_back(repo_id, now.at);
+                self.with_repo(repo_id, now, |r, ctx| r.schedule_write_back(ctx.now.at));
             }
             info!(repo = %repo_id, manifest = %info.manifest.to_hex(), seq, "published");
             let ms = self.job_ms(repo_id, now);
@@ -570,22 +570,5 @@ impl Core {
         want.not_before = Some(at);
         repo.want = Some(want);
         self.set_timer(TimerKey::Retry(repo_id.clone()), at);
-    }
-
-    /// The report a `sync` caller gets.
-    pub(super) fn sync_report(
-        &self,
-        repo_id: &RepoId,
-        bytes_fetched: u64,
-        message: String,
-    ) -> Payload {
-        let held = self.repos.get(repo_id).and_then(|r| r.held.as_ref());
-        Payload::Synced(SyncReport {
-            repo_id: repo_id.to_string(),
-            manifest: held.map(|h| h.manifest.clone()),
-            head: held.and_then(|h| h.head.clone()),
-            bytes_fetched,
-            message,
-        })
     }
 }

@@ -195,7 +195,9 @@ impl Core {
                 result,
                 faults,
             } => self.handle_job_done(&repo, job, result, &faults, now),
-            Event::WrittenBack { repo, result } => self.handle_written_back(&repo, result, now),
+            Event::WrittenBack { repo, result } => {
+                self.with_repo(&repo, now, |r, ctx| r.on_written_back(ctx, result));
+            }
             Event::ReplicaProbed {
                 repo,
                 peer,
@@ -225,8 +227,12 @@ impl Core {
                     self.pump(now);
                 }
             }
-            TimerKey::WriteBack(repo) => self.start_write_back(&repo, now),
-            TimerKey::FirstState(repo, round) => self.first_state_expired(&repo, round, now),
+            TimerKey::WriteBack(repo) => {
+                self.with_repo(&repo, now, |r, ctx| r.start_write_back(ctx));
+            }
+            TimerKey::FirstState(repo, round) => {
+                self.with_repo(&repo, now, |r, ctx| r.first_state_expired(ctx, round));
+            }
             TimerKey::Rejoin => self.rejoin_sweep(now),
             TimerKey::ReplicasDeadline(repo, id) => {
                 self.with_repo(&repo, now, |r, ctx| r.replicas_deadline(ctx.me, id));
@@ -322,6 +328,7 @@ impl Core {
             match item {
                 Out::Effect(effect) => self.out.push(effect),
                 Out::Schedule => self.schedule(repo_id),
+                Out::Enqueue(lane) => self.queue.push(repo_id, lane),
                 Out::Pump => self.pump(now),
                 Out::ArmRejoin(at) => self.arm_rejoin(at),
                 Out::ArmRetiredRemoval => self.arm_retired_removal(now),

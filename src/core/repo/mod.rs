@@ -9,8 +9,10 @@
 
 mod announce;
 mod outbox;
+mod record;
 mod replicas;
 mod state;
+mod sync;
 
 pub use announce::{MAX_REBROADCAST_DIRECT, REBROADCAST_WINDOW};
 pub use outbox::{Ctx, Out};

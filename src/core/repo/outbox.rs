@@ -10,7 +10,10 @@ use super::state::Repo;
 use crate::{
     announce::{SignedStatement, Statement},
     api::{NodeEvent, Reply},
-    core::io::{Effect, Now, ReplyId, Settings, StateInfo, TimerKey, Write},
+    core::{
+        io::{Effect, Now, ReplyId, Settings, StateInfo, TimerKey, Write},
+        queue::Lane,
+    },
 };
 
 /// What a repository's handlers know of the node.
@@ -62,6 +65,8 @@ pub enum Out {
     Effect(Effect),
     /// The repository has work for a job slot.
     Schedule,
+    /// Queue the repository for a job slot in this lane, whatever it runs.
+    Enqueue(Lane),
     /// Start jobs while slots are free.
     Pump,
     /// The rejoin sweep must run no later than this.
