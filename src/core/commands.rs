@@ -316,14 +316,4 @@ impl Core {
         }
         self.with_repo(repo_id, now, |r, ctx| r.sync(ctx, reply));
     }
-
-    /// Answer `repo_id`'s `sync` callers if nothing they wait for is left.
-    pub(super) fn settle_sync(&mut self, repo_id: &RepoId, now: Now) {
-        self.with_repo(repo_id, now, |r, ctx| r.settle_sync(ctx));
-    }
-
-    /// Answer every `sync` caller of `repo_id` with `outcome`.
-    pub(super) fn answer_sync(&mut self, repo_id: &RepoId, outcome: Result<(), String>, now: Now) {
-        self.with_repo(repo_id, now, |r, _| r.answer_sync(outcome));
-    }
 }

@@ -47,14 +47,9 @@ use std::{
 };
 
 use iroh::{EndpointId, SecretKey};
-use iroh_blobs::Hash;
 
 use crate::{
-    announce::{SignedStatement, Statement},
-    api::Reply,
-    record::PeerHint,
-    repo_id::RepoId,
-    state::RepoRow,
+    announce::SignedStatement, api::Reply, record::PeerHint, repo_id::RepoId, state::RepoRow,
 };
 pub use io::*;
 use queue::JobQueue;
@@ -139,7 +134,7 @@ impl Core {
                 self.out
                     .push(Effect::Persist(Write::Config(repo.config.clone())));
             }
-            repo.want = self.resumed_want(&repo, now);
+            repo.want = repo.resumed_want(now);
             hints::expire(&mut repo.book.hints, now.unix_ms);
             if self.settings.write_back && repo.held.as_ref().is_some_and(|h| h.write_back_pending)
             {
@@ -266,24 +261,6 @@ impl Core {
         (self.queue.running(), self.queue.waiting())
     }
 
-    /// A statement of a state, signed by this node as its publisher.
-    fn own_statement(
-        &self,
-        repo: &RepoId,
-        head: Option<String>,
-        manifest: Hash,
-        seq: u64,
-    ) -> SignedStatement {
-        Statement {
-            repo_id: repo.to_string(),
-            head,
-            manifest: *manifest.as_bytes(),
-            seq,
-            publisher: *self.me.as_bytes(),
-        }
-        .sign(&self.key)
-    }
-
     fn reply(&mut self, to: ReplyId, reply: Reply) {
         self.out.push(Effect::Reply { to, reply });
     }
@@ -350,39 +327,5 @@ impl Core {
             repo: Some(repo_id.clone()),
             event,
         });
-    }
-
-    /// Queue the bookkeeping of `repo` for a lazy write.
-    fn persist_book(&mut self, repo: &RepoId) {
-        if let Some(r) = self.repos.get(repo) {
-            self.out.push(Effect::Persist(Write::Bookkeeping(
-                repo.clone(),
-                r.book.clone(),
-            )));
-        }
-    }
-
-    /// Set (or clear) the last error shown for `repo`.
-    fn set_error(&mut self, repo: &RepoId, error: Option<String>) {
-        let Some(r) = self.repos.get_mut(repo) else {
-            return;
-        };
-        if r.book.last_error != error {
-            r.book.last_error = error;
-            self.persist_book(repo);
-        }
-    }
-
-    /// Clear the last error if it came from `kind` (a prefix of its text).
-    fn clear_error_of(&mut self, repo: &RepoId, kind: &str) {
-        let stale = self.repos.get(repo).is_some_and(|r| {
-            r.book
-                .last_error
-                .as_deref()
-                .is_some_and(|e| e.starts_with(kind))
-        });
-        if stale {
-            self.set_error(repo, None);
-        }
     }
 }

@@ -15,11 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::warn;
 
-use super::{
-    Core, Now, ReplyId, StateInfo, TimerKey,
-    queue::Lane,
-    repo::{Want, WantSource},
-};
+use super::{Core, Now, ReplyId, StateInfo, TimerKey, queue::Lane};
 use crate::{
     api::{NodeEvent, Payload, Reply, VerifyReport, VerifyRow},
     repo_id::RepoId,
@@ -82,35 +78,13 @@ impl Core {
         let Some(repo) = self.repos.get_mut(repo_id) else {
             return false;
         };
-        if repo.held.is_none() {
+        if !repo.request_check() {
             return false;
         }
-        repo.check_pending = true;
         if repo.job.is_none() {
             self.queue.push(repo_id, lane);
         }
         true
-    }
-
-    /// The want of a pending check, when the repository has no other.
-    pub(super) fn take_pending_check(&mut self, repo_id: &RepoId) {
-        let Some(repo) = self.repos.get_mut(repo_id) else {
-            return;
-        };
-        if !repo.check_pending || repo.want.is_some() {
-            return;
-        }
-        repo.check_pending = false;
-        if let Some(held) = &repo.held {
-            repo.want = Some(Want {
-                manifest: held.manifest_hash(),
-                seq: held.seq(),
-                source: WantSource::Check,
-                providers: Vec::new(),
-                attempts: 0,
-                not_before: None,
-            });
-        }
     }
 
     /// A check of `repo_id`'s held state ended: with the state whole again

@@ -8,6 +8,7 @@
 //! follows, policy, direct pulls); it drains the outbox after each call.
 
 mod announce;
+mod content;
 mod outbox;
 mod record;
 mod replicas;
