@@ -5,16 +5,17 @@
 use tracing::info;
 
 use super::{
-    Core, CoreCommand, Effect, Now, ReplyId,
+    io::{CoreCommand, Effect, Now, ReplyId, Write},
+    machine::Core,
+    policy::Policy,
     queue::Lane,
     repo::{PendingPublish, Repo},
 };
 use crate::{
-    api::{Payload, Reply},
-    record::{self, PeerHint},
+    api::{Payload, PolicyRule, PolicyView, Reply},
+    record::PeerHint,
     repo_id::RepoId,
     state::{Bookkeeping, Locator, Origin, RepoConfig, RepoRow},
-    store::Write,
 };
 
 impl Core {
@@ -32,7 +33,12 @@ impl Core {
                 peers,
             } => self.add_repo(reply, repo_id, locator, peers, now),
             CoreCommand::RemovePeer { repo_id, node_id } => {
-                self.remove_peer(reply, &repo_id, node_id)
+                if self
+                    .with_repo(&repo_id, now, |r, _| r.remove_peer(reply, node_id))
+                    .is_none()
+                {
+                    self.reply_err(reply, not_tracked(&repo_id));
+                }
             }
             CoreCommand::RemoveRepo { repo_id } => self.remove_repo(reply, &repo_id, now),
             CoreCommand::Publish {
@@ -61,7 +67,12 @@ impl Core {
             CoreCommand::Unfollow { did } => self.unfollow(reply, did, now),
             CoreCommand::Policy { rule, target } => self.apply_policy(reply, rule, target, now),
             CoreCommand::SetQuota { repo_id, max_bytes } => {
-                self.set_quota(reply, &repo_id, max_bytes, now)
+                if self
+                    .with_repo(&repo_id, now, |r, ctx| r.set_quota(ctx, reply, max_bytes))
+                    .is_none()
+                {
+                    self.reply_err(reply, not_tracked(&repo_id));
+                }
             }
             CoreCommand::Replicas {
                 repo_id,
@@ -121,33 +132,9 @@ impl Core {
         now: Now,
     ) {
         let created = self.track_new(&repo_id, Origin::Operator, locator.clone(), now);
-        let repo = self.repos.get_mut(&repo_id).expect("tracked above");
-        let mut config = repo.config.clone();
-        config.origin = Origin::Operator;
-        config.operator_peers = record::merge_peers(config.operator_peers, peers.clone());
-        let new_locator = locator.filter(|l| repo.config.locator.as_ref() != Some(l));
-        if let Some(l) = &new_locator {
-            config.locator = Some(l.clone());
-        }
-        let changed = config != repo.config;
-        repo.config = config.clone();
-        if changed {
-            self.out.push(Effect::Persist(Write::Config(config)));
-        }
-        if let Some(locator) = new_locator.filter(|_| !created) {
-            // Another record: what the old one said no longer counts.
-            repo.record = None;
-            self.out
-                .push(Effect::Persist(Write::Record(repo_id.clone(), None)));
-            self.out.push(Effect::TrackRecord {
-                repo: repo_id.clone(),
-                locator,
-            });
-        }
-        if !peers.is_empty() {
-            self.out.push(Effect::LearnAddrs(peers));
-        }
-        self.ensure_topic(&repo_id, now);
+        self.with_repo(&repo_id, now, |r, ctx| {
+            r.configure(ctx, locator, peers, created)
+        });
         let message = if created {
             info!(repo = %repo_id, "repository added");
             format!("added {repo_id}")
@@ -157,88 +144,9 @@ impl Core {
         self.reply(reply, Reply::Ok(Payload::Done { message }));
     }
 
-    /// Revoke an operator peer: it is no longer trusted from the next
-    /// decision on (it may stay known as a learned hint, untrusted).
-    fn remove_peer(&mut self, reply: ReplyId, repo_id: &RepoId, node_id: iroh::EndpointId) {
-        let Some(repo) = self.repos.get_mut(repo_id) else {
-            return self.reply_err(
-                reply,
-                format!("repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`"),
-            );
-        };
-        let id = node_id.to_string();
-        let before = repo.config.operator_peers.len();
-        repo.config.operator_peers.retain(|p| p.node_id != id);
-        if repo.config.operator_peers.len() == before {
-            let in_record = repo
-                .record
-                .as_ref()
-                .is_some_and(|c| c.record.peers.iter().any(|p| p.node_id == id));
-            let why = if in_record {
-                "; it is listed in the owner's record, which only the owner can change"
-            } else {
-                ""
-            };
-            return self.reply_err(
-                reply,
-                format!(
-                    "{} is not a peer named for {repo_id} with --peer{why}",
-                    node_id.fmt_short()
-                ),
-            );
-        }
-        self.out
-            .push(Effect::Persist(Write::Config(repo.config.clone())));
-        info!(repo = %repo_id, peer = %node_id.fmt_short(), "operator peer revoked");
-        self.reply(
-            reply,
-            Reply::Ok(Payload::Done {
-                message: format!("{repo_id} no longer trusts {node_id}"),
-            }),
-        );
-    }
-
-    /// Set a repository's storage limit; a state refused before is tried again.
-    fn set_quota(&mut self, reply: ReplyId, repo_id: &RepoId, max_bytes: Option<u64>, now: Now) {
-        let me = self.me;
-        let Some(repo) = self.repos.get_mut(repo_id) else {
-            return self.reply_err(
-                reply,
-                format!("repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`"),
-            );
-        };
-        repo.config.max_bytes = max_bytes;
-        repo.quota_refused = None;
-        let config = repo.config.clone();
-        let peers = repo.dial_targets(me);
-        let polled = config.locator.is_some() && !config.record_deleted;
-        self.out.push(Effect::Persist(Write::Config(config)));
-        // Ask again for the state that may fit now.
-        if polled {
-            self.out.push(Effect::PollNow {
-                repo: repo_id.clone(),
-            });
-        }
-        for peer in peers {
-            self.out.push(Effect::Pull {
-                peer,
-                repos: vec![repo_id.clone()],
-            });
-        }
-        self.pump(now);
-        let message = match max_bytes {
-            Some(bytes) => format!("{repo_id} may hold up to {bytes} bytes"),
-            None => format!("{repo_id} follows the node's quotas"),
-        };
-        self.reply(reply, Reply::Ok(Payload::Done { message }));
-    }
-
     fn remove_repo(&mut self, reply: ReplyId, repo_id: &RepoId, now: Now) {
         if !self.repos.contains_key(repo_id) {
-            return self.reply_err(
-                reply,
-                format!("repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`"),
-            );
+            return self.reply_err(reply, not_tracked(repo_id));
         }
         info!(repo = %repo_id, "repository removed");
         let busy = self.repos.get(repo_id).is_some_and(|r| r.job.is_some());
@@ -316,4 +224,80 @@ impl Core {
         }
         self.with_repo(repo_id, now, |r, ctx| r.sync(ctx, reply));
     }
+}
+
+impl Core {
+    /// Load the persisted lists over the configured default.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// `policy allow|block|clear <target>`.
+    pub(super) fn apply_policy(
+        &mut self,
+        reply: ReplyId,
+        rule: PolicyRule,
+        target: String,
+        now: Now,
+    ) {
+        let target = match super::policy::parse_target(&target) {
+            Ok(t) => t,
+            Err(e) => return self.reply_err(reply, e),
+        };
+        self.policy.allow.remove(&target);
+        self.policy.block.remove(&target);
+        let message = match rule {
+            PolicyRule::Allow => {
+                self.policy.allow.insert(target.clone());
+                format!("{target} is allowed")
+            }
+            PolicyRule::Clear => format!("{target} follows the default policy"),
+            PolicyRule::Block => {
+                self.policy.block.insert(target.clone());
+                let removed = self.remove_blocked(&target, now);
+                format!("{target} is blocked; {removed} tracked repositories removed")
+            }
+        };
+        self.out.push(Effect::Persist(Write::Policy(
+            target.clone(),
+            (rule != PolicyRule::Clear).then_some(rule),
+        )));
+        info!(%target, ?rule, "policy changed");
+        self.reply(reply, Reply::Ok(Payload::Done { message }));
+    }
+
+    /// Stop tracking (and following) what `target` blocks.
+    fn remove_blocked(&mut self, target: &str, now: Now) -> usize {
+        let blocked: Vec<RepoId> = self
+            .repos
+            .keys()
+            .filter(|id| id.as_str() == target || id.did() == target)
+            .cloned()
+            .collect();
+        for repo in &blocked {
+            self.forget(repo, now);
+        }
+        if self.follows.remove(target).is_some() {
+            self.out
+                .push(Effect::Persist(Write::Unfollow(target.to_string())));
+            self.out.push(Effect::UntrackIdentity {
+                did: target.to_string(),
+            });
+        }
+        blocked.len()
+    }
+
+    /// The policy, for `policy show`.
+    pub fn policy_view(&self) -> PolicyView {
+        PolicyView {
+            default: self.policy.default,
+            allow: self.policy.allow.iter().cloned().collect(),
+            block: self.policy.block.iter().cloned().collect(),
+        }
+    }
+}
+
+/// What a command about a repository the node does not track is told.
+pub(super) fn not_tracked(repo_id: &RepoId) -> String {
+    format!("repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`")
 }

@@ -11,27 +11,17 @@ use std::{collections::BTreeSet, time::Duration};
 
 use tracing::{info, warn};
 
-use super::{Core, Effect, Now, RecordPoll, ReplyId, TimerKey};
+use super::{
+    io::{Effect, Now, RecordPoll, ReplyId, TimerKey, Write},
+    machine::Core,
+    tables::Follow,
+};
 use crate::{
     api::{FollowSummary, NodeEvent, Payload, Reply},
     record::{COLLECTION, ListedRecord, RepoRecord},
     repo_id::RepoId,
     state::{FollowConfig, Locator, Origin},
-    store::Write,
 };
-
-/// A followed identity in the core.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Follow {
-    /// What is persisted.
-    pub config: FollowConfig,
-    /// Unix time of the last successful listing.
-    pub last_list: Option<u64>,
-    /// The last listing error.
-    pub last_error: Option<String>,
-    /// Callers of `follow` waiting for the first listing.
-    pub waiters: Vec<ReplyId>,
-}
 
 impl Core {
     /// Follow persisted identities again after a restart.

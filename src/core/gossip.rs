@@ -10,27 +10,13 @@ use std::collections::BTreeMap;
 
 use iroh::EndpointId;
 
-use super::{Core, Effect, MAX_PULL_REPOS, Now, TimerKey, queue};
+use super::{
+    io::{Effect, MAX_PULL_REPOS, Now, TimerKey},
+    machine::Core,
+    queue,
+    tables::MAX_PULL_PEERS,
+};
 use crate::repo_id::RepoId;
-
-/// Per-peer state of direct pulls.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct PullBackoff {
-    failures: u32,
-    pub(super) not_before: Option<std::time::Instant>,
-}
-
-/// Most peers whose pull backoff is remembered.
-pub(super) const MAX_PULL_PEERS: usize = 4096;
-
-/// Announcements received and rejected since start.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Verified announcements handled.
-    pub received: u64,
-    /// Announcements not taken, by reason.
-    pub rejected: BTreeMap<&'static str, u64>,
-}
 
 impl Core {
     /// Join `repo_id`'s topic when it wants one (see [`Repo::ensure_topic`]).

@@ -9,7 +9,11 @@
 use iroh::EndpointId;
 use tracing::warn;
 
-use super::{Core, Effect, JobId, JobResult, JobSpec, Now, ProviderFault, queue::Lane};
+use super::{
+    io::{Effect, JobId, JobResult, JobSpec, Now, ProviderFault},
+    machine::Core,
+    queue::Lane,
+};
 use crate::{
     api::{Payload, Reply},
     repo_id::RepoId,

@@ -11,13 +11,9 @@
 
 use std::collections::BTreeSet;
 
-use tracing::info;
-
-use super::{Core, Effect, Now, ReplyId};
 use crate::{
-    api::{Payload, PolicyDefault, PolicyRule, PolicyView, Reply},
+    api::PolicyDefault,
     repo_id::{RepoId, validate_did},
-    store::Write,
 };
 
 /// The policy in force.
@@ -55,7 +51,7 @@ impl Policy {
 }
 
 /// A policy target: a DID or a repository id.
-fn parse_target(target: &str) -> Result<String, String> {
+pub(super) fn parse_target(target: &str) -> Result<String, String> {
     let target = target.trim();
     if target.contains('/') {
         RepoId::parse(target)
@@ -65,76 +61,5 @@ fn parse_target(target: &str) -> Result<String, String> {
         validate_did(target)
             .map(|()| target.to_string())
             .map_err(|e| format!("{target:?} is neither a DID nor a repository id: {e}"))
-    }
-}
-
-impl Core {
-    /// Load the persisted lists over the configured default.
-    pub fn set_policy(&mut self, policy: Policy) {
-        self.policy = policy;
-    }
-
-    /// `policy allow|block|clear <target>`.
-    pub(super) fn apply_policy(
-        &mut self,
-        reply: ReplyId,
-        rule: PolicyRule,
-        target: String,
-        now: Now,
-    ) {
-        let target = match parse_target(&target) {
-            Ok(t) => t,
-            Err(e) => return self.reply_err(reply, e),
-        };
-        self.policy.allow.remove(&target);
-        self.policy.block.remove(&target);
-        let message = match rule {
-            PolicyRule::Allow => {
-                self.policy.allow.insert(target.clone());
-                format!("{target} is allowed")
-            }
-            PolicyRule::Clear => format!("{target} follows the default policy"),
-            PolicyRule::Block => {
-                self.policy.block.insert(target.clone());
-                let removed = self.remove_blocked(&target, now);
-                format!("{target} is blocked; {removed} tracked repositories removed")
-            }
-        };
-        self.out.push(Effect::Persist(Write::Policy(
-            target.clone(),
-            (rule != PolicyRule::Clear).then_some(rule),
-        )));
-        info!(%target, ?rule, "policy changed");
-        self.reply(reply, Reply::Ok(Payload::Done { message }));
-    }
-
-    /// Stop tracking (and following) what `target` blocks.
-    fn remove_blocked(&mut self, target: &str, now: Now) -> usize {
-        let blocked: Vec<RepoId> = self
-            .repos
-            .keys()
-            .filter(|id| id.as_str() == target || id.did() == target)
-            .cloned()
-            .collect();
-        for repo in &blocked {
-            self.forget(repo, now);
-        }
-        if self.follows.remove(target).is_some() {
-            self.out
-                .push(Effect::Persist(Write::Unfollow(target.to_string())));
-            self.out.push(Effect::UntrackIdentity {
-                did: target.to_string(),
-            });
-        }
-        blocked.len()
-    }
-
-    /// The policy, for `policy show`.
-    pub fn policy_view(&self) -> PolicyView {
-        PolicyView {
-            default: self.policy.default,
-            allow: self.policy.allow.iter().cloned().collect(),
-            block: self.policy.block.iter().cloned().collect(),
-        }
     }
 }

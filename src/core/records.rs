@@ -3,7 +3,10 @@
 //! [`super::repo::Repo::on_polled`] and the write-back beside it), and the
 //! node's account, resolved once, resuming the write-backs that waited.
 
-use super::{Core, Now, RecordPoll};
+use super::{
+    io::{Now, RecordPoll},
+    machine::Core,
+};
 use crate::repo_id::RepoId;
 
 impl Core {

@@ -15,19 +15,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::warn;
 
-use super::{Core, Now, ReplyId, StateInfo, TimerKey, queue::Lane};
+use super::{
+    io::{Now, ReplyId, StateInfo, TimerKey},
+    machine::Core,
+    queue::Lane,
+    tables::VerifyWait,
+};
 use crate::{
     api::{NodeEvent, Payload, Reply, VerifyReport, VerifyRow},
     repo_id::RepoId,
 };
-
-/// A `verify` caller waiting for its repositories' checks.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct VerifyWait {
-    reply: ReplyId,
-    pending: BTreeSet<RepoId>,
-    rows: Vec<VerifyRow>,
-}
 
 impl Core {
     /// `verify`: check `repo_id`'s held state, or every repository's; the
@@ -35,12 +32,7 @@ impl Core {
     pub(super) fn verify(&mut self, reply: ReplyId, repo_id: Option<RepoId>, now: Now) {
         let targets: Vec<RepoId> = match repo_id {
             Some(id) if !self.repos.contains_key(&id) => {
-                return self.reply_err(
-                    reply,
-                    format!(
-                        "repository {id} is not tracked; add it with `knotd admin add-repo {id}`"
-                    ),
-                );
+                return self.reply_err(reply, super::commands::not_tracked(&id));
             }
             Some(id) => vec![id],
             None => self.repos.keys().cloned().collect(),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Core, repo::Repo};
+use super::{machine::Core, repo::Repo};
 use crate::{
     api::{PeerSource, PeerView, RepoSummary},
     record::PeerHint,
@@ -63,11 +63,10 @@ impl Core {
     /// The peers known for `repo_id`: operator and record peers (trusted),
     /// then learned hints, each once.
     pub fn peers(&self, repo_id: &RepoId) -> Result<Vec<PeerView>, String> {
-        let repo = self.repos.get(repo_id).ok_or_else(|| {
-            format!(
-                "repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`"
-            )
-        })?;
+        let repo = self
+            .repos
+            .get(repo_id)
+            .ok_or_else(|| super::commands::not_tracked(repo_id))?;
         let neighbors = repo.topic.as_ref().map(|t| &t.neighbors);
         let record_peers = repo.record.iter().flat_map(|c| c.record.peers.iter());
         let sources = repo
@@ -111,11 +110,10 @@ impl Core {
     /// The manifest (hex) held for a tracked repository (`None`: no
     /// content yet), or why there is none to show.
     pub fn held_manifest(&self, repo_id: &RepoId) -> Result<Option<String>, String> {
-        let repo = self.repos.get(repo_id).ok_or_else(|| {
-            format!(
-                "repository {repo_id} is not tracked; add it with `knotd admin add-repo {repo_id}`"
-            )
-        })?;
+        let repo = self
+            .repos
+            .get(repo_id)
+            .ok_or_else(|| super::commands::not_tracked(repo_id))?;
         Ok(repo.held.as_ref().map(|h| h.manifest.clone()))
     }
 }

@@ -9,6 +9,8 @@
 
 mod announce;
 mod content;
+mod emit;
+mod operator;
 mod outbox;
 mod record;
 mod replicas;

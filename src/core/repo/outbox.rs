@@ -1,17 +1,15 @@
 //! What a repository's handlers are given and what they leave: the
-//! node-wide context ([`Ctx`]) and the outbox ([`Out`]), with the helpers
-//! every handler uses to fill it. Nothing here is persisted.
+//! node-wide context ([`Ctx`]) and the outbox ([`Out`]). Nothing here is
+//! persisted.
 
 use std::time::Instant;
 
 use iroh::{EndpointId, SecretKey};
 
-use super::state::Repo;
 use crate::{
     announce::{SignedStatement, Statement},
-    api::{NodeEvent, Reply},
     core::{
-        io::{Effect, Now, ReplyId, Settings, StateInfo, TimerKey, Write},
+        io::{Effect, Now, Settings, StateInfo},
         queue::Lane,
     },
 };
@@ -58,8 +56,11 @@ impl Ctx<'_> {
     }
 }
 
-/// What a handler left for the core, in the order it decided it.
+/// What a handler left for the core, in the order it decided it. Nearly
+/// every item is an effect, so boxing effects would only add an allocation
+/// to each.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Out {
     /// An effect for the actor.
     Effect(Effect),
@@ -82,68 +83,4 @@ pub enum Out {
     RecheckAfterGc(u64),
     /// The repository goes (a first publish or first `sync` that failed).
     Forget,
-}
-
-impl Repo {
-    /// Leave `effect` for the actor.
-    pub fn emit(&mut self, effect: Effect) {
-        self.out.push(Out::Effect(effect));
-    }
-
-    /// Leave a request for the core.
-    pub fn request(&mut self, out: Out) {
-        self.out.push(out);
-    }
-
-    /// What the handlers left, emptied.
-    pub fn take_out(&mut self) -> Vec<Out> {
-        std::mem::take(&mut self.out)
-    }
-
-    /// Stream an event about this repository to watchers.
-    pub fn notify(&mut self, event: NodeEvent) {
-        let repo = Some(self.config.repo_id.clone());
-        self.emit(Effect::Notify { repo, event });
-    }
-
-    /// Set (or replace) a timer.
-    pub fn set_timer(&mut self, key: TimerKey, at: Instant) {
-        self.emit(Effect::SetTimer { key, at });
-    }
-
-    /// Answer a waiting caller.
-    pub fn reply(&mut self, to: ReplyId, reply: Reply) {
-        self.emit(Effect::Reply { to, reply });
-    }
-
-    /// Answer a waiting caller with an error.
-    pub fn reply_err(&mut self, to: ReplyId, message: impl Into<String>) {
-        self.reply(to, Reply::Error(message.into()));
-    }
-
-    /// Queue the bookkeeping for a lazy write.
-    pub fn persist_book(&mut self) {
-        let write = Write::Bookkeeping(self.config.repo_id.clone(), self.book.clone());
-        self.emit(Effect::Persist(write));
-    }
-
-    /// Set (or clear) the last error shown.
-    pub fn set_error(&mut self, error: Option<String>) {
-        if self.book.last_error != error {
-            self.book.last_error = error;
-            self.persist_book();
-        }
-    }
-
-    /// Clear the last error if it came from `kind` (a prefix of its text).
-    pub fn clear_error_of(&mut self, kind: &str) {
-        let stale = self
-            .book
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.starts_with(kind));
-        if stale {
-            self.set_error(None);
-        }
-    }
 }

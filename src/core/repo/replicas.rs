@@ -92,7 +92,7 @@ impl Repo {
             .peers_seen
             .iter()
             .filter(|seen| seen.seq < seq)
-            .filter_map(|seen| seen.node_id.parse::<EndpointId>().ok())
+            .filter_map(|seen| self.peer_id(&seen.node_id))
             .filter(|peer| Some(*peer) != except && *peer != me)
             .collect();
         let (first, rest): (Vec<_>, Vec<_>) = behind.into_iter().partition(|p| trusted.contains(p));
@@ -205,7 +205,7 @@ impl Repo {
             .iter()
             .filter(|s| s.node_id != me && !s.proven && !trusted.contains(&s.node_id))
             .filter(|s| waited.contains(s.manifest.as_str()))
-            .filter_map(|s| Some((s.node_id.parse::<EndpointId>().ok()?, s)))
+            .filter_map(|s| Some((self.peer_id(&s.node_id)?, s)))
             .filter(|(peer, s)| match self.probes.get(peer) {
                 None => true,
                 Some(p) if p.manifest != s.manifest => true,

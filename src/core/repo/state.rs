@@ -207,6 +207,40 @@ pub struct Repo {
     pub demoted: BTreeMap<EndpointId, Instant>,
     /// What the handlers decided and the core has not taken yet.
     pub out: Vec<Out>,
+    /// Node ids parsed from the text peers are known by (parsing one
+    /// checks its curve point, which costs more than every rule using it).
+    ids: IdMemo,
+}
+
+/// Node ids parsed from text, remembered (at most [`IdMemo::KEPT`]; a
+/// full memo starts over).
+#[derive(Debug, Clone, Default)]
+pub struct IdMemo(std::cell::RefCell<std::collections::HashMap<String, Option<EndpointId>>>);
+
+impl IdMemo {
+    /// Most node ids remembered.
+    const KEPT: usize = 512;
+
+    /// The node id `text` names, if it names one.
+    pub fn parse(&self, text: &str) -> Option<EndpointId> {
+        if let Some(id) = self.0.borrow().get(text) {
+            return *id;
+        }
+        let id = text.parse::<EndpointId>().ok();
+        let mut memo = self.0.borrow_mut();
+        if memo.len() >= Self::KEPT {
+            memo.clear();
+        }
+        memo.insert(text.to_string(), id);
+        id
+    }
+}
+
+impl PartialEq for IdMemo {
+    /// A cache: never part of what a repository is.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A probe of a peer's claim to hold a state (see [`super::replicas`]).
@@ -270,7 +304,13 @@ impl Repo {
             rebroadcasts: Rebroadcasts::default(),
             demoted: BTreeMap::new(),
             out: Vec::new(),
+            ids: IdMemo::default(),
         }
+    }
+
+    /// The node id `text` names (a hint's, a peer seen's), if it names one.
+    pub fn peer_id(&self, text: &str) -> Option<EndpointId> {
+        self.ids.parse(text)
     }
 
     /// Node ids allowed to publish: the record's peers, the operator's
@@ -278,7 +318,7 @@ impl Repo {
     /// record or by the operator is no longer trusted.
     pub fn trusted(&self, me: EndpointId) -> BTreeSet<EndpointId> {
         self.trusted_hints()
-            .filter_map(|h| h.node_id.parse().ok())
+            .filter_map(|h| self.peer_id(&h.node_id))
             .chain(std::iter::once(me))
             .collect()
     }
@@ -364,7 +404,7 @@ impl Repo {
             if out.len() >= MAX_PEERS_CONTACTED {
                 break;
             }
-            if let Ok(id) = hint.node_id.parse::<EndpointId>()
+            if let Some(id) = self.peer_id(&hint.node_id)
                 && id != me
                 && !out.contains(&id)
             {
@@ -387,13 +427,13 @@ impl Repo {
         let announced = want.providers.iter().copied();
         let trusted_peers = self
             .trusted_hints()
-            .filter_map(|h| h.node_id.parse::<EndpointId>().ok());
+            .filter_map(|h| self.peer_id(&h.node_id));
         let neighbors = self.topic.iter().flat_map(|t| t.neighbors.iter().copied());
         let learned = self
             .book
             .hints
             .iter()
-            .filter_map(|h| h.hint.node_id.parse::<EndpointId>().ok());
+            .filter_map(|h| self.peer_id(&h.hint.node_id));
         let ordered = announced
             .clone()
             .filter(|p| trusted.contains(p))

@@ -19,10 +19,10 @@ use crate::{
     api::{Payload, Reply},
     core::{
         CoreCommand,
-        gossip::MAX_PULL_PEERS,
         hints::MAX_HINTS,
         repo::{MAX_CATCH_UP_PUSHES, MAX_PROBES, MAX_REBROADCAST_DIRECT},
         repo::{MAX_DEMOTED, MAX_PEERS_CONTACTED},
+        tables::MAX_PULL_PEERS,
         trust::MAX_SEQ_AHEAD_MS,
     },
     repo_id::RepoId,

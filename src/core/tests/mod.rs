@@ -10,16 +10,20 @@ mod strangers;
 mod trust;
 mod verify;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
-use iroh::SecretKey;
+use iroh::{EndpointId, SecretKey};
 use iroh_blobs::Hash;
 
 use super::*;
 use crate::{
-    announce::{Announcement, Statement},
+    announce::{Announcement, SignedStatement, Statement},
     api::{Payload, Reply},
     record::{PeerHint, RepoRecord},
+    repo_id::RepoId,
     state::{Bookkeeping, Held, Locator, Origin, RepoConfig, RepoRow},
 };
 

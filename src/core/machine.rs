@@ -1,0 +1,298 @@
+//! The core itself: the tracked repositories, what spans them (the job
+//! queue, follows, policy, pulls, `verify` callers, counters), and the
+//! routing of every event to the rules that decide it. [`Core::handle`]
+//! takes an event with its time and returns the effects, in order;
+//! [`Core::load`] resumes from what was persisted.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Instant,
+};
+
+use iroh::{EndpointId, SecretKey};
+
+use super::{
+    io::{Effect, Event, JobId, Now, ReplyId, Settings, TimerKey, Write, is_due, later},
+    policy::Policy,
+    queue::{self, JobQueue},
+    repo::{self, Ctx, Out, Repo},
+    tables::{Counters, Follow, PullBackoff, VerifyWait},
+};
+use crate::{
+    announce::SignedStatement, api::Reply, record::PeerHint, repo_id::RepoId, state::RepoRow,
+};
+
+/// The repository core. See the module documentation.
+pub struct Core {
+    pub(super) me: EndpointId,
+    pub(super) key: SecretKey,
+    pub(super) settings: Settings,
+    pub(super) repos: BTreeMap<RepoId, Repo>,
+    pub(super) follows: BTreeMap<String, Follow>,
+    pub(super) policy: Policy,
+    pub(super) discarding: BTreeMap<RepoId, repo::Discarding>,
+    pub(super) queue: JobQueue,
+    pub(super) next_job: JobId,
+    pub(super) next_round: u64,
+    pub(super) pulls: HashMap<EndpointId, PullBackoff>,
+    pub(super) verifies: BTreeMap<u64, VerifyWait>,
+    pub(super) next_verify: u64,
+    pub(super) recheck_after_gc: BTreeMap<RepoId, u64>,
+    pub(super) rejoin_timer: Option<Instant>,
+    pub(super) counters: Counters,
+    pub(super) out: Vec<Effect>,
+}
+
+impl Core {
+    /// A core for the node with `key`, tracking nothing yet.
+    pub fn new(key: SecretKey, settings: Settings) -> Self {
+        Self {
+            me: key.public(),
+            key,
+            queue: JobQueue::new(settings.max_jobs),
+            settings,
+            repos: BTreeMap::new(),
+            follows: BTreeMap::new(),
+            policy: Policy::default(),
+            discarding: BTreeMap::new(),
+            next_job: 1,
+            next_round: 1,
+            pulls: HashMap::new(),
+            verifies: BTreeMap::new(),
+            next_verify: 1,
+            recheck_after_gc: BTreeMap::new(),
+            rejoin_timer: None,
+            counters: Counters::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> EndpointId {
+        self.me
+    }
+
+    /// Resume from the database: learn every peer's address, join topics,
+    /// follow records, check every held state (repairing what a crash left)
+    /// and resume fetches a restart interrupted.
+    pub fn load(
+        &mut self,
+        rows: Vec<RepoRow>,
+        follows: Vec<crate::state::FollowConfig>,
+        now: Now,
+    ) -> Vec<Effect> {
+        self.load_follows(follows);
+        for row in rows {
+            let repo_id = row.config.repo_id.clone();
+            let mut repo = Repo::from_row(row);
+            let addrs: Vec<PeerHint> = repo.all_hints().cloned().collect();
+            if !addrs.is_empty() {
+                self.out.push(Effect::LearnAddrs(addrs));
+            }
+            if let Some(locator) = repo.config.locator.as_ref().filter(|_| !repo.retired()) {
+                self.out.push(Effect::TrackRecord {
+                    repo: repo_id.clone(),
+                    locator: locator.clone(),
+                });
+            }
+            if repo.config.record_deleted && repo.config.record_deleted_at.is_none() {
+                // Marked before the time was kept: the grace period starts now.
+                repo.config.record_deleted_at = Some(now.unix_secs());
+                self.out
+                    .push(Effect::Persist(Write::Config(repo.config.clone())));
+            }
+            repo.want = repo.resumed_want(now);
+            super::hints::expire(&mut repo.book.hints, now.unix_ms);
+            if self.settings.write_back && repo.held.as_ref().is_some_and(|h| h.write_back_pending)
+            {
+                self.set_timer(TimerKey::WriteBack(repo_id.clone()), now.at);
+            }
+            repo.clear_leftovers = repo.held.is_none();
+            let needs_job = repo.want.is_some() || repo.clear_leftovers;
+            self.repos.insert(repo_id.clone(), repo);
+            self.ensure_topic(&repo_id, now);
+            if needs_job {
+                self.queue.push(&repo_id, queue::Lane::Background);
+            }
+        }
+        if let Some(every) = self.settings.verify_interval {
+            self.set_timer(TimerKey::VerifyAll, later(now.at, every));
+        }
+        if let Some(every) = self.settings.resync_interval {
+            self.set_timer(TimerKey::Resync, later(now.at, every));
+        }
+        self.arm_retired_removal(now);
+        self.pump(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// Handle one event; returns the effects to execute, in order.
+    pub fn handle(&mut self, event: Event, now: Now) -> Vec<Effect> {
+        match event {
+            Event::Command { reply, command } => self.handle_command(reply, command, now),
+            Event::Announcement {
+                repo,
+                announcement,
+                via,
+            } => {
+                self.counters.received += 1;
+                self.with_repo(&repo, now, |r, ctx| {
+                    r.on_announcement(ctx, *announcement, via)
+                });
+            }
+            Event::NeighborUp { repo, peer, addrs } => {
+                self.with_repo(&repo, now, |r, ctx| r.on_neighbor_up(ctx, peer, addrs));
+            }
+            Event::NeighborDown { repo, peer } => {
+                self.with_repo(&repo, now, |r, ctx| r.on_neighbor_down(ctx, peer));
+            }
+            Event::TopicClosed { repo } => {
+                self.with_repo(&repo, now, |r, ctx| r.on_topic_closed(ctx));
+            }
+            Event::Pulled { peer, ok } => self.handle_pulled(peer, ok, now),
+            Event::Polled { repo, outcome } => self.handle_polled(&repo, outcome, now),
+            Event::JobDone {
+                repo,
+                job,
+                result,
+                faults,
+            } => self.handle_job_done(&repo, job, result, &faults, now),
+            Event::WrittenBack { repo, result } => {
+                self.with_repo(&repo, now, |r, ctx| r.on_written_back(ctx, result));
+            }
+            Event::ReplicaProbed {
+                repo,
+                peer,
+                manifest,
+                proved,
+            } => {
+                self.with_repo(&repo, now, |r, ctx| {
+                    r.on_probed(ctx, peer, manifest, proved)
+                });
+            }
+            Event::AccountResolved { did } => self.handle_account_resolved(did, now),
+            Event::GcPass { passes } => self.handle_gc_pass(passes, now),
+            Event::Listed { did, result } => self.handle_listed(&did, result, now),
+            Event::Timer(key) => self.handle_timer(key, now),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    pub(super) fn handle_timer(&mut self, key: TimerKey, now: Now) {
+        match key {
+            TimerKey::Retry(repo) => {
+                let runnable = self.repos.get(&repo).is_some_and(|r| {
+                    r.job.is_none() && r.want.as_ref().is_some_and(|w| is_due(w.not_before, now))
+                });
+                if runnable {
+                    self.schedule(&repo);
+                    self.pump(now);
+                }
+            }
+            TimerKey::WriteBack(repo) => {
+                self.with_repo(&repo, now, |r, ctx| r.start_write_back(ctx));
+            }
+            TimerKey::FirstState(repo, round) => {
+                self.with_repo(&repo, now, |r, ctx| r.first_state_expired(ctx, round));
+            }
+            TimerKey::Rejoin => self.rejoin_sweep(now),
+            TimerKey::ReplicasDeadline(repo, id) => {
+                self.with_repo(&repo, now, |r, ctx| r.replicas_deadline(ctx.me, id));
+            }
+            TimerKey::ReplicasAsk(repo) => {
+                self.with_repo(&repo, now, |r, ctx| r.ask_for_replicas(ctx));
+            }
+            TimerKey::VerifyAll => self.verify_all(now),
+            TimerKey::Resync => self.resync_sweep(now),
+            TimerKey::RemoveRetired => self.remove_retired(now),
+        }
+    }
+
+    /// The held statements of `repo_ids` (unknown or empty ones skipped),
+    /// for a peer that pulls them.
+    pub fn held_statements(&self, repo_ids: &[RepoId]) -> Vec<SignedStatement> {
+        repo_ids
+            .iter()
+            .filter_map(|id| self.repos.get(id))
+            .filter_map(|r| r.held.as_ref().map(|h| h.statement.clone()))
+            .collect()
+    }
+
+    /// Announcements received and rejected since start.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Content jobs running and repositories waiting for a slot.
+    pub fn job_load(&self) -> (usize, usize) {
+        (self.queue.running(), self.queue.waiting())
+    }
+
+    pub(super) fn reply(&mut self, to: ReplyId, reply: Reply) {
+        self.out.push(Effect::Reply { to, reply });
+    }
+
+    pub(super) fn reply_err(&mut self, to: ReplyId, message: impl Into<String>) {
+        self.reply(to, Reply::Error(message.into()));
+    }
+
+    pub(super) fn set_timer(&mut self, key: TimerKey, at: Instant) {
+        self.out.push(Effect::SetTimer { key, at });
+    }
+
+    /// Run `f` on `repo_id`'s state machine with the node's context, then
+    /// take what it left in its outbox ([`Core::drain`]). `None` when the
+    /// repository is not tracked.
+    pub(super) fn with_repo<T>(
+        &mut self,
+        repo_id: &RepoId,
+        now: Now,
+        f: impl FnOnce(&mut Repo, &mut Ctx) -> T,
+    ) -> Option<T> {
+        let repo = self.repos.get_mut(repo_id)?;
+        let mut ctx = Ctx {
+            me: self.me,
+            key: &self.key,
+            settings: &self.settings,
+            now,
+            next_round: &mut self.next_round,
+        };
+        let result = f(repo, &mut ctx);
+        self.drain(repo_id, now);
+        Some(result)
+    }
+
+    /// Take what `repo_id`'s handlers left, in order: effects go to the
+    /// actor, requests are acted on as they come.
+    pub(super) fn drain(&mut self, repo_id: &RepoId, now: Now) {
+        let Some(repo) = self.repos.get_mut(repo_id) else {
+            return;
+        };
+        for item in repo.take_out() {
+            match item {
+                Out::Effect(effect) => self.out.push(effect),
+                Out::Schedule => self.schedule(repo_id),
+                Out::Enqueue(lane) => self.queue.push(repo_id, lane),
+                Out::Pump => self.pump(now),
+                Out::ArmRejoin(at) => self.arm_rejoin(at),
+                Out::ArmRetiredRemoval => self.arm_retired_removal(now),
+                Out::Rejected(reason) => {
+                    *self.counters.rejected.entry(reason).or_default() += 1;
+                }
+                Out::Checked(result) => {
+                    self.checked(repo_id, result.as_deref().map_err(String::as_str))
+                }
+                Out::RecheckAfterGc(passes) => self.recheck_after_gc(repo_id, passes),
+                Out::Forget => self.forget(repo_id, now),
+            }
+        }
+    }
+
+    /// Stream an event about `repo_id` to watchers.
+    pub(super) fn notify(&mut self, repo_id: &RepoId, event: crate::api::NodeEvent) {
+        self.out.push(Effect::Notify {
+            repo: Some(repo_id.clone()),
+            event,
+        });
+    }
+}

@@ -1,0 +1,53 @@
+//! What the core keeps across repositories besides the repositories
+//! themselves: followed identities, the backoff of direct pulls per peer,
+//! `verify` callers and the counters of announcements. Plain data, in
+//! memory only (follows are persisted through [`super::io::Write`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::{api::VerifyRow, core::io::ReplyId, repo_id::RepoId, state::FollowConfig};
+
+/// Per-peer state of direct pulls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PullBackoff {
+    /// Failed pulls in a row.
+    pub failures: u32,
+    /// Not to be pulled before this time.
+    pub not_before: Option<std::time::Instant>,
+}
+
+/// Most peers whose pull backoff is remembered.
+pub const MAX_PULL_PEERS: usize = 4096;
+
+/// Announcements received and rejected since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Verified announcements handled.
+    pub received: u64,
+    /// Announcements not taken, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+/// A followed identity in the core.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Follow {
+    /// What is persisted.
+    pub config: FollowConfig,
+    /// Unix time of the last successful listing.
+    pub last_list: Option<u64>,
+    /// The last listing error.
+    pub last_error: Option<String>,
+    /// Callers of `follow` waiting for the first listing.
+    pub waiters: Vec<ReplyId>,
+}
+
+/// A `verify` caller waiting for its repositories' checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyWait {
+    /// Who waits.
+    pub reply: ReplyId,
+    /// Repositories not checked yet.
+    pub pending: BTreeSet<RepoId>,
+    /// What the checks found so far.
+    pub rows: Vec<VerifyRow>,
+}
