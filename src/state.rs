@@ -14,6 +14,8 @@
 //! No I/O here. [`crate::store`] persists these; [`crate::core`] decides
 //! how they change.
 
+use iroh::EndpointId;
+use iroh_blobs::Hash;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -174,8 +176,8 @@ impl RecordCopy {
 /// The state a node holds: pinned, materialized, served and announced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Held {
-    /// BLAKE3 hash (hex) of the manifest.
-    pub manifest: String,
+    /// BLAKE3 hash of the manifest (stored as hex).
+    pub manifest: Hash,
     /// Object id HEAD resolves to.
     pub head: Option<String>,
     /// The statement behind the state: its publisher's, when adopted from a
@@ -199,8 +201,8 @@ impl Held {
         self.statement.statement.seq
     }
 
-    /// The manifest as a blob hash.
-    pub fn manifest_hash(&self) -> iroh_blobs::Hash {
+    /// The manifest as a blob hash (the statement's).
+    pub fn manifest_hash(&self) -> Hash {
         self.statement.statement.manifest_hash()
     }
 }
@@ -236,9 +238,9 @@ pub struct Bookkeeping {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerSeen {
     /// The peer's node id.
-    pub node_id: String,
-    /// The manifest (hex) it holds.
-    pub manifest: String,
+    pub node_id: EndpointId,
+    /// The manifest it holds (stored as hex).
+    pub manifest: Hash,
     /// That state's sequence number.
     pub seq: u64,
     /// Unix time in milliseconds it said so.

@@ -411,7 +411,7 @@ fn convert_legacy(entry: LegacyEntry, now_ms: u64) -> Vec<Write> {
                 && entry.record.manifest.as_ref() == Some(manifest) =>
         {
             Some(Box::new(Held {
-                manifest: manifest.clone(),
+                manifest: statement.statement.manifest_hash(),
                 head: entry.record.head.clone(),
                 statement,
                 pack_count: entry.pack_count,
@@ -562,7 +562,7 @@ mod tests {
         assert_eq!(ops, vec![operator.as_str()]);
         assert_eq!(row.record.as_ref().unwrap().record.peers.len(), 1);
         let held = row.held.as_ref().unwrap();
-        assert_eq!((held.manifest.as_str(), held.seq()), (hex.as_str(), 5));
+        assert_eq!((held.manifest.to_hex(), held.seq()), (hex.clone(), 5));
         let learned: Vec<&str> = row
             .bookkeeping
             .hints

@@ -127,14 +127,14 @@ pub enum RecordVerdict {
 pub fn judge_record(
     record: &RepoRecord,
     named_before: &dyn Fn(&str) -> bool,
-    held_manifest: Option<&str>,
+    held_manifest: Option<iroh_blobs::Hash>,
     current: Option<Position>,
     now_ms: u64,
 ) -> RecordVerdict {
     let Some(manifest) = record.manifest.as_deref() else {
         return RecordVerdict::Keep("the record names no state yet");
     };
-    if held_manifest == Some(manifest) {
+    if held_manifest.is_some() && held_manifest == record.manifest_hash() {
         return RecordVerdict::Held;
     }
     let current_seq = current.map_or(0, |c| c.seq);
@@ -337,17 +337,21 @@ mod tests {
         data_encoding::HEXLOWER.encode(&[m; 32])
     }
 
+    fn held(m: u8) -> Option<iroh_blobs::Hash> {
+        Some(iroh_blobs::Hash::from_bytes([m; 32]))
+    }
+
     #[test]
     fn a_record_not_older_than_the_state_held_wins() {
-        let h = hex(1);
+        let h = held(1);
         let r = record(Some(2), Some(10));
         assert_eq!(
-            judge_record(&r, &|_| false, Some(&h), at(1, 10), NOW),
+            judge_record(&r, &|_| false, h, at(1, 10), NOW),
             RecordVerdict::Adopt { seq: 11 },
             "a tie goes to the record, under a seq newer than the state held"
         );
         assert_eq!(
-            judge_record(&r, &|_| false, Some(&h), at(1, 5), NOW),
+            judge_record(&r, &|_| false, h, at(1, 5), NOW),
             RecordVerdict::Adopt { seq: 10 }
         );
         assert_eq!(
@@ -358,33 +362,33 @@ mod tests {
 
     #[test]
     fn a_record_lagging_behind_gossip_does_not_roll_back() {
-        let h = hex(2);
+        let h = held(2);
         let r = record(Some(1), Some(10));
         assert!(matches!(
-            judge_record(&r, &|_| false, Some(&h), at(2, 11), NOW),
+            judge_record(&r, &|_| false, h, at(2, 11), NOW),
             RecordVerdict::Keep(_)
         ));
         // Nor does it replace a newer state being fetched.
         assert!(matches!(
-            judge_record(&r, &|_| false, Some(&hex(0)), at(2, 11), NOW),
+            judge_record(&r, &|_| false, held(0), at(2, 11), NOW),
             RecordVerdict::Keep(_)
         ));
     }
 
     #[test]
     fn a_record_without_seq_wins_when_it_changed() {
-        let h = hex(2);
+        let h = held(2);
         let r = record(Some(1), None);
         assert_eq!(
-            judge_record(&r, &|m| m == hex(2), Some(&h), at(2, 50), NOW),
+            judge_record(&r, &|m| m == hex(2), h, at(2, 50), NOW),
             RecordVerdict::Adopt { seq: 51 }
         );
         assert!(matches!(
-            judge_record(&r, &|m| m == hex(1), Some(&h), at(2, 50), NOW),
+            judge_record(&r, &|m| m == hex(1), h, at(2, 50), NOW),
             RecordVerdict::Keep(_)
         ));
         assert_eq!(
-            judge_record(&r, &|m| m == hex(2), Some(&h), at(2, u64::MAX), NOW),
+            judge_record(&r, &|m| m == hex(2), h, at(2, u64::MAX), NOW),
             RecordVerdict::Adopt { seq: u64::MAX },
             "saturates"
         );
@@ -392,7 +396,7 @@ mod tests {
         let far = record(Some(1), Some(u64::MAX));
         for named in [false, true] {
             assert!(matches!(
-                judge_record(&far, &|_| named, Some(&h), at(2, 50), NOW),
+                judge_record(&far, &|_| named, h, at(2, 50), NOW),
                 RecordVerdict::Keep(_)
             ));
         }
@@ -400,19 +404,13 @@ mod tests {
 
     #[test]
     fn a_record_naming_the_held_state_or_none_changes_nothing() {
-        let h = hex(1);
+        let h = held(1);
         assert_eq!(
-            judge_record(
-                &record(Some(1), Some(99)),
-                &|_| false,
-                Some(&h),
-                at(1, 5),
-                NOW
-            ),
+            judge_record(&record(Some(1), Some(99)), &|_| false, h, at(1, 5), NOW),
             RecordVerdict::Held
         );
         assert!(matches!(
-            judge_record(&record(None, Some(99)), &|_| false, Some(&h), at(1, 5), NOW),
+            judge_record(&record(None, Some(99)), &|_| false, h, at(1, 5), NOW),
             RecordVerdict::Keep(_)
         ));
     }

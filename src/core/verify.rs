@@ -86,7 +86,7 @@ impl Core {
             .repos
             .get(repo_id)
             .and_then(|r| r.held.as_ref())
-            .map(|h| h.manifest.clone());
+            .map(|h| h.manifest.to_hex());
         let row = match result {
             Ok(info) => {
                 if info.blobs_rebuilt + info.blobs_fetched > 0 {

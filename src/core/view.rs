@@ -38,8 +38,8 @@ impl Core {
         RepoSummary {
             repo_id: repo.config.repo_id.to_string(),
             head: held.and_then(|h| h.head.clone()),
-            manifest: held.map(|h| h.manifest.clone()),
-            materialized: held.map(|h| h.manifest.clone()),
+            manifest: held.map(|h| h.manifest.to_hex()),
+            materialized: held.map(|h| h.manifest.to_hex()),
             seq: held.map(|h| h.seq()),
             fetching,
             pack_count: held.map_or(0, |h| h.pack_count),
@@ -92,7 +92,8 @@ impl Core {
                     .parse::<iroh::EndpointId>()
                     .is_ok_and(|id| n.contains(&id))
             });
-            let (replica, status) = repo.replica_of(&hint.node_id, source != PeerSource::Learned);
+            let peer = repo.peer_id(&hint.node_id);
+            let (replica, status) = repo.replica_of(peer, source != PeerSource::Learned);
             out.push(PeerView {
                 hint: PeerHint::clone(hint),
                 connected,
@@ -114,6 +115,6 @@ impl Core {
             .repos
             .get(repo_id)
             .ok_or_else(|| super::commands::not_tracked(repo_id))?;
-        Ok(repo.held.as_ref().map(|h| h.manifest.clone()))
+        Ok(repo.held.as_ref().map(|h| h.manifest.to_hex()))
     }
 }

@@ -64,12 +64,12 @@ fn rebroadcast_allowance(budget: &mut Rebroadcasts, now: Now) -> (bool, bool) {
 }
 
 impl Repo {
-    /// Whether `manifest` (hex) is the state held or being fetched.
-    fn of_interest(&self, manifest: &str) -> bool {
+    /// Whether `manifest` is the state held or being fetched.
+    fn of_interest(&self, manifest: iroh_blobs::Hash) -> bool {
         self.held.as_ref().is_some_and(|h| h.manifest == manifest)
             || self
                 .wanted_position()
-                .is_some_and(|w| iroh_blobs::Hash::from_bytes(w.manifest).to_hex() == manifest)
+                .is_some_and(|w| w.manifest == *manifest.as_bytes())
     }
 
     /// A verified announcement of this repository arrived `via` gossip or
@@ -237,13 +237,13 @@ impl Repo {
         // Learned only when trusted, or when it last announced the state
         // held or being fetched: joining the topic proves nothing.
         let trusted_ids = self.trusted_ids(ctx.me);
-        let node_id = peer.to_string();
         let provides = self
             .book
             .peers_seen
             .iter()
-            .find(|s| s.node_id == node_id)
-            .is_some_and(|s| self.of_interest(&s.manifest));
+            .find(|s| s.node_id == peer)
+            .is_some_and(|s| self.of_interest(s.manifest));
+        let node_id = peer.to_string();
         if !addrs.is_empty() && (trusted_ids.contains(&node_id) || provides) {
             let hint = PeerHint::new(node_id, addrs.iter().map(|a| a.to_string()).collect(), None);
             if hints::remember(&mut self.book.hints, hint, ctx.now.unix_ms, |id| {

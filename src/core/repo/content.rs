@@ -44,7 +44,7 @@ impl Repo {
             && let trust::RecordVerdict::Adopt { seq } = trust::judge_record(
                 &copy.record,
                 &|m| copy.named.iter().any(|n| n == m),
-                self.held.as_ref().map(|h| h.manifest.as_str()),
+                self.held.as_ref().map(|h| h.manifest),
                 held,
                 now.unix_ms,
             )
@@ -156,14 +156,14 @@ impl Repo {
         let repo_id = self.config.repo_id.clone();
         let previous = self.held.as_ref().map(Held::manifest_hash);
         while let Some(publish) = self.publishes.pop_front() {
-            let held = self.held.as_ref().map(|h| h.manifest.as_str());
+            let held = self.held.as_ref().map(|h| h.manifest.to_hex());
             if let Some(expected) = &publish.expected_manifest
-                && held != Some(expected.as_str())
+                && held.as_ref() != Some(expected)
                 && !(expected.is_empty() && held.is_none())
             {
                 let message = format!(
                     "{repo_id} has moved on (manifest {}, expected {expected}); fetch and retry",
-                    held.unwrap_or("none")
+                    held.as_deref().unwrap_or("none")
                 );
                 self.reply_err(publish.reply, message);
                 continue;
@@ -397,7 +397,7 @@ impl Repo {
     ) {
         let repo_id = self.config.repo_id.clone();
         let held = Held {
-            manifest: info.manifest.to_hex(),
+            manifest: info.manifest,
             head: info.head.clone(),
             statement,
             pack_count: info.pack_count,

@@ -59,7 +59,7 @@ impl Repo {
         let verdict = trust::judge_record(
             &record,
             &named_before,
-            self.held.as_ref().map(|h| h.manifest.as_str()),
+            self.held.as_ref().map(|h| h.manifest),
             self.current_position(),
             now.unix_ms,
         );
@@ -269,7 +269,7 @@ impl Repo {
             collection,
             rkey,
             head,
-            manifest,
+            manifest: manifest.to_hex(),
             seq,
         });
     }
@@ -298,7 +298,7 @@ impl Repo {
                     || self
                         .held
                         .as_ref()
-                        .is_some_and(|h| Some(&h.manifest) == record.manifest.as_ref());
+                        .is_some_and(|h| Some(h.manifest) == record.manifest_hash());
                 if let Some(held) = self.held.as_mut().filter(|_| done) {
                     held.write_back_pending = false;
                     let held = Box::new(held.clone());

@@ -92,7 +92,7 @@ impl Repo {
             .peers_seen
             .iter()
             .filter(|seen| seen.seq < seq)
-            .filter_map(|seen| self.peer_id(&seen.node_id))
+            .map(|seen| seen.node_id)
             .filter(|peer| Some(*peer) != except && *peer != me)
             .collect();
         let (first, rest): (Vec<_>, Vec<_>) = behind.into_iter().partition(|p| trusted.contains(p));
@@ -105,13 +105,12 @@ impl Repo {
 
     /// Note what `peer` announced it holds.
     pub fn peer_seen(&mut self, ctx: &Ctx, peer: EndpointId, manifest: [u8; 32], seq: u64) {
-        let trusted = self.trusted_ids(ctx.me);
-        let node_id = peer.to_string();
-        let manifest = data_encoding::HEXLOWER.encode(&manifest);
+        let trusted = self.trusted(ctx.me);
+        let manifest = Hash::from_bytes(manifest);
         let seen = &mut self.book.peers_seen;
         let previous = seen
             .iter()
-            .position(|s| s.node_id == node_id)
+            .position(|s| s.node_id == peer)
             .map(|i| seen.remove(i));
         let changed = previous
             .as_ref()
@@ -123,8 +122,8 @@ impl Repo {
         seen.insert(
             0,
             PeerSeen {
-                node_id: node_id.clone(),
-                manifest: manifest.clone(),
+                node_id: peer,
+                manifest,
                 seq,
                 seen_ms: ctx.now.unix_ms,
                 proven,
@@ -133,18 +132,14 @@ impl Repo {
         hints::evict(seen, MAX_PEERS_SEEN, |s| {
             s.proven || trusted.contains(&s.node_id)
         });
-        if !changed || !seen.iter().any(|s| s.node_id == node_id) {
+        if !changed || !seen.iter().any(|s| s.node_id == peer) {
             return;
         }
-        let status = status_of(
-            self.book.peers_seen.first(),
-            self,
-            trusted.contains(&node_id),
-        );
+        let status = status_of(self.book.peers_seen.first(), self, trusted.contains(&peer));
         self.persist_book();
         self.notify(NodeEvent::PeerState {
-            peer: node_id,
-            manifest,
+            peer: peer.to_string(),
+            manifest: manifest.to_hex(),
             status,
         });
         self.check_replicas(ctx.me);
@@ -154,19 +149,18 @@ impl Repo {
     /// Peers other than this node that hold `manifest`, or a newer state
     /// this node holds too: trusted peers that announced it, and peers that
     /// proved it.
-    fn holders(&self, me: EndpointId, manifest: &str, seq: u64) -> Vec<CountedReplica> {
-        let trusted = self.trusted_ids(me);
-        let me = me.to_string();
+    fn holders(&self, me: EndpointId, manifest: Hash, seq: u64) -> Vec<CountedReplica> {
+        let trusted = self.trusted(me);
         let held_newer = self
             .held
             .as_ref()
             .filter(|h| h.seq() > seq)
-            .map(|h| h.manifest.as_str());
+            .map(|h| h.manifest);
         self.book
             .peers_seen
             .iter()
             .filter(|s| s.node_id != me)
-            .filter(|s| s.manifest == manifest || Some(s.manifest.as_str()) == held_newer)
+            .filter(|s| s.manifest == manifest || Some(s.manifest) == held_newer)
             .filter_map(|s| {
                 let basis = if trusted.contains(&s.node_id) {
                     ReplicaBasis::Trusted
@@ -176,7 +170,7 @@ impl Repo {
                     return None;
                 };
                 Some(CountedReplica {
-                    node_id: s.node_id.clone(),
+                    node_id: s.node_id.to_string(),
                     basis,
                 })
             })
@@ -186,14 +180,14 @@ impl Repo {
     /// Peers whose unproven claims would count for a waiter: they claim a
     /// state waited for (or the newer one held), are not trusted, and are
     /// not being probed nor failed a probe lately.
-    fn claims_to_probe(&self, ctx: &Ctx) -> Vec<(EndpointId, String)> {
-        let me = ctx.me.to_string();
-        let trusted = self.trusted_ids(ctx.me);
-        let waited: BTreeSet<&str> = self
+    fn claims_to_probe(&self, ctx: &Ctx) -> Vec<(EndpointId, Hash)> {
+        let me = ctx.me;
+        let trusted = self.trusted(ctx.me);
+        let waited: BTreeSet<Hash> = self
             .replica_waits
             .iter()
-            .map(|w| w.manifest.as_str())
-            .chain(self.held.iter().map(|h| h.manifest.as_str()))
+            .map(|w| w.manifest)
+            .chain(self.held.iter().map(|h| h.manifest))
             .collect();
         let running = self
             .probes
@@ -204,8 +198,8 @@ impl Repo {
             .peers_seen
             .iter()
             .filter(|s| s.node_id != me && !s.proven && !trusted.contains(&s.node_id))
-            .filter(|s| waited.contains(s.manifest.as_str()))
-            .filter_map(|s| Some((self.peer_id(&s.node_id)?, s)))
+            .filter(|s| waited.contains(&s.manifest))
+            .map(|s| (s.node_id, s))
             .filter(|(peer, s)| match self.probes.get(peer) {
                 None => true,
                 Some(p) if p.manifest != s.manifest => true,
@@ -215,7 +209,7 @@ impl Repo {
                 }) => ctx.now.at.saturating_duration_since(*at) >= PROBE_RETRY,
                 Some(_) => false,
             })
-            .map(|(peer, s)| (peer, s.manifest.clone()))
+            .map(|(peer, s)| (peer, s.manifest))
             .take(MAX_PROBES.saturating_sub(running))
             .collect()
     }
@@ -229,18 +223,10 @@ impl Repo {
         let probes = self.claims_to_probe(ctx);
         // Failed probes are remembered only for peers still seen: fresh keys
         // churning through the table cannot grow it.
-        let seen: BTreeSet<String> = self
-            .book
-            .peers_seen
-            .iter()
-            .map(|s| s.node_id.clone())
-            .collect();
+        let seen: BTreeSet<EndpointId> = self.book.peers_seen.iter().map(|s| s.node_id).collect();
         self.probes
-            .retain(|peer, p| p.failed_at.is_none() || seen.contains(&peer.to_string()));
+            .retain(|peer, p| p.failed_at.is_none() || seen.contains(peer));
         for (peer, manifest) in probes {
-            let Ok(hash) = manifest.parse::<Hash>() else {
-                continue;
-            };
             self.probes.insert(
                 peer,
                 Probe {
@@ -252,14 +238,13 @@ impl Repo {
             self.emit(Effect::ProbeReplica {
                 repo,
                 peer,
-                manifest: hash,
+                manifest,
             });
         }
     }
 
     /// A probe of `peer`'s claim to hold `manifest` finished.
     pub fn on_probed(&mut self, ctx: &Ctx, peer: EndpointId, manifest: Hash, proved: bool) {
-        let manifest = manifest.to_hex();
         if self
             .probes
             .get(&peer)
@@ -271,18 +256,17 @@ impl Repo {
                 self.probes.insert(
                     peer,
                     Probe {
-                        manifest: manifest.clone(),
+                        manifest,
                         failed_at: Some(ctx.now.at),
                     },
                 );
             }
         }
-        let node_id = peer.to_string();
         let Some(seen) = self
             .book
             .peers_seen
             .iter_mut()
-            .find(|s| s.node_id == node_id && s.manifest == manifest)
+            .find(|s| s.node_id == peer && s.manifest == manifest)
         else {
             return;
         };
@@ -291,12 +275,12 @@ impl Repo {
         }
         seen.proven = true;
         let trusted = self.trusted(ctx.me).contains(&peer);
-        let seen = self.book.peers_seen.iter().find(|s| s.node_id == node_id);
+        let seen = self.book.peers_seen.iter().find(|s| s.node_id == peer);
         let status = status_of(seen, self, trusted);
         self.persist_book();
         self.notify(NodeEvent::PeerState {
-            peer: node_id,
-            manifest,
+            peer: peer.to_string(),
+            manifest: manifest.to_hex(),
             status,
         });
         self.check_replicas(ctx.me);
@@ -317,7 +301,7 @@ impl Repo {
                 format!("{repo_id} holds no state yet; publish or sync first"),
             );
         };
-        let (manifest, seq) = (held.manifest.clone(), held.seq());
+        let (manifest, seq) = (held.manifest, held.seq());
         let id = ctx.round();
         // A new wait probes again peers whose probes failed before.
         self.probes.retain(|_, p| p.failed_at.is_none());
@@ -345,24 +329,24 @@ impl Repo {
         let counts: Vec<(usize, Vec<CountedReplica>)> = self
             .replica_waits
             .iter()
-            .map(|w| (w.count, self.holders(me, &w.manifest, w.seq)))
+            .map(|w| (w.count, self.holders(me, w.manifest, w.seq)))
             .collect();
         let mut done = Vec::new();
         let mut progress = Vec::new();
         for (i, (count, holding)) in counts.into_iter().enumerate() {
             let wait = &mut self.replica_waits[i];
             if holding.len() >= count {
-                done.push((wait.reply, wait.manifest.clone(), holding));
+                done.push((wait.reply, wait.manifest, holding));
             } else if holding.len() != wait.reported {
                 wait.reported = holding.len();
-                progress.push((wait.manifest.clone(), holding.len(), count));
+                progress.push((wait.manifest, holding.len(), count));
             }
         }
         self.replica_waits
             .retain(|w| !done.iter().any(|(reply, ..)| *reply == w.reply));
         for (manifest, holding, wanted) in progress {
             self.notify(NodeEvent::Replicas {
-                manifest,
+                manifest: manifest.to_hex(),
                 holding,
                 wanted,
             });
@@ -373,7 +357,7 @@ impl Repo {
                 reply,
                 Reply::Ok(Payload::Replicas(ReplicasReport {
                     repo_id: repo_id.clone(),
-                    manifest,
+                    manifest: manifest.to_hex(),
                     holding,
                 })),
             );
@@ -386,8 +370,8 @@ impl Repo {
             return;
         }
         let seq = self.replica_waits.iter().map(|w| w.seq).min().unwrap_or(0);
-        let manifest = self.replica_waits[0].manifest.clone();
-        let holding = self.holders(ctx.me, &manifest, seq);
+        let manifest = self.replica_waits[0].manifest;
+        let holding = self.holders(ctx.me, manifest, seq);
         let ask: Vec<EndpointId> = self
             .dial_targets(ctx.me)
             .into_iter()
@@ -410,18 +394,14 @@ impl Repo {
             return;
         };
         let wait = self.replica_waits.remove(i);
-        let holding = self.holders(me, &wait.manifest, wait.seq);
+        let holding = self.holders(me, wait.manifest, wait.seq);
         let trusted = self.trusted(me);
         let missing: Vec<String> = self
             .dial_targets(me)
             .into_iter()
             .filter(|p| !holding.iter().any(|h| h.node_id == p.to_string()))
             .map(|p| {
-                let seen = self
-                    .book
-                    .peers_seen
-                    .iter()
-                    .find(|s| s.node_id == p.to_string());
+                let seen = self.book.peers_seen.iter().find(|s| s.node_id == p);
                 let status = status_of(seen, self, trusted.contains(&p));
                 format!("{} ({})", p.fmt_short(), status.as_str())
             })
@@ -438,16 +418,20 @@ impl Repo {
                 "only {} of {} peers hold {repo_id} at {}; {missing}",
                 holding.len(),
                 wait.count,
-                &wait.manifest[..wait.manifest.len().min(12)]
+                &wait.manifest.to_hex()[..12]
             ),
         );
     }
 
     /// What a known peer last announced, for `peers`.
-    pub fn replica_of(&self, node_id: &str, trusted: bool) -> (Option<PeerReplica>, ReplicaStatus) {
-        let seen = self.book.peers_seen.iter().find(|s| s.node_id == node_id);
+    pub fn replica_of(
+        &self,
+        peer: Option<EndpointId>,
+        trusted: bool,
+    ) -> (Option<PeerReplica>, ReplicaStatus) {
+        let seen = peer.and_then(|p| self.book.peers_seen.iter().find(|s| s.node_id == p));
         let replica = seen.map(|s| PeerReplica {
-            manifest: s.manifest.clone(),
+            manifest: s.manifest.to_hex(),
             seq: s.seq,
             seen: s.seen_ms / 1000,
             proven: s.proven,
@@ -458,8 +442,7 @@ impl Repo {
     /// Known peers holding the state held, for `list`: trusted peers that
     /// announced it and peers that proved it (a claim alone does not count).
     pub fn in_sync_count(&self, me: EndpointId) -> usize {
-        let trusted = self.trusted_ids(me);
-        let me = me.to_string();
+        let trusted = self.trusted(me);
         let Some(held) = &self.held else {
             return 0;
         };

@@ -246,8 +246,8 @@ impl PartialEq for IdMemo {
 /// A probe of a peer's claim to hold a state (see [`super::replicas`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
-    /// The manifest (hex) the peer claims.
-    pub manifest: String,
+    /// The manifest the peer claims.
+    pub manifest: iroh_blobs::Hash,
     /// When it failed; `None` while it runs.
     pub failed_at: Option<Instant>,
 }
@@ -272,7 +272,7 @@ pub struct ReplicaWait {
     /// How many peers are wanted.
     pub count: usize,
     /// The state waited for.
-    pub manifest: String,
+    pub manifest: iroh_blobs::Hash,
     /// Its sequence number.
     pub seq: u64,
     /// Identifies the waiter's deadline timer.

@@ -169,7 +169,7 @@ impl Repo {
         let held = self.held.as_ref();
         Payload::Synced(SyncReport {
             repo_id: self.config.repo_id.to_string(),
-            manifest: held.map(|h| h.manifest.clone()),
+            manifest: held.map(|h| h.manifest.to_hex()),
             head: held.and_then(|h| h.head.clone()),
             bytes_fetched,
             message,

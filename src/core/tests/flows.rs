@@ -293,7 +293,7 @@ fn a_restart_with_many_repositories_starts_few_jobs() {
             config: RepoConfig::new(id, Origin::Operator, 0),
             record: None,
             held: Some(Held {
-                manifest: data_encoding::HEXLOWER.encode(&[1; 32]),
+                manifest: Hash::from_bytes([1; 32]),
                 head: None,
                 statement,
                 pack_count: 1,

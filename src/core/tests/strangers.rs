@@ -329,7 +329,10 @@ fn strangers_never_evict_trusted_hints_or_peers_seen() {
     );
     assert_eq!(r.book.peers_seen.len(), MAX_PEERS_SEEN);
     assert!(
-        r.book.peers_seen.iter().any(|s| s.node_id == id),
+        r.book
+            .peers_seen
+            .iter()
+            .any(|s| s.node_id == seeder.public()),
         "what it holds stays"
     );
     assert_eq!(sim.core.summaries()[0].peers_in_sync, 1);
