@@ -226,33 +226,46 @@ pub struct StateInfo {
     pub recheck_after_gc_pass: Option<u64>,
 }
 
-/// Why a content job failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobError {
-    /// Why, for the operator.
-    pub message: String,
-    /// The state would exceed a storage quota: not retried.
-    pub quota: bool,
+/// Why a content job failed; the text is for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The state does not fit this node: a storage quota, or packs not the
+    /// sizes its manifest declares. Not retried until the quota changes.
+    #[error("{0}")]
+    Refused(String),
+    /// No provider served what was missing (unreachable, stalled, wrong
+    /// bytes). Retried with backoff.
+    #[error("{0}")]
+    Unavailable(String),
+    /// This node failed (git, the blob store, the disk). Retried with
+    /// backoff.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl JobError {
+    /// The operator's text.
+    pub fn message(&self) -> &str {
+        match self {
+            JobError::Refused(m) | JobError::Unavailable(m) | JobError::Failed(m) => m,
+        }
+    }
+
+    /// Whether the state was refused (not retried).
+    pub fn refuses_state(&self) -> bool {
+        matches!(self, JobError::Refused(_))
+    }
 }
 
 impl From<String> for JobError {
     fn from(message: String) -> Self {
-        Self {
-            message,
-            quota: false,
-        }
+        JobError::Failed(message)
     }
 }
 
 impl From<&str> for JobError {
     fn from(message: &str) -> Self {
         message.to_string().into()
-    }
-}
-
-impl std::fmt::Display for JobError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
     }
 }
 

@@ -159,9 +159,15 @@ async fn finish(
     {
         warn!(repo = %repo, error = %e, "cannot restore the previous state after a failure");
     }
-    result.map_err(|e| JobError {
-        quota: e.refuses_state(),
-        message: e.to_string(),
+    result.map_err(|e| {
+        let message = e.to_string();
+        if e.refuses_state() {
+            JobError::Refused(message)
+        } else if matches!(e, ContentError::Fetch { .. }) {
+            JobError::Unavailable(message)
+        } else {
+            JobError::Failed(message)
+        }
     })
 }
 

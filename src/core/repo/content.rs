@@ -258,7 +258,7 @@ impl Repo {
             Running::Publish { publish, .. } => match result {
                 Ok(info) => self.published(ctx, publish.reply, info),
                 Err(error) => {
-                    self.reply_err(publish.reply, error.message);
+                    self.reply_err(publish.reply, error.to_string());
                     if publish.created && self.held.is_none() {
                         // Leave no trace of a repository whose first publish failed.
                         self.request(Out::Forget);
@@ -437,21 +437,21 @@ impl Repo {
 
     fn fetch_failed(&mut self, ctx: &Ctx, mut want: Want, error: JobError) {
         let repo_id = self.config.repo_id.clone();
-        if error.quota {
+        if error.refuses_state() {
             // Not retried: the state does not fit. What is held stays.
             warn!(repo = %repo_id, manifest = %want.manifest.to_hex(), error = %error, "state refused by quota");
-            self.set_error(Some(error.message.clone()));
+            self.set_error(Some(error.to_string()));
             self.notify(NodeEvent::QuotaRefused {
                 manifest: want.manifest.to_hex(),
-                error: error.message.clone(),
+                error: error.to_string(),
             });
             self.quota_refused = Some(want.manifest);
             if !self.sync.waiters.is_empty() {
-                self.answer_sync(Err(error.message));
+                self.answer_sync(Err(error.to_string()));
             }
             return;
         }
-        let error = error.message;
+        let error = error.to_string();
         if want.source == WantSource::Check {
             self.request(Out::Checked(Err(error.clone())));
         } else {

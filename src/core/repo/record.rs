@@ -252,7 +252,7 @@ impl Repo {
             self.emit(Effect::Persist(Write::Held(repo_id.clone(), Some(held))));
             return;
         }
-        let (head, manifest, seq) = (held.head.clone(), held.manifest.clone(), held.seq());
+        let (head, manifest, seq) = (held.head.clone(), held.manifest, held.seq());
         if self.write_back.in_flight {
             return;
         }

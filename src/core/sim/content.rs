@@ -241,13 +241,10 @@ impl World {
         {
             return (
                 spent,
-                Err(JobError {
-                    message: format!(
-                        "the state needs {} bytes but this repository may hold {limit}",
-                        info.declared_bytes()
-                    ),
-                    quota: true,
-                }),
+                Err(JobError::Refused(format!(
+                    "the state needs {} bytes but this repository may hold {limit}",
+                    info.declared_bytes()
+                ))),
             );
         }
         for pack in &info.packs {
@@ -317,13 +314,10 @@ impl World {
                     Serving::Honest if size != declared => {
                         return (
                             spent + rtt,
-                            Err(JobError {
-                                message: format!(
-                                    "pack {} is not the size its manifest declares",
-                                    short(&blob)
-                                ),
-                                quota: true,
-                            }),
+                            Err(JobError::Refused(format!(
+                                "pack {} is not the size its manifest declares",
+                                short(&blob)
+                            ))),
                         );
                     }
                     Serving::Honest => {
@@ -344,12 +338,11 @@ impl World {
         }
         (
             spent,
-            Err(format!(
+            Err(JobError::Unavailable(format!(
                 "could not fetch {} from any of {} peer(s)",
                 short(&blob),
                 providers.len()
-            )
-            .into()),
+            ))),
         )
     }
 
