@@ -4,7 +4,7 @@
 //! persistent key, opens the database and the blob store, binds one iroh
 //! endpoint, and starts a [`Router`] serving iroh-blobs, iroh-gossip and the
 //! direct head exchange ([`crate::heads`]), the repository actor
-//! ([`crate::knot`]), the ATProto poller ([`crate::poller`]), the admin
+//! ([`crate::knot`]), the ATProto reader ([`crate::reader`]), the admin
 //! socket, and, when enabled, read-only smart HTTP ([`crate::http`]).
 //! All tasks hang off one cancellation token. On shutdown they stop, gossip
 //! topics are left, the router flushes the blob store (gossip held up by a
@@ -30,7 +30,6 @@ use iroh_blobs::{
     store::fs::{FsStore, options::Options},
 };
 use iroh_gossip::net::Gossip;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -43,7 +42,6 @@ use crate::{
     keys::{self, KeyError},
     knot::{Knot, KnotError, KnotHandle, KnotParts, wait_for_addr},
     limits::DropCounters,
-    poller::Poller,
     store::{Store, StoreError},
     supervise::Supervised,
 };
@@ -234,22 +232,6 @@ impl Node {
 
         let mut tasks = Supervised::default();
         let xrpc = XrpcClient::from_config(&config.atproto);
-        let (poll_tx, poll_rx) = tokio::sync::mpsc::channel(256);
-        let mut poller_task = JoinSet::new();
-        let poller = Poller::spawn(
-            &config.atproto,
-            xrpc.clone(),
-            poll_tx,
-            cancel.child_token(),
-            &mut poller_task,
-        );
-        tasks.spawn("record poller", async move {
-            if let Some(Err(e)) = poller_task.join_next().await
-                && e.is_panic()
-            {
-                std::panic::resume_unwind(e.into_panic());
-            }
-        });
         let account = match Credentials::load(&config.atproto) {
             Ok(Some(credentials)) => {
                 info!(identifier = %credentials.identifier, "records of this account will be written back to its PDS");
@@ -272,8 +254,6 @@ impl Node {
                 lookup: lookup.clone(),
                 heads: heads_rx,
                 heads_limiter,
-                poller,
-                polls: poll_rx,
                 account,
                 xrpc,
                 drops,

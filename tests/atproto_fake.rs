@@ -1,4 +1,5 @@
-//! The XRPC client, record writer and poller against an in-process fake PDS
+//! The XRPC client, record writer, record reader and a node's read
+//! schedule against an in-process fake PDS
 //! and PLC directory that misbehaves on purpose.
 
 use std::{
@@ -17,15 +18,17 @@ use axum::{
 };
 use knotd::{
     account::{Account, Credentials, WriteBackRequest, WriteOutcome},
+    admin::Command,
     atproto::{AtprotoError, MAX_BODY, XrpcClient, fetch_repo_record, fetch_repo_record_at},
-    poller::{PollError, PollOutcome, PollSettings, Poller, PollerGone, PollerHandle},
+    core::RecordPoll,
+    reader::Reader,
     record::{COLLECTION, RecordError, RepoRecord},
     repo_id::RepoId,
     state::Locator,
 };
 use serde_json::{Value, json};
-use tokio::{sync::mpsc, task::JoinSet};
-use tokio_util::sync::CancellationToken;
+
+mod common;
 
 const ALICE: &str = "did:plc:alice";
 const BOB: &str = "did:plc:bob";
@@ -723,155 +726,122 @@ async fn rate_limits_carry_retry_after() {
     assert!(err.to_string().contains("429"), "{err}");
 }
 
-struct TestPoller {
-    handle: PollerHandle,
-    results: mpsc::Receiver<PollOutcome>,
-    cancel: CancellationToken,
-    tasks: JoinSet<()>,
-}
-
-fn start_poller(base: &str, interval: Duration, max_backoff: Duration) -> TestPoller {
-    let (tx, results) = mpsc::channel(64);
-    let cancel = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    let settings = PollSettings {
-        interval,
-        jitter: 0.0,
-        max_backoff,
-        plc_directory: base.to_string(),
-        max_in_flight: 8,
-    };
-    let handle = Poller::spawn_with(settings, client(), tx, cancel.clone(), &mut tasks);
-    TestPoller {
-        handle,
-        results,
-        cancel,
-        tasks,
-    }
+fn reader(base: &str) -> Reader {
+    Reader::new(client(), base.to_string())
 }
 
 #[tokio::test]
-async fn failing_repositories_back_off() {
+async fn a_reader_sorts_what_it_reads() {
     let (fake, base) = start_fake().await;
-    let mut p = start_poller(&base, Duration::from_millis(200), Duration::from_secs(10));
-    p.handle
-        .track(rid("healthy"), locator(Some(&base), ALICE, "healthy"))
+    let r = reader(&base);
+    let (found, retry) =
+        bounded(r.poll_record(&rid("website"), &locator(Some(&base), ALICE, "website"))).await;
+    assert!(
+        matches!(&found, RecordPoll::Found(rec) if rec.head.is_none()),
+        "{found:?}"
+    );
+    assert_eq!(retry, None);
+    fake.set_head("website", &"c".repeat(40));
+    let (found, _) =
+        bounded(r.poll_record(&rid("website"), &locator(Some(&base), ALICE, "website"))).await;
+    assert!(matches!(&found, RecordPoll::Found(rec) if rec.head == Some("c".repeat(40))));
+    let (missing, _) =
+        bounded(r.poll_record(&rid("missing"), &locator(Some(&base), ALICE, "missing"))).await;
+    assert!(matches!(missing, RecordPoll::NotFound(_)), "{missing:?}");
+    let (failing, _) =
+        bounded(r.poll_record(&rid("fail500"), &locator(Some(&base), ALICE, "fail500"))).await;
+    assert!(
+        matches!(failing, RecordPoll::Unreachable(ref e) if e.contains("500")),
+        "{failing:?}"
+    );
+    // A rate-limiting PDS's wait reaches the core's schedule.
+    fake.0.lock().unwrap().rate_limit_next = true;
+    let (limited, retry) =
+        bounded(r.poll_record(&rid("website"), &locator(Some(&base), ALICE, "website"))).await;
+    assert!(matches!(limited, RecordPoll::Unreachable(_)), "{limited:?}");
+    assert_eq!(retry, Some(Duration::from_secs(7)));
+    // A locator of another owner is refused without a request.
+    let before = fake.count("get:website");
+    let (foreign, _) =
+        bounded(r.poll_record(&rid("website"), &locator(Some(&base), BOB, "website"))).await;
+    assert!(!matches!(foreign, RecordPoll::Found(_)), "{foreign:?}");
+    assert_eq!(fake.count("get:website"), before);
+}
+
+#[tokio::test]
+async fn a_reader_reuses_the_resolved_pds_until_a_read_through_it_fails() {
+    let (fake, base) = start_fake().await;
+    let r = reader(&base);
+    let resolutions = || fake.count(&format!("plc:{ALICE}"));
+    for _ in 0..3 {
+        let (found, _) =
+            bounded(r.poll_record(&rid("flaky"), &locator(None, ALICE, "flaky"))).await;
+        assert!(matches!(found, RecordPoll::Found(_)), "{found:?}");
+    }
+    assert_eq!(resolutions(), 1, "resolved once for three reads");
+    // Clones share what was resolved.
+    let (found, _) = bounded(
+        r.clone()
+            .poll_record(&rid("other"), &locator(None, ALICE, "other")),
+    )
+    .await;
+    assert!(matches!(found, RecordPoll::Found(_)));
+    assert_eq!(resolutions(), 1);
+    fake.set_failing("flaky", true);
+    let (failed, _) = bounded(r.poll_record(&rid("flaky"), &locator(None, ALICE, "flaky"))).await;
+    assert!(matches!(failed, RecordPoll::Unreachable(_)), "{failed:?}");
+    fake.set_failing("flaky", false);
+    let (found, _) = bounded(r.poll_record(&rid("flaky"), &locator(None, ALICE, "flaky"))).await;
+    assert!(matches!(found, RecordPoll::Found(_)));
+    assert_eq!(resolutions(), 2, "a failed read resolves the PDS again");
+}
+
+/// A node reads its records on the core's schedule: a healthy record every
+/// interval, a failing one less and less often, and says what failed.
+#[tokio::test]
+async fn a_node_reads_records_on_the_schedule_and_backs_off_failures() {
+    let (fake, base) = start_fake().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = knotd::config::Config::local(tmp.path());
+    config.atproto.poll_interval_secs = 1;
+    config.atproto.poll_jitter = 0.0;
+    config.atproto.max_backoff_secs = 60;
+    config.atproto.plc_directory = base.clone();
+    let node = common::TestNode::spawn_with(config).await;
+    for name in ["healthy", "fail500"] {
+        node.admin(Command::AddRepo {
+            repo_id: rid(name),
+            pds: Some(base.clone()),
+            record: Some(format!("at://{ALICE}/{COLLECTION}/{name}")),
+            peers: vec![],
+        })
         .await
         .unwrap();
-    p.handle
-        .track(rid("fail500"), locator(Some(&base), ALICE, "fail500"))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5500)).await;
     let healthy = fake.count("get:healthy");
     let failing = fake.count("get:fail500");
-    // Healthy: every 200 ms. Failing: at 0, 0.4, 1.2, then 2.8 s.
-    assert!(healthy >= 8, "healthy repository polled {healthy} times");
+    // Healthy: at 0, 1, 2, 3, 4, 5 s. Failing: at 0, 2, then 6 s.
     assert!(
-        (2..=4).contains(&failing),
-        "failing repository polled {failing} times"
+        (4..=7).contains(&healthy),
+        "healthy record read {healthy} times"
     );
-    let mut saw_ok = false;
-    let mut saw_err = false;
-    while let Ok(outcome) = p.results.try_recv() {
-        match (outcome.repo_id.name(), &outcome.result) {
-            ("healthy", Ok(record)) => saw_ok |= record.repo_id == rid("healthy"),
-            ("fail500", Err(AtprotoError::Status { status: 500, .. })) => saw_err = true,
-            other => panic!("unexpected outcome {other:?}"),
-        }
-    }
-    assert!(saw_ok && saw_err);
-    p.cancel.cancel();
-    bounded(p.tasks.join_all()).await;
-}
-
-#[tokio::test]
-async fn recovery_resets_the_backoff() {
-    let (fake, base) = start_fake().await;
-    fake.set_failing("flaky", true);
-    let p = start_poller(&base, Duration::from_millis(200), Duration::from_secs(10));
-    p.handle
-        .track(rid("flaky"), locator(None, ALICE, "flaky"))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    let before = fake.count("get:flaky");
-    assert!((2..=3).contains(&before), "{before}");
-    fake.set_failing("flaky", false);
-    let record = bounded(p.handle.poll_now(rid("flaky"))).await.unwrap();
-    assert_eq!(record.repo_id, rid("flaky"));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let after = fake.count("get:flaky") - before;
-    assert!(after >= 4, "polled {after} times after recovering");
-    // The PDS address resolved from the DID document is reused.
-    let resolutions = fake.count(&format!("plc:{ALICE}"));
-    assert!(resolutions <= before + 1, "{resolutions} resolutions");
-    drop(p.results);
-    bounded(p.tasks.join_all()).await;
-}
-
-#[tokio::test]
-async fn poll_now_fetches_and_reports() {
-    let (fake, base) = start_fake().await;
-    let mut p = start_poller(&base, Duration::from_secs(60), Duration::from_secs(600));
-    p.handle
-        .track(rid("website"), locator(Some(&base), ALICE, "website"))
-        .await
-        .unwrap();
-    let first = bounded(p.results.recv()).await.unwrap();
-    assert_eq!(first.repo_id, rid("website"));
-    assert_eq!(first.result.unwrap().head, None);
-
-    fake.set_head("website", &"c".repeat(40));
-    let record = bounded(p.handle.poll_now(rid("website"))).await.unwrap();
-    assert_eq!(record.head, Some("c".repeat(40)));
-    let reported = bounded(p.results.recv()).await.unwrap();
-    assert_eq!(reported.result.unwrap(), record);
-    assert_eq!(fake.count("get:website"), 2);
-
-    match bounded(p.handle.poll_now(rid("unknown"))).await {
-        Err(PollError::NotTracked(id)) => assert_eq!(id, rid("unknown")),
-        other => panic!("{other:?}"),
-    }
-    match bounded(p.handle.poll_now(rid("missing"))).await {
-        Err(PollError::NotTracked(_)) => {}
-        other => panic!("{other:?}"),
-    }
-    p.handle
-        .track(rid("missing"), locator(Some(&base), ALICE, "missing"))
-        .await
-        .unwrap();
-    match bounded(p.handle.poll_now(rid("missing"))).await {
-        Err(PollError::Atproto(AtprotoError::NotFound { .. })) => {}
-        other => panic!("{other:?}"),
-    }
-
-    p.cancel.cancel();
-    bounded(p.tasks.join_all()).await;
-    let err = p.handle.poll_now(rid("website")).await.unwrap_err();
-    assert!(matches!(err, PollError::Gone(PollerGone)), "{err:?}");
-    assert_eq!(
-        p.handle.untrack(&rid("website")).await.unwrap_err(),
-        PollerGone
+    assert!(
+        (2..=3).contains(&failing),
+        "failing record read {failing} times"
     );
-}
-
-#[tokio::test]
-async fn untrack_stops_polling() {
-    let (fake, base) = start_fake().await;
-    let p = start_poller(&base, Duration::from_millis(200), Duration::from_secs(10));
-    p.handle
-        .track(rid("website"), locator(Some(&base), ALICE, "website"))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(fake.count("get:website") >= 3);
-    p.handle.untrack(&rid("website")).await.unwrap();
-    // Let the poller take the command before counting.
-    let _ = bounded(p.handle.poll_now(rid("website"))).await;
-    let stopped_at = fake.count("get:website");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(fake.count("get:website"), stopped_at);
-    p.cancel.cancel();
-    bounded(p.tasks.join_all()).await;
+    let summary = node.summary(&rid("fail500").to_string()).await.unwrap();
+    let error = summary.last_error.unwrap_or_default();
+    assert!(error.contains("500"), "{error}");
+    // Removing a repository stops its reads.
+    node.admin(Command::RemoveRepo {
+        repo_id: rid("healthy"),
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped_at = fake.count("get:healthy");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(fake.count("get:healthy"), stopped_at);
+    node.stop().await;
 }

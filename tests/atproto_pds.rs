@@ -1,4 +1,4 @@
-//! The XRPC client, record writer and poller against the real reference PDS
+//! The XRPC client, record writer and record reader against the real reference PDS
 //! (`tests/pds`), with DIDs resolved through its local PLC directory.
 
 #[path = "common/pds.rs"]
@@ -10,14 +10,13 @@ use knotd::{
     account::{Account, Credentials, WriteBackRequest, WriteOutcome},
     atproto::{AtprotoError, XrpcClient, fetch_repo_record},
     config::AtprotoConfig,
-    poller::{PollSettings, Poller},
+    core::RecordPoll,
+    reader::Reader,
     record::{COLLECTION, PeerHint, RepoRecord},
     repo_id::RepoId,
     state::Locator,
 };
 use pds::TestPds;
-use tokio::{sync::mpsc, task::JoinSet};
-use tokio_util::sync::CancellationToken;
 
 async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(60), fut)
@@ -125,24 +124,13 @@ async fn records_round_trip_through_a_real_pds() {
     .unwrap();
     assert_eq!(fetched.head, Some("c".repeat(40)));
 
-    // The poller sees the same record.
-    let (tx, mut results) = mpsc::channel(8);
-    let cancel = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    let settings = PollSettings {
-        interval: Duration::from_secs(60),
-        jitter: 0.0,
-        max_backoff: Duration::from_secs(600),
-        plc_directory: pds.plc.clone(),
-        max_in_flight: 8,
-    };
-    let poller = Poller::spawn_with(settings, client.clone(), tx, cancel.clone(), &mut tasks);
-    poller
-        .track(repo_id.clone(), locator.clone())
-        .await
-        .unwrap();
-    let first = bounded("first poll", results.recv()).await.unwrap();
-    assert_eq!(first.result.unwrap(), fetched);
+    // The reader the node's schedule uses sees the same record, the PDS
+    // resolved through the directory.
+    let reader = Reader::new(client.clone(), pds.plc.clone());
+    let mut unresolved = locator.clone();
+    unresolved.pds = None;
+    let (first, _) = bounded("first read", reader.poll_record(&repo_id, &unresolved)).await;
+    assert_eq!(first, RecordPoll::Found(fetched));
     record.head = Some("d".repeat(40));
     record.seq = Some(3);
     bounded("third write", writer.write_back(&request(&record)))
@@ -156,12 +144,8 @@ async fn records_round_trip_through_a_real_pds() {
         .await
         .unwrap();
     assert!(matches!(kept, WriteOutcome::Superseded(r) if r.head == record.head));
-    let polled = bounded("poll_now", poller.poll_now(repo_id.clone()))
-        .await
-        .unwrap();
-    assert_eq!(polled.head, Some("d".repeat(40)));
-    cancel.cancel();
-    bounded("poller stop", tasks.join_all()).await;
+    let (polled, _) = bounded("second read", reader.poll_record(&repo_id, &unresolved)).await;
+    assert!(matches!(polled, RecordPoll::Found(r) if r.head == Some("d".repeat(40))));
 
     // Missing records and bad passwords are reported clearly.
     let mut missing = locator.clone();

@@ -114,11 +114,8 @@ impl Core {
                 bookkeeping: Bookkeeping::default(),
             }),
         );
-        if let Some(locator) = locator {
-            self.out.push(Effect::TrackRecord {
-                repo: repo_id.clone(),
-                locator,
-            });
+        if locator.is_some() {
+            self.reads.records.track(repo_id.clone(), now.at);
         }
         true
     }
@@ -184,11 +181,7 @@ impl Core {
                 repo: repo_id.clone(),
             });
         }
-        if repo.config.locator.is_some() {
-            self.out.push(Effect::UntrackRecord {
-                repo: repo_id.clone(),
-            });
-        }
+        self.reads.records.untrack(repo_id);
         let waiters = repo
             .publishes
             .iter()
@@ -280,9 +273,7 @@ impl Core {
         if self.follows.remove(target).is_some() {
             self.out
                 .push(Effect::Persist(Write::Unfollow(target.to_string())));
-            self.out.push(Effect::UntrackIdentity {
-                did: target.to_string(),
-            });
+            self.reads.listings.untrack(&target.to_string());
         }
         blocked.len()
     }

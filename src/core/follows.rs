@@ -25,11 +25,9 @@ use crate::{
 
 impl Core {
     /// Follow persisted identities again after a restart.
-    pub(super) fn load_follows(&mut self, follows: Vec<FollowConfig>) {
+    pub(super) fn load_follows(&mut self, follows: Vec<FollowConfig>, now: Now) {
         for config in follows {
-            self.out.push(Effect::TrackIdentity {
-                did: config.did.clone(),
-            });
+            self.reads.listings.track(config.did.clone(), now.at);
             self.follows.insert(
                 config.did.clone(),
                 Follow {
@@ -62,7 +60,9 @@ impl Core {
         follow.waiters.push(reply);
         let config = follow.config.clone();
         self.out.push(Effect::Persist(Write::Follow(config)));
-        self.out.push(Effect::TrackIdentity { did });
+        if !self.reads.listings.read_now(&did, now.at) {
+            self.reads.listings.track(did, now.at);
+        }
     }
 
     /// `unfollow <did>`: stop listing and remove the repositories it brought.
@@ -74,7 +74,7 @@ impl Core {
             self.reply_err(to, format!("{did} was unfollowed"));
         }
         self.out.push(Effect::Persist(Write::Unfollow(did.clone())));
-        self.out.push(Effect::UntrackIdentity { did: did.clone() });
+        self.reads.listings.untrack(&did);
         let brought: Vec<RepoId> = self
             .repos
             .iter()
@@ -97,7 +97,9 @@ impl Core {
         );
     }
 
-    pub(super) fn handle_listed(
+    /// What a current listing of `did` means: new records tracked, records
+    /// gone noticed, `follow` callers answered.
+    pub(super) fn take_listing(
         &mut self,
         did: &str,
         result: Result<(Vec<ListedRecord>, bool), String>,
@@ -229,7 +231,7 @@ impl Core {
             repo.config.locator = Some(locator);
             self.with_repo(&repo_id, now, |r, _| r.record_back());
         }
-        self.handle_polled(&repo_id, RecordPoll::Found(record), now);
+        self.take_polled(&repo_id, RecordPoll::Found(record), now);
         new
     }
 

@@ -26,6 +26,33 @@ use crate::{
 /// Most repositories asked for in one pull ([`Effect::Pull`]).
 pub const MAX_PULL_REPOS: usize = 64;
 
+/// Identifies one read, so that a late report of a stale read is ignored.
+pub type ReadId = u64;
+
+/// How often and how patiently to read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadSettings {
+    /// Time between two reads of a healthy key.
+    pub interval: Duration,
+    /// Jitter as a fraction of the wait, 0 to 1.
+    pub jitter: f64,
+    /// Longest wait between reads after failures.
+    pub max_backoff: Duration,
+    /// Most reads running at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for ReadSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(300),
+            jitter: 0.1,
+            max_backoff: Duration::from_secs(3600),
+            max_in_flight: 8,
+        }
+    }
+}
+
 /// Identifies a waiting caller; the actor keeps the reply channel.
 pub type ReplyId = u64;
 /// Identifies a content job.
@@ -85,6 +112,11 @@ pub struct Settings {
     /// How long a repository a followed identity no longer lists is kept
     /// before it is removed (`[follow] retired_grace_secs`).
     pub retired_grace: Duration,
+    /// When records are read (`[atproto] poll_interval_secs`, `poll_jitter`,
+    /// `max_backoff_secs`).
+    pub record_reads: ReadSettings,
+    /// When followed identities are listed (the same settings).
+    pub listings: ReadSettings,
 }
 
 impl Settings {
@@ -106,6 +138,8 @@ impl Settings {
             resync_interval: Some(Duration::from_secs(10 * 60)),
             max_repos_per_identity: 1000,
             retired_grace: Duration::from_secs(7 * 24 * 3600),
+            record_reads: ReadSettings::default(),
+            listings: ReadSettings::default(),
         }
     }
 }
@@ -319,12 +353,16 @@ pub enum Event {
         /// Whether it answered.
         ok: bool,
     },
-    /// A record poll finished.
+    /// A record read ([`Effect::PollRecord`]) finished.
     Polled {
         /// The repository.
         repo: RepoId,
-        /// What the poll found.
+        /// The read.
+        read: ReadId,
+        /// What it found.
         outcome: RecordPoll,
+        /// How long the PDS asked not to be asked again (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// A content job finished.
     JobDone {
@@ -345,12 +383,16 @@ pub enum Event {
         /// The record on the PDS now, or why not.
         result: Result<WrittenBack, WriteFailure>,
     },
-    /// A followed identity was listed.
+    /// A listing of a followed identity ([`Effect::ListIdentity`]) finished.
     Listed {
         /// The identity's DID.
         did: String,
+        /// The read.
+        read: ReadId,
         /// Its records and whether that is all of them, or why not.
         result: Result<(Vec<ListedRecord>, bool), String>,
+        /// How long the PDS asked not to be asked again (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The blob store's collector started its `passes`-th pass since the
     /// node started, so every earlier pass is over.
@@ -416,6 +458,10 @@ pub enum TimerKey {
     /// Remove the retired repositories of followed identities whose grace
     /// period is over.
     RemoveRetired,
+    /// Record reads may start (the earliest due, or a slot freed).
+    RecordReads,
+    /// Identity listings may start.
+    Listings,
 }
 
 /// What a content job does.
@@ -539,32 +585,23 @@ pub enum Effect {
     },
     /// Add peers' addresses to the endpoint's address book.
     LearnAddrs(Vec<PeerHint>),
-    /// Poll a repository's record on the schedule from now on.
-    TrackRecord {
+    /// Read a repository's record once; the result comes as
+    /// [`Event::Polled`] with the same `read`.
+    PollRecord {
         /// The repository.
         repo: RepoId,
         /// Where the record lives.
         locator: Locator,
+        /// Which read this is.
+        read: ReadId,
     },
-    /// Stop polling a repository's record.
-    UntrackRecord {
-        /// The repository.
-        repo: RepoId,
-    },
-    /// List an identity's records now and on the schedule.
-    TrackIdentity {
+    /// List a followed identity's records once; the result comes as
+    /// [`Event::Listed`] with the same `read`.
+    ListIdentity {
         /// The identity's DID.
         did: String,
-    },
-    /// Stop listing an identity.
-    UntrackIdentity {
-        /// The identity's DID.
-        did: String,
-    },
-    /// Poll a tracked record now; the result comes as [`Event::Polled`].
-    PollNow {
-        /// The repository.
-        repo: RepoId,
+        /// Which read this is.
+        read: ReadId,
     },
     /// Write the held state into the account's record (read, merge, write
     /// with compare-and-swap), adding this node's peer hint.

@@ -15,6 +15,7 @@ use super::{
     io::{Effect, Event, JobId, Now, ReplyId, Settings, TimerKey, Write, is_due, later},
     policy::Policy,
     queue::{self, JobQueue},
+    reads::Reads,
     repo::{self, Ctx, Out, Repo},
     tables::{Counters, Follow, PullBackoff, VerifyWait},
 };
@@ -40,6 +41,7 @@ pub struct Core {
     pub(super) recheck_after_gc: BTreeMap<RepoId, u64>,
     pub(super) rejoin_timer: Option<Instant>,
     pub(super) counters: Counters,
+    pub(super) reads: Reads,
     pub(super) out: Vec<Effect>,
 }
 
@@ -50,6 +52,7 @@ impl Core {
             me: key.public(),
             key,
             queue: JobQueue::new(settings.max_jobs),
+            reads: Reads::new(&settings),
             settings,
             repos: BTreeMap::new(),
             follows: BTreeMap::new(),
@@ -81,7 +84,7 @@ impl Core {
         follows: Vec<crate::state::FollowConfig>,
         now: Now,
     ) -> Vec<Effect> {
-        self.load_follows(follows);
+        self.load_follows(follows, now);
         for row in rows {
             let repo_id = row.config.repo_id.clone();
             let mut repo = Repo::from_row(row);
@@ -89,11 +92,8 @@ impl Core {
             if !addrs.is_empty() {
                 self.out.push(Effect::LearnAddrs(addrs));
             }
-            if let Some(locator) = repo.config.locator.as_ref().filter(|_| !repo.retired()) {
-                self.out.push(Effect::TrackRecord {
-                    repo: repo_id.clone(),
-                    locator: locator.clone(),
-                });
+            if repo.record_read() {
+                self.reads.records.track(repo_id.clone(), now.at);
             }
             if repo.config.record_deleted && repo.config.record_deleted_at.is_none() {
                 // Marked before the time was kept: the grace period starts now.
@@ -123,6 +123,7 @@ impl Core {
         }
         self.arm_retired_removal(now);
         self.pump(now);
+        self.start_reads(now);
         std::mem::take(&mut self.out)
     }
 
@@ -150,7 +151,12 @@ impl Core {
                 self.with_repo(&repo, now, |r, ctx| r.on_topic_closed(ctx));
             }
             Event::Pulled { peer, ok } => self.handle_pulled(peer, ok, now),
-            Event::Polled { repo, outcome } => self.handle_polled(&repo, outcome, now),
+            Event::Polled {
+                repo,
+                read,
+                outcome,
+                retry_after,
+            } => self.handle_polled(&repo, read, outcome, retry_after, now),
             Event::JobDone {
                 repo,
                 job,
@@ -172,9 +178,15 @@ impl Core {
             }
             Event::AccountResolved { did } => self.handle_account_resolved(did, now),
             Event::GcPass { passes } => self.handle_gc_pass(passes, now),
-            Event::Listed { did, result } => self.handle_listed(&did, result, now),
+            Event::Listed {
+                did,
+                read,
+                result,
+                retry_after,
+            } => self.handle_listed(&did, read, result, retry_after, now),
             Event::Timer(key) => self.handle_timer(key, now),
         }
+        self.start_reads(now);
         std::mem::take(&mut self.out)
     }
 
@@ -205,6 +217,7 @@ impl Core {
             TimerKey::VerifyAll => self.verify_all(now),
             TimerKey::Resync => self.resync_sweep(now),
             TimerKey::RemoveRetired => self.remove_retired(now),
+            TimerKey::RecordReads | TimerKey::Listings => self.reads_timer(&key),
         }
     }
 
@@ -284,6 +297,7 @@ impl Core {
                 }
                 Out::RecheckAfterGc(passes) => self.recheck_after_gc(repo_id, passes),
                 Out::Forget => self.forget(repo_id, now),
+                Out::RecordRead(ask) => self.record_read(repo_id, ask, now),
             }
         }
     }

@@ -10,8 +10,9 @@ use super::{
 use crate::repo_id::RepoId;
 
 impl Core {
-    /// Hand a poll's outcome to its repository.
-    pub(super) fn handle_polled(&mut self, repo_id: &RepoId, outcome: RecordPoll, now: Now) {
+    /// Hand a record's outcome to its repository (a record a listing
+    /// carried; polls come through [`Core::handle_polled`]).
+    pub(super) fn take_polled(&mut self, repo_id: &RepoId, outcome: RecordPoll, now: Now) {
         self.with_repo(repo_id, now, |r, ctx| r.on_polled(ctx, outcome));
     }
 

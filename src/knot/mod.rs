@@ -3,7 +3,7 @@
 //! Owns the I/O around the core: the admin command channel and reply
 //! channels, the database writes, one task per joined gossip topic
 //! ([`topics`]), content jobs ([`jobs`]), direct pushes, pulls and record
-//! write-backs ([`net`]), the record poller's handle, and one timer queue.
+//! write-backs ([`net`]), ATProto reads ([`reads`]), and one timer queue.
 //! One `select!` loop turns everything that happens into core events and
 //! executes the effects that come back, in order: a durable write is
 //! committed before the effects after it run, so a held state is on disk
@@ -13,15 +13,14 @@
 //!
 //! The loop awaits nothing that can wait on the network or on the loop
 //! itself: gossip is driven by the topics' tasks (a peer can hold gossip up
-//! indefinitely), content and network work runs on child tasks, and the
-//! only channel sent to with a wait is the record poller's, whose loop
-//! never waits on this one.
+//! indefinitely), and content, network and ATProto work runs on child tasks.
 
 mod admin;
 mod input;
 mod jobs;
 mod net;
 mod paths;
+mod reads;
 mod serve;
 mod topics;
 
@@ -57,13 +56,11 @@ use crate::{
     clock,
     config::Config,
     core::{
-        Audience, Core, CoreCommand, Effect, Event, JobId, Now, RecordPoll, ReplyId, Settings,
-        TimerKey, Via,
+        Audience, Core, CoreCommand, Effect, Event, JobId, Now, ReplyId, Settings, TimerKey, Via,
     },
     gitserve::ServeTarget,
     heads::HeadsEvent,
     limits::DropCounters,
-    poller::{PollError, PollOutcome, PollerHandle},
     repo_id::RepoId,
     store::{Store, StoreError, Write},
 };
@@ -122,10 +119,6 @@ pub struct KnotParts {
     /// Per-peer budget of the direct head exchange; answers to this node's
     /// pulls are charged to it.
     pub heads_limiter: crate::limits::SharedLimiter,
-    /// The ATProto record poller.
-    pub poller: PollerHandle,
-    /// Results of record polls.
-    pub polls: mpsc::Receiver<PollOutcome>,
     /// The node's ATProto account, when credentials are configured.
     pub account: Option<Account>,
     /// XRPC client, used to resolve handles to follow.
@@ -238,8 +231,9 @@ pub struct Knot {
     job_ids: HashMap<tokio::task::Id, (RepoId, JobId)>,
     job_ctx: jobs::JobContext,
     side: JoinSet<Side>,
-    follows: crate::follow::Follows,
-    listings: mpsc::Receiver<crate::follow::Listing>,
+    reader: crate::reader::Reader,
+    reads: JoinSet<Event>,
+    read_fallbacks: HashMap<tokio::task::Id, Event>,
     gc_passes: tokio::sync::watch::Receiver<u64>,
     write_back: Option<net::WriteBackContext>,
     book_pending: BTreeMap<String, Write>,
@@ -275,8 +269,6 @@ impl Knot {
         let rows = parts.store.load_all()?;
         let follows = parts.store.load_follows()?;
         let rules = parts.store.load_policy()?;
-        let (listing_tx, listings) = mpsc::channel(64);
-        let follows_cancel = cancel.child_token();
         let (tx, rx) = mpsc::channel(1024);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (topic_tx, topic_rx) = mpsc::channel(1024);
@@ -295,6 +287,8 @@ impl Knot {
         settings.verify_interval = config.verify_interval();
         settings.max_repos_per_identity = config.follow.max_repos_per_identity;
         settings.retired_grace = config.follow.retired_grace();
+        settings.record_reads = reads::settings(&config.atproto);
+        settings.listings = reads::settings(&config.atproto);
         let job_ctx = jobs::JobContext {
             blobs: parts.blobs.clone(),
             gc_guard: parts.gc_guard.clone(),
@@ -348,13 +342,12 @@ impl Knot {
             job_ids: HashMap::new(),
             job_ctx,
             side: JoinSet::new(),
-            follows: crate::follow::Follows::new(
+            reader: crate::reader::Reader::new(
                 parts.xrpc.clone(),
-                crate::poller::PollSettings::from_config(&parts.config.atproto),
-                listing_tx,
-                follows_cancel,
+                parts.config.atproto.plc_directory.clone(),
             ),
-            listings,
+            reads: JoinSet::new(),
+            read_fallbacks: HashMap::new(),
             gc_passes: parts.gc_guard.subscribe(),
             write_back: account.map(|account| net::WriteBackContext {
                 endpoint: parts.endpoint.clone(),
@@ -401,9 +394,8 @@ impl Knot {
                 },
                 Some((repo, event)) = self.topic_rx.recv() => self.handle_topic_event(repo, event).await,
                 Some(event) = self.parts.heads.recv() => self.handle_heads(event).await,
-                Some(outcome) = self.parts.polls.recv() => {
-                    let repo = outcome.repo_id.clone();
-                    self.feed(Event::Polled { repo, outcome: outcome.into_poll() }).await;
+                Some(done) = self.reads.join_next_with_id(), if !self.reads.is_empty() => {
+                    self.handle_read(done).await;
                 }
                 Some(done) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => self.handle_job(done).await,
                 Some(done) = self.net.set().join_next(), if !self.net.set().is_empty() => {
@@ -421,10 +413,6 @@ impl Knot {
                     Ok(Side::Command(reply, command)) => self.command(reply, command).await,
                     Ok(Side::Done) | Err(_) => {}
                 },
-                Some(listing) = self.listings.recv() => {
-                    self.follows.reap();
-                    self.feed(Event::Listed { did: listing.did, result: listing.result }).await;
-                }
                 Some(_) = self.topic_tasks.join_next(), if !self.topic_tasks.is_empty() => {}
                 Ok(()) = self.gc_passes.changed() => {
                     let passes = *self.gc_passes.borrow_and_update();
@@ -439,6 +427,7 @@ impl Knot {
         }
         self.topics.clear();
         self.jobs.shutdown().await;
+        self.reads.shutdown().await;
         self.topic_tasks.shutdown().await;
         self.net.shutdown().await;
         self.side.shutdown().await;
@@ -677,38 +666,18 @@ impl Knot {
                     }
                 }
             }
-            Effect::TrackRecord { repo, locator } => {
-                if self.parts.poller.track(repo, locator).await.is_err() {
-                    warn!("the record poller has stopped");
-                }
-            }
-            Effect::UntrackRecord { repo } => {
-                let _ = self.parts.poller.untrack(&repo).await;
-            }
+            Effect::PollRecord {
+                repo,
+                locator,
+                read,
+            } => self.start_record_read(repo, locator, read),
+            Effect::ListIdentity { did, read } => self.start_listing(did, read),
             Effect::Notify { repo, event } => {
                 // Nobody watching is fine.
                 let _ = self.events.send(EventLine {
                     at_ms: clock::unix_millis(),
                     repo: repo.map(|r| r.to_string()),
                     event,
-                });
-            }
-            Effect::TrackIdentity { did } => self.follows.track(did),
-            Effect::UntrackIdentity { did } => self.follows.untrack(&did),
-            Effect::PollNow { repo } => {
-                let poller = self.parts.poller.clone();
-                self.side.spawn(async move {
-                    // The outcome arrives like a scheduled poll's; only a
-                    // poll that never started is reported from here.
-                    match poller.poll_now(repo.clone()).await {
-                        Err(e @ (PollError::Gone(_) | PollError::NotTracked(_))) => {
-                            Side::Event(Event::Polled {
-                                repo,
-                                outcome: RecordPoll::Unreachable(e.to_string()),
-                            })
-                        }
-                        _ => Side::Done,
-                    }
                 });
             }
             Effect::WriteBack {

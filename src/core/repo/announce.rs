@@ -167,7 +167,7 @@ impl Repo {
             Verdict::Held => {}
             Verdict::Reject(rejection) => {
                 self.request(Out::Rejected(rejection.reason()));
-                debug!(repo = %repo_id, from = %sender.fmt_short(), publisher = ?statement.publisher_id().map(|p| p.fmt_short().to_string()), seq = statement.seq, reason = rejection.reason(), ?via, "ignoring an announced state");
+                debug!(repo = %repo_id, from = %sender.fmt_short(), publisher = %data_encoding::HEXLOWER.encode(&statement.publisher[..5]), seq = statement.seq, reason = rejection.reason(), ?via, "ignoring an announced state");
                 // A peer answered a pull of this node's (its topic was
                 // empty: it restarted, and gossip elsewhere may still count
                 // it as a neighbour, so nobody greets it) with an older
@@ -176,10 +176,10 @@ impl Repo {
                 // repository whoever sends it.
                 if via == Via::Direct
                     && rejection == trust::Rejection::NotNewer
-                    && statement.publisher_id() == Some(me)
+                    && statement.publisher == *me.as_bytes()
                     && let Some(held) = &self.held
                     && held.seq() > statement.seq
-                    && held.statement.statement.publisher_id() == Some(me)
+                    && held.statement.statement.publisher == *me.as_bytes()
                 {
                     let statement = held.statement.clone();
                     let (topic, direct) = rebroadcast_allowance(&mut self.rebroadcasts, now);

@@ -18,6 +18,6 @@ mod state;
 mod sync;
 
 pub use announce::{MAX_REBROADCAST_DIRECT, REBROADCAST_WINDOW};
-pub use outbox::{Ctx, Out};
+pub use outbox::{Ctx, Out, RecordRead};
 pub use replicas::*;
 pub use state::*;

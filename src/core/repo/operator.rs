@@ -7,7 +7,7 @@ use iroh::EndpointId;
 use tracing::info;
 
 use super::{
-    outbox::{Ctx, Out},
+    outbox::{Ctx, Out, RecordRead},
     state::Repo,
 };
 use crate::{
@@ -41,13 +41,10 @@ impl Repo {
         if changed {
             self.emit(Effect::Persist(Write::Config(config)));
         }
-        if let Some(locator) = new_locator.filter(|_| !created) {
+        if new_locator.is_some() && !created {
             self.record = None;
             self.emit(Effect::Persist(Write::Record(repo_id.clone(), None)));
-            self.emit(Effect::TrackRecord {
-                repo: repo_id,
-                locator,
-            });
+            self.request(Out::RecordRead(RecordRead::Track));
         }
         if !peers.is_empty() {
             self.emit(Effect::LearnAddrs(peers));
@@ -98,12 +95,10 @@ impl Repo {
         self.quota_refused = None;
         let config = self.config.clone();
         let peers = self.dial_targets(ctx.me);
-        let polled = config.locator.is_some() && !config.record_deleted;
+        let polled = self.record_read();
         self.emit(Effect::Persist(Write::Config(config)));
         if polled {
-            self.emit(Effect::PollNow {
-                repo: repo_id.clone(),
-            });
+            self.request(Out::RecordRead(RecordRead::Now));
         }
         for peer in peers {
             self.emit(Effect::Pull {

@@ -83,4 +83,17 @@ pub enum Out {
     RecheckAfterGc(u64),
     /// The repository goes (a first publish or first `sync` that failed).
     Forget,
+    /// A change to when the repository's record is read.
+    RecordRead(RecordRead),
+}
+
+/// What the schedule of record reads does for a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordRead {
+    /// Read the record (at its locator now) at once and on the schedule.
+    Track,
+    /// No longer read it.
+    Untrack,
+    /// Read it as soon as a slot is free.
+    Now,
 }

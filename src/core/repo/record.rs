@@ -14,7 +14,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::{
-    outbox::{Ctx, Out},
+    outbox::{Ctx, Out, RecordRead},
     state::{Repo, Want, WantSource},
 };
 use crate::{
@@ -188,9 +188,7 @@ impl Repo {
         self.config.record_deleted_at.get_or_insert(now.unix_secs());
         let retired = self.retired();
         if retired && newly {
-            self.emit(Effect::UntrackRecord {
-                repo: repo_id.clone(),
-            });
+            self.request(Out::RecordRead(RecordRead::Untrack));
         }
         if retired && self.topic.take().is_some() {
             self.emit(Effect::LeaveTopic {
@@ -219,11 +217,8 @@ impl Repo {
         self.config.record_deleted_at = None;
         let config = self.config.clone();
         self.emit(Effect::Persist(Write::Config(config)));
-        if let (true, Some(locator)) = (retired, self.config.locator.clone()) {
-            self.emit(Effect::TrackRecord {
-                repo: repo_id.clone(),
-                locator,
-            });
+        if retired && self.config.locator.is_some() {
+            self.request(Out::RecordRead(RecordRead::Track));
         }
         info!(repo = %repo_id, "the owner's record is back");
     }
@@ -287,12 +282,9 @@ impl Repo {
                     // on: the owner may change it elsewhere (remove a peer,
                     // delete it), and what it says must not go stale here.
                     let locator = Locator::default_for(&repo_id, None);
-                    self.config.locator = Some(locator.clone());
+                    self.config.locator = Some(locator);
                     self.emit(Effect::Persist(Write::Config(self.config.clone())));
-                    self.emit(Effect::TrackRecord {
-                        repo: repo_id.clone(),
-                        locator,
-                    });
+                    self.request(Out::RecordRead(RecordRead::Track));
                 }
                 let done = superseded
                     || self

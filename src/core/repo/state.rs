@@ -396,6 +396,12 @@ impl Repo {
             && self.config.followed_via.is_some()
     }
 
+    /// Whether the record is read on the schedule: there is a locator and
+    /// the repository is not retired.
+    pub fn record_read(&self) -> bool {
+        self.config.locator.is_some() && !self.retired()
+    }
+
     /// Peers to dial for the topic or ask directly, never `me`: trusted
     /// peers first, then learned hints, at most [`MAX_PEERS_CONTACTED`].
     pub fn dial_targets(&self, me: EndpointId) -> Vec<EndpointId> {

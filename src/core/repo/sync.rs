@@ -9,7 +9,7 @@
 use tracing::debug;
 
 use super::{
-    outbox::{Ctx, Out},
+    outbox::{Ctx, Out, RecordRead},
     state::Repo,
 };
 use crate::{
@@ -31,10 +31,10 @@ impl Repo {
             self.sync.message = None;
             self.sync.poll_error = None;
         }
-        if self.config.locator.is_some() {
+        if self.record_read() {
             if !self.sync.awaiting_poll {
                 self.sync.awaiting_poll = true;
-                self.emit(Effect::PollNow { repo: repo_id });
+                self.request(Out::RecordRead(RecordRead::Now));
             }
             return;
         }

@@ -97,6 +97,14 @@ impl Faults {
     }
 }
 
+/// How long every honest follower may take to converge once faults stop:
+/// a follower that learns of states only from the record may have backed
+/// off its reads as far as the schedule allows (or a PDS asked it to wait
+/// as long), then needs a few minutes to fetch.
+pub fn settle_after_faults() -> Duration {
+    crate::core::ReadSettings::default().max_backoff + Duration::from_secs(15 * 60)
+}
+
 impl Scenario {
     /// A small world without faults or adversaries.
     pub fn calm() -> Self {
@@ -135,7 +143,7 @@ impl Scenario {
             homes: rng.random_range(1..=3),
             adversaries,
             active: minutes(&mut rng, 10, 40),
-            settle: Duration::from_secs(40 * 60),
+            settle: settle_after_faults(),
             publish_every: minutes(&mut rng, 2, 10),
             faults: Faults {
                 crash_every: maybe(&mut rng, 3, 20),

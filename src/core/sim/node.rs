@@ -18,7 +18,8 @@ use crate::{
     announce::Announcement,
     api::{PolicyRule, Reply},
     core::{
-        Audience, Core, CoreCommand, Effect, Event, Policy, RecordPoll, ReplyId, Settings, TimerKey,
+        Audience, Core, CoreCommand, Effect, Event, Policy, ReadId, RecordPoll, ReplyId, Settings,
+        TimerKey,
     },
     record::PeerHint,
     repo_id::RepoId,
@@ -32,8 +33,6 @@ pub const MAX_TOTAL_BYTES: u64 = 1 << 30;
 pub const MAX_REPOS_PER_IDENTITY: usize = 40;
 /// How long lazy writes wait to be flushed, as in the actor.
 const FLUSH_AFTER: Duration = Duration::from_secs(30);
-/// How often a tracked record is polled.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What a node is in the scenario.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,10 +138,6 @@ pub struct SimNode {
     pub timers: HashMap<TimerKey, Duration>,
     /// Complete blobs in the blob store (survive crashes).
     pub blobs: BTreeSet<Hash>,
-    /// Records polled on the schedule.
-    pub polled: BTreeMap<RepoId, Locator>,
-    /// Identities listed on the schedule.
-    pub listed: BTreeSet<String>,
     /// Admin commands waiting for their reply.
     pub waiting: BTreeMap<ReplyId, CoreCommand>,
     next_reply: ReplyId,
@@ -164,8 +159,6 @@ impl SimNode {
             flush_scheduled: false,
             timers: HashMap::new(),
             blobs: BTreeSet::new(),
-            polled: BTreeMap::new(),
-            listed: BTreeSet::new(),
             waiting: BTreeMap::new(),
             next_reply: 1,
             stranger: None,
@@ -400,56 +393,34 @@ impl World {
                 peer,
                 manifest,
             } => self.probe(node, repo, peer, manifest),
-            Effect::TrackRecord { repo, locator } => {
-                let first = self.between(Duration::ZERO, POLL_INTERVAL);
-                self.nodes[node].polled.insert(repo.clone(), locator);
+            Effect::PollRecord {
+                repo,
+                locator,
+                read,
+            } => {
+                let delay = self.between(Duration::from_millis(20), Duration::from_millis(150));
                 self.schedule(
-                    first,
+                    delay,
                     Ev::Poll {
                         node,
                         life,
                         repo,
-                        scheduled: true,
+                        locator,
+                        read,
                     },
                 );
             }
-            Effect::UntrackRecord { repo } => {
-                self.nodes[node].polled.remove(&repo);
-            }
-            Effect::PollNow { repo } => {
-                if self.nodes[node].polled.contains_key(&repo) {
-                    let delay = self.between(Duration::from_millis(20), Duration::from_millis(300));
-                    self.schedule(
-                        delay,
-                        Ev::Poll {
-                            node,
-                            life,
-                            repo,
-                            scheduled: false,
-                        },
-                    );
-                } else {
-                    self.schedule(
-                        Duration::ZERO,
-                        Ev::Core {
-                            node,
-                            life,
-                            event: Event::Polled {
-                                repo: repo.clone(),
-                                outcome: RecordPoll::Unreachable(format!(
-                                    "{repo} has no ATProto record to poll"
-                                )),
-                            },
-                        },
-                    );
-                }
-            }
-            Effect::TrackIdentity { did } => {
-                self.nodes[node].listed.insert(did.clone());
-                self.schedule(Duration::from_millis(100), Ev::List { node, life, did });
-            }
-            Effect::UntrackIdentity { did } => {
-                self.nodes[node].listed.remove(&did);
+            Effect::ListIdentity { did, read } => {
+                let delay = self.between(Duration::from_millis(20), Duration::from_millis(150));
+                self.schedule(
+                    delay,
+                    Ev::List {
+                        node,
+                        life,
+                        did,
+                        read,
+                    },
+                );
             }
             Effect::WriteBack {
                 repo,
@@ -564,8 +535,6 @@ impl World {
         n.pending.clear();
         n.flush_scheduled = false;
         n.timers.clear();
-        n.polled.clear();
-        n.listed.clear();
         n.waiting.clear();
         self.node_gone(node);
     }
@@ -624,24 +593,11 @@ impl World {
         }
     }
 
-    pub fn poll(&mut self, node: usize, life: u32, repo: RepoId, scheduled: bool) {
+    /// A record read reaches the PDS; the answer reaches the node after
+    /// the same latency, or after the read's timeout while the PDS is down.
+    pub fn poll(&mut self, node: usize, life: u32, repo: RepoId, locator: Locator, read: ReadId) {
         if !self.nodes[node].is_live(life) {
             return;
-        }
-        let Some(locator) = self.nodes[node].polled.get(&repo).cloned() else {
-            return;
-        };
-        if scheduled {
-            let jitter = self.between(Duration::ZERO, POLL_INTERVAL / 10);
-            self.schedule(
-                POLL_INTERVAL + jitter,
-                Ev::Poll {
-                    node,
-                    life,
-                    repo: repo.clone(),
-                    scheduled: true,
-                },
-            );
         }
         // Now and then a read is served by a replica lagging a version or two.
         let lag = if self.active && rand::Rng::random_bool(&mut self.rng, 0.1) {
@@ -651,28 +607,28 @@ impl World {
         };
         let outcome = self.pds.get(&locator.did, &locator.rkey, lag);
         let gone = matches!(outcome, RecordPoll::NotFound(_));
-        self.deliver(
-            node,
-            Event::Polled {
-                repo: repo.clone(),
-                outcome,
+        let (delay, retry_after) = self.pds_answer(matches!(outcome, RecordPoll::Unreachable(_)));
+        self.schedule(
+            delay,
+            Ev::Core {
+                node,
+                life,
+                event: Event::Polled {
+                    repo: repo.clone(),
+                    read,
+                    outcome,
+                    retry_after,
+                },
             },
         );
         self.after_poll(node, &repo, gone);
     }
 
-    pub fn list(&mut self, node: usize, life: u32, did: String) {
-        if !self.nodes[node].is_live(life) || !self.nodes[node].listed.contains(&did) {
+    /// A listing reaches the PDS; the answer comes back as a poll's does.
+    pub fn list(&mut self, node: usize, life: u32, did: String, read: ReadId) {
+        if !self.nodes[node].is_live(life) {
             return;
         }
-        self.schedule(
-            POLL_INTERVAL,
-            Ev::List {
-                node,
-                life,
-                did: did.clone(),
-            },
-        );
         let result = if self.pds.is_churning(&did) {
             Ok((
                 self.churn()
@@ -688,7 +644,37 @@ impl World {
         } else {
             self.pds.list(&did)
         };
-        self.deliver(node, Event::Listed { did, result });
+        let (delay, retry_after) = self.pds_answer(result.is_err());
+        self.schedule(
+            delay,
+            Ev::Core {
+                node,
+                life,
+                event: Event::Listed {
+                    did,
+                    read,
+                    result,
+                    retry_after,
+                },
+            },
+        );
+    }
+
+    /// How long an answer takes, and the `Retry-After` it carries: a PDS
+    /// that is down times out (10 s) or, now and then, answers 429 with a
+    /// wait of up to an hour.
+    fn pds_answer(&mut self, failed: bool) -> (Duration, Option<Duration>) {
+        if !failed {
+            return (
+                self.between(Duration::from_millis(20), Duration::from_millis(150)),
+                None,
+            );
+        }
+        if rand::Rng::random_bool(&mut self.rng, 0.2) {
+            let wait = self.between(Duration::from_secs(1), Duration::from_secs(3600));
+            return (Duration::from_millis(50), Some(wait));
+        }
+        (Duration::from_secs(10), None)
     }
 }
 
@@ -706,25 +692,28 @@ pub fn describe_event(event: &Event) -> String {
                 "announcement {repo} {} seq {} by {} from {} ({via:?})",
                 super::world::short(&s.manifest_hash()),
                 s.seq,
-                s.publisher_id()
-                    .map_or("?".into(), |p| p.fmt_short().to_string()),
-                announcement
-                    .sender_id()
-                    .map_or("?".into(), |p| p.fmt_short().to_string())
+                // The short form of a node id, without parsing the key.
+                data_encoding::HEXLOWER.encode(&s.publisher[..5]),
+                data_encoding::HEXLOWER.encode(&announcement.sender[..5])
             )
         }
         Event::NeighborUp { repo, peer, .. } => format!("neighbour up {repo} {}", peer.fmt_short()),
         Event::NeighborDown { repo, peer } => format!("neighbour down {repo} {}", peer.fmt_short()),
         Event::TopicClosed { repo } => format!("topic closed {repo}"),
         Event::Pulled { peer, ok } => format!("pulled {} ok={ok}", peer.fmt_short()),
-        Event::Polled { repo, outcome } => match outcome {
+        Event::Polled {
+            repo,
+            outcome,
+            read,
+            ..
+        } => match outcome {
             RecordPoll::Found(r) => format!(
-                "polled {repo}: manifest {:?} seq {:?} peers {}",
+                "polled {repo} (read {read}): manifest {:?} seq {:?} peers {}",
                 r.manifest.as_deref().map(|m| &m[..8]),
                 r.seq,
                 r.peers.len()
             ),
-            other => format!("polled {repo}: {other:?}"),
+            other => format!("polled {repo} (read {read}): {other:?}"),
         },
         Event::JobDone {
             repo, job, result, ..
@@ -736,8 +725,10 @@ pub fn describe_event(event: &Event) -> String {
             Err(e) => format!("job {job} {repo} failed: {e}"),
         },
         Event::WrittenBack { repo, result } => format!("written back {repo}: {}", result.is_ok()),
-        Event::Listed { did, result } => format!(
-            "listed {did}: {}",
+        Event::Listed {
+            did, result, read, ..
+        } => format!(
+            "listed {did} (read {read}): {}",
             result
                 .as_ref()
                 .map_or_else(|e| e.clone(), |(r, _)| format!("{} records", r.len()))

@@ -140,6 +140,7 @@ fn faults_without_adversaries_heal() {
         },
         homes: 2,
         seeders: 2,
+        settle: super::settle_after_faults(),
         ..Scenario::calm()
     };
     for seed in 0..20 {

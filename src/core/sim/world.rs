@@ -22,8 +22,9 @@ use super::{
 };
 use crate::{
     announce::Announcement,
-    core::{Event, JobId, JobResult, ProviderFault, TimerKey, Via},
+    core::{Event, JobId, JobResult, ProviderFault, ReadId, TimerKey, Via},
     repo_id::RepoId,
+    state::Locator,
 };
 
 /// Wall-clock milliseconds at virtual time zero.
@@ -57,15 +58,21 @@ pub enum Ev {
     },
     /// Lazy writes of one incarnation reach the disk.
     Flush { node: usize, life: u32 },
-    /// A record poll of one incarnation is due.
+    /// A record read of one incarnation reaches the PDS.
     Poll {
         node: usize,
         life: u32,
         repo: RepoId,
-        scheduled: bool,
+        locator: Locator,
+        read: ReadId,
     },
-    /// An identity listing of one incarnation is due.
-    List { node: usize, life: u32, did: String },
+    /// An identity listing of one incarnation reaches the PDS.
+    List {
+        node: usize,
+        life: u32,
+        did: String,
+        read: ReadId,
+    },
     /// An author publishes a new state of a repository.
     Publish { node: usize, repo: RepoId },
     /// A node crashes.
@@ -381,9 +388,15 @@ impl World {
                 node,
                 life,
                 repo,
-                scheduled,
-            } => self.poll(node, life, repo, scheduled),
-            Ev::List { node, life, did } => self.list(node, life, did),
+                locator,
+                read,
+            } => self.poll(node, life, repo, locator, read),
+            Ev::List {
+                node,
+                life,
+                did,
+                read,
+            } => self.list(node, life, did, read),
             Ev::Publish { node, repo } => self.publish(node, repo),
             Ev::Crash { node } => self.crash_fault(node),
             Ev::Restart { node } => self.restart(node),

@@ -89,14 +89,8 @@ fn settings_of_any_length_saturate() {
         cid: None,
         value: serde_json::to_value(&r).unwrap(),
     };
-    sim.event(Event::Listed {
-        did: did.into(),
-        result: Ok((vec![listed], true)),
-    });
-    let fx = sim.event(Event::Listed {
-        did: did.into(),
-        result: Ok((vec![], true)),
-    });
+    sim.listed(did, Ok((vec![listed], true)));
+    let fx = sim.listed(did, Ok((vec![], true)));
     set += timers_bounded(&sim, &fx);
     assert!(set >= 4, "every kind of wait was exercised");
     // A restart with all of it.

@@ -75,7 +75,7 @@ fn a_sync_poll_is_handled_once_and_answers_once() {
     let (reply, fx) = sim.command(CoreCommand::Sync { repo_id: repo() });
     assert_eq!(
         fx.iter()
-            .filter(|e| matches!(e, Effect::PollNow { .. }))
+            .filter(|e| matches!(e, Effect::PollRecord { .. }))
             .count(),
         1
     );
@@ -270,7 +270,7 @@ fn a_restart_checks_held_states_and_resumes_an_interrupted_record_fetch() {
         matches!(&specs[..], [(_, JobSpec::Fetch { manifest: m, previous: Some(p), .. })] if *m == manifest(3) && *p == manifest(2)),
         "{specs:?}"
     );
-    assert!(fx.iter().any(|e| matches!(e, Effect::TrackRecord { .. })));
+    assert!(fx.iter().any(|e| matches!(e, Effect::PollRecord { .. })));
     assert!(fx.iter().any(|e| matches!(e, Effect::JoinTopic { .. })));
 }
 

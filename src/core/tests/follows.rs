@@ -19,10 +19,15 @@ fn listed(name: &str, m: u8) -> ListedRecord {
 }
 
 fn listing(sim: &mut Sim, records: Vec<ListedRecord>, complete: bool) -> Vec<Effect> {
-    sim.event(Event::Listed {
-        did: DID.into(),
-        result: Ok((records, complete)),
-    })
+    sim.listed(DID, Ok((records, complete)))
+}
+
+/// Whether `name`'s record is read on the schedule.
+fn record_read(sim: &Sim, name: &str) -> bool {
+    sim.core
+        .reads
+        .records
+        .contains(&rid(&format!("{DID}/{name}")))
 }
 
 fn summary(sim: &Sim, name: &str) -> Option<crate::api::RepoSummary> {
@@ -38,7 +43,8 @@ fn a_followed_identity_brings_its_repositories_and_retires_deleted_ones() {
     let (reply, fx) = sim.command(CoreCommand::Follow { did: DID.into() });
     assert!(
         fx.iter()
-            .any(|e| matches!(e, Effect::TrackIdentity { did } if did == DID))
+            .any(|e| matches!(e, Effect::ListIdentity { did, .. } if did == DID)),
+        "the first listing starts at once"
     );
     assert!(
         fx.iter()
@@ -62,7 +68,9 @@ fn a_followed_identity_brings_its_repositories_and_retires_deleted_ones() {
     let tracked: Vec<_> = fx
         .iter()
         .filter_map(|e| match e {
-            Effect::TrackRecord { repo, locator } => Some((repo.to_string(), locator.rkey.clone())),
+            Effect::PollRecord { repo, locator, .. } => {
+                Some((repo.to_string(), locator.rkey.clone()))
+            }
             _ => None,
         })
         .collect();
@@ -78,14 +86,11 @@ fn a_followed_identity_brings_its_repositories_and_retires_deleted_ones() {
     );
 
     // An incomplete listing retires nothing.
-    let fx = listing(&mut sim, vec![listed("a", 1)], false);
-    assert!(!fx.iter().any(|e| matches!(e, Effect::UntrackRecord { .. })));
+    listing(&mut sim, vec![listed("a", 1)], false);
+    assert!(record_read(&sim, "a") && record_read(&sim, "b"));
     // A complete one without b: b is no longer polled, its content stays.
     let fx = listing(&mut sim, vec![listed("a", 1)], true);
-    assert!(
-        fx.iter()
-            .any(|e| matches!(e, Effect::UntrackRecord { repo } if repo.name() == "b"))
-    );
+    assert!(record_read(&sim, "a") && !record_read(&sim, "b"));
     assert!(
         !fx.iter()
             .any(|e| matches!(e, Effect::Persist(Write::Remove(_))))
@@ -93,9 +98,11 @@ fn a_followed_identity_brings_its_repositories_and_retires_deleted_ones() {
     assert!(summary(&sim, "b").unwrap().record_deleted);
     // It comes back.
     let fx = listing(&mut sim, vec![listed("a", 1), listed("b", 2)], true);
+    assert!(record_read(&sim, "b"));
     assert!(
         fx.iter()
-            .any(|e| matches!(e, Effect::TrackRecord { repo, .. } if repo.name() == "b"))
+            .any(|e| matches!(e, Effect::PollRecord { repo, .. } if repo.name() == "b")),
+        "read again at once"
     );
     assert!(!summary(&sim, "b").unwrap().record_deleted);
 
@@ -103,7 +110,7 @@ fn a_followed_identity_brings_its_repositories_and_retires_deleted_ones() {
     let (_, fx) = sim.restart();
     assert!(
         fx.iter()
-            .any(|e| matches!(e, Effect::TrackIdentity { did } if did == DID))
+            .any(|e| matches!(e, Effect::ListIdentity { did, .. } if did == DID))
     );
 }
 
@@ -123,10 +130,7 @@ fn unfollowing_removes_what_the_identity_brought_and_nothing_else() {
     );
     let (reply, fx) = sim.command(CoreCommand::Unfollow { did: DID.into() });
     assert!(matches!(reply_to(&fx, reply), Some(Reply::Ok(_))));
-    assert!(
-        fx.iter()
-            .any(|e| matches!(e, Effect::UntrackIdentity { .. }))
-    );
+    assert!(!sim.core.reads.listings.contains(&DID.to_string()));
     assert!(
         fx.iter()
             .any(|e| matches!(e, Effect::Persist(Write::Remove(r)) if r.name() == "a"))
@@ -141,10 +145,7 @@ fn unfollowing_removes_what_the_identity_brought_and_nothing_else() {
 fn a_failed_first_listing_answers_and_keeps_following() {
     let mut sim = Sim::new(4);
     let (reply, _) = sim.command(CoreCommand::Follow { did: DID.into() });
-    let fx = sim.event(Event::Listed {
-        did: DID.into(),
-        result: Err("PDS down".into()),
-    });
+    let fx = sim.listed(DID, Err("PDS down".into()));
     assert!(matches!(reply_to(&fx, reply), Some(Reply::Error(e)) if e.contains("keeps trying")));
     let follows = sim.core.follow_summaries();
     assert_eq!(follows[0].last_error.as_deref(), Some("PDS down"));
@@ -194,8 +195,7 @@ fn a_retired_repository_leaves_its_topic_and_is_removed_after_the_grace_period()
         ),
         (
             "is no longer polled",
-            fx.iter()
-                .any(|e| matches!(e, Effect::UntrackRecord { repo } if *repo == b_id)),
+            !sim.core.reads.records.contains(&b_id),
         ),
         (
             "withdraws its record's trust",
@@ -223,7 +223,7 @@ fn a_retired_repository_leaves_its_topic_and_is_removed_after_the_grace_period()
     // After a restart it stays retired: not polled, no topic, removal armed.
     let (mut restarted, fx) = sim.restart();
     assert!(
-        !fx.iter().any(|e| matches!(e, Effect::TrackRecord { repo, .. } | Effect::JoinTopic { repo, .. } if *repo == b_id)),
+        !fx.iter().any(|e| matches!(e, Effect::PollRecord { repo, .. } | Effect::JoinTopic { repo, .. } if *repo == b_id)),
         "{fx:?}"
     );
     assert!(fx.iter().any(|e| matches!(

@@ -57,6 +57,9 @@ pub(super) struct Sim {
     next_reply: ReplyId,
     /// Every write the core asked for, in order.
     writes: Vec<Write>,
+    /// ATProto reads the core started and the test has not answered, by
+    /// repository or DID.
+    reads: BTreeMap<String, ReadId>,
 }
 
 impl Sim {
@@ -70,6 +73,7 @@ impl Sim {
             elapsed: Duration::ZERO,
             next_reply: 1,
             writes: Vec::new(),
+            reads: BTreeMap::new(),
         }
     }
 
@@ -94,7 +98,23 @@ impl Sim {
                 self.writes.push(w.clone());
             }
         }
+        self.note_reads(&effects);
         effects
+    }
+
+    /// Keep the ids of the ATProto reads `effects` start.
+    fn note_reads(&mut self, effects: &[Effect]) {
+        for e in effects {
+            match e {
+                Effect::PollRecord { repo, read, .. } => {
+                    self.reads.insert(repo.to_string(), *read);
+                }
+                Effect::ListIdentity { did, read } => {
+                    self.reads.insert(did.clone(), *read);
+                }
+                _ => {}
+            }
+        }
     }
 
     pub(super) fn event(&mut self, event: Event) -> Vec<Effect> {
@@ -143,9 +163,63 @@ impl Sim {
     }
 
     pub(super) fn poll(&mut self, record: RepoRecord) -> Vec<Effect> {
+        self.polled(&repo(), RecordPoll::Found(record))
+    }
+
+    /// Whether a read of `key` (a repository or a DID) was started and not
+    /// answered yet.
+    pub(super) fn reading(&self, key: &str) -> bool {
+        self.reads.contains_key(key)
+    }
+
+    /// Answer `repo_id`'s record read with `outcome`: the read in flight,
+    /// or one the test asks for now (as `sync` would).
+    pub(super) fn polled(&mut self, repo_id: &RepoId, outcome: RecordPoll) -> Vec<Effect> {
+        let read = match self.reads.remove(&repo_id.to_string()) {
+            Some(read) => read,
+            None => {
+                let now = self.now();
+                assert!(
+                    self.core.reads.records.read_now(repo_id, now.at),
+                    "{repo_id}'s record is not read"
+                );
+                self.event(Event::Timer(TimerKey::RecordReads));
+                self.reads
+                    .remove(&repo_id.to_string())
+                    .expect("the read starts at once")
+            }
+        };
         self.event(Event::Polled {
-            repo: repo(),
-            outcome: RecordPoll::Found(record),
+            repo: repo_id.clone(),
+            read,
+            outcome,
+            retry_after: None,
+        })
+    }
+
+    /// Answer `did`'s listing with `result` (as [`Sim::polled`]).
+    pub(super) fn listed(
+        &mut self,
+        did: &str,
+        result: Result<(Vec<crate::record::ListedRecord>, bool), String>,
+    ) -> Vec<Effect> {
+        let read = match self.reads.remove(did) {
+            Some(read) => read,
+            None => {
+                let now = self.now();
+                assert!(
+                    self.core.reads.listings.read_now(&did.to_string(), now.at),
+                    "{did} is not listed"
+                );
+                self.event(Event::Timer(TimerKey::Listings));
+                self.reads.remove(did).expect("the listing starts at once")
+            }
+        };
+        self.event(Event::Listed {
+            did: did.to_string(),
+            read,
+            result,
+            retry_after: None,
         })
     }
 
@@ -226,6 +300,7 @@ impl Sim {
         let rows = self.rows();
         let now = sim.now();
         let fx = sim.core.load(rows, self.follows(), now);
+        sim.note_reads(&fx);
         (sim, fx)
     }
 }
