@@ -66,6 +66,8 @@ pub struct Metrics {
     publishes: Counter,
     publish_seconds: Histogram,
     poll_errors: Counter,
+    store_failures: Counter,
+    pulls_deferred: Counter,
     write_backs: Family<Outcome, Counter>,
     quota_refusals: Counter,
     blobs_repaired: Family<Outcome, Counter>,
@@ -102,6 +104,8 @@ impl Metrics {
             publishes: Counter::default(),
             publish_seconds: Histogram::new(seconds_buckets()),
             poll_errors: Counter::default(),
+            store_failures: Counter::default(),
+            pulls_deferred: Counter::default(),
             write_backs: Family::default(),
             quota_refusals: Counter::default(),
             blobs_repaired: Family::default(),
@@ -154,6 +158,16 @@ impl Metrics {
             "poll_errors",
             "Failed reads of owners' records",
             m.poll_errors.clone(),
+        );
+        r.register(
+            "store_failures",
+            "Commits to the database that failed (written again later)",
+            m.store_failures.clone(),
+        );
+        r.register(
+            "pulls_deferred",
+            "Direct pulls put off because too many exchanges were in flight",
+            m.pulls_deferred.clone(),
         );
         r.register(
             "write_backs",
@@ -272,6 +286,16 @@ impl Metrics {
             counter.inc_by(total.saturating_sub(before));
         };
         add("received".into(), status.gossip.received, &self.received);
+        add(
+            "store_failures".into(),
+            status.gossip.store_failures,
+            &self.store_failures,
+        );
+        add(
+            "pulls_deferred".into(),
+            status.gossip.pulls_deferred,
+            &self.pulls_deferred,
+        );
         for (reason, n) in &status.gossip.rejected_by_reason {
             let counter = self.rejected.get_or_create(&Reason {
                 reason: reason.clone(),
@@ -281,6 +305,7 @@ impl Metrics {
         for (reason, n) in [
             ("invalid", status.gossip.dropped_invalid),
             ("rate_limited", status.gossip.rate_limited),
+            ("push_busy", status.gossip.pushes_dropped),
         ] {
             let counter = self.dropped.get_or_create(&Reason {
                 reason: reason.into(),

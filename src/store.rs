@@ -11,10 +11,18 @@
 //! short transaction that returns before any `.await` of the caller; redb's
 //! commits are atomic, so a crash leaves either the old or the new batch.
 //!
+//! redb refuses every operation after an I/O error (a full disk during a
+//! commit) until the file is opened again: a failed write drops the handle
+//! and the next call reopens the file, which holds the last committed batch.
+//!
 //! Opening a database written by an older knotd (table `repos_v1`) converts
 //! it in one transaction.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
 
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
@@ -95,42 +103,52 @@ macro_rules! redb_try {
 /// Handle to the node database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    db: std::sync::Arc<Database>,
+    path: Arc<PathBuf>,
+    /// `None` after a failed write: the next call opens the file again.
+    db: Arc<Mutex<Option<Arc<Database>>>>,
 }
 
 impl Store {
     /// Open (or create) the database file, converting an older format.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = match Database::create(path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked {
-                    path: path.display().to_string(),
-                });
-            }
-            Err(e) => return Err(db_err("opening the database")(e.into())),
-        };
-        let tx = redb_try!("creating tables", db.begin_write());
-        {
-            for table in [CONFIG, RECORDS, HELD, BOOKKEEPING, FOLLOWS, POLICY, META] {
-                redb_try!("creating tables", tx.open_table(table));
-            }
-            let legacy = redb_try!("listing tables", tx.list_tables())
-                .any(|t| t.name() == LEGACY_REPOS.name());
-            if legacy {
-                migrate_legacy(&tx)?;
-                redb_try!("removing the old table", tx.delete_table(LEGACY_REPOS));
-            }
-        }
-        redb_try!("creating tables", tx.commit());
+        let db = open_file(path)?;
         Ok(Self {
-            db: std::sync::Arc::new(db),
+            path: Arc::new(path.to_path_buf()),
+            db: Arc::new(Mutex::new(Some(Arc::new(db)))),
         })
+    }
+
+    /// The open database, opened again if a failed write closed it.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(open_file(&self.path)?);
+        info!(path = %self.path.display(), "database opened again after a failed write");
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Run a write; on failure drop the handle so the next call reopens the
+    /// file (redb refuses all work after an I/O error until then).
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self.db()?;
+        let result = f(&db);
+        if result.is_err() {
+            drop(db);
+            let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            *slot = None;
+        }
+        result
     }
 
     /// Every tracked repository, ordered by id.
     pub fn load_all(&self) -> Result<Vec<RepoRow>, StoreError> {
-        let tx = redb_try!("reading repositories", self.db.begin_read());
+        let tx = redb_try!("reading repositories", self.db()?.begin_read());
         let configs: BTreeMap<String, RepoConfig> = read_table(&tx, CONFIG, "repo_config_v2")?;
         let mut records: BTreeMap<String, RecordCopy> = read_table(&tx, RECORDS, "repo_record_v2")?;
         let mut held: BTreeMap<String, Held> = read_table(&tx, HELD, "repo_held_v2")?;
@@ -152,71 +170,26 @@ impl Store {
         if writes.is_empty() {
             return Ok(());
         }
-        let tx = redb_try!("writing repositories", self.db.begin_write());
-        {
-            let mut config = redb_try!("writing repositories", tx.open_table(CONFIG));
-            let mut records = redb_try!("writing repositories", tx.open_table(RECORDS));
-            let mut held = redb_try!("writing repositories", tx.open_table(HELD));
-            let mut books = redb_try!("writing repositories", tx.open_table(BOOKKEEPING));
-            let mut follows = redb_try!("writing follows", tx.open_table(FOLLOWS));
-            let mut policy = redb_try!("writing the policy", tx.open_table(POLICY));
-            for write in writes {
-                let key = write.key();
-                match write {
-                    Write::Config(c) => {
-                        redb_try!(
-                            "writing repositories",
-                            config.insert(key, json(c).as_slice())
-                        );
-                    }
-                    Write::Record(_, r) => put(&mut records, key, r.as_ref())?,
-                    Write::Held(_, h) => put(&mut held, key, h.as_deref())?,
-                    Write::Bookkeeping(_, b) => {
-                        // Bookkeeping of a repository removed meanwhile is dropped.
-                        if redb_try!("writing repositories", config.get(key)).is_some() {
-                            redb_try!(
-                                "writing repositories",
-                                books.insert(key, json(b).as_slice())
-                            );
-                        }
-                    }
-                    Write::Remove(_) => {
-                        redb_try!("removing a repository", config.remove(key));
-                        redb_try!("removing a repository", records.remove(key));
-                        redb_try!("removing a repository", held.remove(key));
-                        redb_try!("removing a repository", books.remove(key));
-                    }
-                    Write::Follow(f) => {
-                        redb_try!("writing follows", follows.insert(key, json(f).as_slice()));
-                    }
-                    Write::Unfollow(_) => {
-                        redb_try!("writing follows", follows.remove(key));
-                    }
-                    Write::Policy(_, rule) => put(&mut policy, key, rule.as_ref())?,
-                }
-            }
-        }
-        redb_try!("writing repositories", tx.commit());
-        Ok(())
+        self.write(|db| commit_writes(db, writes))
     }
 
     /// Every followed identity, ordered by DID.
     pub fn load_follows(&self) -> Result<Vec<FollowConfig>, StoreError> {
-        let tx = redb_try!("reading follows", self.db.begin_read());
+        let tx = redb_try!("reading follows", self.db()?.begin_read());
         let follows: BTreeMap<String, FollowConfig> = read_table(&tx, FOLLOWS, "follows_v2")?;
         Ok(follows.into_values().collect())
     }
 
     /// The persisted policy rules: (target, rule).
     pub fn load_policy(&self) -> Result<Vec<(String, PolicyRule)>, StoreError> {
-        let tx = redb_try!("reading the policy", self.db.begin_read());
+        let tx = redb_try!("reading the policy", self.db()?.begin_read());
         let rules: BTreeMap<String, PolicyRule> = read_table(&tx, POLICY, "policy_v2")?;
         Ok(rules.into_iter().collect())
     }
 
     /// Read a metadata value.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = redb_try!("reading metadata", self.db.begin_read());
+        let tx = redb_try!("reading metadata", self.db()?.begin_read());
         let table = redb_try!("reading metadata", tx.open_table(META));
         let value = redb_try!("reading metadata", table.get(key));
         Ok(value.map(|v| v.value().to_vec()))
@@ -224,21 +197,98 @@ impl Store {
 
     /// Write a metadata value durably.
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let tx = redb_try!("writing metadata", self.db.begin_write());
-        {
-            let mut table = redb_try!("writing metadata", tx.open_table(META));
-            redb_try!("writing metadata", table.insert(key, value));
-        }
-        redb_try!("writing metadata", tx.commit());
-        Ok(())
+        self.write(|db| {
+            let tx = redb_try!("writing metadata", db.begin_write());
+            {
+                let mut table = redb_try!("writing metadata", tx.open_table(META));
+                redb_try!("writing metadata", table.insert(key, value));
+            }
+            redb_try!("writing metadata", tx.commit());
+            Ok(())
+        })
     }
 
     /// Number of tracked repositories.
     pub fn repo_count(&self) -> Result<u64, StoreError> {
-        let tx = redb_try!("counting repositories", self.db.begin_read());
+        let tx = redb_try!("counting repositories", self.db()?.begin_read());
         let table = redb_try!("counting repositories", tx.open_table(CONFIG));
         Ok(redb_try!("counting repositories", table.len()))
     }
+}
+
+fn commit_writes(db: &Database, writes: &[Write]) -> Result<(), StoreError> {
+    let tx = redb_try!("writing repositories", db.begin_write());
+    {
+        let mut config = redb_try!("writing repositories", tx.open_table(CONFIG));
+        let mut records = redb_try!("writing repositories", tx.open_table(RECORDS));
+        let mut held = redb_try!("writing repositories", tx.open_table(HELD));
+        let mut books = redb_try!("writing repositories", tx.open_table(BOOKKEEPING));
+        let mut follows = redb_try!("writing follows", tx.open_table(FOLLOWS));
+        let mut policy = redb_try!("writing the policy", tx.open_table(POLICY));
+        for write in writes {
+            let key = write.key();
+            match write {
+                Write::Config(c) => {
+                    redb_try!(
+                        "writing repositories",
+                        config.insert(key, json(c).as_slice())
+                    );
+                }
+                Write::Record(_, r) => put(&mut records, key, r.as_ref())?,
+                Write::Held(_, h) => put(&mut held, key, h.as_deref())?,
+                Write::Bookkeeping(_, b) => {
+                    // Bookkeeping of a repository removed meanwhile is dropped.
+                    if redb_try!("writing repositories", config.get(key)).is_some() {
+                        redb_try!(
+                            "writing repositories",
+                            books.insert(key, json(b).as_slice())
+                        );
+                    }
+                }
+                Write::Remove(_) => {
+                    redb_try!("removing a repository", config.remove(key));
+                    redb_try!("removing a repository", records.remove(key));
+                    redb_try!("removing a repository", held.remove(key));
+                    redb_try!("removing a repository", books.remove(key));
+                }
+                Write::Follow(f) => {
+                    redb_try!("writing follows", follows.insert(key, json(f).as_slice()));
+                }
+                Write::Unfollow(_) => {
+                    redb_try!("writing follows", follows.remove(key));
+                }
+                Write::Policy(_, rule) => put(&mut policy, key, rule.as_ref())?,
+            }
+        }
+    }
+    redb_try!("writing repositories", tx.commit());
+    Ok(())
+}
+
+fn open_file(path: &Path) -> Result<Database, StoreError> {
+    let db = match Database::create(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(StoreError::Locked {
+                path: path.display().to_string(),
+            });
+        }
+        Err(e) => return Err(db_err("opening the database")(e.into())),
+    };
+    let tx = redb_try!("creating tables", db.begin_write());
+    {
+        for table in [CONFIG, RECORDS, HELD, BOOKKEEPING, FOLLOWS, POLICY, META] {
+            redb_try!("creating tables", tx.open_table(table));
+        }
+        let legacy =
+            redb_try!("listing tables", tx.list_tables()).any(|t| t.name() == LEGACY_REPOS.name());
+        if legacy {
+            migrate_legacy(&tx)?;
+            redb_try!("removing the old table", tx.delete_table(LEGACY_REPOS));
+        }
+    }
+    redb_try!("creating tables", tx.commit());
+    Ok(db)
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {

@@ -91,3 +91,87 @@ async fn disk_full_during_fetch_loses_nothing() {
     follower.stop().await;
     author.stop().await;
 }
+
+/// A node whose database cannot commit (its disk is full) says so to the
+/// caller and in `status`, keeps the change in memory, and writes it once
+/// space is freed: after a restart the change is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_database_commit_is_reported_and_written_again() {
+    let work = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(work.path().join("small-disk"), "64m") else {
+        common::missing_precondition(
+            "cannot mount a tmpfs here (needs root)",
+            "KNOTD_SKIP_ROOT_TESTS",
+        );
+        return;
+    };
+    let data = disk.0.join("data");
+    let node = TestNode::spawn_with(Config::local(data.clone())).await;
+    let first = "did:plc:owner1/first";
+    node.admin(knotd::admin::Command::AddRepo {
+        repo_id: common::rid(first),
+        pds: None,
+        record: None,
+        peers: vec![],
+    })
+    .await
+    .unwrap();
+    // Fill the disk to the last byte.
+    let filler = disk.0.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M"])
+        .arg(format!("of={}", filler.display()))
+        .status();
+    let second = "did:plc:owner1/second";
+    let mut refused = None;
+    for i in 0..50 {
+        let id = format!("{second}{i}");
+        match node
+            .admin(knotd::admin::Command::AddRepo {
+                repo_id: common::rid(&id),
+                pds: None,
+                record: None,
+                peers: vec![],
+            })
+            .await
+        {
+            Ok(_) => continue,
+            Err(e) => {
+                refused = Some((id, e.to_string()));
+                break;
+            }
+        }
+    }
+    let Some((refused_id, error)) = refused else {
+        panic!("no commit failed with the disk full");
+    };
+    assert!(error.contains("could not record"), "{error}");
+    let status = node.admin(knotd::admin::Command::Status).await.unwrap();
+    let knotd::admin::Payload::Status(status) = status else {
+        panic!("{status:?}")
+    };
+    assert!(status.gossip.store_failures >= 1);
+    let summary = node.summary(&refused_id).await.expect("kept in memory");
+    assert!(
+        summary
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("could not record")),
+        "{summary:?}"
+    );
+    // Space comes back: the change is written again.
+    std::fs::remove_file(&filler).unwrap();
+    eventually(60, "the change is written again", || async {
+        node.summary(&refused_id)
+            .await
+            .is_some_and(|s| s.last_error.is_none())
+    })
+    .await;
+    let node = node.restart().await;
+    assert!(
+        node.summary(&refused_id).await.is_some(),
+        "on disk after a restart"
+    );
+    assert!(node.summary(first).await.is_some());
+    node.stop().await;
+}

@@ -62,6 +62,11 @@ pub fn describe(e: &EventLine) -> String {
         NodeEvent::Rejected { sender, reason } => {
             format!("rejected a state from {}: {reason}", short(sender))
         }
+        NodeEvent::PersistFailed { error, retry_secs } => {
+            format!(
+                "the database could not record a change ({error}); written again in {retry_secs} s"
+            )
+        }
         NodeEvent::QuotaRefused { manifest, error } => {
             format!("refused {}: {error}", short(manifest))
         }

@@ -152,6 +152,14 @@ pub enum NodeEvent {
         /// Listed repositories not tracked because of it.
         refused: usize,
     },
+    /// The database could not record a change (disk full, I/O error): it
+    /// is kept in memory and written again until the disk takes it.
+    PersistFailed {
+        /// The store's error.
+        error: String,
+        /// When it is written again (seconds from now).
+        retry_secs: u64,
+    },
     /// A record write-back ended.
     WriteBack {
         /// Whether it reached the PDS.

@@ -349,6 +349,15 @@ pub struct GossipStats {
     /// Rejected announcements by reason.
     #[serde(default)]
     pub rejected_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Direct pushes not sent: too many exchanges were in flight.
+    #[serde(default)]
+    pub pushes_dropped: u64,
+    /// Pulls put off: too many exchanges were in flight.
+    #[serde(default)]
+    pub pulls_deferred: u64,
+    /// Commits to the database that failed (each written again later).
+    #[serde(default)]
+    pub store_failures: u64,
 }
 
 /// Where a peer of a repository is known from.

@@ -3,22 +3,73 @@
 //! backoff per repository and per peer), the resync sweep (trusted peers
 //! are asked directly what they hold, however quiet the topic), direct
 //! pulls batched one per peer for up to [`super::MAX_PULL_REPOS`]
-//! repositories, and the counters of announcements. What one announcement
-//! does to its repository is [`super::repo::Repo::on_announcement`].
+//! repositories, pulls the actor had no room for (put off and sent again
+//! [`DEFERRED_PULL_WAIT`] later), and the counters of announcements. What
+//! one announcement does to its repository is
+//! [`super::repo::Repo::on_announcement`].
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use iroh::EndpointId;
+use tracing::debug;
 
 use super::{
-    io::{Effect, MAX_PULL_REPOS, Now, TimerKey},
+    io::{Busy, Effect, MAX_PULL_REPOS, Now, TimerKey},
     machine::Core,
     queue,
     tables::MAX_PULL_PEERS,
 };
 use crate::repo_id::RepoId;
 
+/// How long a pull the actor had no room for waits before it is sent again.
+pub const DEFERRED_PULL_WAIT: Duration = Duration::from_secs(2);
+
 impl Core {
+    /// The actor had no room for network work: a push is not sent again
+    /// (gossip and the resync sweep carry the state too), a pull is put off
+    /// (per peer, at most [`MAX_PULL_PEERS`] peers and [`MAX_PULL_REPOS`]
+    /// repositories each).
+    pub(super) fn handle_net_busy(&mut self, busy: Busy, now: Now) {
+        match busy {
+            Busy::Push { peer } => {
+                self.counters.pushes_dropped += 1;
+                debug!(peer = %peer.fmt_short(), "a direct push was not sent: too many exchanges in flight");
+            }
+            Busy::Pull { peer, repos } => {
+                self.counters.pulls_deferred += 1;
+                if !self.deferred_pulls.contains_key(&peer)
+                    && self.deferred_pulls.len() >= MAX_PULL_PEERS
+                {
+                    return;
+                }
+                let wanted = self.deferred_pulls.entry(peer).or_default();
+                for repo in repos {
+                    if wanted.len() >= MAX_PULL_REPOS {
+                        break;
+                    }
+                    wanted.insert(repo);
+                }
+                if !self.deferred_armed {
+                    self.deferred_armed = true;
+                    self.set_timer(
+                        TimerKey::DeferredPulls,
+                        super::later(now.at, DEFERRED_PULL_WAIT),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Send the pulls that were put off.
+    pub(super) fn deferred_pulls(&mut self, now: Now) {
+        self.deferred_armed = false;
+        let batches = std::mem::take(&mut self.deferred_pulls)
+            .into_iter()
+            .map(|(peer, repos)| (peer, repos.into_iter().collect()))
+            .collect();
+        self.pull_batches(batches, now);
+    }
+
     /// Join `repo_id`'s topic when it wants one (see [`Repo::ensure_topic`]).
     pub(super) fn ensure_topic(&mut self, repo_id: &RepoId, now: Now) {
         self.with_repo(repo_id, now, |r, ctx| r.ensure_topic(ctx));

@@ -29,30 +29,6 @@ pub const MAX_PULL_REPOS: usize = 64;
 /// Identifies one read, so that a late report of a stale read is ignored.
 pub type ReadId = u64;
 
-/// How often and how patiently to read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReadSettings {
-    /// Time between two reads of a healthy key.
-    pub interval: Duration,
-    /// Jitter as a fraction of the wait, 0 to 1.
-    pub jitter: f64,
-    /// Longest wait between reads after failures.
-    pub max_backoff: Duration,
-    /// Most reads running at once.
-    pub max_in_flight: usize,
-}
-
-impl Default for ReadSettings {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(300),
-            jitter: 0.1,
-            max_backoff: Duration::from_secs(3600),
-            max_in_flight: 8,
-        }
-    }
-}
-
 /// Identifies a waiting caller; the actor keeps the reply channel.
 pub type ReplyId = u64;
 /// Identifies a content job.
@@ -71,76 +47,6 @@ impl Now {
     /// Wall-clock seconds since the Unix epoch.
     pub fn unix_secs(&self) -> u64 {
         self.unix_ms / 1000
-    }
-}
-
-/// Tunables of the core, with the defaults the node runs with.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    /// Where materialized repositories live (for reports).
-    pub repos_root: PathBuf,
-    /// Most content jobs running at once.
-    pub max_jobs: usize,
-    /// First wait before a failed fetch or write-back is retried.
-    pub retry_base: Duration,
-    /// Longest wait between retries.
-    pub retry_max: Duration,
-    /// How long `sync` waits for a first state when nothing names one.
-    pub first_state_wait: Duration,
-    /// First wait before a topic without neighbours re-dials its peers.
-    pub rejoin_base: Duration,
-    /// Longest wait between re-dials.
-    pub rejoin_max: Duration,
-    /// Whether the node has credentials to write records back with.
-    pub write_back: bool,
-    /// Most bytes one repository's state may have (`max_repo_bytes`).
-    pub max_repo_bytes: Option<u64>,
-    /// Most bytes all repositories' states may have together (`max_total_bytes`).
-    pub max_total_bytes: Option<u64>,
-    /// The DID of the node's account, once resolved: only its own
-    /// repositories' records are written back.
-    pub account_did: Option<String>,
-    /// How often every held state is checked (`None`: only at start-up
-    /// and on `verify`).
-    pub verify_interval: Option<Duration>,
-    /// How often trusted peers are asked directly what they hold (`None`:
-    /// never; only gossip and lonely topics' pulls).
-    pub resync_interval: Option<Duration>,
-    /// Most repositories one followed identity may bring, retired ones
-    /// included (`[follow] max_repos_per_identity`).
-    pub max_repos_per_identity: usize,
-    /// How long a repository a followed identity no longer lists is kept
-    /// before it is removed (`[follow] retired_grace_secs`).
-    pub retired_grace: Duration,
-    /// When records are read (`[atproto] poll_interval_secs`, `poll_jitter`,
-    /// `max_backoff_secs`).
-    pub record_reads: ReadSettings,
-    /// When followed identities are listed (the same settings).
-    pub listings: ReadSettings,
-}
-
-impl Settings {
-    /// Defaults for a node whose materialized repositories live in `repos_root`.
-    pub fn new(repos_root: PathBuf) -> Self {
-        Self {
-            repos_root,
-            max_jobs: 4,
-            retry_base: Duration::from_secs(5),
-            retry_max: Duration::from_secs(300),
-            first_state_wait: Duration::from_secs(30),
-            rejoin_base: Duration::from_secs(5),
-            rejoin_max: Duration::from_secs(300),
-            write_back: false,
-            max_repo_bytes: None,
-            max_total_bytes: None,
-            account_did: None,
-            verify_interval: Some(Duration::from_secs(24 * 3600)),
-            resync_interval: Some(Duration::from_secs(10 * 60)),
-            max_repos_per_identity: 1000,
-            retired_grace: Duration::from_secs(7 * 24 * 3600),
-            record_reads: ReadSettings::default(),
-            listings: ReadSettings::default(),
-        }
     }
 }
 
@@ -411,6 +317,16 @@ pub enum Event {
         /// Whether it served verified chunks of the manifest and every pack.
         proved: bool,
     },
+    /// A commit of durable writes failed: nothing of it reached the disk,
+    /// and announcements of the same batch were not sent.
+    PersistFailed {
+        /// What the failed writes were about.
+        subjects: Vec<Subject>,
+        /// The store's error.
+        error: String,
+    },
+    /// Network work was not started: too many exchanges in flight.
+    NetBusy(Busy),
     /// The node's account was resolved to this DID.
     AccountResolved {
         /// The account's DID.
@@ -462,6 +378,10 @@ pub enum TimerKey {
     RecordReads,
     /// Identity listings may start.
     Listings,
+    /// Write again what a failed commit lost.
+    Repersist,
+    /// Pulls the actor had no room for are due again.
+    DeferredPulls,
 }
 
 /// What a content job does.
@@ -525,7 +445,10 @@ pub enum Effect {
         reply: Reply,
     },
     /// Write to the database; durable writes are committed before the next
-    /// effect runs.
+    /// effect runs. When that commit fails, the actor sends none of the
+    /// batch's later announcements, turns its later successful replies
+    /// into errors (what they report was not recorded), and reports
+    /// [`Event::PersistFailed`] before anything else.
     Persist(Write),
     /// Start a content job.
     StartJob {
@@ -701,6 +624,20 @@ impl Write {
         !matches!(self, Write::Bookkeeping(..))
     }
 
+    /// What the write is about.
+    pub fn subject(&self) -> Subject {
+        match self {
+            Write::Config(c) => Subject::Repo(c.repo_id.clone()),
+            Write::Record(id, _)
+            | Write::Held(id, _)
+            | Write::Bookkeeping(id, _)
+            | Write::Remove(id) => Subject::Repo(id.clone()),
+            Write::Follow(f) => Subject::Follow(f.did.clone()),
+            Write::Unfollow(did) => Subject::Follow(did.clone()),
+            Write::Policy(target, _) => Subject::Policy(target.clone()),
+        }
+    }
+
     /// The key written: a repository id, or a followed DID.
     pub fn key(&self) -> &str {
         match self {
@@ -714,6 +651,36 @@ impl Write {
             Write::Policy(target, _) => target,
         }
     }
+}
+
+/// What a durable write is about: the rows the core writes again, from
+/// what it holds then, after a commit failed ([`Event::PersistFailed`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Subject {
+    /// A repository's configuration, record copy and held state.
+    Repo(RepoId),
+    /// A followed identity.
+    Follow(String),
+    /// A policy rule for a DID or repository id.
+    Policy(String),
+}
+
+/// Network work the actor did not start because as many exchanges as it
+/// allows were in flight ([`Event::NetBusy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Busy {
+    /// An announcement pushed to a peer.
+    Push {
+        /// The peer.
+        peer: EndpointId,
+    },
+    /// A pull of repositories from a peer.
+    Pull {
+        /// The peer.
+        peer: EndpointId,
+        /// The repositories.
+        repos: Vec<RepoId>,
+    },
 }
 
 /// Longest wait a timer of the core is set for: a longer one (an admin

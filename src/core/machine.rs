@@ -12,11 +12,12 @@ use std::{
 use iroh::{EndpointId, SecretKey};
 
 use super::{
-    io::{Effect, Event, JobId, Now, ReplyId, Settings, TimerKey, Write, is_due, later},
+    io::{Effect, Event, JobId, Now, ReplyId, TimerKey, Write, is_due, later},
     policy::Policy,
     queue::{self, JobQueue},
     reads::Reads,
     repo::{self, Ctx, Out, Repo},
+    settings::Settings,
     tables::{Counters, Follow, PullBackoff, VerifyWait},
 };
 use crate::{
@@ -42,6 +43,9 @@ pub struct Core {
     pub(super) rejoin_timer: Option<Instant>,
     pub(super) counters: Counters,
     pub(super) reads: Reads,
+    pub(super) unpersisted: super::persist::Unpersisted,
+    pub(super) deferred_pulls: BTreeMap<EndpointId, std::collections::BTreeSet<RepoId>>,
+    pub(super) deferred_armed: bool,
     pub(super) out: Vec<Effect>,
 }
 
@@ -53,6 +57,9 @@ impl Core {
             key,
             queue: JobQueue::new(settings.max_jobs),
             reads: Reads::new(&settings),
+            unpersisted: Default::default(),
+            deferred_pulls: BTreeMap::new(),
+            deferred_armed: false,
             settings,
             repos: BTreeMap::new(),
             follows: BTreeMap::new(),
@@ -129,6 +136,7 @@ impl Core {
 
     /// Handle one event; returns the effects to execute, in order.
     pub fn handle(&mut self, event: Event, now: Now) -> Vec<Effect> {
+        self.note_commit_held(&event);
         match event {
             Event::Command { reply, command } => self.handle_command(reply, command, now),
             Event::Announcement {
@@ -177,6 +185,10 @@ impl Core {
                 });
             }
             Event::AccountResolved { did } => self.handle_account_resolved(did, now),
+            Event::PersistFailed { subjects, error } => {
+                self.handle_persist_failed(subjects, error, now)
+            }
+            Event::NetBusy(busy) => self.handle_net_busy(busy, now),
             Event::GcPass { passes } => self.handle_gc_pass(passes, now),
             Event::Listed {
                 did,
@@ -218,6 +230,8 @@ impl Core {
             TimerKey::Resync => self.resync_sweep(now),
             TimerKey::RemoveRetired => self.remove_retired(now),
             TimerKey::RecordReads | TimerKey::Listings => self.reads_timer(&key),
+            TimerKey::Repersist => self.repersist(now),
+            TimerKey::DeferredPulls => self.deferred_pulls(now),
         }
     }
 

@@ -33,7 +33,7 @@ pub struct Reads {
 
 impl Reads {
     /// Empty schedules with the node's settings.
-    pub fn new(settings: &super::io::Settings) -> Self {
+    pub fn new(settings: &super::settings::Settings) -> Self {
         Self {
             records: Schedule::new(settings.record_reads.clone()),
             listings: Schedule::new(settings.listings.clone()),

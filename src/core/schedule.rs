@@ -23,7 +23,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::io::{ReadId, ReadSettings, later};
+use super::{
+    io::{ReadId, later},
+    settings::ReadSettings,
+};
 
 /// A read in flight this long is taken as lost and no longer counts
 /// against the limit.

@@ -19,13 +19,20 @@ pub struct PullBackoff {
 /// Most peers whose pull backoff is remembered.
 pub const MAX_PULL_PEERS: usize = 4096;
 
-/// Announcements received and rejected since start.
+/// Announcements received and rejected, and work the actor had no room or
+/// disk for, since start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Verified announcements handled.
     pub received: u64,
     /// Announcements not taken, by reason.
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Direct pushes not sent: too many exchanges in flight.
+    pub pushes_dropped: u64,
+    /// Pulls put off: too many exchanges in flight.
+    pub pulls_deferred: u64,
+    /// Commits of durable writes that failed.
+    pub store_failures: u64,
 }
 
 /// A followed identity in the core.

@@ -265,6 +265,9 @@ impl Knot {
                         .iter()
                         .map(|(k, v)| (k.to_string(), *v))
                         .collect(),
+                    pushes_dropped: counters.pushes_dropped,
+                    pulls_deferred: counters.pulls_deferred,
+                    store_failures: counters.store_failures,
                 },
                 jobs_running,
                 jobs_waiting,

@@ -56,7 +56,8 @@ use crate::{
     clock,
     config::Config,
     core::{
-        Audience, Core, CoreCommand, Effect, Event, JobId, Now, ReplyId, Settings, TimerKey, Via,
+        Audience, Busy, Core, CoreCommand, Effect, Event, JobId, Now, ReplyId, Settings, Subject,
+        TimerKey, Via,
     },
     gitserve::ServeTarget,
     heads::HeadsEvent,
@@ -237,6 +238,9 @@ pub struct Knot {
     gc_passes: tokio::sync::watch::Receiver<u64>,
     write_back: Option<net::WriteBackContext>,
     book_pending: BTreeMap<String, Write>,
+    /// Events the actor itself reports to the core (a failed commit, work
+    /// it had no room for), fed right after the batch that caused them.
+    reported: std::collections::VecDeque<Event>,
     flush_at: Option<tokio::time::Instant>,
     events: broadcast::Sender<EventLine>,
 }
@@ -354,6 +358,7 @@ impl Knot {
                 account,
             }),
             book_pending: BTreeMap::new(),
+            reported: std::collections::VecDeque::new(),
             flush_at: None,
             events: events.clone(),
             parts,
@@ -376,6 +381,7 @@ impl Knot {
         let count = rows.len();
         let effects = self.core.load(rows, follows, now());
         self.execute(effects).await;
+        self.feed_reported().await;
         if let Some(ctx) = self.write_back.clone() {
             self.side.spawn(async move {
                 Side::Event(Event::AccountResolved {
@@ -434,10 +440,19 @@ impl Knot {
         debug!("repository actor stopped");
     }
 
-    /// Hand an event to the core and execute what it decides.
+    /// Hand an event to the core and execute what it decides, then what
+    /// the execution itself reported.
     async fn feed(&mut self, event: Event) {
         let effects = self.core.handle(event, now());
         self.execute(effects).await;
+        self.feed_reported().await;
+    }
+
+    async fn feed_reported(&mut self) {
+        while let Some(event) = self.reported.pop_front() {
+            let effects = self.core.handle(event, now());
+            self.execute(effects).await;
+        }
     }
 
     async fn handle_topic_event(&mut self, repo: RepoId, event: TopicEvent) {
@@ -555,33 +570,49 @@ impl Knot {
     }
 
     /// Execute effects in order. Writes are grouped; a group with a durable
-    /// write is committed before the next effect runs, and if that commit
-    /// fails no announcement of the same batch goes out.
+    /// write is committed before the next effect runs. If that commit
+    /// fails, no later announcement of the batch goes out, later successful
+    /// replies become errors, and the core hears of it next
+    /// ([`Event::PersistFailed`]).
     async fn execute(&mut self, effects: Vec<Effect>) {
         let mut writes = Vec::new();
-        let mut commit_failed = false;
-        for effect in effects {
+        let mut failed: Option<(Vec<Subject>, String)> = None;
+        for mut effect in effects {
             if let Effect::Persist(write) = effect {
                 writes.push(write);
                 continue;
             }
             if !writes.is_empty() {
-                commit_failed |= !self.commit(std::mem::take(&mut writes));
+                self.commit(std::mem::take(&mut writes), &mut failed);
             }
-            if commit_failed && matches!(effect, Effect::Announce { .. }) {
-                warn!("not announcing a state the database could not record");
-                continue;
+            if let Some((_, error)) = &failed {
+                match &mut effect {
+                    Effect::Announce { repo, .. } => {
+                        warn!(repo = %repo, "not announcing a state the database could not record");
+                        continue;
+                    }
+                    Effect::Reply { reply, .. } if matches!(reply, Reply::Ok(_)) => {
+                        *reply = Reply::Error(format!(
+                            "the database could not record this change ({error}); knotd keeps it in memory and writes it again: check the disk holding the data directory"
+                        ));
+                    }
+                    _ => {}
+                }
             }
             self.execute_one(effect).await;
         }
         if !writes.is_empty() {
-            self.commit(writes);
+            self.commit(writes, &mut failed);
+        }
+        if let Some((subjects, error)) = failed {
+            self.reported
+                .push_back(Event::PersistFailed { subjects, error });
         }
     }
 
     /// Commit durable writes now (with any bookkeeping waiting); batch the
-    /// rest. Returns whether durable writes reached the disk.
-    fn commit(&mut self, writes: Vec<Write>) -> bool {
+    /// rest. A failed commit adds its subjects to `failed`.
+    fn commit(&mut self, writes: Vec<Write>, failed: &mut Option<(Vec<Subject>, String)>) {
         let (durable, lazy): (Vec<Write>, Vec<Write>) =
             writes.into_iter().partition(Write::needs_durability);
         for write in lazy {
@@ -591,16 +622,24 @@ impl Knot {
             if !self.book_pending.is_empty() && self.flush_at.is_none() {
                 self.flush_at = Some(tokio::time::Instant::now() + BOOKKEEPING_FLUSH);
             }
-            return true;
+            return;
         }
+        let mut subjects: Vec<Subject> = durable.iter().map(Write::subject).collect();
         let mut all = durable;
         all.extend(std::mem::take(&mut self.book_pending).into_values());
         self.flush_at = None;
-        match self.parts.store.commit(&all) {
-            Ok(()) => true,
-            Err(e) => {
-                error!(error = %e, "cannot write to the database");
-                false
+        if let Err(e) = self.parts.store.commit(&all) {
+            error!(error = %e, "cannot write to the database");
+            let (known, _) = failed.get_or_insert_with(|| (Vec::new(), e.to_string()));
+            known.append(&mut subjects);
+            known.sort();
+            known.dedup();
+            // The bookkeeping it took along waits for the next commit.
+            for write in all.into_iter().filter(|w| !w.needs_durability()) {
+                self.book_pending.insert(write.key().to_string(), write);
+            }
+            if self.flush_at.is_none() {
+                self.flush_at = Some(tokio::time::Instant::now() + BOOKKEEPING_FLUSH);
             }
         }
     }
@@ -646,7 +685,12 @@ impl Knot {
                 statement,
                 audience,
             } => self.announce(&repo, statement, audience),
-            Effect::Pull { peer, repos } => self.net.pull(&self.parts.endpoint, peer, repos),
+            Effect::Pull { peer, repos } => {
+                if let Err(repos) = self.net.pull(&self.parts.endpoint, peer, repos) {
+                    self.reported
+                        .push_back(Event::NetBusy(Busy::Pull { peer, repos }));
+                }
+            }
             Effect::ProbeReplica {
                 repo,
                 peer,
@@ -755,7 +799,9 @@ impl Knot {
         | Audience::Neighbors { direct }
         | Audience::Direct { direct }) = audience;
         for peer in direct {
-            self.net.push(&self.parts.endpoint, peer, message.clone());
+            if !self.net.push(&self.parts.endpoint, peer, message.clone()) {
+                self.reported.push_back(Event::NetBusy(Busy::Push { peer }));
+            }
         }
     }
 }

@@ -22,8 +22,8 @@ use crate::{
     repo_id::RepoId,
 };
 
-/// Most direct pushes and pulls in flight; more are dropped (pulls are
-/// retried by the core's rejoin schedule, gossip carries pushes too).
+/// Most direct pushes and pulls in flight; more are not started and the
+/// core is told ([`crate::core::Event::NetBusy`]).
 pub(super) const MAX_NET_TASKS: usize = 64;
 /// Longest wait for the endpoint to report a direct address.
 const ADDR_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,10 +97,10 @@ impl NetTasks {
         false
     }
 
-    /// Push an encoded announcement to `peer`.
-    pub fn push(&mut self, endpoint: &Endpoint, peer: EndpointId, message: Vec<u8>) {
+    /// Push an encoded announcement to `peer`; false when there is no room.
+    pub fn push(&mut self, endpoint: &Endpoint, peer: EndpointId, message: Vec<u8>) -> bool {
         if self.full() {
-            return;
+            return false;
         }
         let endpoint = endpoint.clone();
         self.tasks.spawn(async move {
@@ -109,12 +109,18 @@ impl NetTasks {
             }
             NetDone::Pushed
         });
+        true
     }
 
-    /// Pull `repos` from `peer`.
-    pub fn pull(&mut self, endpoint: &Endpoint, peer: EndpointId, repos: Vec<RepoId>) {
+    /// Pull `repos` from `peer`; hands them back when there is no room.
+    pub fn pull(
+        &mut self,
+        endpoint: &Endpoint,
+        peer: EndpointId,
+        repos: Vec<RepoId>,
+    ) -> Result<(), Vec<RepoId>> {
         if self.full() {
-            return;
+            return Err(repos);
         }
         let endpoint = endpoint.clone();
         let (limiter, drops) = (self.limiter.clone(), self.drops.clone());
@@ -145,6 +151,7 @@ impl NetTasks {
                 }
             }
         });
+        Ok(())
     }
 
     /// Probe whether `peer` holds the state `manifest` of `repo` (see

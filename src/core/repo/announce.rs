@@ -332,3 +332,47 @@ impl Repo {
         }
     }
 }
+
+impl Repo {
+    /// Write every durable row of this repository again (configuration,
+    /// record copy, held state) after a commit failed, and announce the
+    /// held state the failure may have kept from going out (within the
+    /// rebroadcast budget: it may have gone out since).
+    pub fn rewrite(&mut self, ctx: &Ctx) {
+        let repo_id = self.config.repo_id.clone();
+        self.emit(Effect::Persist(crate::core::io::Write::Config(
+            self.config.clone(),
+        )));
+        self.emit(Effect::Persist(crate::core::io::Write::Record(
+            repo_id.clone(),
+            self.record.clone(),
+        )));
+        self.emit(Effect::Persist(crate::core::io::Write::Held(
+            repo_id.clone(),
+            self.held.clone().map(Box::new),
+        )));
+        self.persist_book();
+        self.clear_error_of(crate::core::persist::PERSIST_ERROR);
+        let held = self.held.as_ref().map(|h| h.statement.clone());
+        // Counted as a rebroadcast: the state may have gone out meanwhile.
+        if let Some(statement) = held
+            && rebroadcast_allowance(&mut self.rebroadcasts, ctx.now).0
+        {
+            let neighbors = self
+                .topic
+                .as_ref()
+                .map(|t| t.neighbors.clone())
+                .unwrap_or_default();
+            let direct = self
+                .dial_targets(ctx.me)
+                .into_iter()
+                .filter(|p| !neighbors.contains(p))
+                .collect();
+            self.emit(Effect::Announce {
+                repo: repo_id,
+                statement,
+                audience: crate::core::io::Audience::Everyone { direct },
+            });
+        }
+    }
+}

@@ -9,8 +9,9 @@ use iroh::{EndpointId, SecretKey};
 use crate::{
     announce::{SignedStatement, Statement},
     core::{
-        io::{Effect, Now, Settings, StateInfo},
+        io::{Effect, Now, StateInfo},
         queue::Lane,
+        settings::Settings,
     },
 };
 

@@ -58,6 +58,17 @@ const MAX_DIRECT_ANNOUNCES: usize =
 /// Most peers whose announced state is kept per repository.
 const MAX_PEERS_SEEN: usize = crate::core::repo::MAX_PEERS_SEEN;
 
+impl Checks {
+    /// `node` starts from its disk, which holds these states (repository,
+    /// seq, order): they are what its next states are judged against.
+    pub fn resume(&mut self, node: usize, on_disk: Vec<(RepoId, u64, u64)>) {
+        self.held.retain(|(n, _), _| *n != node);
+        for (repo, seq, order) in on_disk {
+            self.held.insert((node, repo), (seq, order));
+        }
+    }
+}
+
 impl World {
     /// Check `node` after a step.
     pub fn check_node(&mut self, node: usize) {

@@ -54,6 +54,8 @@ pub struct ManifestInfo {
     /// Held by some honest node (a publish that crashed before it finished
     /// makes a manifest nobody ever holds).
     pub held: bool,
+    /// On some honest node's disk (held durably) at some point.
+    pub durable: bool,
     /// Made by the owner's own knot: the states every follower must reach.
     pub honest: bool,
     /// Order of creation among the repository's manifests.
@@ -95,6 +97,7 @@ impl Content {
                 head,
                 legit,
                 held: false,
+                durable: false,
                 honest,
                 order: self.made,
             },
@@ -112,11 +115,12 @@ impl Content {
         }
     }
 
-    /// The newest legitimate manifest of `repo`.
+    /// The newest legitimate manifest of `repo` that some node's disk held
+    /// (a state only ever held in memory may be gone with a crash).
     pub fn newest_legit(&self, repo: &RepoId) -> Option<Hash> {
         self.manifests
             .iter()
-            .filter(|(_, m)| &m.repo == repo && m.honest && m.held)
+            .filter(|(_, m)| &m.repo == repo && m.honest && m.durable)
             .max_by_key(|(_, m)| m.order)
             .map(|(h, _)| *h)
     }

@@ -74,6 +74,9 @@ pub struct Faults {
     pub partition_every: Option<Duration>,
     /// Mean time between PDS outages (`None`: none).
     pub pds_outage_every: Option<Duration>,
+    /// Mean time between spells of a full disk on some node, during which
+    /// its durable commits fail (`None`: none).
+    pub disk_full_every: Option<Duration>,
     /// Chance that one message is lost.
     pub loss: f64,
     /// Chance that one message is delivered twice.
@@ -90,6 +93,7 @@ impl Faults {
             crash_every: None,
             partition_every: None,
             pds_outage_every: None,
+            disk_full_every: None,
             loss: 0.0,
             duplicate: 0.0,
             stale_neighbor: 0.0,
@@ -149,6 +153,7 @@ impl Scenario {
                 crash_every: maybe(&mut rng, 3, 20),
                 partition_every: maybe(&mut rng, 3, 20),
                 pds_outage_every: maybe(&mut rng, 5, 30),
+                disk_full_every: maybe(&mut rng, 5, 30),
                 loss: if rng.random_bool(0.5) {
                     rng.random_range(0.0..0.2)
                 } else {

@@ -19,7 +19,7 @@ use crate::{
     api::{PolicyRule, Reply},
     core::{
         Audience, Core, CoreCommand, Effect, Event, Policy, ReadId, RecordPoll, ReplyId, Settings,
-        TimerKey,
+        Subject, TimerKey,
     },
     record::PeerHint,
     repo_id::RepoId,
@@ -134,6 +134,8 @@ pub struct SimNode {
     pub disk: Disk,
     /// Lazy writes not yet flushed (lost in a crash).
     pending: BTreeMap<String, Write>,
+    /// The disk is full: durable commits fail.
+    pub disk_full: bool,
     flush_scheduled: bool,
     pub timers: HashMap<TimerKey, Duration>,
     /// Complete blobs in the blob store (survive crashes).
@@ -156,6 +158,7 @@ impl SimNode {
             up: false,
             disk: Disk::default(),
             pending: BTreeMap::new(),
+            disk_full: false,
             flush_scheduled: false,
             timers: HashMap::new(),
             blobs: BTreeSet::new(),
@@ -244,6 +247,19 @@ impl World {
         core.set_policy(policy);
         let rows: Vec<RepoRow> = n.disk.rows.values().cloned().collect();
         let follows = n.disk.follows.values().cloned().collect();
+        // What a failed commit kept from the disk is gone with the crash:
+        // the node resumes from the disk, and its states are judged from
+        // there on.
+        let on_disk: Vec<(RepoId, u64, u64)> = rows
+            .iter()
+            .filter_map(|row| {
+                let held = row.held.as_ref()?;
+                let order = self.content.manifests.get(&held.manifest_hash())?.order;
+                Some((row.config.repo_id.clone(), held.seq(), order))
+            })
+            .collect();
+        self.checks.resume(node, on_disk);
+        let n = &mut self.nodes[node];
         let effects = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let effects = core.load(rows, follows, now);
             (core, effects)
@@ -316,20 +332,76 @@ impl World {
         self.deliver(node, Event::Command { reply, command });
     }
 
-    /// Execute `effects` of `node`'s core in order, as the actor does.
+    /// Execute `effects` of `node`'s core in order, as the actor does:
+    /// consecutive writes are one commit; after a failed durable commit no
+    /// announcement of the batch goes out, successful replies become
+    /// errors, and the core hears of it right after the batch.
     pub fn execute(&mut self, node: usize, effects: Vec<Effect>) {
-        for effect in effects {
+        let mut writes = Vec::new();
+        let mut failed: Vec<Subject> = Vec::new();
+        for mut effect in effects {
             if !self.nodes[node].up {
                 return;
             }
+            if let Effect::Persist(write) = effect {
+                writes.push(write);
+                continue;
+            }
+            if !writes.is_empty() {
+                self.commit(node, std::mem::take(&mut writes), &mut failed);
+            }
+            if !failed.is_empty() {
+                match &mut effect {
+                    Effect::Announce { .. } => continue,
+                    Effect::Reply { reply, .. } if matches!(reply, Reply::Ok(_)) => {
+                        *reply = Reply::Error("the database could not record this change".into());
+                    }
+                    _ => {}
+                }
+            }
             self.execute_one(node, effect);
+        }
+        if !writes.is_empty() && self.nodes[node].up {
+            self.commit(node, writes, &mut failed);
+        }
+        if !failed.is_empty() && self.nodes[node].up {
+            failed.sort();
+            failed.dedup();
+            self.deliver(
+                node,
+                Event::PersistFailed {
+                    subjects: failed,
+                    error: "No space left on device (os error 28)".into(),
+                },
+            );
+        }
+    }
+
+    /// One commit of consecutive writes: lazy ones wait for a flush, a
+    /// durable one takes them along, all or nothing.
+    fn commit(&mut self, node: usize, writes: Vec<Write>, failed: &mut Vec<Subject>) {
+        let durable: Vec<Subject> = writes
+            .iter()
+            .filter(|w| w.needs_durability())
+            .map(Write::subject)
+            .collect();
+        if !durable.is_empty() && self.nodes[node].disk_full {
+            // Nothing reaches the disk; the lazy writes stay waiting.
+            for write in writes.into_iter().filter(|w| !w.needs_durability()) {
+                self.persist(node, write);
+            }
+            failed.extend(durable);
+            return;
+        }
+        for write in writes {
+            self.persist(node, write);
         }
     }
 
     fn execute_one(&mut self, node: usize, effect: Effect) {
         let life = self.nodes[node].life;
         match effect {
-            Effect::Persist(write) => self.persist(node, write),
+            Effect::Persist(_) => unreachable!("grouped by execute"),
             Effect::Reply { to, reply } => self.replied(node, to, reply),
             Effect::StartJob { repo, job, spec } => self.start_job(node, repo, job, spec),
             Effect::JoinTopic { repo, peers } => {
@@ -443,6 +515,12 @@ impl World {
         let life = self.nodes[node].life;
         let n = &mut self.nodes[node];
         if write.needs_durability() {
+            if let Write::Held(_, Some(held)) = &write
+                && let Some(m) = self.content.manifests.get_mut(&held.manifest_hash())
+            {
+                m.durable = true;
+            }
+            let n = &mut self.nodes[node];
             // A durable commit takes the waiting lazy writes along.
             n.flush();
             n.disk.apply(write);
@@ -497,6 +575,29 @@ impl World {
             Msg::PullAsk { from, repos } => return self.answer_pull(node, from, repos),
         };
         self.deliver(node, event);
+    }
+
+    /// A full disk: `node`'s, or a random honest node's for `usize::MAX`,
+    /// for a while.
+    pub fn disk_full(&mut self, node: usize) {
+        if node == usize::MAX {
+            if !self.active {
+                return;
+            }
+            if let Some(mean) = self.scenario.faults.disk_full_every {
+                let next = self.exponential(mean);
+                self.schedule(next, Ev::DiskFull { node: usize::MAX });
+            }
+            let honest: Vec<usize> = (0..self.nodes.len())
+                .filter(|n| self.nodes[*n].is_honest())
+                .collect();
+            let victim = honest[rand::Rng::random_range(&mut self.rng, 0..honest.len())];
+            return self.disk_full(victim);
+        }
+        self.note(|| format!("n{node}'s disk is full"));
+        self.nodes[node].disk_full = true;
+        let lasts = self.between(Duration::from_secs(5), Duration::from_secs(300));
+        self.schedule(lasts, Ev::DiskOk { node });
     }
 
     /// A crash fault: `node`, or a random honest node for `usize::MAX`.
@@ -734,6 +835,10 @@ pub fn describe_event(event: &Event) -> String {
                 .map_or_else(|e| e.clone(), |(r, _)| format!("{} records", r.len()))
         ),
         Event::AccountResolved { did } => format!("account {did}"),
+        Event::PersistFailed { subjects, error } => {
+            format!("commit of {} subjects failed: {error}", subjects.len())
+        }
+        Event::NetBusy(busy) => format!("net busy: {busy:?}"),
         Event::GcPass { passes } => format!("gc pass {passes}"),
         Event::ReplicaProbed {
             repo, peer, proved, ..

@@ -134,6 +134,7 @@ fn faults_without_adversaries_heal() {
             crash_every: Some(Duration::from_secs(120)),
             partition_every: Some(Duration::from_secs(180)),
             pds_outage_every: Some(Duration::from_secs(300)),
+            disk_full_every: Some(Duration::from_secs(300)),
             loss: 0.1,
             duplicate: 0.02,
             stale_neighbor: 0.3,

@@ -87,6 +87,10 @@ pub enum Ev {
     PdsDown { owner: usize },
     /// It is back.
     PdsUp { owner: usize },
+    /// A node's disk fills up: its durable commits fail.
+    DiskFull { node: usize },
+    /// Space is freed.
+    DiskOk { node: usize },
     /// A stranger acts.
     Adversary { node: usize },
     /// The owner deletes a repository's record.
@@ -324,6 +328,10 @@ impl World {
             let at = self.exponential(mean);
             self.schedule(at, Ev::PdsDown { owner: usize::MAX });
         }
+        if let Some(mean) = f.disk_full_every {
+            let at = self.exponential(mean);
+            self.schedule(at, Ev::DiskFull { node: usize::MAX });
+        }
         self.schedule(s.active, Ev::EndActive);
         self.schedule(s.active + s.settle, Ev::Settled);
     }
@@ -408,6 +416,11 @@ impl World {
                 self.note(|| format!("pds of {did} is back"));
                 self.pds.set_down(&did, false);
             }
+            Ev::DiskFull { node } => self.disk_full(node),
+            Ev::DiskOk { node } => {
+                self.note(|| format!("n{node}'s disk has room again"));
+                self.nodes[node].disk_full = false;
+            }
             Ev::Adversary { node } => self.adversary_step(node),
             Ev::DeleteRecord { repo } => self.delete_record(repo),
             Ev::Admin { node, command } => {
@@ -418,6 +431,9 @@ impl World {
             Ev::EndActive => {
                 self.note(|| "faults stop".into());
                 self.active = false;
+                for n in &mut self.nodes {
+                    n.disk_full = false;
+                }
                 self.heal_everything();
             }
             Ev::Settled => {}

@@ -3,6 +3,7 @@
 //! queue, sync, removal, restart, rejoin and write-back behaviour.
 
 mod extremes;
+mod failures;
 mod flows;
 mod follows;
 mod providers;

@@ -1,0 +1,119 @@
+//! When the database fails: a commit of durable writes that did not reach
+//! the disk is reported ([`super::Event::PersistFailed`]); the core keeps
+//! what it holds in memory, says so (each repository's error, an event, a
+//! counter), and writes the rows of every subject again, from what it
+//! holds then, after a backoff (doubling from `retry_base` up to
+//! `retry_max` while commits keep failing). A repository's announcement
+//! that the failure held back goes out once its rows are written. Nothing
+//! here is persisted: after a crash the node resumes from what the disk
+//! has, which is consistent (a commit is all or nothing).
+
+use std::collections::BTreeSet;
+
+use tracing::{error, info};
+
+use super::{
+    io::{Effect, Event, Now, Subject, TimerKey, Write, later},
+    machine::Core,
+    queue,
+};
+use crate::api::{NodeEvent, PolicyRule};
+
+/// The start of a repository's error after a failed commit.
+pub const PERSIST_ERROR: &str = "the database could not record";
+
+/// Failed commits waiting to be written again.
+#[derive(Debug, Default)]
+pub struct Unpersisted {
+    /// Subjects whose rows are written again at the next retry.
+    pub subjects: BTreeSet<Subject>,
+    /// Failed commits in a row (reset by an event after a retry that no
+    /// failure followed).
+    pub failures: u32,
+}
+
+impl Core {
+    /// A commit failed: remember its subjects and retry after a backoff.
+    pub(super) fn handle_persist_failed(
+        &mut self,
+        subjects: Vec<Subject>,
+        store_error: String,
+        now: Now,
+    ) {
+        self.counters.store_failures += 1;
+        self.unpersisted.failures = self.unpersisted.failures.saturating_add(1);
+        let wait = queue::backoff(
+            self.settings.retry_base,
+            self.settings.retry_max,
+            self.unpersisted.failures,
+        );
+        error!(error = %store_error, subjects = subjects.len(), retry_secs = wait.as_secs(), "the database could not record a change; kept in memory and written again later");
+        for subject in subjects {
+            if let Subject::Repo(repo_id) = &subject {
+                let message = format!(
+                    "{PERSIST_ERROR} a change ({store_error}); knotd writes it again in {} s: check the disk holding the data directory",
+                    wait.as_secs()
+                );
+                self.with_repo(repo_id, now, |r, _| {
+                    r.set_error(Some(message));
+                    r.notify(NodeEvent::PersistFailed {
+                        error: store_error.clone(),
+                        retry_secs: wait.as_secs(),
+                    });
+                });
+            }
+            self.unpersisted.subjects.insert(subject);
+        }
+        self.set_timer(TimerKey::Repersist, later(now.at, wait));
+    }
+
+    /// Every event but a commit failure after a retry means the retry's
+    /// commit held: failures in a row start again from zero.
+    pub(super) fn note_commit_held(&mut self, event: &Event) {
+        if !matches!(event, Event::PersistFailed { .. }) && self.unpersisted.subjects.is_empty() {
+            self.unpersisted.failures = 0;
+        }
+    }
+
+    /// Write the rows of every remembered subject again, from what the
+    /// core holds now, and send the announcements that were held back.
+    pub(super) fn repersist(&mut self, now: Now) {
+        let subjects = std::mem::take(&mut self.unpersisted.subjects);
+        if subjects.is_empty() {
+            return;
+        }
+        info!(
+            subjects = subjects.len(),
+            "writing again what the database could not record"
+        );
+        for subject in subjects {
+            match subject {
+                Subject::Repo(repo_id) => {
+                    let tracked = self
+                        .with_repo(&repo_id, now, |r, ctx| r.rewrite(ctx))
+                        .is_some();
+                    if !tracked {
+                        self.out.push(Effect::Persist(Write::Remove(repo_id)));
+                    }
+                }
+                Subject::Follow(did) => {
+                    let write = match self.follows.get(&did) {
+                        Some(follow) => Write::Follow(follow.config.clone()),
+                        None => Write::Unfollow(did),
+                    };
+                    self.out.push(Effect::Persist(write));
+                }
+                Subject::Policy(target) => {
+                    let rule = if self.policy.allow.contains(&target) {
+                        Some(PolicyRule::Allow)
+                    } else if self.policy.block.contains(&target) {
+                        Some(PolicyRule::Block)
+                    } else {
+                        None
+                    };
+                    self.out.push(Effect::Persist(Write::Policy(target, rule)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! What the executor reports instead of deciding: a database commit that
+//! failed ([`Event::PersistFailed`]) and network work it had no room for
+//! ([`Event::NetBusy`]).
+
+use std::time::Duration;
+
+use super::*;
+use crate::core::{io::MAX_PULL_REPOS, persist::PERSIST_ERROR, tables::MAX_PULL_PEERS};
+
+fn timer_at(fx: &[Effect], wanted: &TimerKey) -> Option<Instant> {
+    fx.iter().find_map(|e| match e {
+        Effect::SetTimer { key, at } if key == wanted => Some(*at),
+        _ => None,
+    })
+}
+
+fn failed(sim: &mut Sim) -> Vec<Effect> {
+    sim.event(Event::PersistFailed {
+        subjects: vec![Subject::Repo(repo())],
+        error: "No space left on device".into(),
+    })
+}
+
+#[test]
+fn a_failed_commit_is_shown_and_written_again_after_a_backoff() {
+    let mut sim = Sim::new(4);
+    let author = key(1);
+    sim.add(vec![hint(&author)], None);
+    sim.take(&author, 2, T0_MS);
+
+    let fx = failed(&mut sim);
+    let error = sim.core.summaries()[0].last_error.clone().unwrap();
+    assert!(error.starts_with(PERSIST_ERROR), "{error}");
+    assert!(error.contains("No space left"), "{error}");
+    let first = timer_at(&fx, &TimerKey::Repersist).expect("a retry is set");
+    assert_eq!(first - sim.now().at, sim.core.settings.retry_base);
+    assert_eq!(sim.core.counters.store_failures, 1);
+
+    // The retry fails as well: the wait doubles.
+    sim.advance(first - sim.now().at);
+    let fx = sim.event(Event::Timer(TimerKey::Repersist));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Held(r, Some(_))) if *r == repo())),
+        "the held state is written again: {fx:?}"
+    );
+    let fx = failed(&mut sim);
+    let second = timer_at(&fx, &TimerKey::Repersist).unwrap();
+    assert_eq!(second - sim.now().at, sim.core.settings.retry_base * 2);
+
+    // This time the commit holds: the error clears and the count resets.
+    sim.advance(second - sim.now().at);
+    let fx = sim.event(Event::Timer(TimerKey::Repersist));
+    for write in [
+        |w: &Write| matches!(w, Write::Config(c) if c.repo_id == repo()),
+        |w: &Write| matches!(w, Write::Record(r, _) if *r == repo()),
+        |w: &Write| matches!(w, Write::Held(r, Some(_)) if *r == repo()),
+    ] {
+        assert!(
+            fx.iter()
+                .any(|e| matches!(e, Effect::Persist(w) if write(w))),
+            "{fx:?}"
+        );
+    }
+    assert!(sim.core.summaries()[0].last_error.is_none());
+    sim.advance(Duration::from_secs(1));
+    sim.event(Event::Timer(TimerKey::RecordReads));
+    let fx = failed(&mut sim);
+    let third = timer_at(&fx, &TimerKey::Repersist).unwrap();
+    assert_eq!(third - sim.now().at, sim.core.settings.retry_base);
+}
+
+#[test]
+fn a_removed_repository_whose_commit_failed_is_removed_again() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], None);
+    sim.command(CoreCommand::RemoveRepo { repo_id: repo() });
+    failed(&mut sim);
+    sim.advance(sim.core.settings.retry_base);
+    let fx = sim.event(Event::Timer(TimerKey::Repersist));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Remove(r)) if *r == repo())),
+        "{fx:?}"
+    );
+}
+
+#[test]
+fn a_pull_with_no_room_is_sent_later_and_bounded() {
+    let mut sim = Sim::new(4);
+    sim.add(vec![], None);
+    let peer = key(7).public();
+    let fx = sim.event(Event::NetBusy(Busy::Pull {
+        peer,
+        repos: vec![repo()],
+    }));
+    let due = timer_at(&fx, &TimerKey::DeferredPulls).expect("deferred");
+    // Many more busy pulls from many peers: the deferred set stays bounded.
+    let many = MAX_PULL_PEERS as u32 + 10;
+    for n in 0..many {
+        let mut bytes = [9u8; 32];
+        bytes[..4].copy_from_slice(&n.to_le_bytes());
+        let repos = (0..MAX_PULL_REPOS + 5)
+            .map(|i| rid(&format!("did:plc:o{n}/r{i}")))
+            .collect();
+        sim.event(Event::NetBusy(Busy::Pull {
+            peer: SecretKey::from_bytes(&bytes).public(),
+            repos,
+        }));
+    }
+    assert_eq!(sim.core.counters.pulls_deferred, u64::from(many) + 1);
+    sim.advance(due - sim.now().at);
+    let fx = sim.event(Event::Timer(TimerKey::DeferredPulls));
+    let pulls: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Pull { peer, repos } => Some((*peer, repos.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        pulls.iter().any(|(p, r)| *p == peer && r.contains(&repo())),
+        "{pulls:?}"
+    );
+    assert!(pulls.len() <= MAX_PULL_PEERS, "{}", pulls.len());
+    assert!(pulls.iter().all(|(_, r)| r.len() <= MAX_PULL_REPOS));
+    // Nothing is left for later.
+    sim.advance(Duration::from_secs(60));
+    let fx = sim.event(Event::Timer(TimerKey::DeferredPulls));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Pull { .. })));
+}
+
+#[test]
+fn a_dropped_push_is_counted() {
+    let mut sim = Sim::new(4);
+    sim.event(Event::NetBusy(Busy::Push {
+        peer: key(7).public(),
+    }));
+    assert_eq!(sim.core.counters.pushes_dropped, 1);
+}
