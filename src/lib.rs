@@ -33,6 +33,7 @@ pub mod push;
 pub mod record;
 pub mod remote_helper;
 pub mod repo_id;
+pub mod served;
 pub mod state;
 pub mod store;
 pub mod supervise;

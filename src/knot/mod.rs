@@ -3,7 +3,8 @@
 //! Owns the I/O around the core: the admin command channel and reply
 //! channels, the database writes, one task per joined gossip topic
 //! ([`topics`]), content jobs ([`jobs`]), direct pushes, pulls and record
-//! write-backs ([`net`]), the record poller's handle, and one timer queue.
+//! write-backs ([`net`]), the record poller's handle, what is served to git
+//! clients ([`crate::served`]), and one timer queue ([`timers`]).
 //! One `select!` loop turns everything that happens into core events and
 //! executes the effects that come back, in order: a durable write is
 //! committed before the effects after it run, so a held state is on disk
@@ -23,6 +24,7 @@ mod jobs;
 mod net;
 mod paths;
 mod serve;
+mod timers;
 mod topics;
 
 use std::{
@@ -35,15 +37,11 @@ use std::{
 use iroh::{Endpoint, SecretKey, address_lookup::MemoryLookup};
 use iroh_blobs::store::fs::FsStore;
 use iroh_gossip::net::Gossip;
-use n0_future::StreamExt;
 use tokio::{
     sync::{broadcast, mpsc, oneshot},
     task::JoinSet,
 };
-use tokio_util::{
-    sync::CancellationToken,
-    time::{DelayQueue, delay_queue},
-};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 pub use input::{build_locator, parse_ticket, valid_rkey};
@@ -57,14 +55,14 @@ use crate::{
     clock,
     config::Config,
     core::{
-        Audience, Core, CoreCommand, Effect, Event, JobId, Now, RecordPoll, ReplyId, Settings,
-        TimerKey, Via,
+        Audience, Core, CoreCommand, Effect, Event, JobId, Now, RecordPoll, ReplyId, Settings, Via,
     },
     gitserve::ServeTarget,
     heads::HeadsEvent,
     limits::DropCounters,
     poller::{PollError, PollOutcome, PollerHandle},
     repo_id::RepoId,
+    served::ServedRepos,
     store::{Store, StoreError, Write},
 };
 use topics::{JoinedTopic, TopicCommand, TopicContext, TopicEvent};
@@ -158,8 +156,8 @@ enum Request {
 pub struct KnotHandle {
     tx: mpsc::Sender<AdminMessage>,
     events: broadcast::Sender<EventLine>,
-    /// Where materialized repositories live.
-    repos_root: PathBuf,
+    /// What is served to git clients, as the core says.
+    served: ServedRepos,
     /// The node's temporary directory (received packs, empty stand-ins).
     tmp_dir: PathBuf,
     /// Most bytes a received pack may have.
@@ -190,6 +188,11 @@ impl KnotHandle {
     /// Subscribe to the node's events.
     pub fn subscribe(&self) -> broadcast::Receiver<EventLine> {
         self.events.subscribe()
+    }
+
+    /// What the node serves to git clients (shared, kept up to date).
+    pub fn served(&self) -> ServedRepos {
+        self.served.clone()
     }
 }
 
@@ -227,8 +230,7 @@ pub struct Knot {
     started: Instant,
     replies: HashMap<ReplyId, oneshot::Sender<Reply>>,
     next_reply: ReplyId,
-    timers: DelayQueue<TimerKey>,
-    timer_keys: HashMap<TimerKey, delay_queue::Key>,
+    timers: timers::Timers,
     topics: HashMap<RepoId, JoinedTopic>,
     topic_tasks: JoinSet<()>,
     topic_ctx: TopicContext,
@@ -245,6 +247,7 @@ pub struct Knot {
     book_pending: BTreeMap<String, Write>,
     flush_at: Option<tokio::time::Instant>,
     events: broadcast::Sender<EventLine>,
+    served: ServedRepos,
 }
 
 /// What a side task of the actor hands back.
@@ -287,6 +290,7 @@ impl Knot {
         let secret_key = parts.endpoint.secret_key().clone();
         let config = &parts.config;
         let repos_root = config.data_dir.join("repos");
+        let served = ServedRepos::new(repos_root.clone());
         let mut settings = Settings::new(repos_root.clone());
         settings.write_back = account.is_some();
         settings.max_jobs = config.max_concurrent_jobs;
@@ -332,8 +336,7 @@ impl Knot {
             started: Instant::now(),
             replies: HashMap::new(),
             next_reply: 1,
-            timers: DelayQueue::new(),
-            timer_keys: HashMap::new(),
+            timers: timers::Timers::default(),
             topics: HashMap::new(),
             topic_tasks: JoinSet::new(),
             topic_ctx: TopicContext {
@@ -363,13 +366,14 @@ impl Knot {
             book_pending: BTreeMap::new(),
             flush_at: None,
             events: events.clone(),
+            served: served.clone(),
             parts,
         };
         tasks.spawn("repository actor", actor.run(rows, follows));
         Ok(KnotHandle {
             tx,
             events,
-            repos_root,
+            served,
             tmp_dir,
             max_receive_bytes,
         })
@@ -411,11 +415,7 @@ impl Knot {
                         self.handle_net(done).await;
                     }
                 }
-                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
-                    let key = expired.into_inner();
-                    self.timer_keys.remove(&key);
-                    self.feed(Event::Timer(key)).await;
-                }
+                Some(key) = self.timers.next(), if !self.timers.is_empty() => self.feed(Event::Timer(key)).await,
                 Some(done) = self.side.join_next(), if !self.side.is_empty() => match done {
                     Ok(Side::Event(event)) => self.feed(event).await,
                     Ok(Side::Command(reply, command)) => self.command(reply, command).await,
@@ -693,6 +693,7 @@ impl Knot {
                     event,
                 });
             }
+            Effect::Served { repo, state } => self.served.set(repo, state),
             Effect::TrackIdentity { did } => self.follows.track(did),
             Effect::UntrackIdentity { did } => self.follows.untrack(&did),
             Effect::PollNow { repo } => {
@@ -733,16 +734,7 @@ impl Knot {
                 }
                 None => warn!(repo = %repo, "write-back asked for without credentials"),
             },
-            Effect::SetTimer { key, at } => {
-                let at = timer_deadline(at);
-                match self.timer_keys.get(&key) {
-                    Some(k) => self.timers.reset_at(k, at),
-                    None => {
-                        let k = self.timers.insert_at(key.clone(), at);
-                        self.timer_keys.insert(key, k);
-                    }
-                }
-            }
+            Effect::SetTimer { key, at } => self.timers.set(key, at),
         }
     }
 
@@ -791,43 +783,9 @@ impl Knot {
     }
 }
 
-/// A deadline the timer queue holds: at most [`crate::core::MAX_TIMER_WAIT`]
-/// from now (the queue panics for deadlines about two years out).
-fn timer_deadline(at: Instant) -> tokio::time::Instant {
-    let latest = crate::core::later(Instant::now(), crate::core::MAX_TIMER_WAIT);
-    tokio::time::Instant::from_std(at.min(latest))
-}
-
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_timer_queue_takes_any_deadline() {
-        let mut timers = DelayQueue::new();
-        let three_years = Instant::now() + Duration::from_secs(100_000_000);
-        let key = timers.insert_at(1, timer_deadline(three_years));
-        timers.reset_at(
-            &key,
-            timer_deadline(Instant::now() + crate::core::MAX_TIMER_WAIT),
-        );
-        timers.insert_at(2, timer_deadline(Instant::now()));
-        assert_eq!(timers.next().await.map(|e| e.into_inner()), Some(2));
-        // Unclamped, the same deadline panics the queue.
-        let far = tokio::time::Instant::from_std(three_years);
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            timers.insert_at(3, far);
-        }));
-        assert!(
-            panicked.is_err(),
-            "the queue took a deadline three years out"
-        );
     }
 }

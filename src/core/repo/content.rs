@@ -8,7 +8,8 @@
 //! its job starts, so a newer state that arrived meanwhile is never lost and
 //! an older one never replaces it. Both publish and fetch finish a state the
 //! same way, inside the job: materialize, then pin (blob store flushed); the
-//! state held is then persisted durably and only then announced. A job that
+//! state held is then persisted durably and only then served to git clients
+//! and announced. A job that
 //! fails restores the previous state's pins and copy before it reports.
 
 use iroh::EndpointId;
@@ -410,6 +411,7 @@ impl Repo {
             repo_id.clone(),
             Some(Box::new(held)),
         )));
+        self.publish_served();
         let record_wanted = self
             .want
             .as_ref()

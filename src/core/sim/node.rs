@@ -1,6 +1,6 @@
 //! One simulated node and the executor of its core's effects: what the
 //! actor does for a real node (writes, timers, jobs, topics, pushes, pulls,
-//! polls, write-backs), done against the world.
+//! polls, write-backs, what is served), done against the world.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -18,7 +18,8 @@ use crate::{
     announce::Announcement,
     api::{PolicyRule, Reply},
     core::{
-        Audience, Core, CoreCommand, Effect, Event, Policy, RecordPoll, ReplyId, Settings, TimerKey,
+        Audience, Core, CoreCommand, Effect, Event, Policy, RecordPoll, ReplyId, ServedState,
+        Settings, TimerKey,
     },
     record::PeerHint,
     repo_id::RepoId,
@@ -145,6 +146,9 @@ pub struct SimNode {
     pub listed: BTreeSet<String>,
     /// Admin commands waiting for their reply.
     pub waiting: BTreeMap<ReplyId, CoreCommand>,
+    /// What the node serves to git clients, as its core last said (kept
+    /// in memory, as the actor does).
+    pub served: BTreeMap<RepoId, ServedState>,
     next_reply: ReplyId,
     /// The hostile behaviour of a stranger.
     pub stranger: Option<Stranger>,
@@ -167,6 +171,7 @@ impl SimNode {
             polled: BTreeMap::new(),
             listed: BTreeSet::new(),
             waiting: BTreeMap::new(),
+            served: BTreeMap::new(),
             next_reply: 1,
             stranger: None,
         }
@@ -460,6 +465,13 @@ impl World {
                 seq,
             } => self.write_back(node, repo, rkey, head, manifest, seq),
             Effect::Notify { .. } => {}
+            Effect::Served { repo, state } => {
+                let served = &mut self.nodes[node].served;
+                match state {
+                    Some(state) => served.insert(repo, state),
+                    None => served.remove(&repo),
+                };
+            }
             Effect::SetTimer { key, at } => {
                 let at = self.virtual_at(at).max(self.now);
                 self.nodes[node].timers.insert(key.clone(), at);
@@ -567,6 +579,7 @@ impl World {
         n.polled.clear();
         n.listed.clear();
         n.waiting.clear();
+        n.served.clear();
         self.node_gone(node);
     }
 

@@ -6,6 +6,7 @@ mod extremes;
 mod flows;
 mod follows;
 mod providers;
+mod served;
 mod strangers;
 mod trust;
 mod verify;
