@@ -2,10 +2,10 @@
 //! comes out ([`Effect`], with [`Write`]s for the database, [`JobSpec`]s
 //! for content jobs, [`TimerKey`]s for timers and the [`ServedState`] of
 //! each repository), the outcomes the actor reports ([`JobResult`],
-//! [`RecordPoll`], [`WrittenBack`]) and the time ([`Now`]). Plain data:
-//! the I/O modules speak it to the core, the core imports none of them.
-//! Nothing here survives a restart by itself; the store persists
-//! [`Write`]s.
+//! [`JobProgress`], [`RecordPoll`], [`WrittenBack`]) and the time
+//! ([`Now`]). Plain data: the I/O modules speak it to the core, the core
+//! imports none of them. Nothing here survives a restart by itself; the
+//! store persists [`Write`]s.
 
 use std::{
     net::SocketAddr,
@@ -272,6 +272,15 @@ impl From<&str> for JobError {
 
 /// The result of a content job.
 pub type JobResult = Result<StateInfo, JobError>;
+
+/// How far a running fetch has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobProgress {
+    /// Bytes of packs received so far.
+    pub bytes: u64,
+    /// Bytes of packs to receive in all.
+    pub total: u64,
+}
 
 /// What the node serves of a repository to git clients: the state it
 /// holds, materialized.

@@ -54,9 +54,7 @@ use crate::{
     atproto::XrpcClient,
     clock,
     config::Config,
-    core::{
-        Audience, Core, CoreCommand, Effect, Event, JobId, Now, RecordPoll, ReplyId, Settings, Via,
-    },
+    core::{Audience, Core, CoreCommand, Effect, Event, Now, RecordPoll, ReplyId, Settings, Via},
     gitserve::ServeTarget,
     heads::HeadsEvent,
     limits::DropCounters,
@@ -236,9 +234,7 @@ pub struct Knot {
     topic_ctx: TopicContext,
     topic_rx: mpsc::Receiver<(RepoId, TopicEvent)>,
     net: net::NetTasks,
-    jobs: JoinSet<jobs::JobOutcome>,
-    job_ids: HashMap<tokio::task::Id, (RepoId, JobId)>,
-    job_ctx: jobs::JobContext,
+    jobs: jobs::Jobs,
     side: JoinSet<Side>,
     follows: crate::follow::Follows,
     listings: mpsc::Receiver<crate::follow::Listing>,
@@ -299,16 +295,6 @@ impl Knot {
         settings.verify_interval = config.verify_interval();
         settings.max_repos_per_identity = config.follow.max_repos_per_identity;
         settings.retired_grace = config.follow.retired_grace();
-        let job_ctx = jobs::JobContext {
-            blobs: parts.blobs.clone(),
-            gc_guard: parts.gc_guard.clone(),
-            endpoint: parts.endpoint.clone(),
-            repos_root: repos_root.clone(),
-            data_dir: config.data_dir.clone(),
-            fetch_timeout: config.fetch_timeout(),
-            max_packs: config.max_packs,
-            events: events.clone(),
-        };
         let tmp_dir = config.data_dir.join("tmp");
         crate::gitserve::clear_tmp(&tmp_dir);
         let max_receive_bytes = config
@@ -328,6 +314,12 @@ impl Knot {
             };
         }
         core.set_policy(policy);
+        let jobs = jobs::Jobs::new(
+            &parts,
+            repos_root.clone(),
+            cancel.child_token(),
+            events.clone(),
+        );
         let actor = Knot {
             core,
             secret_key,
@@ -347,9 +339,7 @@ impl Knot {
             },
             topic_rx,
             net: net::NetTasks::new(parts.heads_limiter.clone(), parts.drops.clone()),
-            jobs: JoinSet::new(),
-            job_ids: HashMap::new(),
-            job_ctx,
+            jobs,
             side: JoinSet::new(),
             follows: crate::follow::Follows::new(
                 parts.xrpc.clone(),
@@ -409,7 +399,7 @@ impl Knot {
                     let repo = outcome.repo_id.clone();
                     self.feed(Event::Polled { repo, outcome: outcome.into_poll() }).await;
                 }
-                Some(done) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => self.handle_job(done).await,
+                event = self.jobs.next() => self.feed(event).await,
                 Some(done) = self.net.set().join_next(), if !self.net.set().is_empty() => {
                     if let Ok(done) = done {
                         self.handle_net(done).await;
@@ -496,35 +486,6 @@ impl Knot {
                 let _ = reply.send(statements);
             }
         }
-    }
-
-    async fn handle_job(
-        &mut self,
-        done: Result<(tokio::task::Id, jobs::JobOutcome), tokio::task::JoinError>,
-    ) {
-        let (task, (result, faults)) = match done {
-            Ok(done) => done,
-            Err(e) => {
-                error!(error = %e, "a content job panicked");
-                (
-                    e.id(),
-                    (
-                        Err(format!("internal error: the job stopped: {e}").into()),
-                        Vec::new(),
-                    ),
-                )
-            }
-        };
-        let Some((repo, job)) = self.job_ids.remove(&task) else {
-            return;
-        };
-        self.feed(Event::JobDone {
-            repo,
-            job,
-            result,
-            faults,
-        })
-        .await;
     }
 
     async fn handle_net(&mut self, done: net::NetDone) {
@@ -634,12 +595,7 @@ impl Knot {
                     let _ = tx.send(reply);
                 }
             }
-            Effect::StartJob { repo, job, spec } => {
-                let handle = self
-                    .jobs
-                    .spawn(jobs::run(self.job_ctx.clone(), repo.clone(), spec));
-                self.job_ids.insert(handle.id(), (repo, job));
-            }
+            Effect::StartJob { repo, job, spec } => self.jobs.start(repo, job, spec),
             Effect::JoinTopic { repo, peers } => self.join_topic(repo, peers),
             Effect::DialPeers { repo, peers } => {
                 if let Some(topic) = self.topics.get(&repo) {
