@@ -360,6 +360,15 @@ pub enum Event {
         /// have had some too).
         faults: Vec<(EndpointId, ProviderFault)>,
     },
+    /// A running content job reported how far it has got.
+    JobProgress {
+        /// The repository.
+        repo: RepoId,
+        /// The job.
+        job: JobId,
+        /// How far it has got.
+        progress: JobProgress,
+    },
     /// A write-back finished.
     WrittenBack {
         /// The repository.

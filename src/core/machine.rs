@@ -164,6 +164,13 @@ impl Core {
                 result,
                 faults,
             } => self.handle_job_done(&repo, job, result, &faults, now),
+            Event::JobProgress {
+                repo,
+                job,
+                progress,
+            } => {
+                self.with_repo(&repo, now, |r, _| r.on_job_progress(job, progress));
+            }
             Event::WrittenBack { repo, result } => {
                 self.with_repo(&repo, now, |r, ctx| r.on_written_back(ctx, result));
             }

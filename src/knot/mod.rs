@@ -314,12 +314,7 @@ impl Knot {
             };
         }
         core.set_policy(policy);
-        let jobs = jobs::Jobs::new(
-            &parts,
-            repos_root.clone(),
-            cancel.child_token(),
-            events.clone(),
-        );
+        let jobs = jobs::Jobs::new(&parts, repos_root.clone(), cancel.child_token());
         let actor = Knot {
             core,
             secret_key,

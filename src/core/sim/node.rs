@@ -748,6 +748,14 @@ pub fn describe_event(event: &Event) -> String {
             ),
             Err(e) => format!("job {job} {repo} failed: {e}"),
         },
+        Event::JobProgress {
+            repo,
+            job,
+            progress,
+        } => format!(
+            "job {job} {repo} progress {}/{}",
+            progress.bytes, progress.total
+        ),
         Event::WrittenBack { repo, result } => format!("written back {repo}: {}", result.is_ok()),
         Event::Listed { did, result } => format!(
             "listed {did}: {}",
