@@ -287,9 +287,10 @@ fn bare_copy(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// What is served to git clients, over smart HTTP and over the admin
-/// socket (`git clone knot://`), is what the node holds: a repository
-/// under `repos/` it does not hold (a stray copy, or one put back where a
-/// removed repository was) is not served, however complete.
+/// socket (`git clone knot://`), is what the node holds, from the moment
+/// it starts: a repository under `repos/` it does not hold (a stray copy,
+/// or one put back where a removed repository was) is not served, however
+/// complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_what_the_node_holds_is_served() {
     const STRAY: &str = "did:plc:author1/stray";
@@ -299,31 +300,34 @@ async fn only_what_the_node_holds_is_served() {
     let mut config = Config::local(work.path().join("node"));
     config.http.enabled = true;
     config.http.bind = "127.0.0.1:0".parse().unwrap();
-    let node = TestNode::spawn_with(config).await;
+    let mut node = TestNode::spawn_with(config.clone()).await;
     node.publish(REPO, &src).await;
-    let addr = node.node.http_addr().expect("http is enabled");
     let copy = work.path().join("copy.git");
     bare_copy(&node.repo_path(REPO), &copy);
     bare_copy(&copy, &node.repo_path(STRAY));
 
-    assert_eq!(http_status(addr, REPO).await, 200);
-    assert!(advertised(&node, REPO).await.contains(&"HEAD".to_string()));
-    assert_eq!(
-        http_status(addr, STRAY).await,
-        404,
-        "a stray copy is served"
-    );
-    assert_eq!(advertised(&node, STRAY).await, Vec::<String>::new());
+    for restarted in [false, true] {
+        let addr = node.node.http_addr().expect("http is enabled");
+        assert_eq!(http_status(addr, REPO).await, 200, "restarted: {restarted}");
+        assert!(advertised(&node, REPO).await.contains(&"HEAD".to_string()));
+        let stray = http_status(addr, STRAY).await;
+        assert_eq!(
+            stray, 404,
+            "a stray copy is served (restarted: {restarted})"
+        );
+        assert_eq!(advertised(&node, STRAY).await, Vec::<String>::new());
+        if !restarted {
+            node = node.restart_with(config.clone()).await;
+        }
+    }
 
+    let addr = node.node.http_addr().expect("http is enabled");
     node.admin(Command::RemoveRepo { repo_id: rid(REPO) })
         .await
         .expect("remove-repo");
     bare_copy(&copy, &node.repo_path(REPO));
-    assert_eq!(
-        http_status(addr, REPO).await,
-        404,
-        "a removed repository is served"
-    );
+    let removed = http_status(addr, REPO).await;
+    assert_eq!(removed, 404, "a removed repository is served");
     assert_eq!(advertised(&node, REPO).await, Vec::<String>::new());
     node.stop().await;
 }

@@ -314,6 +314,15 @@ impl Knot {
             };
         }
         core.set_policy(policy);
+        let repos = rows.len();
+        let loaded = core.load(rows, follows, now());
+        // What is held is served before the servers start, which is once
+        // this returns.
+        for effect in &loaded {
+            if let Effect::Served { repo, state } = effect {
+                served.set(repo.clone(), state.clone());
+            }
+        }
         let jobs = jobs::Jobs::new(&parts, repos_root.clone(), cancel.child_token());
         let actor = Knot {
             core,
@@ -354,7 +363,7 @@ impl Knot {
             served: served.clone(),
             parts,
         };
-        tasks.spawn("repository actor", actor.run(rows, follows));
+        tasks.spawn("repository actor", actor.run(repos, loaded));
         Ok(KnotHandle {
             tx,
             events,
@@ -364,14 +373,10 @@ impl Knot {
         })
     }
 
-    async fn run(
-        mut self,
-        rows: Vec<crate::state::RepoRow>,
-        follows: Vec<crate::state::FollowConfig>,
-    ) {
-        let count = rows.len();
-        let effects = self.core.load(rows, follows, now());
-        self.execute(effects).await;
+    /// Execute what the core decided when it loaded (`repos`
+    /// repositories), then run until cancelled.
+    async fn run(mut self, repos: usize, loaded: Vec<Effect>) {
+        self.execute(loaded).await;
         if let Some(ctx) = self.write_back.clone() {
             self.side.spawn(async move {
                 Side::Event(Event::AccountResolved {
@@ -379,7 +384,7 @@ impl Knot {
                 })
             });
         }
-        info!(repos = count, "repositories resumed");
+        info!(repos, "repositories resumed");
         loop {
             let flush_at = self.flush_at;
             tokio::select! {
