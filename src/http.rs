@@ -2,7 +2,9 @@
 //! the node's materialized repositories.
 //!
 //! Owns the HTTP routes and nothing else: every request maps a validated
-//! [`RepoId`] to `<repos_root>/<did>/<name>.git` and runs
+//! [`RepoId`] to the repository the node serves for it ([`ServedRepos`]:
+//! the state its core holds, materialized; a directory that merely exists
+//! under the repositories' root is not served) and runs
 //! `git upload-pack --stateless-rpc` on it, the same program
 //! `git http-backend` would run. Running upload-pack directly keeps the
 //! service read-only by construction (there is no receive-pack path to
@@ -24,12 +26,7 @@
 //! keeps a slot of its own until it exits, and is killed after
 //! [`GIT_TIMEOUT`].
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{
     BoxError, Router,
@@ -55,6 +52,7 @@ use tracing::{debug, info, warn};
 
 use crate::gitserve::upload_pack_command;
 use crate::repo_id::RepoId;
+use crate::served::ServedRepos;
 
 /// Largest request body accepted, before and after gzip decoding (a
 /// negotiation lists object ids: this is millions of them).
@@ -73,14 +71,14 @@ const MAX_STDERR_LOGGED: usize = 4096;
 
 #[derive(Clone)]
 struct AppState {
-    root: Arc<PathBuf>,
+    served: ServedRepos,
     slots: Arc<Semaphore>,
 }
 
-/// The routes, serving repositories under `repos_root`.
-pub fn router(repos_root: PathBuf) -> Router {
+/// The routes, serving the repositories `served` names.
+pub fn router(served: ServedRepos) -> Router {
     let state = AppState {
-        root: Arc::new(repos_root),
+        served,
         slots: Arc::new(Semaphore::new(MAX_CONCURRENT)),
     };
     let limits = ServiceBuilder::new()
@@ -127,12 +125,14 @@ async fn refuse_overload(error: BoxError) -> Response {
 
 /// Serve smart HTTP on `listener` until `cancel` fires. Requests still
 /// running then get [`SHUTDOWN_GRACE`] to finish.
-pub async fn serve(listener: TcpListener, repos_root: PathBuf, cancel: CancellationToken) {
+pub async fn serve(listener: TcpListener, served: ServedRepos, cancel: CancellationToken) {
     match listener.local_addr() {
-        Ok(addr) => info!(%addr, root = %repos_root.display(), "smart HTTP listening (read-only)"),
+        Ok(addr) => {
+            info!(%addr, root = %served.root().display(), "smart HTTP listening (read-only)")
+        }
         Err(e) => warn!(error = %e, "smart HTTP listener has no local address"),
     }
-    let app = router(repos_root);
+    let app = router(served);
     let stop = cancel.clone();
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -156,12 +156,12 @@ pub async fn serve(listener: TcpListener, repos_root: PathBuf, cancel: Cancellat
 /// Bind `bind` and serve in a background task; returns the bound address.
 pub async fn start(
     bind: SocketAddr,
-    repos_root: PathBuf,
+    served: ServedRepos,
     cancel: CancellationToken,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(serve(listener, repos_root, cancel));
+    let task = tokio::spawn(serve(listener, served, cancel));
     Ok((addr, task))
 }
 
@@ -212,19 +212,19 @@ async fn receive_pack() -> Response {
     )
 }
 
-/// Map the URL's repository to its directory, or the response refusing it.
-fn locate(root: &Path, did: &str, name: &str) -> Result<(RepoId, PathBuf), Refusal> {
+/// Map the URL's repository to the directory it is served from, or the
+/// response refusing it.
+fn locate(served: &ServedRepos, did: &str, name: &str) -> Result<(RepoId, PathBuf), Refusal> {
     let name = name.strip_suffix(".git").unwrap_or(name);
     let id = RepoId::parse(&format!("{did}/{name}"))
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let dir = root.join(id.relative_path());
-    if !dir.join("objects").is_dir() {
-        return Err(Refusal::new(
+    match served.get(&id) {
+        Some(repo) => Ok((id, repo.dir)),
+        None => Err(Refusal::new(
             StatusCode::NOT_FOUND,
             format!("repository {id} is not held by this knot"),
-        ));
+        )),
     }
-    Ok((id, dir))
 }
 
 /// The `Git-Protocol` header, when it is plausible (`version=2` and the like).
@@ -266,7 +266,7 @@ async fn info_refs(
     Query(query): Query<InfoRefsQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (id, dir) = match locate(&state.root, &did, &name) {
+    let (id, dir) = match locate(&state.served, &did, &name) {
         Ok(found) => found,
         Err(refusal) => return refusal.into_response(),
     };
@@ -337,7 +337,7 @@ async fn upload_pack(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (id, dir) = match locate(&state.root, &did, &name) {
+    let (id, dir) = match locate(&state.served, &did, &name) {
         Ok(found) => found,
         Err(refusal) => return refusal.into_response(),
     };
@@ -444,6 +444,7 @@ async fn upload_pack(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn protocol_header_is_filtered() {
@@ -455,17 +456,34 @@ mod tests {
         assert_eq!(git_protocol(&h), None);
     }
 
+    /// `repo` served from its directory under `root`.
+    fn serving(root: &Path, repo: &str) -> ServedRepos {
+        let served = ServedRepos::new(root.to_path_buf());
+        let id = RepoId::parse(repo).unwrap();
+        let state = crate::core::ServedState {
+            manifest: iroh_blobs::Hash::new(repo),
+            head: None,
+            path: id.relative_path(),
+        };
+        served.set(id, Some(state));
+        served
+    }
+
     #[test]
-    fn locate_refuses_bad_ids_and_missing_repos() {
+    fn locate_refuses_bad_ids_and_repositories_not_served() {
         let root = tempfile::tempdir().unwrap();
-        let bad = locate(root.path(), "did:plc:abc", "..").unwrap_err();
+        let served = serving(root.path(), "did:plc:abc/x");
+        let bad = locate(&served, "did:plc:abc", "..").unwrap_err();
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-        let bad = locate(root.path(), "..", "etc").unwrap_err();
+        let bad = locate(&served, "..", "etc").unwrap_err();
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-        let missing = locate(root.path(), "did:plc:abc", "x.git").unwrap_err();
+        let missing = locate(&served, "did:plc:abc", "y.git").unwrap_err();
         assert_eq!(missing.status, StatusCode::NOT_FOUND);
-        std::fs::create_dir_all(root.path().join("did:plc:abc/x.git/objects")).unwrap();
-        let (id, dir) = locate(root.path(), "did:plc:abc", "x.git").unwrap();
+        // A directory that exists is not served unless the node holds it.
+        std::fs::create_dir_all(root.path().join("did:plc:abc/y.git/objects")).unwrap();
+        let stray = locate(&served, "did:plc:abc", "y.git").unwrap_err();
+        assert_eq!(stray.status, StatusCode::NOT_FOUND);
+        let (id, dir) = locate(&served, "did:plc:abc", "x.git").unwrap();
         assert_eq!(id.as_str(), "did:plc:abc/x");
         assert_eq!(dir, root.path().join("did:plc:abc/x.git"));
     }
@@ -474,6 +492,7 @@ mod tests {
         use tower::ServiceExt;
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("did:plc:abc/x.git/objects")).unwrap();
+        let served = serving(root.path(), "did:plc:abc/x");
         let mut request = axum::http::Request::post("/did:plc:abc/x/git-upload-pack").header(
             header::CONTENT_TYPE,
             "application/x-git-upload-pack-request",
@@ -482,11 +501,7 @@ mod tests {
             request = request.header(header::CONTENT_ENCODING, "gzip");
         }
         let request = request.body(Body::from(body)).unwrap();
-        router(root.path().to_path_buf())
-            .oneshot(request)
-            .await
-            .unwrap()
-            .status()
+        router(served).oneshot(request).await.unwrap().status()
     }
 
     #[tokio::test]

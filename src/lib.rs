@@ -32,6 +32,7 @@ pub mod reader;
 pub mod record;
 pub mod remote_helper;
 pub mod repo_id;
+pub mod served;
 pub mod state;
 pub mod store;
 pub mod supervise;

@@ -271,7 +271,7 @@ impl Node {
         };
         let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = http_listener {
-            let http = crate::http::serve(listener, data_dir.join("repos"), cancel.child_token());
+            let http = crate::http::serve(listener, knot.served(), cancel.child_token());
             tasks.spawn("smart HTTP server", http);
         }
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());

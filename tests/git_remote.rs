@@ -5,7 +5,8 @@
 //!   socket whose sync, refs, publish (a received pack) and upload-pack act
 //!   on plain bare repositories.
 //! * The full path runs two real `knotd` processes on loopback.
-//! * Smart HTTP runs `knotd::http::serve` in process over a plain bare repo.
+//! * Smart HTTP runs `knotd::http::serve` in process over a plain bare repo,
+//!   served as a node holding it serves it.
 
 #[allow(dead_code)]
 #[path = "common/daemon.rs"]
@@ -744,13 +745,24 @@ struct HttpServer {
 }
 
 impl HttpServer {
-    fn start(root: &Path) -> HttpServer {
+    /// Serve `repos`, materialized under `root`, as a node holding them does.
+    fn start(root: &Path, repos: &[&str]) -> HttpServer {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let cancel = CancellationToken::new();
+        let served = knotd::served::ServedRepos::new(root.to_path_buf());
+        for repo in repos {
+            let id = RepoId::parse(repo).unwrap();
+            let state = knotd::core::ServedState {
+                manifest: iroh_blobs::Hash::new(repo),
+                head: None,
+                path: id.relative_path(),
+            };
+            served.set(id, Some(state));
+        }
         let (addr, _task) = runtime
             .block_on(knotd::http::start(
                 "127.0.0.1:0".parse().unwrap(),
-                root.to_path_buf(),
+                served,
                 cancel.clone(),
             ))
             .unwrap();
@@ -807,7 +819,7 @@ fn smart_http_clone_and_refusals() {
             bare.to_str().unwrap(),
         ],
     );
-    let server = HttpServer::start(&root);
+    let server = HttpServer::start(&root, &["did:plc:abc123/website"]);
     let base = format!("http://{}", server.addr);
 
     for (i, (proto, suffix)) in [("2", ""), ("0", ".git"), ("1", "")].iter().enumerate() {

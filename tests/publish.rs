@@ -243,6 +243,95 @@ async fn a_node_with_http_enabled_serves_git_clone() {
     node.stop().await;
 }
 
+/// The refs `git upload-pack` over the admin socket (what `git clone
+/// knot://` reads) advertises for `repo`, protocol v0.
+async fn advertised(node: &TestNode, repo: &str) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut reader, mut writer) = node
+        .client()
+        .upload_pack(&rid(repo), None)
+        .await
+        .expect("upload-pack starts");
+    let mut refs = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        reader.read_exact(&mut len).await.expect("a pkt-line");
+        let len = usize::from_str_radix(std::str::from_utf8(&len).unwrap(), 16).unwrap();
+        if len == 0 {
+            break;
+        }
+        let mut line = vec![0u8; len - 4];
+        reader.read_exact(&mut line).await.expect("a pkt-line");
+        let line = String::from_utf8_lossy(&line);
+        let name = line.split('\0').next().unwrap().trim_end();
+        let name = name.split_once(' ').map(|(_, n)| n).unwrap_or(name);
+        if name != "capabilities^{}" {
+            refs.push(name.to_string());
+        }
+    }
+    let _ = writer.write_all(b"0000").await;
+    refs
+}
+
+/// The status smart HTTP answers a ref advertisement of `repo` with.
+async fn http_status(addr: std::net::SocketAddr, repo: &str) -> u16 {
+    let url = format!("http://{addr}/{repo}/info/refs?service=git-upload-pack");
+    reqwest::get(url).await.unwrap().status().as_u16()
+}
+
+/// A complete bare copy of the repository at `from`, made with git.
+fn bare_copy(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let (from, to) = (from.to_str().unwrap(), to.to_str().unwrap());
+    git(&std::env::temp_dir(), &["clone", "-q", "--bare", from, to]);
+}
+
+/// What is served to git clients, over smart HTTP and over the admin
+/// socket (`git clone knot://`), is what the node holds, from the moment
+/// it starts: a repository under `repos/` it does not hold (a stray copy,
+/// or one put back where a removed repository was) is not served, however
+/// complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_what_the_node_holds_is_served() {
+    const STRAY: &str = "did:plc:author1/stray";
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let mut config = Config::local(work.path().join("node"));
+    config.http.enabled = true;
+    config.http.bind = "127.0.0.1:0".parse().unwrap();
+    let mut node = TestNode::spawn_with(config.clone()).await;
+    node.publish(REPO, &src).await;
+    let copy = work.path().join("copy.git");
+    bare_copy(&node.repo_path(REPO), &copy);
+    bare_copy(&copy, &node.repo_path(STRAY));
+
+    for restarted in [false, true] {
+        let addr = node.node.http_addr().expect("http is enabled");
+        assert_eq!(http_status(addr, REPO).await, 200, "restarted: {restarted}");
+        assert!(advertised(&node, REPO).await.contains(&"HEAD".to_string()));
+        let stray = http_status(addr, STRAY).await;
+        assert_eq!(
+            stray, 404,
+            "a stray copy is served (restarted: {restarted})"
+        );
+        assert_eq!(advertised(&node, STRAY).await, Vec::<String>::new());
+        if !restarted {
+            node = node.restart_with(config.clone()).await;
+        }
+    }
+
+    let addr = node.node.http_addr().expect("http is enabled");
+    node.admin(Command::RemoveRepo { repo_id: rid(REPO) })
+        .await
+        .expect("remove-repo");
+    bare_copy(&copy, &node.repo_path(REPO));
+    let removed = http_status(addr, REPO).await;
+    assert_eq!(removed, 404, "a removed repository is served");
+    assert_eq!(advertised(&node, REPO).await, Vec::<String>::new());
+    node.stop().await;
+}
+
 /// Tags naming blobs of `repo` on `node`: (tag name, hash).
 async fn repo_tags(node: &TestNode, repo: &str) -> Vec<(String, iroh_blobs::Hash)> {
     use n0_future::StreamExt;

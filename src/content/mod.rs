@@ -14,8 +14,11 @@
 //! of 16 KiB leaves into `git index-pack`. Memory stays a few chunks per
 //! pack, whatever its size.
 //!
-//! Publishing is in [`publish()`], fetching in [`fetch()`], and the streams
-//! between git and the store in `stream`.
+//! Publishing is in [`publish()`], fetching in [`fetch()`], the streams
+//! between git and the store in `stream`, and the content jobs that string
+//! them together for the core's decisions (publish, fetch, discard, restore
+//! on failure) in [`jobs`], with the background optimizations of
+//! materialized repositories they ask for ([`Optimizer`]).
 
 use std::path::Path;
 
@@ -32,12 +35,15 @@ use crate::{
 
 mod fetch;
 mod guard;
+pub mod jobs;
+mod optimize;
 mod publish;
 mod repair;
 mod stream;
 
 pub use fetch::{FetchOptions, Fetched, check_space, fetch};
 pub use guard::GcGuard;
+pub use optimize::Optimizer;
 pub use publish::{Published, publish};
 pub use repair::{Rebuilt, rebuild_missing};
 use stream::pack_reader;

@@ -163,9 +163,9 @@ impl Core {
         }
     }
 
-    /// Stop tracking a repository: persist the removal, leave its topic,
-    /// stop its record, fail its callers, and delete its content once no
-    /// job runs on it. The id may be tracked again at once.
+    /// Stop tracking a repository: persist the removal, stop serving it,
+    /// leave its topic, stop its record, fail its callers, and delete its
+    /// content once no job runs on it. The id may be tracked again at once.
     pub(super) fn forget(&mut self, repo_id: &RepoId, now: Now) {
         let Some(repo) = self.repos.remove(repo_id) else {
             return;
@@ -176,6 +176,13 @@ impl Core {
         }
         self.out
             .push(Effect::Persist(Write::Remove(repo_id.clone())));
+        if repo.held.is_some() {
+            // Not served from now on, though its copy is deleted later.
+            self.out.push(Effect::Served {
+                repo: repo_id.clone(),
+                state: None,
+            });
+        }
         if repo.topic.is_some() {
             self.out.push(Effect::LeaveTopic {
                 repo: repo_id.clone(),

@@ -1,7 +1,8 @@
 //! The core's vocabulary: what goes in ([`Event`], [`CoreCommand`]), what
 //! comes out ([`Effect`], with [`Write`]s for the database, [`JobSpec`]s
-//! for content jobs and [`TimerKey`]s for timers), the outcomes the actor
-//! reports ([`JobResult`], [`RecordPoll`], [`WrittenBack`]) and the time
+//! for content jobs, [`TimerKey`]s for timers and the [`ServedState`] of
+//! each repository), the outcomes the actor reports ([`JobResult`],
+//! [`JobProgress`], [`RecordPoll`], [`WrittenBack`]) and the time
 //! ([`Now`]). Plain data: the I/O modules speak it to the core, the core
 //! imports none of them. Nothing here survives a restart by itself; the
 //! store persists [`Write`]s.
@@ -212,6 +213,27 @@ impl From<&str> for JobError {
 /// The result of a content job.
 pub type JobResult = Result<StateInfo, JobError>;
 
+/// How far a running fetch has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobProgress {
+    /// Bytes of packs received so far.
+    pub bytes: u64,
+    /// Bytes of packs to receive in all.
+    pub total: u64,
+}
+
+/// What the node serves of a repository to git clients: the state it
+/// holds, materialized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedState {
+    /// The held manifest.
+    pub manifest: Hash,
+    /// Object id HEAD resolves to.
+    pub head: Option<String>,
+    /// The materialized repository, relative to the repositories' root.
+    pub path: PathBuf,
+}
+
 /// Something that happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -281,6 +303,15 @@ pub enum Event {
         /// Providers that failed it, and how (a fetch that succeeded may
         /// have had some too).
         faults: Vec<(EndpointId, ProviderFault)>,
+    },
+    /// A running content job reported how far it has got.
+    JobProgress {
+        /// The repository.
+        repo: RepoId,
+        /// The job.
+        job: JobId,
+        /// How far it has got.
+        progress: JobProgress,
     },
     /// A write-back finished.
     WrittenBack {
@@ -541,6 +572,16 @@ pub enum Effect {
         manifest: String,
         /// The state's sequence number.
         seq: u64,
+    },
+    /// What the node holds of a repository changed: serve this state to
+    /// git clients from now on, or (`None`) nothing. Emitted when a state
+    /// is loaded at start-up, taken (published or fetched), and when the
+    /// repository is removed; a repository without one is not served.
+    Served {
+        /// The repository.
+        repo: RepoId,
+        /// The state to serve.
+        state: Option<ServedState>,
     },
     /// Tell watchers what happened.
     Notify {

@@ -82,9 +82,10 @@ impl Core {
         self.me
     }
 
-    /// Resume from the database: learn every peer's address, join topics,
-    /// follow records, check every held state (repairing what a crash left)
-    /// and resume fetches a restart interrupted.
+    /// Resume from the database: serve every held state, learn every
+    /// peer's address, join topics, follow records, check every held state
+    /// (repairing what a crash left) and resume fetches a restart
+    /// interrupted.
     pub fn load(
         &mut self,
         rows: Vec<RepoRow>,
@@ -95,6 +96,12 @@ impl Core {
         for row in rows {
             let repo_id = row.config.repo_id.clone();
             let mut repo = Repo::from_row(row);
+            if let Some(state) = repo.served_state() {
+                self.out.push(Effect::Served {
+                    repo: repo_id.clone(),
+                    state: Some(state),
+                });
+            }
             let addrs: Vec<PeerHint> = repo.all_hints().cloned().collect();
             if !addrs.is_empty() {
                 self.out.push(Effect::LearnAddrs(addrs));
@@ -171,6 +178,13 @@ impl Core {
                 result,
                 faults,
             } => self.handle_job_done(&repo, job, result, &faults, now),
+            Event::JobProgress {
+                repo,
+                job,
+                progress,
+            } => {
+                self.with_repo(&repo, now, |r, _| r.on_job_progress(job, progress));
+            }
             Event::WrittenBack { repo, result } => {
                 self.with_repo(&repo, now, |r, ctx| r.on_written_back(ctx, result));
             }

@@ -2,10 +2,11 @@
 //! state machine without I/O.
 //!
 //! Events go in ([`Event`]: admin commands, verified announcements, gossip
-//! neighbour changes, record polls, finished jobs and write-backs, timers),
-//! each with the time ([`Now`]); effects come out ([`Effect`]: persist,
-//! start a job, join or leave a topic, announce, pull, poll, write back,
-//! reply, set a timer). The actor in [`crate::knot`] executes the effects in
+//! neighbour changes, record polls, jobs' progress, finished jobs and
+//! write-backs, timers), each with the time ([`Now`]); effects come out
+//! ([`Effect`]: persist, start a job, join or leave a topic, announce,
+//! pull, poll, write back, serve a state, tell watchers, reply, set a
+//! timer). The actor in [`crate::knot`] executes the effects in
 //! order and feeds results back as events; nothing here touches a socket, a
 //! file, the database or the clock, so every rule is tested with an
 //! injected clock (see `tests.rs`). The trust rules themselves are the pure

@@ -1,296 +1,161 @@
-//! Running content jobs: the I/O half of [`crate::core`]'s publish, fetch and
-//! discard decisions.
+//! Content jobs as the actor runs them: each [`Effect::StartJob`] spawns
+//! [`content::jobs::run`] as a child task and what it ends with goes back
+//! to the core as [`Event::JobDone`]. Its progress goes to the core too
+//! ([`Event::JobProgress`]), which tells watchers while the job is still
+//! the repository's: through a bounded channel a job never waits on (when
+//! it is full, progress is dropped), and read before the job's end, so
+//! what a job reported arrives before its result. The sequences themselves
+//! live in [`content::jobs`]. Owns the node's
+//! [`Optimizer`], stopped with the jobs at shutdown. Nothing here survives
+//! a restart: the core resumes interrupted fetches when it loads.
 //!
-//! A new state, published or fetched, is finished in one order: its blobs
-//! are in the store (tagged before any download), it is materialized, then
-//! pinned (blob store flushed). Only then does the job report success, and
-//! the core persists and announces. When any step fails the job puts the
-//! previous state back (pins and materialized copy) before it reports, so
-//! the previous state stays served and pinned. A fetch also reports the
-//! providers that stalled it or sent wrong bytes, for the core to demote.
-//! Jobs run as child tasks of the actor; nothing here is kept between jobs.
-//!
-//! After a new state is materialized, its repository gets a fresh
-//! multi-pack-index and bitmap in the background ([`optimize_later`]): it
-//! speeds up serving clones but is no part of the state, so the job does
-//! not wait for it. Requests for a repository already being optimized are
-//! coalesced into one more run.
+//! [`Effect::StartJob`]: crate::core::Effect::StartJob
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::{LazyLock, Mutex},
-    time::Duration,
+use std::{collections::HashMap, path::PathBuf};
+
+use tokio::{
+    sync::mpsc,
+    task::{self, JoinError, JoinSet},
 };
+use tokio_util::sync::CancellationToken;
+use tracing::error;
 
-use iroh::{Endpoint, EndpointId};
-use iroh_blobs::{Hash, store::fs::FsStore};
-use tracing::{debug, warn};
-
+use super::KnotParts;
 use crate::{
-    admin::{EventLine, NodeEvent},
-    content::{self, ContentError},
-    core::{JobError, JobResult, JobSpec, ProviderFault, StateInfo},
-    manifest::Manifest,
-    materialize,
+    content::{
+        self, Optimizer,
+        jobs::{JobContext, JobOutcome, ReportProgress},
+    },
+    core::{Event, JobId, JobProgress, JobSpec},
     repo_id::RepoId,
 };
 
-/// Repositories being optimized, and whether another run was asked for.
-static OPTIMIZING: LazyLock<Mutex<HashMap<PathBuf, bool>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+/// Progress reports of all jobs waiting for the actor; more are dropped.
+const PROGRESS_BUFFER: usize = 256;
 
-/// Write the multi-pack-index and bitmap of the repository at `dest` on a
-/// blocking thread, one run per repository at a time.
-fn optimize_later(dest: PathBuf) {
-    {
-        let mut running = OPTIMIZING.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(again) = running.get_mut(&dest) {
-            *again = true;
-            return;
-        }
-        running.insert(dest.clone(), false);
-    }
-    tokio::task::spawn_blocking(move || {
-        loop {
-            if let Err(e) = materialize::optimize(&dest) {
-                // Serving works without it; the next update tries again.
-                debug!(path = %dest.display(), error = %e, "cannot write the multi-pack-index");
-            }
-            let mut running = OPTIMIZING.lock().unwrap_or_else(|e| e.into_inner());
-            if running.get(&dest) == Some(&true) {
-                running.insert(dest.clone(), false);
-                continue;
-            }
-            running.remove(&dest);
-            break;
-        }
-    });
-}
+/// One job's progress report.
+type Report = (RepoId, JobId, JobProgress);
 
-/// What every job needs.
-#[derive(Clone)]
-pub(super) struct JobContext {
-    pub blobs: FsStore,
-    pub gc_guard: content::GcGuard,
-    pub endpoint: Endpoint,
-    pub repos_root: PathBuf,
-    pub data_dir: PathBuf,
-    pub fetch_timeout: Duration,
-    pub max_packs: usize,
-    pub events: tokio::sync::broadcast::Sender<EventLine>,
-}
-
-/// How often a fetch reports its progress.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-
-impl JobContext {
-    fn dest(&self, repo: &RepoId) -> PathBuf {
-        self.repos_root.join(repo.relative_path())
-    }
-}
-
-/// What a job produced, and the providers that failed it (stalled or sent
-/// wrong bytes), for the core to demote.
-pub(super) type JobOutcome = (JobResult, Vec<(EndpointId, ProviderFault)>);
-
-/// Run one job to its end.
-pub(super) async fn run(ctx: JobContext, repo: RepoId, spec: JobSpec) -> JobOutcome {
-    let faults = Mutex::new(Vec::new());
-    let result = run_job(ctx, repo, spec, &faults).await;
-    (
-        result,
-        faults.into_inner().unwrap_or_else(|e| e.into_inner()),
-    )
-}
-
-async fn run_job(
+/// The content jobs running, and what they need.
+pub(super) struct Jobs {
+    set: JoinSet<JobOutcome>,
+    ids: HashMap<task::Id, (RepoId, JobId)>,
     ctx: JobContext,
-    repo: RepoId,
-    spec: JobSpec,
-    faults: &Mutex<Vec<(EndpointId, ProviderFault)>>,
-) -> JobResult {
-    match spec {
-        JobSpec::Publish {
-            source,
-            force,
-            previous,
-        } => {
-            let result = publish(&ctx, &repo, source, force, previous).await;
-            finish(&ctx, &repo, previous, result).await
+    progress_tx: mpsc::Sender<Report>,
+    progress_rx: mpsc::Receiver<Report>,
+}
+
+impl Jobs {
+    /// Nothing running yet; jobs materialize under `repos_root`, and
+    /// background optimizations stop when `cancel` fires.
+    pub(super) fn new(parts: &KnotParts, repos_root: PathBuf, cancel: CancellationToken) -> Self {
+        let config = &parts.config;
+        let ctx = JobContext {
+            blobs: parts.blobs.clone(),
+            gc_guard: parts.gc_guard.clone(),
+            endpoint: parts.endpoint.clone(),
+            repos_root,
+            data_dir: config.data_dir.clone(),
+            fetch_timeout: config.fetch_timeout(),
+            max_packs: config.max_packs,
+            optimizer: Optimizer::new(cancel),
+        };
+        let (progress_tx, progress_rx) = mpsc::channel(PROGRESS_BUFFER);
+        Self {
+            set: JoinSet::new(),
+            ids: HashMap::new(),
+            ctx,
+            progress_tx,
+            progress_rx,
         }
-        JobSpec::Fetch {
-            manifest,
-            previous,
-            providers,
-            limit,
-            repair,
-        } => {
-            let result = fetch(&ctx, &repo, manifest, &providers, limit, repair, faults).await;
-            finish(&ctx, &repo, previous, result).await
+    }
+
+    /// Start job `job` of `repo`.
+    pub(super) fn start(&mut self, repo: RepoId, job: JobId, spec: JobSpec) {
+        let progress = forward_progress(self.progress_tx.clone(), repo.clone(), job);
+        let run = content::jobs::run(self.ctx.clone(), repo.clone(), spec, progress);
+        let handle = self.set.spawn(run);
+        self.ids.insert(handle.id(), (repo, job));
+    }
+
+    /// The next progress report or end of a job, as an event for the
+    /// core; waits while there is none. Reports come first, so those a
+    /// job sent before it ended are not overtaken by its end. Cancel-safe.
+    pub(super) async fn next(&mut self) -> Event {
+        loop {
+            tokio::select! {
+                biased;
+                Some((repo, job, progress)) = self.progress_rx.recv() => {
+                    return Event::JobProgress { repo, job, progress };
+                }
+                Some(done) = self.set.join_next_with_id(), if !self.set.is_empty() => {
+                    if let Some(event) = self.finished(done) {
+                        return event;
+                    }
+                }
+            }
         }
-        JobSpec::Discard => content::discard(&ctx.blobs, &repo, &ctx.dest(&repo))
-            .await
-            .map(|()| StateInfo {
-                manifest: Hash::EMPTY,
-                head: None,
-                pack_count: 0,
-                bytes: 0,
-                bytes_moved: 0,
-                unchanged: true,
-                consolidated: false,
-                blobs_rebuilt: 0,
-                blobs_fetched: 0,
-                recheck_after_gc_pass: None,
-            })
-            .map_err(|e| e.to_string().into()),
+    }
+
+    fn finished(&mut self, done: Result<(task::Id, JobOutcome), JoinError>) -> Option<Event> {
+        let (task, (result, faults)) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                error!(error = %e, "a content job panicked");
+                (
+                    e.id(),
+                    (
+                        Err(format!("internal error: the job stopped: {e}").into()),
+                        Vec::new(),
+                    ),
+                )
+            }
+        };
+        let (repo, job) = self.ids.remove(&task)?;
+        Some(Event::JobDone {
+            repo,
+            job,
+            result,
+            faults,
+        })
+    }
+
+    /// Stop every job (each leaves what it did for the core to resume or
+    /// check at the next start), then the background optimizations.
+    pub(super) async fn shutdown(&mut self) {
+        self.set.shutdown().await;
+        self.ctx.optimizer.shutdown().await;
     }
 }
 
-/// On failure, put the previous state back before reporting.
-async fn finish(
-    ctx: &JobContext,
-    repo: &RepoId,
-    previous: Option<Hash>,
-    result: Result<StateInfo, ContentError>,
-) -> JobResult {
-    if result.is_err()
-        && let Err(e) = content::restore(&ctx.blobs, repo, &ctx.dest(repo), previous).await
-    {
-        warn!(repo = %repo, error = %e, "cannot restore the previous state after a failure");
-    }
-    result.map_err(|e| {
-        let message = e.to_string();
-        if e.refuses_state() {
-            JobError::Refused(message)
-        } else if matches!(e, ContentError::Fetch { .. }) {
-            JobError::Unavailable(message)
-        } else {
-            JobError::Failed(message)
-        }
+/// Where job `job` of `repo` reports its progress: into the actor's
+/// channel, or nowhere when it is full (a job never waits for the actor).
+fn forward_progress(tx: mpsc::Sender<Report>, repo: RepoId, job: JobId) -> ReportProgress {
+    Box::new(move |progress| {
+        let _ = tx.try_send((repo.clone(), job, progress));
     })
 }
 
-fn info(manifest: &Manifest, hash: Hash, bytes_moved: u64) -> StateInfo {
-    StateInfo {
-        manifest: hash,
-        head: manifest.head_oid().map(|o| o.to_string()),
-        pack_count: manifest.packs.len(),
-        bytes: manifest
-            .packs
-            .iter()
-            .fold(0u64, |sum, p| sum.saturating_add(p.size)),
-        bytes_moved,
-        unchanged: false,
-        consolidated: false,
-        blobs_rebuilt: 0,
-        blobs_fetched: 0,
-        recheck_after_gc_pass: None,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn publish(
-    ctx: &JobContext,
-    repo: &RepoId,
-    source: PathBuf,
-    force: bool,
-    previous: Option<Hash>,
-) -> Result<StateInfo, ContentError> {
-    let previous = match previous {
-        Some(h) => Some(content::load_manifest(&ctx.blobs, h, repo).await?),
-        None => None,
-    };
-    let published = content::publish(
-        &ctx.blobs,
-        repo,
-        &source,
-        previous.as_ref(),
-        ctx.max_packs,
-        force,
-    )
-    .await?;
-    let mut out = info(&published.manifest, published.hash, published.bytes_added);
-    out.unchanged = published.unchanged;
-    out.consolidated = published.consolidated;
-    if !published.unchanged {
-        let outcome = content::materialize(
-            &ctx.blobs,
-            &ctx.dest(repo),
-            published.hash,
-            &published.manifest,
-        )
-        .await?;
-        content::pin(&ctx.blobs, repo, published.hash, &published.manifest).await?;
-        if outcome != materialize::Outcome::Unchanged {
-            optimize_later(ctx.dest(repo));
+    #[tokio::test]
+    async fn progress_is_dropped_rather_than_waited_for_when_the_actor_lags() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let repo = RepoId::parse("did:plc:abc/site").unwrap();
+        let report = forward_progress(tx, repo.clone(), 7);
+        for bytes in 1..=5 {
+            report(JobProgress { bytes, total: 5 });
         }
+        let progress = |bytes| (repo.clone(), 7, JobProgress { bytes, total: 5 });
+        assert_eq!(rx.recv().await, Some(progress(1)));
+        assert_eq!(rx.recv().await, Some(progress(2)));
+        assert!(
+            rx.try_recv().is_err(),
+            "reports beyond the buffer are dropped"
+        );
+        report(JobProgress { bytes: 5, total: 5 });
+        assert_eq!(rx.recv().await, Some(progress(5)));
     }
-    // The pins are set: the temporary tags may go once no collector pass
-    // that started before the pins can still be running.
-    ctx.gc_guard.hold(published.protect);
-    Ok(out)
-}
-
-async fn fetch(
-    ctx: &JobContext,
-    repo: &RepoId,
-    manifest: Hash,
-    providers: &[EndpointId],
-    limit: Option<u64>,
-    repair: bool,
-    faults: &Mutex<Vec<(EndpointId, ProviderFault)>>,
-) -> Result<StateInfo, ContentError> {
-    let rebuilt = if repair {
-        content::rebuild_missing(&ctx.blobs, repo, &ctx.dest(repo), manifest).await?
-    } else {
-        content::Rebuilt::default()
-    };
-    // Progress for watchers, at most a few times a second.
-    let last = std::sync::Mutex::new(std::time::Instant::now());
-    let events = ctx.events.clone();
-    let manifest_hex = content::hex(&manifest);
-    let repo_name = repo.to_string();
-    let report = move |bytes: u64, total: u64| {
-        let mut last = last.lock().expect("progress lock");
-        if last.elapsed() < PROGRESS_EVERY && bytes < total {
-            return;
-        }
-        *last = std::time::Instant::now();
-        let _ = events.send(EventLine {
-            at_ms: crate::clock::unix_millis(),
-            repo: Some(repo_name.clone()),
-            event: NodeEvent::FetchProgress {
-                manifest: manifest_hex.clone(),
-                bytes,
-                total: Some(total),
-            },
-        });
-    };
-    let note = |peer, fault| {
-        faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((peer, fault));
-    };
-    let opts = content::FetchOptions {
-        limit,
-        progress: Some(&report),
-        faults: Some(&note),
-        ..content::FetchOptions::new(ctx.fetch_timeout, &ctx.data_dir)
-    };
-    let fetched =
-        content::fetch(&ctx.blobs, &ctx.endpoint, repo, manifest, providers, &opts).await?;
-    let outcome =
-        content::materialize(&ctx.blobs, &ctx.dest(repo), manifest, &fetched.manifest).await?;
-    content::pin(&ctx.blobs, repo, manifest, &fetched.manifest).await?;
-    let gc_passes = ctx.gc_guard.passes();
-    ctx.gc_guard.hold(rebuilt.protect);
-    if outcome != materialize::Outcome::Unchanged {
-        optimize_later(ctx.dest(repo));
-    }
-    let mut out = info(&fetched.manifest, manifest, fetched.bytes_fetched);
-    out.blobs_rebuilt = rebuilt.blobs.len();
-    out.blobs_fetched = fetched.blobs_fetched;
-    out.recheck_after_gc_pass = fetched.reused_unpinned.then_some(gc_passes);
-    Ok(out)
 }

@@ -3,7 +3,8 @@
 //! Owns the I/O around the core: the admin command channel and reply
 //! channels, the database writes, one task per joined gossip topic
 //! ([`topics`]), content jobs ([`jobs`]), direct pushes, pulls and record
-//! write-backs ([`net`]), ATProto reads ([`reads`]), and one timer queue.
+//! write-backs ([`net`]), ATProto reads ([`reads`]), what is served to git
+//! clients ([`crate::served`]), and one timer queue ([`timers`]).
 //! One `select!` loop turns everything that happens into core events and
 //! executes the effects that come back, in order: a durable write is
 //! committed before the effects after it run, so a held state is on disk
@@ -22,6 +23,7 @@ mod net;
 mod paths;
 mod reads;
 mod serve;
+mod timers;
 mod topics;
 
 use std::{
@@ -34,15 +36,11 @@ use std::{
 use iroh::{Endpoint, SecretKey, address_lookup::MemoryLookup};
 use iroh_blobs::store::fs::FsStore;
 use iroh_gossip::net::Gossip;
-use n0_future::StreamExt;
 use tokio::{
     sync::{broadcast, mpsc, oneshot},
     task::JoinSet,
 };
-use tokio_util::{
-    sync::CancellationToken,
-    time::{DelayQueue, delay_queue},
-};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 pub use input::{build_locator, parse_ticket, valid_rkey};
@@ -56,13 +54,13 @@ use crate::{
     clock,
     config::Config,
     core::{
-        Audience, Busy, Core, CoreCommand, Effect, Event, JobId, Now, ReplyId, Settings, Subject,
-        TimerKey, Via,
+        Audience, Busy, Core, CoreCommand, Effect, Event, Now, ReplyId, Settings, Subject, Via,
     },
     gitserve::ServeTarget,
     heads::HeadsEvent,
     limits::DropCounters,
     repo_id::RepoId,
+    served::ServedRepos,
     store::{Store, StoreError, Write},
 };
 use topics::{JoinedTopic, TopicCommand, TopicContext, TopicEvent};
@@ -152,8 +150,8 @@ enum Request {
 pub struct KnotHandle {
     tx: mpsc::Sender<AdminMessage>,
     events: broadcast::Sender<EventLine>,
-    /// Where materialized repositories live.
-    repos_root: PathBuf,
+    /// What is served to git clients, as the core says.
+    served: ServedRepos,
     /// The node's temporary directory (received packs, empty stand-ins).
     tmp_dir: PathBuf,
     /// Most bytes a received pack may have.
@@ -184,6 +182,11 @@ impl KnotHandle {
     /// Subscribe to the node's events.
     pub fn subscribe(&self) -> broadcast::Receiver<EventLine> {
         self.events.subscribe()
+    }
+
+    /// What the node serves to git clients (shared, kept up to date).
+    pub fn served(&self) -> ServedRepos {
+        self.served.clone()
     }
 }
 
@@ -221,16 +224,13 @@ pub struct Knot {
     started: Instant,
     replies: HashMap<ReplyId, oneshot::Sender<Reply>>,
     next_reply: ReplyId,
-    timers: DelayQueue<TimerKey>,
-    timer_keys: HashMap<TimerKey, delay_queue::Key>,
+    timers: timers::Timers,
     topics: HashMap<RepoId, JoinedTopic>,
     topic_tasks: JoinSet<()>,
     topic_ctx: TopicContext,
     topic_rx: mpsc::Receiver<(RepoId, TopicEvent)>,
     net: net::NetTasks,
-    jobs: JoinSet<jobs::JobOutcome>,
-    job_ids: HashMap<tokio::task::Id, (RepoId, JobId)>,
-    job_ctx: jobs::JobContext,
+    jobs: jobs::Jobs,
     side: JoinSet<Side>,
     reader: crate::reader::Reader,
     reads: JoinSet<Event>,
@@ -243,6 +243,7 @@ pub struct Knot {
     reported: std::collections::VecDeque<Event>,
     flush_at: Option<tokio::time::Instant>,
     events: broadcast::Sender<EventLine>,
+    served: ServedRepos,
 }
 
 /// What a side task of the actor hands back.
@@ -283,6 +284,7 @@ impl Knot {
         let secret_key = parts.endpoint.secret_key().clone();
         let config = &parts.config;
         let repos_root = config.data_dir.join("repos");
+        let served = ServedRepos::new(repos_root.clone());
         let mut settings = Settings::new(repos_root.clone());
         settings.write_back = account.is_some();
         settings.max_jobs = config.max_concurrent_jobs;
@@ -293,16 +295,6 @@ impl Knot {
         settings.retired_grace = config.follow.retired_grace();
         settings.record_reads = reads::settings(&config.atproto);
         settings.listings = reads::settings(&config.atproto);
-        let job_ctx = jobs::JobContext {
-            blobs: parts.blobs.clone(),
-            gc_guard: parts.gc_guard.clone(),
-            endpoint: parts.endpoint.clone(),
-            repos_root: repos_root.clone(),
-            data_dir: config.data_dir.clone(),
-            fetch_timeout: config.fetch_timeout(),
-            max_packs: config.max_packs,
-            events: events.clone(),
-        };
         let tmp_dir = config.data_dir.join("tmp");
         crate::gitserve::clear_tmp(&tmp_dir);
         let max_receive_bytes = config
@@ -322,6 +314,16 @@ impl Knot {
             };
         }
         core.set_policy(policy);
+        let repos = rows.len();
+        let loaded = core.load(rows, follows, now());
+        // What is held is served before the servers start, which is once
+        // this returns.
+        for effect in &loaded {
+            if let Effect::Served { repo, state } = effect {
+                served.set(repo.clone(), state.clone());
+            }
+        }
+        let jobs = jobs::Jobs::new(&parts, repos_root.clone(), cancel.child_token());
         let actor = Knot {
             core,
             secret_key,
@@ -330,8 +332,7 @@ impl Knot {
             started: Instant::now(),
             replies: HashMap::new(),
             next_reply: 1,
-            timers: DelayQueue::new(),
-            timer_keys: HashMap::new(),
+            timers: timers::Timers::default(),
             topics: HashMap::new(),
             topic_tasks: JoinSet::new(),
             topic_ctx: TopicContext {
@@ -342,9 +343,7 @@ impl Knot {
             },
             topic_rx,
             net: net::NetTasks::new(parts.heads_limiter.clone(), parts.drops.clone()),
-            jobs: JoinSet::new(),
-            job_ids: HashMap::new(),
-            job_ctx,
+            jobs,
             side: JoinSet::new(),
             reader: crate::reader::Reader::new(
                 parts.xrpc.clone(),
@@ -361,26 +360,23 @@ impl Knot {
             reported: std::collections::VecDeque::new(),
             flush_at: None,
             events: events.clone(),
+            served: served.clone(),
             parts,
         };
-        tasks.spawn("repository actor", actor.run(rows, follows));
+        tasks.spawn("repository actor", actor.run(repos, loaded));
         Ok(KnotHandle {
             tx,
             events,
-            repos_root,
+            served,
             tmp_dir,
             max_receive_bytes,
         })
     }
 
-    async fn run(
-        mut self,
-        rows: Vec<crate::state::RepoRow>,
-        follows: Vec<crate::state::FollowConfig>,
-    ) {
-        let count = rows.len();
-        let effects = self.core.load(rows, follows, now());
-        self.execute(effects).await;
+    /// Execute what the core decided when it loaded (`repos`
+    /// repositories), then run until cancelled.
+    async fn run(mut self, repos: usize, loaded: Vec<Effect>) {
+        self.execute(loaded).await;
         self.feed_reported().await;
         if let Some(ctx) = self.write_back.clone() {
             self.side.spawn(async move {
@@ -389,7 +385,7 @@ impl Knot {
                 })
             });
         }
-        info!(repos = count, "repositories resumed");
+        info!(repos, "repositories resumed");
         loop {
             let flush_at = self.flush_at;
             tokio::select! {
@@ -403,17 +399,13 @@ impl Knot {
                 Some(done) = self.reads.join_next_with_id(), if !self.reads.is_empty() => {
                     self.handle_read(done).await;
                 }
-                Some(done) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => self.handle_job(done).await,
+                event = self.jobs.next() => self.feed(event).await,
                 Some(done) = self.net.set().join_next(), if !self.net.set().is_empty() => {
                     if let Ok(done) = done {
                         self.handle_net(done).await;
                     }
                 }
-                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
-                    let key = expired.into_inner();
-                    self.timer_keys.remove(&key);
-                    self.feed(Event::Timer(key)).await;
-                }
+                Some(key) = self.timers.next(), if !self.timers.is_empty() => self.feed(Event::Timer(key)).await,
                 Some(done) = self.side.join_next(), if !self.side.is_empty() => match done {
                     Ok(Side::Event(event)) => self.feed(event).await,
                     Ok(Side::Command(reply, command)) => self.command(reply, command).await,
@@ -500,35 +492,6 @@ impl Knot {
                 let _ = reply.send(statements);
             }
         }
-    }
-
-    async fn handle_job(
-        &mut self,
-        done: Result<(tokio::task::Id, jobs::JobOutcome), tokio::task::JoinError>,
-    ) {
-        let (task, (result, faults)) = match done {
-            Ok(done) => done,
-            Err(e) => {
-                error!(error = %e, "a content job panicked");
-                (
-                    e.id(),
-                    (
-                        Err(format!("internal error: the job stopped: {e}").into()),
-                        Vec::new(),
-                    ),
-                )
-            }
-        };
-        let Some((repo, job)) = self.job_ids.remove(&task) else {
-            return;
-        };
-        self.feed(Event::JobDone {
-            repo,
-            job,
-            result,
-            faults,
-        })
-        .await;
     }
 
     async fn handle_net(&mut self, done: net::NetDone) {
@@ -662,12 +625,7 @@ impl Knot {
                     let _ = tx.send(reply);
                 }
             }
-            Effect::StartJob { repo, job, spec } => {
-                let handle = self
-                    .jobs
-                    .spawn(jobs::run(self.job_ctx.clone(), repo.clone(), spec));
-                self.job_ids.insert(handle.id(), (repo, job));
-            }
+            Effect::StartJob { repo, job, spec } => self.jobs.start(repo, job, spec),
             Effect::JoinTopic { repo, peers } => self.join_topic(repo, peers),
             Effect::DialPeers { repo, peers } => {
                 if let Some(topic) = self.topics.get(&repo) {
@@ -724,6 +682,7 @@ impl Knot {
                     event,
                 });
             }
+            Effect::Served { repo, state } => self.served.set(repo, state),
             Effect::WriteBack {
                 repo,
                 collection,
@@ -746,16 +705,7 @@ impl Knot {
                 }
                 None => warn!(repo = %repo, "write-back asked for without credentials"),
             },
-            Effect::SetTimer { key, at } => {
-                let at = timer_deadline(at);
-                match self.timer_keys.get(&key) {
-                    Some(k) => self.timers.reset_at(k, at),
-                    None => {
-                        let k = self.timers.insert_at(key.clone(), at);
-                        self.timer_keys.insert(key, k);
-                    }
-                }
-            }
+            Effect::SetTimer { key, at } => self.timers.set(key, at),
         }
     }
 
@@ -806,43 +756,9 @@ impl Knot {
     }
 }
 
-/// A deadline the timer queue holds: at most [`crate::core::MAX_TIMER_WAIT`]
-/// from now (the queue panics for deadlines about two years out).
-fn timer_deadline(at: Instant) -> tokio::time::Instant {
-    let latest = crate::core::later(Instant::now(), crate::core::MAX_TIMER_WAIT);
-    tokio::time::Instant::from_std(at.min(latest))
-}
-
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_timer_queue_takes_any_deadline() {
-        let mut timers = DelayQueue::new();
-        let three_years = Instant::now() + Duration::from_secs(100_000_000);
-        let key = timers.insert_at(1, timer_deadline(three_years));
-        timers.reset_at(
-            &key,
-            timer_deadline(Instant::now() + crate::core::MAX_TIMER_WAIT),
-        );
-        timers.insert_at(2, timer_deadline(Instant::now()));
-        assert_eq!(timers.next().await.map(|e| e.into_inner()), Some(2));
-        // Unclamped, the same deadline panics the queue.
-        let far = tokio::time::Instant::from_std(three_years);
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            timers.insert_at(3, far);
-        }));
-        assert!(
-            panicked.is_err(),
-            "the queue took a deadline three years out"
-        );
     }
 }

@@ -1,7 +1,8 @@
 //! The handle's git services for admin clients: a published pack is
 //! received and indexed in a temporary repository the node owns, then
 //! published from there by the actor; `git upload-pack` runs on the
-//! materialized repository (or an empty stand-in). No client path is ever
+//! materialized repository of the state the node holds ([`crate::served`]),
+//! or on an empty stand-in when it holds none. No client path is ever
 //! opened. Nothing here survives a restart (the node empties its `tmp`
 //! directory when it starts).
 
@@ -16,10 +17,10 @@ use crate::{
 };
 
 impl KnotHandle {
-    /// The materialized repository of `repo_id`, when there is one.
+    /// The materialized repository of the state the node holds of
+    /// `repo_id`, when it holds one.
     fn materialized(&self, repo_id: &RepoId) -> Option<std::path::PathBuf> {
-        let dir = self.repos_root.join(repo_id.relative_path());
-        dir.join("objects").is_dir().then_some(dir)
+        self.served.get(repo_id).map(|served| served.dir)
     }
 
     /// Receive a publish's pack, index it, and publish the result.
@@ -71,8 +72,8 @@ impl KnotHandle {
         result
     }
 
-    /// What `git upload-pack` serves for `repo_id`: its materialized
-    /// repository, or an empty one while it has no content.
+    /// What `git upload-pack` serves for `repo_id`: the materialized
+    /// repository of the state held, or an empty one while none is held.
     pub(super) async fn locate_served(&self, repo_id: &RepoId) -> Result<ServeTarget, KnotError> {
         match self.materialized(repo_id) {
             Some(dir) => Ok(ServeTarget::existing(dir)),

@@ -8,8 +8,10 @@
 //! its job starts, so a newer state that arrived meanwhile is never lost and
 //! an older one never replaces it. Both publish and fetch finish a state the
 //! same way, inside the job: materialize, then pin (blob store flushed); the
-//! state held is then persisted durably and only then announced. A job that
-//! fails restores the previous state's pins and copy before it reports.
+//! state held is then persisted durably and only then served to git clients
+//! and announced. A job that fails restores the previous state's pins and
+//! copy before it reports. While a fetch runs, its progress reaches
+//! watchers only as long as it is the repository's running job.
 
 use iroh::EndpointId;
 use tracing::{info, warn};
@@ -23,8 +25,8 @@ use crate::{
     api::{NodeEvent, Payload, PublishReport, Reply},
     core::{
         io::{
-            Audience, Effect, JobError, JobId, JobResult, JobSpec, Now, ProviderFault, StateInfo,
-            TimerKey, Write, is_due, later,
+            Audience, Effect, JobError, JobId, JobProgress, JobResult, JobSpec, Now, ProviderFault,
+            StateInfo, TimerKey, Write, is_due, later,
         },
         queue::{self, Lane},
         trust,
@@ -244,6 +246,24 @@ impl Repo {
         self.job.as_ref().is_some_and(|j| j.id() == job)
     }
 
+    /// The running job reported `progress`: watchers hear how far the
+    /// fetch of its state has got. Progress of any other job (one that
+    /// ended, one of a removed repository, one never started) is dropped.
+    pub fn on_job_progress(&mut self, job: JobId, progress: JobProgress) {
+        let Some(Running::Fetch { id, want }) = &self.job else {
+            return;
+        };
+        if *id != job {
+            return;
+        }
+        let manifest = want.manifest.to_hex();
+        self.notify(NodeEvent::FetchProgress {
+            manifest,
+            bytes: progress.bytes,
+            total: Some(progress.total),
+        });
+    }
+
     /// The running job ended with `result`.
     pub fn on_job_done(&mut self, ctx: &mut Ctx, result: JobResult) {
         let Some(running) = self.job.take() else {
@@ -410,6 +430,7 @@ impl Repo {
             repo_id.clone(),
             Some(Box::new(held)),
         )));
+        self.publish_served();
         let record_wanted = self
             .want
             .as_ref()

@@ -1,13 +1,13 @@
 //! The helpers every handler of a repository uses to fill its outbox:
-//! effects for the actor (events for watchers, timers, replies, writes)
-//! and requests for the core.
+//! effects for the actor (events for watchers, timers, replies, writes,
+//! what is served) and requests for the core.
 
 use std::time::Instant;
 
 use super::{outbox::Out, state::Repo};
 use crate::{
     api::{NodeEvent, Reply},
-    core::io::{Effect, ReplyId, TimerKey, Write},
+    core::io::{Effect, ReplyId, ServedState, TimerKey, Write},
 };
 
 impl Repo {
@@ -30,6 +30,22 @@ impl Repo {
     pub fn notify(&mut self, event: NodeEvent) {
         let repo = Some(self.config.repo_id.clone());
         self.emit(Effect::Notify { repo, event });
+    }
+
+    /// What the node serves of this repository: the state it holds, if any.
+    pub fn served_state(&self) -> Option<ServedState> {
+        self.held.as_ref().map(|h| ServedState {
+            manifest: h.manifest,
+            head: h.head.clone(),
+            path: self.config.repo_id.relative_path(),
+        })
+    }
+
+    /// Tell the actor to serve the state held now (or nothing).
+    pub fn publish_served(&mut self) {
+        let repo = self.config.repo_id.clone();
+        let state = self.served_state();
+        self.emit(Effect::Served { repo, state });
     }
 
     /// Set (or replace) a timer.

@@ -7,6 +7,7 @@
 //!   `seq` never decreases, across restarts too;
 //! - no held `seq` is more than an hour ahead of its clock;
 //! - its tables stay within their documented caps;
+//! - what it serves to git clients is exactly the states it holds;
 //! - a peer it reports as holding a state (`--replicas`) holds it, or a
 //!   newer state of the repository, complete.
 //!
@@ -18,7 +19,7 @@ use super::world::{World, short};
 use crate::{
     api::{Payload, Reply},
     core::{
-        CoreCommand,
+        CoreCommand, ServedState,
         hints::MAX_HINTS,
         repo::{MAX_CATCH_UP_PUSHES, MAX_PROBES, MAX_REBROADCAST_DIRECT},
         repo::{MAX_DEMOTED, MAX_PEERS_CONTACTED},
@@ -170,6 +171,23 @@ impl World {
         {
             broken.push(format!(
                 "holds states of {held_bytes} bytes in all, over max_total_bytes {max}"
+            ));
+        }
+        let should_serve: BTreeMap<&RepoId, ServedState> = core
+            .repos
+            .iter()
+            .filter_map(|(id, r)| Some((id, r.served_state()?)))
+            .collect();
+        let served: BTreeMap<&RepoId, ServedState> = self.nodes[node]
+            .served
+            .iter()
+            .map(|(id, s)| (id, s.clone()))
+            .collect();
+        if served != should_serve {
+            broken.push(format!(
+                "serves {} repositories but holds {}: {served:?} / {should_serve:?}",
+                served.len(),
+                should_serve.len()
             ));
         }
         let tracked: Vec<RepoId> = core.repos.keys().cloned().collect();

@@ -1,6 +1,6 @@
 //! One simulated node and the executor of its core's effects: what the
 //! actor does for a real node (writes, timers, jobs, topics, pushes, pulls,
-//! polls, write-backs), done against the world.
+//! polls, write-backs, what is served), done against the world.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -18,8 +18,8 @@ use crate::{
     announce::Announcement,
     api::{PolicyRule, Reply},
     core::{
-        Audience, Core, CoreCommand, Effect, Event, Policy, ReadId, RecordPoll, ReplyId, Settings,
-        Subject, TimerKey,
+        Audience, Core, CoreCommand, Effect, Event, Policy, ReadId, RecordPoll, ReplyId,
+        ServedState, Settings, Subject, TimerKey,
     },
     record::PeerHint,
     repo_id::RepoId,
@@ -142,6 +142,9 @@ pub struct SimNode {
     pub blobs: BTreeSet<Hash>,
     /// Admin commands waiting for their reply.
     pub waiting: BTreeMap<ReplyId, CoreCommand>,
+    /// What the node serves to git clients, as its core last said (kept
+    /// in memory, as the actor does).
+    pub served: BTreeMap<RepoId, ServedState>,
     next_reply: ReplyId,
     /// The hostile behaviour of a stranger.
     pub stranger: Option<Stranger>,
@@ -163,6 +166,7 @@ impl SimNode {
             timers: HashMap::new(),
             blobs: BTreeSet::new(),
             waiting: BTreeMap::new(),
+            served: BTreeMap::new(),
             next_reply: 1,
             stranger: None,
         }
@@ -503,6 +507,13 @@ impl World {
                 seq,
             } => self.write_back(node, repo, rkey, head, manifest, seq),
             Effect::Notify { .. } => {}
+            Effect::Served { repo, state } => {
+                let served = &mut self.nodes[node].served;
+                match state {
+                    Some(state) => served.insert(repo, state),
+                    None => served.remove(&repo),
+                };
+            }
             Effect::SetTimer { key, at } => {
                 let at = self.virtual_at(at).max(self.now);
                 self.nodes[node].timers.insert(key.clone(), at);
@@ -637,6 +648,7 @@ impl World {
         n.flush_scheduled = false;
         n.timers.clear();
         n.waiting.clear();
+        n.served.clear();
         self.node_gone(node);
     }
 
@@ -825,6 +837,14 @@ pub fn describe_event(event: &Event) -> String {
             ),
             Err(e) => format!("job {job} {repo} failed: {e}"),
         },
+        Event::JobProgress {
+            repo,
+            job,
+            progress,
+        } => format!(
+            "job {job} {repo} progress {}/{}",
+            progress.bytes, progress.total
+        ),
         Event::WrittenBack { repo, result } => format!("written back {repo}: {}", result.is_ok()),
         Event::Listed {
             did, result, read, ..

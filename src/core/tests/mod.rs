@@ -1,12 +1,16 @@
 //! The core's rules as scenarios: events in, effects out, an injected clock,
 //! no sockets and no sleeps. `trust` holds the trust rules, `flows` the
-//! queue, sync, removal, restart, rejoin and write-back behaviour.
+//! queue, sync, removal, restart, rejoin and write-back behaviour, `served`
+//! what is served to git clients and `progress` whose progress watchers
+//! hear.
 
 mod extremes;
 mod failures;
 mod flows;
 mod follows;
+mod progress;
 mod providers;
+mod served;
 mod strangers;
 mod trust;
 mod verify;
