@@ -20,7 +20,8 @@
 //! `./scripts/test.sh` runs five minutes of it; SOAK.md says how to run an
 //! hour. Settings: `KNOTD_SOAK_SECS` (default 300), `KNOTD_SOAK_SEED`
 //! (default 22), `KNOTD_SOAK_RESULTS` (default a folder under the target
-//! directory). Needs root, iproute2, iptables and Node.js; without root it
+//! directory), `KNOTD_SOAK_BIN` (a folder with the binaries to run instead
+//! of the ones cargo built). Needs root, iproute2, iptables and Node.js; without root it
 //! fails and says why, unless `KNOTD_SKIP_NETNS=1`.
 
 #[path = "common/netns.rs"]
@@ -63,9 +64,24 @@ use workload::{GitEnv, PushRecord, Repo};
 /// Repositories per author.
 const REPOS_PER_AUTHOR: usize = 10;
 
-/// Path of the built `knotd` binary.
+/// Path of the `knotd` binary: the one cargo built, or the one in
+/// `KNOTD_SOAK_BIN` (a folder holding copies of `knotd` and
+/// `git-remote-knot`, so that a long soak keeps running the binaries it
+/// started with while the tree is rebuilt).
 pub fn knotd_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_knotd"))
+    bin("knotd", env!("CARGO_BIN_EXE_knotd"))
+}
+
+/// Path of the `git-remote-knot` helper, as [`knotd_bin`].
+pub fn helper_bin() -> PathBuf {
+    bin("git-remote-knot", env!("CARGO_BIN_EXE_git-remote-knot"))
+}
+
+fn bin(name: &str, built: &str) -> PathBuf {
+    match std::env::var_os("KNOTD_SOAK_BIN") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => PathBuf::from(built),
+    }
 }
 
 /// The soak's settings, from the environment.

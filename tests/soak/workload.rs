@@ -29,7 +29,7 @@ impl GitEnv {
         let home = dir.join("git-home");
         std::fs::create_dir_all(&home).unwrap();
         std::fs::write(home.join("gitconfig"), "").unwrap();
-        let helper = PathBuf::from(env!("CARGO_BIN_EXE_git-remote-knot"));
+        let helper = crate::helper_bin();
         let mut paths = vec![helper.parent().unwrap().to_path_buf()];
         paths.extend(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_default(),
