@@ -3,8 +3,11 @@
 //! The first faults cover every kind once (so even a five-minute run sees
 //! each); later ones are drawn with weights. Two faults never act on the
 //! same thing at once (a node's process, link, loss rule or forwarder; the
-//! relay; the PDS). Each fault heals itself when its time is up, or at once
-//! when the soak stops.
+//! relay; the PDS). Each node is killed at most once per 20 minutes of soak
+//! (at least once), so every node also runs long enough for its growth to
+//! be judged. Each fault heals itself when its time is up; those still
+//! acting when the soak stops heal then, so the end checks measure a
+//! recovery.
 
 use std::{sync::Arc, time::Duration};
 
@@ -96,7 +99,10 @@ pub fn schedule(seed: u64, secs: f64, nodes: &[String]) -> Vec<Fault> {
     let mut busy: Vec<(String, f64)> = Vec::new();
     let mut faults = Vec::new();
     let mut cover = vec![0usize, 1, 2, 3, 4, 5];
+    let max_kills = ((secs / 1200.0).ceil() as usize).max(1);
+    let mut kills: Vec<usize> = vec![0; nodes.len()];
     cover.shuffle(&mut rng);
+    // The last fault starts 10 s before the end and may act past it.
     let last_start = secs - 10.0;
     let mut t = 10.0;
     while t < last_start {
@@ -120,13 +126,22 @@ pub fn schedule(seed: u64, secs: f64, nodes: &[String]) -> Vec<Fault> {
             cover.remove(0)
         };
         let pick_node = |rng: &mut StdRng| nodes[rng.random_range(0..nodes.len())].clone();
+        let killable: Vec<usize> = (0..nodes.len()).filter(|i| kills[*i] < max_kills).collect();
+        let kind_index = if kind_index == 0 && killable.is_empty() {
+            2
+        } else {
+            kind_index
+        };
         let (kind, duration) = match kind_index {
-            0 => (
-                FaultKind::Kill {
-                    node: pick_node(&mut rng),
-                },
-                rng.random_range(2.0..15.0),
-            ),
+            0 => {
+                let i = killable[rng.random_range(0..killable.len())];
+                (
+                    FaultKind::Kill {
+                        node: nodes[i].clone(),
+                    },
+                    rng.random_range(2.0..15.0),
+                )
+            }
             1 => {
                 let mut picked = vec![pick_node(&mut rng)];
                 if rng.random_bool(0.3) {
@@ -162,16 +177,14 @@ pub fn schedule(seed: u64, secs: f64, nodes: &[String]) -> Vec<Fault> {
             4 => (FaultKind::RelayRestart, rng.random_range(3.0..15.0)),
             _ => (FaultKind::PdsOutage, PDS_OUTAGE_SECS),
         };
-        let duration: f64 = if kind == FaultKind::PdsOutage {
-            duration
-        } else {
-            duration.min(last_start - t).max(1.0)
-        };
         let resources = kind.resources();
         let free = resources
             .iter()
             .all(|r| busy.iter().all(|(b, until)| b != r || *until <= t));
-        if free && t + duration <= secs - 5.0 {
+        if free {
+            if let FaultKind::Kill { node } = &kind {
+                kills[nodes.iter().position(|n| n == node).unwrap()] += 1;
+            }
             busy.retain(|(_, until)| *until > t);
             busy.extend(resources.into_iter().map(|r| (r, t + duration)));
             faults.push(Fault {
@@ -257,6 +270,67 @@ async fn act(soak: &Arc<Soak>, kind: &FaultKind, start: bool) -> Option<String> 
         FaultKind::PdsOutage => {
             soak.net.set_pds_blocked(soak.pds.pds_port(), start);
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes() -> Vec<String> {
+        ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_schedule_covers_every_kind_and_repeats_with_its_seed() {
+        let schedule = schedule(22, 300.0, &nodes());
+        let labels: Vec<&str> = schedule.iter().take(6).map(|f| f.kind.label()).collect();
+        for kind in [
+            "kill -9",
+            "partition",
+            "loss",
+            "latency",
+            "relay restart",
+            "PDS outage",
+        ] {
+            assert!(labels.contains(&kind), "{kind} missing from {labels:?}");
+        }
+        let again = schedule_labels(22);
+        assert_eq!(again, schedule_labels(22));
+        assert_ne!(again, schedule_labels(23));
+    }
+
+    fn schedule_labels(seed: u64) -> Vec<(u64, String)> {
+        schedule(seed, 3600.0, &nodes())
+            .iter()
+            .map(|f| (f.at as u64, format!("{:?}", f.kind)))
+            .collect()
+    }
+
+    #[test]
+    fn nothing_is_faulted_twice_at_once_and_kills_are_rationed() {
+        let schedule = schedule(7, 3600.0, &nodes());
+        for (i, a) in schedule.iter().enumerate() {
+            for b in &schedule[i + 1..] {
+                let overlap = b.at < a.at + a.duration && a.at < b.at + b.duration;
+                let shared = a
+                    .kind
+                    .resources()
+                    .iter()
+                    .any(|r| b.kind.resources().contains(r));
+                assert!(!(overlap && shared), "{a:?} and {b:?} overlap");
+            }
+        }
+        for node in nodes() {
+            let kills = schedule
+                .iter()
+                .filter(|f| f.kind == FaultKind::Kill { node: node.clone() })
+                .count();
+            assert!(kills <= 3, "{node} killed {kills} times in an hour");
         }
     }
 }

@@ -2,24 +2,28 @@
 //!
 //! Each node is sampled every ten seconds: RSS, open files, OS threads and
 //! tasks alive in its runtime. A sample counts once its process is past
-//! warm-up: up for at least `W` and taken at least `W` into the soak, with
-//! `W = max(60 s, 10 % of the soak)` (caches, connection pools and gossip
-//! neighbour sets fill during the first minute of work). Over the samples
-//! that count, the growth rate is the Theil–Sen slope: the median of the
-//! slopes between every two samples of the same process at least 20 s
-//! apart. The median ignores the spikes of a fetch or a repack (up to
-//! about 29 % of the pairs may be outliers), and pairs never span a restart,
-//! whose fresh process starts low.
+//! warm-up: up for at least `W = 120 s` and taken at least `W` into the
+//! soak (caches, connection pools and gossip neighbour sets fill during the
+//! first minute or two of work). Over the samples that count, the growth
+//! rate is the Theil–Sen slope: the median of the slopes between every two
+//! samples of the same process at least 20 s apart. The median ignores the
+//! spikes of a fetch or a repack (up to about 29 % of the pairs may be
+//! outliers), pairs never span a restart, whose fresh process starts low,
+//! and a long-lived process weighs most (its pairs grow with the square of
+//! its samples), so the slope is that of the longest stretches observed.
 //!
 //! A metric is **flat** when that rate, over the soak's length after
-//! warm-up, adds at most `max(floor, 10 % of its median)`: floors of 8 MiB
-//! of RSS, 8 open files, 4 threads and 50 tasks, the sizes of ordinary
-//! fluctuations (a fetch's buffers, a connection's sockets, the blocking
-//! pool's threads, the tasks of the jobs in flight). Why this bound: a
-//! leak grows with the work done, and the work is steady (a push a second,
-//! each fetched by five nodes), so a leak is a positive slope that goes on;
-//! the bound tightens as the soak lengthens (over an hour, 8 MiB is 0.15 MiB
-//! a minute), so the hour-long run catches what five minutes cannot. A
+//! warm-up, adds at most `max(floor, 10 % of its median)`: floors of 16 MiB
+//! of RSS, 8 open files, 4 threads and 100 tasks, the sizes of the ordinary
+//! fluctuations measured in five-minute runs (a fetch's buffers and the
+//! caches filling as the stores grow; a connection's sockets; the blocking
+//! pool's threads; the tasks of the connections to five peers, all
+//! re-established after a partition heals, and of the jobs in flight).
+//! Why this bound: a leak grows with the work done, and the work is steady
+//! (a push a second, each fetched by five nodes), so a leak is a positive
+//! slope that goes on; the bound tightens as the soak lengthens (over an
+//! hour, 16 MiB is 0.3 MiB a minute, 100 tasks fewer than one per 30
+//! pushes), so the hour-long run catches what five minutes cannot. A
 //! node with fewer than six samples past warm-up cannot be judged, and the
 //! check fails rather than pass by saying nothing.
 
@@ -53,26 +57,24 @@ pub struct Verdict {
     pub flat: Option<bool>,
 }
 
-/// The warm-up, in seconds, of a soak of `secs` seconds.
-pub fn warm_up(secs: f64) -> f64 {
-    (0.1 * secs).max(60.0)
-}
+/// The warm-up of each process, in seconds.
+pub const WARM_UP: f64 = 120.0;
 
 /// How a metric is read from a sample.
 type Reader = fn(&SampleRow) -> Option<f64>;
 
 fn metrics() -> [(&'static str, f64, Reader); 4] {
     [
-        ("rss_mib", 8.0, |s| Some(s.sample.rss_kib as f64 / 1024.0)),
+        ("rss_mib", 16.0, |s| Some(s.sample.rss_kib as f64 / 1024.0)),
         ("open_files", 8.0, |s| Some(s.sample.fds as f64)),
         ("threads", 4.0, |s| Some(s.sample.threads as f64)),
-        ("tasks", 50.0, |s| s.sample.tasks.map(|t| t as f64)),
+        ("tasks", 100.0, |s| s.sample.tasks.map(|t| t as f64)),
     ]
 }
 
 /// Judge every metric of every node.
 pub fn analyse(samples: &[SampleRow], secs: f64) -> Vec<Verdict> {
-    let warm = warm_up(secs);
+    let warm = WARM_UP;
     let window = (secs - warm).max(1.0);
     let mut by_node: BTreeMap<&str, Vec<&SampleRow>> = BTreeMap::new();
     for s in samples {
@@ -178,8 +180,8 @@ mod tests {
 
     #[test]
     fn a_steady_leak_is_caught_and_spikes_are_not() {
-        // 12 MiB an hour on top of 60 MiB: caught.
-        let leak = analyse(&rows(|t| 60.0 + t / 300.0, None), 3600.0);
+        // 24 MiB an hour on top of 60 MiB: caught.
+        let leak = analyse(&rows(|t| 60.0 + t / 150.0, None), 3600.0);
         assert_eq!(rss(&leak).flat, Some(false), "{:?}", rss(&leak));
         // Flat with a 40 MiB spike every tenth sample: flat.
         let spiky = analyse(

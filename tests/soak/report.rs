@@ -43,8 +43,14 @@ pub fn write(soak: &Arc<Soak>, end: &EndReport) -> PathBuf {
             eprintln!("soak: the picture could not be drawn: {e}");
             false
         });
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        - soak.now();
     let report = json!({
         "settings": soak.settings,
+        "started_unix": started_unix.round() as u64,
         "nodes": soak.nodes.iter().map(|n| json!({
             "name": n.spec.name,
             "role": n.spec.role,
