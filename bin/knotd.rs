@@ -519,8 +519,8 @@ fn print_payload(payload: Payload, json: bool) {
             println!("repos:     {}", s.repo_count);
             println!("ticket:    {}", s.ticket);
             println!(
-                "jobs:      {} running, {} waiting",
-                s.jobs_running, s.jobs_waiting
+                "jobs:      {} running, {} waiting ({} tasks alive)",
+                s.jobs_running, s.jobs_waiting, s.tasks_alive
             );
             for f in &s.follows {
                 println!(

@@ -75,6 +75,7 @@ pub struct Metrics {
     pinned_bytes: Gauge,
     neighbours: Gauge,
     jobs: Family<RepoState, Gauge>,
+    tasks: Gauge,
     /// Node-kept counters already added, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
 }
@@ -113,6 +114,7 @@ impl Metrics {
             pinned_bytes: Gauge::default(),
             neighbours: Gauge::default(),
             jobs: Family::default(),
+            tasks: Gauge::default(),
             seen: Mutex::default(),
             registry: Registry::default(),
         };
@@ -200,6 +202,11 @@ impl Metrics {
             m.neighbours.clone(),
         );
         r.register("jobs", "Content jobs, running or waiting", m.jobs.clone());
+        r.register(
+            "runtime_tasks",
+            "Tasks alive in the node's async runtime",
+            m.tasks.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -280,6 +287,7 @@ impl Metrics {
         self.jobs
             .get_or_create(&state("waiting"))
             .set(status.jobs_waiting as i64);
+        self.tasks.set(status.tasks_alive as i64);
         let mut seen = self.seen.lock().expect("metrics lock");
         let mut add = |key: String, total: u64, counter: &Counter| {
             let before = seen.insert(key, total).unwrap_or(0);

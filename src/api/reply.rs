@@ -278,6 +278,10 @@ pub struct NodeStatus {
     /// Repositories waiting for a content job slot.
     #[serde(default)]
     pub jobs_waiting: usize,
+    /// Tasks alive in the node's async runtime: a number that keeps rising
+    /// while the work stays the same is a leak.
+    #[serde(default)]
+    pub tasks_alive: usize,
     /// Followed identities.
     #[serde(default)]
     pub follows: Vec<FollowSummary>,

@@ -271,6 +271,9 @@ impl Knot {
                 },
                 jobs_running,
                 jobs_waiting,
+                tasks_alive: tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks(),
                 follows,
                 repos,
                 relay_mode,

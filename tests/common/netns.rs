@@ -4,6 +4,9 @@
 //! host reaches the services' address and nothing else: no host can reach
 //! another directly, as with home servers behind separate NATs. Needs root
 //! (`ip netns`); everything is removed on drop, also when a test fails.
+//! The soak test also opens single hosts to the others, cuts and restores
+//! their links, and restarts the relay on its address.
+#![allow(dead_code)]
 
 use std::{
     fs::File,
@@ -77,7 +80,8 @@ pub struct Lab {
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
-fn ip(args: &[&str]) -> Result<(), LabError> {
+/// Run `ip <args>`; an error says which command failed and why.
+pub fn ip(args: &[&str]) -> Result<(), LabError> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
@@ -191,6 +195,47 @@ impl Lab {
         Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 1)
     }
 
+    /// The services' namespace (relay, pkarr server, and what a test adds).
+    pub fn services_ns(&self) -> &str {
+        &self.services_ns
+    }
+
+    /// Every host, in the order given to [`Lab::new`].
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// Let one host reach every host (`false`, a machine with a public
+    /// address) or only non-isolated ones (`true`, the default).
+    pub fn set_host_isolated(&self, name: &str, isolated: bool) -> Result<(), LabError> {
+        let port = self.host(name).port.clone();
+        ip(&[
+            "-n",
+            &self.services_ns,
+            "link",
+            "set",
+            &port,
+            "type",
+            "bridge_slave",
+            "isolated",
+            if isolated { "on" } else { "off" },
+        ])
+    }
+
+    /// Cut (`false`) or restore (`true`) a host's only link, as a pulled
+    /// cable: its interface stays configured, no packet passes.
+    pub fn set_link(&self, name: &str, up: bool) -> Result<(), LabError> {
+        let port = self.host(name).port.clone();
+        ip(&[
+            "-n",
+            &self.services_ns,
+            "link",
+            "set",
+            &port,
+            if up { "up" } else { "down" },
+        ])
+    }
+
     /// The host named `name`.
     pub fn host(&self, name: &str) -> &Host {
         self.hosts
@@ -243,9 +288,16 @@ impl Lab {
         self.services.as_ref().expect("services started")
     }
 
+    /// Start the relay again on the address it had (after [`Lab::stop_relay`]).
+    pub fn start_relay(&self) {
+        if let Some(services) = &self.services {
+            services.start_relay();
+        }
+    }
+
     /// Stop the relay (the pkarr server keeps running).
-    pub fn stop_relay(&mut self) {
-        if let Some(services) = &mut self.services {
+    pub fn stop_relay(&self) {
+        if let Some(services) = &self.services {
             services.stop_relay();
         }
     }
@@ -266,6 +318,7 @@ impl Drop for Lab {
 /// What the services' thread is asked to do.
 enum Order {
     StopRelay(std::sync::mpsc::Sender<()>),
+    StartRelay(std::sync::mpsc::Sender<Result<(), String>>),
     Stop,
 }
 
@@ -347,7 +400,8 @@ impl Services {
                     }
                 };
                 let metrics = relay.metrics().server.clone();
-                let _ = ready_tx.send(Ok((relay.http_addr(), dns.http_addr(), metrics)));
+                let relay_addr = relay.http_addr();
+                let _ = ready_tx.send(Ok((relay_addr, dns.http_addr(), metrics)));
                 let mut relay = Some(relay);
                 while let Some(order) = order_rx.recv().await {
                     match order {
@@ -356,6 +410,24 @@ impl Services {
                                 let _ = relay.shutdown().await;
                             }
                             let _ = done.send(());
+                        }
+                        Order::StartRelay(done) => {
+                            let started = match (&relay, relay_addr) {
+                                (Some(_), _) => Ok(()),
+                                (None, None) => Err("the relay had no address".to_string()),
+                                (None, Some(addr)) => {
+                                    let mut config = iroh_relay::server::ServerConfig::default();
+                                    config.relay = Some(iroh_relay::server::RelayConfig::new(addr));
+                                    match iroh_relay::server::Server::spawn(config).await {
+                                        Ok(server) => {
+                                            relay = Some(server);
+                                            Ok(())
+                                        }
+                                        Err(e) => Err(format!("relay on {addr}: {e}")),
+                                    }
+                                }
+                            };
+                            let _ = done.send(started);
                         }
                         Order::Stop => break,
                     }
@@ -387,11 +459,20 @@ impl Services {
         self.metrics.bytes_sent.get()
     }
 
-    fn stop_relay(&mut self) {
+    fn stop_relay(&self) {
         let (tx, rx) = std::sync::mpsc::channel();
         if self.orders.send(Order::StopRelay(tx)).is_ok() {
             rx.recv_timeout(Duration::from_secs(30))
                 .expect("the relay stops");
+        }
+    }
+
+    fn start_relay(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.orders.send(Order::StartRelay(tx)).is_ok() {
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("the relay answers")
+                .unwrap_or_else(|e| panic!("the relay starts again: {e}"));
         }
     }
 

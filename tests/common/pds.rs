@@ -50,6 +50,18 @@ impl TestPds {
     /// why); `KNOTD_REQUIRE_PDS=1` (set by CI) overrides a skip. Panics when
     /// the PDS cannot be installed or does not start.
     pub fn start() -> Option<TestPds> {
+        Self::start_at(None)
+    }
+
+    /// Start a fresh PDS inside network namespace `ns`, bound to `host` (an
+    /// address of that namespace): its URLs, and the PDS endpoint in every
+    /// DID document, name that address. Its HTTP calls must then be made
+    /// from inside the namespace too. Skips and fails as [`TestPds::start`].
+    pub fn start_in_netns(ns: &str, host: std::net::Ipv4Addr) -> Option<TestPds> {
+        Self::start_at(Some((ns, host)))
+    }
+
+    fn start_at(place: Option<(&str, std::net::Ipv4Addr)>) -> Option<TestPds> {
         if !node_available() {
             let why = "`node` (>= 20) is not installed, so the reference PDS cannot run; install Node.js 20+";
             assert!(
@@ -74,7 +86,16 @@ impl TestPds {
                 "tests/pds/install.sh failed ({status}); run it by hand to see why"
             );
         }
-        let mut child = Command::new("node")
+        let mut command = match place {
+            Some((ns, host)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "node"])
+                    .env("PDS_HOST", host.to_string());
+                c
+            }
+            None => Command::new("node"),
+        };
+        let mut child = command
             .arg(dir.join("start.mjs"))
             .current_dir(&dir)
             .stdin(Stdio::piped())
@@ -144,6 +165,20 @@ impl TestPds {
         pds.pds = ready["pds"].as_str().expect("ready line has pds").into();
         pds.plc = ready["plc"].as_str().expect("ready line has plc").into();
         Some(pds)
+    }
+
+    /// The PDS's port.
+    pub fn pds_port(&self) -> u16 {
+        self.pds
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the PDS URL ends in a port")
+    }
+
+    /// What the PDS printed on stderr so far (the first 64 KiB).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     fn xrpc(&self, nsid: &str) -> String {

@@ -7,6 +7,9 @@
 // Env:
 //   PDS_PORT      port for the PDS (default 0 = pick a free one)
 //   PLC_PORT      port for the PLC directory (default 0 = pick a free one)
+//   PDS_HOST      the IPv4 address both servers bind and name in their URLs
+//                 (default 127.0.0.1; the soak test runs them inside a network
+//                 namespace on the address its nodes reach)
 //   PDS_KEEP_STDIN=1   do NOT exit when stdin (a pipe/socket/tty) reaches EOF
 //   LOG_ENABLED=true   PDS/PLC logs (to stderr unless LOG_DESTINATION is set)
 //
@@ -20,7 +23,8 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 
-const HOST = '127.0.0.1'
+const HOST = process.env.PDS_HOST || '127.0.0.1'
+if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(HOST)) throw new Error(`invalid PDS_HOST: ${HOST}`)
 const ADMIN_PASSWORD = process.env.PDS_ADMIN_PASSWORD || 'admin-pass'
 const JWT_SECRET = process.env.PDS_JWT_SECRET || 'jwt-secret'
 
@@ -53,7 +57,7 @@ const freePort = () =>
     })
   })
 
-// Express' app.listen(port) binds every interface; force loopback only.
+// Express' app.listen(port) binds every interface; force HOST only.
 const bindLoopback = (app) => {
   app.listen = function (port, ...rest) {
     return http.createServer(this).listen(port, HOST, ...rest)
@@ -183,10 +187,17 @@ try {
   // publicUrl would be http://localhost:PORT; use the exact loopback address
   // so the DID document's #atproto_pds endpoint is where we listen.
   cfg.service.publicUrl = pdsUrl
-  if (cfg.oauth && !cfg.entryway) cfg.oauth.issuer = pdsUrl
+  // The PDS accepts plain http only for loopback URLs in its OAuth
+  // metadata, which it checks when it is created: it is created with a
+  // loopback URL, and HOST's URL is put in place afterwards, so that DID
+  // documents of accounts created from then on name HOST's URL.
+  const loopbackUrl = `http://127.0.0.1:${pdsPort}`
+  cfg.service.publicUrl = loopbackUrl
+  if (cfg.oauth && !cfg.entryway) cfg.oauth.issuer = loopbackUrl
   const secrets = envToSecrets(env)
 
   pds = await PDS.create(cfg, secrets)
+  cfg.service.publicUrl = pdsUrl
   bindLoopback(pds.app)
   await pds.start()
   pdsStarted = true
