@@ -26,12 +26,14 @@
 mod adversary;
 mod check;
 mod content;
+mod execute;
 mod net;
 mod node;
 mod owners;
 mod pds;
 #[cfg(test)]
 mod tests;
+mod trace;
 mod world;
 
 use std::{collections::VecDeque, fmt, time::Duration};

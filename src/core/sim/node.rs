@@ -1,6 +1,6 @@
-//! One simulated node and the executor of its core's effects: what the
-//! actor does for a real node (writes, timers, jobs, topics, pushes, pulls,
-//! polls, write-backs, what is served), done against the world.
+//! One simulated node: its role, its disk, its core, and what the world does
+//! to it (start, crash, restart, a full disk, a publish, a record read).
+//! Its effects are executed in [`super::execute`].
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -15,11 +15,10 @@ use super::{
     world::{Ev, Msg, World},
 };
 use crate::{
-    announce::Announcement,
-    api::{PolicyRule, Reply},
+    api::PolicyRule,
     core::{
-        Audience, Core, CoreCommand, Effect, Event, Policy, ReadId, RecordPoll, ReplyId,
-        ServedState, Settings, Subject, TimerKey,
+        Core, CoreCommand, Event, Policy, ReadId, RecordPoll, ReplyId, ServedState, Settings,
+        TimerKey,
     },
     record::PeerHint,
     repo_id::RepoId,
@@ -32,7 +31,7 @@ pub const MAX_TOTAL_BYTES: u64 = 1 << 30;
 /// Every honest node's `max_repos_per_identity`.
 pub const MAX_REPOS_PER_IDENTITY: usize = 40;
 /// How long lazy writes wait to be flushed, as in the actor.
-const FLUSH_AFTER: Duration = Duration::from_secs(30);
+pub const FLUSH_AFTER: Duration = Duration::from_secs(30);
 
 /// What a node is in the scenario.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,10 +132,10 @@ pub struct SimNode {
     pub up: bool,
     pub disk: Disk,
     /// Lazy writes not yet flushed (lost in a crash).
-    pending: BTreeMap<String, Write>,
+    pub pending: BTreeMap<String, Write>,
     /// The disk is full: durable commits fail.
     pub disk_full: bool,
-    flush_scheduled: bool,
+    pub flush_scheduled: bool,
     pub timers: HashMap<TimerKey, Duration>,
     /// Complete blobs in the blob store (survive crashes).
     pub blobs: BTreeSet<Hash>,
@@ -334,221 +333,6 @@ impl World {
         n.next_reply += 1;
         n.waiting.insert(reply, command.clone());
         self.deliver(node, Event::Command { reply, command });
-    }
-
-    /// Execute `effects` of `node`'s core in order, as the actor does:
-    /// consecutive writes are one commit; after a failed durable commit no
-    /// announcement of the batch goes out, successful replies become
-    /// errors, and the core hears of it right after the batch.
-    pub fn execute(&mut self, node: usize, effects: Vec<Effect>) {
-        let mut writes = Vec::new();
-        let mut failed: Vec<Subject> = Vec::new();
-        for mut effect in effects {
-            if !self.nodes[node].up {
-                return;
-            }
-            if let Effect::Persist(write) = effect {
-                writes.push(write);
-                continue;
-            }
-            if !writes.is_empty() {
-                self.commit(node, std::mem::take(&mut writes), &mut failed);
-            }
-            if !failed.is_empty() {
-                match &mut effect {
-                    Effect::Announce { .. } => continue,
-                    Effect::Reply { reply, .. } if matches!(reply, Reply::Ok(_)) => {
-                        *reply = Reply::Error("the database could not record this change".into());
-                    }
-                    _ => {}
-                }
-            }
-            self.execute_one(node, effect);
-        }
-        if !writes.is_empty() && self.nodes[node].up {
-            self.commit(node, writes, &mut failed);
-        }
-        if !failed.is_empty() && self.nodes[node].up {
-            failed.sort();
-            failed.dedup();
-            self.deliver(
-                node,
-                Event::PersistFailed {
-                    subjects: failed,
-                    error: "No space left on device (os error 28)".into(),
-                },
-            );
-        }
-    }
-
-    /// One commit of consecutive writes: lazy ones wait for a flush, a
-    /// durable one takes them along, all or nothing.
-    fn commit(&mut self, node: usize, writes: Vec<Write>, failed: &mut Vec<Subject>) {
-        let durable: Vec<Subject> = writes
-            .iter()
-            .filter(|w| w.needs_durability())
-            .map(Write::subject)
-            .collect();
-        if !durable.is_empty() && self.nodes[node].disk_full {
-            // Nothing reaches the disk; the lazy writes stay waiting.
-            for write in writes.into_iter().filter(|w| !w.needs_durability()) {
-                self.persist(node, write);
-            }
-            failed.extend(durable);
-            return;
-        }
-        for write in writes {
-            self.persist(node, write);
-        }
-    }
-
-    fn execute_one(&mut self, node: usize, effect: Effect) {
-        let life = self.nodes[node].life;
-        match effect {
-            Effect::Persist(_) => unreachable!("grouped by execute"),
-            Effect::Reply { to, reply } => self.replied(node, to, reply),
-            Effect::StartJob { repo, job, spec } => self.start_job(node, repo, job, spec),
-            Effect::JoinTopic { repo, peers } => {
-                let peers = self.known(&peers);
-                self.join_topic(node, &repo, &peers);
-            }
-            Effect::DialPeers { repo, peers } => {
-                let peers = self.known(&peers);
-                self.dial(node, &repo, &peers);
-            }
-            Effect::LeaveTopic { repo } => self.leave_topic(node, &repo),
-            Effect::Announce {
-                repo,
-                statement,
-                audience,
-            } => {
-                let announcement =
-                    Announcement::new_at(statement, &self.nodes[node].key, vec![], self.unix_ms());
-                let (topic, direct) = match audience {
-                    Audience::Everyone { direct } => (Some(true), direct),
-                    Audience::Neighbors { direct } => (Some(false), direct),
-                    Audience::Direct { direct } => (None, direct),
-                };
-                let seq = announcement.statement.statement.seq;
-                self.note(|| {
-                    let to = match topic {
-                        Some(true) => "the topic",
-                        Some(false) => "neighbours",
-                        None => "no topic",
-                    };
-                    format!(
-                        "n{node} -> announces {repo} seq {seq} to {to} and {} peers",
-                        direct.len()
-                    )
-                });
-                self.check_announce(node, &repo, seq, topic == Some(true), direct.len());
-                if let Some(everyone) = topic {
-                    self.gossip(node, &repo, &announcement, everyone);
-                }
-                for peer in self.known(&direct) {
-                    self.send_direct(node, peer, &repo, &announcement);
-                }
-            }
-            Effect::Pull { peer, repos } => match self.index_of(&peer) {
-                Some(peer) => self.pull(node, peer, repos),
-                None => {
-                    let delay = Duration::from_secs(5);
-                    self.schedule(
-                        delay,
-                        Ev::Core {
-                            node,
-                            life,
-                            event: Event::Pulled { peer, ok: false },
-                        },
-                    );
-                }
-            },
-            Effect::LearnAddrs(_) => {}
-            Effect::ProbeReplica {
-                repo,
-                peer,
-                manifest,
-            } => self.probe(node, repo, peer, manifest),
-            Effect::PollRecord {
-                repo,
-                locator,
-                read,
-            } => {
-                let delay = self.between(Duration::from_millis(20), Duration::from_millis(150));
-                self.schedule(
-                    delay,
-                    Ev::Poll {
-                        node,
-                        life,
-                        repo,
-                        locator,
-                        read,
-                    },
-                );
-            }
-            Effect::ListIdentity { did, read } => {
-                let delay = self.between(Duration::from_millis(20), Duration::from_millis(150));
-                self.schedule(
-                    delay,
-                    Ev::List {
-                        node,
-                        life,
-                        did,
-                        read,
-                    },
-                );
-            }
-            Effect::WriteBack {
-                repo,
-                collection: _,
-                rkey,
-                head,
-                manifest,
-                seq,
-            } => self.write_back(node, repo, rkey, head, manifest, seq),
-            Effect::Notify { .. } => {}
-            Effect::Served { repo, state } => {
-                let served = &mut self.nodes[node].served;
-                match state {
-                    Some(state) => served.insert(repo, state),
-                    None => served.remove(&repo),
-                };
-            }
-            Effect::SetTimer { key, at } => {
-                let at = self.virtual_at(at).max(self.now);
-                self.nodes[node].timers.insert(key.clone(), at);
-                self.schedule_at(at, Ev::Timer { node, life, key });
-            }
-        }
-    }
-
-    fn persist(&mut self, node: usize, write: Write) {
-        let life = self.nodes[node].life;
-        let n = &mut self.nodes[node];
-        if write.needs_durability() {
-            if let Write::Held(_, Some(held)) = &write
-                && let Some(m) = self.content.manifests.get_mut(&held.manifest_hash())
-            {
-                m.durable = true;
-            }
-            let n = &mut self.nodes[node];
-            // A durable commit takes the waiting lazy writes along.
-            n.flush();
-            n.disk.apply(write);
-            return;
-        }
-        n.pending.insert(write.key().to_string(), write);
-        if !n.flush_scheduled {
-            n.flush_scheduled = true;
-            self.schedule(FLUSH_AFTER, Ev::Flush { node, life });
-        }
-    }
-
-    fn replied(&mut self, node: usize, to: ReplyId, reply: Reply) {
-        let Some(command) = self.nodes[node].waiting.remove(&to) else {
-            return;
-        };
-        self.check_reply(node, &command, &reply);
     }
 
     /// Node indexes of the endpoint ids the world knows.
@@ -788,91 +572,5 @@ impl World {
             return (Duration::from_millis(50), Some(wait));
         }
         (Duration::from_secs(10), None)
-    }
-}
-
-/// One line about an event, for the trace.
-pub fn describe_event(event: &Event) -> String {
-    match event {
-        Event::Command { command, .. } => format!("command {}", describe_command(command)),
-        Event::Announcement {
-            repo,
-            announcement,
-            via,
-        } => {
-            let s = &announcement.statement.statement;
-            format!(
-                "announcement {repo} {} seq {} by {} from {} ({via:?})",
-                super::world::short(&s.manifest_hash()),
-                s.seq,
-                // The short form of a node id, without parsing the key.
-                data_encoding::HEXLOWER.encode(&s.publisher[..5]),
-                data_encoding::HEXLOWER.encode(&announcement.sender[..5])
-            )
-        }
-        Event::NeighborUp { repo, peer, .. } => format!("neighbour up {repo} {}", peer.fmt_short()),
-        Event::NeighborDown { repo, peer } => format!("neighbour down {repo} {}", peer.fmt_short()),
-        Event::TopicClosed { repo } => format!("topic closed {repo}"),
-        Event::Pulled { peer, ok } => format!("pulled {} ok={ok}", peer.fmt_short()),
-        Event::Polled {
-            repo,
-            outcome,
-            read,
-            ..
-        } => match outcome {
-            RecordPoll::Found(r) => format!(
-                "polled {repo} (read {read}): manifest {:?} seq {:?} peers {}",
-                r.manifest.as_deref().map(|m| &m[..8]),
-                r.seq,
-                r.peers.len()
-            ),
-            other => format!("polled {repo} (read {read}): {other:?}"),
-        },
-        Event::JobDone {
-            repo, job, result, ..
-        } => match result {
-            Ok(info) => format!(
-                "job {job} {repo} done: {}",
-                super::world::short(&info.manifest)
-            ),
-            Err(e) => format!("job {job} {repo} failed: {e}"),
-        },
-        Event::JobProgress {
-            repo,
-            job,
-            progress,
-        } => format!(
-            "job {job} {repo} progress {}/{}",
-            progress.bytes, progress.total
-        ),
-        Event::WrittenBack { repo, result } => format!("written back {repo}: {}", result.is_ok()),
-        Event::Listed {
-            did, result, read, ..
-        } => format!(
-            "listed {did} (read {read}): {}",
-            result
-                .as_ref()
-                .map_or_else(|e| e.clone(), |(r, _)| format!("{} records", r.len()))
-        ),
-        Event::AccountResolved { did } => format!("account {did}"),
-        Event::PersistFailed { subjects, error } => {
-            format!("commit of {} subjects failed: {error}", subjects.len())
-        }
-        Event::NetBusy(busy) => format!("net busy: {busy:?}"),
-        Event::GcPass { passes } => format!("gc pass {passes}"),
-        Event::ReplicaProbed {
-            repo, peer, proved, ..
-        } => format!("probed {} for {repo}: {proved}", peer.fmt_short()),
-        Event::Timer(key) => format!("timer {key:?}"),
-    }
-}
-
-fn describe_command(command: &CoreCommand) -> String {
-    match command {
-        CoreCommand::AddRepo { repo_id, peers, .. } => {
-            format!("add-repo {repo_id} ({} peers)", peers.len())
-        }
-        CoreCommand::Publish { repo_id, .. } => format!("publish {repo_id}"),
-        other => format!("{other:?}").chars().take(120).collect(),
     }
 }

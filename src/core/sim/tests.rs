@@ -3,7 +3,10 @@
 //!
 //! `KNOTD_SIM_SEEDS` sets how many seeds `many_seeds` runs (default 1000)
 //! and `KNOTD_SIM_FIRST` the first; `KNOTD_SIM_SEED` the seed `replay`
-//! runs, printing its trace.
+//! runs, printing its trace (`KNOTD_SIM_ONLY=<adversary>` or `none` keeps
+//! one adversary or none); `KNOTD_SIM_SWEEP=N` runs each adversary alone in
+//! N scenarios; `KNOTD_SIM_DIGESTS=N` prints each seed's trace digest, to
+//! compare two versions of the core. TESTING.md says how to use them.
 
 use std::time::Duration;
 
@@ -72,8 +75,12 @@ fn replay() {
         return;
     };
     let mut scenario = Scenario::random(seed);
-    if std::env::var("KNOTD_SIM_NO_ADVERSARIES").is_ok() {
-        scenario.adversaries.clear();
+    if let Ok(only) = std::env::var("KNOTD_SIM_ONLY") {
+        // `none` or one adversary's name, as `sweep` prints it.
+        scenario.adversaries = Adversary::ALL
+            .into_iter()
+            .filter(|a| format!("{a:?}") == only)
+            .collect();
     }
     eprintln!("{scenario:#?}");
     match run(seed, &scenario) {
@@ -151,80 +158,26 @@ fn faults_without_adversaries_heal() {
     }
 }
 
+/// Each adversary alone in `KNOTD_SIM_SWEEP` random scenarios: how many
+/// fail and the first failure's report. This is how a fix is checked: revert
+/// it and the adversary it stops must fail here.
 #[test]
-fn debug_calm() {
-    let outcome = run(3, &Scenario::calm()).unwrap_or_else(|f| panic!("{f}"));
-    eprintln!("{outcome:?}");
-}
-
-#[test]
-fn debug_no_adversaries() {
-    let count = env_u64("KNOTD_SIM_SEEDS").unwrap_or(0);
-    for seed in 0..count {
-        let mut s = Scenario::random(seed);
-        s.adversaries.clear();
-        if let Err(f) = run(seed, &s) {
-            panic!("{f}");
-        }
-    }
-}
-
-#[test]
-fn debug_speed() {
-    let count = env_u64("KNOTD_SIM_SPEED").unwrap_or(0);
-    let started = std::time::Instant::now();
-    let mut steps = 0;
-    let mut hours = 0.0;
-    for seed in 0..count {
-        let mut s = Scenario::random(seed);
-        s.adversaries.clear();
-        s.faults.loss = 0.0;
-        if let Ok(o) = run(seed, &s) {
-            steps += o.steps;
-            hours += o.node_hours;
-        }
-    }
-    eprintln!(
-        "{count} seeds, {steps} steps, {hours:.0} node-hours in {:?}",
-        started.elapsed()
-    );
-}
-
-#[test]
-fn debug_adversaries() {
-    let count = env_u64("KNOTD_SIM_ADV").unwrap_or(0);
+fn sweep() {
+    let Some(count) = env_u64("KNOTD_SIM_SWEEP") else {
+        return;
+    };
     for adversary in Adversary::ALL {
         let mut failed = 0;
         let mut first = None;
         for seed in 0..count {
-            let mut s = Scenario::random(seed);
-            s.adversaries = vec![adversary];
-            if let Err(f) = run(seed, &s) {
+            let mut scenario = Scenario::random(seed);
+            scenario.adversaries = vec![adversary];
+            if let Err(f) = run(seed, &scenario) {
                 failed += 1;
-                first.get_or_insert(f.message.chars().take(300).collect::<String>());
+                first.get_or_insert((seed, f.message.chars().take(300).collect::<String>()));
             }
         }
-        eprintln!("{adversary:?}: {failed}/{count} failed; first: {first:?}");
-    }
-}
-
-#[test]
-fn debug_one() {
-    let (Some(seed), Ok(adv)) = (
-        env_u64("KNOTD_SIM_ONE"),
-        std::env::var("KNOTD_SIM_ADV_NAME"),
-    ) else {
-        return;
-    };
-    let adversary = *Adversary::ALL
-        .iter()
-        .find(|a| format!("{a:?}") == adv)
-        .expect("known");
-    let mut s = Scenario::random(seed);
-    s.adversaries = vec![adversary];
-    eprintln!("{s:#?}");
-    if let Err(f) = run(seed, &s) {
-        panic!("{f}");
+        println!("{adversary:?}: {failed}/{count} failed; first: {first:?}");
     }
 }
 

@@ -443,7 +443,7 @@ impl World {
     /// Hand `event` to `node`'s core, execute the effects and check.
     pub fn deliver(&mut self, node: usize, event: Event) {
         let now = self.core_now();
-        let summary = super::node::describe_event(&event);
+        let summary = super::trace::describe_event(&event);
         self.note(|| format!("n{node} <- {summary}"));
         let Some(core) = self.nodes[node].core.as_mut() else {
             return;
