@@ -51,11 +51,7 @@ use tracing::{debug, info};
 
 use crate::core::ProviderFault;
 
-/// How long one provider may send nothing before it is given up on.
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the attempts running may make (almost) no progress before the
-/// next provider starts alongside them.
-pub const HEDGE_AFTER: Duration = Duration::from_secs(2);
+pub use crate::core::{HEDGE_AFTER, STALL_TIMEOUT};
 /// Fewer bytes than this in [`HEDGE_AFTER`] is slow enough to hedge.
 pub const HEDGE_MIN_BYTES: u64 = 64 * 1024;
 /// Most attempts running at once for one blob.

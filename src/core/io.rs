@@ -617,6 +617,13 @@ pub struct WriteFailure {
     pub retry_after: Option<Duration>,
 }
 
+/// How long one provider of a fetch may send nothing before the job gives
+/// up on it ([`ProviderFault::Stalled`]).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the providers of a fetch running may make (almost) no progress
+/// before the job starts the next provider alongside them.
+pub const HEDGE_AFTER: Duration = Duration::from_secs(2);
+
 /// How a provider failed a fetch, as the job saw it. The core demotes such
 /// a provider for the repository for [`DEMOTION`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,10 +15,9 @@ use super::{
     io::{Effect, Event, JobId, Now, ReplyId, TimerKey, Write, is_due, later},
     policy::Policy,
     queue::{self, JobQueue},
-    reads::Reads,
     repo::{self, Ctx, Out, Repo},
     settings::Settings,
-    tables::{Counters, Follow, PullBackoff, VerifyWait},
+    tables::{Counters, Follow, PullBackoff, Reads, Unpersisted, VerifyWait},
 };
 use crate::{
     announce::SignedStatement, api::Reply, record::PeerHint, repo_id::RepoId, state::RepoRow,
@@ -43,7 +42,7 @@ pub struct Core {
     pub(super) rejoin_timer: Option<Instant>,
     pub(super) counters: Counters,
     pub(super) reads: Reads,
-    pub(super) unpersisted: super::persist::Unpersisted,
+    pub(super) unpersisted: Unpersisted,
     pub(super) deferred_pulls: BTreeMap<EndpointId, std::collections::BTreeSet<RepoId>>,
     pub(super) deferred_armed: bool,
     pub(super) out: Vec<Effect>,

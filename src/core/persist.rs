@@ -8,8 +8,6 @@
 //! here is persisted: after a crash the node resumes from what the disk
 //! has, which is consistent (a commit is all or nothing).
 
-use std::collections::BTreeSet;
-
 use tracing::{error, info};
 
 use super::{
@@ -21,16 +19,6 @@ use crate::api::{NodeEvent, PolicyRule};
 
 /// The start of a repository's error after a failed commit.
 pub const PERSIST_ERROR: &str = "the database could not record";
-
-/// Failed commits waiting to be written again.
-#[derive(Debug, Default)]
-pub struct Unpersisted {
-    /// Subjects whose rows are written again at the next retry.
-    pub subjects: BTreeSet<Subject>,
-    /// Failed commits in a row (reset by an event after a retry that no
-    /// failure followed).
-    pub failures: u32,
-}
 
 impl Core {
     /// A commit failed: remember its subjects and retry after a backoff.

@@ -8,7 +8,7 @@
 //! here is persisted: at start-up every record and identity is read at
 //! once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::debug;
 
@@ -16,32 +16,9 @@ use super::{
     io::{Effect, Now, ReadId, RecordPoll, TimerKey},
     machine::Core,
     repo::RecordRead,
-    schedule::{ReadEnd, Schedule},
+    schedule::ReadEnd,
 };
 use crate::{record::ListedRecord, repo_id::RepoId};
-
-/// The two schedules and the timers armed for them.
-#[derive(Debug)]
-pub struct Reads {
-    /// Records of repositories.
-    pub records: Schedule<RepoId>,
-    /// Listings of followed identities.
-    pub listings: Schedule<String>,
-    records_armed: Option<Instant>,
-    listings_armed: Option<Instant>,
-}
-
-impl Reads {
-    /// Empty schedules with the node's settings.
-    pub fn new(settings: &super::settings::Settings) -> Self {
-        Self {
-            records: Schedule::new(settings.record_reads.clone()),
-            listings: Schedule::new(settings.listings.clone()),
-            records_armed: None,
-            listings_armed: None,
-        }
-    }
-}
 
 impl Core {
     /// A repository's rules changed when its record is read.

@@ -3,9 +3,17 @@
 //! `verify` callers and the counters of announcements. Plain data, in
 //! memory only (follows are persisted through [`super::io::Write`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
-use crate::{api::VerifyRow, core::io::ReplyId, repo_id::RepoId, state::FollowConfig};
+use super::{
+    io::{ReplyId, Subject},
+    schedule::Schedule,
+    settings::Settings,
+};
+use crate::{api::VerifyRow, repo_id::RepoId, state::FollowConfig};
 
 /// Per-peer state of direct pulls.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,4 +65,37 @@ pub struct VerifyWait {
     pub pending: BTreeSet<RepoId>,
     /// What the checks found so far.
     pub rows: Vec<VerifyRow>,
+}
+
+/// Failed commits waiting to be written again.
+#[derive(Debug, Default)]
+pub struct Unpersisted {
+    /// Subjects whose rows are written again at the next retry.
+    pub subjects: BTreeSet<Subject>,
+    /// Failed commits in a row (reset by an event after a retry that no
+    /// failure followed).
+    pub failures: u32,
+}
+
+/// The two schedules and the timers armed for them.
+#[derive(Debug)]
+pub struct Reads {
+    /// Records of repositories.
+    pub records: Schedule<RepoId>,
+    /// Listings of followed identities.
+    pub listings: Schedule<String>,
+    pub(super) records_armed: Option<Instant>,
+    pub(super) listings_armed: Option<Instant>,
+}
+
+impl Reads {
+    /// Empty schedules with the node's settings.
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            records: Schedule::new(settings.record_reads.clone()),
+            listings: Schedule::new(settings.listings.clone()),
+            records_armed: None,
+            listings_armed: None,
+        }
+    }
 }

@@ -25,8 +25,10 @@ use super::{
     world::{Ev, World, short},
 };
 use crate::{
-    core::{Event, JobError, JobId, JobResult, JobSpec, ProviderFault, StateInfo},
-    download::{HEDGE_AFTER, STALL_TIMEOUT},
+    core::{
+        Event, HEDGE_AFTER, JobError, JobId, JobResult, JobSpec, ProviderFault, STALL_TIMEOUT,
+        StateInfo,
+    },
     repo_id::RepoId,
 };
 

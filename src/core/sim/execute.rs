@@ -11,8 +11,7 @@ use super::{
 use crate::{
     announce::Announcement,
     api::Reply,
-    core::{Audience, Effect, Event, ReplyId, Subject},
-    store::Write,
+    core::{Audience, Effect, Event, ReplyId, Subject, Write},
 };
 
 impl World {

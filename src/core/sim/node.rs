@@ -18,12 +18,11 @@ use crate::{
     api::PolicyRule,
     core::{
         Core, CoreCommand, Event, Policy, ReadId, RecordPoll, ReplyId, ServedState, Settings,
-        TimerKey,
+        TimerKey, Write,
     },
     record::PeerHint,
     repo_id::RepoId,
     state::{Bookkeeping, FollowConfig, Locator, RepoRow},
-    store::Write,
 };
 
 /// Every honest node's `max_total_bytes`.

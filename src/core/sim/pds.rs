@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use super::world::{Ev, World};
 use crate::{
-    atproto::ListedRecord,
     core::{Event, RecordPoll, WriteFailure, WrittenBack},
+    record::ListedRecord,
     record::{PeerHint, RepoRecord, merge_peers},
     repo_id::RepoId,
 };

@@ -84,7 +84,7 @@ fn settings_of_any_length_saturate() {
     sim.command(CoreCommand::Follow { did: did.into() });
     let mut r = RepoRecord::empty(rid(&format!("{did}/other")));
     r.seq = Some(T0_MS);
-    let listed = crate::atproto::ListedRecord {
+    let listed = crate::record::ListedRecord {
         rkey: "other".into(),
         cid: None,
         value: serde_json::to_value(&r).unwrap(),

@@ -3,7 +3,7 @@
 use super::*;
 use std::time::Duration;
 
-use crate::atproto::ListedRecord;
+use crate::record::ListedRecord;
 
 const DID: &str = "did:plc:owner";
 
