@@ -14,11 +14,9 @@ use super::{
     io::{Effect, Event, Now, Subject, TimerKey, Write, later},
     machine::Core,
     queue,
+    repo::PERSIST_ERROR,
 };
 use crate::api::{NodeEvent, PolicyRule};
-
-/// The start of a repository's error after a failed commit.
-pub const PERSIST_ERROR: &str = "the database could not record";
 
 impl Core {
     /// A commit failed: remember its subjects and retry after a backoff.

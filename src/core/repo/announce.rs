@@ -352,7 +352,7 @@ impl Repo {
             self.held.clone().map(Box::new),
         )));
         self.persist_book();
-        self.clear_error_of(crate::core::persist::PERSIST_ERROR);
+        self.clear_error_of(super::PERSIST_ERROR);
         let held = self.held.as_ref().map(|h| h.statement.clone());
         // Counted as a rebroadcast: the state may have gone out meanwhile.
         if let Some(statement) = held

@@ -21,3 +21,8 @@ pub use announce::{MAX_REBROADCAST_DIRECT, REBROADCAST_WINDOW};
 pub use outbox::{Ctx, Out, RecordRead};
 pub use replicas::*;
 pub use state::*;
+
+/// The start of a repository's error after a failed commit
+/// ([`crate::core::Event::PersistFailed`]); cleared once its rows are
+/// written again.
+pub const PERSIST_ERROR: &str = "the database could not record";

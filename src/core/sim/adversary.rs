@@ -2,50 +2,15 @@
 //! every topic and act on a schedule. Each [`Adversary`] is one behaviour,
 //! named after what it tries to do to honest knots.
 
+use super::model::*;
 use std::{collections::VecDeque, time::Duration};
 
 use rand::{Rng, seq::IndexedRandom};
 
-use super::world::{Ev, Msg, World};
 use crate::{
     announce::{Announcement, SignedStatement, Statement},
     repo_id::RepoId,
 };
-
-/// What a stranger does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Adversary {
-    /// Replays statements it heard, old ones too, on topics and directly.
-    Replayer,
-    /// Announces statements of its own: any seq (0, far future,
-    /// `u64::MAX`), manifests it made up or other repositories'.
-    Forger,
-    /// Forwards trusted statements, so that it is asked for their content,
-    /// and then never sends a byte.
-    Staller,
-    /// Forwards trusted statements and serves wrong bytes.
-    Liar,
-    /// Claims to hold every state it hears of, holding nothing.
-    FakeReplica,
-    /// Announces held states under many fresh keys, to crowd real peers
-    /// out of every table.
-    Displacer,
-    /// A publisher a careless owner named in the record, whose manifests
-    /// declare packs far smaller than they are.
-    LyingPublisher,
-    /// A peer the record named until the owner deleted the record, which
-    /// then publishes states of its own.
-    RogueExPeer,
-    /// The owner's clock is broken: one write-back stores a `seq` at the end
-    /// of time, and a follower crashes while fetching that state.
-    FarFutureRecord,
-    /// An identity the seeders follow that renames its records on every
-    /// listing.
-    ChurningIdentity,
-    /// An operator (or a group member on the socket) sending admin commands
-    /// with extreme values.
-    ExtremeOperator,
-}
 
 impl Adversary {
     /// Every behaviour.
@@ -69,28 +34,8 @@ impl Adversary {
     }
 }
 
-/// How a stranger answers a request for a blob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Serving {
-    /// Serves what it holds.
-    Honest,
-    /// Accepts the request and sends nothing.
-    Stall,
-    /// Sends bytes that do not match.
-    WrongBytes,
-}
-
 /// Most statements a stranger remembers.
 const HEARD: usize = 64;
-
-/// A stranger's state.
-#[derive(Debug, Clone)]
-pub struct Stranger {
-    pub behaviour: Adversary,
-    /// Announcements heard, oldest first.
-    heard: VecDeque<(RepoId, Announcement)>,
-    joined: bool,
-}
 
 impl Stranger {
     pub fn new(behaviour: Adversary) -> Self {

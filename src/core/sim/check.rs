@@ -13,9 +13,9 @@
 //!
 //! Liveness is checked by the world at the end of a run.
 
+use super::model::*;
 use std::{collections::BTreeMap, time::Duration};
 
-use super::world::{World, short};
 use crate::{
     api::{Payload, Reply},
     core::{
@@ -28,23 +28,6 @@ use crate::{
     },
     repo_id::RepoId,
 };
-
-/// What the checks remember between steps.
-#[derive(Debug, Default)]
-pub struct Checks {
-    /// The last held state per node and repository: (seq, order of its
-    /// manifest among the repository's).
-    held: BTreeMap<(usize, RepoId), (u64, u64)>,
-    /// Announcements of one statement by one incarnation of a node in the
-    /// last [`FLOOD_WINDOW`] (its limits are kept in memory): when, to the
-    /// topic or not, and how many peers directly.
-    announced: BTreeMap<Announced, Vec<Sent>>,
-}
-
-/// One statement announced by one incarnation: node, life, repository, seq.
-type Announced = (usize, u32, RepoId, u64);
-/// One announcement of it: when, to the topic or not, to how many peers.
-type Sent = (Duration, bool, usize);
 
 /// The window over which a node's announcements of one statement count.
 const FLOOD_WINDOW: Duration = Duration::from_secs(60);

@@ -12,18 +12,14 @@
 //! Who holds what is evaluated when the job starts; a provider gone by the
 //! time it ends fails the job.
 
-use std::{collections::BTreeMap, time::Duration};
+use super::model::*;
+use std::time::Duration;
 
 use iroh_blobs::Hash;
 use rand::Rng;
 
 use iroh::EndpointId;
 
-use super::{
-    adversary::Serving,
-    net::DIAL_TIMEOUT,
-    world::{Ev, World, short},
-};
 use crate::{
     core::{
         Event, HEDGE_AFTER, JobError, JobId, JobResult, JobSpec, ProviderFault, STALL_TIMEOUT,
@@ -37,45 +33,11 @@ const BANDWIDTH: u64 = 20 * 1024 * 1024;
 /// Size of a manifest blob.
 const MANIFEST_SIZE: u64 = 2048;
 
-/// A pack: its hash, true size and the size its manifest declares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pack {
-    pub hash: Hash,
-    pub size: u64,
-    pub declared: u64,
-}
-
-/// A manifest the world knows.
-#[derive(Debug, Clone)]
-pub struct ManifestInfo {
-    pub repo: RepoId,
-    pub packs: Vec<Pack>,
-    pub head: String,
-    /// Made by a publisher the owner sanctioned at the time.
-    pub legit: bool,
-    /// Held by some honest node (a publish that crashed before it finished
-    /// makes a manifest nobody ever holds).
-    pub held: bool,
-    /// On some honest node's disk (held durably) at some point.
-    pub durable: bool,
-    /// Made by the owner's own knot: the states every follower must reach.
-    pub honest: bool,
-    /// Order of creation among the repository's manifests.
-    pub order: u64,
-}
-
 impl ManifestInfo {
     /// Bytes of packs, as declared.
     pub fn declared_bytes(&self) -> u64 {
         self.packs.iter().map(|p| p.declared).sum()
     }
-}
-
-/// Every manifest made in the world.
-#[derive(Debug, Default)]
-pub struct Content {
-    pub manifests: BTreeMap<Hash, ManifestInfo>,
-    made: u64,
 }
 
 impl Content {

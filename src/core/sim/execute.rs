@@ -2,12 +2,9 @@
 //! real node (writes in commits, timers, jobs, topics, pushes, pulls,
 //! reads, write-backs, what is served), done against the world.
 
+use super::model::*;
 use std::time::Duration;
 
-use super::{
-    node::FLUSH_AFTER,
-    world::{Ev, World},
-};
 use crate::{
     announce::Announcement,
     api::Reply,

@@ -27,6 +27,7 @@ mod adversary;
 mod check;
 mod content;
 mod execute;
+mod model;
 mod net;
 mod node;
 mod owners;
@@ -38,55 +39,9 @@ mod world;
 
 use std::{collections::VecDeque, fmt, time::Duration};
 
-pub use adversary::Adversary;
-pub use world::World;
+pub use model::{Adversary, Failure, Faults, Outcome, Scenario, Trace};
 
-/// What a run looks like: who takes part, for how long, and how hostile
-/// the world is. [`Scenario::random`] draws one from a seed.
-#[derive(Debug, Clone)]
-pub struct Scenario {
-    /// Owners, each with one author knot publishing its repositories.
-    pub owners: usize,
-    /// Repositories each owner publishes.
-    pub repos_per_owner: usize,
-    /// Seeders: follow every repository, trusting its author and record.
-    pub seeders: usize,
-    /// Home followers: follow every repository, trusting only a seeder, or
-    /// only the record.
-    pub homes: usize,
-    /// Hostile strangers, one behaviour each.
-    pub adversaries: Vec<Adversary>,
-    /// Virtual time during which faults are injected and authors publish.
-    pub active: Duration,
-    /// Virtual time after the faults stop within which every honest
-    /// follower must hold its owner's newest state.
-    pub settle: Duration,
-    /// Mean time between two publishes of one author.
-    pub publish_every: Duration,
-    /// Fault rates while active.
-    pub faults: Faults,
-}
-
-/// How often faults happen while a scenario is active.
-#[derive(Debug, Clone)]
-pub struct Faults {
-    /// Mean time between crashes of some node (`None`: no crashes).
-    pub crash_every: Option<Duration>,
-    /// Mean time between partitions (`None`: none).
-    pub partition_every: Option<Duration>,
-    /// Mean time between PDS outages (`None`: none).
-    pub pds_outage_every: Option<Duration>,
-    /// Mean time between spells of a full disk on some node, during which
-    /// its durable commits fail (`None`: none).
-    pub disk_full_every: Option<Duration>,
-    /// Chance that one message is lost.
-    pub loss: f64,
-    /// Chance that one message is delivered twice.
-    pub duplicate: f64,
-    /// Chance that a crashed node stays a gossip neighbour of its peers
-    /// (iroh-gossip keeps a restarted peer's stale connection).
-    pub stale_neighbor: f64,
-}
+pub use model::World;
 
 impl Faults {
     /// No faults at all.
@@ -168,16 +123,6 @@ impl Scenario {
     }
 }
 
-/// Steps of a run, the last [`TRACE_KEPT`] of them kept for a failure;
-/// with `KNOTD_SIM_TRACE=1` every step is printed as it happens.
-#[derive(Debug)]
-pub struct Trace {
-    lines: VecDeque<String>,
-    steps: u64,
-    print: bool,
-    digest: blake3::Hasher,
-}
-
 impl Default for Trace {
     fn default() -> Self {
         Self {
@@ -224,19 +169,6 @@ impl Trace {
     }
 }
 
-/// A run that broke an invariant.
-#[derive(Debug)]
-pub struct Failure {
-    /// The seed.
-    pub seed: u64,
-    /// Which invariant, and how.
-    pub message: String,
-    /// The last steps before it.
-    pub trace: Vec<String>,
-    /// Virtual time of the failure.
-    pub at: Duration,
-}
-
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -256,23 +188,6 @@ impl fmt::Display for Failure {
             self.seed
         )
     }
-}
-
-/// What a run that passed did.
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    /// Events handled by cores.
-    pub steps: u64,
-    /// Virtual time simulated.
-    pub simulated: Duration,
-    /// Node-hours simulated (nodes × virtual hours).
-    pub node_hours: f64,
-    /// Publishes done.
-    pub publishes: u64,
-    /// Crashes injected.
-    pub crashes: u64,
-    /// Digest of the whole trace.
-    pub digest: String,
 }
 
 /// Run `scenario` under `seed` to its end.

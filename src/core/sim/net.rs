@@ -11,6 +11,7 @@
 //! a stale link that swallows what is sent over it and stops the restarted
 //! node from meeting them again by gossip (as iroh-gossip does).
 
+use super::model::*;
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     time::Duration,
@@ -18,7 +19,6 @@ use std::{
 
 use rand::Rng;
 
-use super::world::{Ev, Msg, World};
 use crate::{
     announce::Announcement,
     core::{Event, Via},
@@ -28,30 +28,9 @@ use crate::{
 /// Latency of one message over one link.
 const LATENCY_MIN: Duration = Duration::from_millis(5);
 const LATENCY_MAX: Duration = Duration::from_millis(120);
-/// How long a dial to an unreachable peer takes to fail.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long until a lost connection is noticed.
 const DETECT_MIN: Duration = Duration::from_secs(5);
 const DETECT_MAX: Duration = Duration::from_secs(40);
-
-/// One gossip topic.
-#[derive(Debug, Default, Clone)]
-pub struct Topic {
-    /// Nodes that joined it.
-    pub members: BTreeSet<usize>,
-    /// Neighbour links (lower index first).
-    pub links: BTreeSet<(usize, usize)>,
-    /// Links one side still believes in after the other crashed.
-    pub stale: BTreeSet<(usize, usize)>,
-}
-
-/// Links and topics.
-#[derive(Debug, Default)]
-pub struct Net {
-    /// Cut links (lower index first).
-    pub cut: BTreeSet<(usize, usize)>,
-    pub topics: BTreeMap<RepoId, Topic>,
-}
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))

@@ -2,6 +2,7 @@
 //! to it (start, crash, restart, a full disk, a publish, a record read).
 //! Its effects are executed in [`super::execute`].
 
+use super::model::*;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     time::Duration,
@@ -10,42 +11,13 @@ use std::{
 use iroh::SecretKey;
 use iroh_blobs::Hash;
 
-use super::{
-    adversary::Stranger,
-    world::{Ev, Msg, World},
-};
 use crate::{
     api::PolicyRule,
-    core::{
-        Core, CoreCommand, Event, Policy, ReadId, RecordPoll, ReplyId, ServedState, Settings,
-        TimerKey, Write,
-    },
+    core::{Core, CoreCommand, Event, Policy, ReadId, RecordPoll, Settings, Write},
     record::PeerHint,
     repo_id::RepoId,
-    state::{Bookkeeping, FollowConfig, Locator, RepoRow},
+    state::{Bookkeeping, Locator, RepoRow},
 };
-
-/// Every honest node's `max_total_bytes`.
-pub const MAX_TOTAL_BYTES: u64 = 1 << 30;
-/// Every honest node's `max_repos_per_identity`.
-pub const MAX_REPOS_PER_IDENTITY: usize = 40;
-/// How long lazy writes wait to be flushed, as in the actor.
-pub const FLUSH_AFTER: Duration = Duration::from_secs(30);
-
-/// What a node is in the scenario.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
-    /// Publishes the repositories of `did`, with its credentials.
-    Author { did: String },
-    /// Follows every repository, trusting its author and its record.
-    Seeder,
-    /// Follows every repository, trusting only this seeder.
-    HomeTrustingSeeder { seeder: usize },
-    /// Follows every repository through its record only.
-    HomeTrustingRecord,
-    /// A hostile stranger without a core.
-    Stranger,
-}
 
 impl Role {
     /// A short name for traces.
@@ -58,14 +30,6 @@ impl Role {
             Role::Stranger => "stranger",
         }
     }
-}
-
-/// What survives a crash: the rows committed to the database.
-#[derive(Debug, Default, Clone)]
-pub struct Disk {
-    pub rows: BTreeMap<RepoId, RepoRow>,
-    pub follows: BTreeMap<String, FollowConfig>,
-    pub policy: BTreeMap<String, PolicyRule>,
 }
 
 impl Disk {
@@ -118,34 +82,6 @@ impl Disk {
             },
         }
     }
-}
-
-/// A node of the world.
-pub struct SimNode {
-    pub key: SecretKey,
-    pub role: Role,
-    /// The core, while up (strangers have none).
-    pub core: Option<Core>,
-    /// Incarnation: events of an earlier one are dropped.
-    pub life: u32,
-    pub up: bool,
-    pub disk: Disk,
-    /// Lazy writes not yet flushed (lost in a crash).
-    pub pending: BTreeMap<String, Write>,
-    /// The disk is full: durable commits fail.
-    pub disk_full: bool,
-    pub flush_scheduled: bool,
-    pub timers: HashMap<TimerKey, Duration>,
-    /// Complete blobs in the blob store (survive crashes).
-    pub blobs: BTreeSet<Hash>,
-    /// Admin commands waiting for their reply.
-    pub waiting: BTreeMap<ReplyId, CoreCommand>,
-    /// What the node serves to git clients, as its core last said (kept
-    /// in memory, as the actor does).
-    pub served: BTreeMap<RepoId, ServedState>,
-    next_reply: ReplyId,
-    /// The hostile behaviour of a stranger.
-    pub stranger: Option<Stranger>,
 }
 
 impl SimNode {
@@ -312,11 +248,11 @@ impl World {
             );
         }
         let follower = !matches!(role, Role::Author { .. } | Role::Stranger);
-        if follower && self.pds.is_churning(super::owners::CHURNER) {
+        if follower && self.pds.is_churning(CHURNER) {
             self.command(
                 node,
                 CoreCommand::Follow {
-                    did: super::owners::CHURNER.to_string(),
+                    did: CHURNER.to_string(),
                 },
             );
         }

@@ -4,43 +4,17 @@
 //! identity that churns its records, and admin commands with extreme
 //! values. Each sets the world up when it is built and acts on a schedule.
 
-use std::{collections::BTreeSet, time::Duration};
+use super::model::*;
+use std::time::Duration;
 
 use rand::{Rng, seq::IndexedRandom};
 
-use super::{
-    adversary::Adversary,
-    world::{Ev, World},
-};
 use crate::{
     announce::{Announcement, Statement},
     core::CoreCommand,
     record::RepoRecord,
     repo_id::RepoId,
 };
-
-/// The DID of the churning identity.
-pub const CHURNER: &str = "did:plc:churner";
-/// Records the churning identity lists each time, all renamed.
-pub const CHURN_PER_LISTING: usize = 20;
-/// A `seq` from an owner's clock at the end of time.
-pub const FAR_FUTURE_SEQ: u64 = u64::MAX - 7;
-
-/// What the owner-side adversaries need the world to remember.
-#[derive(Debug, Default)]
-pub struct OwnerFaults {
-    /// A repository whose record the owner deleted, and when.
-    pub deleted: Option<(RepoId, Duration)>,
-    /// Honest nodes that read the record as gone since it was deleted.
-    pub saw_deleted: BTreeSet<usize>,
-    /// From when the owner's next write-back of this repository carries a
-    /// `seq` at the end of time; whether it did.
-    pub broken_clock: Option<(RepoId, Duration, bool)>,
-    /// Nodes crashed while fetching the far-future record's state.
-    pub crashed_on_far_record: BTreeSet<usize>,
-    /// Listings of the churning identity so far.
-    pub churn_listings: u64,
-}
 
 impl World {
     /// Set up what `adversary` (played by `node`) needs before the run.

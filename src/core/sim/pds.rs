@@ -2,9 +2,9 @@
 //! compare-and-swap semantics, read by polls and listings, and down for a
 //! while now and then.
 
-use std::{collections::BTreeMap, time::Duration};
+use super::model::*;
+use std::time::Duration;
 
-use super::world::{Ev, World};
 use crate::{
     core::{Event, RecordPoll, WriteFailure, WrittenBack},
     record::ListedRecord,
@@ -12,27 +12,8 @@ use crate::{
     repo_id::RepoId,
 };
 
-/// One owner's PDS.
-#[derive(Debug, Default, Clone)]
-pub struct OwnerPds {
-    /// Records by record key.
-    pub records: BTreeMap<String, RepoRecord>,
-    /// The versions each record had before, newest last (a lagging read
-    /// may answer with one of them).
-    pub history: BTreeMap<String, Vec<RepoRecord>>,
-    pub down: bool,
-    /// Renames every record on every listing.
-    pub churning: bool,
-}
-
 /// Versions of a record kept for lagging reads.
 const HISTORY: usize = 2;
-
-/// The PDSes of all owners, by DID.
-#[derive(Debug, Default)]
-pub struct Pds {
-    pub owners: BTreeMap<String, OwnerPds>,
-}
 
 impl Pds {
     pub fn add_owner(&mut self, did: &str) {

@@ -1,5 +1,6 @@
 //! One line per event for a run's trace.
 
+use super::model::*;
 use crate::core::{CoreCommand, Event, RecordPoll};
 
 /// One line about an event, for the trace.
@@ -14,7 +15,7 @@ pub fn describe_event(event: &Event) -> String {
             let s = &announcement.statement.statement;
             format!(
                 "announcement {repo} {} seq {} by {} from {} ({via:?})",
-                super::world::short(&s.manifest_hash()),
+                short(&s.manifest_hash()),
                 s.seq,
                 // The short form of a node id, without parsing the key.
                 data_encoding::HEXLOWER.encode(&s.publisher[..5]),
@@ -42,10 +43,7 @@ pub fn describe_event(event: &Event) -> String {
         Event::JobDone {
             repo, job, result, ..
         } => match result {
-            Ok(info) => format!(
-                "job {job} {repo} done: {}",
-                super::world::short(&info.manifest)
-            ),
+            Ok(info) => format!("job {job} {repo} done: {}", short(&info.manifest)),
             Err(e) => format!("job {job} {repo} failed: {e}"),
         },
         Event::JobProgress {

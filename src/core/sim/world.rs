@@ -2,6 +2,7 @@
 //! scenario's schedule (publishes, faults, the end of the active phase and
 //! the liveness check).
 
+use super::model::*;
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BinaryHeap, HashMap},
@@ -11,151 +12,10 @@ use std::{
 use iroh::{EndpointId, SecretKey};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{
-    Failure, Outcome, Scenario, Trace,
-    adversary::Stranger,
-    check::Checks,
-    content::Content,
-    net::Net,
-    node::{Role, SimNode},
-    pds::Pds,
-};
 use crate::{
-    announce::Announcement,
-    core::{Event, JobId, JobResult, ProviderFault, ReadId, TimerKey, Via},
+    core::{Event, TimerKey},
     repo_id::RepoId,
-    state::Locator,
 };
-
-/// Wall-clock milliseconds at virtual time zero.
-pub const T0_MS: u64 = 1_800_000_000_000;
-
-/// Something scheduled to happen.
-#[derive(Debug)]
-pub enum Ev {
-    /// An event for one incarnation of a node's core.
-    Core {
-        node: usize,
-        life: u32,
-        event: Event,
-    },
-    /// A message arriving at a node (whatever incarnation is up).
-    Message { node: usize, msg: Msg },
-    /// A timer of one incarnation.
-    Timer {
-        node: usize,
-        life: u32,
-        key: TimerKey,
-    },
-    /// A content job of one incarnation ends.
-    Job {
-        node: usize,
-        life: u32,
-        repo: RepoId,
-        job: JobId,
-        result: JobResult,
-        faults: Vec<(EndpointId, ProviderFault)>,
-    },
-    /// Lazy writes of one incarnation reach the disk.
-    Flush { node: usize, life: u32 },
-    /// A record read of one incarnation reaches the PDS.
-    Poll {
-        node: usize,
-        life: u32,
-        repo: RepoId,
-        locator: Locator,
-        read: ReadId,
-    },
-    /// An identity listing of one incarnation reaches the PDS.
-    List {
-        node: usize,
-        life: u32,
-        did: String,
-        read: ReadId,
-    },
-    /// An author publishes a new state of a repository.
-    Publish { node: usize, repo: RepoId },
-    /// A node crashes.
-    Crash { node: usize },
-    /// A crashed node starts again.
-    Restart { node: usize },
-    /// A partition starts.
-    Partition,
-    /// Links come back.
-    Heal { pairs: Vec<(usize, usize)> },
-    /// An owner's PDS goes down for a while.
-    PdsDown { owner: usize },
-    /// It is back.
-    PdsUp { owner: usize },
-    /// A node's disk fills up: its durable commits fail.
-    DiskFull { node: usize },
-    /// Space is freed.
-    DiskOk { node: usize },
-    /// A stranger acts.
-    Adversary { node: usize },
-    /// The owner deletes a repository's record.
-    DeleteRecord { repo: RepoId },
-    /// An operator runs an admin command.
-    Admin {
-        node: usize,
-        command: crate::core::CoreCommand,
-    },
-    /// Faults stop; publishes stop.
-    EndActive,
-    /// The liveness bound is reached.
-    Settled,
-}
-
-/// What travels between nodes.
-#[derive(Debug)]
-pub enum Msg {
-    /// An announcement, by gossip or directly.
-    Announcement {
-        repo: RepoId,
-        announcement: Box<Announcement>,
-        via: Via,
-    },
-    /// A gossip neighbour came up.
-    NeighborUp { repo: RepoId, peer: usize },
-    /// A gossip neighbour went away.
-    NeighborDown { repo: RepoId, peer: usize },
-    /// A pull asks this node for its statements of `repos`.
-    PullAsk { from: usize, repos: Vec<RepoId> },
-}
-
-/// One repository of the scenario.
-#[derive(Debug, Clone)]
-pub struct SimRepo {
-    /// Its id.
-    pub id: RepoId,
-    /// Its owner (index into the owners: the author node has the same index).
-    pub owner: usize,
-}
-
-/// The simulated world. See the module documentation.
-pub struct World {
-    pub seed: u64,
-    pub scenario: Scenario,
-    pub rng: StdRng,
-    pub t0: Instant,
-    pub now: Duration,
-    queue: BinaryHeap<Reverse<(Duration, u64)>>,
-    events: HashMap<u64, Ev>,
-    next_event: u64,
-    pub nodes: Vec<SimNode>,
-    pub ids: BTreeMap<EndpointId, usize>,
-    pub repos: Vec<SimRepo>,
-    pub net: Net,
-    pub content: Content,
-    pub pds: Pds,
-    pub trace: Trace,
-    pub checks: Checks,
-    pub owner_faults: super::owners::OwnerFaults,
-    pub outcome: Outcome,
-    /// Faults and publishes are on.
-    pub active: bool,
-    failure: Option<Box<Failure>>,
-}
 
 impl World {
     /// A world for `scenario`, every choice drawn from `seed`.
@@ -521,9 +381,4 @@ impl World {
     pub fn index_of(&self, id: &EndpointId) -> Option<usize> {
         self.ids.get(id).copied()
     }
-}
-
-/// The first 8 hex digits of a hash, for traces.
-pub fn short(hash: &iroh_blobs::Hash) -> String {
-    hash.to_hex()[..8].to_string()
 }

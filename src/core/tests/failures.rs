@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::core::{io::MAX_PULL_REPOS, persist::PERSIST_ERROR, tables::MAX_PULL_PEERS};
+use crate::core::{io::MAX_PULL_REPOS, repo::PERSIST_ERROR, tables::MAX_PULL_PEERS};
 
 fn timer_at(fx: &[Effect], wanted: &TimerKey) -> Option<Instant> {
     fx.iter().find_map(|e| match e {
