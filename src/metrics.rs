@@ -76,6 +76,7 @@ pub struct Metrics {
     neighbours: Gauge,
     jobs: Family<RepoState, Gauge>,
     tasks: Gauge,
+    connections: Gauge,
     /// Node-kept counters already added, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
 }
@@ -115,6 +116,7 @@ impl Metrics {
             neighbours: Gauge::default(),
             jobs: Family::default(),
             tasks: Gauge::default(),
+            connections: Gauge::default(),
             seen: Mutex::default(),
             registry: Registry::default(),
         };
@@ -207,6 +209,11 @@ impl Metrics {
             "Tasks alive in the node's async runtime",
             m.tasks.clone(),
         );
+        r.register(
+            "connections",
+            "QUIC connections open, to and from peers",
+            m.connections.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -288,6 +295,8 @@ impl Metrics {
             .get_or_create(&state("waiting"))
             .set(status.jobs_waiting as i64);
         self.tasks.set(status.tasks_alive as i64);
+        self.connections
+            .set(i64::try_from(status.connections_open).unwrap_or(i64::MAX));
         let mut seen = self.seen.lock().expect("metrics lock");
         let mut add = |key: String, total: u64, counter: &Counter| {
             let before = seen.insert(key, total).unwrap_or(0);

@@ -282,6 +282,10 @@ pub struct NodeStatus {
     /// while the work stays the same is a leak.
     #[serde(default)]
     pub tasks_alive: usize,
+    /// QUIC connections open now (to and from peers, all protocols): a
+    /// number that keeps rising while the peers stay the same is a leak.
+    #[serde(default)]
+    pub connections_open: u64,
     /// Followed identities.
     #[serde(default)]
     pub follows: Vec<FollowSummary>,

@@ -274,6 +274,13 @@ impl Knot {
                 tasks_alive: tokio::runtime::Handle::current()
                     .metrics()
                     .num_alive_tasks(),
+                connections_open: {
+                    let socket = &endpoint.metrics().socket;
+                    socket
+                        .num_conns_opened
+                        .get()
+                        .saturating_sub(socket.num_conns_closed.get())
+                },
                 follows,
                 repos,
                 relay_mode,

@@ -105,6 +105,8 @@ pub struct ProcSample {
     pub threads: u64,
     /// Tasks alive in the node's runtime (`status`), when it answered.
     pub tasks: Option<u64>,
+    /// QUIC connections open in the node (`status`), when it answered.
+    pub connections: Option<u64>,
 }
 
 /// One node and its current process, if any.
@@ -172,7 +174,10 @@ impl NodeProc {
             .arg(&self.spec.config)
             .arg("--data-dir")
             .arg(&self.spec.data_dir)
-            .env("RUST_LOG", "knotd=info,warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("KNOTD_SOAK_LOG").unwrap_or_else(|_| "knotd=info,warn".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -290,12 +295,13 @@ impl NodeProc {
         let rss_kib = field("VmRSS:")?;
         let threads = field("Threads:")?;
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-        let tasks = self.status().await.map(|s| s.tasks_alive as u64);
+        let status = self.status().await;
         Some(ProcSample {
             rss_kib,
             fds,
             threads,
-            tasks,
+            tasks: status.as_ref().map(|s| s.tasks_alive as u64),
+            connections: status.as_ref().map(|s| s.connections_open),
         })
     }
 
