@@ -6,7 +6,12 @@
 //! - its held state never moves to an older state of the owner, and its
 //!   `seq` never decreases, across restarts too;
 //! - no held `seq` is more than an hour ahead of its clock;
-//! - its tables stay within their documented caps;
+//! - its tables stay within their documented caps, and a trusted peer's
+//!   entry in its learned hints or peers seen is never pushed out while a
+//!   stranger's stays;
+//! - a fetch asks no untrusted peer before a trusted one, and no peer that
+//!   stalled it or sent wrong bytes for the repository within the
+//!   demotion before one that did not;
 //! - what it serves to git clients is exactly the states it holds;
 //! - a peer it reports as holding a state (`--replicas`) holds it, or a
 //!   newer state of the repository, complete.
@@ -14,15 +19,20 @@
 //! Liveness is checked by the world at the end of a run.
 
 use super::model::*;
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use iroh::EndpointId;
 
 use crate::{
     api::{Payload, Reply},
     core::{
-        CoreCommand, ServedState,
+        CoreCommand, ProviderFault, ServedState,
         hints::MAX_HINTS,
+        repo::{DEMOTION, MAX_DEMOTED, MAX_PEERS_CONTACTED},
         repo::{MAX_CATCH_UP_PUSHES, MAX_PROBES, MAX_REBROADCAST_DIRECT},
-        repo::{MAX_DEMOTED, MAX_PEERS_CONTACTED},
         tables::MAX_PULL_PEERS,
         trust::MAX_SEQ_AHEAD_MS,
     },
@@ -47,6 +57,10 @@ impl Checks {
     /// seq, order): they are what its next states are judged against.
     pub fn resume(&mut self, node: usize, on_disk: Vec<(RepoId, u64, u64)>) {
         self.held.retain(|(n, _), _| *n != node);
+        // Demotions and the tables' entries lived in the memory of the
+        // incarnation that ended.
+        self.faulted.retain(|(n, _, _), _| *n != node);
+        self.protected.retain(|(n, _, _), _| *n != node);
         for (repo, seq, order) in on_disk {
             self.held.insert((node, repo), (seq, order));
         }
@@ -69,6 +83,8 @@ impl World {
                 m.held = true;
             }
         }
+        let me = self.nodes[node].key.public();
+        let life = self.nodes[node].life;
         let mut broken = Vec::new();
         let mut seen = Vec::new();
         if core.pulls.len() > MAX_PULL_PEERS {
@@ -123,6 +139,51 @@ impl World {
             if repo.probes.len() > MAX_PEERS_SEEN + MAX_PROBES {
                 broken.push(format!("{repo_id}: {} probes kept", repo.probes.len()));
             }
+            let trusted = repo.trusted_ids(me);
+            let hints: Vec<(String, bool)> = repo
+                .book
+                .hints
+                .iter()
+                .map(|h| {
+                    let id = h.hint.node_id.clone();
+                    let trusted = trusted.contains(&id);
+                    (id, trusted)
+                })
+                .collect();
+            let peers_seen: Vec<(String, bool)> = repo
+                .book
+                .peers_seen
+                .iter()
+                .map(|s| {
+                    let id = s.node_id.to_string();
+                    let protected = s.proven || trusted.contains(&id);
+                    (id, protected)
+                })
+                .collect();
+            let key = (node, life, repo_id.clone());
+            if let Some((hints_before, seen_before)) = self.checks.protected.get(&key) {
+                for (table, before, now) in [
+                    ("learned hints", hints_before, &hints),
+                    ("peers seen", seen_before, &peers_seen),
+                ] {
+                    if let Some(gone) = displaced(before, now, &trusted) {
+                        broken.push(format!(
+                            "{repo_id}: trusted peer {}'s entry in the {table} was pushed out while a stranger's stays",
+                            &gone[..gone.len().min(10)]
+                        ));
+                    }
+                }
+            }
+            let protected = |entries: &[(String, bool)]| -> BTreeSet<String> {
+                entries
+                    .iter()
+                    .filter(|(_, p)| *p)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            };
+            self.checks
+                .protected
+                .insert(key, (protected(&hints), protected(&peers_seen)));
             let Some(held) = &repo.held else {
                 continue;
             };
@@ -201,6 +262,12 @@ impl World {
         self.checks
             .held
             .retain(|(n, r), _| *n != node || tracked.contains(r));
+        self.checks
+            .protected
+            .retain(|(n, _, r), _| *n != node || tracked.contains(r));
+        self.checks
+            .faulted
+            .retain(|(n, _, r), _| *n != node || tracked.contains(r));
         if !broken.is_empty() {
             let role = self.nodes[node].role.name();
             self.fail(format!("n{node} ({role}): {}", broken.join("; ")));
@@ -280,6 +347,104 @@ impl World {
                     short(&manifest)
                 ));
             }
+        }
+    }
+}
+
+/// A peer of `before` (protected then) whose entry is gone from `now` while
+/// it is still trusted or was proven, and while `now` keeps an entry that is
+/// not protected: a stranger's entry pushed it out.
+fn displaced(
+    before: &BTreeSet<String>,
+    now: &[(String, bool)],
+    trusted: &BTreeSet<String>,
+) -> Option<String> {
+    if now.iter().all(|(_, protected)| *protected) {
+        return None;
+    }
+    before
+        .iter()
+        .find(|id| !now.iter().any(|(n, _)| n == *id) && trusted.contains(*id))
+        .cloned()
+}
+
+/// Margin around the demotion's end, for the clock of a job's end.
+const DEMOTION_MARGIN: Duration = Duration::from_secs(5);
+
+impl World {
+    /// A fetch of `node` for `repo` reported these providers as failing it.
+    pub fn note_faults(
+        &mut self,
+        node: usize,
+        repo: &RepoId,
+        faults: &[(EndpointId, ProviderFault)],
+    ) {
+        let tracked = self.nodes[node]
+            .core
+            .as_ref()
+            .is_some_and(|c| c.repos.contains_key(repo) && !c.discarding.contains_key(repo));
+        if faults.is_empty() || !tracked {
+            return;
+        }
+        let key = (node, self.nodes[node].life, repo.clone());
+        let now = self.now;
+        let entry = self.checks.faulted.entry(key).or_default();
+        for (peer, _) in faults {
+            entry.insert(*peer, now);
+        }
+    }
+
+    /// A fetch of `node` for `repo` asks `providers` in this order: no
+    /// untrusted peer before a trusted one, and no peer that stalled or
+    /// sent wrong bytes for this repository within [`DEMOTION`] before one
+    /// that did not.
+    pub fn check_providers(&mut self, node: usize, repo_id: &RepoId, providers: &[EndpointId]) {
+        let me = self.nodes[node].key.public();
+        let life = self.nodes[node].life;
+        let Some(repo) = self.nodes[node]
+            .core
+            .as_ref()
+            .and_then(|c| c.repos.get(repo_id))
+        else {
+            return;
+        };
+        let trusted = repo.trusted(me);
+        let faulted = self.checks.faulted.get(&(node, life, repo_id.clone()));
+        let ago = |p: &EndpointId| {
+            faulted
+                .and_then(|f| f.get(p))
+                .map(|at| self.now.saturating_sub(*at))
+        };
+        let demoted = |p: &EndpointId| ago(p).is_some_and(|a| a + DEMOTION_MARGIN < DEMOTION);
+        let clear = |p: &EndpointId| ago(p).is_none_or(|a| a > DEMOTION + DEMOTION_MARGIN);
+        let mut broken = None;
+        for (i, a) in providers.iter().enumerate() {
+            for b in &providers[i + 1..] {
+                if !trusted.contains(a) && trusted.contains(b) && clear(b) {
+                    broken = Some(format!(
+                        "asks untrusted {} before trusted {}",
+                        a.fmt_short(),
+                        b.fmt_short()
+                    ));
+                } else if demoted(a) && clear(b) {
+                    broken = Some(format!(
+                        "asks {}, which failed its fetch {} s ago, before {}",
+                        a.fmt_short(),
+                        ago(a).unwrap_or_default().as_secs(),
+                        b.fmt_short()
+                    ));
+                }
+                if broken.is_some() {
+                    break;
+                }
+            }
+            if broken.is_some() {
+                break;
+            }
+        }
+        if let Some(broken) = broken {
+            let role = self.nodes[node].role.name();
+            self.fail(format!("n{node} ({role}): fetch of {repo_id} {broken}"));
         }
     }
 }

@@ -368,6 +368,7 @@ impl World {
         if !self.nodes[node].is_live(life) {
             return;
         }
+        self.note_faults(node, &repo, &faults);
         self.deliver(
             node,
             Event::JobDone {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::{
     announce::Announcement,
     api::Reply,
-    core::{Audience, Effect, Event, ReplyId, Subject, Write},
+    core::{Audience, Effect, Event, JobSpec, ReplyId, Subject, Write},
 };
 
 impl World {
@@ -83,7 +83,12 @@ impl World {
         match effect {
             Effect::Persist(_) => unreachable!("grouped by execute"),
             Effect::Reply { to, reply } => self.replied(node, to, reply),
-            Effect::StartJob { repo, job, spec } => self.start_job(node, repo, job, spec),
+            Effect::StartJob { repo, job, spec } => {
+                if let JobSpec::Fetch { providers, .. } = &spec {
+                    self.check_providers(node, &repo, providers);
+                }
+                self.start_job(node, repo, job, spec);
+            }
             Effect::JoinTopic { repo, peers } => {
                 let peers = self.known(&peers);
                 self.join_topic(node, &repo, &peers);

@@ -231,7 +231,18 @@ pub struct Checks {
     /// last [`FLOOD_WINDOW`] (its limits are kept in memory): when, to the
     /// topic or not, and how many peers directly.
     pub announced: BTreeMap<Announced, Vec<Sent>>,
+    /// Per incarnation of a node and repository: the providers its fetches
+    /// reported as stalling or sending wrong bytes, and when (the core
+    /// demotes them, in memory).
+    pub faulted: BTreeMap<Incarnation, BTreeMap<EndpointId, Duration>>,
+    /// Per incarnation of a node and repository, as of the last step: the
+    /// protected peers in its learned hints (trusted ones) and in its peers
+    /// seen (trusted or proven ones).
+    pub protected: BTreeMap<Incarnation, (BTreeSet<String>, BTreeSet<String>)>,
 }
+
+/// One repository of one incarnation of a node: node, life, repository.
+pub type Incarnation = (usize, u32, RepoId);
 
 /// A pack: its hash, true size and the size its manifest declares.
 #[derive(Debug, Clone, PartialEq, Eq)]

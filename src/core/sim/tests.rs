@@ -5,7 +5,7 @@
 //! and `KNOTD_SIM_FIRST` the first; `KNOTD_SIM_SEED` the seed `replay`
 //! runs, printing its trace (`KNOTD_SIM_ONLY=<adversary>` or `none` keeps
 //! one adversary or none); `KNOTD_SIM_SWEEP=N` runs each adversary alone in
-//! N scenarios; `KNOTD_SIM_DIGESTS=N` prints each seed's trace digest, to
+//! N scenarios (only the one `KNOTD_SIM_ONLY` names, if set); `KNOTD_SIM_DIGESTS=N` prints each seed's trace digest, to
 //! compare two versions of the core. TESTING.md says how to use them.
 
 use std::time::Duration;
@@ -158,15 +158,22 @@ fn faults_without_adversaries_heal() {
     }
 }
 
-/// Each adversary alone in `KNOTD_SIM_SWEEP` random scenarios: how many
-/// fail and the first failure's report. This is how a fix is checked: revert
+/// Each adversary alone (or only `KNOTD_SIM_ONLY`) in `KNOTD_SIM_SWEEP`
+/// random scenarios: how many fail and the first failure's report. This is how a fix is checked: revert
 /// it and the adversary it stops must fail here.
 #[test]
 fn sweep() {
     let Some(count) = env_u64("KNOTD_SIM_SWEEP") else {
         return;
     };
+    let only = std::env::var("KNOTD_SIM_ONLY").ok();
     for adversary in Adversary::ALL {
+        if only
+            .as_ref()
+            .is_some_and(|o| *o != format!("{adversary:?}"))
+        {
+            continue;
+        }
         let mut failed = 0;
         let mut first = None;
         for seed in 0..count {

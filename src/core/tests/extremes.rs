@@ -107,3 +107,54 @@ fn the_saturated_deadline_never_overflows() {
         now + Duration::from_secs(5)
     );
 }
+
+/// States held before a restart whose sizes add up past `u64::MAX` (rows
+/// from a damaged or hand-edited database): the total quota saturates, so
+/// starting the start-up checks neither overflows nor leaves room.
+#[test]
+fn held_sizes_past_the_integer_range_saturate_the_total_quota() {
+    let mut sim = Sim::new(4);
+    sim.core.settings.max_total_bytes = Some(u64::MAX);
+    let author = key(1);
+    let rows = (0..3u8)
+        .map(|n| {
+            let id = rid(&format!("did:plc:owner/huge{n}"));
+            let statement = Statement {
+                repo_id: id.to_string(),
+                head: None,
+                manifest: [n + 1; 32],
+                seq: 5,
+                publisher: *author.public().as_bytes(),
+            }
+            .sign(&author);
+            RepoRow {
+                config: RepoConfig::new(id, Origin::Operator, 0),
+                record: None,
+                held: Some(Held {
+                    manifest: Hash::from_bytes([n + 1; 32]),
+                    head: None,
+                    statement,
+                    pack_count: 1,
+                    bytes: 1 << 63,
+                    since: 0,
+                    write_back_pending: false,
+                }),
+                bookkeeping: Bookkeeping::default(),
+            }
+        })
+        .collect();
+    let now = sim.now();
+    let fx = sim.core.load(rows, vec![], now);
+    let limits: Vec<Option<u64>> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::StartJob {
+                spec: JobSpec::Fetch { limit, .. },
+                ..
+            } => Some(*limit),
+            _ => None,
+        })
+        .collect();
+    assert!(!limits.is_empty(), "the start-up checks start: {fx:?}");
+    assert!(limits.iter().all(|l| *l == Some(0)), "{limits:?}");
+}
