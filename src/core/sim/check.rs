@@ -139,7 +139,8 @@ impl World {
             if repo.probes.len() > MAX_PEERS_SEEN + MAX_PROBES {
                 broken.push(format!("{repo_id}: {} probes kept", repo.probes.len()));
             }
-            let trusted = repo.trusted_ids(me);
+            let trusted_keys = repo.trusted(me);
+            let trusted: BTreeSet<String> = trusted_keys.iter().map(|id| id.to_string()).collect();
             let hints: Vec<(String, bool)> = repo
                 .book
                 .hints
@@ -150,37 +151,27 @@ impl World {
                     (id, trusted)
                 })
                 .collect();
-            let peers_seen: Vec<(String, bool)> = repo
+            let peers_seen: Vec<(EndpointId, bool)> = repo
                 .book
                 .peers_seen
                 .iter()
-                .map(|s| {
-                    let id = s.node_id.to_string();
-                    let protected = s.proven || trusted.contains(&id);
-                    (id, protected)
-                })
+                .map(|s| (s.node_id, s.proven || trusted_keys.contains(&s.node_id)))
                 .collect();
             let key = (node, life, repo_id.clone());
             if let Some((hints_before, seen_before)) = self.checks.protected.get(&key) {
-                for (table, before, now) in [
-                    ("learned hints", hints_before, &hints),
-                    ("peers seen", seen_before, &peers_seen),
-                ] {
-                    if let Some(gone) = displaced(before, now, &trusted) {
-                        broken.push(format!(
-                            "{repo_id}: trusted peer {}'s entry in the {table} was pushed out while a stranger's stays",
-                            &gone[..gone.len().min(10)]
-                        ));
-                    }
+                let gone = displaced(hints_before, &hints, &trusted)
+                    .map(|id| ("learned hints", id))
+                    .or_else(|| {
+                        displaced(seen_before, &peers_seen, &trusted_keys)
+                            .map(|id| ("peers seen", id.to_string()))
+                    });
+                if let Some((table, gone)) = gone {
+                    broken.push(format!(
+                        "{repo_id}: trusted peer {}'s entry in the {table} was pushed out while a stranger's stays",
+                        &gone[..gone.len().min(10)]
+                    ));
                 }
             }
-            let protected = |entries: &[(String, bool)]| -> BTreeSet<String> {
-                entries
-                    .iter()
-                    .filter(|(_, p)| *p)
-                    .map(|(id, _)| id.clone())
-                    .collect()
-            };
             self.checks
                 .protected
                 .insert(key, (protected(&hints), protected(&peers_seen)));
@@ -354,11 +345,11 @@ impl World {
 /// A peer of `before` (protected then) whose entry is gone from `now` while
 /// it is still trusted or was proven, and while `now` keeps an entry that is
 /// not protected: a stranger's entry pushed it out.
-fn displaced(
-    before: &BTreeSet<String>,
-    now: &[(String, bool)],
-    trusted: &BTreeSet<String>,
-) -> Option<String> {
+fn displaced<T: Ord + Clone>(
+    before: &BTreeSet<T>,
+    now: &[(T, bool)],
+    trusted: &BTreeSet<T>,
+) -> Option<T> {
     if now.iter().all(|(_, protected)| *protected) {
         return None;
     }
@@ -366,6 +357,15 @@ fn displaced(
         .iter()
         .find(|id| !now.iter().any(|(n, _)| n == *id) && trusted.contains(*id))
         .cloned()
+}
+
+/// The protected entries of a table: those marked so.
+fn protected<T: Ord + Clone>(entries: &[(T, bool)]) -> BTreeSet<T> {
+    entries
+        .iter()
+        .filter(|(_, p)| *p)
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 /// Margin around the demotion's end, for the clock of a job's end.

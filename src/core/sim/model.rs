@@ -238,7 +238,7 @@ pub struct Checks {
     /// Per incarnation of a node and repository, as of the last step: the
     /// protected peers in its learned hints (trusted ones) and in its peers
     /// seen (trusted or proven ones).
-    pub protected: BTreeMap<Incarnation, (BTreeSet<String>, BTreeSet<String>)>,
+    pub protected: BTreeMap<Incarnation, (BTreeSet<String>, BTreeSet<EndpointId>)>,
 }
 
 /// One repository of one incarnation of a node: node, life, repository.
