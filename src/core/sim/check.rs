@@ -9,6 +9,8 @@
 //! - its tables stay within their documented caps, and a trusted peer's
 //!   entry in its learned hints or peers seen is never pushed out while a
 //!   stranger's stays;
+//! - a retired repository (its record gone, brought by a followed
+//!   identity) has left its topic;
 //! - a fetch asks no untrusted peer before a trusted one, and no peer that
 //!   stalled it or sent wrong bytes for the repository within the
 //!   demotion before one that did not;
@@ -113,6 +115,11 @@ impl World {
         }
         let mut held_bytes = 0u64;
         for (repo_id, repo) in &core.repos {
+            if repo.retired() && repo.topic.is_some() {
+                broken.push(format!(
+                    "{repo_id}: retired (its record is gone and it came with a followed identity), yet still on its topic"
+                ));
+            }
             if repo.book.hints.len() > MAX_HINTS {
                 broken.push(format!(
                     "{repo_id}: {} learned hints",
