@@ -14,7 +14,7 @@ use crate::{
 
 impl Adversary {
     /// Every behaviour.
-    pub const ALL: [Adversary; 11] = [
+    pub const ALL: [Adversary; 12] = [
         Adversary::Replayer,
         Adversary::Forger,
         Adversary::Staller,
@@ -26,6 +26,7 @@ impl Adversary {
         Adversary::FarFutureRecord,
         Adversary::ChurningIdentity,
         Adversary::ExtremeOperator,
+        Adversary::Lurker,
     ];
 
     /// One drawn from `rng`.
@@ -186,6 +187,8 @@ impl World {
             | Adversary::FarFutureRecord
             | Adversary::ChurningIdentity
             | Adversary::ExtremeOperator => self.owner_step(node, stranger.behaviour),
+            // Its neighbourship is all it does.
+            Adversary::Lurker => {}
             Adversary::Displacer => {
                 let Some((repo, announcement)) = stranger.heard.back().cloned() else {
                     return;

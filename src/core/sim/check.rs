@@ -9,6 +9,8 @@
 //! - its tables stay within their documented caps, and a trusted peer's
 //!   entry in its learned hints or peers seen is never pushed out while a
 //!   stranger's stays;
+//! - a neighbour that is neither trusted nor announced anything is not
+//!   learned as a peer;
 //! - a retired repository (its record gone, brought by a followed
 //!   identity) has left its topic;
 //! - a fetch asks no untrusted peer before a trusted one, and no peer that
@@ -114,7 +116,28 @@ impl World {
             }
         }
         let mut held_bytes = 0u64;
+        let lurkers: BTreeSet<String> = self
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.stranger
+                    .as_ref()
+                    .is_some_and(|s| s.behaviour == Adversary::Lurker)
+            })
+            .map(|n| n.key.public().to_string())
+            .collect();
         for (repo_id, repo) in &core.repos {
+            if let Some(h) = repo
+                .book
+                .hints
+                .iter()
+                .find(|h| lurkers.contains(&h.hint.node_id))
+            {
+                broken.push(format!(
+                    "{repo_id}: learned {} as a peer, a neighbour that never announced anything",
+                    &h.hint.node_id[..10]
+                ));
+            }
             if repo.retired() && repo.topic.is_some() {
                 broken.push(format!(
                     "{repo_id}: retired (its record is gone and it came with a followed identity), yet still on its topic"

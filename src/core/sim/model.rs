@@ -194,6 +194,9 @@ pub enum Adversary {
     /// An operator (or a group member on the socket) sending admin commands
     /// with extreme values.
     ExtremeOperator,
+    /// Joins every topic and never says anything: a neighbour that neither
+    /// is trusted nor provides, so no node may learn it as a peer.
+    Lurker,
 }
 
 /// How a stranger answers a request for a blob.
