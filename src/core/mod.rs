@@ -27,7 +27,7 @@ pub mod hints;
 mod io;
 mod jobs;
 mod machine;
-mod persist;
+pub(crate) mod persist;
 mod policy;
 pub mod queue;
 mod reads;

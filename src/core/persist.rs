@@ -18,6 +18,10 @@ use super::{
 };
 use crate::api::{NodeEvent, PolicyRule};
 
+/// How long after its rows are written again a held-back write-back goes:
+/// long enough for a commit that fails again to be reported first.
+pub const WRITE_BACK_AFTER_REWRITE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Core {
     /// A commit failed: remember its subjects and retry after a backoff.
     pub(super) fn handle_persist_failed(
@@ -80,6 +84,18 @@ impl Core {
                         .is_some();
                     if !tracked {
                         self.out.push(Effect::Persist(Write::Remove(repo_id)));
+                    } else if self.settings.write_back
+                        && self.repos[&repo_id]
+                            .held
+                            .as_ref()
+                            .is_some_and(|h| h.write_back_pending)
+                    {
+                        // A write-back held back by the failed commit goes
+                        // once this one held (a new failure holds it again).
+                        self.set_timer(
+                            TimerKey::WriteBack(repo_id),
+                            later(now.at, WRITE_BACK_AFTER_REWRITE),
+                        );
                     }
                 }
                 Subject::Follow(did) => {

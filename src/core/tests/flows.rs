@@ -374,6 +374,65 @@ fn write_back_of(fx: &[Effect]) -> Option<(String, u64)> {
 }
 
 #[test]
+fn the_record_names_a_published_state_only_once_the_database_holds_it() {
+    let mut sim = Sim::new(4);
+    sim.event(Event::AccountResolved {
+        did: repo().did().to_string(),
+    });
+    sim.add(vec![], locator());
+    publish_state(&mut sim, 2);
+    // The commit of the new held state fails (a full disk): the record is
+    // not written back, or a crash now would leave it naming a state this
+    // node lost.
+    let fx = sim.event(Event::PersistFailed {
+        subjects: vec![Subject::Repo(repo())],
+        error: "No space left on device".into(),
+    });
+    let retry = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::SetTimer {
+                key: TimerKey::Repersist,
+                at,
+            } => Some(*at),
+            _ => None,
+        })
+        .expect("a retry");
+    let fx = sim.event(Event::Timer(TimerKey::WriteBack(repo())));
+    assert!(write_back_of(&fx).is_none(), "{fx:?}");
+
+    // The rows are written again; if that commit fails too, the write-back
+    // still waits.
+    sim.advance(retry - sim.now().at);
+    let fx = sim.event(Event::Timer(TimerKey::Repersist));
+    let due = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::SetTimer {
+                key: TimerKey::WriteBack(_),
+                at,
+            } => Some(*at),
+            _ => None,
+        })
+        .expect("the write-back is armed again");
+    sim.event(Event::PersistFailed {
+        subjects: vec![Subject::Repo(repo())],
+        error: "No space left on device".into(),
+    });
+    sim.advance(due - sim.now().at);
+    let fx = sim.event(Event::Timer(TimerKey::WriteBack(repo())));
+    assert!(write_back_of(&fx).is_none(), "{fx:?}");
+
+    // The next retry holds: the record is written back.
+    sim.advance(sim.core.settings.retry_max);
+    sim.event(Event::Timer(TimerKey::Repersist));
+    sim.advance(crate::core::persist::WRITE_BACK_AFTER_REWRITE);
+    let fx = sim.event(Event::Timer(TimerKey::WriteBack(repo())));
+    let (_, seq) = write_back_of(&fx).expect("a write-back");
+    assert_eq!(seq, sim.held().unwrap().seq());
+}
+
+#[test]
 fn write_back_follows_a_publish_and_retries_honouring_retry_after() {
     let mut sim = Sim::new(4);
     sim.event(Event::AccountResolved {
