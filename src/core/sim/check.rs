@@ -9,6 +9,8 @@
 //! - its tables stay within their documented caps, and a trusted peer's
 //!   entry in its learned hints or peers seen is never pushed out while a
 //!   stranger's stays;
+//! - the peers told directly of a state just taken are the trusted peers
+//!   behind first, strangers only after them;
 //! - a neighbour that is neither trusted nor announced anything is not
 //!   learned as a peer;
 //! - a retired repository (its record gone, brought by a followed
@@ -396,6 +398,38 @@ fn protected<T: Ord + Clone>(entries: &[(T, bool)]) -> BTreeSet<T> {
         .filter(|(_, p)| *p)
         .map(|(id, _)| id.clone())
         .collect()
+}
+
+impl World {
+    /// The peers a node tells directly of a state it just took (catch-up
+    /// pushes) are the trusted peers last seen behind first: a stranger is
+    /// among them only when every trusted peer behind is too.
+    pub fn check_catch_up(&mut self, node: usize, repo: &RepoId, seq: u64, direct: &[EndpointId]) {
+        let Some(core) = self.nodes[node].core.as_ref() else {
+            return;
+        };
+        let Some(r) = core.repos.get(repo) else {
+            return;
+        };
+        let me = self.nodes[node].key.public();
+        let trusted = r.trusted(me);
+        if direct.iter().all(|p| trusted.contains(p)) {
+            return;
+        }
+        let left_out = r.book.peers_seen.iter().find(|s| {
+            s.seq < seq
+                && s.node_id != me
+                && trusted.contains(&s.node_id)
+                && !direct.contains(&s.node_id)
+        });
+        if let Some(left_out) = left_out {
+            let message = format!(
+                "n{node}: {repo}: catch-up pushes go to strangers while trusted peer {} is behind",
+                left_out.node_id.fmt_short()
+            );
+            self.fail(message);
+        }
+    }
 }
 
 /// Margin around the demotion's end, for the clock of a job's end.

@@ -123,6 +123,9 @@ impl World {
                     )
                 });
                 self.check_announce(node, &repo, seq, topic == Some(true), direct.len());
+                if topic == Some(false) {
+                    self.check_catch_up(node, &repo, seq, &direct);
+                }
                 if let Some(everyone) = topic {
                     self.gossip(node, &repo, &announcement, everyone);
                 }
