@@ -7,13 +7,6 @@ use std::time::Duration;
 use super::*;
 use crate::core::{io::MAX_PULL_REPOS, repo::PERSIST_ERROR, tables::MAX_PULL_PEERS};
 
-fn timer_at(fx: &[Effect], wanted: &TimerKey) -> Option<Instant> {
-    fx.iter().find_map(|e| match e {
-        Effect::SetTimer { key, at } if key == wanted => Some(*at),
-        _ => None,
-    })
-}
-
 fn failed(sim: &mut Sim) -> Vec<Effect> {
     sim.event(Event::PersistFailed {
         subjects: vec![Subject::Repo(repo())],

@@ -348,6 +348,16 @@ fn a_lonely_topic_redials_with_backoff_and_pulls_once_per_peer() {
     assert!(fx.iter().any(|e| matches!(e, Effect::Pull { .. })));
 }
 
+/// A node whose account is the repository's owner, tracking its record.
+fn author_writing_back() -> Sim {
+    let mut sim = Sim::new(4);
+    sim.event(Event::AccountResolved {
+        did: repo().did().to_string(),
+    });
+    sim.add(vec![], locator());
+    sim
+}
+
 /// Publish `m` through the core and return the effects of the finished job.
 fn publish_state(sim: &mut Sim, m: u8) -> Vec<Effect> {
     let (_, fx) = sim.command(CoreCommand::Publish {
@@ -375,11 +385,7 @@ fn write_back_of(fx: &[Effect]) -> Option<(String, u64)> {
 
 #[test]
 fn the_record_names_a_published_state_only_once_the_database_holds_it() {
-    let mut sim = Sim::new(4);
-    sim.event(Event::AccountResolved {
-        did: repo().did().to_string(),
-    });
-    sim.add(vec![], locator());
+    let mut sim = author_writing_back();
     publish_state(&mut sim, 2);
     // The commit of the new held state fails (a full disk): the record is
     // not written back, or a crash now would leave it naming a state this
@@ -388,16 +394,7 @@ fn the_record_names_a_published_state_only_once_the_database_holds_it() {
         subjects: vec![Subject::Repo(repo())],
         error: "No space left on device".into(),
     });
-    let retry = fx
-        .iter()
-        .find_map(|e| match e {
-            Effect::SetTimer {
-                key: TimerKey::Repersist,
-                at,
-            } => Some(*at),
-            _ => None,
-        })
-        .expect("a retry");
+    let retry = timer_at(&fx, &TimerKey::Repersist).expect("a retry");
     let fx = sim.event(Event::Timer(TimerKey::WriteBack(repo())));
     assert!(write_back_of(&fx).is_none(), "{fx:?}");
 
@@ -405,16 +402,7 @@ fn the_record_names_a_published_state_only_once_the_database_holds_it() {
     // still waits.
     sim.advance(retry - sim.now().at);
     let fx = sim.event(Event::Timer(TimerKey::Repersist));
-    let due = fx
-        .iter()
-        .find_map(|e| match e {
-            Effect::SetTimer {
-                key: TimerKey::WriteBack(_),
-                at,
-            } => Some(*at),
-            _ => None,
-        })
-        .expect("the write-back is armed again");
+    let due = timer_at(&fx, &TimerKey::WriteBack(repo())).expect("the write-back is armed again");
     sim.event(Event::PersistFailed {
         subjects: vec![Subject::Repo(repo())],
         error: "No space left on device".into(),
@@ -434,11 +422,7 @@ fn the_record_names_a_published_state_only_once_the_database_holds_it() {
 
 #[test]
 fn write_back_follows_a_publish_and_retries_honouring_retry_after() {
-    let mut sim = Sim::new(4);
-    sim.event(Event::AccountResolved {
-        did: repo().did().to_string(),
-    });
-    sim.add(vec![], locator());
+    let mut sim = author_writing_back();
     let fx = publish_state(&mut sim, 2);
     assert!(fx.iter().any(|e| matches!(
         e,
@@ -509,11 +493,7 @@ fn only_the_accounts_own_records_are_written_back() {
 
 #[test]
 fn a_record_naming_a_newer_state_is_not_overwritten_and_is_taken() {
-    let mut sim = Sim::new(4);
-    sim.event(Event::AccountResolved {
-        did: repo().did().to_string(),
-    });
-    sim.add(vec![], locator());
+    let mut sim = author_writing_back();
     publish_state(&mut sim, 2);
     let fx = sim.event(Event::Timer(TimerKey::WriteBack(repo())));
     let (_, seq) = write_back_of(&fx).unwrap();

@@ -370,3 +370,11 @@ pub(super) fn reply_to(fx: &[Effect], id: ReplyId) -> Option<Reply> {
 pub(super) fn position(fx: &[Effect], pred: impl Fn(&Effect) -> bool) -> Option<usize> {
     fx.iter().position(pred)
 }
+
+/// When `fx` sets the timer `wanted`, if it does.
+pub(super) fn timer_at(fx: &[Effect], wanted: &TimerKey) -> Option<Instant> {
+    fx.iter().find_map(|e| match e {
+        Effect::SetTimer { key, at } if key == wanted => Some(*at),
+        _ => None,
+    })
+}
