@@ -453,6 +453,14 @@ pub struct SimNode {
 /// The DID of the churning identity.
 pub const CHURNER: &str = "did:plc:churner";
 
+/// Most steps a run may take: a hundred times a typical run's. More means
+/// some work never ends (a timer that re-arms itself, a table that grows).
+pub const MAX_STEPS: u64 = 1_000_000;
+
+/// How long a retired repository is kept before it is removed, in the
+/// simulation (`[follow] retired_grace_secs`).
+pub const RETIRED_GRACE: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+
 /// Records the churning identity lists each time, all renamed.
 pub const CHURN_PER_LISTING: usize = 20;
 

@@ -157,6 +157,8 @@ impl SimNode {
         settings.write_back = matches!(self.role, Role::Author { .. });
         settings.max_total_bytes = Some(MAX_TOTAL_BYTES);
         settings.max_repos_per_identity = MAX_REPOS_PER_IDENTITY;
+        // A week by default; short here so that runs see removals.
+        settings.retired_grace = RETIRED_GRACE;
         settings
     }
 

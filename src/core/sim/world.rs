@@ -210,6 +210,11 @@ impl World {
             self.now = at;
             let stop = matches!(ev, Ev::Settled);
             self.step(ev);
+            if self.failure.is_none() && self.trace.steps() > MAX_STEPS {
+                self.fail(format!(
+                    "runaway: more than {MAX_STEPS} steps (a run takes about 7,000), so some work never ends"
+                ));
+            }
             if let Some(failure) = self.failure.take() {
                 return Err(failure);
             }
@@ -218,6 +223,7 @@ impl World {
             }
         }
         self.check_liveness();
+        self.check_retired_removed();
         if let Some(failure) = self.failure.take() {
             return Err(failure);
         }
@@ -373,6 +379,36 @@ impl World {
                 "liveness: {:.0} s after the faults stopped, not every follower holds its owner's newest state: {}",
                 bound.as_secs_f64(),
                 missing.join("; ")
+            ));
+        }
+    }
+
+    /// Every honest node has removed the retired repositories whose grace
+    /// period ended (with a minute's margin) before the end of the run.
+    fn check_retired_removed(&mut self) {
+        let now = self.unix_ms() / 1000;
+        let mut kept = Vec::new();
+        for (n, node) in self.nodes.iter().enumerate() {
+            let Some(core) = node.core.as_ref().filter(|_| node.is_honest() && node.up) else {
+                continue;
+            };
+            for (repo_id, repo) in &core.repos {
+                let Some(deleted) = repo.config.record_deleted_at.filter(|_| repo.retired()) else {
+                    continue;
+                };
+                if deleted + RETIRED_GRACE.as_secs() + 60 < now {
+                    kept.push(format!(
+                        "n{n} keeps {repo_id}, retired {} s ago",
+                        now.saturating_sub(deleted)
+                    ));
+                }
+            }
+        }
+        if !kept.is_empty() {
+            self.fail(format!(
+                "retired repositories past their grace period of {} s are still kept: {}",
+                RETIRED_GRACE.as_secs(),
+                kept.join("; ")
             ));
         }
     }
