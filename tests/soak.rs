@@ -236,7 +236,12 @@ async fn soak(settings: Settings) -> Option<Vec<String>> {
         gc_interval_secs: 60,
         verify_interval_secs: 600,
     };
+    // Each incarnation of a node appends to its log: the logs of an earlier
+    // run into the same folder would be read as this run's.
     let logs = settings.results.join("logs");
+    if logs.exists() {
+        std::fs::remove_dir_all(&logs).unwrap();
+    }
     std::fs::create_dir_all(&logs).unwrap();
     let mut nodes = Vec::new();
     for (i, (name, role)) in hosts().into_iter().enumerate() {
