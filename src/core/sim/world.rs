@@ -361,6 +361,19 @@ impl World {
                 if deleted && self.nodes[n].role == Role::HomeTrustingRecord {
                     continue;
                 }
+                // A repository first tracked after the faults stopped (the
+                // extreme operator syncs any repository, up to the end) has
+                // not had the settle bound to catch up.
+                let settle_start =
+                    (self.unix_ms() / 1000).saturating_sub(self.scenario.settle.as_secs());
+                let tracked_late = self.nodes[n]
+                    .core
+                    .as_ref()
+                    .and_then(|c| c.repos.get(&repo.id))
+                    .is_some_and(|r| r.config.added_at > settle_start);
+                if tracked_late {
+                    continue;
+                }
                 let held = self.nodes[n].held_manifest(&repo.id);
                 if held != Some(newest) {
                     missing.push(format!(
