@@ -385,19 +385,9 @@ impl Node {
         // held up by gossip.
         match tokio::time::timeout(PROTOCOLS_SHUTDOWN, self.router.shutdown()).await {
             Ok(stopped) => stopped.map_err(|e| NodeError::Shutdown(e.to_string()))?,
-            Err(_) => {
-                warn!(
-                    "the protocols did not stop within {PROTOCOLS_SHUTDOWN:?} (gossip waits on a peer); stopping without them"
-                );
-                // Close the connections still open, so peers hear of it
-                // instead of timing out (bounded like the protocols).
-                if tokio::time::timeout(PROTOCOLS_SHUTDOWN, self.endpoint.close())
-                    .await
-                    .is_err()
-                {
-                    warn!("the endpoint did not close within {PROTOCOLS_SHUTDOWN:?}");
-                }
-            }
+            Err(_) => warn!(
+                "the protocols did not stop within {PROTOCOLS_SHUTDOWN:?} (gossip waits on a peer); stopping without them"
+            ),
         }
         info!("knotd stopped");
         Ok(())
