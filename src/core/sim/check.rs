@@ -416,11 +416,20 @@ impl World {
         if direct.iter().all(|p| trusted.contains(p)) {
             return;
         }
+        // Behind by what this node saw last, and behind in truth: a
+        // replayed old statement can make a peer that sent the new one (and
+        // is left out as its sender) look behind.
+        let held = &self.checks.held;
+        let ids = &self.ids;
         let left_out = r.book.peers_seen.iter().find(|s| {
             s.seq < seq
                 && s.node_id != me
                 && trusted.contains(&s.node_id)
                 && !direct.contains(&s.node_id)
+                && ids
+                    .get(&s.node_id)
+                    .and_then(|i| held.get(&(*i, repo.clone())))
+                    .is_none_or(|(held_seq, _)| *held_seq < seq)
         });
         if let Some(left_out) = left_out {
             let message = format!(
