@@ -361,6 +361,19 @@ impl World {
                 if deleted && self.nodes[n].role == Role::HomeTrustingRecord {
                     continue;
                 }
+                // Nor one whose owner's record never named a state: the
+                // author writes it back only once its own database holds
+                // the state, and an author whose disk stayed full until it
+                // crashed never did.
+                let named = self
+                    .pds
+                    .owners
+                    .get(repo.id.did())
+                    .and_then(|p| p.records.get(repo.id.name()))
+                    .is_some_and(|r| r.manifest_hash().is_some());
+                if !named && self.nodes[n].role == Role::HomeTrustingRecord {
+                    continue;
+                }
                 // A repository first tracked after the faults stopped (the
                 // extreme operator syncs any repository, up to the end) has
                 // not had the settle bound to catch up.
