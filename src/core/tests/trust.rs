@@ -405,3 +405,31 @@ fn a_lagging_read_of_a_seqless_record_cannot_roll_the_node_back() {
     );
     assert_eq!(sim.held().map(|h| h.manifest_hash()), Some(manifest(3)));
 }
+
+#[test]
+fn a_state_whose_publisher_lost_its_trust_during_the_fetch_is_not_taken() {
+    let mut sim = Sim::new(4);
+    let laptop = key(2);
+    sim.add(vec![], locator());
+    sim.poll(record(None, None, &[&laptop]));
+    sim.take(&laptop, 2, T0_MS);
+    let fx = sim.announce(&laptop, &laptop, 3, T0_MS + 10);
+    let (job, _) = fetch_job(&fx).expect("a trusted peer's state is fetched");
+    // While the fetch runs, a poll finds the record deleted: the laptop is
+    // no longer trusted.
+    polled(&mut sim, RecordPoll::NotFound("no such record".into()));
+    let fx = sim.finish(job, 3);
+    assert_eq!(
+        sim.held().unwrap().manifest_hash(),
+        manifest(2),
+        "the state held stays: {fx:?}"
+    );
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Announce { .. })),
+        "nothing announced: {fx:?}"
+    );
+    assert!(
+        fx.iter().any(|e| matches!(e, Effect::Served { .. })),
+        "what is served is the state held: {fx:?}"
+    );
+}
