@@ -12,7 +12,7 @@ use std::{
 use iroh::{EndpointId, SecretKey};
 
 use super::{
-    io::{Effect, Event, JobId, Now, ReplyId, Subject, TimerKey, Write, is_due, later},
+    io::{Effect, Event, JobId, Now, ReplyId, TimerKey, Write, is_due, later},
     policy::Policy,
     queue::{self, JobQueue},
     repo::{self, Ctx, Out, Repo},
@@ -226,19 +226,7 @@ impl Core {
                     self.pump(now);
                 }
             }
-            TimerKey::WriteBack(repo) => {
-                // The owner's record names a state only once this node's
-                // database holds it: a crash before the failed commit is
-                // written again would otherwise leave the record naming a
-                // state the author lost. Writing the rows again re-arms it.
-                if !self
-                    .unpersisted
-                    .subjects
-                    .contains(&Subject::Repo(repo.clone()))
-                {
-                    self.with_repo(&repo, now, |r, ctx| r.start_write_back(ctx));
-                }
-            }
+            TimerKey::WriteBack(repo) => self.start_write_back(&repo, now),
             TimerKey::FirstState(repo, round) => {
                 self.with_repo(&repo, now, |r, ctx| r.first_state_expired(ctx, round));
             }

@@ -16,13 +16,31 @@ use super::{
     queue,
     repo::PERSIST_ERROR,
 };
-use crate::api::{NodeEvent, PolicyRule};
+use crate::{
+    api::{NodeEvent, PolicyRule},
+    repo_id::RepoId,
+};
 
 /// How long after its rows are written again a held-back write-back goes:
 /// long enough for a commit that fails again to be reported first.
 pub const WRITE_BACK_AFTER_REWRITE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Core {
+    /// Write `repo_id`'s held state into the owner's record, unless its rows
+    /// wait to be written again: the record names a state only once this
+    /// node's database holds it (a crash before the retry would otherwise
+    /// leave the record naming a state the author lost). Writing the rows
+    /// again re-arms it ([`Core::repersist`]).
+    pub(super) fn start_write_back(&mut self, repo_id: &RepoId, now: Now) {
+        if !self
+            .unpersisted
+            .subjects
+            .contains(&Subject::Repo(repo_id.clone()))
+        {
+            self.with_repo(repo_id, now, |r, ctx| r.start_write_back(ctx));
+        }
+    }
+
     /// A commit failed: remember its subjects and retry after a backoff.
     pub(super) fn handle_persist_failed(
         &mut self,

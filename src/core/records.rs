@@ -31,7 +31,7 @@ impl Core {
             .map(|(id, _)| id.clone())
             .collect();
         for repo_id in waiting {
-            self.with_repo(&repo_id, now, |r, ctx| r.start_write_back(ctx));
+            self.start_write_back(&repo_id, now);
         }
     }
 }

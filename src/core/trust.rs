@@ -76,6 +76,13 @@ pub struct Position {
     pub seq: u64,
 }
 
+/// Whether `statement`, forwarded by `sender`, comes from a trusted peer:
+/// its publisher, or a trusted sender vouching for it.
+pub fn vouched(statement: &Statement, sender: EndpointId, trusted: &BTreeSet<EndpointId>) -> bool {
+    // Compared as bytes: parsing a key costs a point decompression.
+    trusted.iter().any(|t| *t.as_bytes() == statement.publisher) || trusted.contains(&sender)
+}
+
 /// Judge a verified statement that `sender` forwarded.
 pub fn judge_statement(
     statement: &Statement,
@@ -88,9 +95,7 @@ pub fn judge_statement(
     if held.is_some_and(|h| h.manifest == statement.manifest) {
         return Verdict::Held;
     }
-    // Compared as bytes: parsing a key costs a point decompression.
-    let publisher_trusted = trusted.iter().any(|t| *t.as_bytes() == statement.publisher);
-    if !publisher_trusted && !trusted.contains(&sender) {
+    if !vouched(statement, sender, trusted) {
         return Verdict::Reject(Rejection::Untrusted);
     }
     if statement.seq > now_ms.saturating_add(MAX_SEQ_AHEAD_MS) {

@@ -373,16 +373,13 @@ impl Repo {
         if let WantSource::Statement {
             statement, sender, ..
         } = &want.source
-            && let Some(publisher) = statement.statement.publisher_id()
-            && let trusted = self.trusted(ctx.me)
-            && !trusted.contains(&publisher)
-            && !trusted.contains(sender)
+            && !trust::vouched(&statement.statement, *sender, &self.trusted(ctx.me))
         {
             // Neither its publisher nor the peer that vouched for it is
             // trusted any more (the owner's record was deleted or no longer
             // names them while the fetch ran): the state is not taken, and
             // what is served stays the state held.
-            warn!(repo = %repo_id, manifest = %info.manifest.to_hex(), publisher = %publisher.fmt_short(), "fetched a state whose publisher is no longer trusted; not taking it");
+            warn!(repo = %repo_id, manifest = %info.manifest.to_hex(), sender = %sender.fmt_short(), "fetched a state whose publisher and sender are no longer trusted; not taking it");
             self.publish_served();
             self.request_check();
             return;
