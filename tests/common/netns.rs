@@ -346,21 +346,9 @@ impl Services {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (orders, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
         let thread = std::thread::spawn(move || {
-            let started = (|| -> Result<_, String> {
-                let file =
-                    File::open(&ns_path).map_err(|e| format!("{}: {e}", ns_path.display()))?;
-                // setns(2) moves only this thread; every socket it opens
-                // from now on lives in the services' namespace.
-                rustix::thread::move_into_link_name_space(
-                    file.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .map_err(|e| format!("setns: {e}"))?;
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())
-            })();
+            // setns(2) moves only this thread; every socket it opens
+            // from now on lives in the services' namespace.
+            let started = runtime_in_namespace(&ns_path);
             let runtime = match started {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -482,4 +470,20 @@ impl Services {
             let _ = thread.join();
         }
     }
+}
+
+/// Move the calling thread into the network namespace at `path` and build
+/// a current-thread runtime there: setns(2) moves only this thread, so
+/// every socket the runtime opens lives in that namespace.
+pub fn runtime_in_namespace(path: &std::path::Path) -> Result<tokio::runtime::Runtime, String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    rustix::thread::move_into_link_name_space(
+        file.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(|e| format!("setns: {e}"))?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
 }

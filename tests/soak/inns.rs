@@ -3,7 +3,7 @@
 //! PDS) belongs to that namespace, while the harness itself stays in the
 //! host's. Nothing here survives the test.
 
-use std::{fs::File, os::fd::AsFd, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use tokio::{runtime::Handle, sync::oneshot};
 
@@ -21,18 +21,7 @@ impl NsRuntime {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let started = (|| -> Result<tokio::runtime::Runtime, String> {
-                let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                rustix::thread::move_into_link_name_space(
-                    file.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .map_err(|e| format!("setns: {e}"))?;
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())
-            })();
+            let started = crate::netns::runtime_in_namespace(&path);
             match started {
                 Ok(runtime) => {
                     let _ = ready_tx.send(Ok(runtime.handle().clone()));
