@@ -5,8 +5,10 @@
 //! and `KNOTD_SIM_FIRST` the first; `KNOTD_SIM_SEED` the seed `replay`
 //! runs, printing its trace (`KNOTD_SIM_ONLY=<adversary>` or `none` keeps
 //! one adversary or none); `KNOTD_SIM_SWEEP=N` runs each adversary alone in
-//! N scenarios (only the one `KNOTD_SIM_ONLY` names, if set); `KNOTD_SIM_DIGESTS=N` prints each seed's trace digest, to
-//! compare two versions of the core. TESTING.md says how to use them.
+//! N scenarios (only the one `KNOTD_SIM_ONLY` names, if set);
+//! `KNOTD_SIM_KEEP_GOING=1` makes `many_seeds` run every seed and report
+//! every failure instead of stopping at the first; `KNOTD_SIM_DIGESTS=N`
+//! prints each seed's trace digest, to compare two versions of the core. TESTING.md says how to use them.
 
 use std::time::Duration;
 
@@ -17,18 +19,22 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Run `seeds` seeds on every core of the machine; panic with the first
-/// failure's report.
-fn run_seeds(first: u64, count: u64) -> super::Outcome {
+/// failure's report. With `keep_going`, every seed runs and the panic lists
+/// each failing seed's report (for long runs, where one failure should not
+/// hide the next).
+fn run_seeds(first: u64, count: u64, keep_going: bool) -> super::Outcome {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let next = std::sync::atomic::AtomicU64::new(first);
     let total = std::sync::Mutex::new(super::Outcome::default());
-    let failure = std::sync::Mutex::new(None::<String>);
+    let failures = std::sync::Mutex::new(Vec::<String>::new());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
                 loop {
                     let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if seed >= first + count || failure.lock().unwrap().is_some() {
+                    if seed >= first + count
+                        || (!keep_going && !failures.lock().unwrap().is_empty())
+                    {
                         return;
                     }
                     match run(seed, &Scenario::random(seed)) {
@@ -40,17 +46,25 @@ fn run_seeds(first: u64, count: u64) -> super::Outcome {
                             t.crashes += outcome.crashes;
                         }
                         Err(f) => {
-                            failure.lock().unwrap().get_or_insert(f.to_string());
+                            eprintln!("seed {seed} FAILED: {f}");
+                            failures.lock().unwrap().push(f.to_string());
                         }
                     }
                 }
             });
         }
     });
-    if let Some(report) = failure.into_inner().unwrap() {
-        panic!("{report}");
+    let failures = failures.into_inner().unwrap();
+    let total = total.into_inner().unwrap();
+    if !failures.is_empty() {
+        panic!(
+            "{} failing seed(s) ({:.0} node-hours in passing seeds):\n{}",
+            failures.len(),
+            total.node_hours,
+            failures.join("\n")
+        );
     }
-    total.into_inner().unwrap()
+    total
 }
 
 #[test]
@@ -58,7 +72,8 @@ fn many_seeds() {
     let first = env_u64("KNOTD_SIM_FIRST").unwrap_or(0);
     let count = env_u64("KNOTD_SIM_SEEDS").unwrap_or(1000);
     let started = std::time::Instant::now();
-    let total = run_seeds(first, count);
+    let keep_going = std::env::var_os("KNOTD_SIM_KEEP_GOING").is_some();
+    let total = run_seeds(first, count, keep_going);
     eprintln!(
         "{count} seeds: {} steps, {:.0} node-hours, {} publishes, {} crashes in {:.1} s",
         total.steps,
