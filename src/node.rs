@@ -29,7 +29,10 @@ use iroh_blobs::{
     BlobsProtocol,
     store::fs::{FsStore, options::Options},
 };
-use iroh_gossip::net::Gossip;
+use iroh_gossip::{
+    net::Gossip,
+    proto::{HyparviewConfig, PlumtreeConfig},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -57,6 +60,20 @@ pub const MAX_INCOMING_STREAMS: u32 = 1 << 14;
 /// does not take its messages (one whose stream limit is reached), and is
 /// then left behind rather than keeping the process from exiting.
 const PROTOCOLS_SHUTDOWN: Duration = Duration::from_secs(5);
+/// How often each joined gossip topic drops expired messages from its
+/// caches. iroh-gossip arms this timer per topic (default every second), so a
+/// node with 10,000 repositories woke 10,000 times a second with nothing to
+/// do. Messages are still kept [`PlumtreeConfig::message_cache_retention`]
+/// (30 s) at least; an announcement is a few hundred bytes, so holding them
+/// up to this much longer costs little.
+pub const GOSSIP_CACHE_EVICT_INTERVAL: Duration = Duration::from_secs(60);
+/// How often each joined topic swaps part of its view of the swarm with a
+/// neighbour (HyParView's shuffle; default every minute). The shuffle keeps
+/// a large swarm's passive view fresh; a repository's swarm is its few
+/// seeders, which the node also learns from records, announcements and the
+/// rejoin sweep. Every shuffle is a message to a peer per topic: at the
+/// default, 10,000 repositories sent 166 a second to an otherwise idle peer.
+pub const GOSSIP_SHUFFLE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Errors starting or stopping a node.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +186,7 @@ impl Node {
                 message: e.to_string(),
             })?;
 
-        let gossip = Gossip::builder().spawn(endpoint.clone());
+        let gossip = gossip_builder().spawn(endpoint.clone());
         let (heads_tx, heads_rx) = tokio::sync::mpsc::channel(256);
         let drops = std::sync::Arc::new(DropCounters::default());
         let metrics = config
@@ -483,4 +500,20 @@ fn invalid(field: &'static str, value: &str, e: impl std::fmt::Display) -> NodeE
         field,
         reason: format!("{value}: {e}"),
     })
+}
+
+/// iroh-gossip configured for many quiet topics (one per repository): its
+/// defaults otherwise, with the per-topic timers above slowed down.
+fn gossip_builder() -> iroh_gossip::net::Builder {
+    let membership = HyparviewConfig {
+        shuffle_interval: GOSSIP_SHUFFLE_INTERVAL,
+        ..HyparviewConfig::default()
+    };
+    let broadcast = PlumtreeConfig {
+        cache_evict_interval: GOSSIP_CACHE_EVICT_INTERVAL,
+        ..PlumtreeConfig::default()
+    };
+    Gossip::builder()
+        .membership_config(membership)
+        .broadcast_config(broadcast)
 }

@@ -193,10 +193,14 @@ pub async fn scale_content(
     // Let the last jobs, bitmaps and bookkeeping settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = node.rss_bytes()?;
-    let cpu0 = node.cpu_ticks()?;
+    // Idle CPU first, untraced: strace cannot filter calls of a process it
+    // attaches to, so it stops the node on every system call and its window
+    // would count the tracing. The syncs are counted in a second window.
     let window = plan.idle;
-    let syncs = syncs_during(node.pid(), "knotd.redb", window, &dir.join("syncs.trace"))?;
+    let cpu0 = node.cpu_ticks()?;
+    tokio::time::sleep(window).await;
     let idle_cpu = (node.cpu_ticks()? - cpu0) as f64 / ticks / window.as_secs_f64();
+    let syncs = syncs_during(node.pid(), "knotd.redb", window, &dir.join("syncs.trace"))?;
     progress(&format!("restarting with {count} repositories"));
     let (node, restart) = node.restart().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;

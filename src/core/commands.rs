@@ -107,12 +107,12 @@ impl Core {
             .push(Effect::Persist(Write::Config(config.clone())));
         self.repos.insert(
             repo_id.clone(),
-            Repo::from_row(RepoRow {
+            Box::new(Repo::from_row(RepoRow {
                 config,
                 record: None,
                 held: None,
                 bookkeeping: Bookkeeping::default(),
-            }),
+            })),
         );
         if locator.is_some() {
             self.reads.records.track(repo_id.clone(), now.at);

