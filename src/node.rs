@@ -7,8 +7,9 @@
 //! ([`crate::knot`]), the ATProto reader ([`crate::reader`]), the admin
 //! socket, and, when enabled, read-only smart HTTP ([`crate::http`]).
 //! All tasks hang off one cancellation token. On shutdown they stop, gossip
-//! topics are left, the router flushes the blob store (gossip held up by a
-//! peer is left behind after a few seconds), and the admin socket
+//! topics are left, the router flushes the blob store and closes the
+//! endpoint (gossip held up by a peer gets a few seconds, then its
+//! connections are closed under it), and the admin socket
 //! file is removed. What survives a restart lives in the data dir: the key,
 //! `knotd.redb` (repositories, records, peers), `blobs/` (pinned content) and
 //! `repos/` (materialized bare repositories).
@@ -60,6 +61,10 @@ pub const MAX_INCOMING_STREAMS: u32 = 1 << 14;
 /// does not take its messages (one whose stream limit is reached), and is
 /// then left behind rather than keeping the process from exiting.
 const PROTOCOLS_SHUTDOWN: Duration = Duration::from_secs(5);
+/// After that, the longest wait for the endpoint to close its connections
+/// (a QUIC close is acknowledged within a few round trips, or given up
+/// after about three probe timeouts) and for the protocols to finish.
+const ENDPOINT_CLOSE: Duration = Duration::from_secs(3);
 /// How often each joined gossip topic drops expired messages from its
 /// caches. iroh-gossip arms this timer per topic (default every second), so a
 /// node with 10,000 repositories woke 10,000 times a second with nothing to
@@ -399,11 +404,31 @@ impl Node {
             warn!(%panic, "a node task panicked");
         }
         // The protocols stop concurrently: the blob store's flush is not
-        // held up by gossip.
-        match tokio::time::timeout(PROTOCOLS_SHUTDOWN, self.router.shutdown()).await {
-            Ok(stopped) => stopped.map_err(|e| NodeError::Shutdown(e.to_string()))?,
-            Err(_) => warn!(
-                "the protocols did not stop within {PROTOCOLS_SHUTDOWN:?} (gossip waits on a peer); stopping without them"
+        // held up by gossip. The router's own task stops them and then
+        // closes the endpoint; dropping its shutdown would abort that task
+        // and leave the endpoint unclosed, so when gossip holds it up the
+        // endpoint is closed beside it (which ends the connections gossip
+        // waits on) and the router gets a last, bounded while to finish.
+        let endpoint = self.router.endpoint().clone();
+        let stopping = self.router.shutdown();
+        tokio::pin!(stopping);
+        let stopped = match tokio::time::timeout(PROTOCOLS_SHUTDOWN, &mut stopping).await {
+            Ok(stopped) => Some(stopped),
+            Err(_) => {
+                warn!(
+                    "the protocols did not stop within {PROTOCOLS_SHUTDOWN:?} (gossip waits on a peer); closing the connections"
+                );
+                let (stopped, _) = tokio::join!(
+                    tokio::time::timeout(ENDPOINT_CLOSE, &mut stopping),
+                    tokio::time::timeout(ENDPOINT_CLOSE, endpoint.close()),
+                );
+                stopped.ok()
+            }
+        };
+        match stopped {
+            Some(stopped) => stopped.map_err(|e| NodeError::Shutdown(e.to_string()))?,
+            None => warn!(
+                "the protocols did not stop after the connections were closed; stopping without them"
             ),
         }
         info!("knotd stopped");
