@@ -58,8 +58,9 @@ use crate::{
 pub const MAX_INCOMING_STREAMS: u32 = 1 << 14;
 /// Longest wait for the protocols (blob store, gossip) to stop. The blob
 /// store stops in milliseconds; gossip can wait indefinitely on a peer that
-/// does not take its messages (one whose stream limit is reached), and is
-/// then left behind rather than keeping the process from exiting.
+/// does not take its messages (one whose stream limit is reached). After
+/// this, the endpoint's connections are closed under it (see
+/// [`ENDPOINT_CLOSE`]).
 const PROTOCOLS_SHUTDOWN: Duration = Duration::from_secs(5);
 /// After that, the longest wait for the endpoint to close its connections
 /// (a QUIC close is acknowledged within a few round trips, or given up
@@ -73,11 +74,14 @@ const ENDPOINT_CLOSE: Duration = Duration::from_secs(3);
 /// up to this much longer costs little.
 pub const GOSSIP_CACHE_EVICT_INTERVAL: Duration = Duration::from_secs(60);
 /// How often each joined topic swaps part of its view of the swarm with a
-/// neighbour (HyParView's shuffle; default every minute). The shuffle keeps
-/// a large swarm's passive view fresh; a repository's swarm is its few
-/// seeders, which the node also learns from records, announcements and the
-/// rejoin sweep. Every shuffle is a message to a peer per topic: at the
-/// default, 10,000 repositories sent 166 a second to an otherwise idle peer.
+/// neighbour (HyParView's shuffle; default every minute). Every shuffle is a
+/// message to a peer per topic: at the default, 10,000 repositories sent
+/// 166 a second to an otherwise idle peer. The cost: a topic in a swarm
+/// larger than its active view refreshes its passive view, from which it
+/// replaces a neighbour that fails, ten times less often. A repository's
+/// swarm is mostly its few seeders, which the node also learns from
+/// records and announcements, and a topic left without neighbours is
+/// dialed again by the core's rejoin sweep.
 pub const GOSSIP_SHUFFLE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Errors starting or stopping a node.

@@ -72,7 +72,7 @@ fn many_seeds() {
     let first = env_u64("KNOTD_SIM_FIRST").unwrap_or(0);
     let count = env_u64("KNOTD_SIM_SEEDS").unwrap_or(1000);
     let started = std::time::Instant::now();
-    let keep_going = std::env::var_os("KNOTD_SIM_KEEP_GOING").is_some();
+    let keep_going = env_u64("KNOTD_SIM_KEEP_GOING").is_some_and(|v| v != 0);
     let total = run_seeds(first, count, keep_going);
     eprintln!(
         "{count} seeds: {} steps, {:.0} node-hours, {} publishes, {} crashes in {:.1} s",
