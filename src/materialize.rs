@@ -317,7 +317,10 @@ fn index_verified(
                 .downcast::<MaterializeError>()
                 .expect("checked above")
         }
-        other => MaterializeError::Git(other),
+        // Git can stop on a damaged object before the reader has seen the
+        // whole pack: finish the checks, so a corrupt pack is reported as
+        // one whichever of the two noticed first.
+        other => reader.verdict().unwrap_or(MaterializeError::Git(other)),
     })
 }
 
@@ -379,6 +382,25 @@ impl<'e> Verified<'e> {
         self.hasher.update(bytes);
         self.pending.extend_from_slice(bytes);
         Ok(())
+    }
+
+    /// After the consumer stopped early: read the rest of the pack through
+    /// the checks and return what they found wrong, if anything. Bounded by
+    /// the entry's size, which [`Self::take`] enforces.
+    fn verdict(&mut self) -> Option<MaterializeError> {
+        let mut sink = vec![0u8; 64 * 1024];
+        loop {
+            match self.read(&mut sink) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => {
+                    return e
+                        .into_inner()
+                        .and_then(|inner| inner.downcast::<MaterializeError>().ok())
+                        .map(|boxed| *boxed);
+                }
+            }
+        }
     }
 
     /// The loader is done: check everything.

@@ -360,6 +360,51 @@ fn incremental_updates_use_one_thin_pack_each() {
     );
 }
 
+/// Incompressible bytes, the same for the same seed.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+/// A damaged object early in a large pack: `git index-pack` stops on it
+/// and exits while most of the pack is still unread. The pack is reported
+/// as corrupt (it is fetched again), not as a git failure, however far the
+/// reader had got when git stopped.
+#[test]
+fn a_pack_git_stops_reading_early_is_reported_corrupt() {
+    let env = Env::new();
+    let src = env.path("big");
+    fs::create_dir(&src).unwrap();
+    env.git(&src, &["init", "-q"]);
+    // Two megabyte-sized blobs, each stored rather than compressed: the
+    // pack is far larger than a pipe's buffer.
+    env.commit_file(&src, "a.bin", &noise(1 << 20, 1), "a");
+    env.commit_file(&src, "b.bin", &noise(1 << 20, 2), "b");
+    let mut store = Store::default();
+    let (manifest, _) = publish(&src, None, &mut store);
+    let entry = &manifest.packs[0];
+    let mut bytes = store.blobs[&entry.hash].clone();
+    assert!(bytes.len() > 2 << 20);
+    // Inside the first blob's data: git finds it at that object's end, with
+    // a megabyte of the pack still to come.
+    let at = bytes.len() / 4;
+    bytes[at] ^= 0x01;
+    store.blobs.insert(entry.hash, bytes);
+    let dest = env.path("mat/big.git");
+    let err = store.materialize(&dest, &manifest).unwrap_err();
+    assert!(
+        matches!(&err, MaterializeError::CorruptPack { hash, .. } if *hash == entry.hash_hex()),
+        "{err}"
+    );
+    assert!(!dest.exists());
+}
+
 #[test]
 fn corrupt_pack_leaves_repository_untouched() {
     let env = Env::new();
