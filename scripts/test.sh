@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tests/pds/install.sh
-cargo test --all-targets --locked
+cargo test --all-targets --locked --no-fail-fast
 
 # Five minutes of the soak (tests/soak.rs, SOAK.md): real knotd processes in
 # network namespaces under faults. KNOTD_SOAK_SECS=0 skips it.

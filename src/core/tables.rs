@@ -63,6 +63,9 @@ pub struct VerifyWait {
     pub reply: ReplyId,
     /// Repositories not checked yet.
     pub pending: BTreeSet<RepoId>,
+    /// Of those, the ones whose check was already running when the caller
+    /// asked: that check's result does not answer it, the next one does.
+    pub behind: BTreeSet<RepoId>,
     /// What the checks found so far.
     pub rows: Vec<VerifyRow>,
 }

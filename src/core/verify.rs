@@ -40,10 +40,15 @@ impl Core {
         let mut wait = VerifyWait {
             reply,
             pending: BTreeSet::new(),
+            behind: BTreeSet::new(),
             rows: Vec::new(),
         };
         for id in targets {
+            let checking = self.repos.get(&id).is_some_and(|r| r.checking());
             if self.request_check(&id, Lane::Interactive) {
+                if checking {
+                    wait.behind.insert(id.clone());
+                }
                 wait.pending.insert(id);
             } else {
                 wait.rows.push(VerifyRow {
@@ -122,12 +127,12 @@ impl Core {
                 error: Some(error.to_string()),
             },
         };
-        self.settle_verifies(repo_id, || row.clone());
+        self.settle_verifies(repo_id, true, || row.clone());
     }
 
     /// `repo_id` was removed: its `verify` callers stop waiting for it.
     pub(super) fn verify_forgotten(&mut self, repo_id: &RepoId) {
-        self.settle_verifies(repo_id, || VerifyRow {
+        self.settle_verifies(repo_id, false, || VerifyRow {
             repo_id: repo_id.to_string(),
             manifest: None,
             rebuilt: 0,
@@ -136,9 +141,14 @@ impl Core {
         });
     }
 
-    fn settle_verifies(&mut self, repo_id: &RepoId, row: impl Fn() -> VerifyRow) {
+    /// Answer the callers waiting for `repo_id` with `row`; with
+    /// `by_check`, not those that asked while the check that ended ran.
+    fn settle_verifies(&mut self, repo_id: &RepoId, by_check: bool, row: impl Fn() -> VerifyRow) {
         let mut done = Vec::new();
         for (id, wait) in &mut self.verifies {
+            if wait.behind.remove(repo_id) && by_check {
+                continue;
+            }
             if wait.pending.remove(repo_id) {
                 wait.rows.push(row());
                 if wait.pending.is_empty() {

@@ -98,6 +98,11 @@ impl Repo {
         true
     }
 
+    /// Whether the running job is a check of the held state.
+    pub fn checking(&self) -> bool {
+        matches!(&self.job, Some(Running::Fetch { want, .. }) if want.source == WantSource::Check)
+    }
+
     /// The want of a pending check, when the repository has no other.
     fn take_pending_check(&mut self) {
         if !self.check_pending || self.want.is_some() {
@@ -127,10 +132,7 @@ impl Repo {
     ) -> Option<JobSpec> {
         let spec = self.next_job(ctx, id, total_left)?;
         self.job_started = Some(ctx.now.at);
-        let check = matches!(
-            &self.job,
-            Some(Running::Fetch { want, .. }) if want.source == WantSource::Check
-        );
+        let check = self.checking();
         if let JobSpec::Fetch {
             manifest,
             providers,

@@ -146,6 +146,46 @@ fn verify_waits_for_a_running_fetch_and_checks_the_newer_state() {
 }
 
 #[test]
+fn verify_during_a_running_check_is_answered_by_the_next_check() {
+    // A check already running (the start-up check, say) found a blob
+    // missing; a caller who asks while it runs gets a check of its own,
+    // which finds the state whole.
+    let (mut sim, _) = holding(1);
+    let (first, fx) = sim.command(CoreCommand::Verify {
+        repo_id: Some(repo()),
+    });
+    let (running, _) = check_job(&fx).expect("a check starts");
+    let (second, fx) = sim.command(CoreCommand::Verify {
+        repo_id: Some(repo()),
+    });
+    assert!(jobs(&fx).is_empty(), "one job per repository");
+    let mut found = info(1);
+    found.blobs_rebuilt = 1;
+    let fx = sim.event(Event::JobDone {
+        repo: repo(),
+        job: running,
+        result: Ok(found),
+        faults: vec![],
+    });
+    assert_eq!(
+        verified(&fx, first)[0].rebuilt,
+        1,
+        "the first caller's check"
+    );
+    assert!(
+        reply_to(&fx, second).is_none(),
+        "the second caller waits for a check that started after it asked"
+    );
+    let (next, _) = check_job(&fx).expect("the second check runs next");
+    let fx = sim.finish(next, 1);
+    let rows = verified(&fx, second);
+    assert_eq!(
+        (rows[0].rebuilt, rows[0].fetched, rows[0].ok()),
+        (0, 0, true)
+    );
+}
+
+#[test]
 fn verify_of_nothing_held_answers_at_once() {
     let mut sim = Sim::new(4);
     sim.add(vec![], None);
