@@ -12,8 +12,14 @@
 //! and a long-lived process weighs most (its pairs grow with the square of
 //! its samples), so the slope is that of the longest stretches observed.
 //!
-//! A metric is **flat** when that rate, over the soak's length after
-//! warm-up, adds at most `max(floor, 10 % of its median)`: floors of 16 MiB
+//! A metric is **flat** when that rate, over the time its judged samples
+//! span (each process from its first to its last sample past warm-up;
+//! the soak's length after warm-up for a node never restarted), adds at
+//! most `max(floor, 10 % of its median)`. A process restarted late is
+//! judged on what it was seen to do, not on its slope stretched over the
+//! whole soak: one step of a few MiB in the last minute of a five-minute
+//! run (a catch-up burst after a peer's kill) is not three times that.
+//! The floors: 16 MiB
 //! of RSS, 8 open files, 8 threads and 200 tasks, the sizes of the ordinary
 //! fluctuations measured in five-minute runs (a fetch's buffers and the
 //! caches filling as the stores grow; a connection's sockets; the blocking
@@ -55,7 +61,7 @@ pub struct Verdict {
     pub median: f64,
     /// Theil–Sen slope, per hour.
     pub slope_per_hour: f64,
-    /// What that slope adds over the soak after warm-up.
+    /// What that slope adds over the time the judged samples span.
     pub growth: f64,
     /// The most it may add.
     pub limit: f64,
@@ -105,7 +111,7 @@ pub fn analyse(samples: &[SampleRow], secs: f64) -> Vec<Verdict> {
             let limit = floor.max(0.1 * median);
             let (growth, flat) = match slope {
                 Some(slope) if points.len() >= MIN_SAMPLES => {
-                    let growth = slope * window;
+                    let growth = slope * span(&points).clamp(MIN_PAIR_SECS, window);
                     (growth, Some(growth <= limit))
                 }
                 _ => (0.0, None),
@@ -123,6 +129,18 @@ pub fn analyse(samples: &[SampleRow], secs: f64) -> Vec<Verdict> {
         }
     }
     verdicts
+}
+
+/// The time the samples span: each process from its first sample to its
+/// last, summed.
+fn span(points: &[(u32, f64, f64)]) -> f64 {
+    let mut by_process: BTreeMap<u32, (f64, f64)> = BTreeMap::new();
+    for &(incarnation, t, _) in points {
+        let e = by_process.entry(incarnation).or_insert((t, t));
+        e.0 = e.0.min(t);
+        e.1 = e.1.max(t);
+    }
+    by_process.values().map(|(first, last)| last - first).sum()
 }
 
 /// The median of the slopes between samples of the same process.
@@ -225,6 +243,29 @@ mod tests {
             3600.0,
         );
         assert_eq!(rss(&restarted).flat, Some(true), "{:?}", rss(&restarted));
+    }
+
+    #[test]
+    fn a_late_restart_is_judged_on_what_it_did() {
+        // Five minutes; restarted at 100 s, so judged from 220 s: flat,
+        // then one step of 7 MiB at 280 s. Stretched over the three minutes
+        // after warm-up that slope would be 19.5 MiB; seen, it is 8.7.
+        let late: Vec<SampleRow> = rows(|t| if t >= 280.0 { 49.0 } else { 42.0 }, Some(100.0))
+            .into_iter()
+            .take(31)
+            .collect();
+        let verdicts = analyse(&late, 300.0);
+        assert_eq!(rss(&verdicts).flat, Some(true), "{:?}", rss(&verdicts));
+        // The same step in a process that lived the whole run, sampled
+        // from 120 s, is the slope of a steady climb only where it is one.
+        let climbing = analyse(
+            &rows(|t| 42.0 + (t - 120.0).max(0.0) / 6.0, None)
+                .into_iter()
+                .take(31)
+                .collect::<Vec<_>>(),
+            300.0,
+        );
+        assert_eq!(rss(&climbing).flat, Some(false), "{:?}", rss(&climbing));
     }
 
     #[test]
