@@ -360,18 +360,6 @@ fn incremental_updates_use_one_thin_pack_each() {
     );
 }
 
-/// Incompressible bytes, the same for the same seed.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
-}
-
 /// A damaged object early in a large pack: `git index-pack` stops on it
 /// and exits while most of the pack is still unread. The pack is reported
 /// as corrupt (it is fetched again), not as a git failure, however far the
@@ -384,8 +372,8 @@ fn a_pack_git_stops_reading_early_is_reported_corrupt() {
     env.git(&src, &["init", "-q"]);
     // Two megabyte-sized blobs, each stored rather than compressed: the
     // pack is far larger than a pipe's buffer.
-    env.commit_file(&src, "a.bin", &noise(1 << 20, 1), "a");
-    env.commit_file(&src, "b.bin", &noise(1 << 20, 2), "b");
+    env.commit_file(&src, "a.bin", &binary(1 << 20, 1), "a");
+    env.commit_file(&src, "b.bin", &binary(1 << 20, 2), "b");
     let mut store = Store::default();
     let (manifest, _) = publish(&src, None, &mut store);
     let entry = &manifest.packs[0];
