@@ -102,6 +102,11 @@ struct Cli {
     /// Seconds of idle CPU measurement in the scale scenario (default 10; smoke 2).
     #[arg(long)]
     idle_secs: Option<u64>,
+    /// `topic_idle_secs` of the nodes of the scale scenario with content:
+    /// quiet topics are left this long after the last news, and the quiet
+    /// figures are taken once they are (default 60; smoke 2).
+    #[arg(long)]
+    topic_idle_secs: Option<u64>,
     /// The knotd binary run by the scale and admin scenarios (default: next to
     /// this executable).
     #[arg(long)]
@@ -171,6 +176,9 @@ fn plan(cli: &Cli, work: PathBuf) -> Result<Plan> {
             .admin_requests
             .unwrap_or(if cli.smoke { 20 } else { 500 }),
         idle: Duration::from_secs(cli.idle_secs.unwrap_or(if cli.smoke { 2 } else { 10 })),
+        topic_idle: cli
+            .topic_idle_secs
+            .unwrap_or(if cli.smoke { 2 } else { 60 }),
         knotd,
         work,
     })

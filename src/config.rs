@@ -250,6 +250,13 @@ pub struct Config {
     /// states are also checked at start-up and by `knotd admin verify`
     /// (default 86400; 0 turns the schedule off).
     pub verify_interval_secs: u64,
+    /// How long a repository's gossip topic stays joined after its last
+    /// news (a state published, fetched or announced, its record changed),
+    /// in seconds (default 900; 0 keeps every topic joined). A joined topic
+    /// costs memory and timers; an asleep repository is still told of new
+    /// states directly by its peers and by the resync sweep, and its first
+    /// news joins the topic again.
+    pub topic_idle_secs: u64,
     /// Longest time one git process (pack, index, repack) may run before it
     /// is killed, in seconds (default 3600).
     pub git_timeout_secs: u64,
@@ -300,6 +307,7 @@ impl Default for Config {
             fetch_timeout_secs: 300,
             gc_interval_secs: 300.0,
             verify_interval_secs: 86_400,
+            topic_idle_secs: 900,
             git_timeout_secs: crate::git::DEFAULT_TIMEOUT.as_secs(),
             max_concurrent_jobs: 4,
             max_repo_bytes: None,
@@ -392,6 +400,12 @@ impl Config {
                 reason: format!("must be at most {MAX_INTERVAL_SECS} seconds (a year)"),
             });
         }
+        if self.topic_idle_secs > MAX_INTERVAL_SECS {
+            return Err(ConfigError::Invalid {
+                field: "topic_idle_secs",
+                reason: format!("must be at most {MAX_INTERVAL_SECS} seconds (a year)"),
+            });
+        }
         if self.atproto.poll_interval_secs == 0 {
             return Err(ConfigError::Invalid {
                 field: "atproto.poll_interval_secs",
@@ -479,6 +493,11 @@ impl Config {
     /// How often every held state is checked, if on a schedule.
     pub fn verify_interval(&self) -> Option<Duration> {
         (self.verify_interval_secs > 0).then(|| Duration::from_secs(self.verify_interval_secs))
+    }
+
+    /// How long a quiet repository's topic stays joined, if topics are left.
+    pub fn topic_idle(&self) -> Option<Duration> {
+        (self.topic_idle_secs > 0).then(|| Duration::from_secs(self.topic_idle_secs))
     }
 
     /// The limit for one git process (at least a second).
@@ -570,6 +589,7 @@ mod tests {
             ("gc_interval_secs = 0", "gc_interval_secs"),
             ("gc_interval_secs = nan", "gc_interval_secs"),
             ("verify_interval_secs = 99999999999", "verify_interval_secs"),
+            ("topic_idle_secs = 99999999999", "topic_idle_secs"),
             ("bind = []", "bind"),
             ("[atproto]\npoll_jitter = 3.0", "poll_jitter"),
             (

@@ -74,6 +74,7 @@ pub struct Metrics {
     repos: Family<RepoState, Gauge>,
     pinned_bytes: Gauge,
     neighbours: Gauge,
+    topics: Gauge,
     jobs: Family<RepoState, Gauge>,
     tasks: Gauge,
     connections: Gauge,
@@ -114,6 +115,7 @@ impl Metrics {
             repos: Family::default(),
             pinned_bytes: Gauge::default(),
             neighbours: Gauge::default(),
+            topics: Gauge::default(),
             jobs: Family::default(),
             tasks: Gauge::default(),
             connections: Gauge::default(),
@@ -197,6 +199,11 @@ impl Metrics {
             "pinned_bytes",
             "Bytes of packs held for the states held",
             m.pinned_bytes.clone(),
+        );
+        r.register(
+            "gossip_topics",
+            "Gossip topics joined (a quiet repository's topic is left after topic_idle_secs)",
+            m.topics.clone(),
         );
         r.register(
             "gossip_neighbours",
@@ -288,6 +295,8 @@ impl Metrics {
             .set(i64::try_from(pinned).unwrap_or(i64::MAX));
         let neighbours: usize = status.repos.iter().map(|r| r.peers_connected).sum();
         self.neighbours.set(neighbours as i64);
+        let topics = status.repos.iter().filter(|r| r.topic_joined).count();
+        self.topics.set(topics as i64);
         self.jobs
             .get_or_create(&state("running"))
             .set(status.jobs_running as i64);

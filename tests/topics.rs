@@ -103,3 +103,59 @@ async fn a_peer_that_stalls_gossip_does_not_stall_the_node() {
         "the node stopped without closing its endpoint"
     );
 }
+
+/// A node whose quiet topics are left after `secs` seconds.
+async fn sleepy_node(secs: u64) -> TestNode {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config = knotd::config::Config::local(tmp.path());
+    config.topic_idle_secs = secs;
+    let mut node = TestNode::spawn_with(config).await;
+    node.keep(tmp);
+    node
+}
+
+async fn topic_joined(node: &TestNode, repo_id: &str) -> bool {
+    node.summary(repo_id).await.is_some_and(|s| s.topic_joined)
+}
+
+/// Topics left while quiet: an author, a seeder trusting the author, and a
+/// home follower trusting only the seeder. Once every topic is left, a new
+/// state still reaches the follower within seconds (directly, from peer to
+/// peer, not by the resync sweep ten minutes later), and wakes the topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_state_reaches_a_follower_whose_topic_was_left() {
+    const REPO: &str = "did:plc:sleepy/repo";
+    let author = sleepy_node(2).await;
+    let seeder = sleepy_node(2).await;
+    let home = sleepy_node(2).await;
+    let src = tempfile::tempdir().unwrap();
+    common::make_repo(src.path());
+    let first = author.publish(REPO, src.path()).await.manifest;
+    seeder.follow(REPO, vec![author.ticket().await]).await;
+    home.follow(REPO, vec![seeder.ticket().await]).await;
+    eventually(30, "the first state at the home follower", || async {
+        home.materialized(REPO).await.as_deref() == Some(first.as_str())
+    })
+    .await;
+    eventually(30, "every topic left", || async {
+        !topic_joined(&author, REPO).await
+            && !topic_joined(&seeder, REPO).await
+            && !topic_joined(&home, REPO).await
+    })
+    .await;
+
+    common::add_commit(src.path(), "after-the-topics-slept");
+    let second = author.publish(REPO, src.path()).await.manifest;
+    assert_ne!(first, second);
+    eventually(15, "the second state at the home follower", || async {
+        home.materialized(REPO).await.as_deref() == Some(second.as_str())
+    })
+    .await;
+    assert!(
+        topic_joined(&home, REPO).await,
+        "news joins the topic again"
+    );
+    for node in [author, seeder, home] {
+        prompt("stop", node.stop()).await;
+    }
+}

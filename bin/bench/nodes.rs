@@ -176,13 +176,32 @@ impl ChildNode {
         http_port: Option<u16>,
     ) -> Result<(Self, Duration)> {
         std::fs::create_dir_all(data_dir)?;
-        let mut extra = Vec::new();
         if let Some(port) = http_port {
-            let config = data_dir.join("bench.toml");
             std::fs::write(
-                &config,
+                data_dir.join(BENCH_CONFIG),
                 format!("[http]\nenabled = true\nbind = \"127.0.0.1:{port}\"\n"),
             )?;
+        }
+        Self::start(knotd, data_dir).await
+    }
+
+    /// A knotd process for `data_dir` with `config` (TOML) as its
+    /// configuration file, kept for restarts.
+    pub async fn spawn_configured(
+        knotd: &Path,
+        data_dir: &Path,
+        config: &str,
+    ) -> Result<(Self, Duration)> {
+        std::fs::create_dir_all(data_dir)?;
+        std::fs::write(data_dir.join(BENCH_CONFIG), config)?;
+        Self::start(knotd, data_dir).await
+    }
+
+    /// Start knotd on `data_dir`, with its bench configuration if written.
+    async fn start(knotd: &Path, data_dir: &Path) -> Result<(Self, Duration)> {
+        let mut extra = Vec::new();
+        let config = data_dir.join(BENCH_CONFIG);
+        if config.is_file() {
             extra.push("--config".to_string());
             extra.push(config.display().to_string());
         }
@@ -341,7 +360,7 @@ impl ChildNode {
         let knotd = self.knotd.clone();
         let dir = self.data_dir.clone();
         self.stop().await?;
-        Self::spawn(&knotd, &dir).await
+        Self::start(&knotd, &dir).await
     }
 }
 
@@ -353,6 +372,9 @@ impl Drop for ChildNode {
         }
     }
 }
+
+/// A child node's configuration file in its data dir, when it has one.
+const BENCH_CONFIG: &str = "bench.toml";
 
 /// Clock ticks per second for `/proc/<pid>/stat`.
 pub fn clock_ticks() -> u64 {

@@ -3,7 +3,10 @@
 //! does in production. A second node publishes the repositories (one small
 //! source, so their packs dedupe), a loopback stand-in for the owners' PDS
 //! serves their records, and the measured node follows every repository
-//! from its record and the publisher's ticket.
+//! from its record and the publisher's ticket. Memory is measured with
+//! every topic joined (just after the last fetch), once the topics were
+//! left for want of news (`--topic-idle-secs` later; idle CPU and syncs
+//! are measured then), and after a restart.
 
 use std::{
     collections::HashMap,
@@ -96,6 +99,14 @@ fn syncs_during(pid: u32, file: &str, window: Duration, trace: &Path) -> Result<
 }
 
 /// Measure one node following `count` repositories with content.
+/// Topics the node has joined.
+async fn topics_joined(node: &ChildNode) -> Result<usize> {
+    match node.request(&Admin::List).await? {
+        Payload::Repos { repos } => Ok(repos.iter().filter(|r| r.topic_joined).count()),
+        other => bail!("unexpected payload {other:?}"),
+    }
+}
+
 pub async fn scale_content(
     plan: &Plan,
     count: usize,
@@ -115,7 +126,9 @@ pub async fn scale_content(
     });
 
     progress(&format!("publishing {count} repositories"));
-    let (publisher, _) = ChildNode::spawn(&plan.knotd, &dir.join("publisher")).await?;
+    let config = format!("topic_idle_secs = {}\n", plan.topic_idle);
+    let (publisher, _) =
+        ChildNode::spawn_configured(&plan.knotd, &dir.join("publisher"), &config).await?;
     let ticket = match publisher.request(&Admin::Ticket).await? {
         Payload::Ticket { ticket } => ticket,
         other => bail!("unexpected payload {other:?}"),
@@ -144,7 +157,7 @@ pub async fn scale_content(
     let publish_secs = started.elapsed().as_secs_f64();
 
     progress(&format!("following {count} repositories"));
-    let (node, _) = ChildNode::spawn(&plan.knotd, &dir.join("node")).await?;
+    let (node, _) = ChildNode::spawn_configured(&plan.knotd, &dir.join("node"), &config).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_empty = node.rss_bytes()?;
     let with_records = std::env::var_os("KNOTD_BENCH_NO_RECORDS").is_none();
@@ -193,6 +206,29 @@ pub async fn scale_content(
     // Let the last jobs, bitmaps and bookkeeping settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = node.rss_bytes()?;
+    let joined = topics_joined(&node).await?;
+    // Then quiet: every topic left once no news came for `topic_idle`.
+    progress(&format!(
+        "waiting for {joined} topics to be left ({} s without news)",
+        plan.topic_idle
+    ));
+    let deadline = Instant::now() + Duration::from_secs(plan.topic_idle + 300);
+    let mut left_after = None;
+    while Instant::now() < deadline {
+        if topics_joined(&node).await? == 0 {
+            left_after = Some(started.elapsed().as_secs_f64() - follow_secs);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let Some(left_after) = left_after else {
+        bail!(
+            "topics still joined {} s after the last news",
+            plan.topic_idle + 300
+        );
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_quiet = node.rss_bytes()?;
     // Idle CPU first, untraced: strace cannot filter calls of a process it
     // attaches to, so it stops the node on every system call and its window
     // would count the tracing. The syncs are counted in a second window.
@@ -205,6 +241,7 @@ pub async fn scale_content(
     let (node, restart) = node.restart().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_restarted = node.rss_bytes()?;
+    let joined_restarted = topics_joined(&node).await?;
     let connected = match node.request(&Admin::List).await? {
         Payload::Repos { repos } => repos.iter().filter(|r| r.materialized.is_some()).count(),
         other => bail!("unexpected payload {other:?}"),
@@ -218,7 +255,14 @@ pub async fn scale_content(
     let p = format!("c{count}");
     report.fig(format!("{p}_rss_empty_mib"), mb(rss_empty), "MiB");
     report.fig(format!("{p}_rss_mib"), mb(rss), "MiB");
+    report.fig(format!("{p}_rss_quiet_mib"), mb(rss_quiet), "MiB");
     report.fig(format!("{p}_rss_restarted_mib"), mb(rss_restarted), "MiB");
+    report.param(&format!("{p}_topics_joined"), joined);
+    report.param(
+        &format!("{p}_topics_joined_after_restart"),
+        joined_restarted,
+    );
+    report.fig(format!("{p}_topics_left_after_s"), round3(left_after), "s");
     report.fig(format!("{p}_idle_cpu_pct"), round3(idle_cpu * 100.0), "%");
     report.fig(format!("{p}_startup_ms"), round3(ms(restart)), "ms");
     report.fig(

@@ -34,6 +34,8 @@ pub struct Plan {
     pub scale_content: Vec<usize>,
     pub admin_requests: usize,
     pub idle: Duration,
+    /// `topic_idle_secs` of the nodes of the scale scenario with content.
+    pub topic_idle: u64,
     pub knotd: PathBuf,
     pub work: PathBuf,
 }

@@ -218,6 +218,10 @@ pub struct RepoSummary {
     pub trusted_peers: usize,
     /// Gossip neighbours currently connected.
     pub peers_connected: usize,
+    /// The repository's gossip topic is joined (a quiet one is left after
+    /// `topic_idle_secs` and joined again by its next news).
+    #[serde(default)]
+    pub topic_joined: bool,
     /// Known peers that announced the state held here.
     #[serde(default)]
     pub peers_in_sync: usize,

@@ -59,6 +59,9 @@ impl Core {
                     expected_manifest,
                     created,
                 });
+                // Joined while it publishes, so the topic has neighbours
+                // by the time the new state is announced.
+                self.wake(&repo_id, now);
                 self.queue.push(&repo_id, Lane::Interactive);
                 self.pump(now);
             }
@@ -220,7 +223,7 @@ impl Core {
             let locator = Locator::default_for(repo_id, None);
             self.track_new(repo_id, Origin::Sync, Some(locator), now);
             info!(repo = %repo_id, "following a repository first asked for by sync");
-            self.ensure_topic(repo_id, now);
+            self.wake(repo_id, now);
         }
         self.with_repo(repo_id, now, |r, ctx| r.sync(ctx, reply));
     }

@@ -5,6 +5,8 @@
 //! pulls batched one per peer for up to [`super::MAX_PULL_REPOS`]
 //! repositories, pulls the actor had no room for (put off and sent again
 //! [`DEFERRED_PULL_WAIT`] later), and the counters of announcements. What
+//! the sleep sweep (topics without news for a while are left, and
+//! joined again by the next news), and what
 //! one announcement does to its repository is
 //! [`super::repo::Repo::on_announcement`].
 
@@ -23,6 +25,12 @@ use crate::repo_id::RepoId;
 
 /// How long a pull the actor had no room for waits before it is sent again.
 pub const DEFERRED_PULL_WAIT: Duration = Duration::from_secs(2);
+
+/// How often quiet topics are looked for: half the idle time, at least a
+/// second and at most a minute.
+pub fn sleep_check_every(idle: Duration) -> Duration {
+    (idle / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
 
 impl Core {
     /// The actor had no room for network work: a push is not sent again
@@ -73,6 +81,55 @@ impl Core {
     /// Join `repo_id`'s topic when it wants one (see [`Repo::ensure_topic`]).
     pub(super) fn ensure_topic(&mut self, repo_id: &RepoId, now: Now) {
         self.with_repo(repo_id, now, |r, ctx| r.ensure_topic(ctx));
+    }
+
+    /// News of `repo_id`: keep its topic joined (see [`Repo::wake`]).
+    pub(super) fn wake(&mut self, repo_id: &RepoId, now: Now) {
+        self.with_repo(repo_id, now, |r, ctx| r.wake(ctx));
+    }
+
+    /// Leave the topics of repositories without news for
+    /// [`Settings::topic_idle`](super::Settings) and with nothing running
+    /// (see [`Repo::awake`]), then check again in [`sleep_check_every`].
+    pub(super) fn sleep_sweep(&mut self, now: Now) {
+        let Some(idle) = self.settings.topic_idle else {
+            return;
+        };
+        let mut left = 0usize;
+        for (repo_id, repo) in &mut self.repos {
+            if repo.topic.is_some() && !repo.awake(Some(idle), now.at) {
+                repo.topic = None;
+                self.out.push(Effect::LeaveTopic {
+                    repo: repo_id.clone(),
+                });
+                left += 1;
+            }
+        }
+        if left > 0 {
+            debug!(left, "left the topics of quiet repositories");
+        }
+        self.set_timer(
+            TimerKey::TopicSleep,
+            super::later(now.at, sleep_check_every(idle)),
+        );
+    }
+
+    /// At start-up, when topics are left while quiet: ask the peers of
+    /// every repository that would have joined its topic what they hold,
+    /// one pull per peer, as joining would have done (a neighbour is
+    /// pulled when it comes up). What is newer wakes the repository.
+    pub(super) fn startup_pulls(&mut self, now: Now) {
+        let me = self.me;
+        let mut batches: BTreeMap<EndpointId, Vec<RepoId>> = BTreeMap::new();
+        for (repo_id, repo) in &self.repos {
+            if !repo.wants_topic() || repo.topic.is_some() {
+                continue;
+            }
+            for peer in repo.dial_targets(me) {
+                batches.entry(peer).or_default().push(repo_id.clone());
+            }
+        }
+        self.pull_batches(batches, now);
     }
 
     /// Make sure the rejoin sweep runs no later than `due`.

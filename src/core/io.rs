@@ -413,6 +413,8 @@ pub enum TimerKey {
     Repersist,
     /// Pulls the actor had no room for are due again.
     DeferredPulls,
+    /// Leave the topics of quiet repositories.
+    TopicSleep,
 }
 
 /// What a content job does.

@@ -137,6 +137,13 @@ impl Core {
         if let Some(every) = self.settings.resync_interval {
             self.set_timer(TimerKey::Resync, later(now.at, every));
         }
+        if let Some(idle) = self.settings.topic_idle {
+            self.startup_pulls(now);
+            self.set_timer(
+                TimerKey::TopicSleep,
+                later(now.at, super::gossip::sleep_check_every(idle)),
+            );
+        }
         self.arm_retired_removal(now);
         self.pump(now);
         self.start_reads(now);
@@ -242,6 +249,7 @@ impl Core {
             }
             TimerKey::VerifyAll => self.verify_all(now),
             TimerKey::Resync => self.resync_sweep(now),
+            TimerKey::TopicSleep => self.sleep_sweep(now),
             TimerKey::RemoveRetired => self.remove_retired(now),
             TimerKey::RecordReads | TimerKey::Listings => self.reads_timer(&key),
             TimerKey::Repersist => self.repersist(now),

@@ -59,6 +59,13 @@ pub struct Settings {
     /// How often trusted peers are asked directly what they hold (`None`:
     /// never; only gossip and lonely topics' pulls).
     pub resync_interval: Option<Duration>,
+    /// How long a repository's gossip topic stays joined after its last
+    /// news (a state published, adopted or fetched, the record changed, the
+    /// operator's peers changed) while nothing runs for it (`None`: topics
+    /// are never left). An asleep repository still answers pulls and is
+    /// told of new states directly and by the resync sweep; its first news
+    /// joins the topic again.
+    pub topic_idle: Option<Duration>,
     /// Most repositories one followed identity may bring, retired ones
     /// included (`[follow] max_repos_per_identity`).
     pub max_repos_per_identity: usize,
@@ -89,6 +96,7 @@ impl Settings {
             account_did: None,
             verify_interval: Some(Duration::from_secs(24 * 3600)),
             resync_interval: Some(Duration::from_secs(10 * 60)),
+            topic_idle: None,
             max_repos_per_identity: 1000,
             retired_grace: Duration::from_secs(7 * 24 * 3600),
             record_reads: ReadSettings::default(),

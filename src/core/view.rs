@@ -50,6 +50,7 @@ impl Core {
             peers_known: trusted.len() + learned,
             trusted_peers: trusted.len(),
             peers_connected: repo.topic.as_ref().map_or(0, |t| t.neighbors.len()),
+            topic_joined: repo.topic.is_some(),
             peers_in_sync: repo.in_sync_count(self.me),
             max_bytes: repo.config.max_bytes,
             record: repo.config.locator.as_ref().map(|l| l.at_uri()),

@@ -291,6 +291,7 @@ impl Knot {
         settings.max_repo_bytes = config.max_repo_bytes;
         settings.max_total_bytes = config.max_total_bytes;
         settings.verify_interval = config.verify_interval();
+        settings.topic_idle = config.topic_idle();
         settings.max_repos_per_identity = config.follow.max_repos_per_identity;
         settings.retired_grace = config.follow.retired_grace();
         settings.record_reads = reads::settings(&config.atproto);

@@ -32,6 +32,11 @@ impl TestNode {
         node
     }
 
+    /// Delete `tmp` (the node's data dir) when the node is dropped.
+    pub fn keep(&mut self, tmp: tempfile::TempDir) {
+        self._tmp = Some(tmp);
+    }
+
     /// Start a node in `data_dir` (kept after the node stops).
     pub async fn spawn_in(data_dir: &Path) -> TestNode {
         Self::spawn_with(Config::local(data_dir)).await

@@ -20,7 +20,7 @@ use tracing::{debug, info};
 
 use super::{
     outbox::{Ctx, Out},
-    state::{MAX_PEERS_CONTACTED, Rebroadcasts, Repo, Topic, Want, WantSource},
+    state::{MAX_PEERS_CONTACTED, Rebroadcasts, Repo, Running, Topic, Want, WantSource},
 };
 use crate::{
     announce::Announcement,
@@ -214,6 +214,7 @@ impl Repo {
                 seq: statement.seq,
                 source: sender.to_string(),
             });
+            self.wake(ctx);
         }
         if known {
             // What the sender holds: its envelope says so.
@@ -300,10 +301,43 @@ impl Repo {
         self.ensure_topic(ctx);
     }
 
+    /// News of the repository: keep its topic joined for
+    /// [`Settings::topic_idle`](crate::core::Settings) from now on, joining
+    /// it when the repository wants one.
+    pub fn wake(&mut self, ctx: &Ctx) {
+        if let Some(idle) = ctx.settings.topic_idle {
+            let until = later(ctx.now.at, idle);
+            if self.awake_until.is_none_or(|t| t < until) {
+                self.awake_until = Some(until);
+            }
+        }
+        self.ensure_topic(ctx);
+    }
+
+    /// Whether the topic is to be joined at `at`: topics are never left
+    /// (`idle` is `None`), there was news until recently, or something
+    /// runs or waits that gossip serves (a new state fetched, a publish,
+    /// callers waiting for a state or for replicas). A check of the state
+    /// held (at start-up, on the schedule) is not news.
+    pub fn awake(&self, idle: Option<Duration>, at: std::time::Instant) -> bool {
+        let news = |want: &Want| want.source != WantSource::Check;
+        idle.is_none()
+            || self.awake_until.is_some_and(|t| t > at)
+            || self.want.as_ref().is_some_and(news)
+            || match &self.job {
+                Some(Running::Publish { .. }) => true,
+                Some(Running::Fetch { want, .. }) => news(want),
+                Some(Running::Discard { .. }) | None => false,
+            }
+            || !self.publishes.is_empty()
+            || !self.replica_waits.is_empty()
+            || !self.sync.waiters.is_empty()
+    }
+
     /// Join the topic when the repository wants one; when joined already
     /// and without neighbours, dial the peers known now.
     pub fn ensure_topic(&mut self, ctx: &Ctx) {
-        if !self.wants_topic() {
+        if !self.wants_topic() || !self.awake(ctx.settings.topic_idle, ctx.now.at) {
             return;
         }
         let repo_id = self.config.repo_id.clone();

@@ -328,7 +328,7 @@ impl Repo {
                 .into_iter()
                 .filter(|p| !neighbors.contains(p))
                 .collect();
-            self.ensure_topic(ctx);
+            self.wake(ctx);
             self.emit(Effect::Announce {
                 repo: repo_id.clone(),
                 statement,
@@ -409,7 +409,7 @@ impl Repo {
             ms,
         });
         self.check_replicas(ctx.me);
-        self.ensure_topic(ctx);
+        self.wake(ctx);
         // Tell the neighbours this node provides the state now; the topic
         // heard about it from its publisher already. Peers last seen behind
         // are told directly too: gossip may still count a restarted peer as

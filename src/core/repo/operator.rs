@@ -49,7 +49,7 @@ impl Repo {
         if !peers.is_empty() {
             self.emit(Effect::LearnAddrs(peers));
         }
-        self.ensure_topic(ctx);
+        self.wake(ctx);
     }
 
     /// `remove-peer`: stop trusting a peer the operator named, from the

@@ -110,7 +110,7 @@ impl Repo {
             self.request(Out::Schedule);
         }
         if changed {
-            self.ensure_topic(ctx);
+            self.wake(ctx);
         }
         self.request(Out::Pump);
         self.settle_sync(ctx);

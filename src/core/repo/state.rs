@@ -179,6 +179,10 @@ pub struct Repo {
     pub clear_leftovers: bool,
     /// The gossip topic, while joined.
     pub topic: Option<Topic>,
+    /// Until when the topic stays joined without news, when topics are
+    /// left ([`Settings::topic_idle`](crate::core::Settings)); `None`:
+    /// asleep since start-up. Kept in memory only.
+    pub awake_until: Option<Instant>,
     /// The state to fetch next.
     pub want: Option<Want>,
     /// Publishes waiting.
@@ -291,6 +295,7 @@ impl Repo {
             book: row.bookkeeping,
             clear_leftovers: false,
             topic: None,
+            awake_until: None,
             want: None,
             publishes: VecDeque::new(),
             job: None,

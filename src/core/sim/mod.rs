@@ -79,6 +79,7 @@ impl Scenario {
             settle: Duration::from_secs(30 * 60),
             publish_every: Duration::from_secs(5 * 60),
             faults: Faults::none(),
+            topic_idle: None,
         }
     }
 
@@ -119,6 +120,11 @@ impl Scenario {
                 duplicate: rng.random_range(0.0..0.05),
                 stale_neighbor: rng.random_range(0.0..0.5),
             },
+            // Drawn last, so the rest of a seed's scenario is what it was
+            // before topics could be left.
+            topic_idle: rng
+                .random_bool(0.5)
+                .then(|| Duration::from_secs(rng.random_range(30..=900))),
         }
     }
 }

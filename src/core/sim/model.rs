@@ -305,6 +305,9 @@ pub struct Scenario {
     pub publish_every: Duration,
     /// Fault rates while active.
     pub faults: Faults,
+    /// How long honest nodes keep a quiet repository's topic joined
+    /// ([`crate::core::Settings::topic_idle`]; `None`: never left).
+    pub topic_idle: Option<Duration>,
 }
 
 /// How often faults happen while a scenario is active.

@@ -152,8 +152,9 @@ impl SimNode {
     }
 
     /// The settings the node's core runs with.
-    fn settings(&self) -> Settings {
+    fn settings(&self, topic_idle: Option<std::time::Duration>) -> Settings {
         let mut settings = Settings::new("/sim/repos".into());
+        settings.topic_idle = topic_idle;
         settings.write_back = matches!(self.role, Role::Author { .. });
         settings.max_total_bytes = Some(MAX_TOTAL_BYTES);
         settings.max_repos_per_identity = MAX_REPOS_PER_IDENTITY;
@@ -175,7 +176,7 @@ impl World {
         let n = &mut self.nodes[node];
         n.life += 1;
         n.up = true;
-        let mut core = Core::new(n.key.clone(), n.settings());
+        let mut core = Core::new(n.key.clone(), n.settings(self.scenario.topic_idle));
         let mut policy = Policy::default();
         for (target, rule) in &n.disk.policy {
             match rule {

@@ -11,6 +11,7 @@ mod follows;
 mod progress;
 mod providers;
 mod served;
+mod sleep;
 mod strangers;
 mod trust;
 mod verify;
