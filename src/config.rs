@@ -251,7 +251,7 @@ pub struct Config {
     /// (default 86400; 0 turns the schedule off).
     pub verify_interval_secs: u64,
     /// How long a repository's gossip topic stays joined after its last
-    /// news (a state published, fetched or announced, its record changed),
+    /// news (a state published, fetched or adopted from a trusted announcement, its record changed),
     /// in seconds (default 900; 0 keeps every topic joined). A joined topic
     /// costs memory and timers; an asleep repository is still told of new
     /// states directly by its peers and by the resync sweep, and its first

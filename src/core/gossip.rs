@@ -1,14 +1,11 @@
 //! Gossip across repositories: the rejoin sweep (a topic left without
 //! neighbours re-dials its peers and pulls their announcements, with a
 //! backoff per repository and per peer), the resync sweep (trusted peers
-//! are asked directly what they hold, however quiet the topic), direct
-//! pulls batched one per peer for up to [`super::MAX_PULL_REPOS`]
-//! repositories, pulls the actor had no room for (put off and sent again
-//! [`DEFERRED_PULL_WAIT`] later), and the counters of announcements. What
-//! the sleep sweep (topics without news for a while are left, and
-//! joined again by the next news), and what
-//! one announcement does to its repository is
-//! [`super::repo::Repo::on_announcement`].
+//! are asked directly what they hold, however quiet the topic; the pulls
+//! themselves are [`super::pulls`]), the sleep sweep (topics without news
+//! for a while are left, and joined again by the next news), and the
+//! counters of announcements. What one announcement does to its
+//! repository is [`super::repo::Repo::on_announcement`].
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -16,15 +13,11 @@ use iroh::EndpointId;
 use tracing::debug;
 
 use super::{
-    io::{Busy, Effect, MAX_PULL_REPOS, Now, TimerKey},
+    io::{Busy, Effect, Now, TimerKey},
     machine::Core,
     queue,
-    tables::MAX_PULL_PEERS,
 };
 use crate::repo_id::RepoId;
-
-/// How long a pull the actor had no room for waits before it is sent again.
-pub const DEFERRED_PULL_WAIT: Duration = Duration::from_secs(2);
 
 /// How often quiet topics are looked for: half the idle time, at least a
 /// second and at most a minute.
@@ -34,48 +27,16 @@ pub fn sleep_check_every(idle: Duration) -> Duration {
 
 impl Core {
     /// The actor had no room for network work: a push is not sent again
-    /// (gossip and the resync sweep carry the state too), a pull is put off
-    /// (per peer, at most [`MAX_PULL_PEERS`] peers and [`MAX_PULL_REPOS`]
-    /// repositories each).
+    /// (gossip and the resync sweep carry the state too), a pull is put
+    /// back in its peer's queue (see [`super::pulls`]).
     pub(super) fn handle_net_busy(&mut self, busy: Busy, now: Now) {
         match busy {
             Busy::Push { peer } => {
                 self.counters.pushes_dropped += 1;
                 debug!(peer = %peer.fmt_short(), "a direct push was not sent: too many exchanges in flight");
             }
-            Busy::Pull { peer, repos } => {
-                self.counters.pulls_deferred += 1;
-                if !self.deferred_pulls.contains_key(&peer)
-                    && self.deferred_pulls.len() >= MAX_PULL_PEERS
-                {
-                    return;
-                }
-                let wanted = self.deferred_pulls.entry(peer).or_default();
-                for repo in repos {
-                    if wanted.len() >= MAX_PULL_REPOS {
-                        break;
-                    }
-                    wanted.insert(repo);
-                }
-                if !self.deferred_armed {
-                    self.deferred_armed = true;
-                    self.set_timer(
-                        TimerKey::DeferredPulls,
-                        super::later(now.at, DEFERRED_PULL_WAIT),
-                    );
-                }
-            }
+            Busy::Pull { peer, repos } => self.pull_busy(peer, repos, now),
         }
-    }
-
-    /// Send the pulls that were put off.
-    pub(super) fn deferred_pulls(&mut self, now: Now) {
-        self.deferred_armed = false;
-        let batches = std::mem::take(&mut self.deferred_pulls)
-            .into_iter()
-            .map(|(peer, repos)| (peer, repos.into_iter().collect()))
-            .collect();
-        self.pull_batches(batches, now);
     }
 
     /// Join `repo_id`'s topic when it wants one (see [`Repo::ensure_topic`]).
@@ -206,45 +167,5 @@ impl Core {
         if let Some(every) = self.settings.resync_interval {
             self.set_timer(TimerKey::Resync, super::later(now.at, every));
         }
-    }
-
-    /// Pull each peer's announcements of its repositories, in chunks of
-    /// [`MAX_PULL_REPOS`], unless the peer is backing off.
-    fn pull_batches(&mut self, batches: BTreeMap<EndpointId, Vec<RepoId>>, now: Now) {
-        for (peer, repos) in batches {
-            let backoff = self.pulls.get(&peer).copied().unwrap_or_default();
-            if !super::is_due(backoff.not_before, now) {
-                continue;
-            }
-            for chunk in repos.chunks(MAX_PULL_REPOS) {
-                self.out.push(Effect::Pull {
-                    peer,
-                    repos: chunk.to_vec(),
-                });
-            }
-        }
-    }
-
-    pub(super) fn handle_pulled(&mut self, peer: EndpointId, ok: bool, now: Now) {
-        if ok {
-            self.pulls.remove(&peer);
-            return;
-        }
-        if self.pulls.len() >= MAX_PULL_PEERS && !self.pulls.contains_key(&peer) {
-            // Forget peers whose backoff ran out rather than grow without bound.
-            self.pulls
-                .retain(|_, b| b.not_before.is_some_and(|t| t > now.at));
-            if self.pulls.len() >= MAX_PULL_PEERS {
-                return;
-            }
-        }
-        let entry = self.pulls.entry(peer).or_default();
-        entry.failures = entry.failures.saturating_add(1);
-        let wait = queue::backoff(
-            self.settings.rejoin_base,
-            self.settings.rejoin_max,
-            entry.failures,
-        );
-        entry.not_before = Some(super::later(now.at, wait));
     }
 }

@@ -46,8 +46,8 @@ pub struct Core {
     pub(super) counters: Counters,
     pub(super) reads: Reads,
     pub(super) unpersisted: Unpersisted,
-    pub(super) deferred_pulls: BTreeMap<EndpointId, std::collections::BTreeSet<RepoId>>,
-    pub(super) deferred_armed: bool,
+    pub(super) pull_queues: BTreeMap<EndpointId, super::pulls::PullQueue>,
+    pub(super) pull_timer: Option<Instant>,
     pub(super) out: Vec<Effect>,
 }
 
@@ -60,8 +60,8 @@ impl Core {
             queue: JobQueue::new(settings.max_jobs),
             reads: Reads::new(&settings),
             unpersisted: Default::default(),
-            deferred_pulls: BTreeMap::new(),
-            deferred_armed: false,
+            pull_queues: BTreeMap::new(),
+            pull_timer: None,
             settings,
             repos: BTreeMap::new(),
             follows: BTreeMap::new(),

@@ -29,6 +29,7 @@ mod jobs;
 mod machine;
 pub(crate) mod persist;
 mod policy;
+mod pulls;
 pub mod queue;
 mod reads;
 mod records;

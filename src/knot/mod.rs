@@ -228,7 +228,9 @@ pub struct Knot {
     topics: HashMap<RepoId, JoinedTopic>,
     topic_tasks: JoinSet<()>,
     topic_ctx: TopicContext,
-    topic_rx: mpsc::Receiver<(RepoId, TopicEvent)>,
+    topic_rx: mpsc::Receiver<(RepoId, u64, TopicEvent)>,
+    /// The epoch of the next topic joined (see [`JoinedTopic::epoch`]).
+    next_topic_epoch: u64,
     net: net::NetTasks,
     jobs: jobs::Jobs,
     side: JoinSet<Side>,
@@ -343,6 +345,7 @@ impl Knot {
                 drops: parts.drops.clone(),
             },
             topic_rx,
+            next_topic_epoch: 0,
             net: net::NetTasks::new(parts.heads_limiter.clone(), parts.drops.clone()),
             jobs,
             side: JoinSet::new(),
@@ -395,7 +398,7 @@ impl Knot {
                     Some(msg) => self.handle_request(msg.request, msg.reply).await,
                     None => break,
                 },
-                Some((repo, event)) = self.topic_rx.recv() => self.handle_topic_event(repo, event).await,
+                Some((repo, epoch, event)) = self.topic_rx.recv() => self.handle_topic_event(repo, epoch, event).await,
                 Some(event) = self.parts.heads.recv() => self.handle_heads(event).await,
                 Some(done) = self.reads.join_next_with_id(), if !self.reads.is_empty() => {
                     self.handle_read(done).await;
@@ -448,7 +451,15 @@ impl Knot {
         }
     }
 
-    async fn handle_topic_event(&mut self, repo: RepoId, event: TopicEvent) {
+    async fn handle_topic_event(&mut self, repo: RepoId, epoch: u64, event: TopicEvent) {
+        // Neighbours and the end of a subscription left behind (the topic
+        // was left, and maybe joined again) are not this topic's. What an
+        // announcement says holds wherever it came from.
+        let current = self.topics.get(&repo).is_some_and(|t| t.epoch == epoch);
+        if !current && !matches!(event, TopicEvent::Announcement(_)) {
+            debug!(repo = %repo, "dropping an event of a topic left");
+            return;
+        }
         let event = match event {
             TopicEvent::Announcement(announcement) => Event::Announcement {
                 repo,
@@ -717,10 +728,11 @@ impl Knot {
             topic.send(&repo, TopicCommand::JoinPeers(peers));
             return;
         }
+        self.next_topic_epoch += 1;
         let topic = topics::spawn(
             &mut self.topic_tasks,
             self.topic_ctx.clone(),
-            repo.clone(),
+            (repo.clone(), self.next_topic_epoch),
             peers,
             self.cancel.child_token(),
         );

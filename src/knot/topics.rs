@@ -54,6 +54,10 @@ pub(super) struct JoinedTopic {
     commands: mpsc::Sender<Box<TopicCommand>>,
     /// Stops the topic's task (and leaves the topic).
     pub cancel: CancellationToken,
+    /// Which joining of the topic this is: the events a task of an earlier
+    /// one still had under way when the topic was left and joined again
+    /// carry another, and say nothing about this one.
+    pub epoch: u64,
 }
 
 impl JoinedTopic {
@@ -89,27 +93,32 @@ pub(super) enum TopicEvent {
 pub(super) struct TopicContext {
     pub gossip: Gossip,
     pub endpoint: Endpoint,
-    pub tx: mpsc::Sender<(RepoId, TopicEvent)>,
+    pub tx: mpsc::Sender<(RepoId, u64, TopicEvent)>,
     pub drops: Arc<DropCounters>,
 }
 
-/// Start the task of `repo_id`'s topic in `tasks`, joining through `peers`.
+/// Start the task of `repo_id`'s topic in `tasks`, joining through `peers`;
+/// its events carry `epoch`.
 pub(super) fn spawn(
     tasks: &mut tokio::task::JoinSet<()>,
     ctx: TopicContext,
-    repo_id: RepoId,
+    (repo_id, epoch): (RepoId, u64),
     peers: Vec<EndpointId>,
     cancel: CancellationToken,
 ) -> JoinedTopic {
     let (commands, rx) = mpsc::channel(COMMANDS);
-    tasks.spawn(run(ctx, repo_id, peers, rx, cancel.clone()));
-    JoinedTopic { commands, cancel }
+    tasks.spawn(run(ctx, (repo_id, epoch), peers, rx, cancel.clone()));
+    JoinedTopic {
+        commands,
+        cancel,
+        epoch,
+    }
 }
 
 /// Join the topic, then serve it until `cancel` fires or the topic closes.
 async fn run(
     ctx: TopicContext,
-    repo_id: RepoId,
+    (repo_id, epoch): (RepoId, u64),
     peers: Vec<EndpointId>,
     mut commands: mpsc::Receiver<Box<TopicCommand>>,
     cancel: CancellationToken,
@@ -140,7 +149,7 @@ async fn run(
     tokio::select! {
         _ = cancel.cancelled() => {}
         _ = sending => {}
-        _ = read(&repo_id, receiver, &ctx) => {}
+        _ = read(&repo_id, epoch, receiver, &ctx) => {}
     }
 }
 
@@ -156,7 +165,7 @@ async fn execute(sender: &GossipSender, repo_id: &RepoId, command: TopicCommand)
 }
 
 /// Read `receiver` until the topic closes, forwarding to the actor.
-async fn read(repo_id: &RepoId, mut receiver: GossipReceiver, ctx: &TopicContext) {
+async fn read(repo_id: &RepoId, epoch: u64, mut receiver: GossipReceiver, ctx: &TopicContext) {
     let mut limiter = RateLimiter::new(PEER_BURST, PEER_RATE);
     loop {
         let event = match receiver.next().await {
@@ -190,7 +199,7 @@ async fn read(repo_id: &RepoId, mut receiver: GossipReceiver, ctx: &TopicContext
             None => TopicEvent::Closed,
         };
         let closed = matches!(event, TopicEvent::Closed);
-        if ctx.tx.send((repo_id.clone(), event)).await.is_err() || closed {
+        if ctx.tx.send((repo_id.clone(), epoch, event)).await.is_err() || closed {
             return;
         }
     }

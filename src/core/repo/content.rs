@@ -323,11 +323,19 @@ impl Repo {
                 .as_ref()
                 .map(|t| t.neighbors.clone())
                 .unwrap_or_default();
-            let direct: Vec<_> = self
+            // The peers known for the repository, and those that last said
+            // they hold an older state of it (they may know this node only
+            // from a direct push, their topic left while quiet).
+            let mut direct: Vec<_> = self
                 .dial_targets(ctx.me)
                 .into_iter()
                 .filter(|p| !neighbors.contains(p))
                 .collect();
+            for peer in self.peers_behind(ctx.me, seq, None) {
+                if !neighbors.contains(&peer) && !direct.contains(&peer) {
+                    direct.push(peer);
+                }
+            }
             self.wake(ctx);
             self.emit(Effect::Announce {
                 repo: repo_id.clone(),
@@ -415,7 +423,23 @@ impl Repo {
         // are told directly too: gossip may still count a restarted peer as
         // a neighbour while nothing reaches it, and a peer that trusts only
         // this node hears of the state from nobody else.
-        let direct = self.peers_behind(ctx.me, statement.statement.seq, forwarded_by);
+        let mut direct = self.peers_behind(ctx.me, statement.statement.seq, forwarded_by);
+        // And the peer it came from, unless the announcement reaches it
+        // as a neighbour: it then counts this node among those holding the
+        // state and tells it of the next one directly, which is how a
+        // state reaches a node whose topic was left while quiet (gossip
+        // may never have shown it this node).
+        let neighbor = |peer: &EndpointId| {
+            self.topic
+                .as_ref()
+                .is_some_and(|t| t.neighbors.contains(peer))
+        };
+        if let Some(sender) = forwarded_by
+            && sender != ctx.me
+            && !neighbor(&sender)
+        {
+            direct.push(sender);
+        }
         self.emit(Effect::Announce {
             repo: repo_id,
             statement,

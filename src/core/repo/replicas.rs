@@ -302,6 +302,8 @@ impl Repo {
             );
         };
         let (manifest, seq) = (held.manifest, held.seq());
+        // Peers say what they hold on the topic too: join it while waiting.
+        self.wake(ctx);
         let id = ctx.round();
         // A new wait probes again peers whose probes failed before.
         self.probes.retain(|_, p| p.failed_at.is_none());

@@ -25,6 +25,19 @@ impl Repo {
     /// A `sync` caller waits on this repository.
     pub fn sync(&mut self, ctx: &mut Ctx, reply: ReplyId) {
         let repo_id = self.config.repo_id.clone();
+        // A caller is news: the topic is joined. A repository without a
+        // record to read whose topic was left while quiet asks its peers
+        // directly what they hold: a newer state they name is fetched (the
+        // caller is answered from the state held meanwhile).
+        if self.topic.is_none() && self.held.is_some() && !self.record_read() {
+            for peer in self.dial_targets(ctx.me) {
+                self.emit(Effect::Pull {
+                    peer,
+                    repos: vec![repo_id.clone()],
+                });
+            }
+        }
+        self.wake(ctx);
         self.sync.waiters.push(reply);
         if self.sync.waiters.len() == 1 {
             self.sync.bytes_fetched = 0;

@@ -96,13 +96,8 @@ impl World {
         if core.pulls.len() > MAX_PULL_PEERS {
             broken.push(format!("{} pull backoffs kept", core.pulls.len()));
         }
-        if core.deferred_pulls.len() > MAX_PULL_PEERS
-            || core
-                .deferred_pulls
-                .values()
-                .any(|repos| repos.len() > crate::core::MAX_PULL_REPOS)
-        {
-            broken.push("deferred pulls over their cap".to_string());
+        if core.pull_queues.len() > MAX_PULL_PEERS {
+            broken.push(format!("{} pull queues kept", core.pull_queues.len()));
         }
         let cap = core.settings.max_repos_per_identity;
         for did in core.follows.keys() {

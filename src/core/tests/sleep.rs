@@ -164,3 +164,158 @@ fn without_an_idle_time_topics_are_never_left() {
     let (_, fx) = sim.restart();
     assert!(joins(&fx), "{fx:?}");
 }
+
+fn pulls(fx: &[Effect]) -> Vec<(EndpointId, Vec<RepoId>)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Pull { peer, repos } => Some((*peer, repos.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_sync_of_a_quiet_repository_joins_its_topic_and_asks_its_peers() {
+    let (mut sim, _) = sleepy();
+    let author = key(1);
+    sim.add(vec![hint(&author)], None);
+    sim.take(&author, 1, 1);
+    sim.advance(IDLE + Duration::from_secs(1));
+    assert!(leaves(&sweep(&mut sim)));
+    let (_, fx) = sim.command(CoreCommand::Sync { repo_id: repo() });
+    assert!(joins(&fx), "{fx:?}");
+    assert_eq!(pulls(&fx), vec![(author.public(), vec![repo()])]);
+}
+
+#[test]
+fn a_replicas_wait_joins_the_topic_of_a_quiet_repository() {
+    let (mut sim, _) = sleepy();
+    let author = key(1);
+    sim.add(vec![hint(&author)], None);
+    sim.take(&author, 1, 1);
+    sim.advance(IDLE + Duration::from_secs(1));
+    assert!(leaves(&sweep(&mut sim)));
+    let (_, fx) = sim.command(CoreCommand::Replicas {
+        repo_id: repo(),
+        count: 2,
+        timeout: Duration::from_secs(60),
+    });
+    assert!(joins(&fx), "{fx:?}");
+    // Joined while it waits, however long.
+    sim.advance(IDLE * 2);
+    assert!(!leaves(&sweep(&mut sim)));
+}
+
+#[test]
+fn a_publish_tells_peers_last_seen_behind_directly() {
+    let (mut sim, _) = sleepy();
+    sim.add(vec![], None);
+    let (_, fx) = sim.command(CoreCommand::Publish {
+        repo_id: repo(),
+        source: "/src".into(),
+        force: false,
+        expected_manifest: None,
+    });
+    let job = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::StartJob { job, .. } => Some(*job),
+            _ => None,
+        })
+        .unwrap();
+    sim.finish(job, 1);
+    let me = key(100);
+    // A follower nobody named says it holds the first state (a direct
+    // push after its fetch, its topic since left).
+    let follower = key(20);
+    let held = sim.held().unwrap().statement.clone();
+    sim.event(Event::Announcement {
+        repo: repo(),
+        announcement: Box::new(Announcement::new(held, &follower, vec![])),
+        via: Via::Direct,
+    });
+    let (_, fx) = sim.command(CoreCommand::Publish {
+        repo_id: repo(),
+        source: "/src".into(),
+        force: false,
+        expected_manifest: None,
+    });
+    let job = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::StartJob { job, .. } => Some(*job),
+            _ => None,
+        })
+        .unwrap();
+    let fx = sim.finish(job, 2);
+    let direct = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Announce {
+                audience: Audience::Everyone { direct },
+                ..
+            } => Some(direct.clone()),
+            _ => None,
+        })
+        .expect("announced");
+    assert_eq!(direct, vec![follower.public()], "{fx:?}");
+    assert!(!direct.contains(&me.public()));
+}
+
+/// Many repositories shared with one peer: every one is asked about, in
+/// pulls of at most `MAX_PULL_REPOS`, one at a time and spaced; a pull the
+/// actor had no room for is sent again; a failed one drops the queue.
+#[test]
+fn a_sweep_asks_one_peer_about_every_repository_in_paced_pulls() {
+    let (mut sim, _) = sleepy();
+    let author = key(1);
+    let count = 3 * MAX_PULL_REPOS + 5;
+    for n in 0..count {
+        sim.command(CoreCommand::AddRepo {
+            repo_id: rid(&format!("did:plc:owner/r{n}")),
+            locator: None,
+            peers: vec![hint(&author)],
+        });
+    }
+    let mut fx = sim.event(Event::Timer(TimerKey::Resync));
+    let mut asked: Vec<RepoId> = Vec::new();
+    let mut sent = 0;
+    let mut busy_once = true;
+    for _ in 0..100 {
+        let batch = pulls(&fx);
+        assert!(batch.len() <= 1, "one pull at a time: {batch:?}");
+        if let Some((peer, repos)) = batch.into_iter().next() {
+            assert_eq!(peer, author.public());
+            assert!(repos.len() <= MAX_PULL_REPOS);
+            sent += 1;
+            if busy_once {
+                // The actor had no room: it comes back later.
+                busy_once = false;
+                sim.event(Event::NetBusy(Busy::Pull { peer, repos }));
+                assert!(pulls(&sim.event(Event::Timer(TimerKey::DeferredPulls))).is_empty());
+            } else {
+                asked.extend(repos);
+                fx = sim.event(Event::Pulled { peer, ok: true });
+                // Spaced: not at once.
+                assert!(pulls(&fx).is_empty(), "{fx:?}");
+            }
+        }
+        sim.advance(Duration::from_secs(3));
+        fx = sim.event(Event::Timer(TimerKey::DeferredPulls));
+        if asked.len() == count {
+            break;
+        }
+    }
+    asked.sort();
+    asked.dedup();
+    assert_eq!(asked.len(), count, "every repository asked about once");
+    assert_eq!(sent, 5, "four pulls and one sent again");
+
+    // A failed pull: the peer backs off and its queue is dropped.
+    let fx = sim.event(Event::Timer(TimerKey::Resync));
+    let (peer, _) = pulls(&fx).into_iter().next().expect("a pull");
+    sim.event(Event::Pulled { peer, ok: false });
+    sim.advance(Duration::from_secs(1));
+    assert!(pulls(&sim.event(Event::Timer(TimerKey::DeferredPulls))).is_empty());
+    assert!(sim.core.pull_queues.is_empty());
+}

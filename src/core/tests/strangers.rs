@@ -380,14 +380,13 @@ fn catch_up_pushes_prefer_trusted_peers() {
             _ => None,
         })
         .expect("the new state is announced");
-    assert_eq!(direct.len(), MAX_CATCH_UP_PUSHES);
+    // The catch-up pushes, then the peer it came from (see
+    // `peers_seen_behind_are_told_of_a_fetched_state_directly`).
+    assert_eq!(direct.len(), MAX_CATCH_UP_PUSHES + 1);
     for s in &seeders {
         assert!(direct.contains(&s.public()), "{direct:?}");
     }
-    assert!(
-        !direct.contains(&author.public()),
-        "not the one it came from"
-    );
+    assert_eq!(direct.last(), Some(&author.public()), "{direct:?}");
 }
 
 /// Fresh keys churning through the peers seen during one long wait for
