@@ -360,19 +360,7 @@ fn author_writing_back() -> Sim {
 
 /// Publish `m` through the core and return the effects of the finished job.
 fn publish_state(sim: &mut Sim, m: u8) -> Vec<Effect> {
-    let (_, fx) = sim.command(CoreCommand::Publish {
-        repo_id: repo(),
-        source: "/src".into(),
-        force: false,
-        expected_manifest: None,
-    });
-    let job = fx
-        .iter()
-        .find_map(|e| match e {
-            Effect::StartJob { job, .. } => Some(*job),
-            _ => None,
-        })
-        .unwrap();
+    let (job, _) = sim.start_publish();
     sim.finish(job, m)
 }
 
@@ -542,19 +530,7 @@ fn a_neighbour_coming_up_is_asked_what_it_holds_and_greeted() {
 fn a_peer_behind_on_this_nodes_own_state_is_told_directly() {
     let mut sim = Sim::new(4);
     sim.add(vec![], None);
-    let (_, fx) = sim.command(CoreCommand::Publish {
-        repo_id: repo(),
-        source: "/src".into(),
-        force: false,
-        expected_manifest: None,
-    });
-    let job = fx
-        .iter()
-        .find_map(|e| match e {
-            Effect::StartJob { job, .. } => Some(*job),
-            _ => None,
-        })
-        .unwrap();
+    let (job, _) = sim.start_publish();
     sim.finish(job, 2);
     let held = sim.held().unwrap().seq();
     let peer = key(7);

@@ -238,6 +238,25 @@ impl Sim {
         })
     }
 
+    /// Publish `repo()` from a local source; returns the publish job
+    /// started (none waits before it) and the effects.
+    pub(super) fn start_publish(&mut self) -> (JobId, Vec<Effect>) {
+        let (_, fx) = self.command(CoreCommand::Publish {
+            repo_id: repo(),
+            source: "/src".into(),
+            force: false,
+            expected_manifest: None,
+        });
+        let job = fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::StartJob { job, .. } => Some(*job),
+                _ => None,
+            })
+            .expect("the publish starts");
+        (job, fx)
+    }
+
     /// Take a state from `publisher` through the whole flow.
     pub(super) fn take(&mut self, publisher: &SecretKey, m: u8, seq: u64) {
         let fx = self.announce(publisher, publisher, m, seq);

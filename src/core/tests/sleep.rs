@@ -94,22 +94,8 @@ fn a_publish_wakes_the_topic() {
     sim.add(vec![hint(&key(1))], None);
     sim.advance(IDLE + Duration::from_secs(1));
     assert!(leaves(&sweep(&mut sim)));
-    let (_, fx) = sim.command(CoreCommand::Publish {
-        repo_id: repo(),
-        source: "/src".into(),
-        force: false,
-        expected_manifest: None,
-    });
-    let job = match &jobs(&fx)[..] {
-        [(_, JobSpec::Publish { .. })] => fx
-            .iter()
-            .find_map(|e| match e {
-                Effect::StartJob { job, .. } => Some(*job),
-                _ => None,
-            })
-            .unwrap(),
-        other => panic!("{other:?}"),
-    };
+    let (job, fx) = sim.start_publish();
+    assert!(matches!(&jobs(&fx)[..], [(_, JobSpec::Publish { .. })]));
     // Joined while it publishes (gossip carries what follows), and after.
     assert!(joins(&fx), "{fx:?}");
     let fx = sim.finish(job, 3);
@@ -210,19 +196,7 @@ fn a_replicas_wait_joins_the_topic_of_a_quiet_repository() {
 fn a_publish_tells_peers_last_seen_behind_directly() {
     let (mut sim, _) = sleepy();
     sim.add(vec![], None);
-    let (_, fx) = sim.command(CoreCommand::Publish {
-        repo_id: repo(),
-        source: "/src".into(),
-        force: false,
-        expected_manifest: None,
-    });
-    let job = fx
-        .iter()
-        .find_map(|e| match e {
-            Effect::StartJob { job, .. } => Some(*job),
-            _ => None,
-        })
-        .unwrap();
+    let (job, _) = sim.start_publish();
     sim.finish(job, 1);
     let me = key(100);
     // A follower nobody named says it holds the first state (a direct
@@ -234,19 +208,7 @@ fn a_publish_tells_peers_last_seen_behind_directly() {
         announcement: Box::new(Announcement::new(held, &follower, vec![])),
         via: Via::Direct,
     });
-    let (_, fx) = sim.command(CoreCommand::Publish {
-        repo_id: repo(),
-        source: "/src".into(),
-        force: false,
-        expected_manifest: None,
-    });
-    let job = fx
-        .iter()
-        .find_map(|e| match e {
-            Effect::StartJob { job, .. } => Some(*job),
-            _ => None,
-        })
-        .unwrap();
+    let (job, _) = sim.start_publish();
     let fx = sim.finish(job, 2);
     let direct = fx
         .iter()
