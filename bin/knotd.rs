@@ -517,6 +517,11 @@ fn print_payload(payload: Payload, json: bool) {
             println!("uptime:    {}s", s.uptime_secs);
             println!("addresses: {}", s.addrs.join(", "));
             println!("repos:     {}", s.repo_count);
+            let joined = s.repos.iter().filter(|r| r.topic_joined).count();
+            println!(
+                "topics:    {joined} joined, {} quiet (left until their next news)",
+                s.repos.len() - joined
+            );
             println!("ticket:    {}", s.ticket);
             println!(
                 "jobs:      {} running, {} waiting ({} tasks alive)",

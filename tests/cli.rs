@@ -88,6 +88,12 @@ fn ticket_and_status_print() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["repo_count"], 0);
     assert_eq!(status["node_id"].as_str().unwrap().len(), 64);
+    let out = admin(&daemon.socket, &["status"]);
+    assert!(
+        stdout(&out).contains("topics:    0 joined, 0 quiet"),
+        "{}",
+        stdout(&out)
+    );
     daemon.signal("TERM");
 }
 
