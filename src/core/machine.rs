@@ -144,7 +144,11 @@ impl Core {
                 later(now.at, super::gossip::sleep_check_every(idle)),
             );
         }
-        self.arm_retired_removal(now);
+        // Retired repositories whose grace period ended go now: a removal
+        // whose commit failed (a full disk) before a crash is done again
+        // at once, so the cap on what an identity brings holds from the
+        // first step.
+        self.remove_retired(now);
         self.pump(now);
         self.start_reads(now);
         std::mem::take(&mut self.out)

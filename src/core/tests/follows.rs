@@ -251,6 +251,18 @@ fn a_retired_repository_leaves_its_topic_and_is_removed_after_the_grace_period()
     );
     assert!(summary(&restarted, "b").is_none());
     assert!(summary(&restarted, "a").is_some(), "a listed one stays");
+
+    // A removal whose commit was lost (a full disk, then a crash): the
+    // next start removes it at once, so the cap on what one identity
+    // brings holds from the first step (simulator seed 450445).
+    sim.advance(grace + Duration::from_secs(1));
+    let (restarted, fx) = sim.restart();
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Remove(r)) if *r == b_id)),
+        "{fx:?}"
+    );
+    assert!(summary(&restarted, "b").is_none());
 }
 
 #[test]
