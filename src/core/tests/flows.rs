@@ -151,19 +151,7 @@ fn a_failed_fetch_is_retried_with_backoff_while_still_wanted() {
 #[test]
 fn a_failed_first_publish_leaves_no_trace() {
     let mut sim = Sim::new(4);
-    let (reply, fx) = sim.command(CoreCommand::Publish {
-        repo_id: repo(),
-        source: "/src".into(),
-        force: false,
-        expected_manifest: None,
-    });
-    let job = fx
-        .iter()
-        .find_map(|e| match e {
-            Effect::StartJob { job, .. } => Some(*job),
-            _ => None,
-        })
-        .unwrap();
+    let (reply, job, _) = sim.start_publish();
     let fx = sim.event(Event::JobDone {
         repo: repo(),
         job,
@@ -360,7 +348,7 @@ fn author_writing_back() -> Sim {
 
 /// Publish `m` through the core and return the effects of the finished job.
 fn publish_state(sim: &mut Sim, m: u8) -> Vec<Effect> {
-    let (job, _) = sim.start_publish();
+    let (_, job, _) = sim.start_publish();
     sim.finish(job, m)
 }
 
@@ -530,7 +518,7 @@ fn a_neighbour_coming_up_is_asked_what_it_holds_and_greeted() {
 fn a_peer_behind_on_this_nodes_own_state_is_told_directly() {
     let mut sim = Sim::new(4);
     sim.add(vec![], None);
-    let (job, _) = sim.start_publish();
+    let (_, job, _) = sim.start_publish();
     sim.finish(job, 2);
     let held = sim.held().unwrap().seq();
     let peer = key(7);

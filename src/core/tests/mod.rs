@@ -238,10 +238,10 @@ impl Sim {
         })
     }
 
-    /// Publish `repo()` from a local source; returns the publish job
-    /// started (none waits before it) and the effects.
-    pub(super) fn start_publish(&mut self) -> (JobId, Vec<Effect>) {
-        let (_, fx) = self.command(CoreCommand::Publish {
+    /// Publish `repo()` from a local source; returns the caller's reply
+    /// id, the publish job started (none waits before it) and the effects.
+    pub(super) fn start_publish(&mut self) -> (ReplyId, JobId, Vec<Effect>) {
+        let (reply, fx) = self.command(CoreCommand::Publish {
             repo_id: repo(),
             source: "/src".into(),
             force: false,
@@ -254,7 +254,7 @@ impl Sim {
                 _ => None,
             })
             .expect("the publish starts");
-        (job, fx)
+        (reply, job, fx)
     }
 
     /// Take a state from `publisher` through the whole flow.

@@ -70,18 +70,6 @@ fn progress_of_a_removed_repositorys_job_is_dropped() {
 #[test]
 fn a_publish_reports_no_fetch_progress() {
     let mut sim = Sim::new(4);
-    let (_, fx) = sim.command(CoreCommand::Publish {
-        repo_id: repo(),
-        source: "/src".into(),
-        force: false,
-        expected_manifest: None,
-    });
-    let job = fx
-        .iter()
-        .find_map(|e| match e {
-            Effect::StartJob { job, .. } => Some(*job),
-            _ => None,
-        })
-        .unwrap();
+    let (_, job, _) = sim.start_publish();
     assert!(progress(&mut sim, repo(), job, 10).is_empty());
 }

@@ -24,23 +24,6 @@ fn serving(m: u8) -> Option<ServedState> {
     })
 }
 
-fn start_publish(sim: &mut Sim) -> (ReplyId, JobId) {
-    let (reply, fx) = sim.command(CoreCommand::Publish {
-        repo_id: repo(),
-        source: "/src".into(),
-        force: false,
-        expected_manifest: None,
-    });
-    let job = fx
-        .iter()
-        .find_map(|e| match e {
-            Effect::StartJob { job, .. } => Some(*job),
-            _ => None,
-        })
-        .expect("the publish starts");
-    (reply, job)
-}
-
 fn failed(sim: &mut Sim, job: JobId, error: JobError) -> Vec<Effect> {
     sim.event(Event::JobDone {
         repo: repo(),
@@ -53,7 +36,7 @@ fn failed(sim: &mut Sim, job: JobId, error: JobError) -> Vec<Effect> {
 #[test]
 fn a_published_state_is_served_once_durable_and_before_the_caller_hears() {
     let mut sim = Sim::new(4);
-    let (reply, job) = start_publish(&mut sim);
+    let (reply, job, _) = sim.start_publish();
     let fx = sim.finish(job, 2);
     assert_eq!(served(&fx), vec![(repo(), serving(2))]);
     let at = |pred: &dyn Fn(&Effect) -> bool| position(&fx, pred).unwrap();
@@ -67,9 +50,9 @@ fn a_published_state_is_served_once_durable_and_before_the_caller_hears() {
     );
 
     // A new state replaces it; a failed publish leaves it.
-    let (_, job) = start_publish(&mut sim);
+    let (_, job, _) = sim.start_publish();
     assert_eq!(served(&sim.finish(job, 3)), vec![(repo(), serving(3))]);
-    let (reply, job) = start_publish(&mut sim);
+    let (reply, job, _) = sim.start_publish();
     let fx = failed(&mut sim, job, "git failed".into());
     assert!(matches!(reply_to(&fx, reply), Some(Reply::Error(_))));
     assert!(served(&fx).is_empty(), "{fx:?}");
@@ -102,7 +85,7 @@ fn a_fetched_state_is_served_and_a_failed_or_refused_fetch_changes_nothing() {
 #[test]
 fn a_first_publish_that_fails_is_never_served() {
     let mut sim = Sim::new(4);
-    let (_, job) = start_publish(&mut sim);
+    let (_, job, _) = sim.start_publish();
     let fx = failed(&mut sim, job, "not a git repository".into());
     assert!(
         fx.iter()
@@ -114,7 +97,7 @@ fn a_first_publish_that_fails_is_never_served() {
 #[test]
 fn held_states_are_served_at_start_up_and_withdrawn_on_removal() {
     let mut sim = Sim::new(4);
-    let (_, job) = start_publish(&mut sim);
+    let (_, job, _) = sim.start_publish();
     sim.finish(job, 2);
     let empty = rid("did:plc:owner/empty");
     sim.command(CoreCommand::AddRepo {

@@ -15,6 +15,17 @@ fn sleepy() -> (Sim, Vec<Effect>) {
     (sim, fx)
 }
 
+/// A sleepy core holding the author's first state, its topic left.
+fn quiet() -> (Sim, SecretKey) {
+    let (mut sim, _) = sleepy();
+    let author = key(1);
+    sim.add(vec![hint(&author)], None);
+    sim.take(&author, 1, 1);
+    sim.advance(IDLE + Duration::from_secs(1));
+    assert!(leaves(&sweep(&mut sim)));
+    (sim, author)
+}
+
 fn joins(fx: &[Effect]) -> bool {
     fx.iter()
         .any(|e| matches!(e, Effect::JoinTopic { repo: r, .. } if *r == repo()))
@@ -94,7 +105,7 @@ fn a_publish_wakes_the_topic() {
     sim.add(vec![hint(&key(1))], None);
     sim.advance(IDLE + Duration::from_secs(1));
     assert!(leaves(&sweep(&mut sim)));
-    let (job, fx) = sim.start_publish();
+    let (_, job, fx) = sim.start_publish();
     assert!(matches!(&jobs(&fx)[..], [(_, JobSpec::Publish { .. })]));
     // Joined while it publishes (gossip carries what follows), and after.
     assert!(joins(&fx), "{fx:?}");
@@ -162,12 +173,7 @@ fn pulls(fx: &[Effect]) -> Vec<(EndpointId, Vec<RepoId>)> {
 
 #[test]
 fn a_sync_of_a_quiet_repository_joins_its_topic_and_asks_its_peers() {
-    let (mut sim, _) = sleepy();
-    let author = key(1);
-    sim.add(vec![hint(&author)], None);
-    sim.take(&author, 1, 1);
-    sim.advance(IDLE + Duration::from_secs(1));
-    assert!(leaves(&sweep(&mut sim)));
+    let (mut sim, author) = quiet();
     let (_, fx) = sim.command(CoreCommand::Sync { repo_id: repo() });
     assert!(joins(&fx), "{fx:?}");
     assert_eq!(pulls(&fx), vec![(author.public(), vec![repo()])]);
@@ -175,12 +181,7 @@ fn a_sync_of_a_quiet_repository_joins_its_topic_and_asks_its_peers() {
 
 #[test]
 fn a_replicas_wait_joins_the_topic_of_a_quiet_repository() {
-    let (mut sim, _) = sleepy();
-    let author = key(1);
-    sim.add(vec![hint(&author)], None);
-    sim.take(&author, 1, 1);
-    sim.advance(IDLE + Duration::from_secs(1));
-    assert!(leaves(&sweep(&mut sim)));
+    let (mut sim, _) = quiet();
     let (_, fx) = sim.command(CoreCommand::Replicas {
         repo_id: repo(),
         count: 2,
@@ -196,7 +197,7 @@ fn a_replicas_wait_joins_the_topic_of_a_quiet_repository() {
 fn a_publish_tells_peers_last_seen_behind_directly() {
     let (mut sim, _) = sleepy();
     sim.add(vec![], None);
-    let (job, _) = sim.start_publish();
+    let (_, job, _) = sim.start_publish();
     sim.finish(job, 1);
     let me = key(100);
     // A follower nobody named says it holds the first state (a direct
@@ -208,7 +209,7 @@ fn a_publish_tells_peers_last_seen_behind_directly() {
         announcement: Box::new(Announcement::new(held, &follower, vec![])),
         via: Via::Direct,
     });
-    let (job, _) = sim.start_publish();
+    let (_, job, _) = sim.start_publish();
     let fx = sim.finish(job, 2);
     let direct = fx
         .iter()

@@ -23,19 +23,7 @@ fn fresh(n: u32) -> SecretKey {
 
 /// Publish state `m` here (this node's own statement) and return its seq.
 fn publish(sim: &mut Sim, m: u8) -> u64 {
-    let (_, fx) = sim.command(CoreCommand::Publish {
-        repo_id: repo(),
-        source: "/src".into(),
-        force: false,
-        expected_manifest: None,
-    });
-    let job = fx
-        .iter()
-        .find_map(|e| match e {
-            Effect::StartJob { job, .. } => Some(*job),
-            _ => None,
-        })
-        .expect("a publish starts");
+    let (_, job, _) = sim.start_publish();
     sim.finish(job, m);
     sim.held().unwrap().seq()
 }
