@@ -48,7 +48,10 @@ pub use pack::{
     Indexed, Pack, PackStream, index_pack, index_pack_from, pack_objects, parse_pack_header,
     parse_pack_header_prefix, spawn_pack_objects, unwrap_git_error, write_midx_bitmap,
 };
-pub use refs::{apply_refs, head_branch, peel_objects, present_objects, read_refs, resolve_names};
+pub use refs::{
+    apply_refs, apply_refs_to_new, head_branch, peel_objects, present_objects, read_refs,
+    resolve_names,
+};
 pub use walk::{Ancestry, has_object, is_ancestor};
 
 /// Maximum length of a ref name accepted by [`validate_ref_name`].
@@ -434,8 +437,24 @@ pub fn init_bare_with_format(path: &Path, format: ObjectFormat) -> Result<PathBu
     if !out.status.success() {
         return Err(failed("init --bare", &out));
     }
-    git_ok(path, &["config", "core.logAllRefUpdates", "false"], None)?;
-    open_repo(path)
+    // One process per repository created, not three: the setting is a
+    // section of its own appended to the config `git init` just wrote (git
+    // reads repeated sections as one), and the git directory of a bare
+    // repository created at `path` is `path`.
+    let config = path.join("config");
+    let io_err = |source| GitError::Io {
+        context: format!("disabling reflogs in {}", config.display()),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&config)
+        .map_err(io_err)?;
+    std::io::Write::write_all(&mut file, b"[core]\n\tlogAllRefUpdates = false\n")
+        .map_err(io_err)?;
+    std::fs::canonicalize(path).map_err(|_| GitError::NotARepository {
+        path: path.to_path_buf(),
+    })
 }
 
 /// Full integrity check (`git fsck --full --no-progress`).

@@ -200,20 +200,17 @@ fn create(
     for entry in &manifest.packs {
         all_connected &= index_verified(&git_dir, entry, load_pack)?.connected;
     }
-    let tips = manifest.refs.tips();
-    if all_connected {
-        // Each pack holds everything its objects refer to, so every tip
-        // that is present is complete (as `git clone` concludes).
-        let present = git::present_objects(&git_dir, &tips)?;
-        if let Some(missing) = tips.iter().find(|t| !present.contains(*t)) {
-            return Err(MaterializeError::Incomplete(GitError::MissingObject {
-                id: missing.clone(),
-            }));
-        }
-    } else {
-        git::check_connected(&git_dir, &tips, &[]).map_err(MaterializeError::Incomplete)?;
+    if !all_connected {
+        git::check_connected(&git_dir, &manifest.refs.tips(), &[])
+            .map_err(MaterializeError::Incomplete)?;
     }
-    git::apply_refs(&git_dir, &manifest.refs)?;
+    // When each pack holds everything its objects refer to, every tip that
+    // is present is complete (as `git clone` concludes); writing the refs
+    // checks that each tip is present.
+    git::apply_refs_to_new(&git_dir, &manifest.refs).map_err(|e| match e {
+        missing @ GitError::MissingObject { .. } => MaterializeError::Incomplete(missing),
+        other => other.into(),
+    })?;
     write_markers(tmp.path(), hash_hex, manifest)?;
 
     let built = tmp.keep();
@@ -275,7 +272,8 @@ fn update(
 
 /// Write a commit-graph and a multi-pack-index with a reachability bitmap in
 /// the materialized repository at `dest`, so clones served from it start
-/// sending at once.
+/// sending at once; nothing for a small repository
+/// ([`OPTIMIZE_MIN_PACK_BYTES`]).
 /// An optional accelerator: git serves the repository without it, and a
 /// kill while it is written leaves the previous one (or none). Does nothing
 /// for a directory knotd did not materialize. Callers must not run it twice
@@ -292,8 +290,32 @@ pub fn optimize(dest: &Path) -> Result<(), MaterializeError> {
             });
         }
     }
+    let indexed = dest.join("objects/pack/multi-pack-index").exists();
+    if !indexed && pack_bytes(dest) < OPTIMIZE_MIN_PACK_BYTES {
+        return Ok(());
+    }
     git::write_midx_bitmap(dest)?;
     Ok(())
+}
+
+/// Below this many bytes of packs in all, a materialized repository gets
+/// no multi-pack-index and bitmap: `git upload-pack` counts the objects of
+/// so small a repository in milliseconds, and two processes per new state
+/// are saved where they matter most, on a node following thousands of
+/// small repositories. A repository that has an index keeps it up to date.
+pub const OPTIMIZE_MIN_PACK_BYTES: u64 = 1 << 20;
+
+/// Total size of the `.pack` files of the repository at `dest`.
+fn pack_bytes(dest: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dest.join("objects/pack")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Stream a pack from the loader into `git index-pack`, verifying it on

@@ -811,3 +811,89 @@ fn a_new_repository_refuses_a_ref_below_another() {
     assert!(packed.contains(&format!("^{main}")), "{packed}");
     git::fsck(&bare_dir).unwrap();
 }
+
+#[test]
+fn refs_written_into_a_new_repository_read_back_as_git_reads_them() {
+    let env = Env::new();
+    let src = env.sample_repo();
+    let git_dir = git::open_repo(&src).unwrap();
+    let refs = git::read_refs(&git_dir).unwrap();
+    let pack = git::pack_objects(&git_dir, &refs.tips(), &[], false).unwrap();
+    let main = refs.refs["refs/heads/main"].clone();
+
+    // A symbolic HEAD, and the annotated tag peeled in packed-refs.
+    let bare_dir = git::init_bare(&env.path("new.git")).unwrap();
+    git::index_pack(&bare_dir, &pack.bytes).unwrap();
+    git::apply_refs_to_new(&bare_dir, &refs).unwrap();
+    assert_eq!(git::read_refs(&bare_dir).unwrap(), refs);
+    assert_eq!(
+        env.git(&bare_dir, &["rev-parse", "refs/tags/v1.0^{}"]),
+        env.git(&src, &["rev-parse", "refs/tags/v1.0^{}"])
+    );
+    git::fsck(&bare_dir).unwrap();
+
+    // A detached HEAD.
+    let mut detached = refs.clone();
+    detached.head = Some(Head::Detached(main.clone()));
+    let bare_dir = git::init_bare(&env.path("detached.git")).unwrap();
+    git::index_pack(&bare_dir, &pack.bytes).unwrap();
+    git::apply_refs_to_new(&bare_dir, &detached).unwrap();
+    assert_eq!(git::read_refs(&bare_dir).unwrap(), detached);
+
+    // A missing target is refused before any ref is written.
+    let mut broken = refs.clone();
+    broken.refs.insert(
+        "refs/heads/broken".into(),
+        "0123456789abcdef0123456789abcdef01234567".parse().unwrap(),
+    );
+    let bare = env.path("broken.git");
+    let bare_dir = git::init_bare(&bare).unwrap();
+    git::index_pack(&bare_dir, &pack.bytes).unwrap();
+    let err = git::apply_refs_to_new(&bare_dir, &broken).unwrap_err();
+    assert!(matches!(err, GitError::MissingObject { .. }), "{err}");
+    assert!(!bare.join("packed-refs").exists());
+    assert!(git::read_refs(&bare_dir).unwrap().refs.is_empty());
+}
+
+#[test]
+fn only_repositories_past_a_megabyte_get_a_bitmap() {
+    let env = Env::new();
+    let mut store = Store::default();
+    let bitmap = |dest: &Path| {
+        fs::read_dir(dest.join("objects/pack"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".bitmap"))
+    };
+    let src = env.sample_repo();
+    let (small, _) = publish(&src, None, &mut store);
+    let dest = env.path("mat/small.git");
+    store.materialize(&dest, &small).unwrap();
+    materialize::optimize(&dest).unwrap();
+    assert!(!bitmap(&dest), "a small repository got a bitmap");
+
+    // Past the threshold (incompressible bytes), the index and bitmap come.
+    let mut noise = vec![0u8; (materialize::OPTIMIZE_MIN_PACK_BYTES as usize) * 3 / 2];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    env.commit_file(&src, "noise.bin", &noise, "noise");
+    let (big, _) = publish(&src, Some(&small), &mut store);
+    store.materialize(&dest, &big).unwrap();
+    materialize::optimize(&dest).unwrap();
+    assert!(
+        bitmap(&dest),
+        "a repository past the threshold has no bitmap"
+    );
+    // Once it has one, it is kept up to date whatever the size.
+    env.commit_file(&src, "a.txt", b"later\n", "later");
+    let (later, _) = publish(&src, Some(&big), &mut store);
+    store.materialize(&dest, &later).unwrap();
+    materialize::optimize(&dest).unwrap();
+    assert!(bitmap(&dest));
+    env.git(&dest, &["fsck", "--no-progress"]);
+}

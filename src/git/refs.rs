@@ -84,45 +84,14 @@ pub fn read_refs(git_dir: &Path) -> Result<RefSet, GitError> {
 pub fn apply_refs(git_dir: &Path, set: &RefSet) -> Result<(), GitError> {
     set.validate()?;
     let current = current_refs(git_dir)?;
-
-    // Targets of unchanged refs are present already.
-    let mut wanted: Vec<ObjectId> = set
-        .refs
-        .iter()
-        .filter(|(name, id)| current.get(*name) != Some(*id))
-        .map(|(_, id)| id.clone())
-        .collect();
-    if let Some(Head::Detached(id)) = &set.head {
-        wanted.push(id.clone());
-    }
-    wanted.sort();
-    wanted.dedup();
-    let fresh = current.is_empty() && !git_dir.join("packed-refs").exists();
-    let peeled = peel_objects(git_dir, &wanted)?;
-    if let Some(missing) = wanted.iter().find(|id| !peeled.contains_key(*id)) {
-        return Err(GitError::MissingObject {
-            id: missing.clone(),
-        });
-    }
-
-    if fresh {
-        // git itself refuses `refs/x` beside `refs/x/y`; so does the file.
-        for name in set.refs.keys() {
-            let clash = name
-                .match_indices('/')
-                .any(|(at, _)| set.refs.contains_key(&name[..at]));
-            if clash {
-                return Err(GitError::InvalidRefName {
-                    name: bounded(name, 200),
-                    reason: "sits below another ref (`refs/x` and `refs/x/y`)",
-                });
-            }
-        }
+    if current.is_empty() && !git_dir.join("packed-refs").exists() {
+        let peeled = peel_wanted(git_dir, set, &BTreeMap::new())?;
         write_packed_refs(git_dir, &set.refs, &peeled)?;
     } else {
+        // Targets of unchanged refs are present already.
+        peel_wanted(git_dir, set, &current)?;
         update_refs(git_dir, set, &current)?;
     }
-
     match &set.head {
         None => {}
         Some(Head::Symbolic(target)) => {
@@ -137,6 +106,64 @@ pub fn apply_refs(git_dir: &Path, set: &RefSet) -> Result<(), GitError> {
         }
     }
     Ok(())
+}
+
+/// [`apply_refs`] for a repository the caller has just created and nobody
+/// else sees yet (a fresh `init`): its refs are not read back, and `HEAD`
+/// is written as a file, so the whole step is one `cat-file` process
+/// (instead of three) however many refs there are.
+pub fn apply_refs_to_new(git_dir: &Path, set: &RefSet) -> Result<(), GitError> {
+    set.validate()?;
+    let peeled = peel_wanted(git_dir, set, &BTreeMap::new())?;
+    write_packed_refs(git_dir, &set.refs, &peeled)?;
+    let head = match &set.head {
+        None => return Ok(()),
+        Some(Head::Symbolic(target)) => format!("ref: {target}\n"),
+        Some(Head::Detached(id)) => format!("{id}\n"),
+    };
+    write_replacing(git_dir, "HEAD", head.as_bytes())
+}
+
+/// Check that every target `set` needs that `current` does not already
+/// hold is present, and return what each peels to. A repository without
+/// refs also refuses `refs/x` beside `refs/x/y`, as git does.
+fn peel_wanted(
+    git_dir: &Path,
+    set: &RefSet,
+    current: &BTreeMap<String, ObjectId>,
+) -> Result<BTreeMap<ObjectId, ObjectId>, GitError> {
+    let mut wanted: Vec<ObjectId> = set
+        .refs
+        .iter()
+        .filter(|(name, id)| current.get(*name) != Some(*id))
+        .map(|(_, id)| id.clone())
+        .collect();
+    if let Some(Head::Detached(id)) = &set.head {
+        wanted.push(id.clone());
+    }
+    wanted.sort();
+    wanted.dedup();
+    let peeled = peel_objects(git_dir, &wanted)?;
+    if let Some(missing) = wanted.iter().find(|id| !peeled.contains_key(*id)) {
+        return Err(GitError::MissingObject {
+            id: missing.clone(),
+        });
+    }
+    if current.is_empty() {
+        // git itself refuses `refs/x` beside `refs/x/y`; so does the file.
+        for name in set.refs.keys() {
+            let clash = name
+                .match_indices('/')
+                .any(|(at, _)| set.refs.contains_key(&name[..at]));
+            if clash {
+                return Err(GitError::InvalidRefName {
+                    name: bounded(name, 200),
+                    reason: "sits below another ref (`refs/x` and `refs/x/y`)",
+                });
+            }
+        }
+    }
+    Ok(peeled)
 }
 
 /// Move the refs of a repository that has some from `current` to `set` in
@@ -210,10 +237,6 @@ fn write_packed_refs(
     refs: &BTreeMap<String, ObjectId>,
     peeled: &BTreeMap<ObjectId, ObjectId>,
 ) -> Result<(), GitError> {
-    let io_err = |source| GitError::Io {
-        context: format!("writing {}", git_dir.join("packed-refs").display()),
-        source,
-    };
     let mut text = String::with_capacity(refs.len() * 100 + 64);
     text.push_str("# pack-refs with: peeled fully-peeled sorted \n");
     // A BTreeMap of UTF-8 strings iterates in byte order, git's order.
@@ -223,13 +246,23 @@ fn write_packed_refs(
             text.push_str(&format!("^{target}\n"));
         }
     }
+    write_replacing(git_dir, "packed-refs", text.as_bytes())
+}
+
+/// Replace the file `name` of `git_dir` with `data`: written and synced
+/// under a temporary name, then renamed, so git never sees half a file.
+fn write_replacing(git_dir: &Path, name: &str, data: &[u8]) -> Result<(), GitError> {
+    let io_err = |source| GitError::Io {
+        context: format!("writing {}", git_dir.join(name).display()),
+        source,
+    };
     let mut tmp = tempfile::Builder::new()
-        .prefix("packed-refs.tmp-")
+        .prefix(&format!("{name}.tmp-"))
         .tempfile_in(git_dir)
         .map_err(io_err)?;
-    tmp.write_all(text.as_bytes()).map_err(io_err)?;
+    tmp.write_all(data).map_err(io_err)?;
     tmp.as_file().sync_all().map_err(io_err)?;
-    tmp.persist(git_dir.join("packed-refs"))
+    tmp.persist(git_dir.join(name))
         .map_err(|e| io_err(e.error))?;
     Ok(())
 }

@@ -51,7 +51,7 @@ impl KnotHandle {
         .map_err(|e| failed(format!("receiving the pack failed: {e}")))?;
         let git_dir = staging.git_dir().to_path_buf();
         let refs = request.refs.clone();
-        tokio::task::spawn_blocking(move || git::apply_refs(&git_dir, &refs))
+        tokio::task::spawn_blocking(move || git::apply_refs_to_new(&git_dir, &refs))
             .await
             .map_err(|e| failed(e.to_string()))?
             .map_err(|e| {
