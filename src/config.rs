@@ -117,6 +117,12 @@ impl<'de> Deserialize<'de> for Discovery {
 pub struct AtprotoConfig {
     /// Seconds between two polls of a repository's record (default 300).
     pub poll_interval_secs: u64,
+    /// Longest wait between polls of a record that keeps reading unchanged,
+    /// in seconds (default 3600): the wait doubles from
+    /// `poll_interval_secs` after each unchanged read and starts over when
+    /// the record changes. At or below `poll_interval_secs`, every record
+    /// is polled every `poll_interval_secs`.
+    pub max_poll_interval_secs: u64,
     /// Random jitter added to each poll interval, as a fraction (default 0.1).
     pub poll_jitter: f64,
     /// Timeout of one XRPC request in seconds (default 10).
@@ -142,6 +148,7 @@ impl Default for AtprotoConfig {
     fn default() -> Self {
         Self {
             poll_interval_secs: 300,
+            max_poll_interval_secs: 3600,
             poll_jitter: 0.1,
             request_timeout_secs: 10,
             max_backoff_secs: 3600,
@@ -410,6 +417,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "atproto.poll_interval_secs",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.atproto.max_poll_interval_secs > MAX_INTERVAL_SECS {
+            return Err(ConfigError::Invalid {
+                field: "atproto.max_poll_interval_secs",
+                reason: format!("must be at most {MAX_INTERVAL_SECS} seconds (a year)"),
             });
         }
         if self.follow.max_repos_per_identity == 0 {

@@ -49,7 +49,7 @@ impl Core {
                     // Cannot happen (tracked only with a locator); end the
                     // read so its slot is free.
                     self.reads.records.untrack(&repo);
-                    let end = ReadEnd::Answered;
+                    let end = ReadEnd::Answered { changed: true };
                     self.reads
                         .records
                         .finished(read, end, now.at, self.me.as_bytes());
@@ -93,8 +93,15 @@ impl Core {
         retry_after: Option<Duration>,
         now: Now,
     ) {
-        let end = match outcome {
-            RecordPoll::Found(_) => ReadEnd::Answered,
+        let end = match &outcome {
+            // A record read again unchanged is read less and less often.
+            RecordPoll::Found(found) => ReadEnd::Answered {
+                changed: self
+                    .repos
+                    .get(repo_id)
+                    .and_then(|r| r.record.as_ref())
+                    .is_none_or(|held| held.record != *found),
+            },
             // A deleted record is read again, but less and less often.
             RecordPoll::NotFound(_) | RecordPoll::Unreachable(_) | RecordPoll::Invalid(_) => {
                 ReadEnd::Failed { retry_after }
@@ -123,7 +130,8 @@ impl Core {
         now: Now,
     ) {
         let end = match result {
-            Ok(_) => ReadEnd::Answered,
+            // Listings are few; each is read every interval.
+            Ok(_) => ReadEnd::Answered { changed: true },
             Err(_) => ReadEnd::Failed { retry_after },
         };
         match self

@@ -5,7 +5,11 @@
 //! reports each as an event carrying the read's [`ReadId`].
 //!
 //! Rules: a newly tracked key is read at once; after a read that worked
-//! the next comes one interval later, after `n` failures in a row
+//! the next comes one interval later, or `interval · 2^q` up to the
+//! longest quiet wait after `q` answers in a row that changed nothing (a
+//! record nobody touches is read hourly, not every five minutes; an answer
+//! that changed something, or tracking the key again, starts over), after
+//! `n` failures in a row
 //! `interval · 2^n` up to the maximum backoff, never before a rate-limiting
 //! server's `Retry-After` (itself capped at the maximum backoff), each wait
 //! jittered by a fraction drawn deterministically from this node, the key
@@ -86,11 +90,25 @@ pub fn unit(seed: &[u8], parts: &[&[u8]]) -> f64 {
     (u64::from_le_bytes(first) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The wait after `quiet` answers in a row that changed nothing:
+/// `interval · 2^quiet`, capped at `max_quiet` (never below `interval`).
+pub fn quiet_interval(interval: Duration, quiet: u32, max_quiet: Duration) -> Duration {
+    1u32.checked_shl(quiet)
+        .and_then(|factor| interval.checked_mul(factor))
+        .unwrap_or(Duration::MAX)
+        .min(max_quiet)
+        .max(interval)
+}
+
 /// How a read ended, for the schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadEnd {
-    /// The server answered (found, or not found).
-    Answered,
+    /// The server answered; `changed` says whether the answer differs from
+    /// the one before (a first answer counts as a change).
+    Answered {
+        /// Whether the answer changed anything.
+        changed: bool,
+    },
     /// No usable answer; wait at least `retry_after` if the server said so.
     Failed {
         /// The server's `Retry-After`.
@@ -102,6 +120,8 @@ pub enum ReadEnd {
 struct Entry {
     due: Option<Instant>,
     failures: u32,
+    /// Answers in a row that changed nothing.
+    quiet: u32,
     reading: Option<ReadId>,
     again: bool,
     reads: u64,
@@ -156,11 +176,13 @@ impl<K: Ord + Clone + std::fmt::Display> Schedule<K> {
         let entry = self.entries.entry(key.clone()).or_insert(Entry {
             due: None,
             failures: 0,
+            quiet: 0,
             reading: None,
             again: false,
             reads: 0,
         });
         entry.failures = 0;
+        entry.quiet = 0;
         entry.again = false;
         entry.reading = None;
         set_due(&mut self.due, &key, entry, Some(now));
@@ -225,8 +247,13 @@ impl<K: Ord + Clone + std::fmt::Display> Schedule<K> {
         }
         entry.reading = None;
         let retry_after = match end {
-            ReadEnd::Answered => {
+            ReadEnd::Answered { changed } => {
                 entry.failures = 0;
+                entry.quiet = if changed {
+                    0
+                } else {
+                    entry.quiet.saturating_add(1)
+                };
                 None
             }
             ReadEnd::Failed { retry_after } => {
@@ -241,8 +268,13 @@ impl<K: Ord + Clone + std::fmt::Display> Schedule<K> {
                 seed,
                 &[key.to_string().as_bytes(), &entry.reads.to_le_bytes()],
             );
+            let interval = if entry.failures == 0 {
+                quiet_interval(settings.interval, entry.quiet, settings.max_quiet)
+            } else {
+                settings.interval
+            };
             let wait = next_delay(
-                settings.interval,
+                interval,
                 settings.jitter,
                 entry.failures,
                 settings.max_backoff,
@@ -276,6 +308,11 @@ impl<K: Ord + Clone + std::fmt::Display> Schedule<K> {
     /// When `key` is next read, if it waits for its turn.
     pub fn due_at(&self, key: &K) -> Option<Instant> {
         self.entries.get(key)?.due
+    }
+
+    /// Answers in a row of `key`'s reads that changed nothing.
+    pub fn quiet(&self, key: &K) -> u32 {
+        self.entries.get(key).map_or(0, |e| e.quiet)
     }
 
     /// Failures in a row of `key`'s reads.
@@ -399,6 +436,7 @@ mod tests {
             interval: S(300),
             jitter: 0.0,
             max_backoff: S(3600),
+            max_quiet: S(300),
             max_in_flight,
         }
     }
@@ -417,7 +455,10 @@ mod tests {
         assert_eq!(started.len(), 1);
         assert!(s.start_due(t0).is_empty(), "one read at a time per key");
         let (k, read) = started[0].clone();
-        assert_eq!(s.finished(read, ReadEnd::Answered, t0, b"n"), Some(k));
+        assert_eq!(
+            s.finished(read, ReadEnd::Answered { changed: true }, t0, b"n"),
+            Some(k)
+        );
         assert_eq!(s.due_at(&key("a")), Some(t0 + S(300)));
         assert!(s.start_due(t0 + S(299)).is_empty());
         assert_eq!(s.start_due(t0 + S(300)).len(), 1);
@@ -437,9 +478,55 @@ mod tests {
         }
         assert_eq!(s.failures(&key("a")), 5);
         let (_, read) = s.start_due(now)[0].clone();
-        s.finished(read, ReadEnd::Answered, now, b"n");
+        s.finished(read, ReadEnd::Answered { changed: true }, now, b"n");
         assert_eq!(s.failures(&key("a")), 0);
         assert_eq!(s.due_at(&key("a")), Some(now + S(300)));
+    }
+
+    #[test]
+    fn unchanged_answers_stretch_the_wait_and_a_change_resets_it() {
+        let t0 = Instant::now();
+        let mut quiet = settings(8);
+        quiet.max_quiet = S(3600);
+        let mut s = Schedule::new(quiet);
+        s.track(key("a"), t0);
+        let mut now = t0;
+        let answer = |s: &mut Schedule<String>, now: Instant, changed: bool| {
+            let (_, read) = s.start_due(now)[0].clone();
+            s.finished(read, ReadEnd::Answered { changed }, now, b"n");
+            s.due_at(&key("a")).unwrap() - now
+        };
+        // The first answer is a change; each unchanged one doubles the wait.
+        assert_eq!(answer(&mut s, now, true), S(300));
+        for expected in [600, 1200, 2400, 3600, 3600] {
+            now += s.due_at(&key("a")).unwrap() - now;
+            assert_eq!(answer(&mut s, now, false), S(expected));
+        }
+        assert_eq!(s.quiet(&key("a")), 5);
+        // A failure waits from the plain interval, and keeps the streak.
+        now += S(3600);
+        let (_, read) = s.start_due(now)[0].clone();
+        s.finished(read, ReadEnd::Failed { retry_after: None }, now, b"n");
+        assert_eq!(s.due_at(&key("a")), Some(now + S(600)));
+        assert_eq!(s.quiet(&key("a")), 5);
+        // A change starts over; so does tracking the key again.
+        now += S(600);
+        assert_eq!(answer(&mut s, now, true), S(300));
+        now += S(300);
+        assert_eq!(answer(&mut s, now, false), S(600));
+        s.track(key("a"), now);
+        assert_eq!(s.quiet(&key("a")), 0);
+        // Without a longer quiet wait, nothing stretches.
+        let mut plain = Schedule::new(settings(8));
+        plain.track(key("a"), t0);
+        for _ in 0..4 {
+            let (_, read) = plain.start_due(now)[0].clone();
+            plain.finished(read, ReadEnd::Answered { changed: false }, now, b"n");
+            assert_eq!(plain.due_at(&key("a")), Some(now + S(300)));
+            now += S(300);
+        }
+        assert_eq!(quiet_interval(S(300), u32::MAX, S(3600)), S(3600));
+        assert_eq!(quiet_interval(S(300), 3, S(60)), S(300));
     }
 
     #[test]
@@ -482,7 +569,7 @@ mod tests {
             Some(now + LOST_AFTER),
             "full: only loss wakes"
         );
-        s.finished(first[0].1, ReadEnd::Answered, now, b"n");
+        s.finished(first[0].1, ReadEnd::Answered { changed: true }, now, b"n");
         assert_eq!(s.next_wake(), Some(t0 + Duration::from_millis(2)));
         let next = s.start_due(now);
         assert_eq!(
@@ -499,7 +586,7 @@ mod tests {
         let (_, read) = s.start_due(t0)[0].clone();
         assert!(s.read_now(&key("a"), t0));
         assert!(s.start_due(t0).is_empty());
-        s.finished(read, ReadEnd::Answered, t0 + S(1), b"n");
+        s.finished(read, ReadEnd::Answered { changed: true }, t0 + S(1), b"n");
         assert_eq!(s.due_at(&key("a")), Some(t0 + S(1)));
         assert!(!s.read_now(&key("unknown"), t0));
     }
@@ -513,13 +600,22 @@ mod tests {
         s.track(key("a"), t0);
         let (_, new) = s.start_due(t0)[0].clone();
         assert_ne!(old, new);
-        assert_eq!(s.finished(old, ReadEnd::Answered, t0, b"n"), None);
+        assert_eq!(
+            s.finished(old, ReadEnd::Answered { changed: true }, t0, b"n"),
+            None
+        );
         assert_eq!(s.in_flight(), 1);
         s.untrack(&key("a"));
-        assert_eq!(s.finished(new, ReadEnd::Answered, t0, b"n"), None);
+        assert_eq!(
+            s.finished(new, ReadEnd::Answered { changed: true }, t0, b"n"),
+            None
+        );
         assert_eq!(s.in_flight(), 0);
         assert_eq!(s.next_wake(), None);
-        assert_eq!(s.finished(12345, ReadEnd::Answered, t0, b"n"), None);
+        assert_eq!(
+            s.finished(12345, ReadEnd::Answered { changed: true }, t0, b"n"),
+            None
+        );
     }
 
     #[test]
@@ -533,7 +629,10 @@ mod tests {
         let later = t0 + LOST_AFTER;
         let started = s.start_due(later);
         assert_eq!(started.len(), 1);
-        assert_eq!(s.finished(lost, ReadEnd::Answered, later, b"n"), None);
+        assert_eq!(
+            s.finished(lost, ReadEnd::Answered { changed: true }, later, b"n"),
+            None
+        );
         assert_eq!(s.failures(&key("a")), 1);
     }
 
@@ -548,7 +647,7 @@ mod tests {
                 s.track(format!("k{i}"), t0);
             }
             for (_, read) in s.start_due(t0) {
-                s.finished(read, ReadEnd::Answered, t0, b"node");
+                s.finished(read, ReadEnd::Answered { changed: true }, t0, b"node");
             }
             (0..50)
                 .map(|i| s.due_at(&format!("k{i}")).unwrap())

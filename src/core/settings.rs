@@ -12,6 +12,10 @@ pub struct ReadSettings {
     pub jitter: f64,
     /// Longest wait between reads after failures.
     pub max_backoff: Duration,
+    /// Longest wait between reads of a key whose answers keep bringing no
+    /// change: the wait doubles from `interval` after each unchanged
+    /// answer up to this (`interval` or less: never stretched).
+    pub max_quiet: Duration,
     /// Most reads running at once.
     pub max_in_flight: usize,
 }
@@ -22,6 +26,7 @@ impl Default for ReadSettings {
             interval: Duration::from_secs(300),
             jitter: 0.1,
             max_backoff: Duration::from_secs(3600),
+            max_quiet: Duration::from_secs(3600),
             max_in_flight: 8,
         }
     }

@@ -26,6 +26,7 @@ pub fn settings(config: &AtprotoConfig) -> ReadSettings {
         interval: Duration::from_secs(config.poll_interval_secs.max(1)),
         jitter: config.poll_jitter,
         max_backoff: Duration::from_secs(config.max_backoff_secs.max(1)),
+        max_quiet: Duration::from_secs(config.max_poll_interval_secs),
         max_in_flight: MAX_READS_IN_FLIGHT,
     }
 }
