@@ -107,6 +107,12 @@ struct Cli {
     /// figures are taken once they are (default 60; smoke 2).
     #[arg(long)]
     topic_idle_secs: Option<u64>,
+    /// Seconds the scale scenario with content waits after its topics are
+    /// left and before its idle window, so that record reads reach their
+    /// quiet cadence (about 75 minutes at the default poll settings;
+    /// default 0).
+    #[arg(long, default_value_t = 0)]
+    settle_secs: u64,
     /// The knotd binary run by the scale and admin scenarios (default: next to
     /// this executable).
     #[arg(long)]
@@ -179,6 +185,7 @@ fn plan(cli: &Cli, work: PathBuf) -> Result<Plan> {
         topic_idle: cli
             .topic_idle_secs
             .unwrap_or(if cli.smoke { 2 } else { 60 }),
+        settle: Duration::from_secs(cli.settle_secs),
         knotd,
         work,
     })

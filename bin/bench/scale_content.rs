@@ -18,6 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use n0_future::{BufferedStreamExt, StreamExt};
 use axum::{
     Json, Router,
     extract::{Query, State},
@@ -37,7 +38,21 @@ use crate::{
     scenarios::Plan,
 };
 
-type Records = Arc<Mutex<HashMap<String, serde_json::Value>>>;
+/// The records the bench's PDS serves, and how many reads it answered.
+#[derive(Clone, Default)]
+struct Records {
+    values: Arc<Mutex<HashMap<String, serde_json::Value>>>,
+    reads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Records {
+    fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Publishes the scale scenario keeps in flight at once.
+const PUBLISH_CLIENTS: usize = 8;
 
 fn progress(text: &str) {
     eprintln!("knotd-bench: scale: {text}");
@@ -55,7 +70,10 @@ async fn get_record(
         );
     };
     let key = format!("{repo}/{rkey}");
-    let value = records.lock().unwrap().get(&key).cloned();
+    records
+        .reads
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let value = records.values.lock().unwrap().get(&key).cloned();
     match value {
         Some(value) => (
             StatusCode::OK,
@@ -115,7 +133,7 @@ pub async fn scale_content(
 ) -> Result<()> {
     let dir = plan.work.join(format!("scale-content-{count}"));
     let source = RepoGen::create(&dir.join("src.git"), TINY, plan.seed)?;
-    let records: Records = Arc::default();
+    let records = Records::default();
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let pds = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
     let app = Router::new()
@@ -139,8 +157,18 @@ pub async fn scale_content(
     };
     let started = Instant::now();
     let id = |i: usize| format!("did:plc:scalec{i:06}/repo");
-    for i in 0..count {
-        let published = publisher.publish(&id(i), source.git_dir()).await?;
+    // Several clients at once, as an operator importing many repositories
+    // would publish: the node runs the publishes' jobs side by side.
+    let publisher_ref = &publisher;
+    let source_dir = source.git_dir();
+    let mut publishes = n0_future::stream::iter(0..count)
+        .map(|i| async move {
+            let published = publisher_ref.publish(&id(i), source_dir).await;
+            published.map(|p| (i, p))
+        })
+        .buffered_unordered(PUBLISH_CLIENTS);
+    while let Some(result) = publishes.next().await {
+        let (i, published) = result?;
         let mut record = RepoRecord::empty(rid(&id(i))?);
         record.head = published.head.clone();
         record.manifest = Some(published.manifest.clone());
@@ -149,11 +177,12 @@ pub async fn scale_content(
             Vec::new(),
             Some(ticket.clone()),
         )];
-        records.lock().unwrap().insert(
+        records.values.lock().unwrap().insert(
             format!("did:plc:scalec{i:06}/repo"),
             serde_json::to_value(&record)?,
         );
     }
+    drop(publishes);
     let publish_secs = started.elapsed().as_secs_f64();
 
     progress(&format!("following {count} repositories"));
@@ -229,13 +258,22 @@ pub async fn scale_content(
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_quiet = node.rss_bytes()?;
+    if !plan.settle.is_zero() {
+        progress(&format!(
+            "letting record reads settle for {} s",
+            plan.settle.as_secs()
+        ));
+        tokio::time::sleep(plan.settle).await;
+    }
     // Idle CPU first, untraced: strace cannot filter calls of a process it
     // attaches to, so it stops the node on every system call and its window
     // would count the tracing. The syncs are counted in a second window.
     let window = plan.idle;
     let cpu0 = node.cpu_ticks()?;
+    let reads0 = records.reads();
     tokio::time::sleep(window).await;
     let idle_cpu = (node.cpu_ticks()? - cpu0) as f64 / ticks / window.as_secs_f64();
+    let idle_reads = (records.reads() - reads0) as f64 / window.as_secs_f64();
     let syncs = syncs_during(node.pid(), "knotd.redb", window, &dir.join("syncs.trace"))?;
     progress(&format!("restarting with {count} repositories"));
     let (node, restart) = node.restart().await?;
@@ -264,6 +302,13 @@ pub async fn scale_content(
     );
     report.fig(format!("{p}_topics_left_after_s"), round3(left_after), "s");
     report.fig(format!("{p}_idle_cpu_pct"), round3(idle_cpu * 100.0), "%");
+    report.fig(
+        format!("{p}_idle_record_reads_per_s"),
+        round3(idle_reads),
+        "1/s",
+    );
+    report.param(&format!("{p}_idle_after_settle_s"), plan.settle.as_secs());
+    report.param(&format!("{p}_publish_clients"), PUBLISH_CLIENTS);
     report.fig(format!("{p}_startup_ms"), round3(ms(restart)), "ms");
     report.fig(
         format!("{p}_follow_per_s"),

@@ -36,6 +36,9 @@ pub struct Plan {
     pub idle: Duration,
     /// `topic_idle_secs` of the nodes of the scale scenario with content.
     pub topic_idle: u64,
+    /// How long the scale scenario with content waits, once topics are
+    /// left, before its idle window.
+    pub settle: Duration,
     pub knotd: PathBuf,
     pub work: PathBuf,
 }
