@@ -18,7 +18,6 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use n0_future::{BufferedStreamExt, StreamExt};
 use axum::{
     Json, Router,
     extract::{Query, State},
@@ -30,6 +29,7 @@ use knotd::{
     admin::{Command as Admin, Payload},
     record::{PeerHint, RepoRecord},
 };
+use n0_future::{BufferedStreamExt, StreamExt};
 
 use crate::{
     nodes::{ChildNode, rid},

@@ -282,3 +282,32 @@ fn a_sweep_asks_one_peer_about_every_repository_in_paced_pulls() {
     assert!(pulls(&sim.event(Event::Timer(TimerKey::DeferredPulls))).is_empty());
     assert!(sim.core.pull_queues.is_empty());
 }
+
+#[test]
+fn a_pull_nobody_reports_on_stops_holding_the_queue_after_a_minute() {
+    let (mut sim, _) = sleepy();
+    let author = key(1);
+    let count = 2 * MAX_PULL_REPOS;
+    for n in 0..count {
+        sim.command(CoreCommand::AddRepo {
+            repo_id: rid(&format!("did:plc:owner/r{n}")),
+            locator: None,
+            peers: vec![hint(&author)],
+        });
+    }
+    let fx = sim.event(Event::Timer(TimerKey::Resync));
+    let first = pulls(&fx);
+    assert_eq!(first.len(), 1, "{fx:?}");
+    // No report ever comes (a peer that accepts and stays silent past every
+    // timeout of the actor, or a lost report): the queue waits, then moves on.
+    sim.advance(crate::core::pulls::PULL_STALE - Duration::from_secs(1));
+    assert!(pulls(&sim.event(Event::Timer(TimerKey::DeferredPulls))).is_empty());
+    sim.advance(Duration::from_secs(1));
+    let next = pulls(&sim.event(Event::Timer(TimerKey::DeferredPulls)));
+    assert_eq!(
+        next.len(),
+        1,
+        "the second pull goes once the first is stale"
+    );
+    assert!(next[0].1.iter().all(|r| !first[0].1.contains(r)));
+}
