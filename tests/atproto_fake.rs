@@ -804,6 +804,8 @@ async fn a_node_reads_records_on_the_schedule_and_backs_off_failures() {
     let tmp = tempfile::tempdir().unwrap();
     let mut config = knotd::config::Config::local(tmp.path());
     config.atproto.poll_interval_secs = 1;
+    // Not stretched while unchanged (see the next test).
+    config.atproto.max_poll_interval_secs = 1;
     config.atproto.poll_jitter = 0.0;
     config.atproto.max_backoff_secs = 60;
     config.atproto.plc_directory = base.clone();
@@ -843,5 +845,45 @@ async fn a_node_reads_records_on_the_schedule_and_backs_off_failures() {
     let stopped_at = fake.count("get:healthy");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(fake.count("get:healthy"), stopped_at);
+    node.stop().await;
+}
+
+/// A record that reads unchanged is read less and less often, and every
+/// interval again once it changes.
+#[tokio::test]
+async fn an_unchanged_record_is_read_less_and_less_often() {
+    let (fake, base) = start_fake().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = knotd::config::Config::local(tmp.path());
+    config.atproto.poll_interval_secs = 1;
+    config.atproto.max_poll_interval_secs = 60;
+    config.atproto.poll_jitter = 0.0;
+    config.atproto.plc_directory = base.clone();
+    let node = common::TestNode::spawn_with(config).await;
+    node.admin(Command::AddRepo {
+        repo_id: rid("quiet"),
+        pds: Some(base.clone()),
+        record: Some(format!("at://{ALICE}/{COLLECTION}/quiet")),
+        peers: vec![],
+    })
+    .await
+    .unwrap();
+    // At 0 (new), 1, 3 and 7 s: four reads in 7.5 s, not eight.
+    tokio::time::sleep(Duration::from_millis(7500)).await;
+    let reads = fake.count("get:quiet");
+    assert!(
+        (3..=5).contains(&reads),
+        "unchanged record read {reads} times"
+    );
+    // The record changes: the read at 15 s sees it, so the next comes one
+    // interval later (16 s), then two (18 s): two reads by 17.5 s.
+    fake.set_head("quiet", &"c".repeat(40));
+    let changed_at = fake.count("get:quiet");
+    tokio::time::sleep(Duration::from_millis(10_000)).await;
+    let after_change = fake.count("get:quiet") - changed_at;
+    assert!(
+        (2..=3).contains(&after_change),
+        "read {after_change} times after the change"
+    );
     node.stop().await;
 }
