@@ -80,10 +80,25 @@ fn mirror_clone(url: &str, dest: &Path, env: &[(&str, String)]) -> Result<Durati
 }
 
 /// Wait until the materialized repository at `path` has a multi-pack
-/// bitmap; returns how long that took, or `None` after `timeout`.
+/// bitmap; returns how long that took, or `None` after `timeout` or at
+/// once for a repository too small to get one
+/// ([`knotd::materialize::OPTIMIZE_MIN_PACK_BYTES`]).
 async fn wait_bitmap(path: &Path, timeout: Duration) -> Result<Option<Duration>> {
     let started = Instant::now();
     let pack = path.join("objects/pack");
+    let pack_bytes: u64 = std::fs::read_dir(&pack)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    if pack_bytes < knotd::materialize::OPTIMIZE_MIN_PACK_BYTES {
+        return Ok(None);
+    }
     loop {
         let done = std::fs::read_dir(&pack)
             .map(|entries| {
