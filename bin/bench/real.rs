@@ -278,12 +278,17 @@ pub async fn real(plan: &Plan, spec: RealSpec) -> Result<ScenarioReport> {
         git_s.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
     );
 
-    // Serving clones from the follower once its bitmap is written.
-    report.fig(
-        "follower_bitmap_after_ms",
-        round3(median(&bitmap_s) * 1000.0),
-        "ms",
-    );
+    // Serving clones from the follower once its bitmap is written (a
+    // repository under 1 MiB, as in the smoke run, gets none).
+    if bitmap_s.is_empty() {
+        report.param("follower_bitmap", "none: the repository is under 1 MiB");
+    } else {
+        report.fig(
+            "follower_bitmap_after_ms",
+            round3(median(&bitmap_s) * 1000.0),
+            "ms",
+        );
+    }
     let knot_url = format!("knot://{REPO}");
     let http_url = format!("http://127.0.0.1:{http_port}/{REPO}");
     let helper_env = [
