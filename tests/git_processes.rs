@@ -175,6 +175,51 @@ fn publish_runs_the_same_git_processes_for_50_or_2000_refs() {
     assert!(output.contains("\"index-pack\""), "{output}");
 }
 
+/// A repository materialized for the first time costs three git processes
+/// however it is shaped: `init`, `index-pack` and one `cat-file` that checks
+/// and peels every tip before `packed-refs` and `HEAD` are written.
+#[test]
+fn a_new_repository_is_materialized_with_three_git_processes() {
+    if let Some(root) = std::env::var_os("KNOT_COUNT_CHILD") {
+        let env = Env {
+            root: tempfile::tempdir_in(PathBuf::from(&root)).unwrap(),
+        };
+        fs::create_dir(env.path("home")).unwrap();
+        let src = env.sample_repo();
+        let log = PathBuf::from(std::env::var_os("KNOT_GIT_LOG").unwrap());
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let calls = runtime.block_on(async {
+            let store = iroh_blobs::store::mem::MemStore::new();
+            let repo = knotd::repo_id::RepoId::parse("did:plc:test/fresh").unwrap();
+            let published = knotd::content::publish(&store, &repo, &src, None, 16, false)
+                .await
+                .unwrap();
+            let _ = fs::remove_file(&log);
+            let dest = env.path("mat/fresh.git");
+            let outcome =
+                knotd::content::materialize(&store, &dest, published.hash, &published.manifest)
+                    .await
+                    .unwrap();
+            assert_eq!(outcome, Outcome::Created);
+            let calls = fs::read_to_string(&log).unwrap_or_default();
+            env.assert_same_repo(&src, &dest);
+            calls
+        });
+        let calls: Vec<&str> = calls.lines().collect();
+        println!("materialize: {calls:?}");
+        assert_eq!(calls, ["init", "index-pack", "cat-file"]);
+        fs::write(PathBuf::from(root).join("child-ran"), b"yes").unwrap();
+        return;
+    }
+    let env = Env::new();
+    let output = rerun_counting_git(
+        "a_new_repository_is_materialized_with_three_git_processes",
+        &env,
+    );
+    println!("{output}");
+    assert!(env.path("child-ran").exists(), "the child run did not run");
+}
+
 /// A git that never finishes is killed at the configured deadline, and the
 /// caller gets an error that says so instead of waiting forever.
 #[test]
