@@ -95,8 +95,7 @@ impl Core {
 
     /// Make sure the rejoin sweep runs no later than `due`.
     pub(super) fn arm_rejoin(&mut self, due: std::time::Instant) {
-        if self.rejoin_timer.is_none_or(|t| t > due) {
-            self.rejoin_timer = Some(due);
+        if super::arm_earlier(&mut self.rejoin_timer, due) {
             self.set_timer(TimerKey::Rejoin, due);
         }
     }

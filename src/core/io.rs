@@ -745,6 +745,17 @@ pub fn later(at: Instant, wait: Duration) -> Instant {
     at.checked_add(wait).unwrap_or(at)
 }
 
+/// Keep in `armed` the earliest time a timer must fire: true (and `armed`
+/// set to `due`) when the timer must be set for `due`, false when it is
+/// already armed no later.
+pub fn arm_earlier(armed: &mut Option<Instant>, due: Instant) -> bool {
+    if armed.is_some_and(|t| t <= due) {
+        return false;
+    }
+    *armed = Some(due);
+    true
+}
+
 /// Whether a `not_before` time has come.
 pub fn is_due(not_before: Option<Instant>, now: Now) -> bool {
     not_before.is_none_or(|t| t <= now.at)

@@ -123,8 +123,7 @@ impl Core {
 
     /// Make sure the queues are looked at no later than `due`.
     fn arm_pull_timer(&mut self, due: Instant) {
-        if self.pull_timer.is_none_or(|t| t > due) {
-            self.pull_timer = Some(due);
+        if super::arm_earlier(&mut self.pull_timer, due) {
             self.set_timer(TimerKey::DeferredPulls, due);
         }
     }
