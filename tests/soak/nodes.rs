@@ -179,8 +179,6 @@ impl NodeProc {
                 std::env::var("KNOTD_SOAK_LOG").unwrap_or_else(|_| "knotd=info,warn".into()),
             )
             .env("NO_COLOR", "1")
-            // As deploy/knotd.service runs the node.
-            .env("MALLOC_ARENA_MAX", "2")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
