@@ -69,6 +69,22 @@ fn publish(
     (decoded, new_pack)
 }
 
+/// The sample repository, its refs and a pack of everything they reach.
+fn sample_with_pack(env: &Env) -> (PathBuf, RefSet, git::Pack) {
+    let src = env.sample_repo();
+    let git_dir = git::open_repo(&src).unwrap();
+    let refs = git::read_refs(&git_dir).unwrap();
+    let pack = git::pack_objects(&git_dir, &refs.tips(), &[], false).unwrap();
+    (src, refs, pack)
+}
+
+/// A new bare repository `name` holding `pack`, without refs.
+fn bare_with(env: &Env, name: &str, pack: &git::Pack) -> PathBuf {
+    let bare_dir = git::init_bare(&env.path(name)).unwrap();
+    git::index_pack(&bare_dir, &pack.bytes).unwrap();
+    bare_dir
+}
+
 fn read_marker(dest: &Path, name: &str) -> String {
     fs::read_to_string(dest.join(name)).unwrap()
 }
@@ -671,14 +687,9 @@ fn pack_objects_edge_cases() {
 #[test]
 fn apply_refs_is_exact_and_ancestry_works() {
     let env = Env::new();
-    let src = env.sample_repo();
-    let git_dir = git::open_repo(&src).unwrap();
-    let refs = git::read_refs(&git_dir).unwrap();
-    let pack = git::pack_objects(&git_dir, &refs.tips(), &[], false).unwrap();
+    let (_, refs, pack) = sample_with_pack(&env);
 
-    let bare = env.path("bare.git");
-    let bare_dir = git::init_bare(&bare).unwrap();
-    git::index_pack(&bare_dir, &pack.bytes).unwrap();
+    let bare_dir = bare_with(&env, "bare.git", &pack);
     git::apply_refs(&bare_dir, &refs).unwrap();
     assert_eq!(git::read_refs(&bare_dir).unwrap(), refs);
 
@@ -784,13 +795,8 @@ fn fast_forward_check_with_real_history() {
 #[test]
 fn a_new_repository_refuses_a_ref_below_another() {
     let env = Env::new();
-    let src = env.sample_repo();
-    let git_dir = git::open_repo(&src).unwrap();
-    let refs = git::read_refs(&git_dir).unwrap();
-    let pack = git::pack_objects(&git_dir, &refs.tips(), &[], false).unwrap();
-    let bare = env.path("bare.git");
-    let bare_dir = git::init_bare(&bare).unwrap();
-    git::index_pack(&bare_dir, &pack.bytes).unwrap();
+    let (_, refs, pack) = sample_with_pack(&env);
+    let bare_dir = bare_with(&env, "bare.git", &pack);
     let main = refs.refs["refs/heads/main"].clone();
     let mut clash = RefSet::default();
     clash.refs.insert("refs/heads/x".into(), main.clone());
@@ -806,7 +812,7 @@ fn a_new_repository_refuses_a_ref_below_another() {
         .insert("refs/tags/v1.0".into(), refs.refs["refs/tags/v1.0"].clone());
     git::apply_refs(&bare_dir, &clash).unwrap();
     assert_eq!(git::read_refs(&bare_dir).unwrap().refs, clash.refs);
-    let packed = fs::read_to_string(bare.join("packed-refs")).unwrap();
+    let packed = fs::read_to_string(bare_dir.join("packed-refs")).unwrap();
     assert!(packed.starts_with("# pack-refs with: peeled fully-peeled sorted"));
     assert!(packed.contains(&format!("^{main}")), "{packed}");
     git::fsck(&bare_dir).unwrap();
@@ -815,15 +821,11 @@ fn a_new_repository_refuses_a_ref_below_another() {
 #[test]
 fn refs_written_into_a_new_repository_read_back_as_git_reads_them() {
     let env = Env::new();
-    let src = env.sample_repo();
-    let git_dir = git::open_repo(&src).unwrap();
-    let refs = git::read_refs(&git_dir).unwrap();
-    let pack = git::pack_objects(&git_dir, &refs.tips(), &[], false).unwrap();
+    let (src, refs, pack) = sample_with_pack(&env);
     let main = refs.refs["refs/heads/main"].clone();
 
     // A symbolic HEAD, and the annotated tag peeled in packed-refs.
-    let bare_dir = git::init_bare(&env.path("new.git")).unwrap();
-    git::index_pack(&bare_dir, &pack.bytes).unwrap();
+    let bare_dir = bare_with(&env, "new.git", &pack);
     git::apply_refs_to_new(&bare_dir, &refs).unwrap();
     assert_eq!(git::read_refs(&bare_dir).unwrap(), refs);
     assert_eq!(
@@ -835,8 +837,7 @@ fn refs_written_into_a_new_repository_read_back_as_git_reads_them() {
     // A detached HEAD.
     let mut detached = refs.clone();
     detached.head = Some(Head::Detached(main.clone()));
-    let bare_dir = git::init_bare(&env.path("detached.git")).unwrap();
-    git::index_pack(&bare_dir, &pack.bytes).unwrap();
+    let bare_dir = bare_with(&env, "detached.git", &pack);
     git::apply_refs_to_new(&bare_dir, &detached).unwrap();
     assert_eq!(git::read_refs(&bare_dir).unwrap(), detached);
 
@@ -846,12 +847,10 @@ fn refs_written_into_a_new_repository_read_back_as_git_reads_them() {
         "refs/heads/broken".into(),
         "0123456789abcdef0123456789abcdef01234567".parse().unwrap(),
     );
-    let bare = env.path("broken.git");
-    let bare_dir = git::init_bare(&bare).unwrap();
-    git::index_pack(&bare_dir, &pack.bytes).unwrap();
+    let bare_dir = bare_with(&env, "broken.git", &pack);
     let err = git::apply_refs_to_new(&bare_dir, &broken).unwrap_err();
     assert!(matches!(err, GitError::MissingObject { .. }), "{err}");
-    assert!(!bare.join("packed-refs").exists());
+    assert!(!bare_dir.join("packed-refs").exists());
     assert!(git::read_refs(&bare_dir).unwrap().refs.is_empty());
 }
 
