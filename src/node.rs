@@ -56,16 +56,18 @@ use crate::{
 /// default of 100 stalls gossip to a peer at its 101st shared topic.
 /// Streams cost memory only once opened.
 pub const MAX_INCOMING_STREAMS: u32 = 1 << 14;
-/// Longest wait for the protocols (blob store, gossip) to stop. The blob
-/// store stops in milliseconds; gossip can wait indefinitely on a peer that
-/// does not take its messages (one whose stream limit is reached). After
-/// this, the endpoint's connections are closed under it (see
-/// [`ENDPOINT_CLOSE`]).
-const PROTOCOLS_SHUTDOWN: Duration = Duration::from_secs(5);
+/// Longest wait for the router to stop: its protocols (blob store, gossip,
+/// heads) and then its endpoint's close. Gossip quits its topics in
+/// milliseconds (measured in the soak), but the close waits for every
+/// connection's close to be acknowledged, which iroh documents as taking
+/// about 3 s for failed connections (a peer killed, a path cut); a node
+/// that met such peers needs that long every time it stops. After this,
+/// the endpoint is closed beside the router (see [`ENDPOINT_CLOSE`]).
+const PROTOCOLS_SHUTDOWN: Duration = Duration::from_secs(8);
 /// After that, the longest wait for the endpoint to close its connections
-/// (a QUIC close is acknowledged within a few round trips, or given up
-/// after about three probe timeouts) and for the protocols to finish.
-const ENDPOINT_CLOSE: Duration = Duration::from_secs(3);
+/// (given up by QUIC after about three probe timeouts, about 3 s) and for
+/// the protocols to finish.
+const ENDPOINT_CLOSE: Duration = Duration::from_secs(5);
 /// How often each joined gossip topic drops expired messages from its
 /// caches. iroh-gossip arms this timer per topic (default every second), so a
 /// node with 10,000 repositories woke 10,000 times a second with nothing to
@@ -410,9 +412,9 @@ impl Node {
         // The protocols stop concurrently: the blob store's flush is not
         // held up by gossip. The router's own task stops them and then
         // closes the endpoint; dropping its shutdown would abort that task
-        // and leave the endpoint unclosed, so when gossip holds it up the
-        // endpoint is closed beside it (which ends the connections gossip
-        // waits on) and the router gets a last, bounded while to finish.
+        // and leave the endpoint unclosed, so when it takes too long the
+        // endpoint is closed beside it (which ends any connection a
+        // protocol waits on) and the router gets a last, bounded while.
         let endpoint = self.router.endpoint().clone();
         let stopping = self.router.shutdown();
         tokio::pin!(stopping);
@@ -420,7 +422,7 @@ impl Node {
             Ok(stopped) => Some(stopped),
             Err(_) => {
                 warn!(
-                    "the protocols did not stop within {PROTOCOLS_SHUTDOWN:?} (gossip waits on a peer); closing the connections"
+                    "the protocols and the endpoint did not stop within {PROTOCOLS_SHUTDOWN:?}; closing the connections"
                 );
                 let (stopped, _) = tokio::join!(
                     tokio::time::timeout(ENDPOINT_CLOSE, &mut stopping),
