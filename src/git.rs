@@ -49,8 +49,8 @@ pub use pack::{
     parse_pack_header_prefix, spawn_pack_objects, unwrap_git_error, write_midx_bitmap,
 };
 pub use refs::{
-    apply_refs, apply_refs_to_new, head_branch, peel_objects, present_objects, read_refs,
-    resolve_names,
+    apply_refs, apply_refs_over, apply_refs_to_new, current_refs, head_branch, peel_objects,
+    present_objects, read_refs, resolve_names,
 };
 pub use walk::{Ancestry, has_object, is_ancestor};
 

@@ -220,12 +220,31 @@ where
 pub struct Staging {
     dir: tempfile::TempDir,
     git_dir: PathBuf,
+    received: Option<git::Indexed>,
+    thin: bool,
 }
+
+/// The file in a staging repository holding a thin pack's bytes as they
+/// were received (the indexed pack has its bases appended).
+pub const RECEIVED_THIN_PACK: &str = "knot-received-thin.pack";
 
 impl Staging {
     /// Its git directory.
     pub fn git_dir(&self) -> &Path {
         &self.git_dir
+    }
+
+    /// The pack received and indexed here (`objects/pack/pack-<name>.*`),
+    /// none when the client sent none.
+    pub fn received(&self) -> Option<&git::Indexed> {
+        self.received.as_ref()
+    }
+
+    /// Whether the received pack was thin: then its bytes as received are
+    /// kept in [`RECEIVED_THIN_PACK`], and the indexed pack differs from
+    /// them; otherwise the indexed pack holds exactly the bytes received.
+    pub fn thin(&self) -> bool {
+        self.thin
     }
 
     /// Keep it on disk (for tests that inspect it).
@@ -264,14 +283,20 @@ pub async fn receive_pack(
     if n == 0 {
         return Ok(staging);
     }
+    let mut staging = staging;
     first.truncate(n);
     let mut cmd = git_in(staging.git_dir());
-    cmd.args(["index-pack", "--stdin", "--fix-thin"])
-        .arg(format!("--max-input-size={max_bytes}"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args([
+        "index-pack",
+        "--stdin",
+        "--fix-thin",
+        "--check-self-contained-and-connected",
+    ])
+    .arg(format!("--max-input-size={max_bytes}"))
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|source| GitServeError::Spawn {
         what: "index-pack",
         source,
@@ -279,8 +304,14 @@ pub async fn receive_pack(
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
+    // The bytes as received are kept beside the pack git writes: when git
+    // completes a thin pack, they are the smaller pack to publish.
+    let raw_path = staging.git_dir().join(RECEIVED_THIN_PACK);
+    let mut raw = tokio::fs::File::create(&raw_path).await?;
     let feed = async {
         stdin.write_all(&first).await?;
+        raw.write_all(&first).await?;
+        let mut received = first.len() as u64;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = read_idle(pack, &mut buf).await?;
@@ -288,27 +319,54 @@ pub async fn receive_pack(
                 break;
             }
             stdin.write_all(&buf[..n]).await?;
+            raw.write_all(&buf[..n]).await?;
+            received += n as u64;
         }
         drop(stdin);
-        Ok::<(), GitServeError>(())
+        raw.flush().await?;
+        Ok::<u64, GitServeError>(received)
     };
     let outputs = async {
-        let drain_out = async {
-            let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
-        };
-        let (_, err) = tokio::join!(drain_out, read_capped(&mut stderr));
-        err
+        let (out, err) = tokio::join!(read_capped(&mut stdout), read_capped(&mut stderr));
+        (out, err)
     };
-    let (fed, stderr_text) = tokio::join!(feed, outputs);
+    let (fed, (stdout_text, stderr_text)) = tokio::join!(feed, outputs);
     let status = child.wait().await?;
-    if !status.success() {
-        return Err(GitServeError::Failed {
-            what: "index-pack",
-            status,
-            stderr: String::from_utf8_lossy(&stderr_text).trim().to_string(),
-        });
+    let failed = || GitServeError::Failed {
+        what: "index-pack",
+        status,
+        stderr: String::from_utf8_lossy(&stderr_text).trim().to_string(),
+    };
+    // 0: stored, self-contained and connected; 1 with its output: stored,
+    // but it refers to objects outside it (a thin pack's bases or the
+    // previous state's history).
+    let connected = match status.code() {
+        Some(0) => true,
+        Some(1) if !stdout_text.is_empty() => false,
+        _ => return Err(failed()),
+    };
+    let received = fed?;
+    // The output is "pack\t<name>" (or "keep\t<name>").
+    let text = String::from_utf8_lossy(&stdout_text);
+    let line = text.lines().next().unwrap_or_default();
+    let name = line.split_once('\t').map_or(line, |(_, name)| name).trim();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(failed());
     }
-    fed?;
+    let indexed = staging
+        .git_dir()
+        .join("objects/pack")
+        .join(format!("pack-{name}.pack"));
+    let indexed_len = tokio::fs::metadata(&indexed).await?.len();
+    // git writes a pack it need not complete exactly as received.
+    staging.thin = indexed_len != received;
+    if !staging.thin {
+        tokio::fs::remove_file(&raw_path).await?;
+    }
+    staging.received = Some(git::Indexed {
+        name: name.to_owned(),
+        connected,
+    });
     Ok(staging)
 }
 
@@ -362,7 +420,12 @@ fn prepare_staging(
         )
         .map_err(|e| temp(e.to_string()))?;
     }
-    Ok(Staging { dir, git_dir })
+    Ok(Staging {
+        dir,
+        git_dir,
+        received: None,
+        thin: false,
+    })
 }
 
 /// `git` working on `git_dir`, with a clean environment.

@@ -126,6 +126,43 @@ pub enum Outcome {
     },
 }
 
+/// A pack this node already indexed from bytes it received (a publish's
+/// pack, indexed in a staging repository): where its manifest entry is
+/// met, its files are linked into the repository instead of the blob being
+/// indexed again. Its index was computed on this node from the same bytes
+/// the blob holds, so every object id still comes from content.
+#[derive(Clone, Debug)]
+pub struct Staged {
+    /// The pack blob's hash: the manifest entry these files are.
+    pub hash: [u8; 32],
+    /// The `.pack` file; its `.idx` (and `.rev`, if any) lie beside it.
+    pub pack: PathBuf,
+    /// Whether git found it self-contained and connected.
+    pub connected: bool,
+}
+
+/// Whether the repository at `dest` holds exactly a state: with
+/// `Some((manifest_hex, packs))`, its marker names that manifest and its
+/// object store has exactly that many packs (so no object the manifest does
+/// not carry); with `None`, there is no repository at `dest` yet.
+pub fn holds_exactly(dest: &Path, state: Option<(&str, usize)>) -> bool {
+    let Some((manifest_hex, packs)) = state else {
+        return !dest.exists() || is_empty_dir(dest).unwrap_or(false);
+    };
+    let marker = fs::read_to_string(dest.join(MANIFEST_MARKER)).unwrap_or_default();
+    if marker.trim() != manifest_hex {
+        return false;
+    }
+    let Ok(entries) = fs::read_dir(dest.join("objects/pack")) else {
+        return false;
+    };
+    let found = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .count();
+    found == packs
+}
+
 /// Make the bare repository at `dest` reflect `manifest`.
 ///
 /// `manifest_hash` is the BLAKE3 hash of the manifest blob the caller
@@ -141,6 +178,18 @@ pub fn materialize(
     manifest: &Manifest,
     load_pack: &mut LoadPack<'_>,
 ) -> Result<Outcome, MaterializeError> {
+    materialize_with(dest, manifest_hash, manifest, load_pack, None)
+}
+
+/// [`materialize`], linking the files of `staged` for its manifest entry
+/// instead of indexing that pack's blob.
+pub fn materialize_with(
+    dest: &Path,
+    manifest_hash: [u8; 32],
+    manifest: &Manifest,
+    load_pack: &mut LoadPack<'_>,
+    staged: Option<&Staged>,
+) -> Result<Outcome, MaterializeError> {
     let hash_hex = data_encoding::HEXLOWER.encode(&manifest_hash);
     let marker = dest.join(MANIFEST_MARKER);
     match fs::read_to_string(&marker) {
@@ -151,7 +200,7 @@ pub fn materialize(
             }
             return Ok(Outcome::Unchanged);
         }
-        Ok(_) => return update(dest, &hash_hex, manifest, load_pack),
+        Ok(_) => return update(dest, &hash_hex, manifest, load_pack, staged),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
             return Err(MaterializeError::Io {
@@ -166,7 +215,7 @@ pub fn materialize(
             path: dest.to_path_buf(),
         });
     }
-    create(dest, &hash_hex, manifest, load_pack)
+    create(dest, &hash_hex, manifest, load_pack, staged)
 }
 
 /// Build a fresh repository next to `dest` and rename it into place.
@@ -175,6 +224,7 @@ fn create(
     hash_hex: &str,
     manifest: &Manifest,
     load_pack: &mut LoadPack<'_>,
+    staged: Option<&Staged>,
 ) -> Result<Outcome, MaterializeError> {
     manifest.refs.validate()?;
     let bad_dest = || MaterializeError::BadDestination {
@@ -198,7 +248,7 @@ fn create(
     let git_dir = git::init_bare_with_format(tmp.path(), format)?;
     let mut all_connected = true;
     for entry in &manifest.packs {
-        all_connected &= index_verified(&git_dir, entry, load_pack)?.connected;
+        all_connected &= add_pack(&git_dir, entry, load_pack, staged)?;
     }
     if !all_connected {
         git::check_connected(&git_dir, &manifest.refs.tips(), &[])
@@ -232,9 +282,12 @@ fn update(
     hash_hex: &str,
     manifest: &Manifest,
     load_pack: &mut LoadPack<'_>,
+    staged: Option<&Staged>,
 ) -> Result<Outcome, MaterializeError> {
     manifest.refs.validate()?;
-    let git_dir = git::open_repo(dest)?;
+    // A repository knotd materialized (its marker is there) is bare at
+    // `dest`: no `git rev-parse` is needed to find it.
+    let git_dir = fs::canonicalize(dest).map_err(io("opening", dest))?;
     let packs_file = dest.join(PACKS_MARKER);
     let indexed: BTreeSet<String> = match fs::read_to_string(&packs_file) {
         Ok(text) => text.lines().map(|l| l.trim().to_owned()).collect(),
@@ -253,19 +306,21 @@ fn update(
     let mut packs_indexed = 0;
     for entry in &manifest.packs {
         if !indexed.contains(&entry.hash_hex()) {
-            index_verified(&git_dir, entry, load_pack)?;
+            add_pack(&git_dir, entry, load_pack, staged)?;
             packs_indexed += 1;
         }
     }
 
-    let current = git::read_refs(&git_dir)?;
-    git::check_connected(&git_dir, &manifest.refs.tips(), &current.tips())
+    let current = git::current_refs(&git_dir)?;
+    let current_tips: BTreeSet<git::ObjectId> = current.values().cloned().collect();
+    let current_tips: Vec<git::ObjectId> = current_tips.into_iter().collect();
+    git::check_connected(&git_dir, &manifest.refs.tips(), &current_tips)
         .map_err(MaterializeError::Incomplete)?;
     // From here until the markers name the new manifest, the refs may be
     // anywhere between the old and the new state: say so, so that a crash in
     // between is repaired by the next run instead of taken for done.
     write_atomic(dest, MANIFEST_MARKER, PENDING.as_bytes())?;
-    git::apply_refs(&git_dir, &manifest.refs)?;
+    git::apply_refs_over(&git_dir, &manifest.refs, &current)?;
     write_markers(dest, hash_hex, manifest)?;
     Ok(Outcome::Updated { packs_indexed })
 }
@@ -316,6 +371,49 @@ fn pack_bytes(dest: &Path) -> u64 {
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum()
+}
+
+/// Add one pack of the manifest to the repository: link the staged files
+/// when they are this entry's, else index the blob. Returns whether git
+/// found the pack self-contained and connected.
+fn add_pack(
+    git_dir: &Path,
+    entry: &PackEntry,
+    load_pack: &mut LoadPack<'_>,
+    staged: Option<&Staged>,
+) -> Result<bool, MaterializeError> {
+    match staged {
+        Some(staged) if staged.hash == entry.hash => {
+            link_staged(git_dir, staged)?;
+            Ok(staged.connected)
+        }
+        _ => Ok(index_verified(git_dir, entry, load_pack)?.connected),
+    }
+}
+
+/// Link (or, across file systems, copy) a staged pack's files into
+/// `objects/pack`, the index last, so git never sees a pack without it.
+fn link_staged(git_dir: &Path, staged: &Staged) -> Result<(), MaterializeError> {
+    let dir = git_dir.join("objects").join("pack");
+    let mut files = Vec::new();
+    for ext in ["pack", "rev", "idx"] {
+        let from = staged.pack.with_extension(ext);
+        if ext == "rev" && !from.exists() {
+            continue;
+        }
+        let name = from
+            .file_name()
+            .ok_or_else(|| MaterializeError::BadDestination { path: from.clone() })?;
+        files.push((dir.join(name), from));
+    }
+    for (to, from) in &files {
+        let _ = fs::remove_file(to);
+        if fs::hard_link(from, to).is_err() {
+            fs::copy(from, to).map_err(io("copying a staged pack to", to))?;
+        }
+    }
+    sync_dir(&dir);
+    Ok(())
 }
 
 /// Stream a pack from the loader into `git index-pack`, verifying it on

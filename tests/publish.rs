@@ -499,3 +499,98 @@ async fn a_client_sending_bad_packs_or_refs_changes_nothing() {
     assert_eq!(fingerprint(&node.repo_path(REPO)), before);
     node.stop().await;
 }
+
+/// The pack a client sends is published as sent: on a first publish the
+/// pack blob is the very pack file the node indexed and links into its
+/// repository; on an update the client's thin pack is the blob (a small
+/// delta, not its base appended), while the repository gets the completed
+/// pack. A fresh node replicates both states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_pack_is_published_as_sent_and_not_packed_again() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_repo(&src);
+    let node = TestNode::spawn().await;
+    let first = node.publish(REPO, &src).await;
+    let pack_hashes = |tags: Vec<(String, iroh_blobs::Hash)>| -> Vec<iroh_blobs::Hash> {
+        tags.into_iter()
+            .filter(|(name, _)| name.contains("/pack/"))
+            .map(|(_, hash)| hash)
+            .collect()
+    };
+    let first_packs = pack_hashes(repo_tags(&node, REPO).await);
+    assert_eq!(first_packs.len(), 1);
+    let files = pack_files(&node.repo_path(REPO));
+    assert_eq!(files.len(), 1, "one pack in the repository: {files:?}");
+    assert_eq!(
+        blake3::hash(&std::fs::read(&files[0]).unwrap()).as_bytes(),
+        first_packs[0].as_bytes(),
+        "the first pack blob is the pack file the node indexed"
+    );
+    assert_eq!(
+        first.bytes_added,
+        std::fs::metadata(&files[0]).unwrap().len()
+    );
+
+    // A few bytes of the 64 KiB binary change: git sends a delta against
+    // the blob the node has (a thin pack).
+    let mut data = std::fs::read(src.join("data.bin")).unwrap();
+    data[100] ^= 0xff;
+    std::fs::write(src.join("data.bin"), data).unwrap();
+    git(&src, &["commit", "-q", "-am", "tweak"]);
+    let second = node.publish(REPO, &src).await;
+    assert_eq!(second.pack_count, 2);
+    assert!(
+        second.bytes_added < 2048,
+        "the thin pack is published, not its completed copy: {} bytes",
+        second.bytes_added
+    );
+    let files = pack_files(&node.repo_path(REPO));
+    assert_eq!(files.len(), 2, "{files:?}");
+    let completed = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .filter(|len| *len != first.bytes_added)
+        .max()
+        .unwrap();
+    assert!(
+        completed > 64 * 1024,
+        "the repository holds the pack completed with its base: {completed} bytes"
+    );
+    assert_eq!(
+        fingerprint(&node.repo_path(REPO)),
+        fingerprint(&src.join(".git"))
+    );
+    git(&node.repo_path(REPO), &["fsck", "--full", "--no-progress"]);
+
+    let follower = TestNode::spawn().await;
+    follower.follow(REPO, vec![node.ticket().await]).await;
+    let want = node.materialized(REPO).await;
+    assert!(want.is_some());
+    common::eventually(30, "the follower materializes the state", || async {
+        follower.materialized(REPO).await == want
+    })
+    .await;
+    assert_eq!(
+        fingerprint(&follower.repo_path(REPO)),
+        fingerprint(&src.join(".git"))
+    );
+    git(
+        &follower.repo_path(REPO),
+        &["fsck", "--full", "--no-progress"],
+    );
+    follower.stop().await;
+    node.stop().await;
+}
+
+/// The `.pack` files in a repository's object store.
+fn pack_files(git_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(git_dir.join("objects/pack"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect();
+    files.sort();
+    files
+}

@@ -189,24 +189,47 @@ async fn publish(
         Some(h) => Some(content::load_manifest(&ctx.blobs, h, repo).await?),
         None => None,
     };
-    let published = content::publish(
-        &ctx.blobs,
-        repo,
-        &source,
-        previous.as_ref(),
-        ctx.max_packs,
-        force,
-    )
-    .await?;
+    let dest = ctx.dest(repo);
+    let received = match content::Received::read(&source) {
+        Some(received) => {
+            content::publish_received(
+                &ctx.blobs,
+                repo,
+                &source,
+                &received,
+                previous.as_ref(),
+                &dest,
+                ctx.max_packs,
+                force,
+            )
+            .await?
+        }
+        None => None,
+    };
+    let published = match received {
+        Some(published) => published,
+        None => {
+            content::publish(
+                &ctx.blobs,
+                repo,
+                &source,
+                previous.as_ref(),
+                ctx.max_packs,
+                force,
+            )
+            .await?
+        }
+    };
     let mut out = info(&published.manifest, published.hash, published.bytes_added);
     out.unchanged = published.unchanged;
     out.consolidated = published.consolidated;
     if !published.unchanged {
-        let outcome = content::materialize(
+        let outcome = content::materialize_with(
             &ctx.blobs,
-            &ctx.dest(repo),
+            &dest,
             published.hash,
             &published.manifest,
+            published.staged.clone(),
         )
         .await?;
         content::pin(&ctx.blobs, repo, published.hash, &published.manifest).await?;

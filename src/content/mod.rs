@@ -44,7 +44,7 @@ mod stream;
 pub use fetch::{FetchOptions, Fetched, check_space, fetch};
 pub use guard::GcGuard;
 pub use optimize::Optimizer;
-pub use publish::{Published, publish};
+pub use publish::{Published, Received, publish, publish_received};
 pub use repair::{Rebuilt, rebuild_missing};
 use stream::pack_reader;
 
@@ -317,6 +317,18 @@ pub async fn materialize(
     hash: Hash,
     manifest: &Manifest,
 ) -> Result<Outcome, ContentError> {
+    materialize_with(blobs, dest, hash, manifest, None).await
+}
+
+/// [`materialize`], linking an already indexed pack instead of indexing
+/// its blob ([`materialize::Staged`]).
+pub async fn materialize_with(
+    blobs: &Store,
+    dest: &Path,
+    hash: Hash,
+    manifest: &Manifest,
+    staged: Option<materialize::Staged>,
+) -> Result<Outcome, ContentError> {
     let blobs = blobs.clone();
     let dest = dest.to_path_buf();
     let manifest = manifest.clone();
@@ -330,7 +342,13 @@ pub async fn materialize(
             })?;
         }
         let mut load = |entry: &PackEntry| pack_reader(&blobs, &handle, entry);
-        materialize::materialize(&dest, *hash.as_bytes(), &manifest, &mut load)
+        materialize::materialize_with(
+            &dest,
+            *hash.as_bytes(),
+            &manifest,
+            &mut load,
+            staged.as_ref(),
+        )
     })
     .await
     .map_err(|e| ContentError::Task(e.to_string()))?

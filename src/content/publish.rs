@@ -1,16 +1,24 @@
 //! Publishing a git repository into the blob store: what is new since the
 //! previous manifest is packed by one `git pack-objects` and streamed into
 //! the store; the new manifest lists it after the previous packs.
+//!
+//! A pack a client sent over the admin socket was already indexed by this
+//! node in a staging repository ([`Received`]): when it was indexed against
+//! the state the node still holds, that pack itself becomes the new pack
+//! blob and its index is later linked into the materialized repository
+//! ([`publish_received`]), so nothing is packed or indexed twice.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use iroh_blobs::{Hash, api::Store};
+use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use super::{ContentError, hex, request_err, stream::stream_reader};
 use crate::{
     git::{self, PackStream, RefSet},
     manifest::{self, Manifest, PackEntry},
+    materialize::{self, Staged},
     repo_id::RepoId,
 };
 
@@ -30,6 +38,9 @@ pub struct Published {
     pub unchanged: bool,
     /// Temporary tags on the new blobs.
     pub protect: Vec<iroh_blobs::api::TempTag>,
+    /// The new pack, already indexed on this node, to link into the
+    /// materialized repository instead of indexing its blob again.
+    pub staged: Option<Staged>,
 }
 
 struct Packed {
@@ -67,30 +78,7 @@ fn pack_new(
         });
     }
     if !force {
-        let mut ancestry: Option<git::Ancestry> = None;
-        let mut failure = None;
-        let not_ff = manifest::refs_fast_forward_check(&prev.refs, &refs, |a, b| {
-            if ancestry.is_none() {
-                match git::Ancestry::open(&git_dir) {
-                    Ok(walker) => ancestry = Some(walker),
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                        return false;
-                    }
-                }
-            }
-            let walker = ancestry.as_mut().expect("opened above");
-            walker.is_ancestor(a, b).unwrap_or_else(|e| {
-                failure.get_or_insert(e);
-                false
-            })
-        });
-        if let Some(e) = failure {
-            return Err(e.into());
-        }
-        if !not_ff.is_empty() {
-            return Err(ContentError::NotFastForward(not_ff));
-        }
+        check_fast_forward(&git_dir, &prev.refs, &refs)?;
     }
     if manifest::needs_consolidation(prev.packs.len() + 1, max_packs) {
         let pack = git::spawn_pack_objects(&git_dir, &refs.tips(), &[], false)?;
@@ -106,6 +94,36 @@ fn pack_new(
         new_pack: nonempty(pack),
         consolidated: false,
     })
+}
+
+/// Refuse unless every ref of `prev` that `next` keeps fast-forwards: one
+/// `git cat-file --batch` answers every ancestry question.
+fn check_fast_forward(git_dir: &Path, prev: &RefSet, next: &RefSet) -> Result<(), ContentError> {
+    let mut ancestry: Option<git::Ancestry> = None;
+    let mut failure = None;
+    let not_ff = manifest::refs_fast_forward_check(prev, next, |a, b| {
+        if ancestry.is_none() {
+            match git::Ancestry::open(git_dir) {
+                Ok(walker) => ancestry = Some(walker),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    return false;
+                }
+            }
+        }
+        let walker = ancestry.as_mut().expect("opened above");
+        walker.is_ancestor(a, b).unwrap_or_else(|e| {
+            failure.get_or_insert(e);
+            false
+        })
+    });
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    if !not_ff.is_empty() {
+        return Err(ContentError::NotFastForward(not_ff));
+    }
+    Ok(())
 }
 
 /// Publish the git repository at `source` as the new state of `repo_id`.
@@ -141,6 +159,7 @@ pub async fn publish(
             consolidated: false,
             unchanged: true,
             protect: Vec::new(),
+            staged: None,
         });
     }
 
@@ -198,5 +217,210 @@ pub async fn publish(
         consolidated: packed.consolidated,
         unchanged: false,
         protect: temp_tags,
+        staged: None,
     })
+}
+
+/// What a client sent for a publish and this node indexed, kept as a file
+/// in the staging repository beside the pack ([`Received::FILE`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Received {
+    /// The refs to publish (already written in the staging repository).
+    pub refs: RefSet,
+    /// The name of the pack indexed in `objects/pack` (its checksum), none
+    /// when the client sent no objects.
+    pub pack: Option<String>,
+    /// Whether `git index-pack` found that pack self-contained and
+    /// connected.
+    pub connected: bool,
+    /// Whether the pack was thin: git appended its bases to the indexed
+    /// pack, and the bytes as received, the smaller pack to publish, are in
+    /// [`crate::gitserve::RECEIVED_THIN_PACK`].
+    pub thin: bool,
+    /// Hex hash of the manifest the materialized repository reflected when
+    /// the pack was indexed against it (its object store was the staging
+    /// repository's alternate, for a thin pack's bases); none without one.
+    pub base: Option<String>,
+}
+
+impl Received {
+    /// The file's name in the staging repository.
+    pub const FILE: &'static str = "knot-received.json";
+
+    /// Write it into the staging repository at `git_dir`.
+    pub fn write(&self, git_dir: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(git_dir.join(Self::FILE), bytes)
+    }
+
+    /// Read it from `git_dir`, if that is a staging repository.
+    pub fn read(git_dir: &Path) -> Option<Self> {
+        let bytes = std::fs::read(git_dir.join(Self::FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The indexed pack's file.
+    fn pack_path(&self, git_dir: &Path) -> Option<PathBuf> {
+        let name = self.pack.as_ref()?;
+        Some(
+            git_dir
+                .join("objects/pack")
+                .join(format!("pack-{name}.pack")),
+        )
+    }
+
+    /// The file whose bytes become the pack blob: the pack as received.
+    fn blob_path(&self, git_dir: &Path) -> Option<PathBuf> {
+        if self.thin {
+            self.pack.as_ref()?;
+            return Some(git_dir.join(crate::gitserve::RECEIVED_THIN_PACK));
+        }
+        self.pack_path(git_dir)
+    }
+}
+
+/// Publish a received pack as it is: the new manifest lists the staged
+/// pack after the previous packs, and [`Published::staged`] says where its
+/// index lies. `None` when this does not apply and [`publish`] must pack
+/// again: the pack was indexed against another state than `previous`, the
+/// packs are due to be consolidated, or the materialized repository at
+/// `dest` holds more than the previous state's packs (objects the previous
+/// manifest does not carry, which a pack indexed against it may rely on).
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_received(
+    blobs: &Store,
+    repo_id: &RepoId,
+    source: &Path,
+    received: &Received,
+    previous: Option<&Manifest>,
+    dest: &Path,
+    max_packs: usize,
+    force: bool,
+) -> Result<Option<Published>, ContentError> {
+    let prev_hex = previous.map(|p| data_encoding::HEXLOWER.encode(&p.hash()));
+    if received.base != prev_hex {
+        return Ok(None);
+    }
+    if let Some(prev) = previous {
+        if prev.refs == received.refs {
+            return Ok(Some(Published {
+                manifest: prev.clone(),
+                hash: Hash::from_bytes(prev.hash()),
+                bytes_added: 0,
+                consolidated: false,
+                unchanged: true,
+                protect: Vec::new(),
+                staged: None,
+            }));
+        }
+        if manifest::needs_consolidation(prev.packs.len() + 1, max_packs) {
+            return Ok(None);
+        }
+    }
+    let expect = prev_hex
+        .clone()
+        .map(|hex| (hex, previous.map_or(0, |p| p.packs.len())));
+    let checks = {
+        let source = source.to_path_buf();
+        let dest = dest.to_path_buf();
+        let prev_refs = previous.map(|p| p.refs.clone());
+        let refs = received.refs.clone();
+        let pack = received.blob_path(&source);
+        tokio::task::spawn_blocking(move || -> Result<_, ContentError> {
+            if !materialize::holds_exactly(&dest, expect.as_ref().map(|(h, n)| (h.as_str(), *n))) {
+                return Ok(None);
+            }
+            if let Some(prev_refs) = prev_refs
+                && !force
+            {
+                check_fast_forward(&source, &prev_refs, &refs)?;
+            }
+            let header = match &pack {
+                Some(path) => Some(read_pack_header(path)?),
+                None => None,
+            };
+            Ok(Some(header))
+        })
+        .await
+        .map_err(|e| ContentError::Task(e.to_string()))??
+    };
+    let Some(header) = checks else {
+        return Ok(None);
+    };
+    let mut packs = previous.map(|p| p.packs.clone()).unwrap_or_default();
+    let mut protect = Vec::new();
+    let mut staged = None;
+    let mut bytes_added = 0;
+    if let (Some((objects, size)), Some(blob_path), Some(pack_path)) = (
+        header,
+        received.blob_path(source),
+        received.pack_path(source),
+    ) && objects > 0
+    {
+        let absolute =
+            |p: PathBuf| std::path::absolute(p).map_err(|e| ContentError::Task(e.to_string()));
+        let tt = blobs
+            .add_path(absolute(blob_path)?)
+            .temp_tag()
+            .await
+            .map_err(request_err("adding a received pack"))?;
+        let entry = PackEntry {
+            hash: *tt.hash().as_bytes(),
+            size,
+            objects,
+        };
+        staged = Some(Staged {
+            hash: entry.hash,
+            pack: absolute(pack_path)?,
+            connected: received.connected,
+        });
+        bytes_added = size;
+        protect.push(tt);
+        packs.push(entry);
+    }
+    let manifest = Manifest {
+        repo_id: repo_id.to_string(),
+        refs: received.refs.clone(),
+        packs,
+    };
+    manifest
+        .validate()
+        .map_err(|source| ContentError::Manifest {
+            hash: "(new)".into(),
+            source,
+        })?;
+    let tt = blobs
+        .add_bytes(manifest.to_bytes())
+        .temp_tag()
+        .await
+        .map_err(request_err("adding the manifest"))?;
+    let hash = tt.hash();
+    protect.push(tt);
+    debug!(repo = %repo_id, manifest = %hex(&hash), packs = manifest.packs.len(), bytes_added, "published the received pack");
+    Ok(Some(Published {
+        manifest,
+        hash,
+        bytes_added,
+        consolidated: false,
+        unchanged: false,
+        protect,
+        staged,
+    }))
+}
+
+/// The object count and size of the pack file at `path`.
+fn read_pack_header(path: &Path) -> Result<(u32, u64), ContentError> {
+    use std::io::Read;
+    let io_err = |e: std::io::Error| {
+        ContentError::Git(git::GitError::Io {
+            context: format!("reading {}", path.display()),
+            source: e,
+        })
+    };
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let size = file.metadata().map_err(io_err)?.len();
+    let mut header = [0u8; 12];
+    file.read_exact(&mut header).map_err(io_err)?;
+    let objects = git::parse_pack_header_prefix(&header)?;
+    Ok((objects, size))
 }

@@ -82,8 +82,19 @@ pub fn read_refs(git_dir: &Path) -> Result<RefSet, GitError> {
 /// deleted *and* conflict with a new name are deleted in a first
 /// transaction. If the main transaction then fails they are restored.
 pub fn apply_refs(git_dir: &Path, set: &RefSet) -> Result<(), GitError> {
-    set.validate()?;
     let current = current_refs(git_dir)?;
+    apply_refs_over(git_dir, set, &current)
+}
+
+/// [`apply_refs`] given the repository's refs as [`current_refs`] just
+/// read them (the caller serializes every change to this repository).
+pub fn apply_refs_over(
+    git_dir: &Path,
+    set: &RefSet,
+    current: &BTreeMap<String, ObjectId>,
+) -> Result<(), GitError> {
+    set.validate()?;
+    let current = current.clone();
     if current.is_empty() && !git_dir.join("packed-refs").exists() {
         let peeled = peel_wanted(git_dir, set, &BTreeMap::new())?;
         write_packed_refs(git_dir, &set.refs, &peeled)?;
@@ -268,7 +279,9 @@ fn write_replacing(git_dir: &Path, name: &str, data: &[u8]) -> Result<(), GitErr
 }
 
 /// All refs under `refs/` currently in the repository, without filtering.
-fn current_refs(git_dir: &Path) -> Result<BTreeMap<String, ObjectId>, GitError> {
+/// Every ref of the repository (all of them, not only what
+/// [`read_refs`] publishes), in one `for-each-ref`.
+pub fn current_refs(git_dir: &Path) -> Result<BTreeMap<String, ObjectId>, GitError> {
     let out = git_ok(
         git_dir,
         &["for-each-ref", "--format=%(objectname) %(refname)"],

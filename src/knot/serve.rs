@@ -1,6 +1,8 @@
 //! The handle's git services for admin clients: a published pack is
 //! received and indexed in a temporary repository the node owns, then
-//! published from there by the actor; `git upload-pack` runs on the
+//! published from there by the actor (which keeps that pack as the new
+//! pack blob when it was indexed against the state still held,
+//! [`crate::content::publish_received`]); `git upload-pack` runs on the
 //! materialized repository of the state the node holds ([`crate::served`]),
 //! or on an empty stand-in when it holds none. No client path is ever
 //! opened. Nothing here survives a restart (the node empties its `tmp`
@@ -11,8 +13,10 @@ use tracing::info;
 use super::{KnotError, KnotHandle, Request};
 use crate::{
     admin::{PackBody, Payload, PublishRequest},
+    content::Received,
     git::{self, ObjectFormat},
     gitserve::{self, ServeTarget},
+    materialize,
     repo_id::RepoId,
 };
 
@@ -50,15 +54,24 @@ impl KnotHandle {
         .await
         .map_err(|e| failed(format!("receiving the pack failed: {e}")))?;
         let git_dir = staging.git_dir().to_path_buf();
-        let refs = request.refs.clone();
-        tokio::task::spawn_blocking(move || git::apply_refs_to_new(&git_dir, &refs))
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .map_err(|e| {
-                failed(format!(
-                    "the pack does not complete the published refs: {e}; publish again"
-                ))
+        let received = Received {
+            refs: request.refs.clone(),
+            pack: staging.received().map(|p| p.name.clone()),
+            connected: staging.received().is_some_and(|p| p.connected),
+            thin: staging.thin(),
+            base: base.as_deref().and_then(held_manifest),
+        };
+        tokio::task::spawn_blocking(move || {
+            git::apply_refs_to_new(&git_dir, &received.refs).map_err(|e| {
+                format!("the pack does not complete the published refs: {e}; publish again")
             })?;
+            received
+                .write(&git_dir)
+                .map_err(|e| format!("cannot write {}: {e}", Received::FILE))
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(failed)?;
         info!(repo = %request.repo_id, "received a pack over the admin socket");
         let result = self
             .request(Request::PublishFrom {
@@ -71,7 +84,17 @@ impl KnotHandle {
         drop(staging);
         result
     }
+}
 
+/// The manifest the materialized repository at `dir` reflects (hex), none
+/// while its refs are being moved.
+fn held_manifest(dir: &std::path::Path) -> Option<String> {
+    let marker = std::fs::read_to_string(dir.join(materialize::MANIFEST_MARKER)).ok()?;
+    let hex = marker.trim();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_owned())
+}
+
+impl KnotHandle {
     /// What `git upload-pack` serves for `repo_id`: the materialized
     /// repository of the state held, or an empty one while none is held.
     pub(super) async fn locate_served(&self, repo_id: &RepoId) -> Result<ServeTarget, KnotError> {
