@@ -191,9 +191,32 @@ pub async fn publish(
         temp_tags.push(tt);
         packs.push(entry);
     }
+    let (manifest, hash) =
+        store_manifest(blobs, repo_id, packed.refs, packs, &mut temp_tags).await?;
+    debug!(repo = %repo_id, manifest = %hex(&hash), packs = manifest.packs.len(), bytes_added, consolidated = packed.consolidated, "packed");
+    Ok(Published {
+        manifest,
+        hash,
+        bytes_added,
+        consolidated: packed.consolidated,
+        unchanged: false,
+        protect: temp_tags,
+        staged: None,
+    })
+}
+
+/// Build the new manifest, check it and add it to the store, its temporary
+/// tag joining `protect`.
+async fn store_manifest(
+    blobs: &Store,
+    repo_id: &RepoId,
+    refs: RefSet,
+    packs: Vec<PackEntry>,
+    protect: &mut Vec<iroh_blobs::api::TempTag>,
+) -> Result<(Manifest, Hash), ContentError> {
     let manifest = Manifest {
         repo_id: repo_id.to_string(),
-        refs: packed.refs,
+        refs,
         packs,
     };
     manifest
@@ -208,17 +231,8 @@ pub async fn publish(
         .await
         .map_err(request_err("adding the manifest"))?;
     let hash = tt.hash();
-    temp_tags.push(tt);
-    debug!(repo = %repo_id, manifest = %hex(&hash), packs = manifest.packs.len(), bytes_added, consolidated = packed.consolidated, "packed");
-    Ok(Published {
-        manifest,
-        hash,
-        bytes_added,
-        consolidated: packed.consolidated,
-        unchanged: false,
-        protect: temp_tags,
-        staged: None,
-    })
+    protect.push(tt);
+    Ok((manifest, hash))
 }
 
 /// What a client sent for a publish and this node indexed, kept as a file
@@ -378,24 +392,8 @@ pub async fn publish_received(
         protect.push(tt);
         packs.push(entry);
     }
-    let manifest = Manifest {
-        repo_id: repo_id.to_string(),
-        refs: received.refs.clone(),
-        packs,
-    };
-    manifest
-        .validate()
-        .map_err(|source| ContentError::Manifest {
-            hash: "(new)".into(),
-            source,
-        })?;
-    let tt = blobs
-        .add_bytes(manifest.to_bytes())
-        .temp_tag()
-        .await
-        .map_err(request_err("adding the manifest"))?;
-    let hash = tt.hash();
-    protect.push(tt);
+    let (manifest, hash) =
+        store_manifest(blobs, repo_id, received.refs.clone(), packs, &mut protect).await?;
     debug!(repo = %repo_id, manifest = %hex(&hash), packs = manifest.packs.len(), bytes_added, "published the received pack");
     Ok(Some(Published {
         manifest,
