@@ -17,6 +17,11 @@
 //! the new tips, mark the manifest marker `pending`, apply all refs in one
 //! transaction and finally rewrite the markers atomically, so a crash while
 //! refs move is repaired by the next run rather than mistaken for done.
+//! An update to a single self-contained pack (a consolidation) then removes
+//! the older packs, so the repository holds what its manifest lists.
+//!
+//! A pack this node indexed itself from the bytes of the blob (a publish's
+//! received pack, [`Staged`]) is linked in instead of indexed again.
 //!
 //! Packs stream from the loader into `git index-pack` and are never held
 //! whole in memory. Every byte is checked against the manifest entry (size,
@@ -248,7 +253,7 @@ fn create(
     let git_dir = git::init_bare_with_format(tmp.path(), format)?;
     let mut all_connected = true;
     for entry in &manifest.packs {
-        all_connected &= add_pack(&git_dir, entry, load_pack, staged)?;
+        all_connected &= add_pack(&git_dir, entry, load_pack, staged)?.connected;
     }
     if !all_connected {
         git::check_connected(&git_dir, &manifest.refs.tips(), &[])
@@ -304,9 +309,10 @@ fn update(
     // Each new pack is verified while it is indexed; one that does not
     // match leaves nothing behind.
     let mut packs_indexed = 0;
+    let mut added = Vec::new();
     for entry in &manifest.packs {
         if !indexed.contains(&entry.hash_hex()) {
-            add_pack(&git_dir, entry, load_pack, staged)?;
+            added.push(add_pack(&git_dir, entry, load_pack, staged)?);
             packs_indexed += 1;
         }
     }
@@ -322,6 +328,16 @@ fn update(
     write_atomic(dest, MANIFEST_MARKER, PENDING.as_bytes())?;
     git::apply_refs_over(&git_dir, &manifest.refs, &current)?;
     write_markers(dest, hash_hex, manifest)?;
+    // A state of one new pack that holds everything its refs reach (a
+    // consolidation) makes every older pack redundant: they go, so the
+    // repository does not grow with each consolidation and holds exactly
+    // the manifest's packs again.
+    if let ([only], [entry]) = (&added[..], &manifest.packs[..])
+        && only.connected
+        && entry.objects > 0
+    {
+        prune_packs_except(&git_dir, &only.name);
+    }
     Ok(Outcome::Updated { packs_indexed })
 }
 
@@ -374,26 +390,68 @@ fn pack_bytes(dest: &Path) -> u64 {
 }
 
 /// Add one pack of the manifest to the repository: link the staged files
-/// when they are this entry's, else index the blob. Returns whether git
-/// found the pack self-contained and connected.
+/// when they are this entry's, else index the blob. Returns the pack's name
+/// and whether git found it self-contained and connected.
 fn add_pack(
     git_dir: &Path,
     entry: &PackEntry,
     load_pack: &mut LoadPack<'_>,
     staged: Option<&Staged>,
-) -> Result<bool, MaterializeError> {
+) -> Result<git::Indexed, MaterializeError> {
     match staged {
-        Some(staged) if staged.hash == entry.hash => {
-            link_staged(git_dir, staged)?;
-            Ok(staged.connected)
-        }
-        _ => Ok(index_verified(git_dir, entry, load_pack)?.connected),
+        Some(staged) if staged.hash == entry.hash => link_staged(git_dir, staged),
+        _ => index_verified(git_dir, entry, load_pack),
     }
+}
+
+/// Remove every pack of the repository but `pack-<keep>`, with the
+/// multi-pack-index and bitmaps that name them (the next optimization
+/// writes new ones), as `git repack -a -d` does: a `git upload-pack`
+/// already reading a removed pack keeps its open file, and one that looks
+/// for an object afresh finds it in the pack kept. Best effort: a pack
+/// left behind only costs disk and the next publish's shortcut.
+fn prune_packs_except(git_dir: &Path, keep: &str) {
+    let dir = git_dir.join("objects").join("pack");
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    let kept = format!("pack-{keep}.");
+    let mut indexes = Vec::new();
+    let mut rest = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("multi-pack-index") {
+            // First, so no index names a pack that is gone.
+            let _ = fs::remove_file(entry.path());
+        } else if name.starts_with("pack-") && !name.starts_with(&kept) {
+            if name.ends_with(".idx") {
+                indexes.push(entry.path());
+            } else {
+                rest.push(entry.path());
+            }
+        }
+    }
+    // Each pack's index before its data, so git never finds an index
+    // without its pack.
+    for path in indexes.into_iter().chain(rest) {
+        let _ = fs::remove_file(path);
+    }
+    sync_dir(&dir);
 }
 
 /// Link (or, across file systems, copy) a staged pack's files into
 /// `objects/pack`, the index last, so git never sees a pack without it.
-fn link_staged(git_dir: &Path, staged: &Staged) -> Result<(), MaterializeError> {
+fn link_staged(git_dir: &Path, staged: &Staged) -> Result<git::Indexed, MaterializeError> {
+    let name = staged
+        .pack
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .and_then(|stem| stem.strip_prefix("pack-"))
+        .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| MaterializeError::BadDestination {
+            path: staged.pack.clone(),
+        })?
+        .to_owned();
     let dir = git_dir.join("objects").join("pack");
     let mut files = Vec::new();
     for ext in ["pack", "rev", "idx"] {
@@ -413,7 +471,10 @@ fn link_staged(git_dir: &Path, staged: &Staged) -> Result<(), MaterializeError> 
         }
     }
     sync_dir(&dir);
-    Ok(())
+    Ok(git::Indexed {
+        name,
+        connected: staged.connected,
+    })
 }
 
 /// Stream a pack from the loader into `git index-pack`, verifying it on

@@ -237,23 +237,47 @@ fn a_publish_through_the_socket_packs_once_and_indexes_once() {
             .enable_all()
             .build()
             .unwrap();
-        let (first, second) = runtime.block_on(async {
-            let node = common::TestNode::spawn().await;
+        let (first, second, after) = runtime.block_on(async {
+            let data = tempfile::tempdir_in(PathBuf::from(&root)).unwrap();
+            let mut config = knotd::config::Config::local(data.path());
+            config.max_packs = 2;
+            let node = common::TestNode::spawn_with(config).await;
+            let repo = "did:plc:test/socket";
             let _ = fs::remove_file(&log);
-            node.publish("did:plc:test/socket", &src).await;
+            node.publish(repo, &src).await;
             let first = fs::read_to_string(&log).unwrap_or_default();
             common::add_commit(&src, "more");
             let _ = fs::remove_file(&log);
-            node.publish("did:plc:test/socket", &src).await;
+            node.publish(repo, &src).await;
             let second = fs::read_to_string(&log).unwrap_or_default();
+            // A third pack would pass max_packs: the node packs everything
+            // into one, and the repository keeps only that one ...
+            common::add_commit(&src, "again");
+            let consolidated = node.publish(repo, &src).await;
+            assert!(consolidated.consolidated);
+            let packs = fs::read_dir(node.repo_path(repo).join("objects/pack"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .count();
+            assert_eq!(packs, 1);
+            // ... so the next publish takes the client's pack as it is again.
+            common::add_commit(&src, "after");
+            let _ = fs::remove_file(&log);
+            node.publish(repo, &src).await;
+            let after = fs::read_to_string(&log).unwrap_or_default();
             assert_eq!(
-                common::fingerprint(&node.repo_path("did:plc:test/socket")),
+                common::fingerprint(&node.repo_path(repo)),
                 common::fingerprint(&src.join(".git"))
             );
             node.stop().await;
-            (first, second)
+            (first, second, after)
         });
-        for (what, calls) in [("new", &first), ("update", &second)] {
+        for (what, calls) in [
+            ("new", &first),
+            ("update", &second),
+            ("after a consolidation", &after),
+        ] {
             let calls: Vec<&str> = calls.lines().collect();
             println!("{what}: {calls:?}");
             let count = |name: &str| calls.iter().filter(|c| **c == name).count();

@@ -14,7 +14,7 @@ use knotd::{
 
 const REPO: &str = "did:plc:author1/website";
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_publishes_add_one_pack_each_and_consolidate() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
@@ -57,6 +57,16 @@ async fn incremental_publishes_add_one_pack_each_and_consolidate() {
         first.bytes_added
     );
 
+    // A follower holds the three packs ...
+    let follower = TestNode::spawn().await;
+    follower.follow(REPO, vec![node.ticket().await]).await;
+    let held = node.materialized(REPO).await;
+    common::eventually(30, "the follower holds three packs", || async {
+        follower.materialized(REPO).await == held
+    })
+    .await;
+    assert_eq!(pack_files(&follower.repo_path(REPO)).len(), 3);
+
     // A fourth pack would exceed max_packs = 3: everything becomes one pack.
     add_commit(&src, "c5");
     let consolidated = node.publish(REPO, &src).await;
@@ -64,6 +74,27 @@ async fn incremental_publishes_add_one_pack_each_and_consolidate() {
     assert_eq!(consolidated.pack_count, 1);
     let summary = node.summary(REPO).await.unwrap();
     assert_eq!(summary.pack_count, 1);
+    assert_eq!(
+        pack_files(&node.repo_path(REPO)).len(),
+        1,
+        "the packs the consolidated one replaced are gone from the repository"
+    );
+    // ... and, once it has the consolidated state, only that one pack.
+    let held = node.materialized(REPO).await;
+    common::eventually(30, "the follower takes the consolidated state", || async {
+        follower.materialized(REPO).await == held
+    })
+    .await;
+    assert_eq!(pack_files(&follower.repo_path(REPO)).len(), 1);
+    assert_eq!(
+        fingerprint(&follower.repo_path(REPO)),
+        fingerprint(&src.join(".git"))
+    );
+    git(
+        &follower.repo_path(REPO),
+        &["fsck", "--full", "--no-progress"],
+    );
+    follower.stop().await;
     assert_eq!(
         fingerprint(&node.repo_path(REPO)),
         fingerprint(&src.join(".git"))
