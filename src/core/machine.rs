@@ -226,6 +226,7 @@ impl Core {
             Event::Timer(key) => self.handle_timer(key, now),
         }
         self.start_reads(now);
+        self.rewrite_touched(now);
         std::mem::take(&mut self.out)
     }
 

@@ -8,6 +8,8 @@
 //! here is persisted: after a crash the node resumes from what the disk
 //! has, which is consistent (a commit is all or nothing).
 
+use std::collections::BTreeSet;
+
 use tracing::{error, info};
 
 use super::{
@@ -94,6 +96,33 @@ impl Core {
             subjects = subjects.len(),
             "writing again what the database could not record"
         );
+        self.rewrite_subjects(subjects, now);
+    }
+
+    /// A repository whose rows wait to be written again and that this
+    /// event writes a row of (a new state, say) has all its rows written in
+    /// the same commit, at once: the one row alone would reach the disk
+    /// without the others (its configuration), and after a crash before the
+    /// retry the node would have lost the repository while the new state
+    /// was acknowledged.
+    pub(super) fn rewrite_touched(&mut self, now: Now) {
+        if self.unpersisted.subjects.is_empty() {
+            return;
+        }
+        let mut touched = BTreeSet::new();
+        for effect in &self.out {
+            if let Effect::Persist(write) = effect
+                && write.needs_durability()
+                && let subject @ Subject::Repo(_) = write.subject()
+                && self.unpersisted.subjects.remove(&subject)
+            {
+                touched.insert(subject);
+            }
+        }
+        self.rewrite_subjects(touched, now);
+    }
+
+    fn rewrite_subjects(&mut self, subjects: impl IntoIterator<Item = Subject>, now: Now) {
         for subject in subjects {
             match subject {
                 Subject::Repo(repo_id) => {

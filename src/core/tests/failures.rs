@@ -63,6 +63,57 @@ fn a_failed_commit_is_shown_and_written_again_after_a_backoff() {
     assert_eq!(third - sim.now().at, sim.core.settings.retry_base);
 }
 
+/// A repository's first rows did not reach the disk, and before the retry
+/// a new state arrives (the disk has room again): the commit of the new
+/// state carries every row of the repository, not the state alone, so a
+/// crash before the retry cannot leave a state on disk whose repository is
+/// not (found by the simulator, seed 602100: an author lost the repository
+/// it had published to while its disk was full).
+#[test]
+fn a_new_state_of_a_repository_whose_rows_wait_writes_them_all() {
+    let mut sim = Sim::new(4);
+    let author = key(1);
+    sim.add(vec![hint(&author)], None);
+    failed(&mut sim);
+    let fx = sim.announce(&author, &author, 2, T0_MS);
+    let (job, _) = fetch_job(&fx).expect("a fetch starts");
+    let fx = sim.finish(job, 2);
+    let checks: [(&str, fn(&Write) -> bool); 3] = [
+        (
+            "config",
+            |w| matches!(w, Write::Config(c) if c.repo_id == repo()),
+        ),
+        (
+            "record",
+            |w| matches!(w, Write::Record(r, _) if *r == repo()),
+        ),
+        (
+            "held",
+            |w| matches!(w, Write::Held(r, Some(_)) if *r == repo()),
+        ),
+    ];
+    for (what, write) in checks {
+        assert!(
+            fx.iter()
+                .any(|e| matches!(e, Effect::Persist(w) if write(w))),
+            "the {what} row goes with the new state: {fx:?}"
+        );
+    }
+    assert!(
+        sim.core.unpersisted.subjects.is_empty(),
+        "nothing is left to write again"
+    );
+    // A repository that has nothing waiting writes only what changed.
+    let fx = sim.announce(&author, &author, 3, T0_MS + 1);
+    let (job, _) = fetch_job(&fx).expect("a fetch starts");
+    let fx = sim.finish(job, 3);
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Persist(Write::Config(_)))),
+        "{fx:?}"
+    );
+}
+
 #[test]
 fn a_removed_repository_whose_commit_failed_is_removed_again() {
     let mut sim = Sim::new(4);
