@@ -78,7 +78,8 @@ fn a_new_state_of_a_repository_whose_rows_wait_writes_them_all() {
     let fx = sim.announce(&author, &author, 2, T0_MS);
     let (job, _) = fetch_job(&fx).expect("a fetch starts");
     let fx = sim.finish(job, 2);
-    let checks: [(&str, fn(&Write) -> bool); 3] = [
+    type IsRow = fn(&Write) -> bool;
+    let checks: [(&str, IsRow); 3] = [
         (
             "config",
             |w| matches!(w, Write::Config(c) if c.repo_id == repo()),
