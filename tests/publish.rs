@@ -86,14 +86,7 @@ async fn incremental_publishes_add_one_pack_each_and_consolidate() {
     })
     .await;
     assert_eq!(pack_files(&follower.repo_path(REPO)).len(), 1);
-    assert_eq!(
-        fingerprint(&follower.repo_path(REPO)),
-        fingerprint(&src.join(".git"))
-    );
-    git(
-        &follower.repo_path(REPO),
-        &["fsck", "--full", "--no-progress"],
-    );
+    assert_replica_of(&follower, &src);
     follower.stop().await;
     assert_eq!(
         fingerprint(&node.repo_path(REPO)),
@@ -602,6 +595,14 @@ async fn a_received_pack_is_published_as_sent_and_not_packed_again() {
         follower.materialized(REPO).await == want
     })
     .await;
+    assert_replica_of(&follower, &src);
+    follower.stop().await;
+    node.stop().await;
+}
+
+/// The follower's copy of `REPO` has the refs and tree of `src` and is
+/// whole by `git fsck`.
+fn assert_replica_of(follower: &TestNode, src: &std::path::Path) {
     assert_eq!(
         fingerprint(&follower.repo_path(REPO)),
         fingerprint(&src.join(".git"))
@@ -610,8 +611,6 @@ async fn a_received_pack_is_published_as_sent_and_not_packed_again() {
         &follower.repo_path(REPO),
         &["fsck", "--full", "--no-progress"],
     );
-    follower.stop().await;
-    node.stop().await;
 }
 
 /// The `.pack` files in a repository's object store.
