@@ -268,7 +268,7 @@ pub async fn receive_pack(
     pack: &mut (dyn AsyncRead + Unpin + Send),
     max_bytes: u64,
 ) -> Result<Staging, GitServeError> {
-    let staging = {
+    let mut staging = {
         let tmp = tmp.to_path_buf();
         let base = base.map(Path::to_path_buf);
         tokio::task::spawn_blocking(move || prepare_staging(&tmp, base.as_deref(), format))
@@ -283,7 +283,6 @@ pub async fn receive_pack(
     if n == 0 {
         return Ok(staging);
     }
-    let mut staging = staging;
     first.truncate(n);
     let mut cmd = git_in(staging.git_dir());
     cmd.args([

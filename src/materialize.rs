@@ -158,14 +158,7 @@ pub fn holds_exactly(dest: &Path, state: Option<(&str, usize)>) -> bool {
     if marker.trim() != manifest_hex {
         return false;
     }
-    let Ok(entries) = fs::read_dir(dest.join("objects/pack")) else {
-        return false;
-    };
-    let found = entries
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
-        .count();
-    found == packs
+    pack_files(dest).len() == packs
 }
 
 /// Make the bare repository at `dest` reflect `manifest`.
@@ -378,15 +371,23 @@ pub const OPTIMIZE_MIN_PACK_BYTES: u64 = 1 << 20;
 
 /// Total size of the `.pack` files of the repository at `dest`.
 fn pack_bytes(dest: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dest.join("objects/pack")) else {
-        return 0;
+    pack_files(dest)
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The `.pack` files in the object store of the repository at `dest`.
+fn pack_files(dest: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dest.join("objects").join("pack")) else {
+        return Vec::new();
     };
     entries
         .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect()
 }
 
 /// Add one pack of the manifest to the repository: link the staged files
@@ -685,13 +686,8 @@ pub fn manifest_copy(dest: &Path, max_len: u64) -> Option<Vec<u8>> {
 /// materialized repository at `dest`: the packs it indexed as received
 /// (a thin pack is completed when indexed, so only full packs match).
 pub fn pack_files_of_size(dest: &Path, size: u64) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dest.join("objects").join("pack")) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+    pack_files(dest)
+        .into_iter()
         .filter(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == size))
         .collect()
 }

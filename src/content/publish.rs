@@ -43,6 +43,21 @@ pub struct Published {
     pub staged: Option<Staged>,
 }
 
+impl Published {
+    /// The previous state, published again unchanged.
+    fn unchanged(prev: &Manifest) -> Self {
+        Published {
+            manifest: prev.clone(),
+            hash: Hash::from_bytes(prev.hash()),
+            bytes_added: 0,
+            consolidated: false,
+            unchanged: true,
+            protect: Vec::new(),
+            staged: None,
+        }
+    }
+}
+
 struct Packed {
     refs: RefSet,
     new_pack: Option<PackStream>,
@@ -151,16 +166,7 @@ pub async fn publish(
     if let Some(prev) = previous
         && prev.refs == packed.refs
     {
-        let hash = Hash::from_bytes(prev.hash());
-        return Ok(Published {
-            manifest: prev.clone(),
-            hash,
-            bytes_added: 0,
-            consolidated: false,
-            unchanged: true,
-            protect: Vec::new(),
-            staged: None,
-        });
+        return Ok(Published::unchanged(prev));
     }
 
     let mut packs = match (previous, packed.consolidated) {
@@ -317,15 +323,7 @@ pub async fn publish_received(
     }
     if let Some(prev) = previous {
         if prev.refs == received.refs {
-            return Ok(Some(Published {
-                manifest: prev.clone(),
-                hash: Hash::from_bytes(prev.hash()),
-                bytes_added: 0,
-                consolidated: false,
-                unchanged: true,
-                protect: Vec::new(),
-                staged: None,
-            }));
+            return Ok(Some(Published::unchanged(prev)));
         }
         if manifest::needs_consolidation(prev.packs.len() + 1, max_packs) {
             return Ok(None);
@@ -334,12 +332,13 @@ pub async fn publish_received(
     let expect = prev_hex
         .clone()
         .map(|hex| (hex, previous.map_or(0, |p| p.packs.len())));
+    let blob_path = received.blob_path(source);
     let checks = {
         let source = source.to_path_buf();
         let dest = dest.to_path_buf();
         let prev_refs = previous.map(|p| p.refs.clone());
         let refs = received.refs.clone();
-        let pack = received.blob_path(&source);
+        let pack = blob_path.clone();
         tokio::task::spawn_blocking(move || -> Result<_, ContentError> {
             if !materialize::holds_exactly(&dest, expect.as_ref().map(|(h, n)| (h.as_str(), *n))) {
                 return Ok(None);
@@ -365,11 +364,9 @@ pub async fn publish_received(
     let mut protect = Vec::new();
     let mut staged = None;
     let mut bytes_added = 0;
-    if let (Some((objects, size)), Some(blob_path), Some(pack_path)) = (
-        header,
-        received.blob_path(source),
-        received.pack_path(source),
-    ) && objects > 0
+    if let (Some((objects, size)), Some(blob_path), Some(pack_path)) =
+        (header, blob_path, received.pack_path(source))
+        && objects > 0
     {
         let absolute =
             |p: PathBuf| std::path::absolute(p).map_err(|e| ContentError::Task(e.to_string()));

@@ -94,14 +94,13 @@ pub fn apply_refs_over(
     current: &BTreeMap<String, ObjectId>,
 ) -> Result<(), GitError> {
     set.validate()?;
-    let current = current.clone();
     if current.is_empty() && !git_dir.join("packed-refs").exists() {
         let peeled = peel_wanted(git_dir, set, &BTreeMap::new())?;
         write_packed_refs(git_dir, &set.refs, &peeled)?;
     } else {
         // Targets of unchanged refs are present already.
-        peel_wanted(git_dir, set, &current)?;
-        update_refs(git_dir, set, &current)?;
+        peel_wanted(git_dir, set, current)?;
+        update_refs(git_dir, set, current)?;
     }
     match &set.head {
         None => {}
@@ -278,9 +277,8 @@ fn write_replacing(git_dir: &Path, name: &str, data: &[u8]) -> Result<(), GitErr
     Ok(())
 }
 
-/// All refs under `refs/` currently in the repository, without filtering.
-/// Every ref of the repository (all of them, not only what
-/// [`read_refs`] publishes), in one `for-each-ref`.
+/// All refs under `refs/` currently in the repository, without the
+/// filtering of [`read_refs`], in one `for-each-ref`.
 pub fn current_refs(git_dir: &Path) -> Result<BTreeMap<String, ObjectId>, GitError> {
     let out = git_ok(
         git_dir,
