@@ -227,6 +227,7 @@ impl Core {
         }
         self.start_reads(now);
         self.rewrite_touched(now);
+        self.withhold_unpersisted_announcements();
         std::mem::take(&mut self.out)
     }
 
@@ -262,11 +263,13 @@ impl Core {
         }
     }
 
-    /// The held statements of `repo_ids` (unknown or empty ones skipped),
-    /// for a peer that pulls them.
+    /// The held statements of `repo_ids` (unknown or empty ones skipped,
+    /// and those whose rows wait to be written again), for a peer that
+    /// pulls them.
     pub fn held_statements(&self, repo_ids: &[RepoId]) -> Vec<SignedStatement> {
         repo_ids
             .iter()
+            .filter(|id| !self.awaits_repersist(id))
             .filter_map(|id| self.repos.get(id))
             .filter_map(|r| r.held.as_ref().map(|h| h.statement.clone()))
             .collect()

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use super::{
     io::{Effect, Event, Now, Subject, TimerKey, Write, later},
@@ -34,11 +34,7 @@ impl Core {
     /// leave the record naming a state the author lost). Writing the rows
     /// again re-arms it ([`Core::repersist`]).
     pub(super) fn start_write_back(&mut self, repo_id: &RepoId, now: Now) {
-        if !self
-            .unpersisted
-            .subjects
-            .contains(&Subject::Repo(repo_id.clone()))
-        {
+        if !self.awaits_repersist(repo_id) {
             self.with_repo(repo_id, now, |r, ctx| r.start_write_back(ctx));
         }
     }
@@ -110,16 +106,58 @@ impl Core {
             return;
         }
         let mut touched = BTreeSet::new();
-        for effect in &self.out {
+        let mut first = None;
+        for (index, effect) in self.out.iter().enumerate() {
             if let Effect::Persist(write) = effect
                 && write.needs_durability()
                 && let subject @ Subject::Repo(_) = write.subject()
                 && self.unpersisted.subjects.remove(&subject)
             {
                 touched.insert(subject);
+                first.get_or_insert(index);
             }
         }
+        let Some(first) = first else {
+            return;
+        };
+        // The rows go in the commit of the first touched write, ahead of
+        // any announcement the event made: a later, separate commit could
+        // fail after the new state was announced.
+        let end = self.out.len();
         self.rewrite_subjects(touched, now);
+        let rewrites: Vec<Effect> = self.out.drain(end..).collect();
+        self.out.splice(first..first, rewrites);
+    }
+
+    /// A repository whose rows wait to be written again tells nobody of
+    /// its state: neither an announcement this event made nor, through
+    /// [`Core::held_statements`], the answer to a pull. A publisher that
+    /// crashed before the retry would otherwise restart on an older state
+    /// than the one it signed and spread, which its followers hold and it
+    /// never takes back. The announcement goes out once the rows are
+    /// written ([`Core::repersist`]).
+    pub(super) fn withhold_unpersisted_announcements(&mut self) {
+        if self.unpersisted.subjects.is_empty() {
+            return;
+        }
+        let unpersisted = &self.unpersisted.subjects;
+        self.out.retain(|effect| match effect {
+            Effect::Announce { repo, .. } => {
+                let waits = unpersisted.contains(&Subject::Repo(repo.clone()));
+                if waits {
+                    debug!(repo = %repo, "not announcing a state the database does not hold yet");
+                }
+                !waits
+            }
+            _ => true,
+        });
+    }
+
+    /// Whether `repo_id`'s rows wait to be written again.
+    pub(super) fn awaits_repersist(&self, repo_id: &RepoId) -> bool {
+        self.unpersisted
+            .subjects
+            .contains(&Subject::Repo(repo_id.clone()))
     }
 
     fn rewrite_subjects(&mut self, subjects: impl IntoIterator<Item = Subject>, now: Now) {

@@ -329,6 +329,30 @@ impl World {
         }
     }
 
+    /// A node tells peers only of a state its database holds: otherwise a
+    /// crash before the rows are written leaves a state spread that the
+    /// node itself lost (for its own states, one it never takes back).
+    pub fn check_told_durable(
+        &mut self,
+        node: usize,
+        repo: &RepoId,
+        statement: &crate::announce::SignedStatement,
+    ) {
+        let seq = statement.statement.seq;
+        let on_disk = self.nodes[node]
+            .disk
+            .rows
+            .get(repo)
+            .and_then(|row| row.held.as_ref())
+            .is_some_and(|held| held.seq() >= seq);
+        if !on_disk {
+            let role = self.nodes[node].role.name();
+            self.fail(format!(
+                "n{node} ({role}) tells peers of {repo} seq {seq}, which its database does not hold"
+            ));
+        }
+    }
+
     /// Check an answer to an admin command.
     pub fn check_reply(&mut self, node: usize, command: &CoreCommand, reply: &Reply) {
         let (CoreCommand::Replicas { .. }, Reply::Ok(Payload::Replicas(report))) = (command, reply)

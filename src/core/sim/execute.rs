@@ -103,6 +103,7 @@ impl World {
                 statement,
                 audience,
             } => {
+                self.check_told_durable(node, &repo, &statement);
                 let announcement =
                     Announcement::new_at(statement, &self.nodes[node].key, vec![], self.unix_ms());
                 let (topic, direct) = match audience {

@@ -299,6 +299,11 @@ impl World {
             return;
         };
         let statements = core.held_statements(&repos);
+        for statement in &statements {
+            if let Ok(repo) = RepoId::parse(&statement.statement.repo_id) {
+                self.check_told_durable(node, &repo, statement);
+            }
+        }
         let key = self.nodes[node].key.clone();
         let sent_at = self.unix_ms();
         let answers: Vec<(RepoId, Announcement)> = statements

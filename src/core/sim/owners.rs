@@ -88,24 +88,42 @@ impl World {
         self.announce_own(node, &repo, hash);
     }
 
-    /// Once every follower of the record read it as deleted, publish.
+    /// Once every follower of the record read it as deleted and recorded
+    /// that durably, publish. A node cannot be expected to distrust a
+    /// former peer whose revocation it lost: a read whose commit failed
+    /// before a crash, or a node that was down, restarts from the record
+    /// it last stored and learns of the deletion only at its next read.
     fn rogue(&mut self, node: usize) {
         let Some((repo, _)) = self.owner_faults.deleted.clone() else {
             return;
         };
-        let readers: Vec<usize> = (0..self.nodes.len())
-            .filter(|n| {
-                self.nodes[*n].core.as_ref().is_some_and(|c| {
-                    c.repos
-                        .get(&repo)
-                        .is_some_and(|r| r.config.locator.is_some())
-                })
-            })
-            .collect();
-        if !readers
+        let reads_record = |n: &SimNode| {
+            let in_core = n.core.as_ref().is_some_and(|c| {
+                c.repos
+                    .get(&repo)
+                    .is_some_and(|r| r.config.locator.is_some())
+            });
+            let on_disk = n
+                .disk
+                .rows
+                .get(&repo)
+                .is_some_and(|row| row.config.locator.is_some());
+            n.is_honest() && (in_core || on_disk)
+        };
+        let durably_saw = |index: usize, n: &SimNode| {
+            self.owner_faults.saw_deleted.contains(&index)
+                && n.disk
+                    .rows
+                    .get(&repo)
+                    .is_none_or(|row| row.record.is_none())
+        };
+        let all_know = self
+            .nodes
             .iter()
-            .all(|n| self.owner_faults.saw_deleted.contains(n))
-        {
+            .enumerate()
+            .filter(|(_, n)| reads_record(n))
+            .all(|(index, n)| durably_saw(index, n));
+        if !all_know {
             return;
         }
         let pack = self.content.pack(5_000);
