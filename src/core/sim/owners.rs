@@ -229,14 +229,39 @@ impl World {
     }
 
     /// The `seq` the owner's write-back stores: its own, or the end of time
-    /// once its clock broke.
+    /// once its clock broke. Then the operators of the record's followers
+    /// ask for a sync at once: their read of the far-future record races
+    /// the fetch the new state's announcement started, so some follower
+    /// holds the record pending when the adversary crashes it.
     pub fn written_seq(&mut self, repo: &RepoId, seq: u64) -> u64 {
         match &mut self.owner_faults.broken_clock {
             Some((r, at, used)) if r == repo && !*used && self.now >= *at => {
                 *used = true;
+                self.sync_followers(repo);
                 FAR_FUTURE_SEQ
             }
             _ => seq,
+        }
+    }
+
+    fn sync_followers(&mut self, repo: &RepoId) {
+        let followers: Vec<usize> = (0..self.nodes.len())
+            .filter(|n| {
+                let node = &self.nodes[*n];
+                node.is_honest()
+                    && !matches!(node.role, Role::Author { .. })
+                    && node
+                        .core
+                        .as_ref()
+                        .is_some_and(|c| c.repos.contains_key(repo))
+            })
+            .collect();
+        for node in followers {
+            let after = self.between(Duration::from_millis(1), Duration::from_millis(1500));
+            let command = CoreCommand::Sync {
+                repo_id: repo.clone(),
+            };
+            self.schedule(after, Ev::Admin { node, command });
         }
     }
 
