@@ -109,8 +109,7 @@ impl Core {
         let mut batches: BTreeMap<EndpointId, Vec<RepoId>> = BTreeMap::new();
         let mut next: Option<std::time::Instant> = None;
         for (repo_id, repo) in &mut self.repos {
-            let targets = repo.dial_targets(me);
-            let Some(topic) = repo.topic.as_mut().filter(|t| t.neighbors.is_empty()) else {
+            let Some(topic) = repo.topic.as_ref().filter(|t| t.neighbors.is_empty()) else {
                 continue;
             };
             let Some(due) = topic.rejoin_due else {
@@ -120,6 +119,12 @@ impl Core {
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
             }
+            // Only a topic whose turn came costs its peers' look-up: the
+            // sweep passes over every repository, often during a burst.
+            let targets = repo.dial_targets(me);
+            let Some(topic) = repo.topic.as_mut() else {
+                continue;
+            };
             topic.rejoin_attempts = topic.rejoin_attempts.saturating_add(1);
             let due = super::later(now.at, queue::backoff(base, max, topic.rejoin_attempts + 1));
             topic.rejoin_due = Some(due);
