@@ -22,7 +22,7 @@ use std::{path::PathBuf, sync::Mutex, time::Duration};
 
 use iroh::{Endpoint, EndpointId};
 use iroh_blobs::{Hash, store::fs::FsStore};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{ContentError, GcGuard, Optimizer};
 use crate::{
@@ -280,11 +280,21 @@ async fn fetch(
         faults: Some(&note),
         ..content::FetchOptions::new(ctx.fetch_timeout, &ctx.data_dir)
     };
+    let started = std::time::Instant::now();
     let fetched =
         content::fetch(&ctx.blobs, &ctx.endpoint, repo, manifest, providers, &opts).await?;
+    let downloaded = started.elapsed();
     let outcome =
         content::materialize(&ctx.blobs, &ctx.dest(repo), manifest, &fetched.manifest).await?;
+    let materialized = started.elapsed();
     content::pin(&ctx.blobs, repo, manifest, &fetched.manifest).await?;
+    debug!(
+        repo = %repo,
+        download_ms = downloaded.as_millis() as u64,
+        materialize_ms = (materialized - downloaded).as_millis() as u64,
+        pin_ms = (started.elapsed() - materialized).as_millis() as u64,
+        "fetch job phases"
+    );
     let gc_passes = ctx.gc_guard.passes();
     ctx.gc_guard.hold(rebuilt.protect);
     if outcome != materialize::Outcome::Unchanged {
