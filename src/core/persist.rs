@@ -61,6 +61,10 @@ impl Core {
                     wait.as_secs()
                 );
                 self.with_repo(repo_id, now, |r, _| {
+                    // What the failed batch announced did not go out: its
+                    // rebroadcasts are given back, so the announcement
+                    // once the rows are written is not held to them.
+                    r.rebroadcasts = Default::default();
                     r.set_error(Some(message));
                     r.notify(NodeEvent::PersistFailed {
                         error: store_error.clone(),
@@ -124,9 +128,28 @@ impl Core {
         // any announcement the event made: a later, separate commit could
         // fail after the new state was announced.
         let end = self.out.len();
+        let announced: BTreeSet<RepoId> = self.out[..end]
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Announce { repo, .. } => Some(repo.clone()),
+                _ => None,
+            })
+            .collect();
         self.rewrite_subjects(touched, now);
-        let rewrites: Vec<Effect> = self.out.drain(end..).collect();
-        self.out.splice(first..first, rewrites);
+        let (rows, rest): (Vec<Effect>, Vec<Effect>) = self
+            .out
+            .drain(end..)
+            .partition(|e| matches!(e, Effect::Persist(_)));
+        // The rows join the commit of the first touched write; the rest
+        // (timers, the held state's announcement) follows the event's own
+        // effects, and the announcement is dropped when the event announces
+        // the repository itself.
+        self.out.splice(first..first, rows);
+        self.out.extend(
+            rest.into_iter().filter(
+                |e| !matches!(e, Effect::Announce { repo, .. } if announced.contains(repo)),
+            ),
+        );
     }
 
     /// A repository whose rows wait to be written again tells nobody of
@@ -141,16 +164,25 @@ impl Core {
             return;
         }
         let unpersisted = &self.unpersisted.subjects;
+        let mut withheld = BTreeSet::new();
         self.out.retain(|effect| match effect {
             Effect::Announce { repo, .. } => {
                 let waits = unpersisted.contains(&Subject::Repo(repo.clone()));
                 if waits {
                     debug!(repo = %repo, "not announcing a state the database does not hold yet");
+                    withheld.insert(repo.clone());
                 }
                 !waits
             }
             _ => true,
         });
+        // A withheld announcement used no rebroadcast: the one made once
+        // the rows are written is not held to it.
+        for repo_id in withheld {
+            if let Some(repo) = self.repos.get_mut(&repo_id) {
+                repo.rebroadcasts = Default::default();
+            }
+        }
     }
 
     /// Whether `repo_id`'s rows wait to be written again.

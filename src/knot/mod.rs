@@ -546,9 +546,9 @@ impl Knot {
 
     /// Execute effects in order. Writes are grouped; a group with a durable
     /// write is committed before the next effect runs. If that commit
-    /// fails, no later announcement of the batch goes out, later successful
-    /// replies become errors, and the core hears of it next
-    /// ([`Event::PersistFailed`]).
+    /// fails, no later announcement of a repository it wrote goes out,
+    /// later successful replies become errors, and the core hears of it
+    /// next ([`Event::PersistFailed`]).
     async fn execute(&mut self, effects: Vec<Effect>) {
         let mut writes = Vec::new();
         let mut failed: Option<(Vec<Subject>, String)> = None;
@@ -560,9 +560,11 @@ impl Knot {
             if !writes.is_empty() {
                 self.commit(std::mem::take(&mut writes), &mut failed);
             }
-            if let Some((_, error)) = &failed {
+            if let Some((subjects, error)) = &failed {
                 match &mut effect {
-                    Effect::Announce { repo, .. } => {
+                    Effect::Announce { repo, .. }
+                        if subjects.contains(&Subject::Repo(repo.clone())) =>
+                    {
                         warn!(repo = %repo, "not announcing a state the database could not record");
                         continue;
                     }

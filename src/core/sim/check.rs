@@ -344,7 +344,7 @@ impl World {
             .rows
             .get(repo)
             .and_then(|row| row.held.as_ref())
-            .is_some_and(|held| held.seq() >= seq);
+            .is_some_and(|held| held.statement == *statement);
         if !on_disk {
             let role = self.nodes[node].role.name();
             self.fail(format!(

@@ -14,8 +14,8 @@ use crate::{
 impl World {
     /// Execute `effects` of `node`'s core in order, as the actor does:
     /// consecutive writes are one commit; after a failed durable commit no
-    /// announcement of the batch goes out, successful replies become
-    /// errors, and the core hears of it right after the batch.
+    /// announcement of a repository it wrote goes out, successful replies
+    /// become errors, and the core hears of it right after the batch.
     pub fn execute(&mut self, node: usize, effects: Vec<Effect>) {
         let mut writes = Vec::new();
         let mut failed: Vec<Subject> = Vec::new();
@@ -32,7 +32,11 @@ impl World {
             }
             if !failed.is_empty() {
                 match &mut effect {
-                    Effect::Announce { .. } => continue,
+                    Effect::Announce { repo, .. }
+                        if failed.contains(&Subject::Repo(repo.clone())) =>
+                    {
+                        continue;
+                    }
                     Effect::Reply { reply, .. } if matches!(reply, Reply::Ok(_)) => {
                         *reply = Reply::Error("the database could not record this change".into());
                     }

@@ -156,9 +156,16 @@ fn a_state_the_database_does_not_hold_is_announced_only_once_written() {
         "not on disk: a pull is not answered with it"
     );
 
+    // The retry's commit fails as well: its announcement did not go out,
+    // so the next retry that holds announces, however soon.
     sim.advance(sim.core.settings.retry_base);
     let fx = sim.event(Event::Timer(TimerKey::Repersist));
     assert!(announces(&fx), "written again: announced: {fx:?}");
+    failed(&mut sim);
+    assert!(sim.core.held_statements(&[repo()]).is_empty());
+    sim.advance(sim.core.settings.retry_base * 2);
+    let fx = sim.event(Event::Timer(TimerKey::Repersist));
+    assert!(announces(&fx), "written at last: announced: {fx:?}");
     assert_eq!(sim.core.held_statements(&[repo()]).len(), 1);
 }
 
