@@ -329,10 +329,7 @@ pub async fn scale_content(
         round3(count as f64 / add_secs),
         "repo/s",
     );
-    report.param(
-        &format!("{p}_node_config"),
-        std::env::var("KNOTD_BENCH_NODE_CONFIG").unwrap_or_default(),
-    );
+    report.param(&format!("{p}_node_config"), extra);
     report.fig(
         format!("{p}_publish_per_s"),
         round3(count as f64 / publish_secs),

@@ -127,14 +127,15 @@ impl Core {
         // The rows go in the commit of the first touched write, ahead of
         // any announcement the event made: a later, separate commit could
         // fail after the new state was announced.
-        let end = self.out.len();
-        let announced: BTreeSet<RepoId> = self.out[..end]
+        let announced: BTreeSet<RepoId> = self
+            .out
             .iter()
             .filter_map(|e| match e {
                 Effect::Announce { repo, .. } => Some(repo.clone()),
                 _ => None,
             })
             .collect();
+        let end = self.out.len();
         self.rewrite_subjects(touched, now);
         let (rows, rest): (Vec<Effect>, Vec<Effect>) = self
             .out
