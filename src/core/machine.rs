@@ -342,6 +342,7 @@ impl Core {
                 Out::RecheckAfterGc(passes) => self.recheck_after_gc(repo_id, passes),
                 Out::Forget => self.forget(repo_id, now),
                 Out::RecordRead(ask) => self.record_read(repo_id, ask, now),
+                Out::Pull(peer) => self.pull_one(peer, repo_id.clone(), now),
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Direct pulls (`/knot/heads/1`): asking a peer what it holds of some
-//! repositories. The sweeps (rejoin, resync, start-up) queue, per peer, the
+//! repositories. The sweeps (rejoin, resync, start-up) and single
+//! repositories (a neighbour came up, a caller waits) queue, per peer, the
 //! repositories to ask about; the queue sends them in pulls of at most
 //! [`MAX_PULL_REPOS`], one pull per peer at a time and at most one every
 //! [`PULL_SPACING`] (a peer's heads server admits a few a second from one
@@ -62,6 +63,16 @@ impl Core {
             self.queue_pulls(peer, repos);
             self.send_pulls(peer, now);
         }
+    }
+
+    /// Ask `peer` about one repository. Unlike a sweep's pulls this one
+    /// does not wait out the peer's backoff (something happened: a
+    /// neighbour came up, a caller waits), but it joins the peer's queue,
+    /// so a burst of them to one peer goes out as a few pulls, not one
+    /// connection per repository the peer's server would refuse.
+    pub(super) fn pull_one(&mut self, peer: EndpointId, repo: RepoId, now: Now) {
+        self.queue_pulls(peer, vec![repo]);
+        self.send_pulls(peer, now);
     }
 
     /// Queue the tracked ones of `repos` for `peer` (at most

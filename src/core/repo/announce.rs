@@ -256,10 +256,7 @@ impl Repo {
         // Ask the newcomer what it holds: a peer that restarted may be a
         // neighbour again without announcing anything (its gossip layer may
         // think this node never left).
-        self.emit(Effect::Pull {
-            peer,
-            repos: vec![repo_id.clone()],
-        });
+        self.request(Out::Pull(peer));
         // Greet it with the state held here.
         if let Some(held) = &self.held {
             let statement = held.statement.clone();

@@ -101,10 +101,7 @@ impl Repo {
             self.request(Out::RecordRead(RecordRead::Now));
         }
         for peer in peers {
-            self.emit(Effect::Pull {
-                peer,
-                repos: vec![repo_id.clone()],
-            });
+            self.request(Out::Pull(peer));
         }
         self.request(Out::Pump);
         let message = match max_bytes {

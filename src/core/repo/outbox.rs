@@ -86,6 +86,10 @@ pub enum Out {
     Forget,
     /// A change to when the repository's record is read.
     RecordRead(RecordRead),
+    /// Ask this peer what it holds of the repository, through the peer's
+    /// pull queue: repositories asked of one peer at about the same time
+    /// go in one pull.
+    Pull(EndpointId),
 }
 
 /// What the schedule of record reads does for a repository.

@@ -26,7 +26,7 @@ use iroh::EndpointId;
 use iroh_blobs::Hash;
 
 use super::{
-    outbox::Ctx,
+    outbox::{Ctx, Out},
     state::{MAX_PEERS_CONTACTED, Probe, ReplicaWait, Repo},
 };
 use crate::{
@@ -381,10 +381,7 @@ impl Repo {
             .collect();
         let repo_id = self.config.repo_id.clone();
         for peer in ask {
-            self.emit(Effect::Pull {
-                peer,
-                repos: vec![repo_id.clone()],
-            });
+            self.request(Out::Pull(peer));
         }
         self.probe_claims(ctx);
         self.set_timer(TimerKey::ReplicasAsk(repo_id), later(ctx.now.at, ASK_EVERY));

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     api::{Payload, Reply, SyncReport},
     core::{
-        io::{Effect, ReplyId, TimerKey, later},
+        io::{ReplyId, TimerKey, later},
         queue::Lane,
     },
     state::Origin,
@@ -31,10 +31,7 @@ impl Repo {
         // caller is answered from the state held meanwhile).
         if self.topic.is_none() && self.held.is_some() && !self.record_read() {
             for peer in self.dial_targets(ctx.me) {
-                self.emit(Effect::Pull {
-                    peer,
-                    repos: vec![repo_id.clone()],
-                });
+                self.request(Out::Pull(peer));
             }
         }
         self.wake(ctx);
@@ -62,10 +59,7 @@ impl Repo {
             let round = ctx.round();
             self.sync.first_state_round = Some(round);
             for peer in self.dial_targets(ctx.me) {
-                self.emit(Effect::Pull {
-                    peer,
-                    repos: vec![repo_id.clone()],
-                });
+                self.request(Out::Pull(peer));
             }
             let at = later(ctx.now.at, ctx.settings.first_state_wait);
             self.set_timer(TimerKey::FirstState(repo_id, round), at);

@@ -510,6 +510,78 @@ fn a_neighbour_coming_up_is_asked_what_it_holds_and_greeted() {
     )));
 }
 
+/// A follower adding many repositories of one peer sees it come up as a
+/// neighbour on each topic at about the same time: it asks that peer in a
+/// few pulls, one at a time, not one connection per repository (which the
+/// peer's heads server would refuse past its rate).
+#[test]
+fn neighbours_coming_up_on_many_topics_are_asked_in_few_pulls() {
+    let mut sim = Sim::new(4);
+    let author = key(1);
+    let count = MAX_PULL_REPOS + 10;
+    let ids: Vec<RepoId> = (0..count)
+        .map(|n| rid(&format!("did:plc:owner/r{n}")))
+        .collect();
+    for id in &ids {
+        sim.command(CoreCommand::AddRepo {
+            repo_id: id.clone(),
+            locator: None,
+            peers: vec![hint(&author)],
+        });
+    }
+    let mut pulls: Vec<Vec<RepoId>> = Vec::new();
+    let take = |pulls: &mut Vec<Vec<RepoId>>, fx: &[Effect]| {
+        for e in fx {
+            if let Effect::Pull { peer, repos } = e {
+                assert_eq!(*peer, author.public());
+                pulls.push(repos.clone());
+            }
+        }
+    };
+    for id in &ids {
+        let fx = sim.event(Event::NeighborUp {
+            repo: id.clone(),
+            peer: author.public(),
+            addrs: vec![],
+        });
+        take(&mut pulls, &fx);
+    }
+    // The first neighbour is asked at once; the rest wait for its answer.
+    assert_eq!(pulls, vec![vec![ids[0].clone()]]);
+    take(
+        &mut pulls,
+        &sim.event(Event::Pulled {
+            peer: author.public(),
+            ok: true,
+        }),
+    );
+    sim.advance(Duration::from_secs(1));
+    take(
+        &mut pulls,
+        &sim.event(Event::Timer(TimerKey::DeferredPulls)),
+    );
+    assert_eq!(pulls.len(), 2, "{pulls:?}");
+    assert_eq!(pulls[1].len(), MAX_PULL_REPOS);
+    take(
+        &mut pulls,
+        &sim.event(Event::Pulled {
+            peer: author.public(),
+            ok: true,
+        }),
+    );
+    sim.advance(Duration::from_secs(1));
+    take(
+        &mut pulls,
+        &sim.event(Event::Timer(TimerKey::DeferredPulls)),
+    );
+    let mut asked: Vec<RepoId> = pulls.concat();
+    asked.sort();
+    let mut all = ids.clone();
+    all.sort();
+    assert_eq!(asked, all, "every repository asked about once");
+    assert_eq!(pulls.len(), 3);
+}
+
 /// A peer whose answer to a pull is an older state this node published (it
 /// missed the announcement while gossip still counted this restarted node
 /// as a neighbour) is told about the current state directly; a greeting
