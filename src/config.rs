@@ -269,8 +269,14 @@ pub struct Config {
     pub git_timeout_secs: u64,
     /// Most content jobs (publish, fetch, removal) running at once across
     /// all repositories; the rest wait their turn, an operator's or a git
-    /// client's first (default 4).
+    /// client's first (default 8).
     pub max_concurrent_jobs: usize,
+    /// Of those, most that index large packs at once (a fetch whose new
+    /// packs hold [`crate::content::jobs::LARGE_JOB_BYTES`] or more): each runs a `git
+    /// index-pack` whose memory grows with the pack; the others wait for
+    /// one of them to finish indexing, while small fetches go on
+    /// (default 2).
+    pub max_large_jobs: usize,
     /// Most bytes (of packs) one repository's state may have; a larger state
     /// is refused before it is fetched (default: no limit).
     pub max_repo_bytes: Option<u64>,
@@ -316,7 +322,8 @@ impl Default for Config {
             verify_interval_secs: 86_400,
             topic_idle_secs: 900,
             git_timeout_secs: crate::git::DEFAULT_TIMEOUT.as_secs(),
-            max_concurrent_jobs: 4,
+            max_concurrent_jobs: 8,
+            max_large_jobs: 2,
             max_repo_bytes: None,
             max_total_bytes: None,
             policy: PolicyConfig::default(),
@@ -390,6 +397,12 @@ impl Config {
         if self.max_concurrent_jobs == 0 {
             return Err(ConfigError::Invalid {
                 field: "max_concurrent_jobs",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_large_jobs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "max_large_jobs",
                 reason: "must be at least 1".into(),
             });
         }

@@ -18,10 +18,15 @@
 //! [`Optimizer`]: it speeds up serving clones but is no part of the state,
 //! so the job does not wait for it.
 
-use std::{path::PathBuf, sync::Mutex, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use iroh::{Endpoint, EndpointId};
 use iroh_blobs::{Hash, store::fs::FsStore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::{ContentError, GcGuard, Optimizer};
@@ -52,7 +57,38 @@ pub struct JobContext {
     pub max_packs: usize,
     /// Background optimizations of materialized repositories.
     pub optimizer: Optimizer,
+    /// Permits to index large packs (`max_large_jobs`).
+    pub large_jobs: LargeJobs,
 }
+
+/// Permits to index large packs: a fetch whose new packs hold
+/// [`LARGE_JOB_BYTES`] or more materializes holding one, so at most
+/// `max_large_jobs` such `git index-pack`s run at once; smaller fetches
+/// need none.
+#[derive(Debug, Clone)]
+pub struct LargeJobs(Arc<Semaphore>);
+
+impl LargeJobs {
+    /// At most `permits` large jobs index at once.
+    pub fn new(permits: usize) -> Self {
+        Self(Arc::new(Semaphore::new(permits)))
+    }
+
+    /// What indexing `bytes` of new packs must hold while it runs: a
+    /// permit once one is free for a large job, nothing for a small one.
+    pub async fn permit(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        if bytes < LARGE_JOB_BYTES {
+            return None;
+        }
+        // The semaphore is never closed.
+        self.0.clone().acquire_owned().await.ok()
+    }
+}
+
+/// New packs of a fetch from this many bytes up make it a large job: its
+/// `git index-pack` takes memory in proportion, so only `max_large_jobs`
+/// of them index at once while small fetches go on beside them.
+pub const LARGE_JOB_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How often a fetch reports its progress (and once more when its packs
 /// are all in).
@@ -115,7 +151,14 @@ async fn run_job(ctx: JobContext, repo: RepoId, spec: JobSpec, reports: Reports<
             limit,
             repair,
         } => {
-            let result = fetch(&ctx, &repo, manifest, &providers, limit, repair, reports).await;
+            let target = Target {
+                manifest,
+                previous,
+                providers: &providers,
+                limit,
+                repair,
+            };
+            let result = fetch(&ctx, &repo, target, reports).await;
             finish(&ctx, &repo, previous, result).await
         }
         JobSpec::Discard => content::discard(&ctx.blobs, &repo, &ctx.dest(&repo))
@@ -243,15 +286,62 @@ async fn publish(
     Ok(out)
 }
 
+/// What a fetch job is to bring in.
+struct Target<'a> {
+    /// The state's manifest.
+    manifest: Hash,
+    /// The state held before it, if any.
+    previous: Option<Hash>,
+    /// Who may provide its blobs.
+    providers: &'a [EndpointId],
+    /// Most bytes it may hold.
+    limit: Option<u64>,
+    /// Whether missing blobs of the state held are rebuilt first.
+    repair: bool,
+}
+
+/// Bytes of the packs of `manifest` that `previous` did not have: what
+/// materializing it indexes.
+fn new_pack_bytes(manifest: &Manifest, previous: Option<&Manifest>) -> u64 {
+    manifest
+        .packs
+        .iter()
+        .filter(|p| previous.is_none_or(|q| !q.packs.iter().any(|h| h.hash == p.hash)))
+        .fold(0u64, |sum, p| sum.saturating_add(p.size))
+}
+
+/// [`new_pack_bytes`] of a fetch, reading the previous manifest only when
+/// the whole state is large enough for it to matter (a previous manifest
+/// that cannot be read counts as nothing held).
+async fn fetch_indexes(
+    ctx: &JobContext,
+    repo: &RepoId,
+    manifest: &Manifest,
+    previous: Option<Hash>,
+) -> u64 {
+    let total = new_pack_bytes(manifest, None);
+    let Some(previous) = previous.filter(|_| total >= LARGE_JOB_BYTES) else {
+        return total;
+    };
+    match content::load_manifest(&ctx.blobs, previous, repo).await {
+        Ok(previous) => new_pack_bytes(manifest, Some(&previous)),
+        Err(_) => total,
+    }
+}
+
 async fn fetch(
     ctx: &JobContext,
     repo: &RepoId,
-    manifest: Hash,
-    providers: &[EndpointId],
-    limit: Option<u64>,
-    repair: bool,
+    target: Target<'_>,
     reports: Reports<'_>,
 ) -> Result<StateInfo, ContentError> {
+    let Target {
+        manifest,
+        previous,
+        providers,
+        limit,
+        repair,
+    } = target;
     let rebuilt = if repair {
         content::rebuild_missing(&ctx.blobs, repo, &ctx.dest(repo), manifest).await?
     } else {
@@ -284,8 +374,14 @@ async fn fetch(
     let fetched =
         content::fetch(&ctx.blobs, &ctx.endpoint, repo, manifest, providers, &opts).await?;
     let downloaded = started.elapsed();
+    let indexed = fetch_indexes(ctx, repo, &fetched.manifest, previous).await;
+    if indexed >= LARGE_JOB_BYTES {
+        debug!(repo = %repo, bytes = indexed, "large packs to index: waiting for a large-job permit");
+    }
+    let large = ctx.large_jobs.permit(indexed).await;
     let outcome =
         content::materialize(&ctx.blobs, &ctx.dest(repo), manifest, &fetched.manifest).await?;
+    drop(large);
     let materialized = started.elapsed();
     content::pin(&ctx.blobs, repo, manifest, &fetched.manifest).await?;
     debug!(
@@ -305,4 +401,61 @@ async fn fetch(
     out.blobs_fetched = fetched.blobs_fetched;
     out.recheck_after_gc_pass = fetched.reused_unpinned.then_some(gc_passes);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{future::Future, pin::pin, task::Poll};
+
+    use super::*;
+    use crate::manifest::PackEntry;
+
+    fn ready<F: Future>(f: F) -> Option<F::Output> {
+        let mut f = pin!(f);
+        let waker = std::task::Waker::noop();
+        match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+            Poll::Ready(out) => Some(out),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn small_jobs_need_no_permit_and_large_ones_wait_for_one() {
+        let gate = LargeJobs::new(1);
+        let first = ready(gate.permit(LARGE_JOB_BYTES)).expect("a free permit");
+        assert!(first.is_some());
+        // The only permit is held: another large job waits...
+        assert!(ready(gate.permit(LARGE_JOB_BYTES + 1)).is_none());
+        // ...while a small one goes ahead.
+        assert!(matches!(
+            ready(gate.permit(LARGE_JOB_BYTES - 1)),
+            Some(None)
+        ));
+        drop(first);
+        assert!(matches!(ready(gate.permit(u64::MAX)), Some(Some(_))));
+    }
+
+    #[test]
+    fn only_packs_the_previous_state_lacked_are_counted() {
+        let pack = |n: u8, size: u64| PackEntry {
+            hash: [n; 32],
+            size,
+            objects: 1,
+        };
+        let previous = Manifest {
+            repo_id: "did:plc:a/b".into(),
+            refs: crate::git::RefSet {
+                head: None,
+                refs: Default::default(),
+            },
+            packs: vec![pack(1, 100 << 20)],
+        };
+        let mut next = previous.clone();
+        next.packs.push(pack(2, 3));
+        assert_eq!(new_pack_bytes(&next, Some(&previous)), 3);
+        assert_eq!(new_pack_bytes(&next, None), (100 << 20) + 3);
+        // Sizes that overflow saturate rather than wrap to a small job.
+        next.packs.push(pack(3, u64::MAX));
+        assert_eq!(new_pack_bytes(&next, None), u64::MAX);
+    }
 }

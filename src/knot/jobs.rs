@@ -24,7 +24,7 @@ use super::KnotParts;
 use crate::{
     content::{
         self, Optimizer,
-        jobs::{JobContext, JobOutcome, ReportProgress},
+        jobs::{JobContext, JobOutcome, LargeJobs, ReportProgress},
     },
     core::{Event, JobId, JobProgress, JobSpec},
     repo_id::RepoId,
@@ -59,6 +59,7 @@ impl Jobs {
             fetch_timeout: config.fetch_timeout(),
             max_packs: config.max_packs,
             optimizer: Optimizer::new(cancel),
+            large_jobs: LargeJobs::new(config.max_large_jobs),
         };
         let (progress_tx, progress_rx) = mpsc::channel(PROGRESS_BUFFER);
         Self {
