@@ -52,9 +52,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// so one peer cannot hold every slot.
 pub const MAX_CONNECTIONS_PER_PEER: usize = 4;
 /// Requests a peer may send in a burst...
-const PEER_BURST: f64 = 32.0;
+pub const PEER_BURST: f64 = 32.0;
 /// ...and per second after it.
-const PEER_RATE: f64 = 4.0;
+pub const PEER_RATE: f64 = 4.0;
 
 /// Errors of a head exchange.
 #[derive(Debug, thiserror::Error)]

@@ -332,6 +332,20 @@ impl ChildNode {
         Ok(utime + stime)
     }
 
+    /// [`Self::cpu_ticks`] plus the CPU of its child processes that ended
+    /// (the git processes it ran and waited for).
+    pub fn cpu_ticks_with_children(&self) -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime, stime, cutime, cstime: fields 14 to 17.
+        let mut ticks = 0u64;
+        for i in 11..15 {
+            ticks += fields.get(i).context("stat times")?.parse::<u64>()?;
+        }
+        Ok(ticks)
+    }
+
     /// Stop gracefully with SIGTERM (killing after 30 s); returns the time it took.
     pub async fn stop(mut self) -> Result<Duration> {
         let start = Instant::now();

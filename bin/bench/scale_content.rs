@@ -192,6 +192,8 @@ pub async fn scale_content(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_empty = node.rss_bytes()?;
     let with_records = std::env::var_os("KNOTD_BENCH_NO_RECORDS").is_none();
+    let node_cpu0 = node.cpu_ticks_with_children()?;
+    let publisher_cpu0 = publisher.cpu_ticks_with_children()?;
     let started = Instant::now();
     for i in 0..count {
         let added = node
@@ -241,6 +243,11 @@ pub async fn scale_content(
         }
     }
     let follow_secs = started.elapsed().as_secs_f64();
+    // CPU per followed repository, git processes included: unlike the
+    // rate, it does not depend on what else the machine's cores run.
+    let cpu_ms = |used: u64| used as f64 / ticks * 1000.0 / count as f64;
+    let node_cpu_ms = cpu_ms(node.cpu_ticks_with_children()? - node_cpu0);
+    let publisher_cpu_ms = cpu_ms(publisher.cpu_ticks_with_children()? - publisher_cpu0);
     // Let the last jobs, bitmaps and bookkeeping settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = node.rss_bytes()?;
@@ -323,6 +330,16 @@ pub async fn scale_content(
         format!("{p}_follow_per_s"),
         round3(count as f64 / follow_secs),
         "repo/s",
+    );
+    report.fig(
+        format!("{p}_follow_cpu_ms_per_repo"),
+        round3(node_cpu_ms),
+        "ms",
+    );
+    report.fig(
+        format!("{p}_follow_publisher_cpu_ms_per_repo"),
+        round3(publisher_cpu_ms),
+        "ms",
     );
     report.fig(
         format!("{p}_follow_add_repo_per_s"),

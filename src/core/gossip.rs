@@ -33,7 +33,7 @@ impl Core {
         match busy {
             Busy::Push { peer } => {
                 self.counters.pushes_dropped += 1;
-                debug!(peer = %peer.fmt_short(), "a direct push was not sent: too many exchanges in flight");
+                debug!(peer = %peer.fmt_short(), "a direct push was not sent: too many exchanges in flight, or past the rate the peer admits");
             }
             Busy::Pull { peer, repos } => self.pull_busy(peer, repos, now),
         }

@@ -1,11 +1,15 @@
 //! The actor's network side-tasks and address helpers: direct pushes and
-//! pulls of announcements (bounded in number; pulled announcements are
+//! pulls of announcements (bounded in number, pushes paced per peer at the
+//! rate its heads server admits from one peer; pulled announcements are
 //! verified on the task, not the actor, and an answer is charged to the
 //! answering peer's budget of the direct exchange, the one its pushes
 //! spend), record write-back, this node's own address and peer hint.
 //! Nothing here is persisted.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use iroh::{Endpoint, EndpointAddr, EndpointId, Watcher};
 use iroh_tickets::endpoint::EndpointTicket;
@@ -17,7 +21,7 @@ use crate::{
     announce::Announcement,
     core::{WriteFailure, WrittenBack},
     heads,
-    limits::{DropCounters, SharedLimiter},
+    limits::{DropCounters, RateLimiter, SharedLimiter},
     record::{self, PeerHint},
     repo_id::RepoId,
 };
@@ -67,6 +71,9 @@ pub(super) struct NetTasks {
     dropped: u64,
     limiter: SharedLimiter,
     drops: Arc<DropCounters>,
+    /// Pushes sent to each peer, paced at the rate its heads server admits
+    /// from one peer: a push past it would be refused after a handshake.
+    push_pace: RateLimiter,
 }
 
 impl NetTasks {
@@ -77,6 +84,7 @@ impl NetTasks {
             dropped: 0,
             limiter,
             drops,
+            push_pace: RateLimiter::new(heads::PEER_BURST, heads::PEER_RATE),
         }
     }
 
@@ -97,9 +105,13 @@ impl NetTasks {
         false
     }
 
-    /// Push an encoded announcement to `peer`; false when there is no room.
+    /// Push an encoded announcement to `peer`; false when there is no room,
+    /// or when `peer` was sent as many pushes as its heads server admits
+    /// from one peer (a burst of pushes to one peer, such as the catch-up
+    /// pushes of many repositories followed from it, would otherwise cost a
+    /// connection each only to be refused).
     pub fn push(&mut self, endpoint: &Endpoint, peer: EndpointId, message: Vec<u8>) -> bool {
-        if self.full() {
+        if !self.admit_push(peer, Instant::now()) {
             return false;
         }
         let endpoint = endpoint.clone();
@@ -109,6 +121,20 @@ impl NetTasks {
             }
             NetDone::Pushed
         });
+        true
+    }
+
+    /// Whether a push to `peer` at `now` may start: there is room, and the
+    /// peer's server would admit it.
+    fn admit_push(&mut self, peer: EndpointId, now: Instant) -> bool {
+        if self.full() {
+            return false;
+        }
+        if !self.push_pace.allow(peer, now) {
+            self.dropped += 1;
+            debug!(peer = %peer.fmt_short(), dropped = self.dropped, "past the rate the peer admits; dropping a direct push");
+            return false;
+        }
         true
     }
 
@@ -307,4 +333,29 @@ pub fn hint_to_addr(hint: &PeerHint) -> Option<EndpointAddr> {
         }
     }
     Some(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_to_one_peer_are_paced_at_the_rate_its_server_admits() {
+        let mut net = NetTasks::new(
+            SharedLimiter::new(heads::PEER_BURST, heads::PEER_RATE),
+            Arc::new(DropCounters::default()),
+        );
+        let (a, b) = (
+            iroh::SecretKey::from_bytes(&[1; 32]).public(),
+            iroh::SecretKey::from_bytes(&[2; 32]).public(),
+        );
+        let t0 = Instant::now();
+        let burst = heads::PEER_BURST as usize;
+        assert!((0..burst).all(|_| net.admit_push(a, t0)));
+        assert!(!net.admit_push(a, t0), "past the peer's burst");
+        assert!(net.admit_push(b, t0), "another peer has its own budget");
+        let later = t0 + Duration::from_secs_f64(1.0 / heads::PEER_RATE);
+        assert!(net.admit_push(a, later), "at the peer's rate again");
+        assert!(!net.admit_push(a, later));
+    }
 }
