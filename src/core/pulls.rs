@@ -37,6 +37,10 @@ pub const PULL_STALE: Duration = Duration::from_secs(60);
 /// What is still to be asked of one peer.
 #[derive(Debug, Clone, Default)]
 pub struct PullQueue {
+    /// Repositories asked about for a reason of their own (a neighbour came
+    /// up, a caller waits): sent first, and kept when a pull they were not
+    /// in fails.
+    pub urgent: BTreeSet<RepoId>,
     /// Repositories to ask about (only tracked ones are queued).
     pub waiting: BTreeSet<RepoId>,
     /// When the pull under way was sent.
@@ -71,7 +75,14 @@ impl Core {
     /// so a burst of them to one peer goes out as a few pulls, not one
     /// connection per repository the peer's server would refuse.
     pub(super) fn pull_one(&mut self, peer: EndpointId, repo: RepoId, now: Now) {
-        self.queue_pulls(peer, vec![repo]);
+        if !self.repos.contains_key(&repo)
+            || (!self.pull_queues.contains_key(&peer) && self.pull_queues.len() >= MAX_PULL_PEERS)
+        {
+            return;
+        }
+        let queue = self.pull_queues.entry(peer).or_default();
+        queue.waiting.remove(&repo);
+        queue.urgent.insert(repo);
         self.send_pulls(peer, now);
     }
 
@@ -100,7 +111,7 @@ impl Core {
         let Some(queue) = self.pull_queues.get_mut(&peer) else {
             return;
         };
-        if queue.waiting.is_empty() {
+        if queue.waiting.is_empty() && queue.urgent.is_empty() {
             if !queue.in_flight(now.at) {
                 self.pull_queues.remove(&peer);
             }
@@ -117,7 +128,11 @@ impl Core {
         }
         let mut repos = Vec::new();
         while repos.len() < MAX_PULL_REPOS {
-            match queue.waiting.pop_first() {
+            let next = match queue.urgent.pop_first() {
+                Some(repo) => Some(repo),
+                None => queue.waiting.pop_first(),
+            };
+            match next {
                 // Removed since it was queued: not asked about.
                 Some(repo) if !self.repos.contains_key(&repo) => {}
                 Some(repo) => repos.push(repo),
@@ -174,10 +189,19 @@ impl Core {
             self.send_pulls(peer, now);
             return;
         }
-        if let Some(queue) = self.pull_queues.remove(&peer)
-            && !queue.waiting.is_empty()
-        {
-            debug!(peer = %peer.fmt_short(), dropped = queue.waiting.len(), "a pull failed; the peer's queued pulls wait for the next sweep");
+        if let Some(mut queue) = self.pull_queues.remove(&peer) {
+            if !queue.waiting.is_empty() {
+                debug!(peer = %peer.fmt_short(), dropped = queue.waiting.len(), "a pull failed; the peer's queued pulls wait for the next sweep");
+            }
+            // Repositories asked about for a reason of their own that the
+            // failed pull did not carry are still asked, once, after the
+            // usual spacing (each is sent at most once per reason).
+            if !queue.urgent.is_empty() {
+                queue.waiting.clear();
+                queue.next_at = Some(later(now.at, PULL_SPACING));
+                self.pull_queues.insert(peer, queue);
+                self.send_pulls(peer, now);
+            }
         }
         if self.pulls.len() >= MAX_PULL_PEERS && !self.pulls.contains_key(&peer) {
             // Forget peers whose backoff ran out rather than grow without bound.

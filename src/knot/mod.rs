@@ -508,13 +508,20 @@ impl Knot {
 
     async fn handle_net(&mut self, done: net::NetDone) {
         match done {
-            net::NetDone::Pushed => {}
+            net::NetDone::Pushed { peer } => self.net.pushed(peer),
             net::NetDone::Pulled {
                 peer,
                 ok,
                 announcements,
+                ask_again,
             } => {
                 self.feed(Event::Pulled { peer, ok }).await;
+                if !ask_again.is_empty() {
+                    self.reported.push_back(Event::NetBusy(Busy::Pull {
+                        peer,
+                        repos: ask_again,
+                    }));
+                }
                 for (repo, announcement) in announcements {
                     self.feed(Event::Announcement {
                         repo,

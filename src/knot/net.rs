@@ -7,6 +7,7 @@
 //! Nothing here is persisted.
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -34,8 +35,11 @@ const ADDR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a network side-task reports to the actor.
 pub(super) enum NetDone {
-    /// A direct push ended (its outcome only matters to the log).
-    Pushed,
+    /// A direct push to `peer` ended (its outcome only matters to the log).
+    Pushed {
+        /// The peer pushed to.
+        peer: EndpointId,
+    },
     /// A pull ended: the verified announcements, or none when it failed.
     Pulled {
         /// The peer asked.
@@ -44,6 +48,9 @@ pub(super) enum NetDone {
         ok: bool,
         /// What it sent, verified.
         announcements: Vec<(RepoId, Announcement)>,
+        /// Repositories to ask about again later: the answer came past the
+        /// peer's rate and was dropped unread.
+        ask_again: Vec<RepoId>,
     },
     /// A probe of a peer's claim to hold a state ended.
     Probed {
@@ -71,10 +78,19 @@ pub(super) struct NetTasks {
     dropped: u64,
     limiter: SharedLimiter,
     drops: Arc<DropCounters>,
-    /// Pushes sent to each peer, paced at the rate its heads server admits
-    /// from one peer: a push past it would be refused after a handshake.
-    push_pace: RateLimiter,
+    /// Exchanges started with each peer (pushes and pulls), paced at the
+    /// rate its heads server admits from one peer: one past it would be
+    /// refused after a handshake.
+    pace: RateLimiter,
+    /// Direct pushes in flight per peer (its server serves few connections
+    /// of one peer at once).
+    pushing: HashMap<EndpointId, usize>,
 }
+
+/// Most direct pushes in flight to one peer: with a pull beside them, fewer
+/// than the connections its heads server serves from one peer
+/// ([`heads::MAX_CONNECTIONS_PER_PEER`]).
+const MAX_PUSHES_PER_PEER: usize = heads::MAX_CONNECTIONS_PER_PEER / 2;
 
 impl NetTasks {
     /// Charge pull answers to `limiter`; count the refused in `drops`.
@@ -84,7 +100,8 @@ impl NetTasks {
             dropped: 0,
             limiter,
             drops,
-            push_pace: RateLimiter::new(heads::PEER_BURST, heads::PEER_RATE),
+            pace: RateLimiter::new(heads::PEER_BURST, heads::PEER_RATE),
+            pushing: HashMap::new(),
         }
     }
 
@@ -106,22 +123,34 @@ impl NetTasks {
     }
 
     /// Push an encoded announcement to `peer`; false when there is no room,
-    /// or when `peer` was sent as many pushes as its heads server admits
-    /// from one peer (a burst of pushes to one peer, such as the catch-up
-    /// pushes of many repositories followed from it, would otherwise cost a
-    /// connection each only to be refused).
+    /// when [`MAX_PUSHES_PER_PEER`] are in flight to it, or when `peer` was
+    /// sent as many exchanges as its heads server admits from one peer (a
+    /// burst of pushes to one peer, such as the catch-up pushes of many
+    /// repositories followed from it, would otherwise cost a connection
+    /// each only to be refused). Such a push is dropped, not delayed.
     pub fn push(&mut self, endpoint: &Endpoint, peer: EndpointId, message: Vec<u8>) -> bool {
         if !self.admit_push(peer, Instant::now()) {
             return false;
         }
+        *self.pushing.entry(peer).or_default() += 1;
         let endpoint = endpoint.clone();
         self.tasks.spawn(async move {
             if let Err(e) = heads::push(&endpoint, peer, message).await {
                 debug!(peer = %peer.fmt_short(), error = %e, "direct push failed");
             }
-            NetDone::Pushed
+            NetDone::Pushed { peer }
         });
         true
+    }
+
+    /// A push to `peer` ended.
+    pub fn pushed(&mut self, peer: EndpointId) {
+        if let Some(n) = self.pushing.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.pushing.remove(&peer);
+            }
+        }
     }
 
     /// Whether a push to `peer` at `now` may start: there is room, and the
@@ -130,22 +159,25 @@ impl NetTasks {
         if self.full() {
             return false;
         }
-        if !self.push_pace.allow(peer, now) {
+        if self.pushing.get(&peer).copied().unwrap_or(0) >= MAX_PUSHES_PER_PEER
+            || !self.pace.allow(peer, now)
+        {
             self.dropped += 1;
-            debug!(peer = %peer.fmt_short(), dropped = self.dropped, "past the rate the peer admits; dropping a direct push");
+            debug!(peer = %peer.fmt_short(), dropped = self.dropped, "past what the peer admits; dropping a direct push");
             return false;
         }
         true
     }
 
-    /// Pull `repos` from `peer`; hands them back when there is no room.
+    /// Pull `repos` from `peer`; hands them back when there is no room or
+    /// the peer's server would not admit another exchange now.
     pub fn pull(
         &mut self,
         endpoint: &Endpoint,
         peer: EndpointId,
         repos: Vec<RepoId>,
     ) -> Result<(), Vec<RepoId>> {
-        if self.full() {
+        if self.full() || !self.pace.allow(peer, Instant::now()) {
             return Err(repos);
         }
         let endpoint = endpoint.clone();
@@ -153,18 +185,25 @@ impl NetTasks {
         self.tasks.spawn(async move {
             match heads::pull(&endpoint, peer, &repos).await {
                 Ok(announcements) => {
-                    // An answer costs the peer what a push costs it.
-                    let announcements = if announcements.is_empty() || limiter.allow(peer) {
-                        announcements
+                    // An answer costs the peer what a push costs it; one
+                    // past its rate is dropped and its repositories are
+                    // asked about again later.
+                    if announcements.is_empty() || limiter.allow(peer) {
+                        NetDone::Pulled {
+                            peer,
+                            ok: true,
+                            announcements,
+                            ask_again: Vec::new(),
+                        }
                     } else {
                         drops.rate_limited();
                         debug!(peer = %peer.fmt_short(), "pull answer over the peer's rate; dropped");
-                        Vec::new()
-                    };
-                    NetDone::Pulled {
-                        peer,
-                        ok: true,
-                        announcements,
+                        NetDone::Pulled {
+                            peer,
+                            ok: true,
+                            announcements: Vec::new(),
+                            ask_again: repos,
+                        }
                     }
                 }
                 Err(e) => {
@@ -173,6 +212,7 @@ impl NetTasks {
                         peer,
                         ok: false,
                         announcements: Vec::new(),
+                        ask_again: Vec::new(),
                     }
                 }
             }
@@ -351,11 +391,42 @@ mod tests {
         );
         let t0 = Instant::now();
         let burst = heads::PEER_BURST as usize;
-        assert!((0..burst).all(|_| net.admit_push(a, t0)));
+        // Pushes that ended make room for more in flight.
+        assert!((0..burst).all(|_| {
+            let admitted = net.admit_push(a, t0);
+            if admitted {
+                *net.pushing.entry(a).or_default() += 1;
+                net.pushed(a);
+            }
+            admitted
+        }));
         assert!(!net.admit_push(a, t0), "past the peer's burst");
         assert!(net.admit_push(b, t0), "another peer has its own budget");
         let later = t0 + Duration::from_secs_f64(1.0 / heads::PEER_RATE);
         assert!(net.admit_push(a, later), "at the peer's rate again");
         assert!(!net.admit_push(a, later));
+        // Pulls are charged to the same budget.
+        let much_later = later + Duration::from_secs(60);
+        assert!(net.admit_push(b, much_later));
+        let c = iroh::SecretKey::from_bytes(&[3; 32]).public();
+        assert!((0..burst).all(|_| net.pace.allow(c, much_later)));
+        assert!(!net.admit_push(c, much_later), "its pulls used the budget");
+    }
+
+    #[test]
+    fn few_pushes_to_one_peer_are_in_flight_at_once() {
+        let mut net = NetTasks::new(
+            SharedLimiter::new(heads::PEER_BURST, heads::PEER_RATE),
+            Arc::new(DropCounters::default()),
+        );
+        let a = iroh::SecretKey::from_bytes(&[1; 32]).public();
+        let t0 = Instant::now();
+        for _ in 0..MAX_PUSHES_PER_PEER {
+            assert!(net.admit_push(a, t0));
+            *net.pushing.entry(a).or_default() += 1;
+        }
+        assert!(!net.admit_push(a, t0), "as many in flight as allowed");
+        net.pushed(a);
+        assert!(net.admit_push(a, t0));
     }
 }

@@ -582,6 +582,58 @@ fn neighbours_coming_up_on_many_topics_are_asked_in_few_pulls() {
     assert_eq!(pulls.len(), 3);
 }
 
+/// A pull that fails drops what a sweep queued, but not the repositories
+/// asked about for a reason of their own that it did not carry: those are
+/// asked once, after the usual spacing, and not again if that fails too.
+#[test]
+fn a_failed_pull_keeps_the_neighbour_pulls_it_did_not_carry() {
+    let mut sim = Sim::new(4);
+    let author = key(1);
+    let ids: Vec<RepoId> = (0..3)
+        .map(|n| rid(&format!("did:plc:owner/r{n}")))
+        .collect();
+    for id in &ids {
+        sim.command(CoreCommand::AddRepo {
+            repo_id: id.clone(),
+            locator: None,
+            peers: vec![hint(&author)],
+        });
+    }
+    let pulls = |fx: &[Effect]| -> Vec<Vec<RepoId>> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Pull { repos, .. } => Some(repos.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let up = |sim: &mut Sim, id: &RepoId| {
+        sim.event(Event::NeighborUp {
+            repo: id.clone(),
+            peer: author.public(),
+            addrs: vec![],
+        })
+    };
+    assert_eq!(pulls(&up(&mut sim, &ids[0])), vec![vec![ids[0].clone()]]);
+    assert!(pulls(&up(&mut sim, &ids[1])).is_empty());
+    assert!(pulls(&up(&mut sim, &ids[2])).is_empty());
+    let fx = sim.event(Event::Pulled {
+        peer: author.public(),
+        ok: false,
+    });
+    assert!(pulls(&fx).is_empty(), "spaced: {fx:?}");
+    sim.advance(Duration::from_secs(1));
+    let fx = sim.event(Event::Timer(TimerKey::DeferredPulls));
+    assert_eq!(pulls(&fx), vec![ids[1..].to_vec()]);
+    sim.event(Event::Pulled {
+        peer: author.public(),
+        ok: false,
+    });
+    sim.advance(Duration::from_secs(1));
+    let fx = sim.event(Event::Timer(TimerKey::DeferredPulls));
+    assert!(pulls(&fx).is_empty(), "each asked once: {fx:?}");
+}
+
 /// A peer whose answer to a pull is an older state this node published (it
 /// missed the announcement while gossip still counted this restarted node
 /// as a neighbour) is told about the current state directly; a greeting
