@@ -274,8 +274,9 @@ pub struct Config {
     /// Of those, most that index large packs at once (a fetch whose new
     /// packs hold [`crate::content::jobs::LARGE_JOB_BYTES`] or more): each runs a `git
     /// index-pack` whose memory grows with the pack; the others wait for
-    /// one of them to finish indexing, while small fetches go on
-    /// (default 2).
+    /// one of them to finish indexing, while small fetches go on. One more
+    /// may run for a job someone waits on (an operator, a `git` client),
+    /// so it does not queue behind background work (default 2).
     pub max_large_jobs: usize,
     /// Most bytes (of packs) one repository's state may have; a larger state
     /// is refused before it is fetched (default: no limit).

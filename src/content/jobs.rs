@@ -63,25 +63,42 @@ pub struct JobContext {
 
 /// Permits to index large packs: a fetch whose new packs hold
 /// [`LARGE_JOB_BYTES`] or more materializes holding one, so at most
-/// `max_large_jobs` such `git index-pack`s run at once; smaller fetches
-/// need none.
+/// `max_large_jobs` such `git index-pack`s run at once, plus one that
+/// someone waits on (an operator, a `git` client), which does not queue
+/// behind background work; smaller fetches need none.
 #[derive(Debug, Clone)]
-pub struct LargeJobs(Arc<Semaphore>);
+pub struct LargeJobs {
+    shared: Arc<Semaphore>,
+    interactive: Arc<Semaphore>,
+}
 
 impl LargeJobs {
-    /// At most `permits` large jobs index at once.
+    /// At most `permits` large jobs index at once, and one more that
+    /// someone waits on.
     pub fn new(permits: usize) -> Self {
-        Self(Arc::new(Semaphore::new(permits)))
+        Self {
+            shared: Arc::new(Semaphore::new(permits)),
+            interactive: Arc::new(Semaphore::new(1)),
+        }
     }
 
     /// What indexing `bytes` of new packs must hold while it runs: a
     /// permit once one is free for a large job, nothing for a small one.
-    pub async fn permit(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+    /// An `interactive` job takes whichever comes free first, a shared
+    /// permit or the one kept for it.
+    pub async fn permit(&self, bytes: u64, interactive: bool) -> Option<OwnedSemaphorePermit> {
         if bytes < LARGE_JOB_BYTES {
             return None;
         }
-        // The semaphore is never closed.
-        self.0.clone().acquire_owned().await.ok()
+        // The semaphores are never closed.
+        let shared = self.shared.clone().acquire_owned();
+        if !interactive {
+            return shared.await.ok();
+        }
+        tokio::select! {
+            permit = shared => permit.ok(),
+            permit = self.interactive.clone().acquire_owned() => permit.ok(),
+        }
     }
 }
 
@@ -120,6 +137,7 @@ pub async fn run(
     ctx: JobContext,
     repo: RepoId,
     spec: JobSpec,
+    interactive: bool,
     progress: ReportProgress,
 ) -> JobOutcome {
     let faults = Mutex::new(Vec::new());
@@ -127,14 +145,20 @@ pub async fn run(
         progress: &progress,
         faults: &faults,
     };
-    let result = run_job(ctx, repo, spec, reports).await;
+    let result = run_job(ctx, repo, spec, interactive, reports).await;
     (
         result,
         faults.into_inner().unwrap_or_else(|e| e.into_inner()),
     )
 }
 
-async fn run_job(ctx: JobContext, repo: RepoId, spec: JobSpec, reports: Reports<'_>) -> JobResult {
+async fn run_job(
+    ctx: JobContext,
+    repo: RepoId,
+    spec: JobSpec,
+    interactive: bool,
+    reports: Reports<'_>,
+) -> JobResult {
     match spec {
         JobSpec::Publish {
             source,
@@ -157,6 +181,7 @@ async fn run_job(ctx: JobContext, repo: RepoId, spec: JobSpec, reports: Reports<
                 providers: &providers,
                 limit,
                 repair,
+                interactive,
             };
             let result = fetch(&ctx, &repo, target, reports).await;
             finish(&ctx, &repo, previous, result).await
@@ -298,6 +323,8 @@ struct Target<'a> {
     limit: Option<u64>,
     /// Whether missing blobs of the state held are rebuilt first.
     repair: bool,
+    /// Whether someone waits on it.
+    interactive: bool,
 }
 
 /// Bytes of the packs of `manifest` that `previous` did not have: what
@@ -341,6 +368,7 @@ async fn fetch(
         providers,
         limit,
         repair,
+        interactive,
     } = target;
     let rebuilt = if repair {
         content::rebuild_missing(&ctx.blobs, repo, &ctx.dest(repo), manifest).await?
@@ -378,7 +406,7 @@ async fn fetch(
     if indexed >= LARGE_JOB_BYTES {
         debug!(repo = %repo, bytes = indexed, "large packs to index: waiting for a large-job permit");
     }
-    let large = ctx.large_jobs.permit(indexed).await;
+    let large = ctx.large_jobs.permit(indexed, interactive).await;
     let outcome =
         content::materialize(&ctx.blobs, &ctx.dest(repo), manifest, &fetched.manifest).await?;
     drop(large);
@@ -422,17 +450,22 @@ mod tests {
     #[test]
     fn small_jobs_need_no_permit_and_large_ones_wait_for_one() {
         let gate = LargeJobs::new(1);
-        let first = ready(gate.permit(LARGE_JOB_BYTES)).expect("a free permit");
+        let first = ready(gate.permit(LARGE_JOB_BYTES, false)).expect("a free permit");
         assert!(first.is_some());
         // The only permit is held: another large job waits...
-        assert!(ready(gate.permit(LARGE_JOB_BYTES + 1)).is_none());
+        assert!(ready(gate.permit(LARGE_JOB_BYTES + 1, false)).is_none());
         // ...while a small one goes ahead.
         assert!(matches!(
-            ready(gate.permit(LARGE_JOB_BYTES - 1)),
+            ready(gate.permit(LARGE_JOB_BYTES - 1, false)),
             Some(None)
         ));
+        // One that someone waits on does not queue behind background work,
+        // but there is one such permit.
+        let waited_on = ready(gate.permit(LARGE_JOB_BYTES, true)).expect("the kept permit");
+        assert!(waited_on.is_some());
+        assert!(ready(gate.permit(LARGE_JOB_BYTES, true)).is_none());
         drop(first);
-        assert!(matches!(ready(gate.permit(u64::MAX)), Some(Some(_))));
+        assert!(matches!(ready(gate.permit(u64::MAX, true)), Some(Some(_))));
     }
 
     #[test]

@@ -491,6 +491,9 @@ pub enum Effect {
         job: JobId,
         /// What to do.
         spec: JobSpec,
+        /// Someone waits on it (an operator, a `git` client): it goes
+        /// ahead of background work in the executor's limits too.
+        interactive: bool,
     },
     /// Join a repository's gossip topic.
     JoinTopic {

@@ -39,6 +39,7 @@ impl Core {
                     repo: repo_id,
                     job,
                     spec,
+                    interactive: lane == Lane::Interactive,
                 });
             }
         }

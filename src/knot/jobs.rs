@@ -71,10 +71,10 @@ impl Jobs {
         }
     }
 
-    /// Start job `job` of `repo`.
-    pub(super) fn start(&mut self, repo: RepoId, job: JobId, spec: JobSpec) {
+    /// Start job `job` of `repo` (`interactive` when someone waits on it).
+    pub(super) fn start(&mut self, repo: RepoId, job: JobId, spec: JobSpec, interactive: bool) {
         let progress = forward_progress(self.progress_tx.clone(), repo.clone(), job);
-        let run = content::jobs::run(self.ctx.clone(), repo.clone(), spec, progress);
+        let run = content::jobs::run(self.ctx.clone(), repo.clone(), spec, interactive, progress);
         let handle = self.set.spawn(run);
         self.ids.insert(handle.id(), (repo, job));
     }

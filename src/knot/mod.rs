@@ -646,7 +646,12 @@ impl Knot {
                     let _ = tx.send(reply);
                 }
             }
-            Effect::StartJob { repo, job, spec } => self.jobs.start(repo, job, spec),
+            Effect::StartJob {
+                repo,
+                job,
+                spec,
+                interactive,
+            } => self.jobs.start(repo, job, spec, interactive),
             Effect::JoinTopic { repo, peers } => self.join_topic(repo, peers),
             Effect::DialPeers { repo, peers } => {
                 if let Some(topic) = self.topics.get(&repo) {

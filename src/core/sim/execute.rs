@@ -87,7 +87,9 @@ impl World {
         match effect {
             Effect::Persist(_) => unreachable!("grouped by execute"),
             Effect::Reply { to, reply } => self.replied(node, to, reply),
-            Effect::StartJob { repo, job, spec } => {
+            Effect::StartJob {
+                repo, job, spec, ..
+            } => {
                 if let JobSpec::Fetch { providers, .. } = &spec {
                     self.check_providers(node, &repo, providers);
                 }
