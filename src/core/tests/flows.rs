@@ -548,32 +548,10 @@ fn neighbours_coming_up_on_many_topics_are_asked_in_few_pulls() {
     }
     // The first neighbour is asked at once; the rest wait for its answer.
     assert_eq!(pulls, vec![vec![ids[0].clone()]]);
-    take(
-        &mut pulls,
-        &sim.event(Event::Pulled {
-            peer: author.public(),
-            ok: true,
-        }),
-    );
-    sim.advance(Duration::from_secs(1));
-    take(
-        &mut pulls,
-        &sim.event(Event::Timer(TimerKey::DeferredPulls)),
-    );
+    take(&mut pulls, &answered(&mut sim, author.public(), true));
     assert_eq!(pulls.len(), 2, "{pulls:?}");
     assert_eq!(pulls[1].len(), MAX_PULL_REPOS);
-    take(
-        &mut pulls,
-        &sim.event(Event::Pulled {
-            peer: author.public(),
-            ok: true,
-        }),
-    );
-    sim.advance(Duration::from_secs(1));
-    take(
-        &mut pulls,
-        &sim.event(Event::Timer(TimerKey::DeferredPulls)),
-    );
+    take(&mut pulls, &answered(&mut sim, author.public(), true));
     let mut asked: Vec<RepoId> = pulls.concat();
     asked.sort();
     let mut all = ids.clone();
@@ -625,13 +603,17 @@ fn a_failed_pull_keeps_the_neighbour_pulls_it_did_not_carry() {
     sim.advance(Duration::from_secs(1));
     let fx = sim.event(Event::Timer(TimerKey::DeferredPulls));
     assert_eq!(pulls(&fx), vec![ids[1..].to_vec()]);
-    sim.event(Event::Pulled {
-        peer: author.public(),
-        ok: false,
-    });
-    sim.advance(Duration::from_secs(1));
-    let fx = sim.event(Event::Timer(TimerKey::DeferredPulls));
+    let fx = answered(&mut sim, author.public(), false);
     assert!(pulls(&fx).is_empty(), "each asked once: {fx:?}");
+}
+
+/// `peer` answered the pull under way (or failed to); then the queues'
+/// timer fires once the spacing has passed.
+fn answered(sim: &mut Sim, peer: EndpointId, ok: bool) -> Vec<Effect> {
+    let mut fx = sim.event(Event::Pulled { peer, ok });
+    sim.advance(Duration::from_secs(1));
+    fx.extend(sim.event(Event::Timer(TimerKey::DeferredPulls)));
+    fx
 }
 
 /// A peer whose answer to a pull is an older state this node published (it
