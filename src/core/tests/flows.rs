@@ -518,17 +518,7 @@ fn a_neighbour_coming_up_is_asked_what_it_holds_and_greeted() {
 fn neighbours_coming_up_on_many_topics_are_asked_in_few_pulls() {
     let mut sim = Sim::new(4);
     let author = key(1);
-    let count = MAX_PULL_REPOS + 10;
-    let ids: Vec<RepoId> = (0..count)
-        .map(|n| rid(&format!("did:plc:owner/r{n}")))
-        .collect();
-    for id in &ids {
-        sim.command(CoreCommand::AddRepo {
-            repo_id: id.clone(),
-            locator: None,
-            peers: vec![hint(&author)],
-        });
-    }
+    let ids = add_repos(&mut sim, &author, MAX_PULL_REPOS + 10);
     let mut pulls: Vec<Vec<RepoId>> = Vec::new();
     let take = |pulls: &mut Vec<Vec<RepoId>>, fx: &[Effect]| {
         for e in fx {
@@ -567,16 +557,7 @@ fn neighbours_coming_up_on_many_topics_are_asked_in_few_pulls() {
 fn a_failed_pull_keeps_the_neighbour_pulls_it_did_not_carry() {
     let mut sim = Sim::new(4);
     let author = key(1);
-    let ids: Vec<RepoId> = (0..3)
-        .map(|n| rid(&format!("did:plc:owner/r{n}")))
-        .collect();
-    for id in &ids {
-        sim.command(CoreCommand::AddRepo {
-            repo_id: id.clone(),
-            locator: None,
-            peers: vec![hint(&author)],
-        });
-    }
+    let ids = add_repos(&mut sim, &author, 3);
     let pulls = |fx: &[Effect]| -> Vec<Vec<RepoId>> {
         fx.iter()
             .filter_map(|e| match e {
@@ -605,6 +586,21 @@ fn a_failed_pull_keeps_the_neighbour_pulls_it_did_not_carry() {
     assert_eq!(pulls(&fx), vec![ids[1..].to_vec()]);
     let fx = answered(&mut sim, author.public(), false);
     assert!(pulls(&fx).is_empty(), "each asked once: {fx:?}");
+}
+
+/// `count` repositories added with `author` as their peer.
+fn add_repos(sim: &mut Sim, author: &SecretKey, count: usize) -> Vec<RepoId> {
+    let ids: Vec<RepoId> = (0..count)
+        .map(|n| rid(&format!("did:plc:owner/r{n}")))
+        .collect();
+    for id in &ids {
+        sim.command(CoreCommand::AddRepo {
+            repo_id: id.clone(),
+            locator: None,
+            peers: vec![hint(author)],
+        });
+    }
+    ids
 }
 
 /// `peer` answered the pull under way (or failed to); then the queues'
