@@ -197,6 +197,14 @@ impl Manifest {
         Ok(())
     }
 
+    /// Bytes of all its packs as declared (saturating: sizes near
+    /// `u64::MAX` cannot wrap to a small total).
+    pub fn pack_bytes(&self) -> u64 {
+        self.packs
+            .iter()
+            .fold(0u64, |sum, p| sum.saturating_add(p.size))
+    }
+
     /// BLAKE3 hash of [`Manifest::to_bytes`].
     pub fn hash(&self) -> [u8; 32] {
         *blake3::hash(&self.to_bytes()).as_bytes()

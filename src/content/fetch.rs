@@ -144,10 +144,7 @@ async fn fetch_in(
         bytes_fetched = size;
     }
     let manifest = load_manifest(blobs, hash, repo_id).await?;
-    let needed = manifest
-        .packs
-        .iter()
-        .fold(0u64, |sum, p| sum.saturating_add(p.size));
+    let needed = manifest.pack_bytes();
     if let Some(limit) = limit
         && needed > limit
     {

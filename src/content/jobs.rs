@@ -233,10 +233,7 @@ fn info(manifest: &Manifest, hash: Hash, bytes_moved: u64) -> StateInfo {
         manifest: hash,
         head: manifest.head_oid().map(|o| o.to_string()),
         pack_count: manifest.packs.len(),
-        bytes: manifest
-            .packs
-            .iter()
-            .fold(0u64, |sum, p| sum.saturating_add(p.size)),
+        bytes: manifest.pack_bytes(),
         bytes_moved,
         unchanged: false,
         consolidated: false,
@@ -329,11 +326,11 @@ struct Target<'a> {
 
 /// Bytes of the packs of `manifest` that `previous` did not have: what
 /// materializing it indexes.
-fn new_pack_bytes(manifest: &Manifest, previous: Option<&Manifest>) -> u64 {
+fn new_pack_bytes(manifest: &Manifest, previous: &Manifest) -> u64 {
     manifest
         .packs
         .iter()
-        .filter(|p| previous.is_none_or(|q| !q.packs.iter().any(|h| h.hash == p.hash)))
+        .filter(|p| !previous.packs.iter().any(|h| h.hash == p.hash))
         .fold(0u64, |sum, p| sum.saturating_add(p.size))
 }
 
@@ -346,12 +343,12 @@ async fn fetch_indexes(
     manifest: &Manifest,
     previous: Option<Hash>,
 ) -> u64 {
-    let total = new_pack_bytes(manifest, None);
+    let total = manifest.pack_bytes();
     let Some(previous) = previous.filter(|_| total >= LARGE_JOB_BYTES) else {
         return total;
     };
     match content::load_manifest(&ctx.blobs, previous, repo).await {
-        Ok(previous) => new_pack_bytes(manifest, Some(&previous)),
+        Ok(previous) => new_pack_bytes(manifest, &previous),
         Err(_) => total,
     }
 }
@@ -485,10 +482,11 @@ mod tests {
         };
         let mut next = previous.clone();
         next.packs.push(pack(2, 3));
-        assert_eq!(new_pack_bytes(&next, Some(&previous)), 3);
-        assert_eq!(new_pack_bytes(&next, None), (100 << 20) + 3);
+        assert_eq!(new_pack_bytes(&next, &previous), 3);
+        assert_eq!(next.pack_bytes(), (100 << 20) + 3);
         // Sizes that overflow saturate rather than wrap to a small job.
         next.packs.push(pack(3, u64::MAX));
-        assert_eq!(new_pack_bytes(&next, None), u64::MAX);
+        assert_eq!(next.pack_bytes(), u64::MAX);
+        assert_eq!(new_pack_bytes(&next, &previous), u64::MAX);
     }
 }

@@ -75,9 +75,7 @@ impl Core {
     /// so a burst of them to one peer goes out as a few pulls, not one
     /// connection per repository the peer's server would refuse.
     pub(super) fn pull_one(&mut self, peer: EndpointId, repo: RepoId, now: Now) {
-        if !self.repos.contains_key(&repo)
-            || (!self.pull_queues.contains_key(&peer) && self.pull_queues.len() >= MAX_PULL_PEERS)
-        {
+        if !self.repos.contains_key(&repo) || !self.may_queue(peer) {
             return;
         }
         let queue = self.pull_queues.entry(peer).or_default();
@@ -93,9 +91,7 @@ impl Core {
             .into_iter()
             .filter(|r| self.repos.contains_key(r))
             .collect();
-        if tracked.is_empty()
-            || (!self.pull_queues.contains_key(&peer) && self.pull_queues.len() >= MAX_PULL_PEERS)
-        {
+        if tracked.is_empty() || !self.may_queue(peer) {
             return;
         }
         self.pull_queues
@@ -103,6 +99,12 @@ impl Core {
             .or_default()
             .waiting
             .extend(tracked);
+    }
+
+    /// Whether `peer` has a queue or may get one (at most
+    /// [`MAX_PULL_PEERS`] peers have a queue).
+    fn may_queue(&self, peer: EndpointId) -> bool {
+        self.pull_queues.contains_key(&peer) || self.pull_queues.len() < MAX_PULL_PEERS
     }
 
     /// Send `peer` its next pull if none is under way and its time has

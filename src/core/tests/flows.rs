@@ -519,13 +519,11 @@ fn neighbours_coming_up_on_many_topics_are_asked_in_few_pulls() {
     let mut sim = Sim::new(4);
     let author = key(1);
     let ids = add_repos(&mut sim, &author, MAX_PULL_REPOS + 10);
-    let mut pulls: Vec<Vec<RepoId>> = Vec::new();
-    let take = |pulls: &mut Vec<Vec<RepoId>>, fx: &[Effect]| {
-        for e in fx {
-            if let Effect::Pull { peer, repos } = e {
-                assert_eq!(*peer, author.public());
-                pulls.push(repos.clone());
-            }
+    let mut sent: Vec<Vec<RepoId>> = Vec::new();
+    let take = |sent: &mut Vec<Vec<RepoId>>, fx: &[Effect]| {
+        for (peer, repos) in pulls(fx) {
+            assert_eq!(peer, author.public());
+            sent.push(repos);
         }
     };
     for id in &ids {
@@ -534,20 +532,20 @@ fn neighbours_coming_up_on_many_topics_are_asked_in_few_pulls() {
             peer: author.public(),
             addrs: vec![],
         });
-        take(&mut pulls, &fx);
+        take(&mut sent, &fx);
     }
     // The first neighbour is asked at once; the rest wait for its answer.
-    assert_eq!(pulls, vec![vec![ids[0].clone()]]);
-    take(&mut pulls, &answered(&mut sim, author.public(), true));
-    assert_eq!(pulls.len(), 2, "{pulls:?}");
-    assert_eq!(pulls[1].len(), MAX_PULL_REPOS);
-    take(&mut pulls, &answered(&mut sim, author.public(), true));
-    let mut asked: Vec<RepoId> = pulls.concat();
+    assert_eq!(sent, vec![vec![ids[0].clone()]]);
+    take(&mut sent, &answered(&mut sim, author.public(), true));
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1].len(), MAX_PULL_REPOS);
+    take(&mut sent, &answered(&mut sim, author.public(), true));
+    let mut asked: Vec<RepoId> = sent.concat();
     asked.sort();
     let mut all = ids.clone();
     all.sort();
     assert_eq!(asked, all, "every repository asked about once");
-    assert_eq!(pulls.len(), 3);
+    assert_eq!(sent.len(), 3);
 }
 
 /// A pull that fails drops what a sweep queued, but not the repositories
@@ -558,11 +556,13 @@ fn a_failed_pull_keeps_the_neighbour_pulls_it_did_not_carry() {
     let mut sim = Sim::new(4);
     let author = key(1);
     let ids = add_repos(&mut sim, &author, 3);
-    let pulls = |fx: &[Effect]| -> Vec<Vec<RepoId>> {
-        fx.iter()
-            .filter_map(|e| match e {
-                Effect::Pull { repos, .. } => Some(repos.clone()),
-                _ => None,
+    let author_id = author.public();
+    let asked = |fx: &[Effect]| -> Vec<Vec<RepoId>> {
+        pulls(fx)
+            .into_iter()
+            .map(|(peer, repos)| {
+                assert_eq!(peer, author_id);
+                repos
             })
             .collect()
     };
@@ -573,19 +573,19 @@ fn a_failed_pull_keeps_the_neighbour_pulls_it_did_not_carry() {
             addrs: vec![],
         })
     };
-    assert_eq!(pulls(&up(&mut sim, &ids[0])), vec![vec![ids[0].clone()]]);
-    assert!(pulls(&up(&mut sim, &ids[1])).is_empty());
-    assert!(pulls(&up(&mut sim, &ids[2])).is_empty());
+    assert_eq!(asked(&up(&mut sim, &ids[0])), vec![vec![ids[0].clone()]]);
+    assert!(asked(&up(&mut sim, &ids[1])).is_empty());
+    assert!(asked(&up(&mut sim, &ids[2])).is_empty());
     let fx = sim.event(Event::Pulled {
         peer: author.public(),
         ok: false,
     });
-    assert!(pulls(&fx).is_empty(), "spaced: {fx:?}");
+    assert!(asked(&fx).is_empty(), "spaced: {fx:?}");
     sim.advance(Duration::from_secs(1));
     let fx = sim.event(Event::Timer(TimerKey::DeferredPulls));
-    assert_eq!(pulls(&fx), vec![ids[1..].to_vec()]);
+    assert_eq!(asked(&fx), vec![ids[1..].to_vec()]);
     let fx = answered(&mut sim, author.public(), false);
-    assert!(pulls(&fx).is_empty(), "each asked once: {fx:?}");
+    assert!(asked(&fx).is_empty(), "each asked once: {fx:?}");
 }
 
 /// `count` repositories added with `author` as their peer.

@@ -371,6 +371,16 @@ pub(super) fn fetch_job(fx: &[Effect]) -> Option<(JobId, Hash)> {
     })
 }
 
+/// The pulls among `fx`: to whom, about what.
+pub(super) fn pulls(fx: &[Effect]) -> Vec<(EndpointId, Vec<RepoId>)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Pull { peer, repos } => Some((*peer, repos.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(super) fn jobs(fx: &[Effect]) -> Vec<(RepoId, JobSpec)> {
     fx.iter()
         .filter_map(|e| match e {

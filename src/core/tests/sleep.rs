@@ -162,15 +162,6 @@ fn without_an_idle_time_topics_are_never_left() {
     assert!(joins(&fx), "{fx:?}");
 }
 
-fn pulls(fx: &[Effect]) -> Vec<(EndpointId, Vec<RepoId>)> {
-    fx.iter()
-        .filter_map(|e| match e {
-            Effect::Pull { peer, repos } => Some((*peer, repos.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn a_sync_of_a_quiet_repository_joins_its_topic_and_asks_its_peers() {
     let (mut sim, author) = quiet();
