@@ -208,6 +208,10 @@ pub struct HttpConfig {
     pub enabled: bool,
     /// Address to listen on (default 127.0.0.1:8419).
     pub bind: SocketAddr,
+    /// Serve the node's read-only web pages beside git: the repositories
+    /// it seeds at `/`, one repository at `/<did>/<name>`, the node at
+    /// `/status` (default true; git over HTTP stays on when false).
+    pub pages: bool,
 }
 
 impl Default for HttpConfig {
@@ -215,6 +219,7 @@ impl Default for HttpConfig {
         Self {
             enabled: false,
             bind: "127.0.0.1:8419".parse().expect("valid default address"),
+            pages: true,
         }
     }
 }

@@ -16,7 +16,10 @@
 //! * `GET /<did>/<name>/info/refs?service=git-upload-pack`: ref advertisement;
 //! * `POST /<did>/<name>/git-upload-pack`: negotiation and pack;
 //! * a trailing `.git` on the name is accepted;
-//! * receive-pack gets 403, dumb HTTP gets 403, anything else 404.
+//! * receive-pack gets 403, dumb HTTP gets 403, anything else 404;
+//! * with `[http] pages` on, the node's web pages ([`crate::web`]): `/`,
+//!   `/<did>/<name>` (the page a browser opening a clone URL sees),
+//!   `/status`.
 //!
 //! Every request goes through tower layers, outermost first: at most
 //! [`MAX_CONCURRENT`] requests are handled at once (503 beyond that, before
@@ -77,6 +80,12 @@ struct AppState {
 
 /// The routes, serving the repositories `served` names.
 pub fn router(served: ServedRepos) -> Router {
+    router_with(served, None)
+}
+
+/// The git routes plus `pages` (the node's web pages, [`crate::web`]),
+/// all behind the same limits.
+pub fn router_with(served: ServedRepos, pages: Option<Router>) -> Router {
     let state = AppState {
         served,
         slots: Arc::new(Semaphore::new(MAX_CONCURRENT)),
@@ -89,14 +98,18 @@ pub fn router(served: ServedRepos) -> Router {
         .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY))
         .layer(RequestDecompressionLayer::new().gzip(true))
         .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY));
-    Router::new()
+    let git = Router::new()
         .route("/{did}/{name}/info/refs", get(info_refs))
         .route("/{did}/{name}/git-upload-pack", post(upload_pack))
         .route("/{did}/{name}/git-receive-pack", post(receive_pack))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
-        .layer(limits)
+        .with_state(state);
+    match pages {
+        Some(pages) => git.merge(pages),
+        None => git,
+    }
+    .layer(limits)
 }
 
 /// Whether reading a body failed because it exceeded the limit.
@@ -123,16 +136,21 @@ async fn refuse_overload(error: BoxError) -> Response {
     }
 }
 
-/// Serve smart HTTP on `listener` until `cancel` fires. Requests still
-/// running then get [`SHUTDOWN_GRACE`] to finish.
-pub async fn serve(listener: TcpListener, served: ServedRepos, cancel: CancellationToken) {
+/// Serve smart HTTP (and `pages`, when given) on `listener` until `cancel`
+/// fires. Requests still running then get [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(
+    listener: TcpListener,
+    served: ServedRepos,
+    pages: Option<Router>,
+    cancel: CancellationToken,
+) {
     match listener.local_addr() {
         Ok(addr) => {
             info!(%addr, root = %served.root().display(), "smart HTTP listening (read-only)")
         }
         Err(e) => warn!(error = %e, "smart HTTP listener has no local address"),
     }
-    let app = router(served);
+    let app = router_with(served, pages);
     let stop = cancel.clone();
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -161,7 +179,7 @@ pub async fn start(
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(serve(listener, served, cancel));
+    let task = tokio::spawn(serve(listener, served, None, cancel));
     Ok((addr, task))
 }
 

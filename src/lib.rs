@@ -36,3 +36,4 @@ pub mod served;
 pub mod state;
 pub mod store;
 pub mod supervise;
+pub mod web;

@@ -299,7 +299,15 @@ impl Node {
         };
         let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = http_listener {
-            let http = crate::http::serve(listener, knot.served(), cancel.child_token());
+            let pages = config.http.pages.then(|| {
+                let pages = crate::web::Pages::new(knot.clone(), config.max_total_bytes);
+                tasks.spawn(
+                    "web pages' event ring",
+                    pages.clone().record_events(cancel.child_token()),
+                );
+                pages.router()
+            });
+            let http = crate::http::serve(listener, knot.served(), pages, cancel.child_token());
             tasks.spawn("smart HTTP server", http);
         }
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());

@@ -5,7 +5,7 @@ use std::{io::IsTerminal, path::Path};
 
 use anyhow::{Context, Result};
 use knotd::{
-    admin::{AdminClient, Command, EventLine, NodeEvent, PackProgress, Payload, PublishReport},
+    admin::{AdminClient, Command, EventLine, PackProgress, Payload, PublishReport},
     repo_id::RepoId,
 };
 
@@ -14,112 +14,7 @@ pub const DEFAULT_REPLICAS_TIMEOUT: u64 = 60;
 
 /// One line describing an event, for people.
 pub fn describe(e: &EventLine) -> String {
-    let repo = e.repo.as_deref().unwrap_or("-");
-    let short = |s: &str| s.chars().take(12).collect::<String>();
-    let what = match &e.event {
-        NodeEvent::Watching => "watching".to_string(),
-        NodeEvent::Adopted {
-            manifest,
-            seq,
-            source,
-        } => format!(
-            "adopted {} (seq {seq}) from {}",
-            short(manifest),
-            short(source)
-        ),
-        NodeEvent::FetchStarted {
-            manifest,
-            providers,
-        } => format!(
-            "fetch of {} started ({providers} providers)",
-            short(manifest)
-        ),
-        NodeEvent::FetchProgress {
-            manifest,
-            bytes,
-            total,
-        } => match total {
-            Some(total) => format!("fetching {}: {bytes}/{total} bytes", short(manifest)),
-            None => format!("fetching {}: {bytes} bytes", short(manifest)),
-        },
-        NodeEvent::FetchFinished {
-            manifest,
-            bytes,
-            ms,
-        } => format!("fetched {}: {bytes} bytes in {ms} ms", short(manifest)),
-        NodeEvent::FetchFailed { manifest, error } => {
-            format!("fetch of {} failed: {error}", short(manifest))
-        }
-        NodeEvent::Published {
-            manifest,
-            seq,
-            bytes,
-            ms,
-        } => format!(
-            "published {} (seq {seq}, {bytes} bytes added, {ms} ms)",
-            short(manifest)
-        ),
-        NodeEvent::Rejected { sender, reason } => {
-            format!("rejected a state from {}: {reason}", short(sender))
-        }
-        NodeEvent::PersistFailed { error, retry_secs } => {
-            format!(
-                "the database could not record a change ({error}); written again in {retry_secs} s"
-            )
-        }
-        NodeEvent::QuotaRefused { manifest, error } => {
-            format!("refused {}: {error}", short(manifest))
-        }
-        NodeEvent::Repaired {
-            manifest,
-            rebuilt,
-            fetched,
-        } => format!(
-            "repaired {}: {rebuilt} blob(s) rebuilt from the materialized copy, {fetched} fetched again",
-            short(manifest)
-        ),
-        NodeEvent::PeerUp { peer } => format!("peer {} up", short(peer)),
-        NodeEvent::PeerDown { peer } => format!("peer {} down", short(peer)),
-        NodeEvent::PeerState {
-            peer,
-            manifest,
-            status,
-        } => format!(
-            "peer {} holds {} ({})",
-            short(peer),
-            short(manifest),
-            status.as_str()
-        ),
-        NodeEvent::Replicas {
-            manifest,
-            holding,
-            wanted,
-        } => format!("{holding}/{wanted} peers hold {}", short(manifest)),
-        NodeEvent::PollError { error } => format!("record poll failed: {error}"),
-        NodeEvent::RecordDeleted { revoked, remove_at } => {
-            let removal = match remove_at {
-                Some(at) => format!("; removed at {at} (Unix time) unless it comes back"),
-                None => "; the content stays".to_string(),
-            };
-            format!(
-                "the owner's record is gone: {} peers it named are no longer trusted{removal}",
-                revoked.len()
-            )
-        }
-        NodeEvent::FollowLimit {
-            did,
-            limit,
-            refused,
-        } => format!(
-            "{did} lists {refused} repositories beyond [follow] max_repos_per_identity = {limit}; not tracked"
-        ),
-        NodeEvent::WriteBack { ok: true, .. } => "record written back".to_string(),
-        NodeEvent::WriteBack { error, .. } => format!(
-            "record write-back failed: {}",
-            error.as_deref().unwrap_or("unknown error")
-        ),
-    };
-    format!("{repo}: {what}")
+    e.describe()
 }
 
 /// `watch`: print events until the node stops.
