@@ -147,8 +147,12 @@ pub async fn scale_content(
     // Extra configuration for both nodes, for experiments (TOML lines).
     let extra = std::env::var("KNOTD_BENCH_NODE_CONFIG").unwrap_or_default();
     let config = format!("topic_idle_secs = {}\n{extra}\n", plan.topic_idle);
+    // The publisher also serves the web pages, measured once it is idle.
+    let pages_port = crate::gitd::free_port()?;
+    let publisher_config =
+        format!("{config}[http]\nenabled = true\nbind = \"127.0.0.1:{pages_port}\"\n");
     let (publisher, _) =
-        ChildNode::spawn_configured(&plan.knotd, &dir.join("publisher"), &config).await?;
+        ChildNode::spawn_configured(&plan.knotd, &dir.join("publisher"), &publisher_config).await?;
     let ticket = match publisher.request(&Admin::Ticket).await? {
         Payload::Ticket { ticket } => ticket,
         other => bail!("unexpected payload {other:?}"),
@@ -290,6 +294,9 @@ pub async fn scale_content(
     tokio::time::sleep(window).await;
     let idle_cpu = (node.cpu_ticks()? - cpu0) as f64 / ticks / window.as_secs_f64();
     let idle_reads = (records.reads() - reads0) as f64 / window.as_secs_f64();
+    // The quiet figure again once the node has idled a whole window: what
+    // the allocator gave back after the burst's memory was freed.
+    let rss_idle = node.rss_bytes()?;
     let syncs = syncs_during(node.pid(), "knotd.redb", window, &dir.join("syncs.trace"))?;
     progress(&format!("restarting with {count} repositories"));
     let (node, restart) = node.restart().await?;
@@ -301,6 +308,8 @@ pub async fn scale_content(
         other => bail!("unexpected payload {other:?}"),
     };
     node.stop().await?;
+    progress("timing the web pages of the publisher");
+    let pages = time_pages(pages_port, &id(count / 2)).await?;
     publisher.stop().await?;
     server.abort();
     std::fs::remove_dir_all(&dir).context("removing the work directory")?;
@@ -310,6 +319,7 @@ pub async fn scale_content(
     report.fig(format!("{p}_rss_empty_mib"), mb(rss_empty), "MiB");
     report.fig(format!("{p}_rss_mib"), mb(rss), "MiB");
     report.fig(format!("{p}_rss_quiet_mib"), mb(rss_quiet), "MiB");
+    report.fig(format!("{p}_rss_idle_mib"), mb(rss_idle), "MiB");
     report.fig(format!("{p}_rss_restarted_mib"), mb(rss_restarted), "MiB");
     report.param(&format!("{p}_topics_joined"), joined);
     report.param(
@@ -326,6 +336,19 @@ pub async fn scale_content(
     report.param(&format!("{p}_idle_after_settle_s"), plan.settle.as_secs());
     report.param(&format!("{p}_publish_clients"), PUBLISH_CLIENTS);
     report.fig(format!("{p}_startup_ms"), round3(ms(restart)), "ms");
+    for (name, page) in &pages {
+        report.fig(format!("{p}_page_{name}_ms"), round3(page.median_ms), "ms");
+        report.fig(
+            format!("{p}_page_{name}_kib"),
+            round3(page.bytes as f64 / 1024.0),
+            "KiB",
+        );
+        report.fig(
+            format!("{p}_page_{name}_vs_info_refs"),
+            round3(page.median_ms / pages[0].1.median_ms),
+            "x",
+        );
+    }
     report.fig(
         format!("{p}_follow_per_s"),
         round3(count as f64 / follow_secs),
@@ -362,4 +385,53 @@ pub async fn scale_content(
     }
     report.param(&format!("{p}_materialized_after_restart"), connected);
     Ok(())
+}
+
+/// One page's timing: the median of [`PAGE_SAMPLES`] requests.
+struct PageTiming {
+    median_ms: f64,
+    bytes: usize,
+}
+
+/// Requests per page timed.
+const PAGE_SAMPLES: usize = 21;
+
+/// Time the pages of a node serving HTTP on `port`, one request at a time,
+/// first the baseline: the smart HTTP ref advertisement of `repo` (what
+/// `git ls-remote` asks, one git process).
+async fn time_pages(port: u16, repo: &str) -> Result<Vec<(&'static str, PageTiming)>> {
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut timings = Vec::new();
+    for (name, path) in [
+        (
+            "info_refs",
+            format!("/{repo}/info/refs?service=git-upload-pack"),
+        ),
+        ("index", "/".to_string()),
+        ("search", "/?q=scalec0012".to_string()),
+        ("last_page", "/?page=1000000".to_string()),
+        ("repo", format!("/{repo}")),
+        ("status", "/status".to_string()),
+    ] {
+        let mut samples = Vec::with_capacity(PAGE_SAMPLES);
+        let mut bytes = 0;
+        for _ in 0..PAGE_SAMPLES {
+            let started = Instant::now();
+            let response = client
+                .get(format!("{base}{path}"))
+                .header("accept", "text/html")
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                bail!("{path}: {}", response.status());
+            }
+            bytes = response.bytes().await?.len();
+            samples.push(ms(started.elapsed()));
+        }
+        samples.sort_by(f64::total_cmp);
+        let median_ms = samples[PAGE_SAMPLES / 2];
+        timings.push((name, PageTiming { median_ms, bytes }));
+    }
+    Ok(timings)
 }
