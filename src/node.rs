@@ -300,11 +300,12 @@ impl Node {
         let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
         if let Some(listener) = http_listener {
             let pages = config.http.pages.then(|| {
-                let pages = crate::web::Pages::new(knot.clone(), config.max_total_bytes);
-                tasks.spawn(
-                    "web pages' event ring",
-                    pages.clone().record_events(cancel.child_token()),
+                let pages = crate::web::Pages::new(
+                    knot.clone(),
+                    config.max_total_bytes,
+                    cancel.child_token(),
                 );
+                tasks.spawn("web pages' event ring", pages.clone().record_events());
                 pages.router()
             });
             let http = crate::http::serve(listener, knot.served(), pages, cancel.child_token());

@@ -11,7 +11,9 @@
 //!   the icon, compiled in.
 //!
 //! Every page asks the node through the same [`Executor`] the admin socket
-//! uses and shows only what the node already serves to anyone. Values are
+//! uses and shows only what the node already serves to anyone. The list and
+//! the status are reused for [`SNAPSHOT_TTL`], so a flood of page requests
+//! costs the node one of each a second. Values are
 //! escaped by the templates ([`render`]) and pages carry a
 //! Content-Security-Policy that allows only the node's own script.
 //!
@@ -23,7 +25,7 @@ pub mod render;
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -42,7 +44,9 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::admin::{Command, EventLine, Executor, NodeEvent, Payload, Reply};
+use crate::admin::{
+    Command, EventLine, Executor, NodeEvent, NodeStatus, Payload, Reply, RepoSummary,
+};
 use crate::repo_id::RepoId;
 use render::{IndexPage, RepoPage, Site, Totals};
 
@@ -97,29 +101,61 @@ pub struct Pages<E> {
     recent: Arc<Mutex<VecDeque<EventLine>>>,
     max_total_bytes: Option<u64>,
     watchers: Arc<Semaphore>,
+    list: Snapshot<Vec<RepoSummary>>,
+    status: Snapshot<NodeStatus>,
+    cancel: CancellationToken,
+}
+
+/// How long the node's list and status are reused between page requests:
+/// however many requests arrive, the node answers at most one of each a
+/// second (at 10,000 repositories a list is the main cost of a page).
+pub const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
+
+/// A reply of the node reused for [`SNAPSHOT_TTL`]; requests arriving while
+/// it is asked for wait for that one answer.
+type Snapshot<T> = Arc<tokio::sync::Mutex<Option<(Instant, Arc<T>)>>>;
+
+/// The snapshot in `slot` if fresh, else `fetch`'s answer, kept.
+async fn snapshot<T, Fut>(slot: &Snapshot<T>, fetch: Fut) -> Result<Arc<T>, WebError>
+where
+    Fut: Future<Output = Result<T, WebError>>,
+{
+    let mut held = slot.lock().await;
+    if let Some((at, value)) = held.as_ref()
+        && at.elapsed() < SNAPSHOT_TTL
+    {
+        return Ok(value.clone());
+    }
+    let value = Arc::new(fetch.await?);
+    *held = Some((Instant::now(), value.clone()));
+    Ok(value)
 }
 
 impl<E: Executor> Pages<E> {
     /// Pages asking `executor`; `max_total_bytes` is the node's storage
-    /// limit, shown beside what is used.
-    pub fn new(executor: E, max_total_bytes: Option<u64>) -> Self {
+    /// limit, shown beside what is used. Live event streams end when
+    /// `cancel` fires, so an open page does not hold up a shutdown.
+    pub fn new(executor: E, max_total_bytes: Option<u64>, cancel: CancellationToken) -> Self {
         Self {
             executor,
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_EVENTS))),
             max_total_bytes,
             watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
+            list: Arc::default(),
+            status: Arc::default(),
+            cancel,
         }
     }
 
     /// Keep the node's last [`RECENT_EVENTS`] events for the pages until
-    /// `cancel` fires or the node's event stream ends.
-    pub async fn record_events(self, cancel: CancellationToken) {
+    /// the pages are cancelled or the node's event stream ends.
+    pub async fn record_events(self) {
         let Some(mut events) = self.executor.events() else {
             return;
         };
         loop {
             let event = tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = self.cancel.cancelled() => return,
                 event = events.recv() => event,
             };
             match event {
@@ -156,6 +192,28 @@ impl<E: Executor> Pages<E> {
             Reply::Ok(payload) => Ok(payload),
             Reply::Error(e) => Err(WebError::Node(e)),
         }
+    }
+
+    /// The node's repositories, at most [`SNAPSHOT_TTL`] old.
+    async fn list(&self) -> Result<Arc<Vec<RepoSummary>>, WebError> {
+        snapshot(&self.list, async {
+            match self.ask(Command::List).await? {
+                Payload::Repos { repos } => Ok(repos),
+                _ => Err(WebError::Node("unexpected reply to list".into())),
+            }
+        })
+        .await
+    }
+
+    /// The node's status, at most [`SNAPSHOT_TTL`] old.
+    async fn status(&self) -> Result<Arc<NodeStatus>, WebError> {
+        snapshot(&self.status, async {
+            match self.ask(Command::Status).await? {
+                Payload::Status(status) => Ok(*status),
+                _ => Err(WebError::Node("unexpected reply to status".into())),
+            }
+        })
+        .await
     }
 
     /// The routes of the pages (merged into the smart HTTP router).
@@ -241,9 +299,7 @@ async fn index<E: Executor>(
     headers: HeaderMap,
     Query(query): Query<IndexQuery>,
 ) -> Result<Response, WebError> {
-    let Payload::Repos { repos } = pages.ask(Command::List).await? else {
-        return Err(WebError::Node("unexpected reply to list".into()));
-    };
+    let repos = pages.list().await?;
     let needle: String = query.q.trim().chars().take(MAX_QUERY).collect();
     let lowered = needle.to_lowercase();
     let matching: Vec<_> = repos
@@ -283,9 +339,7 @@ async fn repo<E: Executor>(
     let name = name.strip_suffix(".git").unwrap_or(&name);
     let repo_id = RepoId::parse(&format!("{did}/{name}"))
         .map_err(|_| WebError::NotFound("There is no such page on this knot.".into()))?;
-    let Payload::Status(status) = pages.ask(Command::Status).await? else {
-        return Err(WebError::Node("unexpected reply to status".into()));
-    };
+    let status = pages.status().await?;
     let Some(summary) = status.repos.iter().find(|r| r.repo_id == repo_id.as_str()) else {
         return Err(WebError::NotFound(format!(
             "This knot does not seed {repo_id}."
@@ -334,9 +388,7 @@ async fn repo<E: Executor>(
 }
 
 async fn status<E: Executor>(State(pages): State<Pages<E>>) -> Result<Response, WebError> {
-    let Payload::Status(status) = pages.ask(Command::Status).await? else {
-        return Err(WebError::Node("unexpected reply to status".into()));
-    };
+    let status = pages.status().await?;
     let totals = Totals::of(&status.repos, pages.max_total_bytes);
     let events = pages.recent(None);
     Ok(html(
@@ -365,27 +417,35 @@ async fn live_events<E: Executor>(State(pages): State<Pages<E>>) -> Result<Respo
     let Some(events) = pages.executor.events() else {
         return Err(WebError::NotFound("This node streams no events.".into()));
     };
-    let stream = n0_future::stream::unfold((events, permit), |(mut events, permit)| async move {
-        loop {
-            match events.recv().await {
-                Ok(event) if shown(&event) => {
-                    let live = LiveEvent {
-                        time: render::clock(event.at_ms),
-                        repo: event.repo.clone(),
-                        text: event.describe(),
-                    };
-                    let sse = Event::default()
-                        .event("node")
-                        .json_data(&live)
-                        .unwrap_or_else(|_| Event::default().comment("unencodable event"));
-                    return Some((Ok::<_, std::convert::Infallible>(sse), (events, permit)));
+    let cancel = pages.cancel.clone();
+    let stream = n0_future::stream::unfold((events, permit), move |(mut events, permit)| {
+        let cancel = cancel.clone();
+        async move {
+            loop {
+                let event = tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    event = events.recv() => event,
+                };
+                match event {
+                    Ok(event) if shown(&event) => {
+                        let live = LiveEvent {
+                            time: render::clock(event.at_ms),
+                            repo: event.repo.clone(),
+                            text: event.describe(),
+                        };
+                        let sse = Event::default()
+                            .event("node")
+                            .json_data(&live)
+                            .unwrap_or_else(|_| Event::default().comment("unencodable event"));
+                        return Some((Ok::<_, std::convert::Infallible>(sse), (events, permit)));
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let note = Event::default().event("lagged").data(missed.to_string());
+                        return Some((Ok(note), (events, permit)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
                 }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    let note = Event::default().event("lagged").data(missed.to_string());
-                    return Some((Ok(note), (events, permit)));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     });
@@ -423,4 +483,146 @@ async fn script() -> Response {
         "text/javascript; charset=utf-8",
         include_str!("assets/knot.js"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
+
+    /// A node that lists `repos` repositories and counts how often it is
+    /// asked.
+    #[derive(Clone)]
+    struct CountingNode {
+        repos: usize,
+        lists: Arc<AtomicUsize>,
+        events: broadcast::Sender<EventLine>,
+    }
+
+    impl CountingNode {
+        fn new(repos: usize) -> Self {
+            Self {
+                repos,
+                lists: Arc::default(),
+                events: broadcast::channel(16).0,
+            }
+        }
+    }
+
+    impl Executor for CountingNode {
+        fn events(&self) -> Option<broadcast::Receiver<EventLine>> {
+            Some(self.events.subscribe())
+        }
+
+        async fn execute(&self, command: Command) -> Reply {
+            match command {
+                Command::List => {
+                    self.lists.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let repos = (0..self.repos)
+                        .map(|i| render::tests::summary(&format!("did:plc:owner{i:05}/repo")))
+                        .collect();
+                    Reply::Ok(Payload::Repos { repos })
+                }
+                _ => Reply::Error("not in this test".into()),
+            }
+        }
+    }
+
+    async fn get(router: &Router, uri: &str) -> (StatusCode, String) {
+        let request = axum::http::Request::get(uri)
+            .header("host", "knot.example")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_requests_asks_the_node_once_a_second() {
+        let node = CountingNode::new(120);
+        let router = Pages::new(node.clone(), None, CancellationToken::new()).router();
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let router = router.clone();
+            requests.spawn(async move { get(&router, "/").await.0 });
+        }
+        while let Some(status) = requests.join_next().await {
+            assert_eq!(status.unwrap(), StatusCode::OK);
+        }
+        assert_eq!(node.lists.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(SNAPSHOT_TTL).await;
+        get(&router, "/").await;
+        assert_eq!(
+            node.lists.load(Ordering::SeqCst),
+            2,
+            "a stale list is asked again"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_list_is_paged_and_filtered_and_bad_pages_are_clamped() {
+        let node = CountingNode::new(120);
+        let router = Pages::new(node, None, CancellationToken::new()).router();
+        let (_, first) = get(&router, "/").await;
+        assert_eq!(first.matches("<li class=\"repo\"").count(), PAGE_SIZE);
+        assert!(first.contains("page 1 of 3"), "{first}");
+        let (_, last) = get(&router, "/?page=18446744073709551615").await;
+        assert_eq!(last.matches("<li class=\"repo\"").count(), 20);
+        assert!(last.contains("page 3 of 3"), "{last}");
+        let (_, found) = get(&router, "/?rows=1&q=OWNER0011").await;
+        assert_eq!(found.matches("<li class=\"repo\"").count(), 10, "{found}");
+        assert!(!found.contains("<html"), "{found}");
+        let (status, _) = get(&router, "/?page=-1").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, page) = get(&router, "/did:plc:owner00001/..").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{page}");
+    }
+
+    #[tokio::test]
+    async fn live_views_stream_events_and_end_when_the_node_stops() {
+        let node = CountingNode::new(1);
+        let cancel = CancellationToken::new();
+        let router = Pages::new(node.clone(), None, cancel.clone()).router();
+        let request = axum::http::Request::get("/status/events")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body().into_data_stream();
+        let event = EventLine {
+            at_ms: 3_723_000,
+            repo: Some("did:plc:a/b".into()),
+            event: NodeEvent::PeerUp {
+                peer: "<b>peer</b>".into(),
+            },
+        };
+        node.events.send(event).unwrap();
+        use n0_future::StreamExt;
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(chunk.to_vec()).unwrap();
+        assert!(text.starts_with("event: node\ndata: {"), "{text}");
+        assert!(text.contains("\"time\":\"01:02:03\""), "{text}");
+        assert!(
+            text.contains("did:plc:a/b: peer <b>peer</"),
+            "text, escaped by the script's textContent: {text}"
+        );
+        cancel.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(chunk) = body.next().await {
+                chunk.unwrap();
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "the stream must end when the node stops");
+    }
 }

@@ -479,7 +479,7 @@ pub fn unavailable(why: &str) -> Markup {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::admin::{GossipStats, NodeEvent, PeerSource, ReplicaStatus};
     use crate::record::PeerHint;
@@ -494,7 +494,7 @@ mod tests {
         }
     }
 
-    fn summary(repo_id: &str) -> RepoSummary {
+    pub(crate) fn summary(repo_id: &str) -> RepoSummary {
         RepoSummary {
             repo_id: repo_id.into(),
             head: Some("a".repeat(40)),
