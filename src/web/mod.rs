@@ -58,6 +58,13 @@ pub const RECENT_EVENTS: usize = 1000;
 const EVENTS_SHOWN: usize = 50;
 /// Most live event streams open at once.
 pub const MAX_WATCHERS: usize = 64;
+/// How long one live view streams; the browser's EventSource then
+/// reconnects on its own, so a client that left without closing frees its
+/// slot.
+pub const LIVE_VIEW_SPAN: Duration = Duration::from_secs(600);
+/// Most pages rendered at once: the rest get 503 at once, so pages never
+/// take the HTTP server's slots from git clients.
+pub const MAX_PAGES_AT_ONCE: usize = 8;
 /// Longest search text taken.
 const MAX_QUERY: usize = 200;
 /// What pages may load: their own stylesheet, script and event stream.
@@ -75,6 +82,9 @@ pub enum WebError {
     /// Too many live views are open.
     #[error("too many live views are open ({MAX_WATCHERS}); retry later")]
     Busy,
+    /// Too many pages are being rendered.
+    #[error("the knot is busy rendering other pages; retry in a moment")]
+    TooManyPages,
 }
 
 impl IntoResponse for WebError {
@@ -85,7 +95,7 @@ impl IntoResponse for WebError {
                 render::unavailable(&self.to_string()),
             ),
             WebError::NotFound(_) => (StatusCode::NOT_FOUND, render::not_found(&self.to_string())),
-            WebError::Busy => (
+            WebError::Busy | WebError::TooManyPages => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 render::unavailable(&self.to_string()),
             ),
@@ -101,6 +111,7 @@ pub struct Pages<E> {
     recent: Arc<Mutex<VecDeque<EventLine>>>,
     max_total_bytes: Option<u64>,
     watchers: Arc<Semaphore>,
+    rendering: Arc<Semaphore>,
     list: Snapshot<Vec<RepoSummary>>,
     status: Snapshot<NodeStatus>,
     cancel: CancellationToken,
@@ -141,6 +152,7 @@ impl<E: Executor> Pages<E> {
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT_EVENTS))),
             max_total_bytes,
             watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
+            rendering: Arc::new(Semaphore::new(MAX_PAGES_AT_ONCE)),
             list: Arc::default(),
             status: Arc::default(),
             cancel,
@@ -192,6 +204,14 @@ impl<E: Executor> Pages<E> {
             Reply::Ok(payload) => Ok(payload),
             Reply::Error(e) => Err(WebError::Node(e)),
         }
+    }
+
+    /// A slot to render a page in, if one is free.
+    fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, WebError> {
+        self.rendering
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| WebError::TooManyPages)
     }
 
     /// The node's repositories, at most [`SNAPSHOT_TTL`] old.
@@ -253,7 +273,15 @@ fn html(status: StatusCode, page: Markup) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Clone commands name the host and scheme the browser used.
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("Host, X-Forwarded-Proto"),
+    );
     response
 }
 
@@ -299,6 +327,7 @@ async fn index<E: Executor>(
     headers: HeaderMap,
     Query(query): Query<IndexQuery>,
 ) -> Result<Response, WebError> {
+    let _slot = pages.slot()?;
     let repos = pages.list().await?;
     let needle: String = query.q.trim().chars().take(MAX_QUERY).collect();
     let lowered = needle.to_lowercase();
@@ -336,6 +365,7 @@ async fn repo<E: Executor>(
     headers: HeaderMap,
     UrlPath((did, name)): UrlPath<(String, String)>,
 ) -> Result<Response, WebError> {
+    let _slot = pages.slot()?;
     let name = name.strip_suffix(".git").unwrap_or(&name);
     let repo_id = RepoId::parse(&format!("{did}/{name}"))
         .map_err(|_| WebError::NotFound("There is no such page on this knot.".into()))?;
@@ -388,6 +418,7 @@ async fn repo<E: Executor>(
 }
 
 async fn status<E: Executor>(State(pages): State<Pages<E>>) -> Result<Response, WebError> {
+    let _slot = pages.slot()?;
     let status = pages.status().await?;
     let totals = Totals::of(&status.repos, pages.max_total_bytes);
     let events = pages.recent(None);
@@ -418,12 +449,14 @@ async fn live_events<E: Executor>(State(pages): State<Pages<E>>) -> Result<Respo
         return Err(WebError::NotFound("This node streams no events.".into()));
     };
     let cancel = pages.cancel.clone();
+    let ends = tokio::time::Instant::now() + LIVE_VIEW_SPAN;
     let stream = n0_future::stream::unfold((events, permit), move |(mut events, permit)| {
         let cancel = cancel.clone();
         async move {
             loop {
                 let event = tokio::select! {
                     _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep_until(ends) => return None,
                     event = events.recv() => event,
                 };
                 match event {
@@ -552,10 +585,20 @@ mod tests {
             let router = router.clone();
             requests.spawn(async move { get(&router, "/").await.0 });
         }
+        let mut rendered = 0;
         while let Some(status) = requests.join_next().await {
-            assert_eq!(status.unwrap(), StatusCode::OK);
+            match status.unwrap() {
+                StatusCode::OK => rendered += 1,
+                StatusCode::SERVICE_UNAVAILABLE => {}
+                other => panic!("unexpected {other}"),
+            }
         }
-        assert_eq!(node.lists.load(Ordering::SeqCst), 1);
+        assert!(rendered >= 1);
+        assert_eq!(
+            node.lists.load(Ordering::SeqCst),
+            1,
+            "{rendered} pages rendered"
+        );
         tokio::time::sleep(SNAPSHOT_TTL).await;
         get(&router, "/").await;
         assert_eq!(
@@ -624,5 +667,36 @@ mod tests {
         })
         .await;
         assert!(end.is_ok(), "the stream must end when the node stops");
+    }
+
+    #[test]
+    fn clone_commands_echo_only_a_well_formed_host() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("knot.example:8419"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("HTTPS"));
+        let seen = site(&headers);
+        assert_eq!(
+            (seen.scheme.as_str(), seen.host.as_str()),
+            ("https", "knot.example:8419")
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("evil.example/\"><x"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("javascript"));
+        let seen = site(&headers);
+        assert_eq!(
+            (seen.scheme.as_str(), seen.host.as_str()),
+            ("http", "localhost")
+        );
+    }
+
+    #[tokio::test]
+    async fn pages_past_the_rendering_limit_are_refused_not_queued() {
+        let pages = Pages::new(CountingNode::new(1), None, CancellationToken::new());
+        let held: Vec<_> = (0..MAX_PAGES_AT_ONCE)
+            .map(|_| pages.slot().unwrap())
+            .collect();
+        let (status, page) = get(&pages.clone().router(), "/").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");
+        drop(held);
+        assert_eq!(get(&pages.router(), "/").await.0, StatusCode::OK);
     }
 }

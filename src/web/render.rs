@@ -19,8 +19,15 @@ pub struct Site {
 }
 
 impl Site {
+    /// The smart HTTP clone command: the path encoded as the git routes
+    /// decode it (a DID may hold `%`, as in `did:web:host%3A8080`).
     fn http_clone(&self, repo_id: &str) -> String {
-        format!("git clone {}://{}/{repo_id}", self.scheme, self.host)
+        format!(
+            "git clone {}://{}{}",
+            self.scheme,
+            self.host,
+            repo_href(repo_id)
+        )
     }
 }
 
@@ -189,13 +196,13 @@ pub fn index_rows(site: &Site, page: &IndexPage<'_>, now_secs: u64) -> Markup {
         @if page.pages > 1 {
             nav.pager {
                 @if page.page > 0 {
-                    a rel="prev" href=(page_href(page.query, page.page - 1)) { "← newer" }
+                    a rel="prev" href=(page_href(page.query, page.page - 1)) { "← previous" }
                     " "
                 }
                 "page " (page.page + 1) " of " (page.pages)
                 @if page.page + 1 < page.pages {
                     " "
-                    a rel="next" href=(page_href(page.query, page.page + 1)) { "more →" }
+                    a rel="next" href=(page_href(page.query, page.page + 1)) { "next →" }
                 }
             }
         }
@@ -267,10 +274,18 @@ pub fn repo(site: &Site, page: &RepoPage<'_>, now_secs: u64) -> Markup {
         @if let Some(Head::Symbolic(target)) = page.refs.and_then(|r| r.refs.head.as_ref()) {
             p { "HEAD → " code { (target) } }
         }
-        h2 { "Branches" }
-        (ref_table(&branches, "refs/heads/"))
-        h2 { "Tags" }
-        (ref_table(&tags, "refs/tags/"))
+        @if page.refs.is_some() {
+            h2 { "Branches" }
+            (ref_table(&branches, "refs/heads/"))
+            h2 { "Tags" }
+            (ref_table(&tags, "refs/tags/"))
+        } @else if repo.manifest.is_none() {
+            h2 { "Branches and tags" }
+            p { "No state held yet." }
+        } @else {
+            h2 { "Branches and tags" }
+            p { "Not available: the node could not read the state it holds. Retry shortly." }
+        }
         h2 { "Peers" }
         @if page.peers.is_empty() {
             p { "No peers known." }
@@ -281,7 +296,7 @@ pub fn repo(site: &Site, page: &RepoPage<'_>, now_secs: u64) -> Markup {
                     @for (peer, path) in page.peers {
                         tr {
                             td { code title=(peer.hint.node_id) { (short(&peer.hint.node_id, 16)) } }
-                            td { (path_words(*path)) }
+                            td { (path_words(*path, peer.connected)) }
                             td { (peer.status.as_str()) }
                             td { (source_words(peer)) }
                         }
@@ -333,10 +348,13 @@ fn ref_table(refs: &[(&str, String)], prefix: &str) -> Markup {
     }
 }
 
-fn path_words(path: Option<PathKind>) -> &'static str {
+/// The path to a peer in words. The node reports paths for a bounded set
+/// of peers; a connected peer outside it has a path this page cannot name.
+fn path_words(path: Option<PathKind>, connected: bool) -> &'static str {
     match path {
         Some(PathKind::Direct) => "direct",
         Some(PathKind::Relayed) => "relayed",
+        _ if connected => "connected (path not reported)",
         Some(PathKind::Idle) | None => "not connected",
     }
 }
@@ -665,6 +683,21 @@ pub(crate) mod tests {
         assert!(html.contains("1d 01:01:01"), "{html}");
         assert!(html.contains("of 1.0 GiB"), "{html}");
         assert!(html.contains("data-live=\"/status/events\""));
+    }
+
+    #[test]
+    fn clone_commands_name_the_path_the_git_routes_decode() {
+        // A did:web with a port holds `%3A`: sent as is, the server would
+        // decode it to `:` and look up another repository.
+        let repo_id = "did:web:localhost%3A8080/site";
+        assert_eq!(
+            site().http_clone(repo_id),
+            "git clone http://knot.example:8419/did:web:localhost%253A8080/site"
+        );
+        assert_eq!(
+            knot_clone(repo_id),
+            "git clone knot://did:web:localhost%3A8080/site"
+        );
     }
 
     #[test]

@@ -35,10 +35,18 @@ function bindSearch() {
     timer = setTimeout(async () => {
       const q = input.value;
       const mine = ++asked;
-      const response = await fetch("/?rows=1&q=" + encodeURIComponent(q));
-      if (!response.ok || mine !== asked) return;
+      let html;
+      try {
+        const response = await fetch("/?rows=1&q=" + encodeURIComponent(q));
+        if (!response.ok) return;
+        html = await response.text();
+      } catch (_) {
+        return; // The form still works: Enter submits it.
+      }
+      // Only the answer to the newest query is shown.
+      if (mine !== asked) return;
       // Server-rendered and escaped, from this page's own origin.
-      rows.innerHTML = await response.text();
+      rows.innerHTML = html;
       bindCopyButtons(rows);
       history.replaceState(null, "", q ? "/?q=" + encodeURIComponent(q) : "/");
     }, 120);
