@@ -238,6 +238,12 @@ async fn a_real_browser_sees_the_list_searches_and_watches_a_publish_live() {
     );
     assert!(index["bytes"].as_u64().unwrap() < 50 * 1024, "{index}");
 
+    let phone = fact(&facts, "phone");
+    assert!(
+        phone["scroll_width"].as_u64().unwrap() <= 390,
+        "the list is wider than a phone's screen: {phone}"
+    );
+
     let search = fact(&facts, "search");
     assert_eq!(search["ids"], serde_json::json!([REPOS[1]]), "{search}");
 
@@ -266,7 +272,7 @@ async fn a_real_browser_sees_the_list_searches_and_watches_a_publish_live() {
         "{live}"
     );
     assert_eq!(fact(&facts, "done")["script_errors"], serde_json::json!([]));
-    for shot in ["index.png", "repo.png", "status.png"] {
+    for shot in ["index.png", "index-phone.png", "repo.png", "status.png"] {
         let size = std::fs::metadata(out.join(shot)).unwrap().len();
         assert!(size > 1000, "{shot}: {size} bytes");
     }

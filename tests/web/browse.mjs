@@ -35,6 +35,15 @@ try {
     copy_buttons: copyButtons,
   });
 
+  // Readable on a phone: nothing wider than its screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: `${outDir}/index-phone.png`, fullPage: false });
+  say({
+    step: "phone",
+    scroll_width: await page.evaluate(() => document.documentElement.scrollWidth),
+  });
+  await page.setViewportSize({ width: 1000, height: 900 });
+
   // The search box filters as you type (no submit).
   await page.locator("#q").pressSequentially(searchText, { delay: 20 });
   await page.waitForFunction(
