@@ -306,6 +306,15 @@ impl Node {
                     cancel.child_token(),
                 );
                 tasks.spawn("web pages' event ring", pages.clone().record_events());
+                let resolver = crate::web::handles::AtprotoHandles {
+                    xrpc: XrpcClient::from_config(&config.atproto),
+                    plc_directory: config.atproto.plc_directory.clone(),
+                    handle_resolver: config.atproto.handle_resolver.clone(),
+                };
+                tasks.spawn(
+                    "web pages' handle resolver",
+                    pages.clone().resolve_handles(resolver),
+                );
                 pages.router()
             });
             let http = crate::http::serve(listener, knot.served(), pages, cancel.child_token());

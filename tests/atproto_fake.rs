@@ -55,6 +55,8 @@ struct FakeState {
     race: Option<Value>,
     /// Answer the next request with 429 and `Retry-After: 7`.
     rate_limit_next: bool,
+    /// The DID `resolveHandle` names for alice.test (default: Alice's).
+    alice_test_owner: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -135,6 +137,21 @@ async fn plc(State(fake): State<Fake>, Path(did): Path<String>) -> Response {
         "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": base}]
     }))
     .into_response()
+}
+
+async fn resolve_handle(
+    State(fake): State<Fake>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if q.get("handle").map(String::as_str) != Some("alice.test") {
+        return xrpc_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "Unable to resolve handle",
+        );
+    }
+    let owner = fake.0.lock().unwrap().alice_test_owner.clone();
+    axum::Json(json!({"did": owner.as_deref().unwrap_or(ALICE)})).into_response()
 }
 
 async fn get_record(
@@ -337,6 +354,10 @@ async fn start_fake() -> (Fake, String) {
     let fake = Fake::default();
     let app = Router::new()
         .route("/xrpc/com.atproto.repo.getRecord", get(get_record))
+        .route(
+            "/xrpc/com.atproto.identity.resolveHandle",
+            get(resolve_handle),
+        )
         .route("/xrpc/{nsid}", axum::routing::post(xrpc_post))
         .route("/{did}", get(plc))
         .with_state(fake.clone());
@@ -552,6 +573,29 @@ async fn pds_is_resolved_through_the_plc_directory() {
     .unwrap();
     assert_eq!(record.head, Some("b".repeat(40)));
     assert_eq!(fake.count(&format!("plc:{ALICE}")), 2);
+}
+
+#[tokio::test]
+async fn a_handle_is_shown_only_when_it_resolves_back_to_the_did() {
+    let (fake, base) = start_fake().await;
+    let c = client();
+    let handle = bounded(c.verified_handle(&base, &base, ALICE))
+        .await
+        .unwrap();
+    assert_eq!(handle.as_deref(), Some("alice.test"));
+    // Alice's DID document claims alice.test, but the handle names another
+    // DID: the claim does not hold.
+    fake.0.lock().unwrap().alice_test_owner = Some(BOB.into());
+    let handle = bounded(c.verified_handle(&base, &base, ALICE))
+        .await
+        .unwrap();
+    assert_eq!(handle, None);
+    // A DID with no document: an error, not a handle.
+    assert!(
+        bounded(c.verified_handle(&base, &base, "did:plc:nobody"))
+            .await
+            .is_err()
+    );
 }
 
 fn write_request(name: &str, head: char, seq: u64) -> WriteBackRequest {

@@ -8,6 +8,8 @@
 //! `KNOTD_SKIP_BROWSER=1`.
 
 mod common;
+#[path = "common/pds.rs"]
+mod pds;
 
 use std::{
     io::{BufRead, BufReader},
@@ -141,6 +143,42 @@ async fn pages_off_leaves_git_over_http_on() {
         .await
         .unwrap();
     assert!(clone.join(".git").exists());
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owners_handle_is_shown_once_verified_through_the_real_pds() {
+    let Some(pds) = tokio::task::spawn_blocking(pds::TestPds::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let (did, _) = pds.create_account("webowner").await;
+    let work = tempfile::tempdir().unwrap();
+    let mut config = Config::local(work.path().join("node"));
+    config.http.enabled = true;
+    config.http.bind = "127.0.0.1:0".parse().unwrap();
+    config.atproto.plc_directory = pds.plc.clone();
+    config.atproto.handle_resolver = pds.pds.clone();
+    config.atproto.allow_insecure_http = true;
+    let node = TestNode::spawn_with(config).await;
+    let src = work.path().join("src");
+    make_repo(&src);
+    let repo = format!("{did}/site");
+    node.publish(&repo, &src).await;
+    let base = format!("http://{}", node.node.http_addr().unwrap());
+    // The first page shows the DID and asks for the handle in the
+    // background; a later page shows it.
+    common::eventually(30, "the owner's handle on the list", || async {
+        get(&format!("{base}/"))
+            .await
+            .2
+            .contains(&format!("@webowner.test ({did})"))
+    })
+    .await;
+    let (_, _, page) = get(&format!("{base}/{repo}")).await;
+    assert!(page.contains("by @webowner.test"), "{page}");
     node.stop().await;
 }
 

@@ -41,6 +41,29 @@ pub fn did_document_url(plc_directory: &str, did: &str) -> Result<Url, String> {
     ))
 }
 
+/// The handle a DID document claims: its first `alsoKnownAs` entry of the
+/// form `at://<handle>`, lowercased. A claim only: a DID document may name
+/// any handle, so the handle must resolve back to the DID before it is shown
+/// ([`super::XrpcClient::verified_handle`]).
+pub fn claimed_handle(doc: &Value, did: &str) -> Option<String> {
+    if doc.get("id").and_then(Value::as_str) != Some(did) {
+        return None;
+    }
+    doc.get("alsoKnownAs")?
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|aka| aka.strip_prefix("at://"))
+        .map(str::to_ascii_lowercase)
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.contains('.')
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        })
+}
+
 /// Extract the PDS endpoint from a DID document: the service with id
 /// `#atproto_pds` (or `<did>#atproto_pds`) and type `AtprotoPersonalDataServer`.
 pub fn pds_from_did_doc(doc: &Value, did: &str) -> Result<String, String> {
@@ -74,6 +97,29 @@ pub fn pds_from_did_doc(doc: &Value, did: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_claimed_handle_is_the_first_at_uri_of_the_document_for_that_did() {
+        let did = "did:plc:abc123";
+        let doc = serde_json::json!({
+            "id": did,
+            "alsoKnownAs": ["https://example.com", "at://Alice.Example.COM", "at://bob.example"],
+        });
+        assert_eq!(
+            claimed_handle(&doc, did).as_deref(),
+            Some("alice.example.com")
+        );
+        assert_eq!(
+            claimed_handle(&doc, "did:plc:other"),
+            None,
+            "another DID's document"
+        );
+        for bad in ["at://<b>x</b>.com", "at://nodot", "at://", "at://a b.com"] {
+            let doc = serde_json::json!({"id": did, "alsoKnownAs": [bad]});
+            assert_eq!(claimed_handle(&doc, did), None, "{bad}");
+        }
+        assert_eq!(claimed_handle(&serde_json::json!({"id": did}), did), None);
+    }
     use super::*;
     use serde_json::json;
 

@@ -364,6 +364,28 @@ impl XrpcClient {
         Ok((records, next))
     }
 
+    /// The handle of `did`, verified both ways: the handle its DID document
+    /// claims, kept only when that handle resolves back to `did` (through
+    /// [`XrpcClient::resolve_handle`]). `None`: no handle claimed, or the
+    /// claim does not hold.
+    pub async fn verified_handle(
+        &self,
+        plc_directory: &str,
+        resolver: &str,
+        did: &str,
+    ) -> Result<Option<String>, AtprotoError> {
+        let url = did_document_url(plc_directory, did).map_err(|reason| AtprotoError::NoPds {
+            did: did.to_string(),
+            reason,
+        })?;
+        let doc = self.send(self.http.get(url.clone()), url.as_str()).await?;
+        let Some(handle) = super::identity::claimed_handle(&doc, did) else {
+            return Ok(None);
+        };
+        let resolved = self.resolve_handle(&handle, resolver).await?;
+        Ok((resolved == did).then_some(handle))
+    }
+
     /// The DID a handle names: `https://<handle>/.well-known/atproto-did`,
     /// else `com.atproto.identity.resolveHandle` on `resolver`.
     pub async fn resolve_handle(

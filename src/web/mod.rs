@@ -18,8 +18,11 @@
 //! Content-Security-Policy that allows only the node's own script.
 //!
 //! Owns a ring of the node's recent events, filled by
-//! [`Pages::record_events`] (a task the node runs); it is lost on restart.
+//! [`Pages::record_events`], and the owners' verified handles
+//! ([`handles`], resolved by [`Pages::resolve_handles`]): two tasks the
+//! node runs; both are lost on restart.
 
+pub mod handles;
 pub mod render;
 
 use std::{
@@ -114,6 +117,7 @@ pub struct Pages<E> {
     rendering: Arc<Semaphore>,
     list: Snapshot<Vec<RepoSummary>>,
     status: Snapshot<NodeStatus>,
+    handles: Arc<handles::Handles>,
     cancel: CancellationToken,
 }
 
@@ -155,6 +159,7 @@ impl<E: Executor> Pages<E> {
             rendering: Arc::new(Semaphore::new(MAX_PAGES_AT_ONCE)),
             list: Arc::default(),
             status: Arc::default(),
+            handles: Arc::default(),
             cancel,
         }
     }
@@ -204,6 +209,21 @@ impl<E: Executor> Pages<E> {
             Reply::Ok(payload) => Ok(payload),
             Reply::Error(e) => Err(WebError::Node(e)),
         }
+    }
+
+    /// Resolve the handles of owners the pages show with `resolver` until
+    /// the pages are cancelled (without it, owners are shown as DIDs).
+    pub async fn resolve_handles<R: handles::ResolveHandle>(self, resolver: R) {
+        self.handles
+            .clone()
+            .run(resolver, self.cancel.clone())
+            .await;
+    }
+
+    /// The verified handle of the owner of `repo_id`, if known.
+    fn owner_handle(&self, repo_id: &str) -> Option<String> {
+        let did = repo_id.split_once('/').map_or(repo_id, |(did, _)| did);
+        self.handles.lookup(did)
     }
 
     /// A slot to render a page in, if one is free.
@@ -343,7 +363,12 @@ async fn index<E: Executor>(
         .take(PAGE_SIZE)
         .map(|r| (*r).clone())
         .collect();
+    let handles: std::collections::HashMap<String, String> = rows
+        .iter()
+        .filter_map(|r| Some((r.repo_id.clone(), pages.owner_handle(&r.repo_id)?)))
+        .collect();
     let view = IndexPage {
+        handles: &handles,
         repos: &rows,
         total: repos.len(),
         matched: matching.len(),
@@ -405,7 +430,9 @@ async fn repo<E: Executor>(
         })
         .collect();
     let events = pages.recent(Some(repo_id.as_str()));
+    let handle = pages.owner_handle(&summary.repo_id);
     let view = RepoPage {
+        handle: handle.as_deref(),
         repo: summary,
         refs: refs.as_ref(),
         peers: &peers,

@@ -41,6 +41,8 @@ fn knot_clone(repo_id: &str) -> String {
 pub struct IndexPage<'a> {
     /// The rows of this page.
     pub repos: &'a [RepoSummary],
+    /// Verified handles of the rows' owners, by repository id.
+    pub handles: &'a std::collections::HashMap<String, String>,
     /// Repositories the node tracks.
     pub total: usize,
     /// Repositories matching the query.
@@ -190,7 +192,7 @@ pub fn index_rows(site: &Site, page: &IndexPage<'_>, now_secs: u64) -> Markup {
         }
         ul.repos {
             @for repo in page.repos {
-                (index_row(site, repo, now_secs))
+                (index_row(site, repo, page.handles.get(&repo.repo_id).map(String::as_str), now_secs))
             }
         }
         @if page.pages > 1 {
@@ -214,7 +216,7 @@ fn page_href(query: &str, page: usize) -> String {
     format!("/?q={q}&page={page}")
 }
 
-fn index_row(site: &Site, repo: &RepoSummary, now_secs: u64) -> Markup {
+fn index_row(site: &Site, repo: &RepoSummary, handle: Option<&str>, now_secs: u64) -> Markup {
     let (state, class) = state_of(repo);
     let (owner, name) = repo.repo_id.split_once('/').unwrap_or(("", &repo.repo_id));
     html! {
@@ -222,7 +224,7 @@ fn index_row(site: &Site, repo: &RepoSummary, now_secs: u64) -> Markup {
             div.title {
                 a.name href=(repo_href(&repo.repo_id)) { (name) }
                 " "
-                span.owner { (owner) }
+                span.owner { (owner_words(owner, handle)) }
                 " "
                 span class={ "state " (class) } { (state) }
             }
@@ -241,11 +243,21 @@ fn index_row(site: &Site, repo: &RepoSummary, now_secs: u64) -> Markup {
     }
 }
 
+/// `@handle (did)`, or the DID alone.
+fn owner_words(did: &str, handle: Option<&str>) -> String {
+    match handle {
+        Some(handle) => format!("@{handle} ({did})"),
+        None => did.to_string(),
+    }
+}
+
 /// What the repository page shows besides its summary.
 #[derive(Debug)]
 pub struct RepoPage<'a> {
     /// The repository.
     pub repo: &'a RepoSummary,
+    /// The owner's verified handle, if known.
+    pub handle: Option<&'a str>,
     /// Its refs, from the manifest held.
     pub refs: Option<&'a RefsReport>,
     /// Its peers, with the path to each (`None`: no connection).
@@ -261,7 +273,10 @@ pub fn repo(site: &Site, page: &RepoPage<'_>, now_secs: u64) -> Markup {
     let (branches, tags) = split_refs(page.refs);
     let body = html! {
         h1 { (repo.repo_id) }
-        p { span class={ "state " (class) } { (state) } }
+        p {
+            @if let Some(handle) = page.handle { "by @" (handle) " " }
+            span class={ "state " (class) } { (state) }
+        }
         (clone_commands(site, &repo.repo_id))
         dl.facts {
             @if let Some(head) = &repo.head { dt { "head" } dd { code { (head) } } }
@@ -577,6 +592,7 @@ pub(crate) mod tests {
             host: HOSTILE.into(),
         };
         let page = IndexPage {
+            handles: &Default::default(),
             repos: &repos,
             total: 1,
             matched: 1,
@@ -593,7 +609,13 @@ pub(crate) mod tests {
     #[test]
     fn the_index_lists_repositories_with_both_clone_commands() {
         let repos = vec![summary("did:plc:abc123/website")];
+        let handles = [(
+            "did:plc:abc123/website".to_string(),
+            "alice.test".to_string(),
+        )]
+        .into();
         let page = IndexPage {
+            handles: &handles,
             repos: &repos,
             total: 1,
             matched: 1,
@@ -606,6 +628,7 @@ pub(crate) mod tests {
         assert!(html.contains("git clone knot://did:plc:abc123/website"));
         assert!(html.contains("href=\"/did:plc:abc123/website\""));
         assert!(html.contains("in sync"));
+        assert!(html.contains("@alice.test (did:plc:abc123)"), "{html}");
         assert!(html.contains("3 replicas seen"));
         assert!(html.contains("2.0 KiB"));
         assert!(!html.contains("pager"), "one page needs no pager");
@@ -642,6 +665,7 @@ pub(crate) mod tests {
         let peers = vec![(peer, Some(PathKind::Relayed))];
         let events = vec![hostile_event()];
         let page = RepoPage {
+            handle: Some(HOSTILE),
             repo: &repo,
             refs: Some(&report),
             peers: &peers,
