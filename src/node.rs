@@ -304,7 +304,8 @@ impl Node {
                     knot.clone(),
                     config.max_total_bytes,
                     cancel.child_token(),
-                );
+                )
+                .with_metrics(metrics.clone());
                 tasks.spawn("web pages' event ring", pages.clone().record_events());
                 let resolver = crate::web::handles::AtprotoHandles {
                     xrpc: XrpcClient::from_config(&config.atproto),

@@ -35,6 +35,7 @@ async fn node_with_repos(work: &Path, pages: bool) -> (TestNode, String) {
     config.http.enabled = true;
     config.http.bind = "127.0.0.1:0".parse().unwrap();
     config.http.pages = pages;
+    config.metrics.bind = Some("127.0.0.1:0".parse().unwrap());
     let node = TestNode::spawn_with(config).await;
     for (i, repo) in REPOS.iter().enumerate() {
         let src = work.join(format!("src{i}"));
@@ -124,6 +125,11 @@ async fn the_pages_list_repositories_and_escape_what_peers_control() {
     assert!(
         status_page.contains("published"),
         "recent events: {status_page}"
+    );
+    // The same series the Prometheus endpoint exports.
+    assert!(
+        status_page.contains("# TYPE knotd_publishes counter"),
+        "{status_page}"
     );
     node.stop().await;
 }

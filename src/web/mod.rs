@@ -118,6 +118,7 @@ pub struct Pages<E> {
     list: Snapshot<Vec<RepoSummary>>,
     status: Snapshot<NodeStatus>,
     handles: Arc<handles::Handles>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     cancel: CancellationToken,
 }
 
@@ -160,6 +161,7 @@ impl<E: Executor> Pages<E> {
             list: Arc::default(),
             status: Arc::default(),
             handles: Arc::default(),
+            metrics: None,
             cancel,
         }
     }
@@ -209,6 +211,13 @@ impl<E: Executor> Pages<E> {
             Reply::Ok(payload) => Ok(payload),
             Reply::Error(e) => Err(WebError::Node(e)),
         }
+    }
+
+    /// Show `metrics` (the node's Prometheus series, when `[metrics]` is
+    /// on) on `/status`, the same numbers `/metrics` exports.
+    pub fn with_metrics(mut self, metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Resolve the handles of owners the pages show with `resolver` until
@@ -449,9 +458,13 @@ async fn status<E: Executor>(State(pages): State<Pages<E>>) -> Result<Response, 
     let status = pages.status().await?;
     let totals = Totals::of(&status.repos, pages.max_total_bytes);
     let events = pages.recent(None);
+    let metrics = pages.metrics.as_ref().map(|metrics| {
+        metrics.update(&status);
+        metrics.encode()
+    });
     Ok(html(
         StatusCode::OK,
-        render::status(&status, &totals, &events),
+        render::status(&status, &totals, &events, metrics.as_deref()),
     ))
 }
 

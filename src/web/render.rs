@@ -437,8 +437,14 @@ impl Totals {
     }
 }
 
-/// `/status`: the node.
-pub fn status(status: &NodeStatus, totals: &Totals, events: &[EventLine]) -> Markup {
+/// `/status`: the node; `metrics`, when the node keeps them, in
+/// Prometheus' text format.
+pub fn status(
+    status: &NodeStatus,
+    totals: &Totals,
+    events: &[EventLine],
+    metrics: Option<&str>,
+) -> Markup {
     let connected_relays = status.relays.iter().filter(|r| r.connected).count();
     let direct = status
         .peer_paths
@@ -480,7 +486,14 @@ pub fn status(status: &NodeStatus, totals: &Totals, events: &[EventLine]) -> Mar
             }
             dt { "follows" } dd { (status.follows.len()) " identities" }
         }
-        p { "These are the figures the Prometheus endpoint ([metrics]) exports." }
+        @if let Some(metrics) = metrics {
+            details.metrics {
+                summary { "Every series the Prometheus endpoint exports" }
+                pre { (metrics) }
+            }
+        } @else {
+            p { "With [metrics] on, every series the Prometheus endpoint exports is shown here too." }
+        }
         h2 { "Live events" }
         p.live-note { "New events appear here as they happen (needs JavaScript)." }
         (event_list(events, Some("/status/events")))
@@ -702,7 +715,7 @@ pub(crate) mod tests {
         };
         let totals = Totals::of(&status.repos, Some(1 << 30));
         assert_eq!(totals.errors, 1);
-        let html = super::status(&status, &totals, &[hostile_event()]).into_string();
+        let html = super::status(&status, &totals, &[hostile_event()], Some(HOSTILE)).into_string();
         assert_escaped(&html);
         assert!(html.contains("1d 01:01:01"), "{html}");
         assert!(html.contains("of 1.0 GiB"), "{html}");
