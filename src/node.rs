@@ -305,7 +305,8 @@ impl Node {
                     config.max_total_bytes,
                     cancel.child_token(),
                 )
-                .with_metrics(metrics.clone());
+                .with_metrics(metrics.clone())
+                .with_served(knot.served());
                 tasks.spawn("web pages' event ring", pages.clone().record_events());
                 let resolver = crate::web::handles::AtprotoHandles {
                     xrpc: XrpcClient::from_config(&config.atproto),

@@ -99,6 +99,13 @@ async fn the_pages_list_repositories_and_escape_what_peers_control() {
     assert!(page.contains("x&lt;svg/onload=alert(1)&gt;"), "{page}");
     assert!(!page.contains("<svg"), "{page}");
     assert!(page.contains("v1.0"), "{page}");
+    // The annotated tag is shown with its commit, not the tag object.
+    let src0 = work.path().join("src0");
+    let commit = git(&src0, &["rev-parse", "v1.0^{commit}"]);
+    let tag = git(&src0, &["rev-parse", "v1.0"]);
+    assert_ne!(commit.trim(), tag.trim());
+    assert!(page.contains(&commit.trim()[..12]), "{page}");
+    assert!(!page.contains(&tag.trim()[..12]), "{page}");
     assert!(page.contains("<td>main</td>"), "the main branch: {page}");
     // The same with `.git`, as a clone URL is often written.
     assert_eq!(get(&format!("{base}/{}.git", REPOS[0])).await.0, 200);

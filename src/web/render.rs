@@ -264,6 +264,8 @@ pub struct RepoPage<'a> {
     pub peers: &'a [(PeerView, Option<PathKind>)],
     /// Its recent events, newest first.
     pub events: &'a [EventLine],
+    /// Annotated tags' object ids to the commits they peel to.
+    pub peeled: &'a std::collections::BTreeMap<crate::git::ObjectId, crate::git::ObjectId>,
 }
 
 /// `/<did>/<name>`: one repository.
@@ -293,7 +295,7 @@ pub fn repo(site: &Site, page: &RepoPage<'_>, now_secs: u64) -> Markup {
             h2 { "Branches" }
             (ref_table(&branches, "refs/heads/"))
             h2 { "Tags" }
-            (ref_table(&tags, "refs/tags/"))
+            (ref_table(&peel(&tags, page.peeled), "refs/tags/"))
         } @else if repo.manifest.is_none() {
             h2 { "Branches and tags" }
             p { "No state held yet." }
@@ -343,6 +345,24 @@ fn split_refs(refs: Option<&RefsReport>) -> (RefRows<'_>, RefRows<'_>) {
 
 /// Most refs of one kind listed on a repository page.
 const MAX_REFS_SHOWN: usize = 200;
+
+/// Tags with the commit each points at: an annotated tag's object id is
+/// replaced by the commit it peels to.
+fn peel<'a>(
+    tags: &[(&'a str, String)],
+    peeled: &std::collections::BTreeMap<crate::git::ObjectId, crate::git::ObjectId>,
+) -> RefRows<'a> {
+    tags.iter()
+        .map(|(name, id)| {
+            let commit = id
+                .parse::<crate::git::ObjectId>()
+                .ok()
+                .and_then(|id| peeled.get(&id))
+                .map_or_else(|| id.clone(), |commit| commit.to_string());
+            (*name, commit)
+        })
+        .collect()
+}
 
 fn ref_table(refs: &[(&str, String)], prefix: &str) -> Markup {
     html! {
@@ -678,6 +698,7 @@ pub(crate) mod tests {
         let peers = vec![(peer, Some(PathKind::Relayed))];
         let events = vec![hostile_event()];
         let page = RepoPage {
+            peeled: &Default::default(),
             handle: Some(HOSTILE),
             repo: &repo,
             refs: Some(&report),
