@@ -94,12 +94,8 @@ pub enum WebError {
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         let (status, page) = match &self {
-            WebError::Node(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                render::unavailable(&self.to_string()),
-            ),
             WebError::NotFound(_) => (StatusCode::NOT_FOUND, render::not_found(&self.to_string())),
-            WebError::Busy | WebError::TooManyPages => (
+            WebError::Node(_) | WebError::Busy | WebError::TooManyPages => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 render::unavailable(&self.to_string()),
             ),

@@ -72,18 +72,7 @@ pub fn state_of(repo: &RepoSummary) -> (String, &'static str) {
 
 /// `1.2 MiB`, `512 B`.
 pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    crate::remote_helper::human_bytes(bytes)
 }
 
 /// `3 min ago` for a time `ago_secs` in the past.
