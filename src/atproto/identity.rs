@@ -55,13 +55,41 @@ pub fn claimed_handle(doc: &Value, did: &str) -> Option<String> {
         .filter_map(Value::as_str)
         .find_map(|aka| aka.strip_prefix("at://"))
         .map(str::to_ascii_lowercase)
-        .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 253
-                && h.contains('.')
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-        })
+        .filter(|h| looks_like_handle(h) && names_a_public_host(h))
+}
+
+/// The characters and length of a handle (`alice.example.com`): what a
+/// handle must look like before any lookup is made with it.
+pub fn looks_like_handle(handle: &str) -> bool {
+    !handle.is_empty()
+        && handle.len() <= 253
+        && handle.contains('.')
+        && handle
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+}
+
+/// Top-level domains a handle may not use (ATProto's handle rules; `.test`
+/// stays, for test networks).
+const RESERVED_TLDS: [&str; 8] = [
+    "alt",
+    "arpa",
+    "example",
+    "internal",
+    "invalid",
+    "local",
+    "localhost",
+    "onion",
+];
+
+/// Whether a handle a stranger's DID document claims names a public host:
+/// its top-level label starts with a letter (not an IP address such as
+/// `10.0.0.5`) and is not reserved. Checked before the node fetches
+/// `https://<handle>/.well-known/atproto-did`, so a DID document cannot
+/// send it to probe addresses of the local network.
+fn names_a_public_host(handle: &str) -> bool {
+    let tld = handle.rsplit('.').next().unwrap_or_default();
+    tld.starts_with(|c: char| c.is_ascii_alphabetic()) && !RESERVED_TLDS.contains(&tld)
 }
 
 /// Extract the PDS endpoint from a DID document: the service with id
@@ -114,7 +142,17 @@ mod tests {
             None,
             "another DID's document"
         );
-        for bad in ["at://<b>x</b>.com", "at://nodot", "at://", "at://a b.com"] {
+        for bad in [
+            "at://<b>x</b>.com",
+            "at://nodot",
+            "at://",
+            "at://a b.com",
+            "at://10.0.0.5",
+            "at://127.0.0.1",
+            "at://printer.local",
+            "at://metadata.internal",
+            "at://intranet.localhost",
+        ] {
             let doc = serde_json::json!({"id": did, "alsoKnownAs": [bad]});
             assert_eq!(claimed_handle(&doc, did), None, "{bad}");
         }

@@ -394,13 +394,7 @@ impl XrpcClient {
         resolver: &str,
     ) -> Result<String, AtprotoError> {
         let handle = handle.trim().trim_start_matches('@').to_ascii_lowercase();
-        let valid = !handle.is_empty()
-            && handle.len() <= 253
-            && handle.contains('.')
-            && handle
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
-        if !valid {
+        if !super::identity::looks_like_handle(&handle) {
             return Err(AtprotoError::NoPds {
                 did: handle.clone(),
                 reason: "not a handle (like alice.example.com) or a DID (did:plc:…)".into(),
