@@ -256,12 +256,12 @@ async fn run(cli: Cli) -> Result<bool> {
         record("admin", scenarios::admin(&plan).await);
     }
     if wants(Scenario::Real) {
-        let spec = if cli.smoke {
-            realrepo::REAL_TINY
+        if cli.smoke {
+            record("real", real::real(&plan, realrepo::REAL_TINY).await);
         } else {
-            realrepo::REAL
-        };
-        record("real", real::real(&plan, spec).await);
+            record("real-small", real::real(&plan, realrepo::REAL_SMALL).await);
+            record("real", real::real(&plan, realrepo::REAL).await);
+        }
     }
 
     let mut ok = true;

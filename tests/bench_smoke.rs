@@ -90,6 +90,8 @@ fn smoke_run_writes_every_scenario() {
     assert!(figure("real", "refs") >= 100.0);
     assert!(figure("real", "full_knotd_ms") > 0.0);
     assert!(figure("real", "push_knotd_ms") > 0.0);
+    assert!(figure("real", "publish_git_push_mirror_ms") > 0.0);
+    assert!(figure("real", "publish_ratio") > 0.0);
     assert!(figure("real", "clone_helper_ms") > 0.0);
     assert!(figure("real", "clone_http_ms") > 0.0);
     assert!(figure("real", "follower_hwm_mib") > 0.0);

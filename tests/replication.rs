@@ -263,3 +263,119 @@ async fn a_provider_leaving_mid_transfer_is_replaced() {
     fresh.stop().await;
     author.stop().await;
 }
+
+/// Packs are indexed while they download (`fetch_indexing` with
+/// `materialize_arriving`): when the only provider leaves mid-pack, the
+/// fetch ends with the download's error, the indexing stops instead of
+/// waiting for bytes that will not come, and no repository is left behind;
+/// from a provider that stays, the same call materializes the repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexing_while_downloading_stops_with_the_download_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    common::make_big_repo(&src, 48, b"indexed while downloading");
+
+    let author = TestNode::spawn().await;
+    let seeder = TestNode::spawn().await;
+    let published = author.publish(REPO, &src).await;
+    seeder.follow(REPO, vec![author.ticket().await]).await;
+    eventually(60, "seeder converges", || async {
+        converged(&seeder, &published.manifest).await
+    })
+    .await;
+    let manifest_hash = knotd::record::parse_hash_hex(&published.manifest).unwrap();
+    let manifest =
+        knotd::content::load_manifest(author.node.blobs(), manifest_hash, &common::rid(REPO))
+            .await
+            .unwrap();
+    let pack = iroh_blobs::Hash::from_bytes(manifest.packs[0].hash);
+
+    let fresh = TestNode::spawn().await;
+    for peer in [&seeder, &author] {
+        fresh
+            .node
+            .lookup()
+            .add_endpoint_info(peer.node.addr().await);
+    }
+    let fetch_into = |dest: std::path::PathBuf, provider: iroh::EndpointId| {
+        let blobs = fresh.node.blobs().clone();
+        let endpoint = fresh.node.endpoint().clone();
+        let data_dir = fresh.data_dir.clone();
+        tokio::spawn(async move {
+            let index = |fetched: knotd::manifest::Manifest, failed| {
+                let blobs = blobs.clone();
+                let dest = dest.clone();
+                async move {
+                    knotd::content::materialize_arriving(
+                        &blobs,
+                        &dest,
+                        manifest_hash,
+                        &fetched,
+                        failed,
+                    )
+                    .await
+                }
+            };
+            knotd::content::fetch_indexing(
+                &blobs,
+                &endpoint,
+                &common::rid(REPO),
+                manifest_hash,
+                &[provider],
+                &knotd::content::FetchOptions::new(std::time::Duration::from_secs(60), &data_dir),
+                index,
+            )
+            .await
+        })
+    };
+
+    // The seeder stops as soon as part of the pack has arrived.
+    let repos = work.path().join("repos");
+    let dest = repos.join("first");
+    let fetch = fetch_into(dest.clone(), seeder.node.id());
+    let started = std::time::Instant::now();
+    let mut saw_partial = false;
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        match fresh.node.blobs().status(pack).await.unwrap() {
+            iroh_blobs::api::proto::BlobStatus::Partial { .. } => {
+                saw_partial = true;
+                break;
+            }
+            iroh_blobs::api::proto::BlobStatus::Complete { .. } => break,
+            iroh_blobs::api::proto::BlobStatus::NotFound => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    seeder.stop().await;
+    let err = tokio::time::timeout(std::time::Duration::from_secs(60), fetch)
+        .await
+        .expect("the fetch ends once its only provider is gone")
+        .unwrap()
+        .expect_err("the pack cannot be completed");
+    assert!(saw_partial, "the provider must stop mid-transfer");
+    assert!(
+        matches!(
+            err,
+            knotd::content::ContentError::Fetch { what: "pack", .. }
+        ),
+        "the download's error is reported, not the indexing it stopped: {err}"
+    );
+    assert!(!dest.exists(), "no repository is left half-built");
+    let leftovers: Vec<_> = std::fs::read_dir(&repos)
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "nothing left behind: {leftovers:?}");
+
+    // From the author, the rest arrives and the repository is complete.
+    let dest = repos.join("second");
+    let (fetched, outcome) = fetch_into(dest.clone(), author.node.id())
+        .await
+        .unwrap()
+        .expect("the fetch completes from the author");
+    assert_eq!(fetched.manifest, manifest);
+    assert_eq!(outcome, knotd::materialize::Outcome::Created);
+    assert_eq!(fingerprint(&dest), fingerprint(&author.repo_path(REPO)));
+    git(&dest, &["fsck", "--full", "--no-progress"]);
+    fresh.stop().await;
+    author.stop().await;
+}

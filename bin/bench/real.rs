@@ -142,8 +142,8 @@ fn have_strace() -> bool {
 
 /// The real-shaped scenario.
 pub async fn real(plan: &Plan, spec: RealSpec) -> Result<ScenarioReport> {
-    let mut report = ScenarioReport::new("real");
-    let dir = plan.work.join("real");
+    let mut report = ScenarioReport::new(spec.label);
+    let dir = plan.work.join(spec.label);
     let base = dir.join("daemon");
     std::fs::create_dir_all(&base)?;
     let cargo = cargo_home();
@@ -195,16 +195,52 @@ pub async fn real(plan: &Plan, spec: RealSpec) -> Result<ScenarioReport> {
         Err(_) => bin_dir.display().to_string(),
     };
 
-    progress("publishing on the author node");
-    let (author, _) = ChildNode::spawn(knotd, &dir.join("author")).await?;
-    let started = Instant::now();
-    let published = author.publish(REPO, &src).await?;
-    report.fig("publish_ms", round3(ms(started.elapsed())), "ms");
+    // Publishing the whole repository into a fresh author node (the helper
+    // packs on the client, the node indexes that pack and keeps it as the
+    // blob), against `git push --mirror` into an empty bare repository,
+    // alternating which goes first.
+    let (mut publish_s, mut push_mirror_s) = (Vec::new(), Vec::new());
+    let mut authors = None;
+    let push_mirror = || -> Result<f64> {
+        let target = dir.join("pushed.git");
+        let _ = std::fs::remove_dir_all(&target);
+        git(
+            &dir,
+            &["init", "-q", "--bare", target.to_str().context("path")?],
+        )?;
+        let mut cmd = git_command(&src);
+        cmd.args(["push", "-q", "--mirror"]).arg(&target);
+        let took = timed(cmd, "git push --mirror")?;
+        std::fs::remove_dir_all(&target)?;
+        Ok(took.as_secs_f64())
+    };
+    for i in 0..plan.iterations {
+        progress(&format!("publish {}/{}", i + 1, plan.iterations));
+        let git_first = i % 2 == 1;
+        if git_first {
+            push_mirror_s.push(push_mirror()?);
+        }
+        if let Some((previous, _)) = authors.take() {
+            ChildNode::stop(previous).await?;
+        }
+        let (node, _) = ChildNode::spawn(knotd, &dir.join(format!("author-{i}"))).await?;
+        let started = Instant::now();
+        let published = node.publish(REPO, &src).await?;
+        publish_s.push(started.elapsed().as_secs_f64());
+        // Let the author's background bitmap finish: it would share the CPU
+        // with the measurements after it.
+        wait_bitmap(&node.repo_path(REPO)?, Duration::from_secs(600)).await?;
+        if !git_first {
+            push_mirror_s.push(push_mirror()?);
+        }
+        authors = Some((node, published));
+    }
+    let (author, published) = authors.context("no iteration ran")?;
+    let (p, g) = (median(&publish_s), median(&push_mirror_s));
+    report.fig("publish_ms", round3(p * 1000.0), "ms");
+    report.fig("publish_git_push_mirror_ms", round3(g * 1000.0), "ms");
+    report.fig_target("publish_ratio", round3(p / g), "x", "<= 1.0");
     report.fig("knotd_pack_bytes", published.bytes_added as f64, "bytes");
-    // Let the author's background bitmap finish: it would share the CPU
-    // with the measurements below.
-    let author_repo = author.repo_path(REPO)?;
-    wait_bitmap(&author_repo, Duration::from_secs(600)).await?;
     let ticket = match author.request(&Admin::Ticket).await? {
         Payload::Ticket { ticket } => ticket,
         other => bail!("unexpected payload {other:?}"),

@@ -50,6 +50,16 @@ pub const REAL_TINY: RealSpec = RealSpec {
     pulls: 60,
 };
 
+/// About 10 MB packed, 1,500 refs: a small project.
+pub const REAL_SMALL: RealSpec = RealSpec {
+    label: "real-small",
+    commits: 3_000,
+    crates: 80,
+    branches: 150,
+    tags: 350,
+    pulls: 1_000,
+};
+
 /// About 60 MB packed, 5,600 refs, 20,000 commits on `main`.
 pub const REAL: RealSpec = RealSpec {
     label: "real",

@@ -2,10 +2,15 @@
 //! free-space check before any pack is downloaded, and no blob taken past
 //! the size it is declared with.
 
-use std::{path::Path, time::Duration};
+use std::{
+    collections::HashSet,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use iroh::{Endpoint, EndpointId};
 use iroh_blobs::{Hash, HashAndFormat, api::Store};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     ContentError, hex, incoming_tag, load_manifest, pack_tag_prefix, repo_tags, request_err,
@@ -30,6 +35,10 @@ pub struct Fetched {
     /// this repository: a collector pass that started before the pins were
     /// set may still delete it, so the state is checked again after it.
     pub reused_unpinned: bool,
+    /// Bytes of packs the store lacked when the manifest was read.
+    pub missing_bytes: u64,
+    /// From the start of the fetch until its last download ended.
+    pub downloaded_in: Duration,
 }
 
 /// How a fetch goes about it.
@@ -86,8 +95,67 @@ pub async fn fetch(
     providers: &[EndpointId],
     opts: &FetchOptions<'_>,
 ) -> Result<Fetched, ContentError> {
+    let nothing = |_, _| async { Ok(()) };
+    let (fetched, ()) =
+        fetch_indexing(blobs, endpoint, repo_id, hash, providers, opts, nothing).await?;
+    Ok(fetched)
+}
+
+/// [`fetch`], with `index(manifest, download_failed)` run beside the pack
+/// downloads once the manifest is in and its checks passed, so packs are
+/// indexed while they arrive ([`super::materialize_arriving`]).
+/// `download_failed` is cancelled when a download fails, so that readers of
+/// arriving packs stop waiting; the downloads stop when `index` fails. The
+/// first failure is returned: a download's before the indexing it stopped.
+pub async fn fetch_indexing<T, F, Fut>(
+    blobs: &Store,
+    endpoint: &Endpoint,
+    repo_id: &RepoId,
+    hash: Hash,
+    providers: &[EndpointId],
+    opts: &FetchOptions<'_>,
+    index: F,
+) -> Result<(Fetched, T), ContentError>
+where
+    F: FnOnce(Manifest, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<T, ContentError>>,
+{
+    let started = Instant::now();
     let mut session = Session::new(blobs, endpoint, providers);
-    let result = fetch_in(blobs, &mut session, repo_id, hash, opts).await;
+    let result = async {
+        let (mut fetched, pinned_here) =
+            fetch_manifest(blobs, &mut session, repo_id, hash, opts).await?;
+        let download_failed = CancellationToken::new();
+        let stop_downloads = CancellationToken::new();
+        let downloads = async {
+            let packs = fetch_packs(blobs, &mut session, repo_id, &fetched, &pinned_here, opts);
+            let result = tokio::select! {
+                result = packs => Some(result),
+                _ = stop_downloads.cancelled() => None,
+            };
+            if matches!(result, Some(Err(_))) {
+                download_failed.cancel();
+            }
+            (result, started.elapsed())
+        };
+        let indexing = async {
+            let result = index(fetched.manifest.clone(), download_failed.clone()).await;
+            if result.is_err() {
+                stop_downloads.cancel();
+            }
+            result
+        };
+        let ((downloaded, downloaded_in), indexed) = tokio::join!(downloads, indexing);
+        fetched.downloaded_in = downloaded_in;
+        if let Some(packs) = downloaded {
+            let packs = packs?;
+            fetched.bytes_fetched = fetched.bytes_fetched.saturating_add(packs.bytes);
+            fetched.blobs_fetched += packs.blobs;
+            fetched.reused_unpinned |= packs.reused_unpinned;
+        }
+        Ok((fetched, indexed?))
+    }
+    .await;
     if let Some(report) = opts.faults {
         for (peer, fault) in session.faults() {
             report(*peer, *fault);
@@ -96,28 +164,29 @@ pub async fn fetch(
     result
 }
 
-async fn fetch_in(
+/// Fetch and check the manifest: its packs must fit the quota and the disk.
+/// Also returns the blobs `repo_id` had pinned before.
+async fn fetch_manifest(
     blobs: &Store,
     session: &mut Session,
     repo_id: &RepoId,
     hash: Hash,
     opts: &FetchOptions<'_>,
-) -> Result<Fetched, ContentError> {
+) -> Result<(Fetched, HashSet<Hash>), ContentError> {
+    let started = Instant::now();
     let FetchOptions {
         timeout,
         data_dir,
         limit,
-        progress,
         ..
     } = *opts;
     let mut bytes_fetched = 0u64;
     let mut blobs_fetched = 0;
-    let pinned_here: std::collections::HashSet<Hash> = repo_tags(blobs, repo_id)
+    let pinned_here: HashSet<Hash> = repo_tags(blobs, repo_id)
         .await?
         .into_values()
         .map(|tag| tag.hash)
         .collect();
-    let mut reused_unpinned = false;
     // Tag before downloading, so GC never takes what arrives (or a part of it).
     blobs
         .tags()
@@ -128,7 +197,7 @@ async fn fetch_in(
         .has(hash)
         .await
         .map_err(request_err("checking a blob"))?;
-    reused_unpinned |= manifest_present && !pinned_here.contains(&hash);
+    let reused_unpinned = manifest_present && !pinned_here.contains(&hash);
     if !manifest_present {
         blobs_fetched += 1;
         let size = session
@@ -161,10 +230,46 @@ async fn fetch_in(
         }
     }
     check_space(data_dir, missing.saturating_mul(2))?;
-    let total_missing = missing;
-    let mut received = 0u64;
+    let fetched = Fetched {
+        manifest,
+        bytes_fetched,
+        blobs_fetched,
+        reused_unpinned,
+        missing_bytes: missing,
+        downloaded_in: started.elapsed(),
+    };
+    Ok((fetched, pinned_here))
+}
+
+/// What downloading the packs of a state transferred.
+struct PacksFetched {
+    bytes: u64,
+    blobs: usize,
+    reused_unpinned: bool,
+}
+
+/// Download, in the manifest's order, every pack of `fetched` the store
+/// lacks, each tagged first. `pinned_here`: the blobs `repo_id` had pinned
+/// before the fetch.
+async fn fetch_packs(
+    blobs: &Store,
+    session: &mut Session,
+    repo_id: &RepoId,
+    fetched: &Fetched,
+    pinned_here: &HashSet<Hash>,
+    opts: &FetchOptions<'_>,
+) -> Result<PacksFetched, ContentError> {
+    let FetchOptions {
+        timeout, progress, ..
+    } = *opts;
+    let mut out = PacksFetched {
+        bytes: 0,
+        blobs: 0,
+        reused_unpinned: false,
+    };
+    let total_missing = fetched.missing_bytes;
     let prefix = pack_tag_prefix(repo_id);
-    for pack in &manifest.packs {
+    for pack in &fetched.manifest.packs {
         let pack_hash = Hash::from_bytes(pack.hash);
         blobs
             .tags()
@@ -178,6 +283,7 @@ async fn fetch_in(
             .has(pack_hash)
             .await
             .map_err(request_err("checking a blob"))?;
+        let received = out.bytes;
         let report = |bytes: u64| {
             if let Some(progress) = progress {
                 progress(received.saturating_add(bytes), total_missing);
@@ -201,19 +307,13 @@ async fn fetch_in(
             return Err(misdeclared(Some(size)));
         }
         if present {
-            reused_unpinned |= !pinned_here.contains(&pack_hash);
+            out.reused_unpinned |= !pinned_here.contains(&pack_hash);
         } else {
-            received = received.saturating_add(size);
-            bytes_fetched = bytes_fetched.saturating_add(size);
-            blobs_fetched += 1;
+            out.bytes = out.bytes.saturating_add(size);
+            out.blobs += 1;
         }
     }
-    Ok(Fetched {
-        manifest,
-        bytes_fetched,
-        blobs_fetched,
-        reused_unpinned,
-    })
+    Ok(out)
 }
 
 /// Fail with [`ContentError::NoSpace`] when `dir`'s filesystem has fewer than

@@ -4,8 +4,9 @@
 //! produce to the core; nothing here decides what runs.
 //!
 //! A new state, published or fetched, is finished in one order: its blobs
-//! are in the store (tagged before any download), it is materialized, then
-//! pinned (blob store flushed). Only then does the job report success, and
+//! are in the store (tagged before any download), it is materialized (a
+//! fetch indexes each pack while it downloads, and the repository is
+//! complete only once every download is), then pinned (blob store flushed). Only then does the job report success, and
 //! the core persists, serves and announces. When any step fails the job
 //! puts the previous state back (pins and materialized copy) before it
 //! reports, so the previous state stays served and pinned. A fetch also
@@ -396,25 +397,39 @@ async fn fetch(
         ..content::FetchOptions::new(ctx.fetch_timeout, &ctx.data_dir)
     };
     let started = std::time::Instant::now();
-    let fetched =
-        content::fetch(&ctx.blobs, &ctx.endpoint, repo, manifest, providers, &opts).await?;
-    let downloaded = started.elapsed();
-    let indexed = fetch_indexes(ctx, repo, &fetched.manifest, previous).await;
-    if indexed >= LARGE_JOB_BYTES {
-        debug!(repo = %repo, bytes = indexed, "large packs to index: waiting for a large-job permit");
-    }
-    let large = ctx.large_jobs.permit(indexed, interactive).await;
-    let outcome =
-        content::materialize(&ctx.blobs, &ctx.dest(repo), manifest, &fetched.manifest).await?;
-    drop(large);
+    // Packs are indexed while they download; the indexing of large ones
+    // waits for a large-job permit (the downloads go on meanwhile).
+    let index = |fetched: Manifest, download_failed| async move {
+        let indexed = fetch_indexes(ctx, repo, &fetched, previous).await;
+        if indexed >= LARGE_JOB_BYTES {
+            debug!(repo = %repo, bytes = indexed, "large packs to index: waiting for a large-job permit");
+        }
+        let large = ctx.large_jobs.permit(indexed, interactive).await;
+        let dest = ctx.dest(repo);
+        let outcome =
+            content::materialize_arriving(&ctx.blobs, &dest, manifest, &fetched, download_failed)
+                .await?;
+        drop(large);
+        Ok(outcome)
+    };
+    let (fetched, outcome) = content::fetch_indexing(
+        &ctx.blobs,
+        &ctx.endpoint,
+        repo,
+        manifest,
+        providers,
+        &opts,
+        index,
+    )
+    .await?;
     let materialized = started.elapsed();
     content::pin(&ctx.blobs, repo, manifest, &fetched.manifest).await?;
     debug!(
         repo = %repo,
-        download_ms = downloaded.as_millis() as u64,
-        materialize_ms = (materialized - downloaded).as_millis() as u64,
+        download_ms = fetched.downloaded_in.as_millis() as u64,
+        materialize_ms = materialized.as_millis() as u64,
         pin_ms = (started.elapsed() - materialized).as_millis() as u64,
-        "fetch job phases"
+        "fetch job phases (downloads overlap indexing; both from the start)"
     );
     let gc_passes = ctx.gc_guard.passes();
     ctx.gc_guard.hold(rebuilt.protect);

@@ -11,8 +11,10 @@
 //!
 //! Packs stream: `git pack-objects` writes into the blob store through
 //! `add_stream`, and materializing reads each pack back as a verified stream
-//! of 16 KiB leaves into `git index-pack`. Memory stays a few chunks per
-//! pack, whatever its size.
+//! of 16 KiB leaves into `git index-pack`. A fetch does not wait for its
+//! downloads to end: each pack is fed to `git index-pack` as its verified
+//! leaves arrive in the store ([`fetch_indexing`], [`materialize_arriving`]).
+//! Memory stays a few chunks per pack, whatever its size.
 //!
 //! Publishing is in [`publish()`], fetching in [`fetch()`], the streams
 //! between git and the store in `stream`, and the content jobs that string
@@ -41,12 +43,13 @@ mod publish;
 mod repair;
 mod stream;
 
-pub use fetch::{FetchOptions, Fetched, check_space, fetch};
+pub use fetch::{FetchOptions, Fetched, check_space, fetch, fetch_indexing};
 pub use guard::GcGuard;
 pub use optimize::Optimizer;
 pub use publish::{Published, Received, publish, publish_received};
 pub use repair::{Rebuilt, rebuild_missing};
-use stream::pack_reader;
+use stream::{arriving_pack_reader, pack_reader};
+use tokio_util::sync::CancellationToken;
 
 /// Errors moving repository content.
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +332,33 @@ pub async fn materialize_with(
     manifest: &Manifest,
     staged: Option<materialize::Staged>,
 ) -> Result<Outcome, ContentError> {
+    materialize_reading(blobs, dest, hash, manifest, staged, None).await
+}
+
+/// [`materialize`] while the packs are still being downloaded
+/// ([`fetch_indexing`]): each pack is indexed as its bytes arrive, in
+/// order, and reading stops with an error once `download_failed` is
+/// cancelled.
+pub async fn materialize_arriving(
+    blobs: &Store,
+    dest: &Path,
+    hash: Hash,
+    manifest: &Manifest,
+    download_failed: CancellationToken,
+) -> Result<Outcome, ContentError> {
+    materialize_reading(blobs, dest, hash, manifest, None, Some(download_failed)).await
+}
+
+/// Materialize with packs read as they are ([`pack_reader`]) or, given a
+/// download's failure signal, as they arrive ([`arriving_pack_reader`]).
+async fn materialize_reading(
+    blobs: &Store,
+    dest: &Path,
+    hash: Hash,
+    manifest: &Manifest,
+    staged: Option<materialize::Staged>,
+    arriving: Option<CancellationToken>,
+) -> Result<Outcome, ContentError> {
     let blobs = blobs.clone();
     let dest = dest.to_path_buf();
     let manifest = manifest.clone();
@@ -341,7 +371,10 @@ pub async fn materialize_with(
                 source,
             })?;
         }
-        let mut load = |entry: &PackEntry| pack_reader(&blobs, &handle, entry);
+        let mut load = |entry: &PackEntry| match &arriving {
+            Some(failed) => Ok(arriving_pack_reader(&blobs, &handle, entry, failed.clone())),
+            None => pack_reader(&blobs, &handle, entry),
+        };
         materialize::materialize_with(
             &dest,
             *hash.as_bytes(),
