@@ -6,6 +6,9 @@
 
 #[path = "bench/gitd.rs"]
 mod gitd;
+#[cfg(feature = "gix-eval")]
+#[path = "bench/indexers.rs"]
+mod indexers;
 #[path = "bench/nodes.rs"]
 mod nodes;
 #[path = "bench/real.rs"]
@@ -49,6 +52,9 @@ enum Scenario {
     /// A real-shaped repository (5,600 refs, real source text, ~60 MB):
     /// replication, push and clones against git, and process counts.
     Real,
+    /// `git index-pack` against `gix-pack` on packs of several shapes (only
+    /// when asked for; needs a build with `--features gix-eval`).
+    Indexers,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -257,11 +263,27 @@ async fn run(cli: Cli) -> Result<bool> {
     }
     if wants(Scenario::Real) {
         if cli.smoke {
-            record("real", real::real(&plan, realrepo::REAL_TINY).await);
+            record("real", real::real(&plan, "real", realrepo::REAL_TINY).await);
         } else {
-            record("real-small", real::real(&plan, realrepo::REAL_SMALL).await);
-            record("real", real::real(&plan, realrepo::REAL).await);
+            record(
+                "real-small",
+                real::real(&plan, "real-small", realrepo::REAL_SMALL).await,
+            );
+            record("real", real::real(&plan, "real", realrepo::REAL).await);
         }
+    }
+
+    if cli.scenario == Scenario::Indexers {
+        #[cfg(feature = "gix-eval")]
+        record("indexers", indexers::indexers(&plan).await);
+        #[cfg(not(feature = "gix-eval"))]
+        record(
+            "indexers",
+            Err(anyhow::anyhow!(
+                "this knotd-bench was built without gix-pack: \
+                 cargo build --release --features gix-eval --bin knotd-bench"
+            )),
+        );
     }
 
     let mut ok = true;

@@ -140,9 +140,10 @@ fn have_strace() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The real-shaped scenario.
-pub async fn real(plan: &Plan, spec: RealSpec) -> Result<ScenarioReport> {
-    let mut report = ScenarioReport::new(spec.label);
+/// The real-shaped scenario on the repository `spec`, reported as
+/// `scenario`.
+pub async fn real(plan: &Plan, scenario: &'static str, spec: RealSpec) -> Result<ScenarioReport> {
+    let mut report = ScenarioReport::new(scenario);
     let dir = plan.work.join(spec.label);
     let base = dir.join("daemon");
     std::fs::create_dir_all(&base)?;
