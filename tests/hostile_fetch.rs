@@ -269,6 +269,62 @@ async fn a_manifest_understating_its_packs_is_refused_without_filling_the_disk()
     follower.stop().await;
 }
 
+/// A trusted publisher whose manifest overstates the size of its pack: the
+/// node indexes the pack while it downloads, and the state is refused once
+/// the pack turns out shorter, instead of the indexing waiting for bytes
+/// that do not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_overstating_its_packs_is_refused_and_the_job_ends() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_big_repo(&src, 2, b"overstated pack");
+    let publisher = BlobPeer::serving(SecretKey::generate()).await;
+    let published = knotd::content::publish(publisher.store(), &rid(REPO), &src, None, 16, false)
+        .await
+        .unwrap();
+    let mut lying = published.manifest.clone();
+    for pack in &mut lying.packs {
+        pack.size += 10_000;
+    }
+    let lie = publisher
+        .store()
+        .add_bytes(lying.to_bytes())
+        .temp_tag()
+        .await
+        .unwrap();
+
+    let follower = TestNode::spawn().await;
+    follower.follow(REPO, vec![publisher.ticket().await]).await;
+    let head = lying.head_oid().map(|o| o.to_string());
+    publisher
+        .forward(&follower, publisher.statement(REPO, head, lie.hash()))
+        .await;
+    eventually(60, "the fetch to end with an error", || async {
+        follower
+            .summary(REPO)
+            .await
+            .is_some_and(|s| s.last_error.is_some())
+    })
+    .await;
+    let summary = follower.summary(REPO).await.unwrap();
+    let error = summary.last_error.unwrap_or_default();
+    assert!(error.contains("its manifest declares"), "{error}");
+    assert_eq!(summary.materialized, None);
+    // The node is not stuck: a good state from the same publisher follows.
+    let good = published.hash;
+    let head = published.manifest.head_oid().map(|o| o.to_string());
+    publisher
+        .forward(&follower, publisher.statement(REPO, head, good))
+        .await;
+    eventually(60, "the good state to be materialized", || async {
+        follower.summary(REPO).await.and_then(|s| s.materialized)
+            == Some(knotd::content::hex(&good))
+    })
+    .await;
+    publisher.stop().await;
+    follower.stop().await;
+}
+
 /// A trusted statement naming a "manifest" far over the 16 MiB limit: the
 /// transfer stops at the limit instead of taking the whole blob.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,9 +104,10 @@ pub async fn fetch(
 /// [`fetch`], with `index(manifest, download_failed)` run beside the pack
 /// downloads once the manifest is in and its checks passed, so packs are
 /// indexed while they arrive ([`super::materialize_arriving`]).
-/// `download_failed` is cancelled when a download fails, so that readers of
-/// arriving packs stop waiting; the downloads stop when `index` fails. The
-/// first failure is returned: a download's before the indexing it stopped.
+/// `download_failed` is cancelled when a download fails (or this future is
+/// dropped), so that readers of arriving packs stop waiting; the downloads
+/// stop when `index` fails. The first failure is returned: a download's
+/// before the indexing it stopped.
 pub async fn fetch_indexing<T, F, Fut>(
     blobs: &Store,
     endpoint: &Endpoint,
@@ -126,6 +127,9 @@ where
         let (mut fetched, pinned_here) =
             fetch_manifest(blobs, &mut session, repo_id, hash, opts).await?;
         let download_failed = CancellationToken::new();
+        // Dropped before the end (the job cancelled at shutdown), readers
+        // of arriving packs must not wait on downloads that stopped.
+        let _readers_end = download_failed.clone().drop_guard();
         let stop_downloads = CancellationToken::new();
         let downloads = async {
             let packs = fetch_packs(blobs, &mut session, repo_id, &fetched, &pinned_here, opts);

@@ -28,6 +28,7 @@ use std::{
 use iroh::{Endpoint, EndpointId};
 use iroh_blobs::{Hash, store::fs::FsStore};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{ContentError, GcGuard, Optimizer};
@@ -399,12 +400,19 @@ async fn fetch(
     let started = std::time::Instant::now();
     // Packs are indexed while they download; the indexing of large ones
     // waits for a large-job permit (the downloads go on meanwhile).
-    let index = |fetched: Manifest, download_failed| async move {
+    let index = |fetched: Manifest, download_failed: CancellationToken| async move {
         let indexed = fetch_indexes(ctx, repo, &fetched, previous).await;
         if indexed >= LARGE_JOB_BYTES {
             debug!(repo = %repo, bytes = indexed, "large packs to index: waiting for a large-job permit");
         }
-        let large = ctx.large_jobs.permit(indexed, interactive).await;
+        // A permit is held from here to the last byte indexed, downloads
+        // included: a download that fails meanwhile ends the wait.
+        let large = tokio::select! {
+            large = ctx.large_jobs.permit(indexed, interactive) => large,
+            _ = download_failed.cancelled() => return Err(ContentError::Task(
+                "a download failed while indexing waited for a large-job permit".into(),
+            )),
+        };
         let dest = ctx.dest(repo);
         let outcome =
             content::materialize_arriving(&ctx.blobs, &dest, manifest, &fetched, download_failed)

@@ -168,7 +168,8 @@ const ARRIVING_RECHECK: std::time::Duration = std::time::Duration::from_millis(2
 /// bytes are read from the store, in order, as the download makes them
 /// present (each leaf verified against the blob's hash by the store), so
 /// `git index-pack` works on the pack while the rest of it arrives. Ends
-/// with an error once `failed` is cancelled (its download failed). Call
+/// with an error once `failed` is cancelled (its download failed) or when
+/// the blob turns out to be of another size than `entry` declares. Call
 /// from a blocking thread.
 pub(super) fn arriving_pack_reader(
     blobs: &Store,
@@ -218,27 +219,48 @@ impl Arriving {
         let mut present = ChunkRanges::empty();
         let mut sent = 0u64;
         while sent < self.size {
+            if self.failed.is_cancelled() {
+                return Err(self.unavailable("its download failed"));
+            }
+            if tx.is_closed() {
+                return Ok(());
+            }
             let from = ChunkNum(sent / 1024);
             let ready = ready_until(&present, from, total);
             if ready > from {
+                let before = sent;
                 sent = self.send_range(from, ready, sent, tx).await?;
+                if sent == before {
+                    // Present up to the declared end, yet nothing more to
+                    // read: the blob is shorter than declared.
+                    return Err(self.unavailable(format!(
+                        "the blob ends at byte {sent}, before the {} bytes declared",
+                        self.size
+                    )));
+                }
                 continue;
             }
             // Wait for more: a subscription to the bitfield, renewed every
-            // ARRIVING_RECHECK so no update can be missed for long.
+            // ARRIVING_RECHECK so no update can be missed for long (and a
+            // subscription that ends at once is not renewed in a busy loop).
+            let mut wrong_size = None;
             let watch = async {
-                let updates = self.blobs.observe(self.hash).stream().await;
-                let Ok(updates) = updates else {
-                    std::future::pending::<()>().await;
-                    return;
-                };
-                let mut updates = std::pin::pin!(updates);
-                while let Some(update) = updates.next().await {
-                    present |= update.ranges;
-                    if ready_until(&present, from, total) > from {
-                        return;
+                if let Ok(updates) = self.blobs.observe(self.hash).stream().await {
+                    let mut updates = std::pin::pin!(updates);
+                    while let Some(update) = updates.next().await {
+                        if let Some(size) = update.validated_size()
+                            && size != self.size
+                        {
+                            wrong_size = Some(size);
+                            return;
+                        }
+                        present |= update.ranges;
+                        if ready_until(&present, from, total) > from {
+                            return;
+                        }
                     }
                 }
+                std::future::pending::<()>().await;
             };
             tokio::select! {
                 _ = watch => {}
@@ -247,6 +269,12 @@ impl Arriving {
                     return Err(self.unavailable("its download failed"));
                 }
                 _ = tx.closed() => return Ok(()),
+            }
+            if let Some(size) = wrong_size {
+                return Err(self.unavailable(format!(
+                    "the blob is {size} bytes, not the {} declared",
+                    self.size
+                )));
             }
         }
         Ok(())
@@ -419,5 +447,45 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(err.to_string().contains("download failed"), "{err}");
+    }
+
+    /// A pack declared larger than its blob: once the blob is complete the
+    /// reader fails instead of waiting (or looping) for bytes that do not
+    /// exist, whether it started before the blob was complete or after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pack_declared_larger_than_its_blob_ends_the_reader_with_an_error() {
+        let data: Vec<u8> = (0..20_480u32).map(|i| (i % 251) as u8).collect();
+        let source = MemStore::new();
+        let hash = source.add_slice(&data).await.unwrap().hash;
+        let mut entry = PackEntry::for_bytes(&data, 0);
+        entry.size = 30_000;
+        for complete_first in [true, false] {
+            let store = MemStore::new();
+            if complete_first {
+                import_leading(&source, &store, hash, ChunkRanges::all()).await;
+            } else {
+                import_leading(&source, &store, hash, ChunkRanges::from(..chunks(16))).await;
+            }
+            let handle = tokio::runtime::Handle::current();
+            let reader = {
+                let (store, entry) = ((*store).clone(), entry.clone());
+                tokio::task::spawn_blocking(move || {
+                    let failed = CancellationToken::new();
+                    let mut reader = arriving_pack_reader(&store, &handle, &entry, failed);
+                    let mut all = Vec::new();
+                    reader.read_to_end(&mut all)
+                })
+            };
+            if !complete_first {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                import_leading(&source, &store, hash, ChunkRanges::from(chunks(16)..)).await;
+            }
+            let err = tokio::time::timeout(Duration::from_secs(10), reader)
+                .await
+                .expect("the reader ends")
+                .unwrap()
+                .unwrap_err();
+            assert!(err.to_string().contains("20480 bytes"), "{err}");
+        }
     }
 }
