@@ -16,7 +16,10 @@
 //! Later updates index only the packs not yet indexed, check connectivity of
 //! the new tips, mark the manifest marker `pending`, apply all refs in one
 //! transaction and finally rewrite the markers atomically, so a crash while
-//! refs move is repaired by the next run rather than mistaken for done.
+//! refs move is repaired by the next run rather than mistaken for done. An
+//! update that fails before its refs move removes the packs it added (a
+//! fetch indexes each pack while later ones still download, and any of
+//! those may fail), so the repository keeps exactly its state's packs.
 //! An update to a single self-contained pack (a consolidation) then removes
 //! the older packs, so the repository holds what its manifest lists.
 //!
@@ -300,21 +303,34 @@ fn update(
     };
 
     // Each new pack is verified while it is indexed; one that does not
-    // match leaves nothing behind.
+    // match leaves nothing behind, and when any step before the refs move
+    // fails, the packs this update added go again (a fetch indexes packs
+    // while later ones still download, and one of those may fail), so the
+    // repository holds exactly its state's packs.
+    let before = pack_names(&git_dir);
     let mut packs_indexed = 0;
     let mut added = Vec::new();
-    for entry in &manifest.packs {
-        if !indexed.contains(&entry.hash_hex()) {
-            added.push(add_pack(&git_dir, entry, load_pack, staged)?);
-            packs_indexed += 1;
+    let prepared = (|| {
+        for entry in &manifest.packs {
+            if !indexed.contains(&entry.hash_hex()) {
+                added.push(add_pack(&git_dir, entry, load_pack, staged)?);
+                packs_indexed += 1;
+            }
         }
-    }
-
-    let current = git::current_refs(&git_dir)?;
-    let current_tips: BTreeSet<git::ObjectId> = current.values().cloned().collect();
-    let current_tips: Vec<git::ObjectId> = current_tips.into_iter().collect();
-    git::check_connected(&git_dir, &manifest.refs.tips(), &current_tips)
-        .map_err(MaterializeError::Incomplete)?;
+        let current = git::current_refs(&git_dir)?;
+        let current_tips: BTreeSet<git::ObjectId> = current.values().cloned().collect();
+        let current_tips: Vec<git::ObjectId> = current_tips.into_iter().collect();
+        git::check_connected(&git_dir, &manifest.refs.tips(), &current_tips)
+            .map_err(MaterializeError::Incomplete)?;
+        Ok(current)
+    })();
+    let current = match prepared {
+        Ok(current) => current,
+        Err(e) => {
+            remove_packs_not_in(&git_dir, &before);
+            return Err(e);
+        }
+    };
     // From here until the markers name the new manifest, the refs may be
     // anywhere between the old and the new state: say so, so that a crash in
     // between is repaired by the next run instead of taken for done.
@@ -438,6 +454,28 @@ fn prune_packs_except(git_dir: &Path, keep: &str) {
         let _ = fs::remove_file(path);
     }
     sync_dir(&dir);
+}
+
+/// The file names of the repository's `.pack` files.
+fn pack_names(git_dir: &Path) -> BTreeSet<std::ffi::OsString> {
+    pack_files(git_dir)
+        .into_iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_owned()))
+        .collect()
+}
+
+/// Remove every pack of the repository whose `.pack` file name is not in
+/// `keep`, its index first. Best effort, as [`prune_packs_except`].
+fn remove_packs_not_in(git_dir: &Path, keep: &BTreeSet<std::ffi::OsString>) {
+    for pack in pack_files(git_dir) {
+        if pack.file_name().is_some_and(|name| keep.contains(name)) {
+            continue;
+        }
+        for ext in ["idx", "rev", "pack"] {
+            let _ = fs::remove_file(pack.with_extension(ext));
+        }
+    }
+    sync_dir(&git_dir.join("objects").join("pack"));
 }
 
 /// Link (or, across file systems, copy) a staged pack's files into

@@ -503,6 +503,49 @@ fn corrupt_pack_leaves_repository_untouched() {
     );
 }
 
+/// An update whose second new pack cannot be read (its download failed
+/// while the first was being indexed): the first new pack goes again, and
+/// the repository holds exactly the previous state, packs included.
+#[test]
+fn a_failed_update_takes_back_the_packs_it_added() {
+    let env = Env::new();
+    let src = env.sample_repo();
+    let mut store = Store::default();
+    let (first, _) = publish(&src, None, &mut store);
+    let dest = env.path("mat/sample.git");
+    assert_eq!(store.materialize(&dest, &first).unwrap(), Outcome::Created);
+    let first_hex = data_encoding::HEXLOWER.encode(&first.hash());
+    assert!(materialize::holds_exactly(
+        &dest,
+        Some((&first_hex, first.packs.len()))
+    ));
+
+    env.commit_file(&src, "README", b"second\n", "second");
+    let (second, _) = publish(&src, Some(&first), &mut store);
+    env.commit_file(&src, "README", b"third\n", "third");
+    let (third, _) = publish(&src, Some(&second), &mut store);
+    assert_eq!(third.packs.len(), first.packs.len() + 2);
+    let last = third.packs.last().unwrap().clone();
+    let bytes = store.blobs.remove(&last.hash).unwrap();
+    let err = store.materialize(&dest, &third).unwrap_err();
+    assert!(
+        matches!(err, MaterializeError::PackUnavailable { .. }),
+        "{err}"
+    );
+    assert!(
+        materialize::holds_exactly(&dest, Some((&first_hex, first.packs.len()))),
+        "the repository holds the previous state's packs and no other"
+    );
+
+    // The pack arrives: the update goes through, both packs indexed.
+    store.blobs.insert(last.hash, bytes);
+    assert_eq!(
+        store.materialize(&dest, &third).unwrap(),
+        Outcome::Updated { packs_indexed: 2 }
+    );
+    env.assert_same_repo(&src, &dest);
+}
+
 #[test]
 fn incomplete_manifest_is_rejected() {
     let env = Env::new();
