@@ -245,17 +245,7 @@ async fn a_manifest_understating_its_packs_is_refused_without_filling_the_disk()
     follower.follow(REPO, vec![publisher.ticket().await]).await;
     let blobs_dir = follower.data_dir.join("blobs");
     let before = disk_bytes(&blobs_dir);
-    let head = lying.head_oid().map(|o| o.to_string());
-    publisher
-        .forward(&follower, publisher.statement(REPO, head, lie.hash()))
-        .await;
-    eventually(60, "the fetch to end", || async {
-        follower
-            .summary(REPO)
-            .await
-            .is_some_and(|s| s.last_error.is_some())
-    })
-    .await;
+    offer_and_wait_for_the_error(&publisher, &follower, &lying, lie.hash()).await;
     // Not tried again: nothing more arrives.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let grown = disk_bytes(&blobs_dir).saturating_sub(before);
@@ -295,17 +285,7 @@ async fn a_manifest_overstating_its_packs_is_refused_and_the_job_ends() {
 
     let follower = TestNode::spawn().await;
     follower.follow(REPO, vec![publisher.ticket().await]).await;
-    let head = lying.head_oid().map(|o| o.to_string());
-    publisher
-        .forward(&follower, publisher.statement(REPO, head, lie.hash()))
-        .await;
-    eventually(60, "the fetch to end with an error", || async {
-        follower
-            .summary(REPO)
-            .await
-            .is_some_and(|s| s.last_error.is_some())
-    })
-    .await;
+    offer_and_wait_for_the_error(&publisher, &follower, &lying, lie.hash()).await;
     let summary = follower.summary(REPO).await.unwrap();
     let error = summary.last_error.unwrap_or_default();
     assert!(error.contains("its manifest declares"), "{error}");
@@ -323,6 +303,27 @@ async fn a_manifest_overstating_its_packs_is_refused_and_the_job_ends() {
     .await;
     publisher.stop().await;
     follower.stop().await;
+}
+
+/// `publisher` offers the state `manifest` (blob `hash`) to `follower`;
+/// wait until the follower's fetch of it has ended with an error.
+async fn offer_and_wait_for_the_error(
+    publisher: &BlobPeer,
+    follower: &TestNode,
+    manifest: &knotd::manifest::Manifest,
+    hash: iroh_blobs::Hash,
+) {
+    let head = manifest.head_oid().map(|o| o.to_string());
+    publisher
+        .forward(follower, publisher.statement(REPO, head, hash))
+        .await;
+    eventually(60, "the fetch to end with an error", || async {
+        follower
+            .summary(REPO)
+            .await
+            .is_some_and(|s| s.last_error.is_some())
+    })
+    .await;
 }
 
 /// A trusted statement naming a "manifest" far over the 16 MiB limit: the

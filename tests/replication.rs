@@ -197,31 +197,14 @@ async fn corrupted_provider_is_detected_and_another_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_leaving_mid_transfer_is_replaced() {
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    common::make_big_repo(&src, 48, b"mid transfer");
-
-    let author = TestNode::spawn().await;
-    let seeder = TestNode::spawn().await;
-    let published = author.publish(REPO, &src).await;
-    seeder.follow(REPO, vec![author.ticket().await]).await;
-    eventually(60, "seeder converges", || async {
-        converged(&seeder, &published.manifest).await
-    })
-    .await;
-    let manifest_hash = knotd::record::parse_hash_hex(&published.manifest).unwrap();
-    let manifest =
-        knotd::content::load_manifest(author.node.blobs(), manifest_hash, &common::rid(REPO))
-            .await
-            .unwrap();
-    let pack = iroh_blobs::Hash::from_bytes(manifest.packs[0].hash);
-
-    let fresh = TestNode::spawn().await;
-    for peer in [&seeder, &author] {
-        fresh
-            .node
-            .lookup()
-            .add_endpoint_info(peer.node.addr().await);
-    }
+    let BigState {
+        author,
+        seeder,
+        fresh,
+        manifest_hash,
+        manifest,
+        pack,
+    } = big_state(&work.path().join("src"), b"mid transfer").await;
     let blobs = fresh.node.blobs().clone();
     let endpoint = fresh.node.endpoint().clone();
     let providers = [seeder.node.id(), author.node.id()];
@@ -238,19 +221,7 @@ async fn a_provider_leaving_mid_transfer_is_replaced() {
         .await
     });
     // Stop the first provider as soon as part of the pack has arrived.
-    let started = std::time::Instant::now();
-    let mut saw_partial = false;
-    while started.elapsed() < std::time::Duration::from_secs(30) {
-        match fresh.node.blobs().status(pack).await.unwrap() {
-            iroh_blobs::api::proto::BlobStatus::Partial { .. } => {
-                saw_partial = true;
-                break;
-            }
-            iroh_blobs::api::proto::BlobStatus::Complete { .. } => break,
-            iroh_blobs::api::proto::BlobStatus::NotFound => {}
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
+    let saw_partial = partly_arrived(&fresh, pack).await;
     seeder.stop().await;
     let fetched = fetch
         .await
@@ -272,31 +243,14 @@ async fn a_provider_leaving_mid_transfer_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexing_while_downloading_stops_with_the_download_and_leaves_nothing() {
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    common::make_big_repo(&src, 48, b"indexed while downloading");
-
-    let author = TestNode::spawn().await;
-    let seeder = TestNode::spawn().await;
-    let published = author.publish(REPO, &src).await;
-    seeder.follow(REPO, vec![author.ticket().await]).await;
-    eventually(60, "seeder converges", || async {
-        converged(&seeder, &published.manifest).await
-    })
-    .await;
-    let manifest_hash = knotd::record::parse_hash_hex(&published.manifest).unwrap();
-    let manifest =
-        knotd::content::load_manifest(author.node.blobs(), manifest_hash, &common::rid(REPO))
-            .await
-            .unwrap();
-    let pack = iroh_blobs::Hash::from_bytes(manifest.packs[0].hash);
-
-    let fresh = TestNode::spawn().await;
-    for peer in [&seeder, &author] {
-        fresh
-            .node
-            .lookup()
-            .add_endpoint_info(peer.node.addr().await);
-    }
+    let BigState {
+        author,
+        seeder,
+        fresh,
+        manifest_hash,
+        manifest,
+        pack,
+    } = big_state(&work.path().join("src"), b"indexed while downloading").await;
     let fetch_into = |dest: std::path::PathBuf, provider: iroh::EndpointId| {
         let blobs = fresh.node.blobs().clone();
         let endpoint = fresh.node.endpoint().clone();
@@ -333,19 +287,7 @@ async fn indexing_while_downloading_stops_with_the_download_and_leaves_nothing()
     let repos = work.path().join("repos");
     let dest = repos.join("first");
     let fetch = fetch_into(dest.clone(), seeder.node.id());
-    let started = std::time::Instant::now();
-    let mut saw_partial = false;
-    while started.elapsed() < std::time::Duration::from_secs(30) {
-        match fresh.node.blobs().status(pack).await.unwrap() {
-            iroh_blobs::api::proto::BlobStatus::Partial { .. } => {
-                saw_partial = true;
-                break;
-            }
-            iroh_blobs::api::proto::BlobStatus::Complete { .. } => break,
-            iroh_blobs::api::proto::BlobStatus::NotFound => {}
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    let saw_partial = partly_arrived(&fresh, pack).await;
     seeder.stop().await;
     let err = tokio::time::timeout(std::time::Duration::from_secs(60), fetch)
         .await
@@ -378,4 +320,64 @@ async fn indexing_while_downloading_stops_with_the_download_and_leaves_nothing()
     git(&dest, &["fsck", "--full", "--no-progress"]);
     fresh.stop().await;
     author.stop().await;
+}
+
+/// A state of one big pack held by an author and a seeder, and a fresh node
+/// that knows both but follows nothing.
+struct BigState {
+    author: TestNode,
+    seeder: TestNode,
+    fresh: TestNode,
+    manifest_hash: iroh_blobs::Hash,
+    manifest: knotd::manifest::Manifest,
+    pack: iroh_blobs::Hash,
+}
+
+async fn big_state(src: &std::path::Path, seed: &[u8]) -> BigState {
+    common::make_big_repo(src, 48, seed);
+    let author = TestNode::spawn().await;
+    let seeder = TestNode::spawn().await;
+    let published = author.publish(REPO, src).await;
+    seeder.follow(REPO, vec![author.ticket().await]).await;
+    eventually(60, "seeder converges", || async {
+        converged(&seeder, &published.manifest).await
+    })
+    .await;
+    let manifest_hash = knotd::record::parse_hash_hex(&published.manifest).unwrap();
+    let manifest =
+        knotd::content::load_manifest(author.node.blobs(), manifest_hash, &common::rid(REPO))
+            .await
+            .unwrap();
+    let pack = iroh_blobs::Hash::from_bytes(manifest.packs[0].hash);
+    let fresh = TestNode::spawn().await;
+    for peer in [&seeder, &author] {
+        fresh
+            .node
+            .lookup()
+            .add_endpoint_info(peer.node.addr().await);
+    }
+    BigState {
+        author,
+        seeder,
+        fresh,
+        manifest_hash,
+        manifest,
+        pack,
+    }
+}
+
+/// Wait until part of `pack` is in `node`'s store; false when it arrived
+/// whole first (or nothing came within 30 s).
+async fn partly_arrived(node: &TestNode, pack: iroh_blobs::Hash) -> bool {
+    use iroh_blobs::api::proto::BlobStatus;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        match node.node.blobs().status(pack).await.unwrap() {
+            BlobStatus::Partial { .. } => return true,
+            BlobStatus::Complete { .. } => return false,
+            BlobStatus::NotFound => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    false
 }
