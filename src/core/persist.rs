@@ -48,6 +48,7 @@ impl Core {
     ) {
         self.counters.store_failures += 1;
         self.unpersisted.failures = self.unpersisted.failures.saturating_add(1);
+        let rewrites_announced = std::mem::take(&mut self.unpersisted.rewrites_announced);
         let wait = queue::backoff(
             self.settings.retry_base,
             self.settings.retry_max,
@@ -60,11 +61,17 @@ impl Core {
                     "{PERSIST_ERROR} a change ({store_error}); knotd writes it again in {} s: check the disk holding the data directory",
                     wait.as_secs()
                 );
+                let rewrite_dropped = rewrites_announced.contains(repo_id);
                 self.with_repo(repo_id, now, |r, _| {
-                    // What the failed batch announced did not go out: its
-                    // rebroadcasts are given back, so the announcement
-                    // once the rows are written is not held to them.
-                    r.rebroadcasts = Default::default();
+                    // The announcement of a rewrite that failed did not go
+                    // out: its rebroadcast is given back, so the next retry
+                    // that holds announces. Any other rebroadcast stays
+                    // counted: it went out, and giving it back let the
+                    // announcement after the retry reach the topic a third
+                    // time within a window (simulator seed 906,499).
+                    if rewrite_dropped {
+                        r.rebroadcasts = Default::default();
+                    }
                     r.set_error(Some(message));
                     r.notify(NodeEvent::PersistFailed {
                         error: store_error.clone(),
@@ -80,7 +87,11 @@ impl Core {
     /// Every event but a commit failure after a retry means the retry's
     /// commit held: failures in a row start again from zero.
     pub(super) fn note_commit_held(&mut self, event: &Event) {
-        if !matches!(event, Event::PersistFailed { .. }) && self.unpersisted.subjects.is_empty() {
+        if matches!(event, Event::PersistFailed { .. }) {
+            return;
+        }
+        self.unpersisted.rewrites_announced.clear();
+        if self.unpersisted.subjects.is_empty() {
             self.unpersisted.failures = 0;
         }
     }
@@ -197,10 +208,11 @@ impl Core {
         for subject in subjects {
             match subject {
                 Subject::Repo(repo_id) => {
-                    let tracked = self
-                        .with_repo(&repo_id, now, |r, ctx| r.rewrite(ctx))
-                        .is_some();
-                    if !tracked {
+                    let rewritten = self.with_repo(&repo_id, now, |r, ctx| r.rewrite(ctx));
+                    if rewritten == Some(true) {
+                        self.unpersisted.rewrites_announced.insert(repo_id.clone());
+                    }
+                    if rewritten.is_none() {
                         self.out.push(Effect::Persist(Write::Remove(repo_id)));
                     } else if self.settings.write_back
                         && self.repos[&repo_id]

@@ -78,6 +78,11 @@ pub struct Unpersisted {
     /// Failed commits in a row (reset by an event after a retry that no
     /// failure followed).
     pub failures: u32,
+    /// Repositories whose rows the last batch wrote again together with an
+    /// announcement counted as a rebroadcast: the executor drops that
+    /// announcement when the commit fails, so only then is the rebroadcast
+    /// given back. Emptied by the next event (a failure is reported next).
+    pub rewrites_announced: BTreeSet<RepoId>,
 }
 
 /// The two schedules and the timers armed for them.

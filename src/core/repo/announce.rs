@@ -368,8 +368,9 @@ impl Repo {
     /// Write every durable row of this repository again (configuration,
     /// record copy, held state) after a commit failed, and announce the
     /// held state the failure may have kept from going out (within the
-    /// rebroadcast budget: it may have gone out since).
-    pub fn rewrite(&mut self, ctx: &Ctx) {
+    /// rebroadcast budget: it may have gone out since). Returns whether it
+    /// announced.
+    pub fn rewrite(&mut self, ctx: &Ctx) -> bool {
         let repo_id = self.config.repo_id.clone();
         self.emit(Effect::Persist(crate::core::io::Write::Config(
             self.config.clone(),
@@ -404,6 +405,8 @@ impl Repo {
                 statement,
                 audience: crate::core::io::Audience::Everyone { direct },
             });
+            return true;
         }
+        false
     }
 }
