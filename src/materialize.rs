@@ -327,7 +327,7 @@ fn update(
     let current = match prepared {
         Ok(current) => current,
         Err(e) => {
-            remove_packs_not_in(&git_dir, &before);
+            remove_packs_except(&git_dir, &before);
             return Err(e);
         }
     };
@@ -432,50 +432,53 @@ fn prune_packs_except(git_dir: &Path, keep: &str) {
     let Ok(entries) = fs::read_dir(&dir) else {
         return;
     };
-    let kept = format!("pack-{keep}.");
+    // First, so no index names a pack that is gone.
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("multi-pack-index")
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    remove_packs_except(git_dir, &BTreeSet::from([format!("pack-{keep}")]));
+}
+
+/// The names (`pack-<hash>`) of the repository's packs.
+fn pack_names(git_dir: &Path) -> BTreeSet<String> {
+    pack_files(git_dir)
+        .iter()
+        .filter_map(|p| p.file_stem()?.to_str().map(str::to_owned))
+        .collect()
+}
+
+/// Remove the files of every pack of the repository whose name
+/// (`pack-<hash>`) is not in `keep`, every index before any pack data, so
+/// git never finds an index without its pack. Best effort.
+fn remove_packs_except(git_dir: &Path, keep: &BTreeSet<String>) {
+    let dir = git_dir.join("objects").join("pack");
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
     let mut indexes = Vec::new();
     let mut rest = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("multi-pack-index") {
-            // First, so no index names a pack that is gone.
-            let _ = fs::remove_file(entry.path());
-        } else if name.starts_with("pack-") && !name.starts_with(&kept) {
-            if name.ends_with(".idx") {
-                indexes.push(entry.path());
-            } else {
-                rest.push(entry.path());
-            }
+        let pack = name.split('.').next().unwrap_or_default();
+        if !pack.starts_with("pack-") || keep.contains(pack) {
+            continue;
+        }
+        if name.ends_with(".idx") {
+            indexes.push(entry.path());
+        } else {
+            rest.push(entry.path());
         }
     }
-    // Each pack's index before its data, so git never finds an index
-    // without its pack.
     for path in indexes.into_iter().chain(rest) {
         let _ = fs::remove_file(path);
     }
     sync_dir(&dir);
-}
-
-/// The file names of the repository's `.pack` files.
-fn pack_names(git_dir: &Path) -> BTreeSet<std::ffi::OsString> {
-    pack_files(git_dir)
-        .into_iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_owned()))
-        .collect()
-}
-
-/// Remove every pack of the repository whose `.pack` file name is not in
-/// `keep`, its index first. Best effort, as [`prune_packs_except`].
-fn remove_packs_not_in(git_dir: &Path, keep: &BTreeSet<std::ffi::OsString>) {
-    for pack in pack_files(git_dir) {
-        if pack.file_name().is_some_and(|name| keep.contains(name)) {
-            continue;
-        }
-        for ext in ["idx", "rev", "pack"] {
-            let _ = fs::remove_file(pack.with_extension(ext));
-        }
-    }
-    sync_dir(&git_dir.join("objects").join("pack"));
 }
 
 /// Link (or, across file systems, copy) a staged pack's files into

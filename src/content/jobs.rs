@@ -6,8 +6,9 @@
 //! A new state, published or fetched, is finished in one order: its blobs
 //! are in the store (tagged before any download), it is materialized (a
 //! fetch indexes each pack while it downloads, and the repository is
-//! complete only once every download is), then pinned (blob store flushed). Only then does the job report success, and
-//! the core persists, serves and announces. When any step fails the job
+//! complete only once every download is), then pinned (blob store
+//! flushed). Only then does the job report success, and the core
+//! persists, serves and announces. When any step fails the job
 //! puts the previous state back (pins and materialized copy) before it
 //! reports, so the previous state stays served and pinned. A fetch also
 //! reports the providers that stalled it or sent wrong bytes, for the core

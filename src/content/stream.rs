@@ -140,10 +140,7 @@ pub(super) fn pack_reader(
         while let Some(item) = stream.next().await {
             let chunk = match item {
                 EncodedItem::Leaf(leaf) => Ok(leaf.data),
-                EncodedItem::Error(e) => Err(io::Error::other(MaterializeError::CorruptPack {
-                    hash: hex.clone(),
-                    reason: format!("the blob store could not verify it: {e}"),
-                })),
+                EncodedItem::Error(e) => Err(unverified(&hex, e)),
                 _ => continue,
             };
             let failed = chunk.is_err();
@@ -156,6 +153,14 @@ pub(super) fn pack_reader(
         rx,
         current: Bytes::new(),
     }))
+}
+
+/// A pack whose bytes the blob store could not verify against its hash.
+fn unverified(hex: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(MaterializeError::CorruptPack {
+        hash: hex.to_owned(),
+        reason: format!("the blob store could not verify it: {e}"),
+    })
 }
 
 /// Chunks (1 KiB) per leaf the blob store verifies and writes at once.
@@ -296,12 +301,7 @@ impl Arriving {
         while let Some(item) = items.next().await {
             let leaf = match item {
                 EncodedItem::Leaf(leaf) => leaf,
-                EncodedItem::Error(e) => {
-                    return Err(io::Error::other(MaterializeError::CorruptPack {
-                        hash: self.hex.clone(),
-                        reason: format!("the blob store could not verify it: {e}"),
-                    }));
-                }
+                EncodedItem::Error(e) => return Err(unverified(&self.hex, e)),
                 _ => continue,
             };
             let end = leaf.offset + leaf.data.len() as u64;
