@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 mod knotd_cli {
     pub mod events;
+    pub mod mirrors;
 }
 
 use anyhow::{Context, Result};
@@ -227,6 +228,26 @@ enum AdminCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Mirror a git repository (any git URL; a Tangled knot's
+    /// https://<knot>/<did>/<name>): fetch it on a schedule and publish it
+    /// as a knot state signed by this node.
+    Mirror(knotd_cli::mirrors::MirrorArgs),
+    /// Stop mirroring a repository and remove it.
+    Unmirror {
+        /// `<did>/<name>`
+        repo_id: String,
+    },
+    /// List mirrors: their sources, last fetches and errors.
+    Mirrors {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch a mirror's upstream now and wait for the outcome.
+    MirrorSync {
+        /// `<did>/<name>`
+        repo_id: String,
+    },
     /// Print events as they happen (of one repository, or all).
     Watch {
         /// Only this repository, `<did>/<name>`.
@@ -443,6 +464,20 @@ async fn admin_command(target: &AdminArgs, command: AdminCmd) -> Result<()> {
             false,
         ),
         AdminCmd::Watch { .. } => unreachable!("handled above"),
+        AdminCmd::Mirror(args) => (args.command()?, false),
+        AdminCmd::Unmirror { repo_id } => (
+            Command::Unmirror {
+                repo_id: parse_repo_id(&repo_id)?,
+            },
+            false,
+        ),
+        AdminCmd::Mirrors { json } => (Command::Mirrors, json),
+        AdminCmd::MirrorSync { repo_id } => (
+            Command::MirrorSync {
+                repo_id: parse_repo_id(&repo_id)?,
+            },
+            false,
+        ),
         AdminCmd::Verify { repo_id, json } => (
             Command::Verify {
                 repo_id: repo_id.as_deref().map(parse_repo_id).transpose()?,
@@ -599,6 +634,7 @@ fn print_payload(payload: Payload, json: bool) {
             }
         }
         Payload::Synced(s) => println!("{}: {}", s.repo_id, s.message),
+        Payload::Mirrors { mirrors } => knotd_cli::mirrors::print(&mirrors),
         Payload::Verified(report) => {
             for row in &report.repos {
                 let what = match (&row.manifest, &row.error) {

@@ -299,6 +299,65 @@ pub struct Config {
     pub http: HttpConfig,
     /// Prometheus metrics and health over HTTP.
     pub metrics: MetricsConfig,
+    /// Mirroring git repositories from upstreams.
+    pub mirror: MirrorConfig,
+}
+
+/// Mirroring git repositories from upstreams ([`crate::mirror`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Seconds between two fetches of a mirror's upstream (default 300).
+    pub poll_interval_secs: u64,
+    /// Fraction of the interval added or taken away at random (default 0.1).
+    pub poll_jitter: f64,
+    /// Seconds before retrying after a first failure; it doubles with each
+    /// further one (default 30).
+    pub retry_secs: u64,
+    /// Longest wait after failures, in seconds (default 3600).
+    pub max_backoff_secs: u64,
+    /// Most fetches running against one upstream host (default 2).
+    pub max_per_host: usize,
+    /// Most fetches running at once (default 4).
+    pub max_concurrent: usize,
+    /// Seconds a fetch may show no progress before it is stopped (default
+    /// 120); a connection that never answers ends after this.
+    pub idle_timeout_secs: u64,
+    /// Longest time one fetch may take, in seconds (default 3600).
+    pub fetch_timeout_secs: u64,
+    /// Allow local paths (`/srv/git/x.git`, `file://`) as sources (default
+    /// false): the daemon reads them with its own permissions.
+    pub allow_local: bool,
+    /// Mirrors to keep, added at start if missing.
+    pub sources: Vec<MirrorSource>,
+}
+
+/// One mirror named in the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSource {
+    /// The git URL.
+    pub source: String,
+    /// The repository id (optional for a Tangled knot's URL).
+    #[serde(default)]
+    pub repo_id: Option<crate::repo_id::RepoId>,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_secs: 300,
+            poll_jitter: 0.1,
+            retry_secs: 30,
+            max_backoff_secs: 3600,
+            max_per_host: 2,
+            max_concurrent: 4,
+            idle_timeout_secs: 120,
+            fetch_timeout_secs: 3600,
+            allow_local: false,
+            sources: Vec::new(),
+        }
+    }
 }
 
 /// Prometheus metrics settings.
@@ -337,6 +396,7 @@ impl Default for Config {
             follow: FollowingConfig::default(),
             http: HttpConfig::default(),
             metrics: MetricsConfig::default(),
+            mirror: MirrorConfig::default(),
         }
     }
 }
@@ -448,6 +508,29 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "follow.max_repos_per_identity",
                 reason: "must be at least 1".into(),
+            });
+        }
+        let mirror = &self.mirror;
+        for (field, value) in [
+            ("mirror.poll_interval_secs", mirror.poll_interval_secs),
+            ("mirror.retry_secs", mirror.retry_secs),
+            ("mirror.idle_timeout_secs", mirror.idle_timeout_secs),
+            ("mirror.fetch_timeout_secs", mirror.fetch_timeout_secs),
+            ("mirror.max_backoff_secs", mirror.max_backoff_secs),
+            ("mirror.max_per_host", mirror.max_per_host as u64),
+            ("mirror.max_concurrent", mirror.max_concurrent as u64),
+        ] {
+            if value == 0 || value > MAX_INTERVAL_SECS {
+                return Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("must be between 1 and {MAX_INTERVAL_SECS}"),
+                });
+            }
+        }
+        if !(0.0..=0.5).contains(&mirror.poll_jitter) {
+            return Err(ConfigError::Invalid {
+                field: "mirror.poll_jitter",
+                reason: "must be between 0 and 0.5".into(),
             });
         }
         if !(0.0..=1.0).contains(&self.atproto.poll_jitter) {

@@ -513,7 +513,7 @@ pub fn check_connected(
 }
 
 /// A `git` command isolated from the caller's configuration and environment.
-fn git_command() -> Command {
+pub(crate) fn git_command() -> Command {
     let mut cmd = Command::new("git");
     for var in REPO_LOCATING_ENV {
         cmd.env_remove(var);

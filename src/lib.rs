@@ -25,6 +25,7 @@ pub mod limits;
 pub mod manifest;
 pub mod materialize;
 pub mod metrics;
+pub mod mirror;
 pub mod node;
 pub mod probe;
 pub mod push;

@@ -106,6 +106,9 @@ pub enum NodeError {
     /// The database is unusable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The mirror service could not start (a configured source is refused).
+    #[error("cannot start mirroring: {0}")]
+    Mirror(crate::mirror::MirrorError),
     /// The blob store could not be opened.
     #[error("cannot open blob store in {path}: {message}")]
     Blobs {
@@ -271,6 +274,7 @@ impl Node {
                 return Err(NodeError::Atproto(e));
             }
         };
+        let store_for_mirrors = store.clone();
         let knot = Knot::spawn(
             KnotParts {
                 config: config.clone(),
@@ -328,10 +332,24 @@ impl Node {
                 crate::metrics::serve(listener, knot.clone(), metrics, cancel.child_token());
             tasks.spawn("metrics server", served);
         }
+        let mirrors = match crate::mirror::spawn(
+            &config,
+            store_for_mirrors,
+            knot.clone(),
+            cancel.child_token(),
+            &mut tasks,
+        ) {
+            Ok(mirrors) => mirrors,
+            Err(e) => {
+                cancel.cancel();
+                let _ = router.shutdown().await;
+                return Err(NodeError::Mirror(e));
+            }
+        };
         let admin = admin::serve(
             listener,
             admin_socket.clone(),
-            knot.clone(),
+            crate::mirror::WithMirrors::new(knot.clone(), mirrors),
             cancel.child_token(),
         );
         tasks.spawn("admin socket server", admin);

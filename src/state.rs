@@ -261,6 +261,19 @@ pub struct FollowConfig {
     pub added_at: u64,
 }
 
+/// A repository this node mirrors from a git upstream
+/// ([`crate::mirror`]): it publishes what it fetches there as the
+/// repository's states, signed by this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorRow {
+    /// The repository id its states are published under.
+    pub repo_id: RepoId,
+    /// The git URL fetched from, as checked when it was added.
+    pub source: String,
+    /// Unix time (ms) it was added.
+    pub added_at: u64,
+}
+
 /// Everything persisted about one repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoRow {

@@ -36,9 +36,10 @@ use crate::{
     admin::PolicyRule,
     announce::SignedStatement,
     record::{PeerHint, RepoRecord},
+    repo_id::RepoId,
     state::{
-        Bookkeeping, FollowConfig, Held, LearnedHint, Locator, Origin, RecordCopy, RepoConfig,
-        RepoRow,
+        Bookkeeping, FollowConfig, Held, LearnedHint, Locator, MirrorRow, Origin, RecordCopy,
+        RepoConfig, RepoRow,
     },
 };
 
@@ -49,6 +50,7 @@ const BOOKKEEPING: TableDefinition<&str, &[u8]> = TableDefinition::new("repo_boo
 const FOLLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("follows_v2");
 const POLICY: TableDefinition<&str, &[u8]> = TableDefinition::new("policy_v2");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
+const MIRRORS: TableDefinition<&str, &[u8]> = TableDefinition::new("mirrors_v1");
 /// The single table of knotd 0.1's first format, converted on open.
 const LEGACY_REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos_v1");
 
@@ -187,6 +189,47 @@ impl Store {
         Ok(rules.into_iter().collect())
     }
 
+    /// Every mirror, ordered by repository id.
+    pub fn load_mirrors(&self) -> Result<Vec<MirrorRow>, StoreError> {
+        let tx = redb_try!("reading mirrors", self.db()?.begin_read());
+        let rows: BTreeMap<String, MirrorRow> = read_table(&tx, MIRRORS, "mirrors_v1")?;
+        Ok(rows.into_values().collect())
+    }
+
+    /// Add or replace a mirror, durably.
+    pub fn put_mirror(&self, row: &MirrorRow) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(row).map_err(|e| StoreError::Corrupt {
+            table: "mirrors_v1",
+            key: row.repo_id.to_string(),
+            message: e.to_string(),
+        })?;
+        self.write(|db| {
+            let tx = redb_try!("writing a mirror", db.begin_write());
+            {
+                let mut table = redb_try!("writing a mirror", tx.open_table(MIRRORS));
+                redb_try!(
+                    "writing a mirror",
+                    table.insert(row.repo_id.as_str(), value.as_slice())
+                );
+            }
+            redb_try!("writing a mirror", tx.commit());
+            Ok(())
+        })
+    }
+
+    /// Remove a mirror, durably.
+    pub fn remove_mirror(&self, repo_id: &RepoId) -> Result<(), StoreError> {
+        self.write(|db| {
+            let tx = redb_try!("removing a mirror", db.begin_write());
+            {
+                let mut table = redb_try!("removing a mirror", tx.open_table(MIRRORS));
+                redb_try!("removing a mirror", table.remove(repo_id.as_str()));
+            }
+            redb_try!("removing a mirror", tx.commit());
+            Ok(())
+        })
+    }
+
     /// Read a metadata value.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let tx = redb_try!("reading metadata", self.db()?.begin_read());
@@ -277,7 +320,16 @@ fn open_file(path: &Path) -> Result<Database, StoreError> {
     };
     let tx = redb_try!("creating tables", db.begin_write());
     {
-        for table in [CONFIG, RECORDS, HELD, BOOKKEEPING, FOLLOWS, POLICY, META] {
+        for table in [
+            CONFIG,
+            RECORDS,
+            HELD,
+            BOOKKEEPING,
+            FOLLOWS,
+            POLICY,
+            META,
+            MIRRORS,
+        ] {
             redb_try!("creating tables", tx.open_table(table));
         }
         let legacy =
@@ -495,7 +547,7 @@ fn convert_legacy(entry: LegacyEntry, now_ms: u64) -> Vec<Write> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{announce::Statement, repo_id::RepoId};
+    use crate::announce::Statement;
 
     fn rid(s: &str) -> RepoId {
         RepoId::parse(s).unwrap()

@@ -295,3 +295,41 @@ fn verify_prints_one_line_per_repository() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not tracked"), "{}", stderr(&out));
 }
+
+#[test]
+fn mirror_commands_print_their_rows_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Daemon::start(&dir.path().join("node"));
+    let out = admin(&node.socket, &["mirrors"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "no mirrors");
+
+    let out = admin(&node.socket, &["mirror", "git://127.0.0.1:1/x.git"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--repo-id"), "{}", stderr(&out));
+
+    // Port 1 on loopback refuses connections: the fetch fails, classified.
+    let repo = "did:web:example.org/x";
+    let out = admin(
+        &node.socket,
+        &["mirror", "git://127.0.0.1:1/x.git", "--repo-id", repo],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("did:web:example.org/x  <-  git://127.0.0.1:1/x.git"));
+    let out = admin(&node.socket, &["mirror-sync", repo]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("failing") && text.contains("unreachable"),
+        "{text}"
+    );
+
+    let out = admin(&node.socket, &["mirrors", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows["mirrors"][0]["error"]["class"], "unreachable");
+
+    let out = admin(&node.socket, &["unmirror", repo]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = admin(&node.socket, &["unmirror", repo]);
+    assert!(stderr(&out).contains("not mirrored"), "{}", stderr(&out));
+}

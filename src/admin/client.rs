@@ -7,8 +7,8 @@ use tokio::{io::BufReader, net::UnixStream};
 
 use super::server::{read_line, write_line};
 use super::{
-    AdminError, Command, EventLine, MAX_REPLY_LINE, NodeStatus, Payload, PeerView, PolicyRule,
-    PolicyView, QUICK_TIMEOUT, ReplicasReport, Reply, RepoSummary, SyncReport,
+    AdminError, Command, EventLine, MAX_REPLY_LINE, MirrorView, NodeStatus, Payload, PeerView,
+    PolicyRule, PolicyView, QUICK_TIMEOUT, ReplicasReport, Reply, RepoSummary, SyncReport,
 };
 use crate::{config::Config, repo_id::RepoId};
 
@@ -359,6 +359,41 @@ impl AdminClient {
         expect_payload!("unfollow", self.call(&command).await?, Payload::Done { message } => message)
     }
 
+    /// Mirror the git repository at `source` (as `repo_id`, or the id a
+    /// Tangled knot's URL names); the first fetch starts at once.
+    pub async fn mirror(
+        &self,
+        source: &str,
+        repo_id: Option<&RepoId>,
+    ) -> Result<MirrorView, AdminError> {
+        let command = Command::Mirror {
+            source: source.to_string(),
+            repo_id: repo_id.cloned(),
+        };
+        one_mirror("mirror", self.call(&command).await?)
+    }
+
+    /// Stop mirroring a repository and remove it.
+    pub async fn unmirror(&self, repo_id: &RepoId) -> Result<String, AdminError> {
+        let command = Command::Unmirror {
+            repo_id: repo_id.clone(),
+        };
+        expect_payload!("unmirror", self.call(&command).await?, Payload::Done { message } => message)
+    }
+
+    /// Every mirror.
+    pub async fn mirrors(&self) -> Result<Vec<MirrorView>, AdminError> {
+        expect_payload!("mirrors", self.call(&Command::Mirrors).await?, Payload::Mirrors { mirrors } => mirrors)
+    }
+
+    /// Fetch a mirror's upstream now; the mirror once that fetch ended.
+    pub async fn mirror_sync(&self, repo_id: &RepoId) -> Result<MirrorView, AdminError> {
+        let command = Command::MirrorSync {
+            repo_id: repo_id.clone(),
+        };
+        one_mirror("mirror-sync", self.call(&command).await?)
+    }
+
     /// Change the seeding policy for a DID or repository id.
     pub async fn policy(&self, rule: PolicyRule, target: &str) -> Result<String, AdminError> {
         let command = Command::Policy {
@@ -384,5 +419,17 @@ impl AdminClient {
             max_bytes,
         };
         expect_payload!("set-quota", self.call(&command).await?, Payload::Done { message } => message)
+    }
+}
+
+/// The single mirror row a mirror command answers with.
+fn one_mirror(command: &str, payload: Payload) -> Result<MirrorView, AdminError> {
+    match payload {
+        Payload::Mirrors { mirrors } if mirrors.len() == 1 => {
+            Ok(mirrors.into_iter().next().expect("one row"))
+        }
+        other => Err(AdminError::Protocol(format!(
+            "knotd answered {command} with an unexpected reply: {other:?}"
+        ))),
     }
 }

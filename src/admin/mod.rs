@@ -233,6 +233,29 @@ pub enum Command {
         /// A DID or a handle.
         identity: String,
     },
+    /// Mirror a git repository: fetch it on a schedule and publish what it
+    /// holds as the states of `repo_id`, signed by this node.
+    Mirror {
+        /// A git URL (`https://`, `http://`, `git://`; a local path when the
+        /// configuration allows).
+        source: String,
+        /// The repository id to publish under; optional for a Tangled knot's
+        /// URL (`https://<knot>/<did>/<name>`), which names it.
+        #[serde(default)]
+        repo_id: Option<RepoId>,
+    },
+    /// Stop mirroring a repository and remove it.
+    Unmirror {
+        /// The repository.
+        repo_id: RepoId,
+    },
+    /// List the mirrors and how their fetches go.
+    Mirrors,
+    /// Fetch a mirror's upstream now.
+    MirrorSync {
+        /// The repository.
+        repo_id: RepoId,
+    },
     /// Check that every blob of the held state of one repository (or of
     /// all) is stored complete and pinned; rebuild what is missing from the
     /// materialized copy, else fetch it again from peers.
@@ -254,7 +277,9 @@ impl Command {
             Command::Publish { .. }
             | Command::Sync { .. }
             | Command::Follow { .. }
-            | Command::Verify { .. } => Some(LONG_TIMEOUT),
+            | Command::Verify { .. }
+            | Command::Unmirror { .. }
+            | Command::MirrorSync { .. } => Some(LONG_TIMEOUT),
             _ => Some(QUICK_TIMEOUT),
         }
     }
@@ -271,7 +296,10 @@ impl Command {
             | Command::UploadPack { repo_id, .. }
             | Command::Sync { repo_id }
             | Command::SetQuota { repo_id, .. }
-            | Command::Replicas { repo_id, .. } => Some(repo_id),
+            | Command::Replicas { repo_id, .. }
+            | Command::Unmirror { repo_id }
+            | Command::MirrorSync { repo_id } => Some(repo_id),
+            Command::Mirror { repo_id, .. } => repo_id.as_ref(),
             Command::Watch { repo_id } | Command::Verify { repo_id } => repo_id.as_ref(),
             Command::List
             | Command::Status
@@ -279,7 +307,8 @@ impl Command {
             | Command::Policy { .. }
             | Command::PolicyShow
             | Command::Follow { .. }
-            | Command::Unfollow { .. } => None,
+            | Command::Unfollow { .. }
+            | Command::Mirrors => None,
         }
     }
 

@@ -89,8 +89,50 @@ pub enum Payload {
     Refs(RefsReport),
     /// What a check of held states found.
     Verified(VerifyReport),
+    /// Mirrored repositories.
+    Mirrors {
+        /// One row per mirror.
+        mirrors: Vec<MirrorView>,
+    },
     /// From here on the connection carries a git protocol stream.
     Bridge,
+}
+
+/// One mirror: where it fetches from and how its last fetches went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorView {
+    /// The repository its states are published under.
+    pub repo_id: String,
+    /// The git URL it fetches from.
+    pub source: String,
+    /// Whether a fetch runs now.
+    pub fetching: bool,
+    /// Unix time (ms) of the last fetch that reached the upstream.
+    pub last_success: Option<u64>,
+    /// Unix time (ms) the upstream's refs last changed here.
+    pub last_change: Option<u64>,
+    /// The manifest published from the last change.
+    pub manifest: Option<String>,
+    /// Failures in a row since the last success.
+    pub failures: u32,
+    /// The last failure, if the last fetch failed.
+    pub error: Option<MirrorFailure>,
+    /// Seconds until the next fetch (0: due or running).
+    pub next_fetch_secs: u64,
+}
+
+/// Why a mirror's last fetch failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorFailure {
+    /// The class (`dns`, `tls`, `http-status`, `unreachable`, `not-found`,
+    /// `too-large`, `timed-out`, `invalid-data`, `local`, `publish`, `git`).
+    pub class: String,
+    /// The HTTP status, for the `http-status` class.
+    pub status: Option<u16>,
+    /// What happened.
+    pub message: String,
+    /// What the operator can do.
+    pub hint: String,
 }
 
 /// The ref state the node holds for a repository.

@@ -77,6 +77,17 @@ impl Knot {
                 ));
                 return;
             }
+            Command::Mirror { .. }
+            | Command::Unmirror { .. }
+            | Command::Mirrors
+            | Command::MirrorSync { .. } => {
+                // The mirror actor answers these ([`crate::mirror`]).
+                let _ = reply.send(Reply::Error(
+                    "mirrors are handled by the node's mirror service, which is not running here"
+                        .into(),
+                ));
+                return;
+            }
             Command::Refs { repo_id } => return self.reply_refs(repo_id, reply),
             Command::Sync { repo_id } => CoreCommand::Sync { repo_id },
             Command::Verify { repo_id } => CoreCommand::Verify { repo_id },

@@ -167,6 +167,23 @@ impl KnotHandle {
         self.request(Request::Admin(command)).await
     }
 
+    /// Publish the git repository at `source`, which this node prepared
+    /// itself (a mirror's repository), as the new state of `repo_id`,
+    /// non-fast-forward updates included. An untracked repository is added.
+    pub async fn publish_prepared(
+        &self,
+        repo_id: RepoId,
+        source: std::path::PathBuf,
+    ) -> Result<Payload, KnotError> {
+        self.request(Request::PublishFrom {
+            repo_id,
+            source,
+            force: true,
+            expected_manifest: None,
+        })
+        .await
+    }
+
     async fn request(&self, request: Request) -> Result<Payload, KnotError> {
         let (reply, rx) = oneshot::channel();
         self.tx

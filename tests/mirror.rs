@@ -1,0 +1,401 @@
+//! Mirrors of git upstreams: a real `git daemon` (and small HTTP servers
+//! that misbehave) as the upstream, real nodes on loopback, the real git
+//! client.
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../bin/bench/gitd.rs"]
+mod gitd;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{TestNode, eventually, fingerprint, git, make_big_repo, make_repo, rid};
+use gitd::GitDaemon;
+use knotd::{admin::MirrorView, config::Config};
+
+const REPO: &str = "did:web:upstream.example/project";
+
+/// A node whose mirrors poll every `poll_secs` and give up on a silent
+/// upstream after `idle_secs`.
+async fn mirror_node(poll_secs: u64, idle_secs: u64) -> (TestNode, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config::local(tmp.path());
+    config.mirror.poll_interval_secs = poll_secs;
+    config.mirror.poll_jitter = 0.0;
+    config.mirror.retry_secs = 1;
+    config.mirror.idle_timeout_secs = idle_secs;
+    let node = TestNode::spawn_with(config).await;
+    (node, tmp)
+}
+
+/// An upstream: a bare repository `<base>/project.git` made from a working
+/// repository at `<base>/work` with a branch, an annotated tag and a
+/// second branch to delete later.
+fn upstream(base: &Path) -> std::path::PathBuf {
+    let work = base.join("work");
+    make_repo(&work);
+    git(&work, &["branch", "topic"]);
+    git(&work, &["branch", "doomed"]);
+    let bare = base.join("daemon/project.git");
+    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+    git(
+        base,
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    work
+}
+
+/// Push everything of `work` to the bare upstream, pruning what it lost.
+fn push_mirror(work: &Path, bare: &Path) {
+    git(
+        work,
+        &["push", "-q", "--mirror", "--force", bare.to_str().unwrap()],
+    );
+}
+
+async fn mirror_of(node: &TestNode, repo: &str) -> MirrorView {
+    node.client()
+        .mirrors()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.repo_id == repo)
+        .expect("the mirror is listed")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_git_daemon_upstream_is_mirrored_replicated_and_outlives_its_upstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = upstream(tmp.path());
+    let bare = tmp.path().join("daemon/project.git");
+    let daemon = GitDaemon::spawn(&tmp.path().join("daemon")).unwrap();
+    let (mirror, _m) = mirror_node(1, 10).await;
+    let client = mirror.client();
+
+    // Plain git URLs need the operator's repo id.
+    let err = client.mirror(&daemon.url("project.git"), None).await;
+    assert!(
+        err.unwrap_err().to_string().contains("--repo-id"),
+        "a URL that names no repository id is refused"
+    );
+    client
+        .mirror(&daemon.url("project.git"), Some(&rid(REPO)))
+        .await
+        .unwrap();
+    let view = client.mirror_sync(&rid(REPO)).await.unwrap();
+    assert!(view.error.is_none(), "{view:?}");
+    let manifest = view.manifest.clone().expect("a state was published");
+    assert_eq!(mirror.materialized(REPO).await.as_deref(), Some(&*manifest));
+    assert_eq!(
+        fingerprint(&mirror.repo_path(REPO)),
+        fingerprint(&bare),
+        "the mirror holds every ref of the upstream"
+    );
+    assert_eq!(
+        git(&mirror.repo_path(REPO), &["symbolic-ref", "HEAD"]).trim(),
+        "refs/heads/main"
+    );
+
+    // A second knot told only the mirror's ticket replicates it.
+    let follower = TestNode::spawn().await;
+    follower.follow(REPO, vec![mirror.ticket().await]).await;
+    eventually(30, "the follower to replicate the mirror", || async {
+        follower.materialized(REPO).await.as_deref() == Some(&*manifest)
+    })
+    .await;
+    assert_eq!(fingerprint(&follower.repo_path(REPO)), fingerprint(&bare));
+
+    // The upstream force-pushes main, deletes a branch, adds a tag: within
+    // the poll interval both knots hold exactly that.
+    git(&work, &["reset", "-q", "--hard", "HEAD~1"]);
+    common::add_commit(&work, "rewritten");
+    git(&work, &["branch", "-D", "doomed"]);
+    git(&work, &["tag", "v2"]);
+    push_mirror(&work, &bare);
+    eventually(30, "the mirror to publish the rewrite", || async {
+        mirror_of(&mirror, REPO)
+            .await
+            .manifest
+            .is_some_and(|m| m != manifest)
+    })
+    .await;
+    let rewritten = mirror_of(&mirror, REPO).await.manifest.unwrap();
+    eventually(30, "the follower to take the rewrite", || async {
+        follower.materialized(REPO).await.as_deref() == Some(&*rewritten)
+    })
+    .await;
+    for node in [&mirror, &follower] {
+        let refs = git(
+            &node.repo_path(REPO),
+            &["for-each-ref", "--format=%(refname)"],
+        );
+        assert!(!refs.contains("refs/heads/doomed"), "{refs}");
+        assert!(refs.contains("refs/tags/v2"), "{refs}");
+        assert_eq!(fingerprint(&node.repo_path(REPO)), fingerprint(&bare));
+    }
+
+    // The upstream goes away: the mirror says so, and both knots still
+    // serve the repository to plain git.
+    drop(daemon);
+    let view = client.mirror_sync(&rid(REPO)).await.unwrap();
+    let error = view.error.expect("the fetch failed");
+    assert_eq!(error.class, "unreachable", "{error:?}");
+    assert_eq!(view.manifest.as_deref(), Some(&*rewritten));
+    for node in [&mirror, &follower] {
+        let clone = tmp
+            .path()
+            .join(format!("clone-{}", node.node.id().fmt_short()));
+        git(
+            tmp.path(),
+            &[
+                "clone",
+                "-q",
+                node.repo_path(REPO).to_str().unwrap(),
+                clone.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            git(&clone, &["rev-parse", "HEAD"]),
+            git(&work, &["rev-parse", "HEAD"])
+        );
+    }
+
+    // A mirror is not removed or pushed to as an ordinary repository.
+    let refused = client.remove_repo(&rid(REPO)).await.unwrap_err();
+    assert!(refused.to_string().contains("unmirror"), "{refused}");
+    let pushed = mirror.try_publish(REPO, &work, true).await.unwrap_err();
+    assert!(pushed.to_string().contains("is a mirror"), "{pushed}");
+
+    // Unmirroring removes the mirror and the repository.
+    client.unmirror(&rid(REPO)).await.unwrap();
+    assert!(client.mirrors().await.unwrap().is_empty());
+    eventually(30, "the repository to be removed", || async {
+        mirror.summary(REPO).await.is_none()
+    })
+    .await;
+    let mirrors_dir = mirror.data_dir.join("mirrors");
+    assert_eq!(
+        std::fs::read_dir(&mirrors_dir)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "the mirror's own repository is deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirrors_survive_a_restart_and_publish_nothing_new_for_an_unchanged_upstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    upstream(tmp.path());
+    let daemon = GitDaemon::spawn(&tmp.path().join("daemon")).unwrap();
+    let (mirror, data) = mirror_node(3600, 10).await;
+    let first = mirror
+        .client()
+        .mirror(&daemon.url("project.git"), Some(&rid(REPO)))
+        .await
+        .unwrap();
+    assert_eq!(first.repo_id, REPO);
+    let view = mirror.client().mirror_sync(&rid(REPO)).await.unwrap();
+    let manifest = view.manifest.unwrap();
+    let seq = mirror.summary(REPO).await.unwrap().seq;
+
+    // Mirroring the same source again changes nothing; another source for
+    // the same id is refused.
+    mirror
+        .client()
+        .mirror(&daemon.url("project.git"), Some(&rid(REPO)))
+        .await
+        .unwrap();
+    let other = mirror
+        .client()
+        .mirror(&daemon.url("other.git"), Some(&rid(REPO)))
+        .await
+        .unwrap_err();
+    assert!(other.to_string().contains("unmirror it first"), "{other}");
+
+    let mut config = Config::local(data.path());
+    config.mirror.poll_interval_secs = 3600;
+    let mirror = mirror.restart_with(config).await;
+    let after = mirror_of(&mirror, REPO).await;
+    assert_eq!(after.source, daemon.url("project.git"));
+    let view = mirror.client().mirror_sync(&rid(REPO)).await.unwrap();
+    assert_eq!(view.manifest.as_deref(), Some(&*manifest));
+    assert_eq!(
+        mirror.summary(REPO).await.unwrap().seq,
+        seq,
+        "an unchanged upstream publishes no new state"
+    );
+    drop(data);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_repository_a_silent_upstream_and_an_oversized_pack_fail_in_their_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("daemon/big.git");
+    make_big_repo(&tmp.path().join("bigwork"), 2, b"mirror limit");
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            tmp.path().join("bigwork").to_str().unwrap(),
+            big.to_str().unwrap(),
+        ],
+    );
+    let daemon = GitDaemon::spawn(&tmp.path().join("daemon")).unwrap();
+
+    // A port that accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let _holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::local(data.path());
+    config.mirror.idle_timeout_secs = 2;
+    config.mirror.retry_secs = 3600;
+    config.max_repo_bytes = Some(256 * 1024);
+    let node = TestNode::spawn_with(config).await;
+    let client = node.client();
+
+    let cases = [
+        (
+            daemon.url("nothing-here.git"),
+            "did:web:x.example/missing",
+            "not-found",
+        ),
+        (
+            format!("git://127.0.0.1:{silent_port}/x.git"),
+            "did:web:x.example/silent",
+            "timed-out",
+        ),
+        (daemon.url("big.git"), "did:web:x.example/big", "too-large"),
+    ];
+    for (url, repo, class) in &cases {
+        client.mirror(url, Some(&rid(repo))).await.unwrap();
+        let started = std::time::Instant::now();
+        let view = client.mirror_sync(&rid(repo)).await.unwrap();
+        let error = view
+            .error
+            .unwrap_or_else(|| panic!("{repo}: the fetch should fail"));
+        assert_eq!(&error.class, class, "{repo}: {error:?}");
+        assert!(view.manifest.is_none());
+        assert!(view.failures >= 1);
+        assert!(
+            view.next_fetch_secs > 3000,
+            "{repo}: backs off ({})",
+            view.next_fetch_secs
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{repo}: ended within its limits"
+        );
+        assert!(
+            node.summary(repo).await.is_none(),
+            "{repo}: nothing tracked"
+        );
+    }
+    // Nothing of the refused pack is left behind.
+    let leftovers: Vec<_> = walk(&data.path().join("mirrors"))
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("tmp_"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_asks_to_slow_down_is_left_alone_as_long_as_it_asked() {
+    use axum::{Router, http::StatusCode, routing::get};
+    let app = Router::new().fallback(get(|| async {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1800")],
+            "slow down",
+        )
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (node, _data) = mirror_node(60, 10).await;
+    let client = node.client();
+    let url = format!("http://127.0.0.1:{port}/did:plc:abc123/website");
+    // A Tangled knot's URL names the repository id itself.
+    let added = client.mirror(&url, None).await.unwrap();
+    assert_eq!(added.repo_id, "did:plc:abc123/website");
+    let view = client
+        .mirror_sync(&rid("did:plc:abc123/website"))
+        .await
+        .unwrap();
+    let error = view.error.expect("429 is a failure");
+    assert_eq!(
+        (error.class.as_str(), error.status),
+        ("http-status", Some(429))
+    );
+    assert!(
+        (1700..=1800).contains(&view.next_fetch_secs),
+        "waits as long as the upstream asked, not the 1 s retry: {}",
+        view.next_fetch_secs
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sources_a_mirror_cannot_or_may_not_fetch_are_refused_with_what_to_do() {
+    let node = TestNode::spawn().await;
+    let client = node.client();
+    let repo = rid("did:web:x.example/y");
+    for (source, says) in [
+        ("ext::sh -c id", "not a git URL"),
+        ("ssh://git@example.com/x.git", "not a git URL"),
+        ("/etc", "mirror.allow_local"),
+        ("file:///etc", "mirror.allow_local"),
+        ("https://user:secret@example.com/x.git", "credentials"),
+        (
+            "at://did:plc:abc/sh.tangled.repo/3kabc",
+            "git URL of the repository",
+        ),
+    ] {
+        let err = client.mirror(source, Some(&repo)).await.unwrap_err();
+        assert!(err.to_string().contains(says), "{source}: {err}");
+    }
+    assert!(client.mirrors().await.unwrap().is_empty());
+
+    // A repository tracked already is not turned into a mirror.
+    node.follow("did:web:x.example/tracked", vec![]).await;
+    let err = client
+        .mirror(
+            "https://example.com/x.git",
+            Some(&rid("did:web:x.example/tracked")),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("tracked already"), "{err}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
