@@ -9,6 +9,8 @@ mod gitd;
 #[cfg(feature = "gix-eval")]
 #[path = "bench/indexers.rs"]
 mod indexers;
+#[path = "bench/mirroring.rs"]
+mod mirroring;
 #[path = "bench/nodes.rs"]
 mod nodes;
 #[path = "bench/real.rs"]

@@ -270,6 +270,9 @@ pub struct MirrorRow {
     pub repo_id: RepoId,
     /// The git URL fetched from, as checked when it was added.
     pub source: String,
+    /// The Tangled record (AT URI) the source was resolved from, if any.
+    #[serde(default)]
+    pub record: Option<String>,
     /// Unix time (ms) it was added.
     pub added_at: u64,
 }

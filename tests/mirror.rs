@@ -103,6 +103,11 @@ async fn a_git_daemon_upstream_is_mirrored_replicated_and_outlives_its_upstream(
         git(&mirror.repo_path(REPO), &["symbolic-ref", "HEAD"]).trim(),
         "refs/heads/main"
     );
+    assert_eq!(
+        linked_packs(&mirror),
+        1,
+        "the fetched pack is the state's pack, not packed again"
+    );
 
     // A second knot told only the mirror's ticket replicates it.
     let follower = TestNode::spawn().await;
@@ -132,6 +137,8 @@ async fn a_git_daemon_upstream_is_mirrored_replicated_and_outlives_its_upstream(
         follower.materialized(REPO).await.as_deref() == Some(&*rewritten)
     })
     .await;
+    assert_eq!(linked_packs(&mirror), 2, "the update's pack too");
+    git(&follower.repo_path(REPO), &["fsck", "--no-dangling"]);
     for node in [&mirror, &follower] {
         let refs = git(
             &node.repo_path(REPO),
@@ -364,7 +371,7 @@ async fn sources_a_mirror_cannot_or_may_not_fetch_are_refused_with_what_to_do() 
         ("file:///etc", "mirror.allow_local"),
         ("https://user:secret@example.com/x.git", "credentials"),
         (
-            "at://did:plc:abc/sh.tangled.repo/3kabc",
+            "at://did:plc:abc/app.bsky.feed.post/3kabc",
             "git URL of the repository",
         ),
     ] {
@@ -383,6 +390,24 @@ async fn sources_a_mirror_cannot_or_may_not_fetch_are_refused_with_what_to_do() 
         .await
         .unwrap_err();
     assert!(err.to_string().contains("tracked already"), "{err}");
+}
+
+/// How many packs of the node's materialized repository are the very
+/// files the mirror's fetch wrote (hard links, one inode).
+fn linked_packs(node: &TestNode) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let inodes = |dir: &Path| -> Vec<u64> {
+        walk(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+            .map(|p| std::fs::metadata(p).unwrap().ino())
+            .collect()
+    };
+    let fetched = inodes(&node.data_dir.join("mirrors"));
+    inodes(&node.repo_path(REPO).join("objects/pack"))
+        .iter()
+        .filter(|ino| fetched.contains(ino))
+        .count()
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

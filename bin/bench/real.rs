@@ -63,7 +63,7 @@ fn timed(mut cmd: Command, what: &str) -> Result<Duration> {
 }
 
 /// `git clone --mirror` of `url` into `dest`, timed; `dest` is removed after.
-fn mirror_clone(url: &str, dest: &Path, env: &[(&str, String)]) -> Result<Duration> {
+pub fn mirror_clone(url: &str, dest: &Path, env: &[(&str, String)]) -> Result<Duration> {
     let mut cmd = git_command(dest.parent().context("clone parent")?);
     cmd.args(["clone", "--mirror", "--no-local", "-q", url])
         .arg(dest);
@@ -314,6 +314,9 @@ pub async fn real(plan: &Plan, scenario: &'static str, spec: RealSpec) -> Result
         "full_git_samples_s",
         git_s.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
     );
+
+    // Mirroring the repository from the git daemon into a fresh node.
+    crate::mirroring::measure(plan, &mut report, &dir, &daemon.url(SRC)).await?;
 
     // Serving clones from the follower once its bitmap is written (a
     // repository under 1 MiB, as in the smoke run, gets none).

@@ -12,7 +12,7 @@ mod identity;
 mod records;
 mod xrpc;
 
-pub use identity::{did_document_url, pds_from_did_doc};
+pub use identity::{did_document_url, looks_like_handle, pds_from_did_doc};
 pub use records::{check_locator, fetch_repo_record, fetch_repo_record_at};
 pub use xrpc::{
     FetchedRecord, ListedRecord, PutResult, Session, Swap, XrpcClient, validate_http_url,

@@ -18,10 +18,13 @@
 //! the schedule and the last outcomes do not (every mirror fetches once at
 //! start, and publishing what is already held changes nothing).
 
+pub mod events;
 pub mod plan;
+pub mod tangled;
 pub mod upstream;
 
 mod admin;
+mod job;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,13 +37,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use admin::WithMirrors;
+use job::{FetchEnd, FetchJob, Fetched};
 use plan::{Finished, PlanSettings, Planner};
+use tangled::{RecordSource, TangledError};
 use upstream::{FailureClass, FetchFailure, Limits, Listing, SourceError, Upstream};
 
 use crate::{
     api::{MirrorFailure, MirrorView, Payload},
+    atproto::XrpcClient,
     clock::unix_millis,
-    config::{Config, MirrorSource},
+    config::{AtprotoConfig, Config, MirrorSource},
     knot::KnotHandle,
     repo_id::RepoId,
     state::MirrorRow,
@@ -54,6 +60,20 @@ pub enum MirrorError {
     /// The source is not one a mirror can fetch from.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A Tangled record does not resolve.
+    #[error(transparent)]
+    Tangled(#[from] TangledError),
+    /// The repository id given is not the one the record names.
+    #[error("the record names {named}, not {given}; leave out --repo-id")]
+    OtherRepoId {
+        /// The id given.
+        given: RepoId,
+        /// The id the record names.
+        named: RepoId,
+    },
+    /// A record source in the configuration (it needs the network).
+    #[error("{0:?} in [mirror] sources names a record; give its knot's git URL there")]
+    RecordInConfig(String),
     /// No repository id was given and the URL names none.
     #[error(
         "{0:?} does not name a repository id; give one with --repo-id <did>/<name> (the id other knots track it by)"
@@ -153,19 +173,42 @@ pub struct MirrorHandle {
     tx: mpsc::Sender<MirrorCommand>,
     knot: KnotHandle,
     allow_local: bool,
+    xrpc: XrpcClient,
+    atproto: AtprotoConfig,
 }
 
 impl MirrorHandle {
-    /// Mirror `source` as `repo_id` (or the id its URL names), fetching at
-    /// once. Mirroring the same source again changes nothing.
+    /// Mirror `source` as `repo_id` (or the id its URL or record names),
+    /// fetching at once. Mirroring the same source again changes nothing.
     pub async fn add(
         &self,
         source: &str,
         repo_id: Option<RepoId>,
     ) -> Result<MirrorView, MirrorError> {
-        let upstream = Upstream::parse(source, self.allow_local)?;
+        let (upstream, named, record) = match RecordSource::parse(source) {
+            Some(record_source) => {
+                let repo =
+                    tangled::resolve(&self.xrpc, &self.atproto, &record_source, source).await?;
+                let url = repo.git_url(self.atproto.allow_insecure_http);
+                let upstream = Upstream::parse(&url, self.allow_local)?;
+                (upstream, Some(repo.repo_id), Some(repo.record))
+            }
+            None => {
+                let upstream = Upstream::parse(source, self.allow_local)?;
+                let implied = upstream.implied_repo_id();
+                (upstream, implied, None)
+            }
+        };
+        if let (Some(given), Some(named), Some(_)) = (&repo_id, &named, &record)
+            && given != named
+        {
+            return Err(MirrorError::OtherRepoId {
+                given: given.clone(),
+                named: named.clone(),
+            });
+        }
         let repo_id = repo_id
-            .or_else(|| upstream.implied_repo_id())
+            .or(named)
             .ok_or_else(|| MirrorError::NoRepoId(source.to_owned()))?;
         if self.source_of(&repo_id).await?.is_none() && self.tracked(&repo_id).await? {
             return Err(MirrorError::Tracked(repo_id));
@@ -173,6 +216,7 @@ impl MirrorHandle {
         let row = MirrorRow {
             repo_id,
             source: upstream.url().to_owned(),
+            record,
             added_at: unix_millis(),
         };
         self.ask(|reply| MirrorCommand::Add { row, reply }).await?
@@ -240,6 +284,9 @@ pub fn spawn(
         .map(|row| (row.repo_id.clone(), row))
         .collect();
     for MirrorSource { source, repo_id } in &config.mirror.sources {
+        if RecordSource::parse(source).is_some() {
+            return Err(MirrorError::RecordInConfig(source.clone()));
+        }
         let upstream = Upstream::parse(source, settings.allow_local)?;
         let repo_id = repo_id
             .clone()
@@ -249,6 +296,7 @@ pub fn spawn(
             let row = MirrorRow {
                 repo_id,
                 source: upstream.url().to_owned(),
+                record: None,
                 added_at: unix_millis(),
             };
             store.put_mirror(&row)?;
@@ -260,7 +308,10 @@ pub fn spawn(
         tx,
         knot: knot.clone(),
         allow_local: settings.allow_local,
+        xrpc: XrpcClient::from_config(&config.atproto),
+        atproto: config.atproto.clone(),
     };
+    let (pushed_tx, pushed_rx) = mpsc::channel(256);
     let origin = Instant::now();
     let mut actor = Mirrors {
         planner: Planner::new(settings.plan.clone(), rand::random()),
@@ -271,6 +322,9 @@ pub fn spawn(
         waiters: HashMap::new(),
         fetches: JoinSet::new(),
         chores: JoinSet::new(),
+        listeners: HashMap::new(),
+        pushed_tx,
+        pushed_rx,
         rx,
         origin,
         cancel,
@@ -302,24 +356,6 @@ struct Waiter {
     reply: oneshot::Sender<Result<MirrorView, MirrorError>>,
 }
 
-/// What one fetch achieved.
-enum Fetched {
-    /// The node holds the upstream's refs already.
-    Unchanged,
-    /// The node published them.
-    Published {
-        manifest: String,
-        listing: Listing,
-        unchanged: bool,
-    },
-}
-
-struct FetchEnd {
-    repo_id: RepoId,
-    number: u64,
-    result: Result<Fetched, FetchFailure>,
-}
-
 struct Mirrors {
     settings: MirrorSettings,
     planner: Planner,
@@ -329,6 +365,10 @@ struct Mirrors {
     waiters: HashMap<RepoId, Vec<Waiter>>,
     fetches: JoinSet<FetchEnd>,
     chores: JoinSet<()>,
+    /// One push-event listener per knot host that has Tangled mirrors.
+    listeners: HashMap<String, CancellationToken>,
+    pushed_tx: mpsc::Sender<events::Pushed>,
+    pushed_rx: mpsc::Receiver<events::Pushed>,
     rx: mpsc::Receiver<MirrorCommand>,
     origin: Instant,
     cancel: CancellationToken,
@@ -349,8 +389,12 @@ impl Mirrors {
                     }
                 }
                 Some(_) = self.chores.join_next(), if !self.chores.is_empty() => {}
+                Some(pushed) = self.pushed_rx.recv() => self.handle_pushed(pushed),
                 _ = sleep_until(wake) => {}
             }
+        }
+        for listener in self.listeners.values() {
+            listener.cancel();
         }
         self.fetches.shutdown().await;
         self.chores.shutdown().await;
@@ -370,6 +414,9 @@ impl Mirrors {
         };
         let now = self.now();
         self.planner.add(row.repo_id.clone(), upstream.host(), now);
+        if has_push_events(&row, &upstream) {
+            self.listen_to(&upstream);
+        }
         self.mirrors.insert(
             row.repo_id.clone(),
             Mirror {
@@ -442,7 +489,16 @@ impl Mirrors {
             let _ = reply.send(Err(e.into()));
             return;
         }
-        self.mirrors.remove(&repo_id);
+        if let Some(gone) = self.mirrors.remove(&repo_id) {
+            let host = gone.upstream.host();
+            let still_used = self
+                .mirrors
+                .values()
+                .any(|m| m.upstream.host() == host && has_push_events(&m.row, &m.upstream));
+            if !still_used && let Some(listener) = self.listeners.remove(&host) {
+                listener.cancel();
+            }
+        }
         self.planner.remove(&repo_id);
         for waiter in self.waiters.remove(&repo_id).unwrap_or_default() {
             let _ = waiter
@@ -474,6 +530,41 @@ impl Mirrors {
         });
     }
 
+    /// Start listening to the push events of `upstream`'s knot, once per host.
+    fn listen_to(&mut self, upstream: &Upstream) {
+        let host = upstream.host();
+        if self.listeners.contains_key(&host) {
+            return;
+        }
+        let token = self.cancel.child_token();
+        self.listeners.insert(host.clone(), token.clone());
+        let secure = upstream.url().starts_with("https:");
+        let listener = events::listen(
+            host,
+            secure,
+            self.store.clone(),
+            self.pushed_tx.clone(),
+            token,
+        );
+        self.chores.spawn(listener);
+    }
+
+    /// A knot said a repository was pushed to: fetch its mirror now.
+    fn handle_pushed(&mut self, pushed: events::Pushed) {
+        let Some(repo_id) = pushed.repo_id else {
+            return;
+        };
+        let Some(mirror) = self.mirrors.get(&repo_id) else {
+            return;
+        };
+        if mirror.upstream.host() != pushed.host {
+            return;
+        }
+        tracing::debug!(repo = %repo_id, host = %pushed.host, "push event: fetching now");
+        let now = self.now();
+        self.planner.fetch_now(&repo_id, false, now);
+    }
+
     fn start_due(&mut self) {
         let now = self.now();
         for repo_id in self.planner.start_due(now) {
@@ -487,6 +578,7 @@ impl Mirrors {
                 repo_id,
                 upstream: mirror.upstream.clone(),
                 published: mirror.published.clone(),
+                manifest: mirror.manifest.clone(),
                 limits: self.settings.limits,
                 knot: self.knot.clone(),
             };
@@ -584,6 +676,13 @@ fn failure_view(failure: &FetchFailure) -> MirrorFailure {
     }
 }
 
+/// Whether a mirror's upstream is a Tangled knot, which publishes push
+/// events: it came from a record, or its URL is the knot's
+/// `/<did>/<name>` of the very repository id.
+fn has_push_events(row: &MirrorRow, upstream: &Upstream) -> bool {
+    row.record.is_some() || upstream.implied_repo_id().as_ref() == Some(&row.repo_id)
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -596,102 +695,4 @@ async fn sleep_until(at: Option<Instant>) {
 fn repo_dir(dir: &Path, repo_id: &RepoId) -> PathBuf {
     let hash = blake3::hash(repo_id.as_str().as_bytes());
     dir.join(format!("{}.git", &hash.to_hex()[..32]))
-}
-
-/// One fetch of one mirror, run as a child task.
-struct FetchJob {
-    number: u64,
-    repo_id: RepoId,
-    upstream: Upstream,
-    dir: PathBuf,
-    published: Option<Listing>,
-    limits: Limits,
-    knot: KnotHandle,
-}
-
-impl FetchJob {
-    async fn run(self) -> FetchEnd {
-        let result = self.fetch_and_publish().await;
-        FetchEnd {
-            repo_id: self.repo_id,
-            number: self.number,
-            result,
-        }
-    }
-
-    async fn fetch_and_publish(&self) -> Result<Fetched, FetchFailure> {
-        let dir = self.dir.clone();
-        let local = blocking(move || {
-            if !dir.join("HEAD").exists() {
-                std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
-                    .map_err(|e| local(format!("creating {}: {e}", dir.display())))?;
-                crate::git::init_bare(&dir)
-                    .map_err(|e| local(format!("creating the mirror's repository: {e}")))?;
-            }
-            upstream::local_listing(&dir)
-        })
-        .await?;
-        let listing = upstream::list(&self.upstream, self.limits).await?;
-        let local = if upstream::up_to_date(&local, &listing) {
-            local
-        } else {
-            let fetched = upstream::fetch(&self.dir, &self.upstream, &listing, self.limits).await;
-            if let Err(failure) = fetched {
-                if failure.class == FailureClass::TooLarge {
-                    // Give the disk back; the next try starts from nothing.
-                    let _ = tokio::fs::remove_dir_all(&self.dir).await;
-                }
-                return Err(failure);
-            }
-            let dir = self.dir.clone();
-            blocking(move || upstream::local_listing(&dir)).await?
-        };
-        if local.refs.is_empty() {
-            return Err(FetchFailure {
-                class: FailureClass::NotFound,
-                message: format!("{} has no refs to mirror yet", self.upstream.url()),
-                retry_after: None,
-            });
-        }
-        if self.published.as_ref() == Some(&local) {
-            return Ok(Fetched::Unchanged);
-        }
-        match self
-            .knot
-            .publish_prepared(self.repo_id.clone(), self.dir.clone())
-            .await
-        {
-            Ok(Payload::Published(report)) => Ok(Fetched::Published {
-                manifest: report.manifest,
-                listing: local,
-                unchanged: report.unchanged,
-            }),
-            Ok(other) => Err(FetchFailure {
-                class: FailureClass::Publish,
-                message: format!("the node answered the publish with {other:?}"),
-                retry_after: None,
-            }),
-            Err(e) => Err(FetchFailure {
-                class: FailureClass::Publish,
-                message: format!("publishing what was fetched failed: {e}"),
-                retry_after: None,
-            }),
-        }
-    }
-}
-
-fn local(message: String) -> FetchFailure {
-    FetchFailure {
-        class: FailureClass::Local,
-        message,
-        retry_after: None,
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, FetchFailure> + Send + 'static,
-) -> Result<T, FetchFailure> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| local(format!("a blocking task failed: {e}")))?
 }

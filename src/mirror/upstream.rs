@@ -368,6 +368,10 @@ fn command(upstream: &Upstream, git_dir: Option<&Path>) -> tokio::process::Comma
         "gc.autoDetach=false",
         "-c",
         "fetch.writeCommitGraph=false",
+        // Keep every fetch as a pack (not loose objects), so that it can
+        // become the state's next pack blob as it is.
+        "-c",
+        "fetch.unpackLimit=1",
         "-c",
         "credential.helper=",
         "-c",

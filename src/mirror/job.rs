@@ -1,0 +1,204 @@
+//! One fetch of one mirror, run as a child task of the mirror service:
+//! ask the upstream for its refs, fetch when they changed, and have the
+//! node publish the mirror's repository. When the fetch brought exactly one
+//! pack on top of what the node already publishes from this repository,
+//! that pack, indexed by git during the fetch, becomes the new pack blob
+//! as it is ([`crate::content::Received`]): nothing is packed or indexed
+//! twice.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use tracing::debug;
+
+use super::upstream::{self, FailureClass, FetchFailure, Limits, Listing, Upstream};
+use crate::{api::Payload, content::Received, knot::KnotHandle, repo_id::RepoId};
+
+/// What one fetch achieved.
+pub(super) enum Fetched {
+    /// The node holds the upstream's refs already.
+    Unchanged,
+    /// The node published them.
+    Published {
+        manifest: String,
+        listing: Listing,
+        unchanged: bool,
+    },
+}
+
+pub(super) struct FetchEnd {
+    pub(super) repo_id: RepoId,
+    pub(super) number: u64,
+    pub(super) result: Result<Fetched, FetchFailure>,
+}
+
+/// One fetch of one mirror, run as a child task.
+pub(super) struct FetchJob {
+    pub(super) number: u64,
+    pub(super) repo_id: RepoId,
+    pub(super) upstream: Upstream,
+    pub(super) dir: PathBuf,
+    pub(super) published: Option<Listing>,
+    pub(super) manifest: Option<String>,
+    pub(super) limits: Limits,
+    pub(super) knot: KnotHandle,
+}
+
+impl FetchJob {
+    pub(super) async fn run(self) -> FetchEnd {
+        let result = self.fetch_and_publish().await;
+        FetchEnd {
+            repo_id: self.repo_id,
+            number: self.number,
+            result,
+        }
+    }
+
+    async fn fetch_and_publish(&self) -> Result<Fetched, FetchFailure> {
+        let dir = self.dir.clone();
+        let (before, packs_before) = blocking(move || {
+            if !dir.join("HEAD").exists() {
+                std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
+                    .map_err(|e| local(format!("creating {}: {e}", dir.display())))?;
+                crate::git::init_bare(&dir)
+                    .map_err(|e| local(format!("creating the mirror's repository: {e}")))?;
+            }
+            Ok((upstream::local_listing(&dir)?, pack_names(&dir)))
+        })
+        .await?;
+        let started = std::time::Instant::now();
+        let listing = upstream::list(&self.upstream, self.limits).await?;
+        let listed = started.elapsed();
+        let (fetched_refs, new_packs) = if upstream::up_to_date(&before, &listing) {
+            (before.clone(), BTreeSet::new())
+        } else {
+            let fetched = upstream::fetch(&self.dir, &self.upstream, &listing, self.limits).await;
+            if let Err(failure) = fetched {
+                if failure.class == FailureClass::TooLarge {
+                    // Give the disk back; the next try starts from nothing.
+                    let _ = tokio::fs::remove_dir_all(&self.dir).await;
+                }
+                return Err(failure);
+            }
+            let dir = self.dir.clone();
+            let packs_before = packs_before.clone();
+            blocking(move || {
+                let new: BTreeSet<String> = pack_names(&dir)
+                    .difference(&packs_before)
+                    .cloned()
+                    .collect();
+                Ok((upstream::local_listing(&dir)?, new))
+            })
+            .await?
+        };
+        let fetched = started.elapsed();
+        if fetched_refs.refs.is_empty() {
+            return Err(FetchFailure {
+                class: FailureClass::NotFound,
+                message: format!("{} has no refs to mirror yet", self.upstream.url()),
+                retry_after: None,
+            });
+        }
+        if self.published.as_ref() == Some(&fetched_refs) {
+            return Ok(Fetched::Unchanged);
+        }
+        // The fetched pack is the new blob only when the node's state holds
+        // every object the mirror's repository held before the fetch: what
+        // this service last published from it (or nothing, both sides).
+        let builds_on_held = match (&self.published, &self.manifest) {
+            (Some(published), Some(_)) => *published == before,
+            (None, None) => before.refs.is_empty() && packs_before.is_empty(),
+            _ => false,
+        };
+        let received = match (builds_on_held, new_packs.len()) {
+            (true, 1) => {
+                let pack = new_packs.into_iter().next();
+                let base = self.manifest.clone();
+                let dir = self.dir.clone();
+                blocking(move || {
+                    let refs = crate::git::read_refs(&dir)
+                        .map_err(|e| local(format!("reading the mirror's refs: {e}")))?;
+                    Ok(Some(Received {
+                        refs,
+                        pack,
+                        // A first fetch into an empty repository brought
+                        // everything, checked connected by git.
+                        connected: base.is_none(),
+                        thin: false,
+                        base,
+                    }))
+                })
+                .await?
+            }
+            _ => None,
+        };
+        let marker = self.dir.join(Received::FILE);
+        let _ = std::fs::remove_file(&marker);
+        if let Some(received) = &received {
+            received
+                .write(&self.dir)
+                .map_err(|e| local(format!("writing {}: {e}", marker.display())))?;
+        }
+        let published = self
+            .knot
+            .publish_prepared(self.repo_id.clone(), self.dir.clone())
+            .await;
+        let _ = std::fs::remove_file(&marker);
+        debug!(
+            repo = %self.repo_id,
+            listed_ms = listed.as_millis() as u64,
+            fetched_ms = (fetched - listed).as_millis() as u64,
+            published_ms = (started.elapsed() - fetched).as_millis() as u64,
+            pack_kept = received.is_some(),
+            "mirror fetch phases"
+        );
+        match published {
+            Ok(Payload::Published(report)) => Ok(Fetched::Published {
+                manifest: report.manifest,
+                listing: fetched_refs,
+                unchanged: report.unchanged,
+            }),
+            Ok(other) => Err(FetchFailure {
+                class: FailureClass::Publish,
+                message: format!("the node answered the publish with {other:?}"),
+                retry_after: None,
+            }),
+            Err(e) => Err(FetchFailure {
+                class: FailureClass::Publish,
+                message: format!("publishing what was fetched failed: {e}"),
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+/// The names (checksums) of the packs in the repository at `git_dir`.
+fn pack_names(git_dir: &Path) -> BTreeSet<String> {
+    let Ok(entries) = std::fs::read_dir(git_dir.join("objects/pack")) else {
+        return BTreeSet::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let checksum = name.strip_prefix("pack-")?.strip_suffix(".pack")?;
+            Some(checksum.to_owned())
+        })
+        .collect()
+}
+
+fn local(message: String) -> FetchFailure {
+    FetchFailure {
+        class: FailureClass::Local,
+        message,
+        retry_after: None,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FetchFailure> + Send + 'static,
+) -> Result<T, FetchFailure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| local(format!("a blocking task failed: {e}")))?
+}
