@@ -1,6 +1,6 @@
 //! One fetch of one mirror, run as a child task of the mirror service:
-//! ask the upstream for its refs, fetch when they changed, and have the
-//! node publish the mirror's repository. When the fetch brought exactly one
+//! fetch from the upstream (and where its `HEAD` points), and have the
+//! node publish the mirror's repository when its refs changed. When the fetch brought exactly one
 //! pack on top of what the node already publishes from this repository,
 //! that pack, indexed by git during the fetch, becomes the new pack blob
 //! as it is ([`crate::content::Received`]): nothing is packed or indexed
@@ -67,30 +67,30 @@ impl FetchJob {
         })
         .await?;
         let started = std::time::Instant::now();
-        let listing = upstream::list(&self.upstream, self.limits).await?;
-        let listed = started.elapsed();
-        let (fetched_refs, new_packs) = if upstream::up_to_date(&before, &listing) {
-            (before.clone(), BTreeSet::new())
-        } else {
-            let fetched = upstream::fetch(&self.dir, &self.upstream, &listing, self.limits).await;
-            if let Err(failure) = fetched {
-                if failure.class == FailureClass::TooLarge {
-                    // Give the disk back; the next try starts from nothing.
-                    let _ = tokio::fs::remove_dir_all(&self.dir).await;
-                }
-                return Err(failure);
+        let (head, fetched) = tokio::join!(
+            upstream::remote_head(&self.upstream, self.limits),
+            upstream::fetch(&self.dir, &self.upstream, self.limits),
+        );
+        if let Err(failure) = fetched {
+            if failure.class == FailureClass::TooLarge {
+                // Give the disk back; the next try starts from nothing.
+                let _ = tokio::fs::remove_dir_all(&self.dir).await;
             }
-            let dir = self.dir.clone();
-            let packs_before = packs_before.clone();
-            blocking(move || {
-                let new: BTreeSet<String> = pack_names(&dir)
-                    .difference(&packs_before)
-                    .cloned()
-                    .collect();
-                Ok((upstream::local_listing(&dir)?, new))
-            })
-            .await?
-        };
+            return Err(failure);
+        }
+        if let Some(head) = head? {
+            upstream::set_head(&self.dir, &self.upstream, &head, self.limits).await?;
+        }
+        let dir = self.dir.clone();
+        let packs_before_fetch = packs_before.clone();
+        let (fetched_refs, new_packs) = blocking(move || {
+            let new: BTreeSet<String> = pack_names(&dir)
+                .difference(&packs_before_fetch)
+                .cloned()
+                .collect();
+            Ok((upstream::local_listing(&dir)?, new))
+        })
+        .await?;
         let fetched = started.elapsed();
         if fetched_refs.refs.is_empty() {
             return Err(FetchFailure {
@@ -146,8 +146,7 @@ impl FetchJob {
         let _ = std::fs::remove_file(&marker);
         debug!(
             repo = %self.repo_id,
-            listed_ms = listed.as_millis() as u64,
-            fetched_ms = (fetched - listed).as_millis() as u64,
+            fetched_ms = fetched.as_millis() as u64,
             published_ms = (started.elapsed() - fetched).as_millis() as u64,
             pack_kept = received.is_some(),
             "mirror fetch phases"

@@ -1,6 +1,7 @@
-//! Talking to a mirror's upstream with plain git: `git ls-remote --symref`
-//! to see whether anything changed, `git fetch --prune '+refs/*:refs/*'`
-//! into the mirror's own bare repository when it did.
+//! Talking to a mirror's upstream with plain git: `git fetch --prune
+//! '+refs/*:refs/*'` into the mirror's own bare repository, and beside it
+//! `git ls-remote --symref <url> HEAD` for where the upstream's `HEAD`
+//! points.
 //!
 //! Every git process here is watched: it is killed when it runs longer than
 //! the total limit, when it shows no progress (no output and no growth of
@@ -244,21 +245,25 @@ pub struct Listing {
     pub refs: BTreeMap<String, String>,
 }
 
-/// List the upstream's refs.
-pub async fn list(upstream: &Upstream, limits: Limits) -> Result<Listing, FetchFailure> {
+/// Where the upstream's `HEAD` points (a ref name, or an object id when
+/// detached; none when it has no `HEAD`). With protocol v2 only `HEAD` is
+/// sent, so this is cheap beside the fetch it runs alongside.
+pub async fn remote_head(
+    upstream: &Upstream,
+    limits: Limits,
+) -> Result<Option<String>, FetchFailure> {
     let mut cmd = command(upstream, None);
-    cmd.args(["ls-remote", "--symref", upstream.url()]);
+    cmd.args(["ls-remote", "--symref", upstream.url(), "HEAD"]);
     let out = watch(cmd, None, limits, upstream).await?;
-    parse_listing(&String::from_utf8_lossy(&out))
+    Ok(parse_listing(&String::from_utf8_lossy(&out))?.head)
 }
 
-/// Fetch every ref of the upstream into the bare repository at `git_dir`
-/// (deleting the refs it no longer has), and point `HEAD` where the
-/// upstream's points.
+/// Fetch every ref of the upstream into the bare repository at `git_dir`,
+/// deleting the refs it no longer has. An upstream with nothing new costs
+/// one ref advertisement.
 pub async fn fetch(
     git_dir: &Path,
     upstream: &Upstream,
-    listing: &Listing,
     limits: Limits,
 ) -> Result<(), FetchFailure> {
     let mut cmd = command(upstream, Some(git_dir));
@@ -285,15 +290,23 @@ pub async fn fetch(
             });
         }
     }
-    if let Some(head) = &listing.head {
-        let mut cmd = command(upstream, Some(git_dir));
-        if head.starts_with("refs/") {
-            cmd.args(["symbolic-ref", "HEAD", head]);
-        } else {
-            cmd.args(["update-ref", "--no-deref", "HEAD", head]);
-        }
-        watch(cmd, None, limits, upstream).await?;
+    Ok(())
+}
+
+/// Point the mirror's `HEAD` where the upstream's points.
+pub async fn set_head(
+    git_dir: &Path,
+    upstream: &Upstream,
+    head: &str,
+    limits: Limits,
+) -> Result<(), FetchFailure> {
+    let mut cmd = command(upstream, Some(git_dir));
+    if head.starts_with("refs/") {
+        cmd.args(["symbolic-ref", "HEAD", head]);
+    } else {
+        cmd.args(["update-ref", "--no-deref", "HEAD", head]);
     }
+    watch(cmd, None, limits, upstream).await?;
     Ok(())
 }
 
@@ -312,15 +325,6 @@ pub fn local_listing(git_dir: &Path) -> Result<Listing, FetchFailure> {
             .map(|(name, id)| (name.clone(), id.to_string()))
             .collect(),
     })
-}
-
-/// Whether the mirror's repository already has what the upstream lists
-/// (refs the mirror's reader skips, such as `refs/remotes/`, aside).
-pub fn up_to_date(local: &Listing, upstream: &Listing) -> bool {
-    let kept = |name: &String| !name.starts_with("refs/remotes/") && name != "refs/stash";
-    let theirs: BTreeMap<_, _> = upstream.refs.iter().filter(|(n, _)| kept(n)).collect();
-    let ours: BTreeMap<_, _> = local.refs.iter().collect();
-    theirs == ours && (upstream.head.is_none() || upstream.head == local.head)
 }
 
 fn parse_listing(text: &str) -> Result<Listing, FetchFailure> {
