@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{TestNode, eventually, fingerprint, git, make_big_repo, make_repo, rid};
 use gitd::GitDaemon;
-use knotd::{admin::MirrorView, config::Config};
+use knotd::config::Config;
 
 const REPO: &str = "did:web:upstream.example/project";
 
@@ -59,16 +59,6 @@ fn push_mirror(work: &Path, bare: &Path) {
         work,
         &["push", "-q", "--mirror", "--force", bare.to_str().unwrap()],
     );
-}
-
-async fn mirror_of(node: &TestNode, repo: &str) -> MirrorView {
-    node.client()
-        .mirrors()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|m| m.repo_id == repo)
-        .expect("the mirror is listed")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -126,13 +116,14 @@ async fn a_git_daemon_upstream_is_mirrored_replicated_and_outlives_its_upstream(
     git(&work, &["tag", "v2"]);
     push_mirror(&work, &bare);
     eventually(30, "the mirror to publish the rewrite", || async {
-        mirror_of(&mirror, REPO)
+        mirror
+            .mirror_row(REPO)
             .await
             .manifest
             .is_some_and(|m| m != manifest)
     })
     .await;
-    let rewritten = mirror_of(&mirror, REPO).await.manifest.unwrap();
+    let rewritten = mirror.mirror_row(REPO).await.manifest.unwrap();
     eventually(30, "the follower to take the rewrite", || async {
         follower.materialized(REPO).await.as_deref() == Some(&*rewritten)
     })
@@ -231,7 +222,7 @@ async fn mirrors_survive_a_restart_and_publish_nothing_new_for_an_unchanged_upst
     let mut config = Config::local(data.path());
     config.mirror.poll_interval_secs = 3600;
     let mirror = mirror.restart_with(config).await;
-    let after = mirror_of(&mirror, REPO).await;
+    let after = mirror.mirror_row(REPO).await;
     assert_eq!(after.source, daemon.url("project.git"));
     let view = mirror.client().mirror_sync(&rid(REPO)).await.unwrap();
     assert_eq!(view.manifest.as_deref(), Some(&*manifest));

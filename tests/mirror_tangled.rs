@@ -14,22 +14,12 @@ use std::time::{Duration, Instant};
 
 use common::{TestNode, add_commit, eventually, fingerprint, git, make_repo, rid};
 use knot::StandInKnot;
-use knotd::{admin::MirrorView, config::Config};
+use knotd::config::Config;
 use serde_json::json;
 
 /// Seconds between two polls of the mirror: longer than a push event may
 /// take to be acted on, short enough to test polling when events are off.
 const POLL_SECS: u64 = 6;
-
-async fn mirror_of(node: &TestNode, repo: &str) -> MirrorView {
-    node.client()
-        .mirrors()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|m| m.repo_id == repo)
-        .expect("the mirror is listed")
-}
 
 /// A working repository pushed to the stand-in knot as `<did>/<name>`.
 fn upstream(
@@ -135,7 +125,7 @@ async fn tangled_repositories_are_mirrored_from_their_records_and_follow_pushes(
     let ticket = mirror.ticket().await;
     for repo in [&website, &tools] {
         follower.follow(repo, vec![ticket.clone()]).await;
-        let manifest = mirror_of(&mirror, repo).await.manifest.unwrap();
+        let manifest = mirror.mirror_row(repo).await.manifest.unwrap();
         eventually(30, "the follower to replicate the mirror", || async {
             follower.materialized(repo).await.as_deref() == Some(&*manifest)
         })
@@ -149,9 +139,9 @@ async fn tangled_repositories_are_mirrored_from_their_records_and_follow_pushes(
     let head = push(&alice_work, &knot, &alice, "website");
     let pushed_at = Instant::now();
     knot.push_event(&alice, "website", &head);
-    let before = mirror_of(&mirror, &website).await.manifest;
+    let before = mirror.mirror_row(&website).await.manifest;
     eventually(POLL_SECS, "the push event to be acted on", || async {
-        mirror_of(&mirror, &website).await.manifest != before
+        mirror.mirror_row(&website).await.manifest != before
     })
     .await;
     let took = pushed_at.elapsed();
@@ -159,7 +149,7 @@ async fn tangled_repositories_are_mirrored_from_their_records_and_follow_pushes(
         took < Duration::from_secs(POLL_SECS / 2),
         "a push event makes the mirror fetch at once, not at its next poll ({took:?})"
     );
-    let manifest = mirror_of(&mirror, &website).await.manifest.unwrap();
+    let manifest = mirror.mirror_row(&website).await.manifest.unwrap();
     eventually(30, "the follower to take the pushed state", || async {
         follower.materialized(&website).await.as_deref() == Some(&*manifest)
     })

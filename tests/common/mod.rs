@@ -242,6 +242,17 @@ impl TestNode {
         .expect("add-repo");
     }
 
+    /// The row of a mirrored repository.
+    pub async fn mirror_row(&self, repo_id: &str) -> knotd::admin::MirrorView {
+        self.client()
+            .mirrors()
+            .await
+            .expect("mirrors")
+            .into_iter()
+            .find(|m| m.repo_id == repo_id)
+            .expect("the mirror is listed")
+    }
+
     /// The typed admin client of this node.
     pub fn client(&self) -> knotd::admin::AdminClient {
         knotd::admin::AdminClient::new(self.node.admin_socket())
