@@ -322,6 +322,7 @@ pub fn spawn(
         waiters: HashMap::new(),
         fetches: JoinSet::new(),
         chores: JoinSet::new(),
+        running: HashMap::new(),
         listeners: HashMap::new(),
         pushed_tx,
         pushed_rx,
@@ -365,6 +366,9 @@ struct Mirrors {
     waiters: HashMap<RepoId, Vec<Waiter>>,
     fetches: JoinSet<FetchEnd>,
     chores: JoinSet<()>,
+    /// The fetch running for each mirror, aborted when it is removed (so
+    /// that it cannot publish the repository again after `unmirror`).
+    running: HashMap<RepoId, tokio::task::AbortHandle>,
     /// One push-event listener per knot host that has Tangled mirrors.
     listeners: HashMap<String, CancellationToken>,
     pushed_tx: mpsc::Sender<events::Pushed>,
@@ -385,6 +389,7 @@ impl Mirrors {
                 Some(ended) = self.fetches.join_next(), if !self.fetches.is_empty() => {
                     match ended {
                         Ok(end) => self.handle_fetched(end),
+                        Err(e) if e.is_cancelled() => {}
                         Err(e) => warn!(error = %e, "a mirror fetch task failed"),
                     }
                 }
@@ -500,6 +505,9 @@ impl Mirrors {
             }
         }
         self.planner.remove(&repo_id);
+        if let Some(fetch) = self.running.remove(&repo_id) {
+            fetch.abort();
+        }
         for waiter in self.waiters.remove(&repo_id).unwrap_or_default() {
             let _ = waiter
                 .reply
@@ -582,11 +590,14 @@ impl Mirrors {
                 limits: self.settings.limits,
                 knot: self.knot.clone(),
             };
-            self.fetches.spawn(job.run());
+            let repo_id = job.repo_id.clone();
+            let fetch = self.fetches.spawn(job.run());
+            self.running.insert(repo_id, fetch);
         }
     }
 
     fn handle_fetched(&mut self, end: FetchEnd) {
+        self.running.remove(&end.repo_id);
         let now = self.now();
         let finished = match &end.result {
             Ok(_) => Finished::Succeeded,

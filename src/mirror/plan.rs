@@ -19,8 +19,10 @@
 //!    against all; the mirrors due longest go first.
 //! 5. A fetch asked for now (an operator's sync, a push event) runs as soon
 //!    as the limits allow, even while the mirror backs off; an operator's
-//!    also while its host is held by rule 3. Never two fetches of one
-//!    mirror at once (a request during a fetch runs right after it).
+//!    also while its host is held by rule 3, a push event's no sooner than
+//!    [`MIN_EVENT_GAP`] after the mirror's last fetch ended. Never two
+//!    fetches of one mirror at once (a request during a fetch runs right
+//!    after it).
 //!
 //! Nothing here survives a restart: every mirror is due once the node starts.
 
@@ -30,6 +32,10 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::repo_id::RepoId;
+
+/// The least time between the end of a mirror's fetch and one a push event
+/// asks for: an upstream that floods events cannot keep a fetch running.
+pub const MIN_EVENT_GAP: Duration = Duration::from_secs(2);
 
 /// The longest an upstream's `Retry-After` holds its host back, whatever
 /// it asked for: a stranger's server cannot stop a mirror for longer.
@@ -87,6 +93,8 @@ struct Entry {
     again: bool,
     /// Asked for now by an operator: runs even while its host is held.
     forced: bool,
+    /// When its last fetch ended.
+    last_end: Option<Duration>,
 }
 
 /// The schedule of every mirror.
@@ -123,6 +131,7 @@ impl Planner {
             running: false,
             again: false,
             forced: false,
+            last_end: None,
         });
     }
 
@@ -152,7 +161,11 @@ impl Planner {
         if entry.running {
             entry.again = true;
         } else {
-            entry.due = entry.due.min(now);
+            let earliest = match (forced, entry.last_end) {
+                (false, Some(end)) => now.max(end.saturating_add(MIN_EVENT_GAP)),
+                _ => now,
+            };
+            entry.due = entry.due.min(earliest);
         }
         true
     }
@@ -221,10 +234,11 @@ impl Planner {
         };
         let jittered = jitter(&mut self.rng, wait, self.settings.jitter);
         let entry = self.mirrors.get_mut(repo_id).expect("checked above");
-        entry.due = if std::mem::take(&mut entry.again) {
-            now
-        } else {
-            now.saturating_add(jittered)
+        entry.last_end = Some(now);
+        entry.due = match (std::mem::take(&mut entry.again), entry.forced) {
+            (true, true) => now,
+            (true, false) => now.saturating_add(MIN_EVENT_GAP.min(jittered)),
+            (false, _) => now.saturating_add(jittered),
         };
         self.release(&host);
     }
@@ -432,10 +446,17 @@ mod tests {
         assert!(plan.fetch_now(&id("a"), false, secs(6)));
         assert!(plan.start_due(secs(6)).is_empty());
         plan.finish(&id("a"), Finished::Succeeded, secs(7));
+        assert!(
+            plan.start_due(secs(8)).is_empty(),
+            "an event's fetch keeps a gap"
+        );
+        assert_eq!(plan.start_due(secs(9)), vec![id("a")], "then runs next");
+        plan.fetch_now(&id("a"), true, secs(10));
+        plan.finish(&id("a"), Finished::Succeeded, secs(11));
         assert_eq!(
-            plan.start_due(secs(7)),
+            plan.start_due(secs(11)),
             vec![id("a")],
-            "the asked-for fetch runs next"
+            "an operator's runs at once"
         );
         assert!(!plan.fetch_now(&id("zz"), false, secs(7)));
     }
@@ -453,7 +474,7 @@ mod tests {
         assert!(plan.start_due(secs(1)).is_empty(), "a push event waits");
         assert_eq!(plan.next_wakeup(), Some(secs(600)));
         plan.fetch_now(&id("a"), true, secs(2));
-        assert_eq!(plan.next_wakeup(), Some(secs(1)));
+        assert_eq!(plan.next_wakeup(), Some(secs(2)));
         assert_eq!(
             plan.start_due(secs(2)),
             vec![id("a")],
@@ -461,6 +482,28 @@ mod tests {
         );
         plan.finish(&id("a"), asked, secs(3));
         assert!(plan.start_due(secs(4)).is_empty(), "and only once");
+    }
+
+    #[test]
+    fn a_flood_of_push_events_fetches_at_most_once_per_gap() {
+        let mut plan = Planner::new(exact(), 1);
+        plan.add(id("a"), "h".into(), secs(0));
+        let mut now = Duration::ZERO;
+        let mut fetches = 0;
+        while now < secs(60) {
+            plan.fetch_now(&id("a"), false, now);
+            for started in plan.start_due(now) {
+                fetches += 1;
+                plan.finish(
+                    &started,
+                    Finished::Succeeded,
+                    now + Duration::from_millis(100),
+                );
+            }
+            now += Duration::from_millis(50);
+        }
+        assert!(fetches <= 60 / 2 + 1, "{fetches} fetches in 60 s");
+        assert!(fetches >= 60 / 3, "events still bring fetches: {fetches}");
     }
 
     #[test]

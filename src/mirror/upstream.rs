@@ -255,7 +255,27 @@ pub async fn remote_head(
     let mut cmd = command(upstream, None);
     cmd.args(["ls-remote", "--symref", upstream.url(), "HEAD"]);
     let out = watch(cmd, None, limits, upstream).await?;
-    Ok(parse_listing(&String::from_utf8_lossy(&out))?.head)
+    let head = parse_listing(&String::from_utf8_lossy(&out))?.head;
+    match head {
+        Some(head) if !valid_head(&head) => Err(FetchFailure {
+            class: FailureClass::InvalidData,
+            message: format!(
+                "the upstream's HEAD names {:?}, neither a ref nor an object id",
+                head.chars().take(200).collect::<String>()
+            ),
+            retry_after: None,
+        }),
+        head => Ok(head),
+    }
+}
+
+/// A ref under `refs/` git accepts, or a full object id: what the
+/// upstream's `HEAD` may name before it reaches a git command line.
+fn valid_head(head: &str) -> bool {
+    if head.starts_with("refs/") {
+        return crate::git::validate_ref_name(head).is_ok();
+    }
+    matches!(head.len(), 40 | 64) && head.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Fetch every ref of the upstream into the bare repository at `git_dir`,
@@ -717,6 +737,23 @@ mod tests {
         );
         let bad = parse_listing("garbage without a tab").unwrap_err();
         assert_eq!(bad.class, FailureClass::InvalidData);
+    }
+
+    #[test]
+    fn only_refs_and_object_ids_are_taken_as_the_upstreams_head() {
+        assert!(valid_head("refs/heads/main"));
+        assert!(valid_head(&"a".repeat(40)));
+        assert!(valid_head(&"0".repeat(64)));
+        for bad in [
+            "--stdin",
+            "refs/heads/..",
+            "HEAD",
+            "main",
+            &"g".repeat(40),
+            "refs/heads/a b",
+        ] {
+            assert!(!valid_head(bad), "{bad}");
+        }
     }
 
     #[test]
