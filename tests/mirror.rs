@@ -108,19 +108,23 @@ async fn a_git_daemon_upstream_is_mirrored_replicated_and_outlives_its_upstream(
     .await;
     assert_eq!(fingerprint(&follower.repo_path(REPO)), fingerprint(&bare));
 
-    // The upstream force-pushes main, deletes a branch, adds a tag: within
-    // the poll interval both knots hold exactly that.
+    // The upstream force-pushes main, deletes a branch, adds a tag and
+    // points its HEAD elsewhere: within the poll interval both knots hold
+    // exactly that.
     git(&work, &["reset", "-q", "--hard", "HEAD~1"]);
     common::add_commit(&work, "rewritten");
     git(&work, &["branch", "-D", "doomed"]);
     git(&work, &["tag", "v2"]);
     push_mirror(&work, &bare);
+    git(&bare, &["symbolic-ref", "HEAD", "refs/heads/topic"]);
+    let wanted = fingerprint(&bare);
     eventually(30, "the mirror to publish the rewrite", || async {
         mirror
             .mirror_row(REPO)
             .await
             .manifest
             .is_some_and(|m| m != manifest)
+            && fingerprint(&mirror.repo_path(REPO)) == wanted
     })
     .await;
     let rewritten = mirror.mirror_row(REPO).await.manifest.unwrap();
@@ -138,6 +142,10 @@ async fn a_git_daemon_upstream_is_mirrored_replicated_and_outlives_its_upstream(
         assert!(!refs.contains("refs/heads/doomed"), "{refs}");
         assert!(refs.contains("refs/tags/v2"), "{refs}");
         assert_eq!(fingerprint(&node.repo_path(REPO)), fingerprint(&bare));
+        assert_eq!(
+            git(&node.repo_path(REPO), &["symbolic-ref", "HEAD"]).trim(),
+            "refs/heads/topic"
+        );
     }
 
     // The upstream goes away: the mirror says so, and both knots still
@@ -162,7 +170,7 @@ async fn a_git_daemon_upstream_is_mirrored_replicated_and_outlives_its_upstream(
         );
         assert_eq!(
             git(&clone, &["rev-parse", "HEAD"]),
-            git(&work, &["rev-parse", "HEAD"])
+            git(&work, &["rev-parse", "topic"])
         );
     }
 

@@ -1,17 +1,18 @@
 //! One fetch of one mirror, run as a child task of the mirror service:
-//! fetch from the upstream (and where its `HEAD` points), and have the
-//! node publish the mirror's repository when its refs changed. When the fetch brought exactly one
-//! pack on top of what the node already publishes from this repository,
-//! that pack, indexed by git during the fetch, becomes the new pack blob
-//! as it is ([`crate::content::Received`]): nothing is packed or indexed
-//! twice.
+//! clone the upstream the first time, later fetch from it (and ask where
+//! its `HEAD` points), and have the node publish the mirror's repository
+//! when its refs changed. When the transfer brought exactly one pack on top
+//! of what the node already publishes from this repository, that pack,
+//! indexed by git as it arrived, becomes the new pack blob as it is
+//! ([`crate::content::Received`]): nothing is packed or indexed twice.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use tracing::debug;
 
-use super::upstream::{self, FailureClass, FetchFailure, Limits, Listing, Upstream};
+use super::failure::{FailureClass, FetchFailure};
+use super::upstream::{self, Limits, Listing, Upstream};
 use crate::{api::Payload, content::Received, knot::KnotHandle, repo_id::RepoId};
 
 /// What one fetch achieved.
@@ -56,21 +57,37 @@ impl FetchJob {
 
     async fn fetch_and_publish(&self) -> Result<Fetched, FetchFailure> {
         let dir = self.dir.clone();
-        let (before, packs_before) = blocking(move || {
-            if !dir.join("HEAD").exists() {
-                std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
-                    .map_err(|e| local(format!("creating {}: {e}", dir.display())))?;
-                crate::git::init_bare(&dir)
-                    .map_err(|e| local(format!("creating the mirror's repository: {e}")))?;
+        let (fresh, before, packs_before) = blocking(move || {
+            let fresh = !dir.join("HEAD").exists();
+            if fresh {
+                // A first fetch, or one that was killed before git wrote HEAD.
+                let _ = std::fs::remove_dir_all(&dir);
+                if let Some(parent) = dir.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| local(format!("creating {}: {e}", parent.display())))?;
+                }
+                return Ok((true, Listing::default(), BTreeSet::new()));
             }
-            Ok((upstream::local_listing(&dir)?, pack_names(&dir)))
+            Ok((false, upstream::local_listing(&dir)?, pack_names(&dir)))
         })
         .await?;
         let started = std::time::Instant::now();
-        let (head, fetched) = tokio::join!(
-            upstream::remote_head(&self.upstream, self.limits),
-            upstream::fetch(&self.dir, &self.upstream, self.limits),
-        );
+        let transfer = async {
+            if fresh {
+                upstream::clone(&self.dir, &self.upstream, self.limits).await
+            } else {
+                upstream::fetch(&self.dir, &self.upstream, self.limits).await
+            }
+        };
+        // A clone points HEAD where the upstream's points; a fetch does not.
+        let head = async {
+            if fresh {
+                Ok(None)
+            } else {
+                upstream::remote_head(&self.upstream, self.limits).await
+            }
+        };
+        let (head, fetched) = tokio::join!(head, transfer);
         if let Err(failure) = fetched {
             if failure.class == FailureClass::TooLarge {
                 // Give the disk back; the next try starts from nothing.
@@ -107,7 +124,7 @@ impl FetchJob {
         // this service last published from it (or nothing, both sides).
         let builds_on_held = match (&self.published, &self.manifest) {
             (Some(published), Some(_)) => *published == before,
-            (None, None) => before.refs.is_empty() && packs_before.is_empty(),
+            (None, None) => fresh || (before.refs.is_empty() && packs_before.is_empty()),
             _ => false,
         };
         let received = match (builds_on_held, new_packs.len()) {

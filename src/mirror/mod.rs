@@ -19,6 +19,7 @@
 //! start, and publishing what is already held changes nothing).
 
 pub mod events;
+pub mod failure;
 pub mod plan;
 pub mod tangled;
 pub mod upstream;
@@ -37,10 +38,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use admin::WithMirrors;
+use failure::{FailureClass, FetchFailure};
 use job::{FetchEnd, FetchJob, Fetched};
 use plan::{Finished, PlanSettings, Planner};
 use tangled::{RecordSource, TangledError};
-use upstream::{FailureClass, FetchFailure, Limits, Listing, SourceError, Upstream};
+use upstream::{Limits, Listing, SourceError, Upstream};
 
 use crate::{
     api::{MirrorFailure, MirrorView, Payload},
