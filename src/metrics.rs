@@ -6,7 +6,8 @@
 //! provider's transfer events (bytes served) into counters and histograms;
 //! the HTTP server answers `/metrics` in the Prometheus text format, taking
 //! the node's status at each scrape for gauges (repositories by state,
-//! pinned bytes, neighbours, jobs) and for counters kept by the node, and
+//! pinned bytes, neighbours, jobs) and for counters kept by the node (the
+//! mirror service counts its fetches here itself), and
 //! `/health`, which fails when the repository actor does not answer.
 //! Nothing here survives a restart: counters start at zero.
 
@@ -78,6 +79,9 @@ pub struct Metrics {
     jobs: Family<RepoState, Gauge>,
     tasks: Gauge,
     connections: Gauge,
+    mirror_fetches: Family<Outcome, Counter>,
+    mirror_fetch_seconds: Histogram,
+    mirrors: Family<RepoState, Gauge>,
     /// Node-kept counters already added, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
 }
@@ -119,6 +123,9 @@ impl Metrics {
             jobs: Family::default(),
             tasks: Gauge::default(),
             connections: Gauge::default(),
+            mirror_fetches: Family::default(),
+            mirror_fetch_seconds: Histogram::new(seconds_buckets()),
+            mirrors: Family::default(),
             seen: Mutex::default(),
             registry: Registry::default(),
         };
@@ -221,6 +228,21 @@ impl Metrics {
             "QUIC connections open, to and from peers",
             m.connections.clone(),
         );
+        r.register(
+            "mirror_fetches",
+            "Fetches of mirrors' upstreams, by result: published, unchanged, or the failure's class",
+            m.mirror_fetches.clone(),
+        );
+        r.register(
+            "mirror_fetch_duration_seconds",
+            "Time to fetch from a mirror's upstream and publish what changed",
+            m.mirror_fetch_seconds.clone(),
+        );
+        r.register(
+            "mirrors",
+            "Mirrors, by the outcome of their last fetch (ok, failing, or pending before the first)",
+            m.mirrors.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -263,6 +285,27 @@ impl Metrics {
                     .inc_by(*fetched as u64);
             }
             _ => {}
+        }
+    }
+
+    /// Count one fetch of a mirror's upstream that ended with `result`.
+    pub fn mirror_fetched(&self, result: &str, took: Duration) {
+        self.mirror_fetches
+            .get_or_create(&Outcome {
+                result: result.into(),
+            })
+            .inc();
+        self.mirror_fetch_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Set how many mirrors are ok, failing and pending.
+    pub fn mirror_counts(&self, ok: usize, failing: usize, pending: usize) {
+        for (state, n) in [("ok", ok), ("failing", failing), ("pending", pending)] {
+            self.mirrors
+                .get_or_create(&RepoState {
+                    state: state.into(),
+                })
+                .set(n as i64);
         }
     }
 

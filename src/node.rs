@@ -327,7 +327,7 @@ impl Node {
             tasks.spawn("smart HTTP server", http);
         }
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-        if let (Some(listener), Some(metrics)) = (metrics_listener, metrics) {
+        if let (Some(listener), Some(metrics)) = (metrics_listener, metrics.clone()) {
             let served =
                 crate::metrics::serve(listener, knot.clone(), metrics, cancel.child_token());
             tasks.spawn("metrics server", served);
@@ -336,6 +336,7 @@ impl Node {
             &config,
             store_for_mirrors,
             knot.clone(),
+            metrics,
             cancel.child_token(),
             &mut tasks,
         ) {

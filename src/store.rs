@@ -251,6 +251,14 @@ impl Store {
         })
     }
 
+    /// Whether `repo_id` is tracked.
+    pub fn has_repo(&self, repo_id: &RepoId) -> Result<bool, StoreError> {
+        let tx = redb_try!("reading repositories", self.db()?.begin_read());
+        let table = redb_try!("reading repositories", tx.open_table(CONFIG));
+        let row = redb_try!("reading repositories", table.get(repo_id.as_str()));
+        Ok(row.is_some())
+    }
+
     /// Number of tracked repositories.
     pub fn repo_count(&self) -> Result<u64, StoreError> {
         let tx = redb_try!("counting repositories", self.db()?.begin_read());

@@ -26,6 +26,7 @@ async fn mirror_node(poll_secs: u64, idle_secs: u64) -> (TestNode, tempfile::Tem
     config.mirror.poll_jitter = 0.0;
     config.mirror.retry_secs = 1;
     config.mirror.idle_timeout_secs = idle_secs;
+    config.metrics.bind = Some("127.0.0.1:0".parse().unwrap());
     let node = TestNode::spawn_with(config).await;
     (node, tmp)
 }
@@ -133,6 +134,16 @@ async fn a_git_daemon_upstream_is_mirrored_replicated_and_outlives_its_upstream(
     })
     .await;
     assert_eq!(linked_packs(&mirror), 2, "the update's pack too");
+    let url = format!("http://{}/metrics", mirror.node.metrics_addr().unwrap());
+    let metrics = reqwest::get(url).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("knotd_mirrors{state=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("knotd_mirror_fetches_total{result=\"published\"}"),
+        "{metrics}"
+    );
     git(&follower.repo_path(REPO), &["fsck", "--no-dangling"]);
     for node in [&mirror, &follower] {
         let refs = git(
@@ -274,6 +285,7 @@ async fn a_missing_repository_a_silent_upstream_and_an_oversized_pack_fail_in_th
     config.mirror.idle_timeout_secs = 2;
     config.mirror.retry_secs = 3600;
     config.max_repo_bytes = Some(256 * 1024);
+    config.metrics.bind = Some("127.0.0.1:0".parse().unwrap());
     let node = TestNode::spawn_with(config).await;
     let client = node.client();
 
@@ -314,6 +326,21 @@ async fn a_missing_repository_a_silent_upstream_and_an_oversized_pack_fail_in_th
             "{repo}: nothing tracked"
         );
     }
+    // The metrics count each failure by its class.
+    let url = format!("http://{}/metrics", node.node.metrics_addr().unwrap());
+    let metrics = reqwest::get(url).await.unwrap().text().await.unwrap();
+    for (_, _, class) in &cases {
+        let series = format!("knotd_mirror_fetches_total{{result=\"{class}\"}} ");
+        let count = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(count.is_some_and(|n| n >= 1), "{series} in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("knotd_mirrors{state=\"failing\"} 3"),
+        "{metrics}"
+    );
     // Nothing of the refused pack is left behind.
     let leftovers: Vec<_> = walk(&data.path().join("mirrors"))
         .into_iter()

@@ -84,6 +84,7 @@ async fn tangled_repositories_are_mirrored_from_their_records_and_follow_pushes(
     config.atproto.allow_insecure_http = true;
     config.mirror.poll_interval_secs = POLL_SECS;
     config.mirror.poll_jitter = 0.0;
+    config.mirror.retry_secs = 1;
     let mirror = TestNode::spawn_with(config.clone()).await;
     let client = mirror.client();
 
@@ -200,4 +201,49 @@ async fn tangled_repositories_are_mirrored_from_their_records_and_follow_pushes(
             git(work, &["rev-parse", "HEAD"])
         );
     }
+
+    // The owner moves the website to another knot, pushes there and says
+    // so in the record: the mirror, failing against the old knot, reads
+    // the record again, follows it, and the push reaches both knots.
+    let moved = StandInKnot::start(&tmp.path().join("moved")).await;
+    let bare = moved.repo_dir(&alice, "website");
+    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+    git(
+        tmp.path(),
+        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+    );
+    let head = push(&alice_work, &moved, &alice, "website");
+    let record = json!({
+        "$type": "sh.tangled.repo",
+        "name": "website",
+        "knot": moved.host,
+        "createdAt": "2026-12-06T00:00:00.000Z",
+    });
+    pds.put_record(&alice, &alice_pw, "sh.tangled.repo", "3kwebsite", record)
+        .await;
+    eventually(
+        60,
+        "the push on the new knot to reach the follower",
+        || async {
+            follower
+                .summary(&website)
+                .await
+                .and_then(|s| s.head)
+                .as_deref()
+                == Some(&*head)
+        },
+    )
+    .await;
+    let view = mirror.mirror_row(&website).await;
+    assert_eq!(
+        view.source,
+        format!("http://{}/{alice}/website", moved.host)
+    );
+    assert!(view.error.is_none(), "{view:?}");
+    let tools_view = mirror.mirror_row(&tools).await;
+    assert!(
+        tools_view.source.contains(&format!("/{bob}/tools"))
+            && !tools_view.source.contains(&moved.host),
+        "a record that did not change keeps its source: {tools_view:?}"
+    );
 }

@@ -33,6 +33,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub const MAX_FRAME: usize = 256 * 1024;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How far ahead of this node's clock a knot's event time may be.
+const MAX_CLOCK_AHEAD: Duration = Duration::from_secs(600);
 /// Least time between two writes of the cursor.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
 
@@ -63,6 +65,22 @@ pub fn parse_frame(text: &str) -> Option<(i64, Option<RepoId>)> {
     Some((created, repo_id))
 }
 
+/// The cursor after an event `created` at `now` (both Unix nanoseconds),
+/// when it moves. A knot's clock may run a little ahead of this one, but a
+/// time beyond [`MAX_CLOCK_AHEAD`] would make the knot skip every event
+/// until then after a reconnect: it is not taken.
+fn advance(cursor: i64, created: i64, now: i64) -> Option<i64> {
+    let latest = now.saturating_add(MAX_CLOCK_AHEAD.as_nanos() as i64);
+    (created > cursor && created <= latest).then_some(created)
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
 fn cursor_key(host: &str) -> String {
     format!("mirror-events:{host}")
 }
@@ -81,13 +99,7 @@ pub async fn listen(
         .flatten()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| text.parse::<i64>().ok());
-    let now_ns = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or_default()
-    };
-    let mut cursor = saved.unwrap_or_else(now_ns);
+    let mut cursor = saved.map_or_else(now_ns, |saved| saved.min(now_ns()));
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = tokio::time::Instant::now();
@@ -151,8 +163,8 @@ async fn connection(
             debug!(%host, "skipped a knot event that does not parse");
             continue;
         };
-        if created > *cursor {
-            *cursor = created;
+        if let Some(next) = advance(*cursor, created, now_ns()) {
+            *cursor = next;
             unsaved = true;
         }
         if let Some(repo_id) = repo_id
@@ -210,5 +222,22 @@ mod tests {
         assert_eq!(parse_frame(hostile), Some((20, None)));
         assert_eq!(parse_frame("not json"), None);
         assert_eq!(parse_frame(r#"{"created":"soon"}"#), None);
+    }
+
+    #[test]
+    fn the_cursor_moves_forward_and_not_into_the_far_future() {
+        let now = 1_800_000_000_000_000_000;
+        assert_eq!(advance(10, 11, now), Some(11));
+        assert_eq!(advance(11, 10, now), None, "never back");
+        assert_eq!(advance(11, 11, now), None);
+        let ahead = now + MAX_CLOCK_AHEAD.as_nanos() as i64;
+        assert_eq!(
+            advance(now, ahead, now),
+            Some(ahead),
+            "a clock a little ahead"
+        );
+        assert_eq!(advance(now, ahead + 1, now), None);
+        assert_eq!(advance(now, i64::MAX, now), None, "a hostile time");
+        assert_eq!(advance(i64::MAX - 1, i64::MAX, i64::MAX), Some(i64::MAX));
     }
 }

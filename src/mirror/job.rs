@@ -31,6 +31,8 @@ pub(super) struct FetchEnd {
     pub(super) repo_id: RepoId,
     pub(super) number: u64,
     pub(super) result: Result<Fetched, FetchFailure>,
+    /// How long the fetch and the publish took.
+    pub(super) took: std::time::Duration,
 }
 
 /// One fetch of one mirror, run as a child task.
@@ -47,11 +49,13 @@ pub(super) struct FetchJob {
 
 impl FetchJob {
     pub(super) async fn run(self) -> FetchEnd {
+        let started = std::time::Instant::now();
         let result = self.fetch_and_publish().await;
         FetchEnd {
             repo_id: self.repo_id,
             number: self.number,
             result,
+            took: started.elapsed(),
         }
     }
 

@@ -145,6 +145,19 @@ impl Planner {
         }
     }
 
+    /// Move a mirror to another host (its upstream moved there), keeping
+    /// its schedule and failures. False when it is not scheduled or a fetch
+    /// of it is running (counted against the old host until it ends).
+    pub fn rehost(&mut self, repo_id: &RepoId, host: String) -> bool {
+        match self.mirrors.get_mut(repo_id) {
+            Some(entry) if !entry.running => {
+                entry.host = host;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a mirror is scheduled.
     pub fn contains(&self, repo_id: &RepoId) -> bool {
         self.mirrors.contains_key(repo_id)
@@ -319,6 +332,42 @@ mod tests {
         assert_eq!(plan.next_wakeup(), Some(secs(312)));
         assert!(plan.start_due(secs(311)).is_empty());
         assert_eq!(plan.start_due(secs(312)), vec![id("a")]);
+    }
+
+    #[test]
+    fn a_mirror_moved_to_another_host_leaves_the_old_hosts_limits_and_retry_after() {
+        let settings = PlanSettings {
+            per_host: 1,
+            ..exact()
+        };
+        let mut plan = Planner::new(settings, 1);
+        plan.add(id("a"), "old".into(), secs(0));
+        plan.add(id("b"), "old".into(), secs(0));
+        assert_eq!(plan.start_due(secs(0)).len(), 1, "one per host");
+        let started = plan.start_due(secs(0));
+        assert!(started.is_empty());
+        let running = if plan.describe(&id("a")).unwrap().2 {
+            id("a")
+        } else {
+            id("b")
+        };
+        let waiting = if running == id("a") { id("b") } else { id("a") };
+        assert!(!plan.rehost(&running, "new".into()), "not while it runs");
+        plan.finish(
+            &running,
+            Finished::Failed {
+                retry_after: Some(secs(3600)),
+            },
+            secs(1),
+        );
+        assert!(
+            plan.start_due(secs(2)).is_empty(),
+            "the old host asked to wait"
+        );
+        assert!(plan.rehost(&waiting, "new".into()));
+        assert!(plan.fetch_now(&waiting, false, secs(2)));
+        assert_eq!(plan.start_due(secs(3)), vec![waiting]);
+        assert!(!plan.rehost(&id("gone"), "new".into()));
     }
 
     #[test]
