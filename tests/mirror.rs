@@ -209,6 +209,52 @@ async fn a_git_daemon_upstream_is_mirrored_replicated_and_outlives_its_upstream(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn unmirroring_during_a_fetch_stops_it_and_nothing_is_published_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    upstream(tmp.path());
+    let daemon = GitDaemon::spawn(&tmp.path().join("daemon")).unwrap();
+    // In front of the daemon, a proxy that holds each connection 3 s before
+    // passing it on: the fetch is running when the mirror is removed, and
+    // would succeed soon after.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = proxy.local_addr().unwrap().port();
+    let daemon_port = daemon.port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = proxy.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                if let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", daemon_port)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let (node, data) = mirror_node(1, 30).await;
+    let client = node.client();
+    let url = format!("git://127.0.0.1:{proxy_port}/project.git");
+    client.mirror(&url, Some(&rid(REPO))).await.unwrap();
+    eventually(10, "the first fetch to start", || async {
+        node.mirror_row(REPO).await.fetching
+    })
+    .await;
+    let started = std::time::Instant::now();
+    client.unmirror(&rid(REPO)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "unmirror does not wait for the fetch"
+    );
+    assert!(client.mirrors().await.unwrap().is_empty());
+    // Well past when the fetch would have ended: nothing was published,
+    // tracked or left on disk.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(node.summary(REPO).await.is_none(), "nothing tracked");
+    let left: Vec<_> = walk(&data.path().join("mirrors"));
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn mirrors_survive_a_restart_and_publish_nothing_new_for_an_unchanged_upstream() {
     let tmp = tempfile::tempdir().unwrap();
     upstream(tmp.path());
