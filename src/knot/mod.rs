@@ -20,6 +20,7 @@ mod admin;
 mod input;
 mod jobs;
 mod net;
+mod outbox;
 mod paths;
 mod reads;
 mod serve;
@@ -49,13 +50,10 @@ pub use net::{hint_to_addr, wait_for_addr};
 use crate::{
     account::{Account, WriteBackRequest},
     admin::{Command, EventLine, Executor, PackBody, Payload, PublishRequest, Reply},
-    announce::{Announcement, SignedStatement},
     atproto::XrpcClient,
     clock,
     config::Config,
-    core::{
-        Audience, Busy, Core, CoreCommand, Effect, Event, Now, ReplyId, Settings, Subject, Via,
-    },
+    core::{Busy, Core, CoreCommand, Effect, Event, Now, ReplyId, Settings, Subject, Via},
     gitserve::ServeTarget,
     heads::HeadsEvent,
     limits::DropCounters,
@@ -749,53 +747,6 @@ impl Knot {
                 None => warn!(repo = %repo, "write-back asked for without credentials"),
             },
             Effect::SetTimer { key, at } => self.timers.set(key, at),
-        }
-    }
-
-    /// Join `repo`'s topic on a task of its own (gossip is never awaited
-    /// here); when joined already, dial `peers`.
-    fn join_topic(&mut self, repo: RepoId, peers: Vec<iroh::EndpointId>) {
-        if let Some(topic) = self.topics.get(&repo) {
-            topic.send(&repo, TopicCommand::JoinPeers(peers));
-            return;
-        }
-        self.next_topic_epoch += 1;
-        let topic = topics::spawn(
-            &mut self.topic_tasks,
-            self.topic_ctx.clone(),
-            (repo.clone(), self.next_topic_epoch),
-            peers,
-            self.cancel.child_token(),
-        );
-        self.topics.insert(repo, topic);
-    }
-
-    /// Wrap a statement in this node's signed envelope.
-    fn envelope(&self, statement: SignedStatement) -> Vec<u8> {
-        let addrs = self.parts.endpoint.addr().ip_addrs().copied().collect();
-        Announcement::new(statement, &self.secret_key, addrs).encode()
-    }
-
-    fn announce(&mut self, repo: &RepoId, statement: SignedStatement, audience: Audience) {
-        let message = self.envelope(statement);
-        if let Some(topic) = self.topics.get(repo) {
-            let bytes = bytes::Bytes::from(message.clone());
-            let command = match &audience {
-                Audience::Neighbors { .. } => Some(TopicCommand::BroadcastNeighbors(bytes)),
-                Audience::Everyone { .. } => Some(TopicCommand::Broadcast(bytes)),
-                Audience::Direct { .. } => None,
-            };
-            if let Some(command) = command {
-                topic.send(repo, command);
-            }
-        }
-        let (Audience::Everyone { direct }
-        | Audience::Neighbors { direct }
-        | Audience::Direct { direct }) = audience;
-        for peer in direct {
-            if !self.net.push(&self.parts.endpoint, peer, message.clone()) {
-                self.reported.push_back(Event::NetBusy(Busy::Push { peer }));
-            }
         }
     }
 }
