@@ -275,6 +275,30 @@ pub struct MirrorRow {
     pub record: Option<String>,
     /// Unix time (ms) it was added.
     pub added_at: u64,
+    /// The latest times the upstream deleted or rewrote refs, oldest first
+    /// ([`MAX_REWRITES`] at most).
+    #[serde(default)]
+    pub rewrites: Vec<MirrorRewrite>,
+}
+
+/// How many rewrites a mirror's row keeps.
+pub const MAX_REWRITES: usize = 20;
+/// How many ref names one rewrite keeps.
+pub const MAX_REWRITTEN_REFS: usize = 100;
+
+/// A state a mirror published in which the upstream had deleted refs or
+/// moved them other than forward (a force-push, a moved tag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorRewrite {
+    /// Unix time (ms) of the publish.
+    pub at: u64,
+    /// The manifest published.
+    pub manifest: String,
+    /// The refs deleted or rewritten (the first [`MAX_REWRITTEN_REFS`]).
+    pub refs: Vec<String>,
+    /// How many more there were.
+    #[serde(default)]
+    pub more: usize,
 }
 
 /// Everything persisted about one repository.

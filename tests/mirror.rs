@@ -128,7 +128,21 @@ async fn a_git_daemon_upstream_is_mirrored_replicated_and_outlives_its_upstream(
             && fingerprint(&mirror.repo_path(REPO)) == wanted
     })
     .await;
-    let rewritten = mirror.mirror_row(REPO).await.manifest.unwrap();
+    let row = mirror.mirror_row(REPO).await;
+    let rewritten = row.manifest.clone().unwrap();
+    // The mirror's history says the upstream deleted one branch and
+    // rewrote another (the new tag and the untouched branch are not named).
+    let named: std::collections::BTreeSet<&str> = row
+        .rewrites
+        .iter()
+        .flat_map(|r| r.refs.iter().map(String::as_str))
+        .collect();
+    assert_eq!(
+        named.into_iter().collect::<Vec<_>>(),
+        ["refs/heads/doomed", "refs/heads/main"],
+        "{:?}",
+        row.rewrites
+    );
     eventually(30, "the follower to take the rewrite", || async {
         follower.materialized(REPO).await.as_deref() == Some(&*rewritten)
     })
@@ -252,6 +266,60 @@ async fn unmirroring_during_a_fetch_stops_it_and_nothing_is_published_after() {
     assert!(node.summary(REPO).await.is_none(), "nothing tracked");
     let left: Vec<_> = walk(&data.path().join("mirrors"));
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_object_is_refused_only_when_the_operator_asks_for_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    upstream(tmp.path());
+    let bare = tmp.path().join("daemon/project.git");
+    // A commit whose time zone git's fsck refuses (badTimezone), on a branch.
+    let tree = git(&bare, &["rev-parse", "main^{tree}"]);
+    let commit = format!(
+        "tree {}\nauthor A <a@example.org> 1 +99999\ncommitter A <a@example.org> 1 +0000\n\nodd\n",
+        tree.trim()
+    );
+    let body = tmp.path().join("odd-commit");
+    std::fs::write(&body, commit).unwrap();
+    let id = git(
+        &bare,
+        &[
+            "hash-object",
+            "-t",
+            "commit",
+            "--literally",
+            "-w",
+            body.to_str().unwrap(),
+        ],
+    );
+    git(&bare, &["update-ref", "refs/heads/odd", id.trim()]);
+    let daemon = GitDaemon::spawn(&tmp.path().join("daemon")).unwrap();
+
+    for check in [true, false] {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = Config::local(data.path());
+        config.mirror.check_objects = check;
+        config.mirror.retry_secs = 3600;
+        let node = TestNode::spawn_with(config).await;
+        let client = node.client();
+        client
+            .mirror(&daemon.url("project.git"), Some(&rid(REPO)))
+            .await
+            .unwrap();
+        let view = client.mirror_sync(&rid(REPO)).await.unwrap();
+        if check {
+            let error = view.error.expect("the checked fetch fails");
+            assert_eq!(error.class, "invalid-data", "{error:?}");
+            assert!(node.summary(REPO).await.is_none());
+        } else {
+            assert!(view.error.is_none(), "{view:?}");
+            assert_eq!(
+                fingerprint(&node.repo_path(REPO)),
+                fingerprint(&bare),
+                "git clone takes it, and so does an unchecked mirror"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,6 +40,32 @@ fn upstream(
     work
 }
 
+/// `git clone knot://<repo>` through the node listening on `socket`, with
+/// the built remote helper.
+fn clone_knot(socket: &std::path::Path, repo: &str, dest: &std::path::Path) {
+    let helper = std::path::PathBuf::from(env!("CARGO_BIN_EXE_git-remote-knot"));
+    let mut paths = vec![helper.parent().unwrap().to_path_buf()];
+    paths.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let out = std::process::Command::new("git")
+        .args(["clone", "-q", &format!("knot://{repo}")])
+        .arg(dest)
+        .env("PATH", std::env::join_paths(paths).unwrap())
+        .env("KNOT_SOCKET", socket)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env_remove("KNOTD_CONFIG")
+        .env_remove("KNOTD_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git clone knot://{repo}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn push(work: &std::path::Path, knot: &StandInKnot, did: &str, name: &str) -> String {
     add_commit(work, &format!("c{}", rand::random::<u32>()));
     let bare = knot.repo_dir(did, name);
@@ -180,7 +206,8 @@ async fn tangled_repositories_are_mirrored_from_their_records_and_follow_pushes(
     .await;
     assert_eq!(*knot.cursors().last().unwrap(), last);
 
-    // The knot goes away: both knots still serve both repositories.
+    // The knot goes away: both knots still serve both repositories, to
+    // `git clone knot://` and (the follower) over smart HTTP.
     drop(knot);
     let http = follower.node.http_addr().unwrap();
     for (repo, work) in [(&website, &alice_work), (&tools, &bob_work)] {
@@ -200,6 +227,18 @@ async fn tangled_repositories_are_mirrored_from_their_records_and_follow_pushes(
             git(&clone, &["rev-parse", "HEAD"]),
             git(work, &["rev-parse", "HEAD"])
         );
+        for node in [&mirror, &follower] {
+            let clone = tmp.path().join(format!(
+                "knot-clone-{}-{}",
+                rid(repo).name(),
+                node.node.id().fmt_short()
+            ));
+            clone_knot(node.node.admin_socket(), repo, &clone);
+            assert_eq!(
+                git(&clone, &["rev-parse", "HEAD"]),
+                git(work, &["rev-parse", "HEAD"])
+            );
+        }
     }
 
     // The owner moves the website to another knot, pushes there and says

@@ -57,5 +57,18 @@ pub fn print(mirrors: &[MirrorView]) {
             );
             println!("    {}", e.hint);
         }
+        if let Some(last) = m.rewrites.last() {
+            let more = match last.more {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            println!(
+                "    the upstream last deleted or rewrote refs {} s ago ({}{more}; state {}); {} such states kept",
+                knotd::clock::unix_millis().saturating_sub(last.at) / 1000,
+                last.refs.join(", "),
+                &last.manifest[..last.manifest.len().min(12)],
+                m.rewrites.len()
+            );
+        }
     }
 }

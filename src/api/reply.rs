@@ -119,6 +119,10 @@ pub struct MirrorView {
     pub error: Option<MirrorFailure>,
     /// Seconds until the next fetch (0: due or running).
     pub next_fetch_secs: u64,
+    /// The latest states in which the upstream had deleted or rewritten
+    /// refs, oldest first.
+    #[serde(default)]
+    pub rewrites: Vec<crate::state::MirrorRewrite>,
 }
 
 /// Why a mirror's last fetch failed.

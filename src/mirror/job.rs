@@ -24,6 +24,9 @@ pub(super) enum Fetched {
         manifest: String,
         listing: Listing,
         unchanged: bool,
+        /// Refs the upstream deleted or moved other than forward since the
+        /// last publish (tags that moved count), sorted.
+        rewritten: Vec<String>,
     },
 }
 
@@ -104,12 +107,18 @@ impl FetchJob {
         }
         let dir = self.dir.clone();
         let packs_before_fetch = packs_before.clone();
-        let (fetched_refs, new_packs) = blocking(move || {
+        let previous = self.published.clone();
+        let (fetched_refs, new_packs, rewritten) = blocking(move || {
             let new: BTreeSet<String> = pack_names(&dir)
                 .difference(&packs_before_fetch)
                 .cloned()
                 .collect();
-            Ok((upstream::local_listing(&dir)?, new))
+            let listing = upstream::local_listing(&dir)?;
+            let rewritten = match &previous {
+                Some(previous) if *previous != listing => rewritten(&dir, previous, &listing)?,
+                _ => Vec::new(),
+            };
+            Ok((listing, new, rewritten))
         })
         .await?;
         let fetched = started.elapsed();
@@ -177,6 +186,7 @@ impl FetchJob {
                 manifest: report.manifest,
                 listing: fetched_refs,
                 unchanged: report.unchanged,
+                rewritten,
             }),
             Ok(other) => Err(FetchFailure {
                 class: FailureClass::Publish,
@@ -189,6 +199,47 @@ impl FetchJob {
                 retry_after: None,
             }),
         }
+    }
+}
+
+/// The refs of `before` that `after` deleted or moved other than forward
+/// (a tag that moved counts), in one ancestry walk over the mirror's
+/// repository, which still holds the old commits.
+fn rewritten(
+    git_dir: &Path,
+    before: &Listing,
+    after: &Listing,
+) -> Result<Vec<String>, FetchFailure> {
+    let ref_set = |listing: &Listing| crate::git::RefSet {
+        head: None,
+        refs: listing
+            .refs
+            .iter()
+            .filter_map(|(name, id)| Some((name.clone(), id.parse().ok()?)))
+            .collect(),
+    };
+    let mut ancestry = None;
+    let mut failure = None;
+    let rewritten =
+        crate::manifest::refs_fast_forward_check(&ref_set(before), &ref_set(after), |old, new| {
+            if ancestry.is_none() {
+                match crate::git::Ancestry::open(git_dir) {
+                    Ok(walker) => ancestry = Some(walker),
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        return false;
+                    }
+                }
+            }
+            let walker = ancestry.as_mut().expect("opened above");
+            walker.is_ancestor(old, new).unwrap_or_else(|e| {
+                failure.get_or_insert(e);
+                false
+            })
+        });
+    match failure {
+        Some(e) => Err(local(format!("walking the mirror's history: {e}"))),
+        None => Ok(rewritten),
     }
 }
 

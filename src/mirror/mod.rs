@@ -139,6 +139,7 @@ impl MirrorSettings {
                 idle: Duration::from_secs(m.idle_timeout_secs),
                 total: Duration::from_secs(m.fetch_timeout_secs),
                 max_bytes: config.max_repo_bytes,
+                check_objects: m.check_objects,
             },
             allow_local: m.allow_local,
             dir: config.data_dir.join("mirrors"),
@@ -219,6 +220,7 @@ impl MirrorHandle {
             source: upstream.url().to_owned(),
             record,
             added_at: unix_millis(),
+            rewrites: Vec::new(),
         };
         self.ask(|reply| MirrorCommand::Add { row, reply }).await?
     }
@@ -296,6 +298,7 @@ pub fn spawn(
                 source: upstream.url().to_owned(),
                 record: None,
                 added_at: unix_millis(),
+                rewrites: Vec::new(),
             };
             store.put_mirror(&row)?;
             slot.insert(row);

@@ -32,7 +32,7 @@ use crate::{
     knot::KnotHandle,
     metrics::Metrics,
     repo_id::RepoId,
-    state::MirrorRow,
+    state::{MAX_REWRITES, MAX_REWRITTEN_REFS, MirrorRewrite, MirrorRow},
     store::Store,
 };
 
@@ -391,6 +391,7 @@ impl Mirrors {
                     manifest,
                     listing,
                     unchanged,
+                    rewritten,
                 } = fetched
                 {
                     if !unchanged || mirror.manifest.is_none() {
@@ -398,6 +399,25 @@ impl Mirrors {
                     }
                     if !unchanged {
                         info!(repo = %end.repo_id, %manifest, "published the upstream's new refs");
+                    }
+                    if !unchanged && !rewritten.is_empty() {
+                        warn!(repo = %end.repo_id, %manifest, refs = ?rewritten, "the upstream deleted or rewrote refs; the mirror follows it");
+                        let rewrite = MirrorRewrite {
+                            at: mirror.last_success.unwrap_or_default(),
+                            manifest: manifest.clone(),
+                            more: rewritten.len().saturating_sub(MAX_REWRITTEN_REFS),
+                            refs: rewritten.into_iter().take(MAX_REWRITTEN_REFS).collect(),
+                        };
+                        let mut row = mirror.row.clone();
+                        row.rewrites.push(rewrite);
+                        let excess = row.rewrites.len().saturating_sub(MAX_REWRITES);
+                        row.rewrites.drain(..excess);
+                        match self.store.put_mirror(&row) {
+                            Ok(()) => mirror.row = row,
+                            Err(e) => {
+                                warn!(repo = %end.repo_id, error = %e, "cannot keep the mirror's rewrite history")
+                            }
+                        }
                     }
                     mirror.manifest = Some(manifest);
                     mirror.published = Some(listing);
@@ -553,6 +573,7 @@ impl Mirrors {
             failures,
             error: mirror.error.as_ref().map(failure_view),
             next_fetch_secs: due.saturating_sub(self.now()).as_secs(),
+            rewrites: mirror.row.rewrites.clone(),
         })
     }
 }

@@ -10,8 +10,9 @@
 //! receives grows past the byte limit. Failures are sorted into
 //! [`FailureClass`]es an operator can act on. Only the protocols the
 //! operator allowed run (`GIT_ALLOW_PROTOCOL`): never `ext::` or ssh, and
-//! local paths only when the configuration says so. Objects are checked as
-//! they arrive (`transfer.fsckObjects`). Nothing here keeps state.
+//! local paths only when the configuration says so. With `[mirror]
+//! check_objects`, git checks every object's format as it arrives
+//! (`transfer.fsckObjects`). Nothing here keeps state.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -148,6 +149,8 @@ pub struct Limits {
     pub total: Duration,
     /// Most bytes of pack one fetch may receive.
     pub max_bytes: Option<u64>,
+    /// Whether git checks every object's format (`transfer.fsckObjects`).
+    pub check_objects: bool,
 }
 
 /// The upstream's refs as `git ls-remote --symref` lists them.
@@ -166,7 +169,7 @@ pub async fn remote_head(
     upstream: &Upstream,
     limits: Limits,
 ) -> Result<Option<String>, FetchFailure> {
-    let mut cmd = command(upstream, None);
+    let mut cmd = command(upstream, None, limits);
     cmd.args(["ls-remote", "--symref", upstream.url(), "HEAD"]);
     let out = watch(cmd, None, limits, upstream).await?;
     let head = parse_listing(&String::from_utf8_lossy(&out))?.head;
@@ -200,7 +203,7 @@ pub async fn fetch(
     upstream: &Upstream,
     limits: Limits,
 ) -> Result<(), FetchFailure> {
-    let mut cmd = command(upstream, Some(git_dir));
+    let mut cmd = command(upstream, Some(git_dir), limits);
     cmd.args([
         "fetch",
         "--prune",
@@ -224,7 +227,7 @@ pub async fn clone(
     upstream: &Upstream,
     limits: Limits,
 ) -> Result<(), FetchFailure> {
-    let mut cmd = command(upstream, None);
+    let mut cmd = command(upstream, None, limits);
     cmd.args(["clone", "--mirror", "--no-local", "--progress", "--"])
         .arg(upstream.url())
         .arg(git_dir);
@@ -263,7 +266,7 @@ pub async fn set_head(
     head: &str,
     limits: Limits,
 ) -> Result<(), FetchFailure> {
-    let mut cmd = command(upstream, Some(git_dir));
+    let mut cmd = command(upstream, Some(git_dir), limits);
     if head.starts_with("refs/") {
         cmd.args(["symbolic-ref", "HEAD", head]);
     } else {
@@ -321,16 +324,20 @@ fn parse_listing(text: &str) -> Result<Listing, FetchFailure> {
     Ok(listing)
 }
 
-fn command(upstream: &Upstream, git_dir: Option<&Path>) -> tokio::process::Command {
+fn command(upstream: &Upstream, git_dir: Option<&Path>, limits: Limits) -> tokio::process::Command {
     let mut std = crate::git::git_command();
     std.env("GIT_ALLOW_PROTOCOL", upstream.allowed_protocols())
         .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000");
     if let Some(dir) = git_dir {
         std.arg("--git-dir").arg(dir);
     }
+    let fsck = match limits.check_objects {
+        true => "transfer.fsckObjects=true",
+        false => "transfer.fsckObjects=false",
+    };
     std.args([
         "-c",
-        "transfer.fsckObjects=true",
+        fsck,
         "-c",
         "gc.autoDetach=false",
         "-c",
