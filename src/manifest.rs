@@ -266,6 +266,38 @@ pub fn refs_fast_forward_check(
     bad
 }
 
+/// [`refs_fast_forward_check`] with ancestry from the repository at
+/// `git_dir`, which must hold the commits of both sides: one walk
+/// (`git::Ancestry`), started only when some ref moved.
+pub fn refs_not_fast_forward_in(
+    git_dir: &std::path::Path,
+    old: &RefSet,
+    new: &RefSet,
+) -> Result<Vec<String>, GitError> {
+    let mut ancestry: Option<crate::git::Ancestry> = None;
+    let mut failure = None;
+    let not_ff = refs_fast_forward_check(old, new, |a, b| {
+        if ancestry.is_none() {
+            match crate::git::Ancestry::open(git_dir) {
+                Ok(walker) => ancestry = Some(walker),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    return false;
+                }
+            }
+        }
+        let walker = ancestry.as_mut().expect("opened above");
+        walker.is_ancestor(a, b).unwrap_or_else(|e| {
+            failure.get_or_insert(e);
+            false
+        })
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(not_ff),
+    }
+}
+
 #[cfg(test)]
 mod fuzz_regressions {
     use super::*;

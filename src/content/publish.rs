@@ -114,27 +114,7 @@ fn pack_new(
 /// Refuse unless every ref of `prev` that `next` keeps fast-forwards: one
 /// `git cat-file --batch` answers every ancestry question.
 fn check_fast_forward(git_dir: &Path, prev: &RefSet, next: &RefSet) -> Result<(), ContentError> {
-    let mut ancestry: Option<git::Ancestry> = None;
-    let mut failure = None;
-    let not_ff = manifest::refs_fast_forward_check(prev, next, |a, b| {
-        if ancestry.is_none() {
-            match git::Ancestry::open(git_dir) {
-                Ok(walker) => ancestry = Some(walker),
-                Err(e) => {
-                    failure.get_or_insert(e);
-                    return false;
-                }
-            }
-        }
-        let walker = ancestry.as_mut().expect("opened above");
-        walker.is_ancestor(a, b).unwrap_or_else(|e| {
-            failure.get_or_insert(e);
-            false
-        })
-    });
-    if let Some(e) = failure {
-        return Err(e.into());
-    }
+    let not_ff = manifest::refs_not_fast_forward_in(git_dir, prev, next)?;
     if !not_ff.is_empty() {
         return Err(ContentError::NotFastForward(not_ff));
     }

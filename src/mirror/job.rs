@@ -218,29 +218,8 @@ fn rewritten(
             .filter_map(|(name, id)| Some((name.clone(), id.parse().ok()?)))
             .collect(),
     };
-    let mut ancestry = None;
-    let mut failure = None;
-    let rewritten =
-        crate::manifest::refs_fast_forward_check(&ref_set(before), &ref_set(after), |old, new| {
-            if ancestry.is_none() {
-                match crate::git::Ancestry::open(git_dir) {
-                    Ok(walker) => ancestry = Some(walker),
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                        return false;
-                    }
-                }
-            }
-            let walker = ancestry.as_mut().expect("opened above");
-            walker.is_ancestor(old, new).unwrap_or_else(|e| {
-                failure.get_or_insert(e);
-                false
-            })
-        });
-    match failure {
-        Some(e) => Err(local(format!("walking the mirror's history: {e}"))),
-        None => Ok(rewritten),
-    }
+    crate::manifest::refs_not_fast_forward_in(git_dir, &ref_set(before), &ref_set(after))
+        .map_err(|e| local(format!("walking the mirror's history: {e}")))
 }
 
 /// The names (checksums) of the packs in the repository at `git_dir`.
