@@ -67,7 +67,7 @@ impl FetchJob {
         let (fresh, before, packs_before) = blocking(move || {
             let fresh = !dir.join("HEAD").exists();
             if fresh {
-                // A first fetch, or one that was killed before git wrote HEAD.
+                // A first fetch (a clone killed midway never got here).
                 let _ = std::fs::remove_dir_all(&dir);
                 if let Some(parent) = dir.parent() {
                     std::fs::create_dir_all(parent)
@@ -218,9 +218,30 @@ fn rewritten(
             .filter_map(|(name, id)| Some((name.clone(), id.parse().ok()?)))
             .collect(),
     };
-    crate::manifest::refs_not_fast_forward_in(git_dir, &ref_set(before), &ref_set(after))
+    let (mut before, after) = (ref_set(before), ref_set(after));
+    // Each moved branch costs a walk of history: an upstream that moves
+    // thousands at once has the first MAX_WALKED looked at, not all.
+    let mut moved = 0;
+    before.refs.retain(|name, old| match after.refs.get(name) {
+        Some(new) if new != old && !name.starts_with("refs/tags/") => {
+            moved += 1;
+            moved <= MAX_WALKED
+        }
+        _ => true,
+    });
+    if moved > MAX_WALKED {
+        debug!(
+            moved,
+            walked = MAX_WALKED,
+            "the upstream moved more branches than are checked for rewrites"
+        );
+    }
+    crate::manifest::refs_not_fast_forward_in(git_dir, &before, &after)
         .map_err(|e| local(format!("walking the mirror's history: {e}")))
 }
+
+/// Most moved branches one fetch checks for rewrites.
+const MAX_WALKED: usize = 64;
 
 /// The names (checksums) of the packs in the repository at `git_dir`.
 fn pack_names(git_dir: &Path) -> BTreeSet<String> {

@@ -250,7 +250,11 @@ impl MirrorHandle {
     }
 
     async fn tracked(&self, repo_id: &RepoId) -> Result<bool, MirrorError> {
-        Ok(self.store.has_repo(repo_id)?)
+        let (store, id) = (self.store.clone(), repo_id.clone());
+        tokio::task::spawn_blocking(move || store.has_repo(&id))
+            .await
+            .map_err(|_| MirrorError::Gone)?
+            .map_err(MirrorError::from)
     }
 
     async fn ask<T>(

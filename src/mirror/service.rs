@@ -22,7 +22,7 @@ use super::failure::{FailureClass, FetchFailure};
 use super::job::{FetchEnd, FetchJob, Fetched};
 use super::plan::{Finished, Planner};
 use super::tangled::{self, RecordSource, TangledError};
-use super::upstream::{Listing, Upstream};
+use super::upstream::{self, Listing, Upstream};
 use super::{MirrorCommand, MirrorError, MirrorSettings, events, repo_dir};
 use crate::{
     api::{MirrorFailure, MirrorView},
@@ -44,6 +44,8 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(6 * 3600);
 /// A record read again: where it says the repository lives now.
 struct Resolved {
     repo_id: RepoId,
+    /// The record read (a mirror added again meanwhile may have another).
+    record: String,
     result: Result<tangled::TangledRepo, TangledError>,
 }
 
@@ -53,6 +55,10 @@ struct Mirror {
     upstream: Upstream,
     /// When its record was last read (service time), for Tangled mirrors.
     resolved_at: Duration,
+    /// A read of its record is under way.
+    resolving: bool,
+    /// Its record is to be read again after the running fetch.
+    resolve_soon: bool,
     /// Fetches started so far.
     started: u64,
     last_success: Option<u64>,
@@ -151,11 +157,11 @@ impl Mirrors {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 Some(command) = self.rx.recv() => self.handle_command(command),
-                Some(ended) = self.fetches.join_next(), if !self.fetches.is_empty() => {
+                Some(ended) = self.fetches.join_next_with_id(), if !self.fetches.is_empty() => {
                     match ended {
-                        Ok(end) => self.handle_fetched(end),
+                        Ok((task, end)) => self.handle_fetched(task, end),
                         Err(e) if e.is_cancelled() => {}
-                        Err(e) => warn!(error = %e, "a mirror fetch task failed"),
+                        Err(e) => self.handle_fetch_panic(e),
                     }
                 }
                 Some(_) = self.chores.join_next(), if !self.chores.is_empty() => {}
@@ -194,6 +200,8 @@ impl Mirrors {
                 row,
                 upstream,
                 resolved_at: now,
+                resolving: false,
+                resolve_soon: false,
                 started: 0,
                 last_success: None,
                 last_change: None,
@@ -280,22 +288,31 @@ impl Mirrors {
         let dir = repo_dir(&self.settings.dir, &repo_id);
         let store = self.store.clone();
         self.chores.spawn(async move {
-            // A mirror whose first fetch never worked was never tracked.
-            let removed = match store.has_repo(&repo_id) {
-                Ok(false) => Ok(()),
-                Ok(true) => knot
-                    .command(crate::admin::Command::RemoveRepo {
-                        repo_id: repo_id.clone(),
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| MirrorError::Node(e.to_string())),
-                Err(e) => Err(e.into()),
-            };
-            if let Err(e) = tokio::fs::remove_dir_all(&dir).await
-                && e.kind() != std::io::ErrorKind::NotFound
+            // Always through the node's queue, behind a publish the aborted
+            // fetch may have handed it already; a refusal is fine when the
+            // repository is not tracked (a first fetch never worked).
+            let removed = match knot
+                .command(crate::admin::Command::RemoveRepo {
+                    repo_id: repo_id.clone(),
+                })
+                .await
             {
-                warn!(repo = %repo_id, dir = %dir.display(), error = %e, "cannot delete the mirror's repository");
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let check = store.clone();
+                    let id = repo_id.clone();
+                    match tokio::task::spawn_blocking(move || check.has_repo(&id)).await {
+                        Ok(Ok(false)) => Ok(()),
+                        _ => Err(MirrorError::Node(e.to_string())),
+                    }
+                }
+            };
+            for dir in [upstream::clone_dir(&dir), dir.clone()] {
+                if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    warn!(repo = %repo_id, dir = %dir.display(), error = %e, "cannot delete the mirror's repository");
+                }
             }
             let _ = reply.send(removed);
         });
@@ -359,8 +376,42 @@ impl Mirrors {
         }
     }
 
-    fn handle_fetched(&mut self, end: FetchEnd) {
-        self.running.remove(&end.repo_id);
+    /// A fetch task panicked: a failure of its mirror, so that its slots
+    /// in the schedule are given back.
+    fn handle_fetch_panic(&mut self, e: tokio::task::JoinError) {
+        warn!(error = %e, "a mirror fetch task failed");
+        let task = e.id();
+        let Some(repo_id) = self
+            .running
+            .iter()
+            .find(|(_, handle)| handle.id() == task)
+            .map(|(repo_id, _)| repo_id.clone())
+        else {
+            return;
+        };
+        let number = self.mirrors.get(&repo_id).map_or(0, |m| m.started);
+        let end = FetchEnd {
+            repo_id,
+            number,
+            result: Err(FetchFailure {
+                class: FailureClass::Local,
+                message: format!("the fetch task failed: {e}"),
+                retry_after: None,
+            }),
+            took: Duration::ZERO,
+        };
+        self.handle_fetched(task, end);
+    }
+
+    fn handle_fetched(&mut self, task: tokio::task::Id, end: FetchEnd) {
+        // Only the fetch running for the mirror as it is now counts: one of
+        // a mirror removed (and perhaps added again) meanwhile does not.
+        match self.running.get(&end.repo_id) {
+            Some(handle) if handle.id() == task => {
+                self.running.remove(&end.repo_id);
+            }
+            _ => return,
+        }
         let now = self.now();
         let finished = match &end.result {
             Ok(_) => Finished::Succeeded,
@@ -401,7 +452,8 @@ impl Mirrors {
                         info!(repo = %end.repo_id, %manifest, "published the upstream's new refs");
                     }
                     if !unchanged && !rewritten.is_empty() {
-                        warn!(repo = %end.repo_id, %manifest, refs = ?rewritten, "the upstream deleted or rewrote refs; the mirror follows it");
+                        let shown = &rewritten[..rewritten.len().min(10)];
+                        warn!(repo = %end.repo_id, %manifest, count = rewritten.len(), refs = ?shown, "the upstream deleted or rewrote refs; the mirror follows it");
                         let rewrite = MirrorRewrite {
                             at: mirror.last_success.unwrap_or_default(),
                             manifest: manifest.clone(),
@@ -470,13 +522,16 @@ impl Mirrors {
         };
         let since = now.saturating_sub(mirror.resolved_at);
         let due = match &mirror.error {
+            _ if mirror.resolve_soon => true,
             Some(_) => since >= self.settings.plan.failure_base,
             None => since >= RESOLVE_EVERY,
         };
-        let Some(source) = RecordSource::parse(&record).filter(|_| due) else {
+        let Some(source) = RecordSource::parse(&record).filter(|_| due && !mirror.resolving) else {
             return;
         };
         mirror.resolved_at = now;
+        mirror.resolving = true;
+        mirror.resolve_soon = false;
         let (xrpc, atproto, tx) = (
             self.xrpc.clone(),
             self.atproto.clone(),
@@ -485,21 +540,33 @@ impl Mirrors {
         let repo_id = repo_id.clone();
         self.chores.spawn(async move {
             let result = tangled::resolve(&xrpc, &atproto, &source, &record).await;
-            let _ = tx.send(Resolved { repo_id, result }).await;
+            let _ = tx
+                .send(Resolved {
+                    repo_id,
+                    record,
+                    result,
+                })
+                .await;
         });
     }
 
     /// A record read again: follow the repository when its record names
     /// another knot (the same repository id only).
     fn handle_resolved(&mut self, resolved: Resolved) {
-        let Resolved { repo_id, result } = resolved;
-        let Some((old, mut row)) = self
+        let Resolved {
+            repo_id,
+            record,
+            result,
+        } = resolved;
+        let Some(mirror) = self
             .mirrors
-            .get(&repo_id)
-            .map(|m| (m.upstream.clone(), m.row.clone()))
+            .get_mut(&repo_id)
+            .filter(|m| m.resolving && m.row.record.as_deref() == Some(&*record))
         else {
             return;
         };
+        mirror.resolving = false;
+        let (old, mut row) = (mirror.upstream.clone(), mirror.row.clone());
         let repo = match result {
             Ok(repo) => repo,
             Err(e) => {
@@ -523,7 +590,7 @@ impl Mirrors {
         if !self.planner.rehost(&repo_id, upstream.host()) {
             // A fetch is running; the next one that ends reads it again.
             if let Some(mirror) = self.mirrors.get_mut(&repo_id) {
-                mirror.resolved_at = Duration::ZERO;
+                mirror.resolve_soon = true;
             }
             return;
         }

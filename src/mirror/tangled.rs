@@ -181,7 +181,75 @@ pub async fn resolve(
         }
     };
     let record = format!("at://{did}/{COLLECTION}/{rkey}");
-    from_record(&did, &record, &value, atproto.allow_insecure_http)
+    let repo = from_record(&did, &record, &value, atproto.allow_insecure_http)?;
+    if !atproto.allow_insecure_http {
+        check_knot_addresses(&repo.knot)
+            .await
+            .map_err(|reason| TangledError::Invalid {
+                record: record.clone(),
+                reason,
+            })?;
+    }
+    Ok(repo)
+}
+
+/// How long resolving a knot's host name may take.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A knot's name must not lead to this machine or a private network: every
+/// address it resolves to now is checked (a record is its owner's to
+/// change, and a mirror follows it to another knot).
+async fn check_knot_addresses(knot: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(&format!("https://{knot}/"))
+        .map_err(|_| format!("its knot {knot:?} is not a host name"))?;
+    let host = url.host_str().unwrap_or_default().to_owned();
+    let port = url.port().unwrap_or(443);
+    let addrs = tokio::time::timeout(
+        LOOKUP_TIMEOUT,
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "its knot {knot:?} did not resolve within {} s",
+            LOOKUP_TIMEOUT.as_secs()
+        )
+    })?
+    .map_err(|e| format!("its knot {knot:?} does not resolve: {e}"))?;
+    for addr in addrs {
+        if !is_public(addr.ip()) {
+            return Err(format!(
+                "its knot {knot:?} resolves to {}, on this machine or a private network",
+                addr.ip()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `ip` is reachable on the public internet (not loopback, private,
+/// link-local, shared, unspecified or unique-local, IPv4-mapped included).
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_unique_local()
+                    || v6.is_unicast_link_local())
+            }
+        },
+    }
 }
 
 /// Check the record's fields and build the repository they name.
@@ -228,10 +296,7 @@ fn check_knot(knot: &str, allow_local: bool) -> Result<(), String> {
     let url = reqwest::Url::parse(&format!("https://{knot}/")).map_err(|_| bad())?;
     let host = url.host_str().ok_or_else(bad)?;
     let local = match host.trim_matches(['[', ']']).parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
-        }
-        Ok(IpAddr::V6(ip)) => ip.is_loopback() || ip.is_unspecified() || ip.is_unique_local(),
+        Ok(ip) => !is_public(ip),
         Err(_) => host == "localhost" || host.ends_with(".localhost"),
     };
     if local && !allow_local {
@@ -332,5 +397,38 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn only_public_addresses_count_as_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "1.1.1.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_knot_name_that_resolves_to_this_machine_is_refused() {
+        let err = check_knot_addresses("localhost:443").await.unwrap_err();
+        assert!(err.contains("private network"), "{err}");
     }
 }

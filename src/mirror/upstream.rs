@@ -227,19 +227,37 @@ pub async fn clone(
     upstream: &Upstream,
     limits: Limits,
 ) -> Result<(), FetchFailure> {
+    // Into a directory beside it, renamed when complete: git writes HEAD
+    // before the transfer, so a clone killed midway must not look like a
+    // repository (the next try starts afresh, see `clone_dir`).
+    let partial = clone_dir(git_dir);
+    let _ = tokio::fs::remove_dir_all(&partial).await;
     let mut cmd = command(upstream, None, limits);
     cmd.args(["clone", "--mirror", "--no-local", "--progress", "--"])
         .arg(upstream.url())
-        .arg(git_dir);
-    let cloned = match watch(cmd, Some(git_dir), limits, upstream).await {
-        Ok(_) => check_objects_size(git_dir, limits),
+        .arg(&partial);
+    let cloned = match watch(cmd, Some(&partial), limits, upstream).await {
+        Ok(_) => check_objects_size(&partial, limits),
+        Err(failure) => Err(failure),
+    };
+    let cloned = match cloned {
+        Ok(()) => tokio::fs::rename(&partial, git_dir).await.map_err(|e| {
+            FetchFailure::local(format!("moving the clone to {}: {e}", git_dir.display()))
+        }),
         Err(failure) => Err(failure),
     };
     if cloned.is_err() {
         // git removes what it made when it fails, not when it is killed.
-        let _ = tokio::fs::remove_dir_all(git_dir).await;
+        let _ = tokio::fs::remove_dir_all(&partial).await;
     }
     cloned
+}
+
+/// Where the first clone of the repository at `git_dir` is made.
+pub fn clone_dir(git_dir: &Path) -> std::path::PathBuf {
+    let mut name = git_dir.as_os_str().to_owned();
+    name.push(".clone");
+    std::path::PathBuf::from(name)
 }
 
 /// A transfer faster than the watch's look at it is caught here.
