@@ -39,6 +39,18 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    /// Its name as operators see it (`mirrors`, metrics): `dns`,
+    /// `http-status`, `not-found`...
+    pub fn name(self) -> String {
+        match self {
+            FailureClass::HttpStatus(_) => "http-status".to_owned(),
+            other => serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{other:?}")),
+        }
+    }
+
     /// What the operator can do about it.
     pub fn hint(self) -> &'static str {
         match self {
@@ -251,5 +263,13 @@ mod tests {
         let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
         assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(90)));
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn classes_are_named_as_operators_see_them() {
+        assert_eq!(FailureClass::HttpStatus(429).name(), "http-status");
+        assert_eq!(FailureClass::NotFound.name(), "not-found");
+        assert_eq!(FailureClass::TimedOut.name(), "timed-out");
+        assert_eq!(FailureClass::Dns.name(), "dns");
     }
 }

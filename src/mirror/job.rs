@@ -108,17 +108,18 @@ impl FetchJob {
         let dir = self.dir.clone();
         let packs_before_fetch = packs_before.clone();
         let previous = self.published.clone();
-        let (fetched_refs, new_packs, rewritten) = blocking(move || {
+        let (refs, fetched_refs, new_packs, rewritten) = blocking(move || {
             let new: BTreeSet<String> = pack_names(&dir)
                 .difference(&packs_before_fetch)
                 .cloned()
                 .collect();
-            let listing = upstream::local_listing(&dir)?;
+            let refs = upstream::local_refs(&dir)?;
+            let listing = Listing::of(&refs);
             let rewritten = match &previous {
-                Some(previous) if *previous != listing => rewritten(&dir, previous, &listing)?,
+                Some(previous) if *previous != listing => rewritten(&dir, previous, &refs)?,
                 _ => Vec::new(),
             };
-            Ok((listing, new, rewritten))
+            Ok((refs, listing, new, rewritten))
         })
         .await?;
         let fetched = started.elapsed();
@@ -137,28 +138,21 @@ impl FetchJob {
         // this service last published from it (or nothing, both sides).
         let builds_on_held = match (&self.published, &self.manifest) {
             (Some(published), Some(_)) => *published == before,
-            (None, None) => fresh || (before.refs.is_empty() && packs_before.is_empty()),
+            (None, None) => before.refs.is_empty() && packs_before.is_empty(),
             _ => false,
         };
         let received = match (builds_on_held, new_packs.len()) {
             (true, 1) => {
-                let pack = new_packs.into_iter().next();
                 let base = self.manifest.clone();
-                let dir = self.dir.clone();
-                blocking(move || {
-                    let refs = crate::git::read_refs(&dir)
-                        .map_err(|e| local(format!("reading the mirror's refs: {e}")))?;
-                    Ok(Some(Received {
-                        refs,
-                        pack,
-                        // A first fetch into an empty repository brought
-                        // everything, checked connected by git.
-                        connected: base.is_none(),
-                        thin: false,
-                        base,
-                    }))
+                Some(Received {
+                    refs,
+                    pack: new_packs.into_iter().next(),
+                    // A first fetch into an empty repository brought
+                    // everything, checked connected by git.
+                    connected: base.is_none(),
+                    thin: false,
+                    base,
                 })
-                .await?
             }
             _ => None,
         };
@@ -208,17 +202,16 @@ impl FetchJob {
 fn rewritten(
     git_dir: &Path,
     before: &Listing,
-    after: &Listing,
+    after: &crate::git::RefSet,
 ) -> Result<Vec<String>, FetchFailure> {
-    let ref_set = |listing: &Listing| crate::git::RefSet {
+    let mut before = crate::git::RefSet {
         head: None,
-        refs: listing
+        refs: before
             .refs
             .iter()
             .filter_map(|(name, id)| Some((name.clone(), id.parse().ok()?)))
             .collect(),
     };
-    let (mut before, after) = (ref_set(before), ref_set(after));
     // Each moved branch costs a walk of history: an upstream that moves
     // thousands at once has the first MAX_WALKED looked at, not all.
     let mut moved = 0;
@@ -236,7 +229,7 @@ fn rewritten(
             "the upstream moved more branches than are checked for rewrites"
         );
     }
-    crate::manifest::refs_not_fast_forward_in(git_dir, &before, &after)
+    crate::manifest::refs_not_fast_forward_in(git_dir, &before, after)
         .map_err(|e| local(format!("walking the mirror's history: {e}")))
 }
 

@@ -427,7 +427,7 @@ impl Mirrors {
                     unchanged: true, ..
                 }) => "unchanged".to_owned(),
                 Ok(Fetched::Published { .. }) => "published".to_owned(),
-                Err(failure) => failure_view(failure).class,
+                Err(failure) => failure.class.name(),
             };
             metrics.mirror_fetched(&result, end.took);
         }
@@ -646,18 +646,12 @@ impl Mirrors {
 }
 
 fn failure_view(failure: &FetchFailure) -> MirrorFailure {
-    let (class, status) = match failure.class {
-        FailureClass::HttpStatus(code) => ("http-status".to_owned(), Some(code)),
-        other => (
-            serde_json::to_value(other)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("{other:?}")),
-            None,
-        ),
+    let status = match failure.class {
+        FailureClass::HttpStatus(code) => Some(code),
+        _ => None,
     };
     MirrorFailure {
-        class,
+        class: failure.class.name(),
         status,
         message: failure.message.clone(),
         hint: failure.class.hint().to_owned(),

@@ -296,19 +296,30 @@ pub async fn set_head(
 
 /// The refs of the mirror's repository, in the form of a [`Listing`].
 pub fn local_listing(git_dir: &Path) -> Result<Listing, FetchFailure> {
-    let refs = crate::git::read_refs(git_dir)
-        .map_err(|e| FetchFailure::local(format!("reading the mirror's refs: {e}")))?;
-    Ok(Listing {
-        head: refs.head.as_ref().map(|h| match h {
-            crate::git::Head::Symbolic(name) => name.clone(),
-            crate::git::Head::Detached(id) => id.to_string(),
-        }),
-        refs: refs
-            .refs
-            .iter()
-            .map(|(name, id)| (name.clone(), id.to_string()))
-            .collect(),
-    })
+    Ok(Listing::of(&local_refs(git_dir)?))
+}
+
+/// The refs of the mirror's repository.
+pub fn local_refs(git_dir: &Path) -> Result<crate::git::RefSet, FetchFailure> {
+    crate::git::read_refs(git_dir)
+        .map_err(|e| FetchFailure::local(format!("reading the mirror's refs: {e}")))
+}
+
+impl Listing {
+    /// `refs` in the form of a listing.
+    pub fn of(refs: &crate::git::RefSet) -> Listing {
+        Listing {
+            head: refs.head.as_ref().map(|h| match h {
+                crate::git::Head::Symbolic(name) => name.clone(),
+                crate::git::Head::Detached(id) => id.to_string(),
+            }),
+            refs: refs
+                .refs
+                .iter()
+                .map(|(name, id)| (name.clone(), id.to_string()))
+                .collect(),
+        }
+    }
 }
 
 fn parse_listing(text: &str) -> Result<Listing, FetchFailure> {
