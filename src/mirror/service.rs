@@ -274,7 +274,8 @@ impl Mirrors {
             self.stop_listening_if_unused(&gone.upstream.host());
         }
         self.planner.remove(&repo_id);
-        if let Some(fetch) = self.running.remove(&repo_id) {
+        let fetch = self.running.remove(&repo_id);
+        if let Some(fetch) = &fetch {
             fetch.abort();
         }
         for waiter in self.waiters.remove(&repo_id).unwrap_or_default() {
@@ -288,6 +289,14 @@ impl Mirrors {
         let dir = repo_dir(&self.settings.dir, &repo_id);
         let store = self.store.clone();
         self.chores.spawn(async move {
+            // The aborted fetch ends (its git killed) before anything is
+            // removed: git could otherwise write into what was removed.
+            if let Some(fetch) = fetch {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !fetch.is_finished() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
             // Always through the node's queue, behind a publish the aborted
             // fetch may have handed it already; a refusal is fine when the
             // repository is not tracked (a first fetch never worked).
