@@ -132,6 +132,16 @@ impl SimNode {
         }
     }
 
+    /// Whether the node trusts no peer of `repo` but those its record
+    /// names (no operator peers), by its core or its disk.
+    pub fn trusts_only_the_record(&self, repo: &RepoId) -> bool {
+        let config = match &self.core {
+            Some(core) => core.repos.get(repo).map(|r| &r.config),
+            None => self.disk.rows.get(repo).map(|row| &row.config),
+        };
+        config.is_some_and(|c| c.operator_peers.is_empty())
+    }
+
     /// The manifest the node holds for `repo`, by its core or its disk.
     pub fn held_manifest(&self, repo: &RepoId) -> Option<Hash> {
         match &self.core {

@@ -356,9 +356,12 @@ impl World {
                     continue;
                 }
                 // A follower whose only trust was the record has none once
-                // the owner deleted it.
+                // the owner deleted it: a home that trusts the record, and
+                // any node the extreme operator made track the repository
+                // with a bare `sync` (an author, say).
+                let record_only = self.nodes[n].trusts_only_the_record(&repo.id);
                 let deleted = !self.still_published(&repo.id);
-                if deleted && self.nodes[n].role == Role::HomeTrustingRecord {
+                if deleted && record_only {
                     continue;
                 }
                 // Nor one whose owner's record never named a state: the
@@ -371,7 +374,7 @@ impl World {
                     .get(repo.id.did())
                     .and_then(|p| p.records.get(repo.id.name()))
                     .is_some_and(|r| r.manifest_hash().is_some());
-                if !named && self.nodes[n].role == Role::HomeTrustingRecord {
+                if !named && record_only {
                     continue;
                 }
                 // A repository first tracked after the faults stopped (the
