@@ -6,7 +6,6 @@
 
 #[path = "bench/gitd.rs"]
 mod gitd;
-#[cfg(feature = "gix-eval")]
 #[path = "bench/indexers.rs"]
 mod indexers;
 #[path = "bench/mirroring.rs"]
@@ -55,7 +54,7 @@ enum Scenario {
     /// replication, push and clones against git, and process counts.
     Real,
     /// `git index-pack` against `gix-pack` on packs of several shapes (only
-    /// when asked for; needs a build with `--features gix-eval`).
+    /// when asked for).
     Indexers,
 }
 
@@ -167,7 +166,7 @@ fn plan(cli: &Cli, work: PathBuf) -> Result<Plan> {
     };
     let needs_knotd = matches!(
         cli.scenario,
-        Scenario::All | Scenario::Scale | Scenario::Admin | Scenario::Real
+        Scenario::All | Scenario::Scale | Scenario::Admin | Scenario::Real | Scenario::Indexers
     );
     let knotd = if needs_knotd {
         nodes::find_knotd(cli.knotd.as_deref())?
@@ -276,16 +275,7 @@ async fn run(cli: Cli) -> Result<bool> {
     }
 
     if cli.scenario == Scenario::Indexers {
-        #[cfg(feature = "gix-eval")]
         record("indexers", indexers::indexers(&plan).await);
-        #[cfg(not(feature = "gix-eval"))]
-        record(
-            "indexers",
-            Err(anyhow::anyhow!(
-                "this knotd-bench was built without gix-pack: \
-                 cargo build --release --features gix-eval --bin knotd-bench"
-            )),
-        );
     }
 
     let mut ok = true;

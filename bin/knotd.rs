@@ -83,6 +83,19 @@ enum Cmd {
         #[command(subcommand)]
         command: AdminCmd,
     },
+    /// Index a self-contained pack read from standard input into a
+    /// directory with gix-pack; run by the node itself for new
+    /// repositories, in a process of its own. Prints
+    /// `pack<TAB><name><TAB>connected|unconnected`.
+    #[command(hide = true)]
+    IndexPack {
+        /// The directory that receives `pack-<name>.pack` and `.idx`.
+        #[arg(long)]
+        pack_dir: PathBuf,
+        /// Threads that resolve deltas (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -285,6 +298,24 @@ fn return_freed_memory_while_idle() {
     }
 }
 
+/// `knotd index-pack`: the pack on standard input into `pack_dir`.
+fn index_pack(pack_dir: &std::path::Path, threads: Option<usize>) -> Result<()> {
+    use knotd::git::{GIX_CONNECTED, GIX_UNCONNECTED, gix_index};
+    let mut stdin = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin().lock());
+    let options = gix_index::IndexOptions {
+        threads,
+        ..Default::default()
+    };
+    let indexed = gix_index::index_stream(&mut stdin, pack_dir, options)?;
+    let verdict = if indexed.connected {
+        GIX_CONNECTED
+    } else {
+        GIX_UNCONNECTED
+    };
+    println!("pack\t{}\t{verdict}", indexed.name);
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match real_main(cli) {
@@ -305,6 +336,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main(cli: Cli) -> Result<()> {
+    if let Cmd::IndexPack { pack_dir, threads } = &cli.command {
+        return index_pack(pack_dir, *threads);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("knotd=info,warn")),
@@ -344,6 +378,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 Ok(())
             }
             Cmd::Admin { target, command } => admin_command(&target, command).await,
+            Cmd::IndexPack { .. } => unreachable!("handled above"),
         }
     });
     // Work still running (a git process on a blocking thread) gets a bounded

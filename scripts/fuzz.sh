@@ -31,7 +31,7 @@ if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -eq 0 ]; then
 fi
 sanitizer=${FUZZ_SANITIZER:-address}
 jobs=${FUZZ_JOBS:-1}
-all_targets=(announcement manifest record_json admin_command ticket repo_id ref_name)
+all_targets=(announcement manifest record_json admin_command ticket repo_id ref_name pack_index)
 read -r -a targets <<<"${FUZZ_TARGETS:-${all_targets[*]}}"
 
 export RUSTC_BOOTSTRAP=1

@@ -13,6 +13,20 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use crate::api::PolicyDefault;
+use crate::git::PackIndexer;
+
+/// The `pack_indexer` setting ([`Config::pack_indexer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PackIndexerChoice {
+    /// gix-pack when the knotd executable is known, else git.
+    #[default]
+    Auto,
+    /// gix-pack; the node refuses to start without the knotd executable.
+    Gix,
+    /// `git index-pack` only.
+    Git,
+}
 
 /// Errors loading a config file.
 #[derive(Debug, thiserror::Error)]
@@ -289,6 +303,17 @@ pub struct Config {
     /// Most bytes all repositories' states may have together (default: no
     /// limit).
     pub max_total_bytes: Option<u64>,
+    /// What indexes the first pack of a repository new to this node, the
+    /// largest indexing work it does: `"auto"` (default) gix-pack, deltas
+    /// resolved on every core, in a child process running `knotd
+    /// index-pack` when the knotd executable is known (else git); `"gix"`
+    /// the same, refusing to start without it; `"git"` always `git
+    /// index-pack`. Every other pack, and any pack gix-pack refuses, is
+    /// indexed by git.
+    pub pack_indexer: PackIndexerChoice,
+    /// The knotd executable that runs `knotd index-pack` (default: the
+    /// running program, when it is `knotd`).
+    pub indexer_program: Option<PathBuf>,
     /// Which repositories nobody asked for explicitly this node seeds.
     pub policy: PolicyConfig,
     /// ATProto polling and write-back.
@@ -399,6 +424,8 @@ impl Default for Config {
             max_large_jobs: 2,
             max_repo_bytes: None,
             max_total_bytes: None,
+            pack_indexer: PackIndexerChoice::Auto,
+            indexer_program: None,
             policy: PolicyConfig::default(),
             atproto: AtprotoConfig::default(),
             follow: FollowingConfig::default(),
@@ -547,7 +574,38 @@ impl Config {
                 reason: "must be between 0 and 1".into(),
             });
         }
+        self.pack_indexer()?;
         Ok(())
+    }
+
+    /// Resolve `pack_indexer` and `indexer_program`.
+    pub fn pack_indexer(&self) -> Result<PackIndexer, ConfigError> {
+        if self.pack_indexer == PackIndexerChoice::Git {
+            return Ok(PackIndexer::Git);
+        }
+        let program = match &self.indexer_program {
+            Some(program) => Some(program.clone()),
+            None => std::env::current_exe()
+                .ok()
+                .filter(|exe| exe.file_name().is_some_and(|name| name == "knotd")),
+        };
+        match program {
+            Some(program) if program.is_file() => Ok(PackIndexer::Gix { program }),
+            Some(program) if self.indexer_program.is_some() => Err(ConfigError::Invalid {
+                field: "indexer_program",
+                reason: format!(
+                    "{} is not a file: give the path of the knotd executable",
+                    program.display()
+                ),
+            }),
+            _ if self.pack_indexer == PackIndexerChoice::Gix => Err(ConfigError::Invalid {
+                field: "pack_indexer",
+                reason: "\"gix\" needs the knotd executable: set indexer_program to its path, \
+                         or use \"auto\" or \"git\""
+                    .into(),
+            }),
+            _ => Ok(PackIndexer::Git),
+        }
     }
 
     /// Resolve the `relay` setting.

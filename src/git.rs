@@ -37,6 +37,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 mod deadline;
+pub mod gix_index;
 mod pack;
 mod refs;
 mod walk;
@@ -45,7 +46,8 @@ pub(crate) use deadline::Deadline;
 pub use deadline::{DEFAULT_TIMEOUT, set_timeout, timeout};
 
 pub use pack::{
-    Indexed, Pack, PackStream, index_pack, index_pack_from, pack_objects, parse_pack_header,
+    GIX_CONNECTED, GIX_UNCONNECTED, Indexed, Pack, PackIndexer, PackStream, index_pack,
+    index_pack_from, index_pack_from_with, pack_objects, parse_pack_header,
     parse_pack_header_prefix, spawn_pack_objects, unwrap_git_error, write_midx_bitmap,
 };
 pub use refs::{

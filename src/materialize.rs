@@ -43,8 +43,17 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::git::{self, GitError, ObjectFormat};
+use crate::git::{self, GitError, ObjectFormat, PackIndexer};
 use crate::manifest::{Manifest, PackEntry};
+use tracing::{debug, warn};
+
+mod verified;
+use verified::Verified;
+
+/// Smallest first pack of a new repository that the gix-pack indexer
+/// takes (smaller ones go to `git index-pack`, whose start costs less and
+/// whose time on them is a few milliseconds).
+pub const GIX_MIN_PACK_BYTES: u64 = 1 << 20;
 
 /// Marker file holding the hex hash of the materialized manifest.
 pub const MANIFEST_MARKER: &str = "knot-manifest";
@@ -54,9 +63,6 @@ pub const PACKS_MARKER: &str = "knot-packs";
 pub const MANIFEST_COPY: &str = "knot-manifest.bin";
 /// What the manifest marker says while refs are being moved.
 const PENDING: &str = "pending\n";
-/// Bytes at the end of a pack withheld from git until the pack is verified
-/// (more than the longest pack trailer).
-const HOLD_BACK: usize = 64;
 
 /// A pack's bytes as the loader provides them.
 pub type PackReader = Box<dyn Read + Send>;
@@ -179,17 +185,27 @@ pub fn materialize(
     manifest: &Manifest,
     load_pack: &mut LoadPack<'_>,
 ) -> Result<Outcome, MaterializeError> {
-    materialize_with(dest, manifest_hash, manifest, load_pack, None)
+    materialize_with(
+        dest,
+        manifest_hash,
+        manifest,
+        load_pack,
+        None,
+        &PackIndexer::Git,
+    )
 }
 
 /// [`materialize`], linking the files of `staged` for its manifest entry
-/// instead of indexing that pack's blob.
+/// instead of indexing that pack's blob, and indexing the first pack of a
+/// new repository with `indexer` (when it is [`GIX_MIN_PACK_BYTES`] or
+/// larger; other packs, and any pack `indexer` refuses, with git).
 pub fn materialize_with(
     dest: &Path,
     manifest_hash: [u8; 32],
     manifest: &Manifest,
     load_pack: &mut LoadPack<'_>,
     staged: Option<&Staged>,
+    indexer: &PackIndexer,
 ) -> Result<Outcome, MaterializeError> {
     let hash_hex = data_encoding::HEXLOWER.encode(&manifest_hash);
     let marker = dest.join(MANIFEST_MARKER);
@@ -216,7 +232,7 @@ pub fn materialize_with(
             path: dest.to_path_buf(),
         });
     }
-    create(dest, &hash_hex, manifest, load_pack, staged)
+    create(dest, &hash_hex, manifest, load_pack, staged, indexer)
 }
 
 /// Build a fresh repository next to `dest` and rename it into place.
@@ -226,6 +242,7 @@ fn create(
     manifest: &Manifest,
     load_pack: &mut LoadPack<'_>,
     staged: Option<&Staged>,
+    indexer: &PackIndexer,
 ) -> Result<Outcome, MaterializeError> {
     manifest.refs.validate()?;
     let bad_dest = || MaterializeError::BadDestination {
@@ -248,8 +265,12 @@ fn create(
     let format = manifest.refs.object_format()?.unwrap_or(ObjectFormat::Sha1);
     let git_dir = git::init_bare_with_format(tmp.path(), format)?;
     let mut all_connected = true;
-    for entry in &manifest.packs {
-        all_connected &= add_pack(&git_dir, entry, load_pack, staged)?.connected;
+    for (i, entry) in manifest.packs.iter().enumerate() {
+        // Only the first pack of a new repository can be self-contained:
+        // the later ones are thin, and only git completes those.
+        let gix = i == 0 && format == ObjectFormat::Sha1 && entry.size >= GIX_MIN_PACK_BYTES;
+        let indexer = if gix { indexer } else { &PackIndexer::Git };
+        all_connected &= add_pack(&git_dir, entry, load_pack, staged, indexer)?.connected;
     }
     if !all_connected {
         git::check_connected(&git_dir, &manifest.refs.tips(), &[])
@@ -313,7 +334,13 @@ fn update(
     let prepared = (|| {
         for entry in &manifest.packs {
             if !indexed.contains(&entry.hash_hex()) {
-                added.push(add_pack(&git_dir, entry, load_pack, staged)?);
+                added.push(add_pack(
+                    &git_dir,
+                    entry,
+                    load_pack,
+                    staged,
+                    &PackIndexer::Git,
+                )?);
                 packs_indexed += 1;
             }
         }
@@ -414,10 +441,29 @@ fn add_pack(
     entry: &PackEntry,
     load_pack: &mut LoadPack<'_>,
     staged: Option<&Staged>,
+    indexer: &PackIndexer,
 ) -> Result<git::Indexed, MaterializeError> {
     match staged {
         Some(staged) if staged.hash == entry.hash => link_staged(git_dir, staged),
-        _ => index_verified(git_dir, entry, load_pack),
+        _ if *indexer != PackIndexer::Git => {
+            match index_verified(git_dir, entry, load_pack, indexer) {
+                Ok(indexed) => Ok(indexed),
+                // The bytes were wrong: git would find the same.
+                Err(
+                    e @ (MaterializeError::CorruptPack { .. }
+                    | MaterializeError::PackUnavailable { .. }),
+                ) => Err(e),
+                Err(e) => {
+                    warn!(
+                        pack = %entry.hash_hex(),
+                        error = %e,
+                        "gix-pack did not index this pack; indexing it with git"
+                    );
+                    index_verified(git_dir, entry, load_pack, &PackIndexer::Git)
+                }
+            }
+        }
+        _ => index_verified(git_dir, entry, load_pack, &PackIndexer::Git),
     }
 }
 
@@ -525,9 +571,20 @@ fn index_verified(
     git_dir: &Path,
     entry: &PackEntry,
     load_pack: &mut LoadPack<'_>,
+    indexer: &PackIndexer,
 ) -> Result<git::Indexed, MaterializeError> {
     let mut reader = Verified::new(load_pack(entry)?, entry);
-    git::index_pack_from(git_dir, &mut reader).map_err(|e| match e {
+    let started = std::time::Instant::now();
+    let indexed = git::index_pack_from_with(git_dir, &mut reader, indexer);
+    debug!(
+        pack = %entry.hash_hex(),
+        bytes = entry.size,
+        indexer = if *indexer == PackIndexer::Git { "git" } else { "gix" },
+        ok = indexed.is_ok(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "pack indexed"
+    );
+    indexed.map_err(|e| match e {
         // The reader's verdict (a corrupt or vanished pack) comes first.
         GitError::Io { source, .. }
             if source
@@ -545,134 +602,6 @@ fn index_verified(
         // one whichever of the two noticed first.
         other => reader.verdict().unwrap_or(MaterializeError::Git(other)),
     })
-}
-
-/// A pack reader that checks size, header object count and BLAKE3 hash
-/// against the manifest entry as bytes pass, and withholds the last
-/// [`HOLD_BACK`] bytes until the whole pack has matched.
-struct Verified<'e> {
-    inner: PackReader,
-    entry: &'e PackEntry,
-    hasher: blake3::Hasher,
-    seen: u64,
-    header: Vec<u8>,
-    pending: Vec<u8>,
-    start: usize,
-    verified: bool,
-}
-
-impl<'e> Verified<'e> {
-    fn new(inner: PackReader, entry: &'e PackEntry) -> Self {
-        Verified {
-            inner,
-            entry,
-            hasher: blake3::Hasher::new(),
-            seen: 0,
-            header: Vec::with_capacity(12),
-            pending: Vec::with_capacity(128 * 1024),
-            start: 0,
-            verified: false,
-        }
-    }
-
-    fn corrupt(&self, reason: String) -> io::Error {
-        io::Error::other(MaterializeError::CorruptPack {
-            hash: self.entry.hash_hex(),
-            reason,
-        })
-    }
-
-    /// Account for `bytes` just read from the loader.
-    fn take(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.seen += bytes.len() as u64;
-        if self.seen > self.entry.size {
-            return Err(self.corrupt(format!("more than {} bytes", self.entry.size)));
-        }
-        if self.header.len() < 12 {
-            let n = (12 - self.header.len()).min(bytes.len());
-            self.header.extend_from_slice(&bytes[..n]);
-            if self.header.len() == 12 {
-                let objects = git::parse_pack_header_prefix(&self.header)
-                    .map_err(|e| self.corrupt(e.to_string()))?;
-                if objects != self.entry.objects {
-                    return Err(self.corrupt(format!(
-                        "{objects} objects instead of {}",
-                        self.entry.objects
-                    )));
-                }
-            }
-        }
-        self.hasher.update(bytes);
-        self.pending.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    /// After the consumer stopped early: read the rest of the pack through
-    /// the checks and return what they found wrong, if anything. Bounded by
-    /// the entry's size, which [`Self::take`] enforces.
-    fn verdict(&mut self) -> Option<MaterializeError> {
-        let mut sink = vec![0u8; 64 * 1024];
-        loop {
-            match self.read(&mut sink) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e) => {
-                    return e
-                        .into_inner()
-                        .and_then(|inner| inner.downcast::<MaterializeError>().ok())
-                        .map(|boxed| *boxed);
-                }
-            }
-        }
-    }
-
-    /// The loader is done: check everything.
-    fn verify(&mut self) -> io::Result<()> {
-        if self.seen != self.entry.size {
-            return Err(self.corrupt(format!(
-                "{} bytes instead of {}",
-                self.seen, self.entry.size
-            )));
-        }
-        if self.header.len() < 12 {
-            return Err(self.corrupt(format!("only {} bytes", self.seen)));
-        }
-        if self.hasher.finalize().as_bytes() != &self.entry.hash {
-            return Err(self.corrupt("BLAKE3 hash mismatch".into()));
-        }
-        self.verified = true;
-        Ok(())
-    }
-}
-
-impl Read for Verified<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            let available = self.pending.len() - self.start;
-            let releasable = if self.verified {
-                available
-            } else {
-                available.saturating_sub(HOLD_BACK)
-            };
-            if releasable > 0 || (self.verified && available == 0) {
-                let n = releasable.min(out.len());
-                out[..n].copy_from_slice(&self.pending[self.start..self.start + n]);
-                self.start += n;
-                if self.start > 64 * 1024 && self.start * 2 > self.pending.len() {
-                    self.pending.drain(..self.start);
-                    self.start = 0;
-                }
-                return Ok(n);
-            }
-            match self.inner.read(&mut chunk) {
-                Ok(0) => self.verify()?,
-                Ok(n) => self.take(&chunk[..n])?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
 }
 
 /// Write the marker files atomically (temp file + rename each): the

@@ -266,6 +266,9 @@ async fn indexing_while_downloading_stops_with_the_download_and_leaves_nothing()
                         manifest_hash,
                         &fetched,
                         failed,
+                        &knotd::git::PackIndexer::Gix {
+                            program: env!("CARGO_BIN_EXE_knotd").into(),
+                        },
                     )
                     .await
                 }
@@ -318,6 +321,13 @@ async fn indexing_while_downloading_stops_with_the_download_and_leaves_nothing()
     assert_eq!(outcome, knotd::materialize::Outcome::Created);
     assert_eq!(fingerprint(&dest), fingerprint(&author.repo_path(REPO)));
     git(&dest, &["fsck", "--full", "--no-progress"]);
+    // gix-pack indexed it (git would have written a reverse index).
+    let rev = std::fs::read_dir(dest.join("objects/pack"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "rev"))
+        .count();
+    assert_eq!(rev, 0, "the first pack goes to gix-pack");
     fresh.stop().await;
     author.stop().await;
 }

@@ -4,8 +4,9 @@
 //! on packs of several shapes: the two real-shaped repositories, many small
 //! objects, big incompressible binaries and long delta chains. Both compute
 //! every object id from content; the two indexes are compared entry by entry
-//! (`git show-index`: id, offset, CRC-32). Built only with
-//! `--features gix-eval`: the node itself does not link `gix-pack`.
+//! (`git show-index`: id, offset, CRC-32). The node's own indexer, `knotd
+//! index-pack` (gix-pack in a child process, plus the pass that tells
+//! whether the pack is connected), is timed beside them.
 
 use std::{
     fs::File,
@@ -36,10 +37,11 @@ type Build = fn(&Path, u64) -> Result<()>;
 pub async fn indexers(plan: &Plan) -> Result<ScenarioReport> {
     let plan_work = plan.work.join("indexers");
     let (iterations, seed) = (plan.iterations.max(1), plan.seed);
-    tokio::task::spawn_blocking(move || run(&plan_work, iterations, seed)).await?
+    let knotd = plan.knotd.clone();
+    tokio::task::spawn_blocking(move || run(&plan_work, &knotd, iterations, seed)).await?
 }
 
-fn run(work: &Path, iterations: usize, seed: u64) -> Result<ScenarioReport> {
+fn run(work: &Path, knotd: &Path, iterations: usize, seed: u64) -> Result<ScenarioReport> {
     let mut report = ScenarioReport::new("indexers");
     std::fs::create_dir_all(work)?;
     report.param("gix_pack_version", "0.78");
@@ -70,35 +72,35 @@ fn run(work: &Path, iterations: usize, seed: u64) -> Result<ScenarioReport> {
             max_chain(&repo, &pack)? as f64,
             "deltas",
         );
-        let (mut git_s, mut gix_s) = (Vec::new(), Vec::new());
+        let (mut git_s, mut gix_s, mut node_s) = (Vec::new(), Vec::new(), Vec::new());
         let mut same = true;
         for i in 0..iterations {
             progress(&format!("{name}: {}/{iterations}", i + 1));
-            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
-            let (mut git_idx, mut gix_idx) = (None, None);
+            let order = [[0, 1, 2], [1, 2, 0], [2, 0, 1]][i % 3];
+            let mut indexes = [None, None, None];
             for which in order {
                 let dest = work.join(format!("{name}-index-{which}"));
                 let _ = std::fs::remove_dir_all(&dest);
                 std::fs::create_dir_all(&dest)?;
-                if which == 0 {
-                    let (took, idx) = git_index_pack(&dest, &pack)?;
-                    git_s.push(took);
-                    git_idx = Some(show_index(&idx)?);
-                } else {
-                    let (took, idx) = gix_index(&dest, &pack)?;
-                    gix_s.push(took);
-                    gix_idx = Some(show_index(&idx)?);
-                }
+                let (took, idx) = match which {
+                    0 => git_index_pack(&dest, &pack)?,
+                    1 => gix_index(&dest, &pack)?,
+                    _ => knotd_index_pack(knotd, &dest, &pack)?,
+                };
+                [&mut git_s, &mut gix_s, &mut node_s][which].push(took);
+                indexes[which] = Some(show_index(&idx)?);
             }
-            same &= git_idx.is_some() && git_idx == gix_idx;
-            for which in 0..2 {
+            same &= indexes[0].is_some() && indexes[0] == indexes[1] && indexes[0] == indexes[2];
+            for which in 0..3 {
                 let _ = std::fs::remove_dir_all(work.join(format!("{name}-index-{which}")));
             }
         }
-        let (g, x) = (median(&git_s), median(&gix_s));
+        let (g, x, n) = (median(&git_s), median(&gix_s), median(&node_s));
         report.fig(format!("{name}_git_index_pack_ms"), round3(g * 1e3), "ms");
         report.fig(format!("{name}_gix_pack_ms"), round3(x * 1e3), "ms");
         report.fig(format!("{name}_gix_ratio"), round3(x / g), "x");
+        report.fig(format!("{name}_knotd_index_pack_ms"), round3(n * 1e3), "ms");
+        report.fig(format!("{name}_knotd_index_pack_ratio"), round3(n / g), "x");
         report.fig(
             format!("{name}_same_index"),
             if same { 1.0 } else { 0.0 },
@@ -157,6 +159,30 @@ fn gix_index(dest: &Path, pack: &Path) -> Result<(f64, PathBuf)> {
     let took = started.elapsed().as_secs_f64();
     let idx = outcome.index_path.context("gix-pack wrote no index")?;
     Ok((took, idx))
+}
+
+/// The node's indexer: `knotd index-pack` in a child process reading
+/// `pack` from its standard input, into `dest/pack`, with the connectivity
+/// pass; it must find the pack connected.
+fn knotd_index_pack(knotd: &Path, dest: &Path, pack: &Path) -> Result<(f64, PathBuf)> {
+    let dir = dest.join("pack");
+    std::fs::create_dir_all(&dir)?;
+    let started = Instant::now();
+    let out = Command::new(knotd)
+        .arg("index-pack")
+        .arg("--pack-dir")
+        .arg(&dir)
+        .stdin(File::open(pack)?)
+        .output()?;
+    let took = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !stdout.ends_with("\tconnected\n") {
+        bail!(
+            "knotd index-pack: {stdout:?} {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok((took, only_file(&dir, "idx")?))
 }
 
 /// `git show-index` of an index: one line per object, id, offset, CRC-32.

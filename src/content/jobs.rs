@@ -36,6 +36,7 @@ use super::{ContentError, GcGuard, Optimizer};
 use crate::{
     content,
     core::{JobError, JobProgress, JobResult, JobSpec, ProviderFault, StateInfo},
+    git::PackIndexer,
     manifest::Manifest,
     materialize,
     repo_id::RepoId,
@@ -62,6 +63,8 @@ pub struct JobContext {
     pub optimizer: Optimizer,
     /// Permits to index large packs (`max_large_jobs`).
     pub large_jobs: LargeJobs,
+    /// What indexes the first pack of a new repository (`pack_indexer`).
+    pub indexer: PackIndexer,
 }
 
 /// Permits to index large packs: a fetch whose new packs hold
@@ -415,9 +418,15 @@ async fn fetch(
             )),
         };
         let dest = ctx.dest(repo);
-        let outcome =
-            content::materialize_arriving(&ctx.blobs, &dest, manifest, &fetched, download_failed)
-                .await?;
+        let outcome = content::materialize_arriving(
+            &ctx.blobs,
+            &dest,
+            manifest,
+            &fetched,
+            download_failed,
+            &ctx.indexer,
+        )
+        .await?;
         drop(large);
         Ok(outcome)
     };

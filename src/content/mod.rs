@@ -29,7 +29,7 @@ use n0_future::StreamExt;
 use tracing::debug;
 
 use crate::{
-    git::GitError,
+    git::{GitError, PackIndexer},
     manifest::{Manifest, ManifestError, PackEntry},
     materialize::{self, MaterializeError, Outcome},
     repo_id::RepoId,
@@ -332,21 +332,33 @@ pub async fn materialize_with(
     manifest: &Manifest,
     staged: Option<materialize::Staged>,
 ) -> Result<Outcome, ContentError> {
-    materialize_reading(blobs, dest, hash, manifest, staged, None).await
+    materialize_reading(blobs, dest, hash, manifest, staged, None, PackIndexer::Git).await
 }
 
 /// [`materialize`] while the packs are still being downloaded
 /// ([`fetch_indexing`]): each pack is indexed as its bytes arrive, in
 /// order, and reading stops with an error once `download_failed` is
-/// cancelled.
+/// cancelled. A new repository's first pack is indexed by `indexer`
+/// ([`materialize::materialize_with`]).
 pub async fn materialize_arriving(
     blobs: &Store,
     dest: &Path,
     hash: Hash,
     manifest: &Manifest,
     download_failed: CancellationToken,
+    indexer: &PackIndexer,
 ) -> Result<Outcome, ContentError> {
-    materialize_reading(blobs, dest, hash, manifest, None, Some(download_failed)).await
+    let indexer = indexer.clone();
+    materialize_reading(
+        blobs,
+        dest,
+        hash,
+        manifest,
+        None,
+        Some(download_failed),
+        indexer,
+    )
+    .await
 }
 
 /// Materialize with packs read as they are ([`pack_reader`]) or, given a
@@ -358,6 +370,7 @@ async fn materialize_reading(
     manifest: &Manifest,
     staged: Option<materialize::Staged>,
     arriving: Option<CancellationToken>,
+    indexer: PackIndexer,
 ) -> Result<Outcome, ContentError> {
     let blobs = blobs.clone();
     let dest = dest.to_path_buf();
@@ -381,6 +394,7 @@ async fn materialize_reading(
             &manifest,
             &mut load,
             staged.as_ref(),
+            &indexer,
         )
     })
     .await

@@ -9,7 +9,7 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::{Child, ChildStdout, Output, Stdio};
 use std::thread::JoinHandle;
 
 use super::{GitError, ObjectId, bounded, git_at, present_objects, stdout_line};
@@ -246,6 +246,20 @@ pub fn index_pack(git_dir: &Path, bytes: &[u8]) -> Result<String, GitError> {
     index_pack_from(git_dir, &mut &bytes[..]).map(|i| i.name)
 }
 
+/// Which program indexes a pack that needs no object outside itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PackIndexer {
+    /// `git index-pack`.
+    #[default]
+    Git,
+    /// `<program> index-pack`: knotd's own program, indexing with gix-pack
+    /// on every core ([`super::gix_index`]) in a process of its own.
+    Gix {
+        /// The knotd executable.
+        program: std::path::PathBuf,
+    },
+}
+
 /// Index the pack read from `pack` into the repository: `git index-pack
 /// --stdin --fix-thin --check-self-contained-and-connected` runs in a
 /// quarantine directory (with the repository's objects as its alternate,
@@ -254,6 +268,17 @@ pub fn index_pack(git_dir: &Path, bytes: &[u8]) -> Result<String, GitError> {
 /// last. A reader error stops git before it finishes, and nothing enters
 /// the repository.
 pub fn index_pack_from(git_dir: &Path, pack: &mut (dyn Read + Send)) -> Result<Indexed, GitError> {
+    index_pack_from_with(git_dir, pack, &PackIndexer::Git)
+}
+
+/// [`index_pack_from`] with the given indexer. With [`PackIndexer::Gix`]
+/// the pack must be self-contained (gix-pack cannot complete a thin
+/// pack): the caller indexes anything it refuses with git instead.
+pub fn index_pack_from_with(
+    git_dir: &Path,
+    pack: &mut (dyn Read + Send),
+    indexer: &PackIndexer,
+) -> Result<Indexed, GitError> {
     let objects = fs::canonicalize(git_dir.join("objects")).map_err(|source| GitError::Io {
         context: format!("opening {}", git_dir.join("objects").display()),
         source,
@@ -278,17 +303,36 @@ pub fn index_pack_from(git_dir: &Path, pack: &mut (dyn Read + Send)) -> Result<I
         source,
     })?;
 
-    let args = [
-        "index-pack",
-        "--stdin",
-        "--fix-thin",
-        "--check-self-contained-and-connected",
-    ];
-    let label = args.join(" ");
-    let mut cmd = git_at(git_dir, &args);
-    cmd.env("GIT_OBJECT_DIRECTORY", quarantine.path())
-        .stdin(Stdio::piped());
-    let mut child = super::spawn(cmd, &label)?;
+    let (mut cmd, label) = match indexer {
+        PackIndexer::Git => {
+            let args = [
+                "index-pack",
+                "--stdin",
+                "--fix-thin",
+                "--check-self-contained-and-connected",
+            ];
+            let mut cmd = git_at(git_dir, &args);
+            cmd.env("GIT_OBJECT_DIRECTORY", quarantine.path());
+            (cmd, args.join(" "))
+        }
+        PackIndexer::Gix { program } => {
+            let mut cmd = std::process::Command::new(program);
+            cmd.arg("index-pack")
+                .arg("--pack-dir")
+                .arg(&qpack)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            (cmd, format!("{} index-pack", program.display()))
+        }
+    };
+    cmd.stdin(Stdio::piped());
+    let mut child = match indexer {
+        PackIndexer::Git => super::spawn(cmd, &label)?,
+        PackIndexer::Gix { .. } => cmd.spawn().map_err(|source| GitError::Io {
+            context: format!("starting `{label}`"),
+            source,
+        })?,
+    };
     let deadline = super::Deadline::arm(&child, &label);
     let mut stdin = child.stdin.take().expect("stdin was configured as piped");
     let (feed, out) = std::thread::scope(|scope| {
@@ -301,7 +345,7 @@ pub fn index_pack_from(git_dir: &Path, pack: &mut (dyn Read + Send)) -> Result<I
         (feeder.join(), out)
     });
     let out = out.map_err(|source| GitError::Io {
-        context: format!("running `git {label}`"),
+        context: format!("running `{label}`"),
         source,
     });
     let out = super::timed(out, &deadline, &label)?;
@@ -314,32 +358,18 @@ pub fn index_pack_from(git_dir: &Path, pack: &mut (dyn Read + Send)) -> Result<I
                 source: e,
             });
         }
-        Ok(Err(_)) => {} // git stopped reading: its status says why
+        Ok(Err(_)) => {} // the indexer stopped reading: its status says why
         Err(_) => {
             return Err(GitError::Io {
-                context: "feeding `git index-pack`".into(),
+                context: format!("feeding `{label}`"),
                 source: io::Error::other("the feeding thread panicked"),
             });
         }
     }
-    let connected = match out.status.code() {
-        Some(0) => true,
-        // 1: stored, but not self-contained and connected.
-        Some(1) if !out.stdout.is_empty() => false,
-        _ => return Err(super::failed(&label, &out)),
+    let (name, connected) = match indexer {
+        PackIndexer::Git => parse_git_indexed(&out, &label)?,
+        PackIndexer::Gix { .. } => parse_gix_indexed(&out, &label)?,
     };
-    let line = stdout_line(&out.stdout, "index-pack")?;
-    // Output is "pack\t<hash>" or "keep\t<hash>".
-    let name = line
-        .split_once('\t')
-        .map(|(_, h)| h)
-        .unwrap_or(line.as_str());
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(GitError::UnexpectedOutput {
-            command: "index-pack".into(),
-            detail: bounded(&line, 200),
-        });
-    }
     let dest = objects.join("pack");
     for ext in ["pack", "rev", "idx"] {
         let file = format!("pack-{name}.{ext}");
@@ -355,10 +385,65 @@ pub fn index_pack_from(git_dir: &Path, pack: &mut (dyn Read + Send)) -> Result<I
     if let Ok(dir) = fs::File::open(&dest) {
         let _ = dir.sync_all();
     }
-    Ok(Indexed {
-        name: name.to_owned(),
-        connected,
-    })
+    Ok(Indexed { name, connected })
+}
+
+/// The pack name and connectivity verdict of a finished `git index-pack`.
+fn parse_git_indexed(out: &Output, label: &str) -> Result<(String, bool), GitError> {
+    let connected = match out.status.code() {
+        Some(0) => true,
+        // 1: stored, but not self-contained and connected.
+        Some(1) if !out.stdout.is_empty() => false,
+        _ => return Err(super::failed(label, out)),
+    };
+    let line = stdout_line(&out.stdout, label)?;
+    // Output is "pack\t<hash>" or "keep\t<hash>".
+    let name = line
+        .split_once('\t')
+        .map(|(_, h)| h)
+        .unwrap_or(line.as_str());
+    Ok((checked_name(name, &line)?, connected))
+}
+
+/// The pack name and connectivity verdict of a finished `knotd
+/// index-pack`: one line `pack\t<hash>\t(connected|unconnected)`.
+fn parse_gix_indexed(out: &Output, label: &str) -> Result<(String, bool), GitError> {
+    if !out.status.success() {
+        return Err(super::failed(label, out));
+    }
+    let line = stdout_line(&out.stdout, label)?;
+    let unexpected = || GitError::UnexpectedOutput {
+        command: label.to_owned(),
+        detail: bounded(&line, 200),
+    };
+    let mut fields = line.split('\t');
+    let (Some("pack"), Some(name), Some(verdict), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Err(unexpected());
+    };
+    let connected = match verdict {
+        GIX_CONNECTED => true,
+        GIX_UNCONNECTED => false,
+        _ => return Err(unexpected()),
+    };
+    Ok((checked_name(name, &line)?, connected))
+}
+
+/// What `knotd index-pack` prints after the pack name for a connected pack.
+pub const GIX_CONNECTED: &str = "connected";
+/// What `knotd index-pack` prints after the pack name otherwise.
+pub const GIX_UNCONNECTED: &str = "unconnected";
+
+/// `name` if it is a plausible pack checksum in hex.
+fn checked_name(name: &str, line: &str) -> Result<String, GitError> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(GitError::UnexpectedOutput {
+            command: "index-pack".into(),
+            detail: bounded(line, 200),
+        });
+    }
+    Ok(name.to_owned())
 }
 
 /// Copy `from` into `to` in 64 KiB steps.

@@ -60,6 +60,8 @@ impl Jobs {
             max_packs: config.max_packs,
             optimizer: Optimizer::new(cancel),
             large_jobs: LargeJobs::new(config.max_large_jobs),
+            // Checked when the node started (`Config::check`).
+            indexer: config.pack_indexer().unwrap_or_default(),
         };
         let (progress_tx, progress_rx) = mpsc::channel(PROGRESS_BUFFER);
         Self {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use knotd::{
     admin::{AdminError, Command, Payload},
-    config::Config,
+    config::{Config, PackIndexerChoice},
     node::Node,
 };
 use tokio_util::sync::CancellationToken;
@@ -42,8 +42,14 @@ impl TestNode {
         Self::spawn_with(Config::local(data_dir)).await
     }
 
-    /// Start a node with a given config.
-    pub async fn spawn_with(config: Config) -> TestNode {
+    /// Start a node with a given config. A new repository's first pack is
+    /// indexed by the built `knotd index-pack` (gix-pack), as the installed
+    /// node does, unless the config names an indexer.
+    pub async fn spawn_with(mut config: Config) -> TestNode {
+        if config.pack_indexer == PackIndexerChoice::Auto && config.indexer_program.is_none() {
+            config.pack_indexer = PackIndexerChoice::Gix;
+            config.indexer_program = Some(env!("CARGO_BIN_EXE_knotd").into());
+        }
         let data_dir = config.data_dir.clone();
         let node = Node::spawn(config, CancellationToken::new())
             .await

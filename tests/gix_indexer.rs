@@ -1,0 +1,299 @@
+//! The gix-pack indexer: `knotd index-pack`, which the node runs in a child
+//! process for the first pack of a repository new to it, against real git
+//! repositories and the real `git`. What it writes must be what `git
+//! index-pack` writes; a pack missing an object must be refused as git
+//! refuses it; a pack it cannot index goes to git; garbage leaves nothing.
+
+mod git_env;
+
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use git_env::{Env, binary, text};
+use knotd::git::{self, PackIndexer};
+use knotd::manifest::{Manifest, PackEntry};
+use knotd::materialize::{self, GIX_MIN_PACK_BYTES, MaterializeError, Outcome};
+
+fn knotd() -> PathBuf {
+    env!("CARGO_BIN_EXE_knotd").into()
+}
+
+fn gix() -> PackIndexer {
+    PackIndexer::Gix { program: knotd() }
+}
+
+/// The sample repository with a 1.3 MB binary and a text file edited 20
+/// times (deltas), so its one pack is over [`GIX_MIN_PACK_BYTES`].
+fn big_repo(env: &Env) -> PathBuf {
+    let repo = env.sample_repo();
+    env.commit_file(&repo, "data/big.bin", &binary(1_300_000, 7), "big");
+    for v in 1..20 {
+        env.commit_file(&repo, "doc.txt", &text(3000, v), &format!("edit {v}"));
+    }
+    repo
+}
+
+/// A manifest of `src`'s refs with one pack of `bytes`.
+fn manifest_of(src: &Path, bytes: &[u8]) -> Manifest {
+    let git_dir = git::open_repo(src).unwrap();
+    let refs = git::read_refs(&git_dir).unwrap();
+    let objects = git::parse_pack_header(bytes).unwrap();
+    Manifest {
+        repo_id: "did:plc:test/gix".into(),
+        refs,
+        packs: vec![PackEntry::for_bytes(bytes, objects)],
+    }
+}
+
+/// Everything `src`'s refs reach, as one pack.
+fn full_pack(src: &Path) -> Vec<u8> {
+    let git_dir = git::open_repo(src).unwrap();
+    let refs = git::read_refs(&git_dir).unwrap();
+    git::pack_objects(&git_dir, &refs.tips(), &[], false)
+        .unwrap()
+        .bytes
+}
+
+/// Materialize `manifest` at `dest` from `bytes` with `indexer`.
+fn materialize_from(
+    dest: &Path,
+    manifest: &Manifest,
+    bytes: &[u8],
+    indexer: &PackIndexer,
+) -> Result<Outcome, MaterializeError> {
+    let mut load = |_: &PackEntry| -> Result<materialize::PackReader, MaterializeError> {
+        Ok(Box::new(Cursor::new(bytes.to_vec())))
+    };
+    materialize::materialize_with(dest, manifest.hash(), manifest, &mut load, None, indexer)
+}
+
+fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect()
+}
+
+/// `git show-index` of the repository's one index: id, offset, CRC-32.
+fn show_index(repo: &Path) -> String {
+    let idx = files_with(&repo.join("objects/pack"), "idx");
+    assert_eq!(idx.len(), 1, "one index in {}", repo.display());
+    let out = Command::new("git")
+        .arg("show-index")
+        .stdin(std::fs::File::open(&idx[0]).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `knotd index-pack` on `bytes` into a fresh directory: its exit status,
+/// stdout, stderr and the files it left.
+fn run_index_pack(bytes: &[u8]) -> (bool, String, String, Vec<PathBuf>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(knotd())
+        .args(["index-pack", "--pack-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The indexer may stop reading early; its status says why.
+    let _ = stdin.write_all(bytes);
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let left = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        left,
+    )
+}
+
+#[test]
+fn a_new_repository_indexed_by_gix_pack_is_the_one_git_builds() {
+    let env = Env::new();
+    let src = big_repo(&env);
+    let bytes = full_pack(&src);
+    assert!(bytes.len() as u64 >= GIX_MIN_PACK_BYTES);
+    let manifest = manifest_of(&src, &bytes);
+
+    let by_gix = env.path("by-gix.git");
+    let by_git = env.path("by-git.git");
+    assert_eq!(
+        materialize_from(&by_gix, &manifest, &bytes, &gix()).unwrap(),
+        Outcome::Created
+    );
+    assert_eq!(
+        materialize_from(&by_git, &manifest, &bytes, &PackIndexer::Git).unwrap(),
+        Outcome::Created
+    );
+    env.assert_same_repo(&src, &by_gix);
+    env.assert_same_repo(&src, &by_git);
+    // The same objects at the same offsets with the same checksums.
+    assert_eq!(show_index(&by_gix), show_index(&by_git));
+    // gix-pack wrote it: git would have written a reverse index beside it,
+    // and gix-pack's keep file is gone.
+    let packs = by_gix.join("objects/pack");
+    assert!(files_with(&packs, "rev").is_empty());
+    assert!(files_with(&packs, "keep").is_empty());
+    assert!(!files_with(&by_git.join("objects/pack"), "rev").is_empty());
+    // And plain git clones it.
+    let clone = env.path("clone");
+    env.git(
+        env.root.path(),
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            by_gix.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    env.assert_same_repo(&src, &clone);
+
+    let (ok, stdout, stderr, left) = run_index_pack(&bytes);
+    assert!(ok, "knotd index-pack failed: {stderr}");
+    let name = files_with(&packs, "pack")[0]
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("pack-")
+        .to_owned();
+    assert_eq!(stdout, format!("pack\t{name}\tconnected\n"));
+    assert_eq!(left.len(), 2, "a .pack and an .idx: {left:?}");
+}
+
+#[test]
+fn a_pack_missing_an_object_is_refused_by_either_indexer() {
+    let env = Env::new();
+    let src = big_repo(&env);
+    // Every object the refs reach but the first README's blob.
+    let readme = env.git(&src, &["rev-parse", "HEAD~22:README"]);
+    let readme = readme.trim();
+    let listing = env.git(&src, &["rev-list", "--objects", "--all"]);
+    let ids: String = listing
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .filter(|id| *id != readme)
+        .map(|id| format!("{id}\n"))
+        .collect();
+    assert!(listing.contains(readme));
+    let mut child = env
+        .cmd(&src)
+        .args(["pack-objects", "--stdout", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ids.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let bytes = out.stdout;
+    assert!(bytes.len() as u64 >= GIX_MIN_PACK_BYTES);
+    let manifest = manifest_of(&src, &bytes);
+
+    let (ok, stdout, stderr, _) = run_index_pack(&bytes);
+    assert!(ok, "knotd index-pack failed: {stderr}");
+    assert!(stdout.ends_with("\tunconnected\n"), "{stdout}");
+
+    for (name, indexer) in [("gix", gix()), ("git", PackIndexer::Git)] {
+        let dest = env.path(&format!("{name}.git"));
+        // gix-pack indexes it and says it is not connected, so git's walk
+        // finds the hole; `git index-pack` refuses it outright.
+        match (name, materialize_from(&dest, &manifest, &bytes, &indexer)) {
+            ("gix", Err(MaterializeError::Incomplete(_))) => {}
+            ("git", Err(MaterializeError::Git(e))) if e.to_string().contains(readme) => {}
+            (_, other) => panic!("{name}: a pack missing {readme} gave {other:?}"),
+        }
+        assert!(
+            !dest.exists(),
+            "{name}: nothing is left at {}",
+            dest.display()
+        );
+    }
+}
+
+#[test]
+fn a_pack_gix_pack_cannot_index_goes_to_git_and_wrong_bytes_to_nobody() {
+    let env = Env::new();
+    let src = big_repo(&env);
+    let bytes = full_pack(&src);
+    let manifest = manifest_of(&src, &bytes);
+
+    // An indexer program that fails: git indexes the pack instead.
+    let failing = PackIndexer::Gix {
+        program: "/bin/false".into(),
+    };
+    let dest = env.path("fallback.git");
+    assert_eq!(
+        materialize_from(&dest, &manifest, &bytes, &failing).unwrap(),
+        Outcome::Created
+    );
+    env.assert_same_repo(&src, &dest);
+    assert!(!files_with(&dest.join("objects/pack"), "rev").is_empty());
+
+    // Bytes that are not the manifest's: refused before either indexer
+    // could take them, and not given to git a second time.
+    let mut wrong = bytes.clone();
+    let middle = wrong.len() / 2;
+    wrong[middle] ^= 0x55;
+    let dest = env.path("wrong.git");
+    match materialize_from(&dest, &manifest, &wrong, &gix()) {
+        Err(MaterializeError::CorruptPack { .. }) => {}
+        other => panic!("wrong bytes gave {other:?}"),
+    }
+    assert!(!dest.exists());
+
+    // A damaged pack that the manifest names as it is (its author
+    // published it so): gix-pack refuses it, and so does git after it.
+    let damaged = manifest_of(&src, &wrong);
+    let dest = env.path("damaged.git");
+    match materialize_from(&dest, &damaged, &wrong, &gix()) {
+        Err(MaterializeError::Git(_)) => {}
+        other => panic!("a damaged pack gave {other:?}"),
+    }
+    assert!(!dest.exists());
+}
+
+#[test]
+fn knotd_index_pack_refuses_what_is_not_a_whole_pack_and_leaves_nothing() {
+    let env = Env::new();
+    let src = big_repo(&env);
+    let bytes = full_pack(&src);
+    let half = &bytes[..bytes.len() / 2];
+    let mut bad_count = bytes.clone();
+    bad_count[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+    let cases: [(&str, &[u8]); 5] = [
+        ("empty", b""),
+        ("text", b"this is not a pack\n"),
+        ("header only", b"PACK\0\0\0\x02\0\0\0\x05"),
+        ("truncated", half),
+        ("object count of 4 billion", &bad_count),
+    ];
+    for (name, input) in cases {
+        let (ok, stdout, stderr, left) = run_index_pack(input);
+        assert!(!ok, "{name}: accepted, printing {stdout:?}");
+        assert!(stdout.is_empty(), "{name}: {stdout:?}");
+        assert!(
+            stderr.contains("gix-pack could not index the pack"),
+            "{name}: {stderr}"
+        );
+        assert!(left.is_empty(), "{name}: left {left:?}");
+    }
+}
