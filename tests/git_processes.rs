@@ -6,7 +6,6 @@ mod common;
 mod git_env;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -94,19 +93,7 @@ fn publish_with_many_refs(root: &Path, refs: usize) -> (Vec<String>, Vec<String>
         let kind = if i % 2 == 0 { "heads/b" } else { "tags/t" };
         input.push_str(&format!("create refs/{kind}{i} {head}\n"));
     }
-    let mut child = env
-        .cmd(&src)
-        .args(["update-ref", "--stdin"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    env.git_stdin(&src, &["update-ref", "--stdin"], input.as_bytes());
 
     let log = PathBuf::from(std::env::var_os("KNOT_GIT_LOG").unwrap());
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -189,22 +189,7 @@ fn a_pack_missing_an_object_is_refused_by_either_indexer() {
         .map(|id| format!("{id}\n"))
         .collect();
     assert!(listing.contains(readme));
-    let mut child = env
-        .cmd(&src)
-        .args(["pack-objects", "--stdout", "-q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(ids.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let bytes = out.stdout;
+    let bytes = env.git_stdin(&src, &["pack-objects", "--stdout", "-q"], ids.as_bytes());
     assert!(bytes.len() as u64 >= GIX_MIN_PACK_BYTES);
     let manifest = manifest_of(&src, &bytes);
 

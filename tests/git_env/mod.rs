@@ -60,6 +60,23 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Run git in `dir` with `input` on its standard input, assert
+    /// success, return stdout.
+    pub fn git_stdin(&self, dir: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut child = self
+            .cmd(dir)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "git {args:?} failed");
+        out.stdout
+    }
+
     pub fn commit_file(&self, repo: &Path, file: &str, content: &[u8], msg: &str) {
         let path = repo.join(file);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
