@@ -9,6 +9,8 @@ use std::process::Command;
 
 use knotd::git;
 
+pub mod store;
+
 /// Isolated git environment: its own HOME, no system or global config.
 pub struct Env {
     pub root: tempfile::TempDir,
