@@ -149,6 +149,18 @@ pub enum GitError {
         /// Trimmed and bounded stderr.
         stderr: String,
     },
+    /// The gix-pack indexer (`knotd index-pack`) exited unsuccessfully.
+    #[error(
+        "`{command}` failed ({status}): {stderr}; the pack is indexed with git instead; if this repeats, set pack_indexer = \"git\" in the config"
+    )]
+    IndexerFailed {
+        /// The program and its subcommand.
+        command: String,
+        /// Exit status description.
+        status: String,
+        /// Trimmed and bounded stderr.
+        stderr: String,
+    },
     /// A git command produced output we could not understand.
     #[error(
         "unexpected output from `git {command}`: {detail}; this git version may be unsupported, use git 2.30 or newer"
@@ -613,21 +625,29 @@ fn failed(label: &str, out: &Output) -> GitError {
 
 /// Build a [`GitError::CommandFailed`] from an exit status and stderr.
 fn failed_status(label: &str, status: ExitStatus, stderr: &[u8]) -> GitError {
+    let (status, stderr) = status_and_stderr(status, stderr);
+    GitError::CommandFailed {
+        command: label.to_owned(),
+        status,
+        stderr,
+    }
+}
+
+/// An exit status and stderr as an error shows them: the code or the
+/// signal, stderr trimmed and bounded.
+fn status_and_stderr(status: ExitStatus, stderr: &[u8]) -> (String, String) {
     let status = match status.code() {
         Some(code) => format!("exit code {code}"),
         None => "killed by a signal".to_owned(),
     };
     let stderr = String::from_utf8_lossy(stderr);
     let stderr = stderr.trim();
-    GitError::CommandFailed {
-        command: label.to_owned(),
-        status,
-        stderr: if stderr.is_empty() {
-            "(no error output)".to_owned()
-        } else {
-            bounded(stderr, MAX_STDERR_IN_ERROR)
-        },
-    }
+    let stderr = if stderr.is_empty() {
+        "(no error output)".to_owned()
+    } else {
+        bounded(stderr, MAX_STDERR_IN_ERROR)
+    };
+    (status, stderr)
 }
 
 fn utf8<'a>(bytes: &'a [u8], label: &str) -> Result<&'a str, GitError> {

@@ -232,6 +232,16 @@ fn a_pack_gix_pack_cannot_index_goes_to_git_and_wrong_bytes_to_nobody() {
     );
     env.assert_same_repo(&src, &dest);
     assert!(!files_with(&dest.join("objects/pack"), "rev").is_empty());
+    // What that fallback logs names the indexer, not git, and the way out.
+    let bare = git::init_bare(&env.path("bare.git")).unwrap();
+    match git::index_pack_from_with(&bare, &mut &bytes[..], &failing) {
+        Err(e @ git::GitError::IndexerFailed { .. }) => {
+            let text = e.to_string();
+            assert!(text.starts_with("`/bin/false index-pack` failed"), "{text}");
+            assert!(text.contains("pack_indexer = \"git\""), "{text}");
+        }
+        other => panic!("a failing indexer gave {other:?}"),
+    }
 
     // Bytes that are not the manifest's: refused before either indexer
     // could take them, and not given to git a second time.

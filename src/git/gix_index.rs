@@ -55,8 +55,6 @@ impl Default for IndexOptions {
 pub struct GixIndexed {
     /// The pack's checksum in hex (its file is `pack-<name>.pack`).
     pub name: String,
-    /// Objects in the pack.
-    pub objects: u32,
     /// Whether every object named by the pack's commits, trees and tags is
     /// in the pack.
     pub connected: bool,
@@ -120,17 +118,12 @@ pub fn index_stream(
         })?;
     }
     let name = outcome.index.data_hash.to_string();
-    let objects = outcome.index.num_objects;
     let bundle = outcome
         .to_bundle()
         .ok_or_else(|| GixIndexError::Reopen("no index was written".into()))?
         .map_err(|e| GixIndexError::Reopen(e.to_string()))?;
     let connected = connected(&bundle, options, &interrupt)?;
-    Ok(GixIndexed {
-        name,
-        objects,
-        connected,
-    })
+    Ok(GixIndexed { name, connected })
 }
 
 /// Whether every object the commits, trees and tags of `bundle` name is

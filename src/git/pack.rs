@@ -409,7 +409,12 @@ fn parse_git_indexed(out: &Output, label: &str) -> Result<(String, bool), GitErr
 /// index-pack`: one line `pack\t<hash>\t(connected|unconnected)`.
 fn parse_gix_indexed(out: &Output, label: &str) -> Result<(String, bool), GitError> {
     if !out.status.success() {
-        return Err(super::failed(label, out));
+        let (status, stderr) = super::status_and_stderr(out.status, &out.stderr);
+        return Err(GitError::IndexerFailed {
+            command: label.to_owned(),
+            status,
+            stderr,
+        });
     }
     let line = stdout_line(&out.stdout, label)?;
     let unexpected = || GitError::UnexpectedOutput {
