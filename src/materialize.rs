@@ -217,7 +217,7 @@ pub fn materialize_with(
             }
             return Ok(Outcome::Unchanged);
         }
-        Ok(_) => return update(dest, &hash_hex, manifest, load_pack, staged),
+        Ok(_) => return update(dest, &hash_hex, manifest, load_pack, staged, indexer),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
             return Err(MaterializeError::Io {
@@ -233,6 +233,23 @@ pub fn materialize_with(
         });
     }
     create(dest, &hash_hex, manifest, load_pack, staged, indexer)
+}
+
+/// The indexer for the manifest's pack at `position`: `indexer` for the
+/// first pack (the only one that can be self-contained: later ones are
+/// thin, and only git completes those) when it is SHA-1 and at least
+/// [`GIX_MIN_PACK_BYTES`]; git for every other.
+fn indexer_for<'a>(
+    position: usize,
+    entry: &PackEntry,
+    format: ObjectFormat,
+    indexer: &'a PackIndexer,
+) -> &'a PackIndexer {
+    if position == 0 && format == ObjectFormat::Sha1 && entry.size >= GIX_MIN_PACK_BYTES {
+        indexer
+    } else {
+        &PackIndexer::Git
+    }
 }
 
 /// Build a fresh repository next to `dest` and rename it into place.
@@ -266,10 +283,7 @@ fn create(
     let git_dir = git::init_bare_with_format(tmp.path(), format)?;
     let mut all_connected = true;
     for (i, entry) in manifest.packs.iter().enumerate() {
-        // Only the first pack of a new repository can be self-contained:
-        // the later ones are thin, and only git completes those.
-        let gix = i == 0 && format == ObjectFormat::Sha1 && entry.size >= GIX_MIN_PACK_BYTES;
-        let indexer = if gix { indexer } else { &PackIndexer::Git };
+        let indexer = indexer_for(i, entry, format, indexer);
         all_connected &= add_pack(&git_dir, entry, load_pack, staged, indexer)?.connected;
     }
     if !all_connected {
@@ -298,13 +312,16 @@ fn create(
     Ok(Outcome::Created)
 }
 
-/// Bring an existing materialized repository up to date.
+/// Bring an existing materialized repository up to date. A new first
+/// pack (a consolidation: one self-contained pack for the whole state) is
+/// indexed with `indexer` as a new repository's is.
 fn update(
     dest: &Path,
     hash_hex: &str,
     manifest: &Manifest,
     load_pack: &mut LoadPack<'_>,
     staged: Option<&Staged>,
+    indexer: &PackIndexer,
 ) -> Result<Outcome, MaterializeError> {
     manifest.refs.validate()?;
     // A repository knotd materialized (its marker is there) is bare at
@@ -332,15 +349,11 @@ fn update(
     let mut packs_indexed = 0;
     let mut added = Vec::new();
     let prepared = (|| {
-        for entry in &manifest.packs {
+        let format = manifest.refs.object_format()?.unwrap_or(ObjectFormat::Sha1);
+        for (i, entry) in manifest.packs.iter().enumerate() {
             if !indexed.contains(&entry.hash_hex()) {
-                added.push(add_pack(
-                    &git_dir,
-                    entry,
-                    load_pack,
-                    staged,
-                    &PackIndexer::Git,
-                )?);
+                let indexer = indexer_for(i, entry, format, indexer);
+                added.push(add_pack(&git_dir, entry, load_pack, staged, indexer)?);
                 packs_indexed += 1;
             }
         }

@@ -215,6 +215,96 @@ fn a_pack_missing_an_object_is_refused_by_either_indexer() {
 }
 
 #[test]
+fn a_consolidated_state_is_indexed_by_gix_pack_and_replaces_the_old_packs() {
+    let env = Env::new();
+    let src = env.sample_repo();
+    let old_pack = full_pack(&src);
+    assert!((old_pack.len() as u64) < GIX_MIN_PACK_BYTES);
+    let dest = env.path("dest.git");
+    let old = manifest_of(&src, &old_pack);
+    assert_eq!(
+        materialize_from(&dest, &old, &old_pack, &gix()).unwrap(),
+        Outcome::Created
+    );
+    let packs = dest.join("objects/pack");
+    assert_eq!(
+        files_with(&packs, "rev").len(),
+        1,
+        "git indexed the small pack"
+    );
+
+    // The next state arrives as one self-contained pack (a consolidation).
+    env.commit_file(&src, "data/big.bin", &binary(1_300_000, 7), "big");
+    let new_pack = full_pack(&src);
+    assert!(new_pack.len() as u64 >= GIX_MIN_PACK_BYTES);
+    let new = manifest_of(&src, &new_pack);
+    assert_eq!(
+        materialize_from(&dest, &new, &new_pack, &gix()).unwrap(),
+        Outcome::Updated { packs_indexed: 1 }
+    );
+    env.assert_same_repo(&src, &dest);
+    // The old pack is gone and the one left is gix-pack's (no reverse index).
+    assert_eq!(files_with(&packs, "pack").len(), 1);
+    assert!(files_with(&packs, "rev").is_empty());
+    assert_eq!(
+        show_index(&dest).lines().count(),
+        new.packs[0].objects as usize
+    );
+}
+
+/// `src`'s objects but `left_out`, as one pack.
+fn pack_without(env: &Env, src: &Path, left_out: &str) -> Vec<u8> {
+    let listing = env.git(src, &["rev-list", "--objects", "--all"]);
+    assert!(listing.contains(left_out));
+    let ids: String = listing
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .filter(|id| *id != left_out)
+        .map(|id| format!("{id}\n"))
+        .collect();
+    env.git_stdin(src, &["pack-objects", "--stdout", "-q"], ids.as_bytes())
+}
+
+#[test]
+fn a_pack_missing_a_tree_or_a_commit_is_not_connected() {
+    let env = Env::new();
+    let src = big_repo(&env);
+    // The pass decodes only chains whose base is a commit, tree or tag; the
+    // trees here are stored as deltas of one another, so it must follow
+    // delta chains to find what they name.
+    let whole = full_pack(&src);
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("p.pack");
+    std::fs::write(&pack, &whole).unwrap();
+    env.git(dir.path(), &["index-pack", pack.to_str().unwrap()]);
+    let verify = env.git(dir.path(), &["verify-pack", "-v", pack.to_str().unwrap()]);
+    assert!(
+        verify
+            .lines()
+            .any(|l| l.contains(" tree ") && l.split_whitespace().count() == 7),
+        "no tree stored as a delta:\n{verify}"
+    );
+    let (ok, stdout, stderr, _) = run_index_pack(&whole);
+    assert!(ok && stdout.ends_with("\tconnected\n"), "{stdout} {stderr}");
+
+    for what in [
+        "HEAD~12^{tree}",
+        "HEAD~12:data",
+        "HEAD~12",
+        "HEAD~21:README",
+    ] {
+        let id = env.git(&src, &["rev-parse", what]);
+        let (ok, stdout, stderr, _) = run_index_pack(&pack_without(&env, &src, id.trim()));
+        assert!(ok, "knotd index-pack failed: {stderr}");
+        assert!(
+            stdout.ends_with("\tunconnected\n"),
+            "a pack without {what} ({}) gave {stdout}",
+            id.trim()
+        );
+    }
+}
+
+#[test]
 fn a_pack_gix_pack_cannot_index_goes_to_git_and_wrong_bytes_to_nobody() {
     let env = Env::new();
     let src = big_repo(&env);

@@ -301,6 +301,7 @@ async fn publish(
             published.hash,
             &published.manifest,
             published.staged.clone(),
+            &ctx.indexer,
         )
         .await?;
         content::pin(&ctx.blobs, repo, published.hash, &published.manifest).await?;

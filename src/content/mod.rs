@@ -320,19 +320,22 @@ pub async fn materialize(
     hash: Hash,
     manifest: &Manifest,
 ) -> Result<Outcome, ContentError> {
-    materialize_with(blobs, dest, hash, manifest, None).await
+    materialize_with(blobs, dest, hash, manifest, None, &PackIndexer::Git).await
 }
 
 /// [`materialize`], linking an already indexed pack instead of indexing
-/// its blob ([`materialize::Staged`]).
+/// its blob ([`materialize::Staged`]), and indexing a new first pack with
+/// `indexer` ([`materialize::materialize_with`]).
 pub async fn materialize_with(
     blobs: &Store,
     dest: &Path,
     hash: Hash,
     manifest: &Manifest,
     staged: Option<materialize::Staged>,
+    indexer: &PackIndexer,
 ) -> Result<Outcome, ContentError> {
-    materialize_reading(blobs, dest, hash, manifest, staged, None, PackIndexer::Git).await
+    let indexer = indexer.clone();
+    materialize_reading(blobs, dest, hash, manifest, staged, None, indexer).await
 }
 
 /// [`materialize`] while the packs are still being downloaded
