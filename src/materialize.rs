@@ -461,10 +461,13 @@ fn add_pack(
         _ if *indexer != PackIndexer::Git => {
             match index_verified(git_dir, entry, load_pack, indexer) {
                 Ok(indexed) => Ok(indexed),
-                // The bytes were wrong: git would find the same.
+                // The bytes were wrong: git would find the same. Or the
+                // deadline passed: git, slower on every shape measured,
+                // would take longer still (the job is retried later).
                 Err(
                     e @ (MaterializeError::CorruptPack { .. }
-                    | MaterializeError::PackUnavailable { .. }),
+                    | MaterializeError::PackUnavailable { .. }
+                    | MaterializeError::Git(GitError::TimedOut { .. })),
                 ) => Err(e),
                 Err(e) => {
                     warn!(

@@ -336,3 +336,86 @@ fn a_hung_git_is_killed_at_its_deadline() {
         "the child run did not run: {output}"
     );
 }
+
+/// A gix-pack indexer that runs past the deadline fails the job (it is
+/// retried later) instead of handing the pack to `git index-pack`, which
+/// is slower on every shape measured and would only double the wait.
+#[test]
+fn a_gix_indexer_past_its_deadline_is_not_followed_by_git() {
+    if let Some(root) = std::env::var_os("KNOT_HANG_CHILD") {
+        let root = PathBuf::from(root);
+        knotd::git::set_timeout(std::time::Duration::from_secs(2));
+        let env = Env {
+            root: tempfile::tempdir_in(&root).unwrap(),
+        };
+        fs::create_dir(env.path("home")).unwrap();
+        let src = env.sample_repo();
+        env.commit_file(&src, "big.bin", &git_env::binary(1_300_000, 3), "big");
+        let git_dir = knotd::git::open_repo(&src).unwrap();
+        let refs = knotd::git::read_refs(&git_dir).unwrap();
+        let pack = knotd::git::pack_objects(&git_dir, &refs.tips(), &[], false).unwrap();
+        assert!(pack.bytes.len() as u64 >= knotd::materialize::GIX_MIN_PACK_BYTES);
+        let objects = knotd::git::parse_pack_header(&pack.bytes).unwrap();
+        let manifest = knotd::manifest::Manifest {
+            repo_id: "did:plc:test/hang".into(),
+            refs,
+            packs: vec![knotd::manifest::PackEntry::for_bytes(&pack.bytes, objects)],
+        };
+        let hung = env.path("hung-indexer");
+        fs::write(&hung, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&hung, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut load = |_: &knotd::manifest::PackEntry| -> Result<
+            knotd::materialize::PackReader,
+            knotd::materialize::MaterializeError,
+        > { Ok(Box::new(std::io::Cursor::new(pack.bytes.clone()))) };
+        let started = std::time::Instant::now();
+        let err = knotd::materialize::materialize_with(
+            &env.path("dest.git"),
+            manifest.hash(),
+            &manifest,
+            &mut load,
+            None,
+            &knotd::git::PackIndexer::Gix { program: hung },
+        )
+        .unwrap_err();
+        let took = started.elapsed();
+        println!("materialize: {err} after {took:?}");
+        assert!(
+            matches!(
+                err,
+                knotd::materialize::MaterializeError::Git(knotd::git::GitError::TimedOut { .. })
+            ),
+            "{err}"
+        );
+        assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+        assert!(!env.path("dest.git").exists());
+        fs::write(root.join("child-ran"), b"yes").unwrap();
+        return;
+    }
+    let env = Env::new();
+    let ran = env.path("git-index-pack-ran");
+    let out = rerun_with_git_wrapper(
+        "a_gix_indexer_past_its_deadline_is_not_followed_by_git",
+        &env,
+        "case \" $* \" in *\" index-pack \"*) : > \"$KNOT_INDEX_PACK_RAN\";; esac",
+        &[
+            ("KNOT_HANG_CHILD", env.root.path().as_os_str()),
+            ("KNOT_INDEX_PACK_RAN", ran.as_os_str()),
+        ],
+    );
+    let output = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child run failed: {output}");
+    assert!(
+        env.path("child-ran").exists(),
+        "the child run did not run: {output}"
+    );
+    assert!(
+        !ran.exists(),
+        "git index-pack ran after the timeout: {output}"
+    );
+}
