@@ -96,6 +96,22 @@ enum Cmd {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Check that a pack already in a directory names only objects the
+    /// directory's packs hold; run by the node itself for each pack of a
+    /// new repository after the first, in a process of its own. Prints
+    /// `pack<TAB><name><TAB>connected|unconnected`.
+    #[command(hide = true)]
+    CheckConnected {
+        /// The directory of `pack-<name>.idx` and the packs beside it.
+        #[arg(long)]
+        pack_dir: PathBuf,
+        /// The pack's name (40 hex digits).
+        #[arg(long)]
+        pack: String,
+        /// Threads that resolve deltas (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -316,6 +332,23 @@ fn index_pack(pack_dir: &std::path::Path, threads: Option<usize>) -> Result<()> 
     Ok(())
 }
 
+/// `knotd check-connected`: whether `pack` in `pack_dir` names only
+/// objects that the packs there hold.
+fn check_connected(pack_dir: &std::path::Path, pack: &str, threads: Option<usize>) -> Result<()> {
+    use knotd::git::{GIX_CONNECTED, GIX_UNCONNECTED, gix_index};
+    let options = gix_index::IndexOptions {
+        threads,
+        ..Default::default()
+    };
+    let verdict = if gix_index::connected_in_dir(pack_dir, pack, options)? {
+        GIX_CONNECTED
+    } else {
+        GIX_UNCONNECTED
+    };
+    println!("pack\t{pack}\t{verdict}");
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match real_main(cli) {
@@ -338,6 +371,14 @@ fn main() -> std::process::ExitCode {
 fn real_main(cli: Cli) -> Result<()> {
     if let Cmd::IndexPack { pack_dir, threads } = &cli.command {
         return index_pack(pack_dir, *threads);
+    }
+    if let Cmd::CheckConnected {
+        pack_dir,
+        pack,
+        threads,
+    } = &cli.command
+    {
+        return check_connected(pack_dir, pack, *threads);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -378,7 +419,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 Ok(())
             }
             Cmd::Admin { target, command } => admin_command(&target, command).await,
-            Cmd::IndexPack { .. } => unreachable!("handled above"),
+            Cmd::IndexPack { .. } | Cmd::CheckConnected { .. } => unreachable!("handled above"),
         }
     });
     // Work still running (a git process on a blocking thread) gets a bounded

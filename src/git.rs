@@ -47,7 +47,7 @@ pub use deadline::{DEFAULT_TIMEOUT, set_timeout, timeout};
 
 pub use pack::{
     GIX_CONNECTED, GIX_UNCONNECTED, Indexed, Pack, PackIndexer, PackStream, index_pack,
-    index_pack_from, index_pack_from_with, pack_objects, parse_pack_header,
+    index_pack_from, index_pack_from_with, pack_connected_in_repo, pack_objects, parse_pack_header,
     parse_pack_header_prefix, spawn_pack_objects, unwrap_git_error, write_midx_bitmap,
 };
 pub use refs::{

@@ -252,6 +252,40 @@ fn indexer_for<'a>(
     }
 }
 
+/// Whether the pack `name`, just added to the repository being built,
+/// names only objects its packs hold, asked of the gix-pack indexer's
+/// program (a SHA-1 repository only). When every pack is, the repository
+/// needs no connectivity walk; any failure here only means the walk runs.
+fn connected_beside(
+    git_dir: &Path,
+    name: &str,
+    format: ObjectFormat,
+    indexer: &PackIndexer,
+) -> bool {
+    let PackIndexer::Gix { program } = indexer else {
+        return false;
+    };
+    if format != ObjectFormat::Sha1 {
+        return false;
+    }
+    let started = std::time::Instant::now();
+    match git::pack_connected_in_repo(git_dir, name, program) {
+        Ok(connected) => {
+            debug!(
+                pack = name,
+                connected,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "pack checked against the packs before it"
+            );
+            connected
+        }
+        Err(e) => {
+            warn!(pack = name, error = %e, "cannot check the pack with gix-pack; git walks the repository instead");
+            false
+        }
+    }
+}
+
 /// Build a fresh repository next to `dest` and rename it into place.
 fn create(
     dest: &Path,
@@ -283,8 +317,15 @@ fn create(
     let git_dir = git::init_bare_with_format(tmp.path(), format)?;
     let mut all_connected = true;
     for (i, entry) in manifest.packs.iter().enumerate() {
-        let indexer = indexer_for(i, entry, format, indexer);
-        all_connected &= add_pack(&git_dir, entry, load_pack, staged, indexer)?.connected;
+        let chosen = indexer_for(i, entry, format, indexer);
+        let indexed = add_pack(&git_dir, entry, load_pack, staged, chosen)?;
+        // A later pack was thin: git's verdict is "not self-contained",
+        // but what it names may all be in the packs before it.
+        let connected = indexed.connected
+            || (all_connected
+                && i > 0
+                && connected_beside(&git_dir, &indexed.name, format, indexer));
+        all_connected &= connected;
     }
     if !all_connected {
         git::check_connected(&git_dir, &manifest.refs.tips(), &[])

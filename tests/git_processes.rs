@@ -208,6 +208,79 @@ fn a_new_repository_is_materialized_with_three_git_processes() {
     assert!(env.path("child-ran").exists(), "the child run did not run");
 }
 
+/// A new repository of several packs, its first indexed by gix-pack and
+/// the thin ones after it by git, is checked pack by pack by `knotd
+/// check-connected` instead of by git walking every object: no `rev-list`
+/// (with git as the only indexer, the walk runs).
+#[test]
+fn a_new_repository_of_several_packs_needs_no_walk() {
+    if let Some(root) = std::env::var_os("KNOT_COUNT_CHILD") {
+        let env = Env {
+            root: tempfile::tempdir_in(PathBuf::from(&root)).unwrap(),
+        };
+        fs::create_dir(env.path("home")).unwrap();
+        let src = env.sample_repo();
+        env.commit_file(&src, "big.bin", &git_env::binary(1_300_000, 5), "big");
+        let log = PathBuf::from(std::env::var_os("KNOT_GIT_LOG").unwrap());
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let gix = knotd::git::PackIndexer::Gix {
+            program: env!("CARGO_BIN_EXE_knotd").into(),
+        };
+        let (with_gix, with_git) = runtime.block_on(async {
+            let store = iroh_blobs::store::mem::MemStore::new();
+            let repo = knotd::repo_id::RepoId::parse("did:plc:test/packs").unwrap();
+            let mut published = knotd::content::publish(&store, &repo, &src, None, 16, false)
+                .await
+                .unwrap();
+            for round in 0..2 {
+                let text = git_env::text(4000, round + 40);
+                env.commit_file(&src, "doc.txt", &text, &format!("round {round}"));
+                published = knotd::content::publish(
+                    &store,
+                    &repo,
+                    &src,
+                    Some(&published.manifest),
+                    16,
+                    false,
+                )
+                .await
+                .unwrap();
+            }
+            assert_eq!(published.manifest.packs.len(), 3);
+            let mut calls = Vec::new();
+            for (name, indexer) in [("gix", &gix), ("git", &knotd::git::PackIndexer::Git)] {
+                let _ = fs::remove_file(&log);
+                let dest = env.path(&format!("mat/{name}.git"));
+                let outcome = knotd::content::materialize_with(
+                    &store,
+                    &dest,
+                    published.hash,
+                    &published.manifest,
+                    None,
+                    indexer,
+                )
+                .await
+                .unwrap();
+                assert_eq!(outcome, Outcome::Created);
+                calls.push(fs::read_to_string(&log).unwrap_or_default());
+                env.assert_same_repo(&src, &dest);
+            }
+            (calls[0].clone(), calls[1].clone())
+        });
+        let with_gix: Vec<&str> = with_gix.lines().collect();
+        let with_git: Vec<&str> = with_git.lines().collect();
+        println!("materialize with gix: {with_gix:?}, with git: {with_git:?}");
+        assert_eq!(with_gix, ["init", "index-pack", "index-pack", "cat-file"]);
+        assert!(with_git.contains(&"rev-list"), "{with_git:?}");
+        fs::write(PathBuf::from(root).join("child-ran"), b"yes").unwrap();
+        return;
+    }
+    let env = Env::new();
+    let output = rerun_counting_git("a_new_repository_of_several_packs_needs_no_walk", &env);
+    println!("{output}");
+    assert!(env.path("child-ran").exists(), "the child run did not run");
+}
+
 /// A publish through the admin socket packs once and indexes once, on a
 /// new repository and on an update: the client packs what the node lacks,
 /// the node indexes it and keeps that pack as the blob (the node's git

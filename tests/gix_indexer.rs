@@ -252,6 +252,90 @@ fn a_consolidated_state_is_indexed_by_gix_pack_and_replaces_the_old_packs() {
     );
 }
 
+/// Run `knotd check-connected` on `pack` in `pack_dir`.
+fn check_connected(pack_dir: &Path, pack: &str) -> (bool, String, String) {
+    let out = Command::new(knotd())
+        .args(["check-connected", "--pack-dir"])
+        .arg(pack_dir)
+        .args(["--pack", pack])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_thin_pack_is_connected_only_beside_the_packs_it_builds_on() {
+    let env = Env::new();
+    let src = big_repo(&env);
+    let git_dir = git::open_repo(&src).unwrap();
+    let id =
+        |rev: &str| -> git::ObjectId { env.git(&src, &["rev-parse", rev]).trim().parse().unwrap() };
+    let (base, head) = (id("HEAD~5"), id("HEAD"));
+    let first = git::pack_objects(&git_dir, std::slice::from_ref(&base), &[], false)
+        .unwrap()
+        .bytes;
+    let thin = git::pack_objects(&git_dir, &[head], &[base], true)
+        .unwrap()
+        .bytes;
+
+    // Both packs in one repository: the thin one, completed by git, names
+    // only objects the two hold.
+    let repo = git::init_bare(&env.path("both.git")).unwrap();
+    git::index_pack(&repo, &first).unwrap();
+    let thin_name = git::index_pack(&repo, &thin).unwrap();
+    let packs = repo.join("objects/pack");
+    let (ok, stdout, stderr) = check_connected(&packs, &thin_name);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, format!("pack\t{thin_name}\tconnected\n"));
+
+    // Alone, it names commits and trees of the first.
+    let alone = env.path("alone");
+    std::fs::create_dir(&alone).unwrap();
+    for ext in ["pack", "idx"] {
+        let file = format!("pack-{thin_name}.{ext}");
+        std::fs::copy(packs.join(&file), alone.join(&file)).unwrap();
+    }
+    let (ok, stdout, stderr) = check_connected(&alone, &thin_name);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, format!("pack\t{thin_name}\tunconnected\n"));
+
+    // The new objects but one of the new blobs, beside the first pack.
+    let blob = env.git(&src, &["rev-parse", "HEAD:doc.txt"]);
+    let listing = env.git(&src, &["rev-list", "--objects", "HEAD", "^HEAD~5"]);
+    assert!(listing.contains(blob.trim()));
+    let ids: String = listing
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .filter(|id| *id != blob.trim())
+        .map(|id| format!("{id}\n"))
+        .collect();
+    let holed = env.git_stdin(&src, &["pack-objects", "--stdout", "-q"], ids.as_bytes());
+    let repo = git::init_bare(&env.path("holed.git")).unwrap();
+    git::index_pack(&repo, &first).unwrap();
+    // `git index-pack` of a file, without the existence check the node's
+    // `--check-self-contained-and-connected` implies in this git.
+    let holed_name: String = holed[holed.len() - 20..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let holed_file = repo.join(format!("objects/pack/pack-{holed_name}.pack"));
+    std::fs::write(&holed_file, &holed).unwrap();
+    env.git(&repo, &["index-pack", holed_file.to_str().unwrap()]);
+    let (ok, stdout, stderr) = check_connected(&repo.join("objects/pack"), &holed_name);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, format!("pack\t{holed_name}\tunconnected\n"));
+
+    // A name that is not a pack's is refused, not followed.
+    for name in ["../../etc/passwd", "", "x"] {
+        let (ok, stdout, _) = check_connected(&packs, name);
+        assert!(!ok && stdout.is_empty(), "{name:?} gave {stdout}");
+    }
+}
+
 /// `src`'s objects but `left_out`, as one pack.
 fn pack_without(env: &Env, src: &Path, left_out: &str) -> Vec<u8> {
     let listing = env.git(src, &["rev-list", "--objects", "--all"]);

@@ -142,6 +142,44 @@ fn have_strace() -> bool {
 
 /// The real-shaped scenario on the repository `spec`, reported as
 /// `scenario`.
+/// Pushes (each one thin pack) in the state whose full replication is
+/// measured against `git clone --mirror` of the same commits.
+const MULTI_PACK_PUSHES: usize = 8;
+
+/// A fresh follower at `data_dir` that adds the repository with the
+/// author's `ticket`; returns it once it has materialized `manifest`, with
+/// the time since the add.
+async fn replicate_fresh(
+    knotd: &Path,
+    data_dir: &Path,
+    http_port: Option<u16>,
+    ticket: &str,
+    manifest: &str,
+) -> Result<(ChildNode, Duration)> {
+    let (node, _) = ChildNode::spawn_with(knotd, data_dir, http_port).await?;
+    let start = Instant::now();
+    node.request(&Admin::AddRepo {
+        repo_id: rid(REPO)?,
+        pds: None,
+        record: None,
+        peers: vec![ticket.to_owned()],
+    })
+    .await?;
+    let took = node
+        .wait_materialized(REPO, manifest, start, POLL, Duration::from_secs(900))
+        .await?
+        .context("the follower did not materialize the repository within 900 s")?;
+    Ok((node, took))
+}
+
+/// How many `.pack` files the repository at `git_dir` holds.
+fn pack_files(git_dir: &Path) -> Result<usize> {
+    Ok(std::fs::read_dir(git_dir.join("objects/pack"))?
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .count())
+}
+
 pub async fn real(plan: &Plan, scenario: &'static str, spec: RealSpec) -> Result<ScenarioReport> {
     let mut report = ScenarioReport::new(scenario);
     let dir = plan.work.join(spec.label);
@@ -264,27 +302,14 @@ pub async fn real(plan: &Plan, scenario: &'static str, spec: RealSpec) -> Result
         if let Some(previous) = follower.take() {
             ChildNode::stop(previous).await?;
         }
-        let (node, _) =
-            ChildNode::spawn_with(knotd, &dir.join(format!("follower-{i}")), Some(http_port))
-                .await?;
-        let start = Instant::now();
-        node.request(&Admin::AddRepo {
-            repo_id: rid(REPO)?,
-            pds: None,
-            record: None,
-            peers: vec![ticket.clone()],
-        })
+        let (node, took) = replicate_fresh(
+            knotd,
+            &dir.join(format!("follower-{i}")),
+            Some(http_port),
+            &ticket,
+            &published.manifest,
+        )
         .await?;
-        let took = node
-            .wait_materialized(
-                REPO,
-                &published.manifest,
-                start,
-                POLL,
-                Duration::from_secs(900),
-            )
-            .await?
-            .context("the follower did not materialize the repository within 900 s")?;
         knot_s.push(took.as_secs_f64());
         hwm.push(node.hwm_bytes()? as f64);
         // The bitmap is written in the background; let it finish before the
@@ -408,6 +433,62 @@ pub async fn real(plan: &Plan, scenario: &'static str, spec: RealSpec) -> Result
     report.fig_target("push_ratio", round3(kp / gp), "x", "<= 3");
     report.fig("push_follower_ms", round3(median(&spread)), "ms");
     report.param("push_commits", PUSH_COMMITS);
+
+    // Full replication of a state of several packs (the first publish and
+    // the pushes after it, each a thin pack indexed by git after the first),
+    // against `git clone --mirror` of the same commits.
+    let mut pushes = plan.iterations;
+    while pushes < MULTI_PACK_PUSHES {
+        progress(&format!(
+            "push {}/{MULTI_PACK_PUSHES} (untimed)",
+            pushes + 1
+        ));
+        repo.add_commits(PUSH_COMMITS)?;
+        let mut cmd = push(&knot_url, true);
+        cmd.stdout(Stdio::null());
+        timed(cmd, "git push knot://")?;
+        pushes += 1;
+    }
+    let manifest = author
+        .materialized(REPO)
+        .await?
+        .context("the author has no state after the pushes")?;
+    let (mut multi_knot, mut multi_git, mut multi_packs) = (Vec::new(), Vec::new(), 0);
+    for i in 0..plan.iterations {
+        progress(&format!(
+            "full replication of {pushes} pushes {}/{}",
+            i + 1,
+            plan.iterations
+        ));
+        let git_first = i % 2 == 1;
+        let mirror = dir.join(format!("multi-mirror-{i}.git"));
+        if git_first {
+            multi_git.push(mirror_clone(&daemon.url(SRC), &mirror, &[])?.as_secs_f64());
+        }
+        let (node, took) = replicate_fresh(
+            knotd,
+            &dir.join(format!("multi-follower-{i}")),
+            None,
+            &ticket,
+            &manifest,
+        )
+        .await?;
+        multi_knot.push(took.as_secs_f64());
+        multi_packs = pack_files(&node.repo_path(REPO)?)?;
+        node.stop().await?;
+        if !git_first {
+            multi_git.push(mirror_clone(&daemon.url(SRC), &mirror, &[])?.as_secs_f64());
+        }
+    }
+    let (k, g) = (median(&multi_knot), median(&multi_git));
+    report.fig("full_multi_pack_knotd_ms", round3(k * 1000.0), "ms");
+    report.fig(
+        "full_multi_pack_git_clone_mirror_ms",
+        round3(g * 1000.0),
+        "ms",
+    );
+    report.fig("full_multi_pack_ratio", round3(k / g), "x");
+    report.fig("full_multi_pack_packs", multi_packs as f64, "packs");
 
     // Processes spawned by one push, counted with strace when it is here.
     if have_strace() {

@@ -122,12 +122,55 @@ pub fn index_stream(
         .to_bundle()
         .ok_or_else(|| GixIndexError::Reopen("no index was written".into()))?
         .map_err(|e| GixIndexError::Reopen(e.to_string()))?;
-    let connected = connected(&bundle, options, &interrupt)?;
+    let index = &bundle.index;
+    let present = |id: &gix_hash::oid| index.lookup(id).is_some();
+    let connected = connected(&bundle, &present, options, &interrupt)?;
     Ok(GixIndexed { name, connected })
 }
 
+/// Whether the pack `pack-<name>` in `pack_dir`, already indexed there,
+/// names only objects that some pack of `pack_dir` holds (the pack itself
+/// or the repository's others), gitlinks excepted. A pack git completed
+/// from a thin one refers to earlier packs; when each pack of a repository
+/// passes this as it arrives and its refs point at objects it has,
+/// everything they reach is there and no walk is needed.
+pub fn connected_in_dir(
+    pack_dir: &Path,
+    name: &str,
+    options: IndexOptions,
+) -> Result<bool, GixIndexError> {
+    if name.len() != 40 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(GixIndexError::Reopen(format!(
+            "{name:?} is not a pack name (40 hex digits)"
+        )));
+    }
+    let interrupt = AtomicBool::new(false);
+    let file = format!("pack-{name}.idx");
+    let bundle = gix_pack::Bundle::at(pack_dir.join(&file), gix_hash::Kind::Sha1)
+        .map_err(|e| GixIndexError::Reopen(format!("{file}: {e}")))?;
+    let listing = std::fs::read_dir(pack_dir).map_err(|source| GixIndexError::Io {
+        context: format!("listing {}", pack_dir.display()),
+        source,
+    })?;
+    let mut others = Vec::new();
+    for entry in listing.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "idx") && entry.file_name() != file.as_str() {
+            others.push(
+                gix_pack::index::File::at(&path, gix_hash::Kind::Sha1)
+                    .map_err(|e| GixIndexError::Reopen(format!("{}: {e}", path.display())))?,
+            );
+        }
+    }
+    let index = &bundle.index;
+    let present = |id: &gix_hash::oid| {
+        index.lookup(id).is_some() || others.iter().any(|other| other.lookup(id).is_some())
+    };
+    connected(&bundle, &present, options, &interrupt)
+}
+
 /// Whether every object the commits, trees and tags of `bundle` name is
-/// in it: one parallel pass over the delta chains whose base is a commit,
+/// `present` (in it, or beside it): one parallel pass over the delta chains whose base is a commit,
 /// tree or tag (a delta has its base's kind, which the entry headers tell
 /// without inflating anything), decoding each of their objects once and
 /// looking each named id up in the index. Blob chains, most of a pack's
@@ -135,6 +178,7 @@ pub fn index_stream(
 /// just hashed every object from its content.
 fn connected(
     bundle: &gix_pack::Bundle,
+    present: &(dyn Fn(&gix_hash::oid) -> bool + Sync),
     options: IndexOptions,
     interrupt: &AtomicBool,
 ) -> Result<bool, GixIndexError> {
@@ -181,7 +225,7 @@ fn connected(
                 return Ok(());
             };
             if !missing.load(Ordering::Relaxed)
-                && !refers_within(kind, context.decompressed, |id| index.lookup(id).is_some())
+                && !refers_within(kind, context.decompressed, present)
             {
                 missing.store(true, Ordering::Relaxed);
             }

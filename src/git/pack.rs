@@ -388,6 +388,47 @@ pub fn index_pack_from_with(
     Ok(Indexed { name, connected })
 }
 
+/// Whether the pack `pack-<name>`, already in the repository, names only
+/// objects the repository's packs hold: `<program> check-connected` reads
+/// the packs in a process of its own, under the same deadline as git
+/// ([`super::gix_index::connected_in_dir`]). A pack git completed from a
+/// thin one is connected in this sense when the packs before it are.
+pub fn pack_connected_in_repo(
+    git_dir: &Path,
+    name: &str,
+    program: &Path,
+) -> Result<bool, GitError> {
+    let pack_dir = git_dir.join("objects").join("pack");
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg("check-connected")
+        .arg("--pack-dir")
+        .arg(&pack_dir)
+        .arg("--pack")
+        .arg(name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let label = format!("{} check-connected", program.display());
+    let child = cmd.spawn().map_err(|source| GitError::Io {
+        context: format!("starting `{label}`"),
+        source,
+    })?;
+    let deadline = super::Deadline::arm(&child, &label);
+    let out = child.wait_with_output().map_err(|source| GitError::Io {
+        context: format!("running `{label}`"),
+        source,
+    });
+    let out = super::timed(out, &deadline, &label)?;
+    let (checked, connected) = parse_gix_indexed(&out, &label)?;
+    if checked != name {
+        return Err(GitError::UnexpectedOutput {
+            command: label,
+            detail: format!("checked pack {checked}, asked for {name}"),
+        });
+    }
+    Ok(connected)
+}
+
 /// The pack name and connectivity verdict of a finished `git index-pack`.
 fn parse_git_indexed(out: &Output, label: &str) -> Result<(String, bool), GitError> {
     let connected = match out.status.code() {
