@@ -3,6 +3,8 @@
 //! repositories and the real `git`. What it writes must be what `git
 //! index-pack` writes; a pack missing an object must be refused as git
 //! refuses it; a pack it cannot index goes to git; garbage leaves nothing.
+//! `knotd check-connected` says a thin pack is connected only beside the
+//! packs it builds on.
 
 mod git_env;
 
