@@ -252,6 +252,47 @@ fn indexer_for<'a>(
     }
 }
 
+/// Add every pack of `manifest` to the new repository at `git_dir`, in
+/// order; returns whether each was found to name only objects the
+/// repository holds. A thin pack (git's verdict: not self-contained) is
+/// checked against the packs before it ([`connected_beside`]) while the
+/// next pack is indexed (the check may see that one too, which is sound:
+/// what is asked is that the repository's objects name only objects it
+/// holds); once one is not connected, no later one is checked.
+fn add_new_packs(
+    git_dir: &Path,
+    manifest: &Manifest,
+    load_pack: &mut LoadPack<'_>,
+    staged: Option<&Staged>,
+    format: ObjectFormat,
+    indexer: &PackIndexer,
+) -> Result<bool, MaterializeError> {
+    std::thread::scope(|scope| {
+        let mut all_connected = true;
+        let mut checking: Option<std::thread::ScopedJoinHandle<'_, bool>> = None;
+        for (i, entry) in manifest.packs.iter().enumerate() {
+            let chosen = indexer_for(i, entry, format, indexer);
+            let indexed = add_pack(git_dir, entry, load_pack, staged, chosen)?;
+            if let Some(check) = checking.take() {
+                all_connected &= check.join().unwrap_or(false);
+            }
+            if indexed.connected || !all_connected {
+                continue;
+            }
+            if i == 0 || !matches!(indexer, PackIndexer::Gix { .. }) {
+                all_connected = false;
+                continue;
+            }
+            let name = indexed.name;
+            checking = Some(scope.spawn(move || connected_beside(git_dir, &name, format, indexer)));
+        }
+        if let Some(check) = checking.take() {
+            all_connected &= check.join().unwrap_or(false);
+        }
+        Ok(all_connected)
+    })
+}
+
 /// Whether the pack `name`, just added to the repository being built,
 /// names only objects its packs hold, asked of the gix-pack indexer's
 /// program (a SHA-1 repository only). When every pack is, the repository
@@ -315,18 +356,7 @@ fn create(
 
     let format = manifest.refs.object_format()?.unwrap_or(ObjectFormat::Sha1);
     let git_dir = git::init_bare_with_format(tmp.path(), format)?;
-    let mut all_connected = true;
-    for (i, entry) in manifest.packs.iter().enumerate() {
-        let chosen = indexer_for(i, entry, format, indexer);
-        let indexed = add_pack(&git_dir, entry, load_pack, staged, chosen)?;
-        // A later pack was thin: git's verdict is "not self-contained",
-        // but what it names may all be in the packs before it.
-        let connected = indexed.connected
-            || (all_connected
-                && i > 0
-                && connected_beside(&git_dir, &indexed.name, format, indexer));
-        all_connected &= connected;
-    }
+    let all_connected = add_new_packs(&git_dir, manifest, load_pack, staged, format, indexer)?;
     if !all_connected {
         git::check_connected(&git_dir, &manifest.refs.tips(), &[])
             .map_err(MaterializeError::Incomplete)?;
