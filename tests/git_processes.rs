@@ -55,6 +55,32 @@ fn rerun_with_git_wrapper(
     cmd.output().unwrap()
 }
 
+/// A test environment below `root` (a child run's directory), with the
+/// home directory its git configuration expects.
+fn env_in(root: &Path) -> Env {
+    let env = Env {
+        root: tempfile::tempdir_in(root).unwrap(),
+    };
+    fs::create_dir(env.path("home")).unwrap();
+    env
+}
+
+/// Check that a child run of this binary succeeded and got to its end
+/// (it writes `child-ran` in `env`); returns its output.
+fn assert_child_ran(env: &Env, out: &std::process::Output) -> String {
+    let output = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child run failed: {output}");
+    assert!(
+        env.path("child-ran").exists(),
+        "the child run did not run: {output}"
+    );
+    output
+}
+
 /// Run this test binary again for `test`, with `git` on `PATH` replaced by
 /// a wrapper that logs every invocation's subcommand; returns the child's
 /// output.
@@ -82,10 +108,7 @@ fn rerun_counting_git(test: &str, env: &Env) -> String {
 /// branches and publish again; returns the git subcommands the second
 /// publish and its materialization ran (each in its own log section).
 fn publish_with_many_refs(root: &Path, refs: usize) -> (Vec<String>, Vec<String>) {
-    let env = Env {
-        root: tempfile::tempdir_in(root).unwrap(),
-    };
-    fs::create_dir(env.path("home")).unwrap();
+    let env = env_in(root);
     let src = env.sample_repo();
     let head = env.git(&src, &["rev-parse", "HEAD"]).trim().to_owned();
     let mut input = String::new();
@@ -169,10 +192,7 @@ fn publish_runs_the_same_git_processes_for_50_or_2000_refs() {
 #[test]
 fn a_new_repository_is_materialized_with_three_git_processes() {
     if let Some(root) = std::env::var_os("KNOT_COUNT_CHILD") {
-        let env = Env {
-            root: tempfile::tempdir_in(PathBuf::from(&root)).unwrap(),
-        };
-        fs::create_dir(env.path("home")).unwrap();
+        let env = env_in(Path::new(&root));
         let src = env.sample_repo();
         let log = PathBuf::from(std::env::var_os("KNOT_GIT_LOG").unwrap());
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -215,10 +235,7 @@ fn a_new_repository_is_materialized_with_three_git_processes() {
 #[test]
 fn a_new_repository_of_several_packs_needs_no_walk() {
     if let Some(root) = std::env::var_os("KNOT_COUNT_CHILD") {
-        let env = Env {
-            root: tempfile::tempdir_in(PathBuf::from(&root)).unwrap(),
-        };
-        fs::create_dir(env.path("home")).unwrap();
+        let env = env_in(Path::new(&root));
         let src = env.sample_repo();
         env.commit_file(&src, "big.bin", &git_env::binary(1_300_000, 5), "big");
         let log = PathBuf::from(std::env::var_os("KNOT_GIT_LOG").unwrap());
@@ -368,10 +385,7 @@ fn a_hung_git_is_killed_at_its_deadline() {
         // The child run: `git index-pack` hangs here.
         let root = PathBuf::from(root);
         knotd::git::set_timeout(std::time::Duration::from_secs(2));
-        let env = Env {
-            root: tempfile::tempdir_in(&root).unwrap(),
-        };
-        fs::create_dir(env.path("home")).unwrap();
+        let env = env_in(&root);
         let src = env.sample_repo();
         let head = env.git(&src, &["rev-parse", "HEAD"]).trim().to_owned();
         let head: knotd::git::ObjectId = head.parse().unwrap();
@@ -398,16 +412,7 @@ fn a_hung_git_is_killed_at_its_deadline() {
         "case \" $* \" in *\" index-pack \"*) exec sleep 600;; esac",
         &[("KNOT_HANG_CHILD", env.root.path().as_os_str())],
     );
-    let output = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "child run failed: {output}");
-    assert!(
-        env.path("child-ran").exists(),
-        "the child run did not run: {output}"
-    );
+    assert_child_ran(&env, &out);
 }
 
 /// A gix-pack indexer that runs past the deadline fails the job (it is
@@ -418,10 +423,7 @@ fn a_gix_indexer_past_its_deadline_is_not_followed_by_git() {
     if let Some(root) = std::env::var_os("KNOT_HANG_CHILD") {
         let root = PathBuf::from(root);
         knotd::git::set_timeout(std::time::Duration::from_secs(2));
-        let env = Env {
-            root: tempfile::tempdir_in(&root).unwrap(),
-        };
-        fs::create_dir(env.path("home")).unwrap();
+        let env = env_in(&root);
         let src = env.sample_repo();
         env.commit_file(&src, "big.bin", &git_env::binary(1_300_000, 3), "big");
         let git_dir = knotd::git::open_repo(&src).unwrap();
@@ -477,16 +479,7 @@ fn a_gix_indexer_past_its_deadline_is_not_followed_by_git() {
             ("KNOT_INDEX_PACK_RAN", ran.as_os_str()),
         ],
     );
-    let output = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "child run failed: {output}");
-    assert!(
-        env.path("child-ran").exists(),
-        "the child run did not run: {output}"
-    );
+    let output = assert_child_ran(&env, &out);
     assert!(
         !ran.exists(),
         "git index-pack ran after the timeout: {output}"

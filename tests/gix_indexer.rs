@@ -183,15 +183,7 @@ fn a_pack_missing_an_object_is_refused_by_either_indexer() {
     // Every object the refs reach but the first README's blob.
     let readme = env.git(&src, &["rev-parse", "HEAD~22:README"]);
     let readme = readme.trim();
-    let listing = env.git(&src, &["rev-list", "--objects", "--all"]);
-    let ids: String = listing
-        .lines()
-        .map(|l| l.split(' ').next().unwrap())
-        .filter(|id| *id != readme)
-        .map(|id| format!("{id}\n"))
-        .collect();
-    assert!(listing.contains(readme));
-    let bytes = env.git_stdin(&src, &["pack-objects", "--stdout", "-q"], ids.as_bytes());
+    let bytes = pack_without(&env, &src, &["--all"], readme);
     assert!(bytes.len() as u64 >= GIX_MIN_PACK_BYTES);
     let manifest = manifest_of(&src, &bytes);
 
@@ -307,15 +299,7 @@ fn a_thin_pack_is_connected_only_beside_the_packs_it_builds_on() {
 
     // The new objects but one of the new blobs, beside the first pack.
     let blob = env.git(&src, &["rev-parse", "HEAD:doc.txt"]);
-    let listing = env.git(&src, &["rev-list", "--objects", "HEAD", "^HEAD~5"]);
-    assert!(listing.contains(blob.trim()));
-    let ids: String = listing
-        .lines()
-        .map(|l| l.split(' ').next().unwrap())
-        .filter(|id| *id != blob.trim())
-        .map(|id| format!("{id}\n"))
-        .collect();
-    let holed = env.git_stdin(&src, &["pack-objects", "--stdout", "-q"], ids.as_bytes());
+    let holed = pack_without(&env, &src, &["HEAD", "^HEAD~5"], blob.trim());
     let repo = git::init_bare(&env.path("holed.git")).unwrap();
     git::index_pack(&repo, &first).unwrap();
     // `git index-pack` of a file, without the existence check the node's
@@ -338,10 +322,16 @@ fn a_thin_pack_is_connected_only_beside_the_packs_it_builds_on() {
     }
 }
 
-/// `src`'s objects but `left_out`, as one pack.
-fn pack_without(env: &Env, src: &Path, left_out: &str) -> Vec<u8> {
-    let listing = env.git(src, &["rev-list", "--objects", "--all"]);
-    assert!(listing.contains(left_out));
+/// The objects of `src` that `revs` reach (as `git rev-list` takes them)
+/// but `left_out`, as one pack.
+fn pack_without(env: &Env, src: &Path, revs: &[&str], left_out: &str) -> Vec<u8> {
+    let mut args = vec!["rev-list", "--objects"];
+    args.extend_from_slice(revs);
+    let listing = env.git(src, &args);
+    assert!(
+        listing.contains(left_out),
+        "{left_out} is not among {revs:?}"
+    );
     let ids: String = listing
         .lines()
         .map(|l| l.split(' ').next().unwrap())
@@ -380,7 +370,8 @@ fn a_pack_missing_a_tree_or_a_commit_is_not_connected() {
         "HEAD~21:README",
     ] {
         let id = env.git(&src, &["rev-parse", what]);
-        let (ok, stdout, stderr, _) = run_index_pack(&pack_without(&env, &src, id.trim()));
+        let (ok, stdout, stderr, _) =
+            run_index_pack(&pack_without(&env, &src, &["--all"], id.trim()));
         assert!(ok, "knotd index-pack failed: {stderr}");
         assert!(
             stdout.ends_with("\tunconnected\n"),
