@@ -303,13 +303,14 @@ pub struct Config {
     /// Most bytes all repositories' states may have together (default: no
     /// limit).
     pub max_total_bytes: Option<u64>,
-    /// What indexes the first pack of a repository new to this node, the
-    /// largest indexing work it does: `"auto"` (default) gix-pack, deltas
-    /// resolved on every core, in a child process running `knotd
-    /// index-pack` when the knotd executable is known (else git); `"gix"`
-    /// the same, refusing to start without it; `"git"` always `git
-    /// index-pack`. Every other pack, and any pack gix-pack refuses, is
-    /// indexed by git.
+    /// What indexes the first pack of a state (a repository new to this
+    /// node, or a consolidation's one pack), the largest indexing work it
+    /// does: `"auto"` (default) gix-pack, deltas resolved on every core, in
+    /// a child process running `knotd index-pack` when the knotd
+    /// executable is known (else git); `"gix"` the same, refusing to start
+    /// without it; `"git"` always `git index-pack`. Every other pack, and
+    /// any pack gix-pack refuses, is indexed by git (and, with gix-pack,
+    /// checked by `knotd check-connected` against the packs before it).
     pub pack_indexer: PackIndexerChoice,
     /// The knotd executable that runs `knotd index-pack` (default: the
     /// running program, when it is `knotd`).
