@@ -42,6 +42,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::git::{self, GitError, ObjectFormat, PackIndexer};
 use crate::manifest::{Manifest, PackEntry};
@@ -51,6 +52,39 @@ mod new_packs;
 mod verified;
 use new_packs::{add_new_packs, indexer_for};
 use verified::Verified;
+
+/// Packs this process has indexed, by indexer, and what else a scrape of
+/// the node's metrics shows of indexing ([`indexing_counts`]).
+static INDEXED_BY_GIX: AtomicU64 = AtomicU64::new(0);
+static INDEXED_BY_GIT: AtomicU64 = AtomicU64::new(0);
+static GIX_REFUSED: AtomicU64 = AtomicU64::new(0);
+static CONNECTIVITY_WALKS: AtomicU64 = AtomicU64::new(0);
+
+/// What this process's materializations have done since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexingCounts {
+    /// Packs indexed by gix-pack (`knotd index-pack`).
+    pub by_gix: u64,
+    /// Packs indexed by `git index-pack` (including after gix-pack
+    /// refused one).
+    pub by_git: u64,
+    /// Packs gix-pack refused and git then indexed: a steady rise means
+    /// gix-pack is failing on this machine (its warnings say why).
+    pub gix_refused: u64,
+    /// New repositories whose connectivity git had to walk, because a
+    /// pack was not found connected.
+    pub connectivity_walks: u64,
+}
+
+/// The counts so far (the metrics endpoint adds them as counters).
+pub fn indexing_counts() -> IndexingCounts {
+    IndexingCounts {
+        by_gix: INDEXED_BY_GIX.load(Ordering::Relaxed),
+        by_git: INDEXED_BY_GIT.load(Ordering::Relaxed),
+        gix_refused: GIX_REFUSED.load(Ordering::Relaxed),
+        connectivity_walks: CONNECTIVITY_WALKS.load(Ordering::Relaxed),
+    }
+}
 
 /// Smallest first pack of a new repository that the gix-pack indexer
 /// takes (smaller ones go to `git index-pack`, whose start costs less and
@@ -268,6 +302,7 @@ fn create(
     let git_dir = git::init_bare_with_format(tmp.path(), format)?;
     let all_connected = add_new_packs(&git_dir, manifest, load_pack, staged, format, indexer)?;
     if !all_connected {
+        CONNECTIVITY_WALKS.fetch_add(1, Ordering::Relaxed);
         git::check_connected(&git_dir, &manifest.refs.tips(), &[])
             .map_err(MaterializeError::Incomplete)?;
     }
@@ -451,6 +486,7 @@ fn add_pack(
                     | MaterializeError::Git(GitError::TimedOut { .. })),
                 ) => Err(e),
                 Err(e) => {
+                    GIX_REFUSED.fetch_add(1, Ordering::Relaxed);
                     warn!(
                         pack = %entry.hash_hex(),
                         error = %e,
@@ -573,6 +609,13 @@ fn index_verified(
     let mut reader = Verified::new(load_pack(entry)?, entry);
     let started = std::time::Instant::now();
     let indexed = git::index_pack_from_with(git_dir, &mut reader, indexer);
+    if indexed.is_ok() {
+        match indexer {
+            PackIndexer::Git => &INDEXED_BY_GIT,
+            PackIndexer::Gix { .. } => &INDEXED_BY_GIX,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
     debug!(
         pack = %entry.hash_hex(),
         bytes = entry.size,

@@ -7,7 +7,8 @@
 //! the HTTP server answers `/metrics` in the Prometheus text format, taking
 //! the node's status at each scrape for gauges (repositories by state,
 //! pinned bytes, neighbours, jobs) and for counters kept by the node (the
-//! mirror service counts its fetches here itself), and
+//! mirror service counts its fetches here itself; packs indexed are
+//! counted by the process, [`crate::materialize::indexing_counts`]), and
 //! `/health`, which fails when the repository actor does not answer.
 //! Nothing here survives a restart: counters start at zero.
 
@@ -50,6 +51,11 @@ struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Indexer {
+    indexer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RepoState {
     state: String,
 }
@@ -82,6 +88,9 @@ pub struct Metrics {
     mirror_fetches: Family<Outcome, Counter>,
     mirror_fetch_seconds: Histogram,
     mirrors: Family<RepoState, Gauge>,
+    packs_indexed: Family<Indexer, Counter>,
+    gix_refused: Counter,
+    connectivity_walks: Counter,
     /// Node-kept counters already added, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
 }
@@ -126,10 +135,28 @@ impl Metrics {
             mirror_fetches: Family::default(),
             mirror_fetch_seconds: Histogram::new(seconds_buckets()),
             mirrors: Family::default(),
+            packs_indexed: Family::default(),
+            gix_refused: Counter::default(),
+            connectivity_walks: Counter::default(),
             seen: Mutex::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
+        r.register(
+            "packs_indexed",
+            "Packs indexed into materialized repositories, by indexer (gix, git)",
+            m.packs_indexed.clone(),
+        );
+        r.register(
+            "pack_indexer_fallbacks",
+            "Packs gix-pack refused that git then indexed (the node's warnings say why)",
+            m.gix_refused.clone(),
+        );
+        r.register(
+            "connectivity_walks",
+            "New repositories whose connectivity git walked because a pack was not found connected",
+            m.connectivity_walks.clone(),
+        );
         r.register(
             "announcements_received",
             "Verified announcements handled",
@@ -371,6 +398,23 @@ impl Metrics {
             });
             add(format!("rejected:{reason}"), *n, &counter);
         }
+        let indexing = crate::materialize::indexing_counts();
+        for (indexer, n) in [("gix", indexing.by_gix), ("git", indexing.by_git)] {
+            let counter = self.packs_indexed.get_or_create(&Indexer {
+                indexer: indexer.into(),
+            });
+            add(format!("indexed:{indexer}"), n, &counter);
+        }
+        add(
+            "gix_refused".into(),
+            indexing.gix_refused,
+            &self.gix_refused,
+        );
+        add(
+            "connectivity_walks".into(),
+            indexing.connectivity_walks,
+            &self.connectivity_walks,
+        );
         for (reason, n) in [
             ("invalid", status.gossip.dropped_invalid),
             ("rate_limited", status.gossip.rate_limited),

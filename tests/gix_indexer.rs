@@ -132,10 +132,13 @@ fn a_new_repository_indexed_by_gix_pack_is_the_one_git_builds() {
 
     let by_gix = env.path("by-gix.git");
     let by_git = env.path("by-git.git");
+    let before = materialize::indexing_counts();
     assert_eq!(
         materialize_from(&by_gix, &manifest, &bytes, &gix()).unwrap(),
         Outcome::Created
     );
+    let after = materialize::indexing_counts();
+    assert!(after.by_gix > before.by_gix, "{before:?} {after:?}");
     assert_eq!(
         materialize_from(&by_git, &manifest, &bytes, &PackIndexer::Git).unwrap(),
         Outcome::Created
@@ -393,10 +396,18 @@ fn a_pack_gix_pack_cannot_index_goes_to_git_and_wrong_bytes_to_nobody() {
         program: "/bin/false".into(),
     };
     let dest = env.path("fallback.git");
+    let before = materialize::indexing_counts();
     assert_eq!(
         materialize_from(&dest, &manifest, &bytes, &failing).unwrap(),
         Outcome::Created
     );
+    // Counted for the metrics endpoint (other tests count alongside).
+    let after = materialize::indexing_counts();
+    assert!(
+        after.gix_refused > before.gix_refused,
+        "{before:?} {after:?}"
+    );
+    assert!(after.by_git > before.by_git, "{before:?} {after:?}");
     env.assert_same_repo(&src, &dest);
     assert!(!files_with(&dest.join("objects/pack"), "rev").is_empty());
     // What that fallback logs names the indexer, not git, and the way out.

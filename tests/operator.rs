@@ -170,6 +170,19 @@ async fn metrics_are_scraped_over_http() {
     assert_eq!(value(&text, "knotd_fetches_total{result=\"ok\"}"), 1.0);
     assert!(value(&text, "knotd_fetched_bytes_total") >= published.bytes_added as f64);
     assert!(value(&text, "knotd_announcements_received_total") >= 1.0);
+    // Packs indexed, by indexer (counted per process: ≥ this follower's).
+    let indexed: f64 = ["gix", "git"]
+        .iter()
+        .filter_map(|i| {
+            let series = format!("knotd_packs_indexed_total{{indexer=\"{i}\"}} ");
+            text.lines()
+                .find(|l| l.starts_with(&series))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        })
+        .sum();
+    assert!(indexed >= 1.0, "no packs_indexed series in\n{text}");
+    assert!(text.contains("# TYPE knotd_pack_indexer_fallbacks counter"));
+    assert!(text.contains("# TYPE knotd_connectivity_walks counter"));
 
     let health = format!("http://{}/health", follower.node.metrics_addr().unwrap());
     let resp = http.get(&health).send().await.unwrap();
