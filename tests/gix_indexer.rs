@@ -249,6 +249,66 @@ fn a_consolidated_state_is_indexed_by_gix_pack_and_replaces_the_old_packs() {
     );
 }
 
+#[test]
+fn a_name_of_the_wrong_kind_is_not_connected() {
+    let env = Env::new();
+    let src = big_repo(&env);
+    let blob = env.git(&src, &["rev-parse", "HEAD:README"]);
+    let blob = blob.trim();
+    let raw_id = |hex: &str| -> Vec<u8> {
+        (0..20)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    };
+    let write = |kind: &str, content: &[u8]| -> String {
+        let id = env.git_stdin(
+            &src,
+            &["hash-object", "-t", kind, "-w", "--stdin", "--literally"],
+            content,
+        );
+        String::from_utf8(id).unwrap().trim().to_owned()
+    };
+    let signature = "author a <a@b> 1 +0000\ncommitter a <a@b> 1 +0000\n\nbad\n";
+    // A commit whose tree is a blob, in one pack with everything else.
+    let commit = write("commit", format!("tree {blob}\n{signature}").as_bytes());
+    let mut ids = env.git(&src, &["rev-list", "--objects", "--all"]);
+    ids.push_str(&format!("{commit}\n"));
+    let ids: String = ids
+        .lines()
+        .map(|l| format!("{}\n", l.split(' ').next().unwrap()))
+        .collect();
+    let bytes = env.git_stdin(&src, &["pack-objects", "--stdout", "-q"], ids.as_bytes());
+    let (ok, stdout, stderr, _) = run_index_pack(&bytes);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.ends_with("\tunconnected\n"),
+        "a commit whose tree is a blob: {stdout}"
+    );
+
+    // A later pack whose tree names an earlier pack's blob as a directory.
+    let mut tree = b"40000 dir\0".to_vec();
+    tree.extend_from_slice(&raw_id(blob));
+    let tree = write("tree", &tree);
+    let commit = write("commit", format!("tree {tree}\n{signature}").as_bytes());
+    let later = env.git_stdin(
+        &src,
+        &["pack-objects", "--stdout", "-q"],
+        format!("{tree}\n{commit}\n").as_bytes(),
+    );
+    let repo = git::init_bare(&env.path("kinds.git")).unwrap();
+    git::index_pack(&repo, &full_pack(&src)).unwrap();
+    let name: String = later[later.len() - 20..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let file = repo.join(format!("objects/pack/pack-{name}.pack"));
+    std::fs::write(&file, &later).unwrap();
+    env.git(&repo, &["index-pack", file.to_str().unwrap()]);
+    let (ok, stdout, stderr) = check_connected(&repo.join("objects/pack"), &name);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, format!("pack\t{name}\tunconnected\n"));
+}
+
 /// Run `knotd check-connected` on `pack` in `pack_dir`.
 fn check_connected(pack_dir: &Path, pack: &str) -> (bool, String, String) {
     let out = Command::new(knotd())

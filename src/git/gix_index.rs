@@ -22,7 +22,7 @@
 //! against every pack beside it: the thin packs after the first, once git
 //! has completed them. Nothing here survives a process.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{self, BufRead};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,9 +126,7 @@ pub fn index_stream(
         .to_bundle()
         .ok_or_else(|| GixIndexError::Reopen("no index was written".into()))?
         .map_err(|e| GixIndexError::Reopen(e.to_string()))?;
-    let ids = ids_of(&bundle.index);
-    let present = |id: &gix_hash::oid| ids.contains(&id.to_owned());
-    let connected = connected(&bundle, &present, options, &interrupt)?;
+    let connected = connected(&bundle, &|_| None, options, &interrupt)?;
     Ok(GixIndexed { name, connected })
 }
 
@@ -161,16 +159,13 @@ pub fn connected_in_dir(
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "idx") && entry.file_name() != file.as_str() {
             others.push(
-                gix_pack::index::File::at(&path, gix_hash::Kind::Sha1)
+                gix_pack::Bundle::at(&path, gix_hash::Kind::Sha1)
                     .map_err(|e| GixIndexError::Reopen(format!("{}: {e}", path.display())))?,
             );
         }
     }
-    let ids = ids_of(&bundle.index);
-    let present = |id: &gix_hash::oid| {
-        ids.contains(&id.to_owned()) || others.iter().any(|other| other.lookup(id).is_some())
-    };
-    connected(&bundle, &present, options, &interrupt)
+    let elsewhere = |id: &gix_hash::oid| others.iter().find_map(|other| kind_in(other, id));
+    connected(&bundle, &elsewhere, options, &interrupt)
 }
 
 /// Whether every object the commits, trees and tags of `bundle` name is
@@ -182,7 +177,7 @@ pub fn connected_in_dir(
 /// just hashed every object from its content.
 fn connected(
     bundle: &gix_pack::Bundle,
-    present: &(dyn Fn(&gix_hash::oid) -> bool + Sync),
+    elsewhere: &(dyn Fn(&gix_hash::oid) -> Option<Kind> + Sync),
     options: IndexOptions,
     interrupt: &AtomicBool,
 ) -> Result<bool, GixIndexError> {
@@ -194,6 +189,17 @@ fn connected(
         // verdict, git's own walk decides.
         return Ok(false);
     };
+    let own = kinds_by_id(index, &offsets, &kinds);
+    // A named object must be there and of the kind its name calls for (a
+    // commit's tree a tree, its parents commits, a tree's entries what
+    // their modes say), as git's walk would require.
+    let present = |id: &gix_hash::oid, wanted: Option<Kind>| {
+        own.get(&id.to_owned())
+            .copied()
+            .or_else(|| elsewhere(id))
+            .is_some_and(|kind| wanted.is_none_or(|wanted| wanted == kind))
+    };
+    let present = &present;
     let named = offsets
         .iter()
         .zip(&kinds)
@@ -248,12 +254,49 @@ fn connected(
     Ok(!missing.load(Ordering::Relaxed))
 }
 
-/// Every id `index` holds, for the connectivity pass's lookups: most of
-/// its time went to the index's binary search. A set with the standard
-/// library's keyed hash, so that no pack can choose ids that collide.
-fn ids_of(index: &gix_pack::index::File) -> HashSet<gix_hash::ObjectId> {
-    index.iter().map(|entry| entry.oid).collect()
+/// The kind of every object of `index` (whose entries' offsets, ascending,
+/// are `offsets`, with their chain kinds `kinds`), for the connectivity
+/// pass's lookups: most of its time went to the index's binary search. A
+/// map with the standard library's keyed hash, so that no pack can choose
+/// ids that collide.
+fn kinds_by_id(
+    index: &gix_pack::index::File,
+    offsets: &[u64],
+    kinds: &[Kind],
+) -> HashMap<gix_hash::ObjectId, Kind> {
+    index
+        .iter()
+        .filter_map(|entry| {
+            let at = offsets.binary_search(&entry.pack_offset).ok()?;
+            Some((entry.oid, kinds[at]))
+        })
+        .collect()
 }
+
+/// The kind of the object `id` in `bundle`, by following its delta chain's
+/// entry headers to the base (no inflating); `None` when it is not there
+/// or the chain does not end within a bound no real pack reaches.
+fn kind_in(bundle: &gix_pack::Bundle, id: &gix_hash::oid) -> Option<Kind> {
+    use gix_pack::data::entry::Header;
+    let index = &bundle.index;
+    let mut offset = index.pack_offset_at_index(index.lookup(id)?);
+    for _ in 0..MAX_CHAIN_STEPS {
+        match bundle.pack.entry(offset).ok()?.header {
+            Header::OfsDelta { base_distance } => {
+                offset = Header::verified_base_pack_offset(offset, base_distance)?;
+            }
+            Header::RefDelta { base_id } => {
+                offset = index.pack_offset_at_index(index.lookup(base_id)?);
+            }
+            header => return header.as_kind(),
+        }
+    }
+    None
+}
+
+/// Longest delta chain [`kind_in`] follows (git's default `--depth` is
+/// 50, its maximum 4,095).
+const MAX_CHAIN_STEPS: usize = 10_000;
 
 /// The kind of each entry's chain base (its own kind for a base), for the
 /// entries at `offsets` (ascending), read from entry headers alone. `None`
@@ -297,10 +340,15 @@ fn chain_kinds(
 }
 
 /// Whether every id that the object of `kind` with content `data` names is
-/// `present` (a commit's tree and parents, a tree's entries but gitlinks,
-/// a tag's target). An object that does not parse names nothing known:
-/// false, so the caller runs git's own walk, which reports it.
-fn refers_within(kind: Kind, data: &[u8], present: impl Fn(&gix_hash::oid) -> bool) -> bool {
+/// `present` with the kind it is named as (a commit's tree and parents, a
+/// tree's entries but gitlinks, a tag's target of any kind). An object that
+/// does not parse names nothing known: false, so the caller runs git's own
+/// walk, which reports it.
+fn refers_within(
+    kind: Kind,
+    data: &[u8],
+    present: impl Fn(&gix_hash::oid, Option<Kind>) -> bool,
+) -> bool {
     let hash = gix_hash::Kind::Sha1;
     match kind {
         Kind::Blob => true,
@@ -309,15 +357,18 @@ fn refers_within(kind: Kind, data: &[u8], present: impl Fn(&gix_hash::oid) -> bo
             let Ok(tree) = iter.tree_id() else {
                 return false;
             };
-            present(&tree) && iter.parent_ids().all(|id| present(&id))
+            present(&tree, Some(Kind::Tree))
+                && iter.parent_ids().all(|id| present(&id, Some(Kind::Commit)))
         }
         Kind::Tree => TreeRefIter::from_bytes(data, hash).all(|entry| match entry {
-            Ok(entry) => entry.mode.is_commit() || present(entry.oid),
+            Ok(entry) if entry.mode.is_commit() => true,
+            Ok(entry) if entry.mode.is_tree() => present(entry.oid, Some(Kind::Tree)),
+            Ok(entry) => present(entry.oid, Some(Kind::Blob)),
             Err(_) => false,
         }),
         Kind::Tag => TagRefIter::from_bytes(data, hash)
             .target_id()
-            .is_ok_and(|id| present(&id)),
+            .is_ok_and(|id| present(&id, None)),
     }
 }
 
@@ -341,16 +392,59 @@ mod tests {
         text.into_bytes()
     }
 
+    /// A store of `objects` (id, kind) for `refers_within`.
+    fn holding(objects: &[(&str, Kind)]) -> impl Fn(&gix_hash::oid, Option<Kind>) -> bool + use<> {
+        let objects: Vec<(gix_hash::ObjectId, Kind)> =
+            objects.iter().map(|(hex, kind)| (id(hex), *kind)).collect();
+        move |o, wanted| {
+            objects
+                .iter()
+                .any(|(id, kind)| id.as_ref() == o && wanted.is_none_or(|w| w == *kind))
+        }
+    }
+
     #[test]
     fn a_commit_refers_to_its_tree_and_parents() {
-        let only_tree = |o: &gix_hash::oid| o == id(TREE).as_ref();
-        assert!(refers_within(Kind::Commit, &commit(None), only_tree));
+        let tree = holding(&[(TREE, Kind::Tree)]);
+        assert!(refers_within(Kind::Commit, &commit(None), &tree));
+        assert!(!refers_within(Kind::Commit, &commit(Some(PARENT)), &tree));
+        let both = holding(&[(TREE, Kind::Tree), (PARENT, Kind::Commit)]);
+        assert!(refers_within(Kind::Commit, &commit(Some(PARENT)), &both));
+    }
+
+    #[test]
+    fn a_name_of_the_wrong_kind_is_not_connected() {
+        // The commit's tree is a blob; its parent a tree.
+        let tree_is_a_blob = holding(&[(TREE, Kind::Blob)]);
+        assert!(!refers_within(Kind::Commit, &commit(None), &tree_is_a_blob));
+        let parent_is_a_tree = holding(&[(TREE, Kind::Tree), (PARENT, Kind::Tree)]);
         assert!(!refers_within(
             Kind::Commit,
             &commit(Some(PARENT)),
-            only_tree
+            &parent_is_a_tree
         ));
-        assert!(refers_within(Kind::Commit, &commit(Some(PARENT)), |_| true));
+        // A subdirectory entry that names a blob, a file that names a tree.
+        let mut tree = Vec::new();
+        tree.extend_from_slice(b"40000 dir\0");
+        tree.extend_from_slice(id(PARENT).as_bytes());
+        assert!(!refers_within(
+            Kind::Tree,
+            &tree,
+            holding(&[(PARENT, Kind::Blob)])
+        ));
+        assert!(refers_within(
+            Kind::Tree,
+            &tree,
+            holding(&[(PARENT, Kind::Tree)])
+        ));
+        let mut file = Vec::new();
+        file.extend_from_slice(b"100644 f\0");
+        file.extend_from_slice(id(TREE).as_bytes());
+        assert!(!refers_within(
+            Kind::Tree,
+            &file,
+            holding(&[(TREE, Kind::Tree)])
+        ));
     }
 
     #[test]
@@ -360,16 +454,19 @@ mod tests {
         tree.extend_from_slice(id(PARENT).as_bytes());
         tree.extend_from_slice(b"160000 sub\0");
         tree.extend_from_slice(id(TREE).as_bytes());
-        let only_parent = |o: &gix_hash::oid| o == id(PARENT).as_ref();
-        assert!(refers_within(Kind::Tree, &tree, only_parent));
-        assert!(!refers_within(Kind::Tree, &tree, |_| false));
+        assert!(refers_within(
+            Kind::Tree,
+            &tree,
+            holding(&[(PARENT, Kind::Blob)])
+        ));
+        assert!(!refers_within(Kind::Tree, &tree, |_, _| false));
     }
 
     #[test]
     fn what_does_not_parse_is_not_connected() {
-        assert!(!refers_within(Kind::Commit, b"garbage", |_| true));
-        assert!(!refers_within(Kind::Tree, b"100644 a\0short", |_| true));
-        assert!(!refers_within(Kind::Tag, b"", |_| true));
-        assert!(refers_within(Kind::Blob, b"anything", |_| false));
+        assert!(!refers_within(Kind::Commit, b"garbage", |_, _| true));
+        assert!(!refers_within(Kind::Tree, b"100644 a\0short", |_, _| true));
+        assert!(!refers_within(Kind::Tag, b"", |_, _| true));
+        assert!(refers_within(Kind::Blob, b"anything", |_, _| false));
     }
 }
