@@ -396,10 +396,14 @@ fn update(
     // A state of one new pack that holds everything its refs reach (a
     // consolidation) makes every older pack redundant: they go, so the
     // repository does not grow with each consolidation and holds exactly
-    // the manifest's packs again.
+    // the manifest's packs again. "Connected" says only that the pack names
+    // nothing outside itself: the tips must be in it too, or a pack of one
+    // stray blob under unchanged refs would take the repository's objects
+    // with the old packs.
     if let ([only], [entry]) = (&added[..], &manifest.packs[..])
         && only.connected
         && entry.objects > 0
+        && pack_holds(&git_dir, &only.name, &manifest.refs.tips())
     {
         prune_packs_except(&git_dir, &only.name);
     }
@@ -498,6 +502,24 @@ fn add_pack(
         }
         _ => index_verified(git_dir, entry, load_pack, &PackIndexer::Git),
     }
+}
+
+/// Whether every one of `ids` is an object of the pack `pack-<name>` in
+/// `git_dir`, read from the index the node's indexer just wrote. False for
+/// anything but SHA-1 (the index reader here knows only that) and on any
+/// error: the old packs are then kept, which costs only disk.
+fn pack_holds(git_dir: &Path, name: &str, ids: &[git::ObjectId]) -> bool {
+    let path = git_dir
+        .join("objects")
+        .join("pack")
+        .join(format!("pack-{name}.idx"));
+    let Ok(index) = gix_pack::index::File::at(&path, gix_hash::Kind::Sha1) else {
+        return false;
+    };
+    ids.iter().all(|id| {
+        gix_hash::ObjectId::from_hex(id.as_str().as_bytes())
+            .is_ok_and(|id| index.lookup(id).is_some())
+    })
 }
 
 /// Remove every pack of the repository but `pack-<keep>`, with the

@@ -250,6 +250,32 @@ fn a_consolidated_state_is_indexed_by_gix_pack_and_replaces_the_old_packs() {
 }
 
 #[test]
+fn a_single_pack_without_the_tips_does_not_replace_the_old_packs() {
+    let env = Env::new();
+    let src = env.sample_repo();
+    let old_pack = full_pack(&src);
+    let dest = env.path("dest.git");
+    let old = manifest_of(&src, &old_pack);
+    assert_eq!(
+        materialize_from(&dest, &old, &old_pack, &PackIndexer::Git).unwrap(),
+        Outcome::Created
+    );
+    // The same refs, and one pack of one new blob: it names nothing
+    // outside itself, but the refs' objects are all in the old pack.
+    let stray = env.git_stdin(&src, &["hash-object", "-w", "--stdin"], b"stray\n");
+    let stray = String::from_utf8(stray).unwrap();
+    let bytes = env.git_stdin(&src, &["pack-objects", "--stdout", "-q"], stray.as_bytes());
+    let new = manifest_of(&src, &bytes);
+    assert_eq!(new.refs, old.refs);
+    assert_eq!(
+        materialize_from(&dest, &new, &bytes, &PackIndexer::Git).unwrap(),
+        Outcome::Updated { packs_indexed: 1 }
+    );
+    env.assert_same_repo(&src, &dest);
+    assert_eq!(files_with(&dest.join("objects/pack"), "pack").len(), 2);
+}
+
+#[test]
 fn a_name_of_the_wrong_kind_is_not_connected() {
     let env = Env::new();
     let src = big_repo(&env);
