@@ -323,16 +323,25 @@ fn a_name_of_the_wrong_kind_is_not_connected() {
     );
     let repo = git::init_bare(&env.path("kinds.git")).unwrap();
     git::index_pack(&repo, &full_pack(&src)).unwrap();
-    let name: String = later[later.len() - 20..]
+    let name = add_unchecked(&env, &repo, &later);
+    let (ok, stdout, stderr) = check_connected(&repo.join("objects/pack"), &name);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, format!("pack\t{name}\tunconnected\n"));
+}
+
+/// Put `pack` into the repository at `repo` with `git index-pack` of a
+/// file, without the existence check that the node's
+/// `--check-self-contained-and-connected` implies in this git; returns its
+/// name.
+fn add_unchecked(env: &Env, repo: &Path, pack: &[u8]) -> String {
+    let name: String = pack[pack.len() - 20..]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     let file = repo.join(format!("objects/pack/pack-{name}.pack"));
-    std::fs::write(&file, &later).unwrap();
-    env.git(&repo, &["index-pack", file.to_str().unwrap()]);
-    let (ok, stdout, stderr) = check_connected(&repo.join("objects/pack"), &name);
-    assert!(ok, "{stderr}");
-    assert_eq!(stdout, format!("pack\t{name}\tunconnected\n"));
+    std::fs::write(&file, pack).unwrap();
+    env.git(repo, &["index-pack", file.to_str().unwrap()]);
+    name
 }
 
 /// Run `knotd check-connected` on `pack` in `pack_dir`.
@@ -391,15 +400,7 @@ fn a_thin_pack_is_connected_only_beside_the_packs_it_builds_on() {
     let holed = pack_without(&env, &src, &["HEAD", "^HEAD~5"], blob.trim());
     let repo = git::init_bare(&env.path("holed.git")).unwrap();
     git::index_pack(&repo, &first).unwrap();
-    // `git index-pack` of a file, without the existence check the node's
-    // `--check-self-contained-and-connected` implies in this git.
-    let holed_name: String = holed[holed.len() - 20..]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let holed_file = repo.join(format!("objects/pack/pack-{holed_name}.pack"));
-    std::fs::write(&holed_file, &holed).unwrap();
-    env.git(&repo, &["index-pack", holed_file.to_str().unwrap()]);
+    let holed_name = add_unchecked(&env, &repo, &holed);
     let (ok, stdout, stderr) = check_connected(&repo.join("objects/pack"), &holed_name);
     assert!(ok, "{stderr}");
     assert_eq!(stdout, format!("pack\t{holed_name}\tunconnected\n"));
